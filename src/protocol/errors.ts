@@ -1,0 +1,49 @@
+/**
+ * Stable error and result codes shared by the agent and the action.
+ * Code across process boundaries matches on `code`, never on message text.
+ * The README's error table is generated from nothing: keep it in sync by hand (a test checks).
+ */
+export const ErrorCodes = {
+  OK: 'The job finished: every part written and verified, and the boot check passed.',
+  AUTH_FAILED: 'The token was missing or wrong (HTTP 401 at the WebSocket upgrade).',
+  PROTOCOL_VERSION_MISMATCH: 'Client and agent speak different protocol versions.',
+  BAD_MESSAGE: 'A message was not valid JSON, had an unknown type, or lacked a required field.',
+  BAD_REQUEST: 'A request was valid JSON but not allowed now (e.g. upload before lease).',
+  UNKNOWN_TARGET: 'No target in the agent\'s database has that name, MAC or IP.',
+  LEASE_LOST: 'The lease ended (client silent past the grace period, or the agent is stopping).',
+  NOT_LEASED: 'The request needs a lease on a target first.',
+  NO_SPACE: 'The agent\'s state directory cannot hold the upload.',
+  UPLOAD_TOO_LARGE: 'More bytes arrived than the upload declared, or the image is larger than allowed.',
+  UPLOAD_TRUNCATED: 'The upload ended before the declared size was reached.',
+  SHA256_MISMATCH: 'The bytes received do not hash to the declared sha256.',
+  UNSUPPORTED_COMPRESSION: 'The image compression is not one of none, gz, xz, zst.',
+  DECOMPRESS_FAILED: 'The compressed image could not be decompressed (corrupt or truncated).',
+  IMAGE_NOT_FOUND: 'The agent does not hold an image with that sha256.',
+  IMAGE_TOO_LARGE: 'The image is larger than the target\'s card.',
+  SHUTTING_DOWN: 'The agent is stopping and takes no new work.',
+  RESET_FAILED: 'The target\'s reset line could not be driven.',
+  BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
+  BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
+  BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
+  VERIFY_MISMATCH: 'The board\'s reports do not match what the agent expected (CRC, order, or missing parts).',
+  BOOT_TIMEOUT: 'The new system did not pass the boot check in time.',
+  CANCELLED: 'The client cancelled the job.',
+  INTERNAL: 'An unexpected error in the agent; its log has the details.',
+} as const;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ErrorCodes, value);
+}
+
+/** An error that carries a stable code; what crosses the wire is `{ code, message }`. */
+export class AgentError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'AgentError';
+  }
+}

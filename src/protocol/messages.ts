@@ -1,0 +1,246 @@
+/**
+ * The WebSocket protocol between the action (client) and the runner agent (DESIGN §3.6).
+ *
+ * Text frames carry one JSON message each. Binary frames carry upload bytes: each binary frame is
+ * appended to the client's current upload, in order. Every request has a client-chosen `id`;
+ * every answer and event about a request carries it back as `re`.
+ *
+ * Sequence of one job:
+ *   hello → welcome
+ *   lease → queued* → leased
+ *   upload-begin → upload-ready{offset} → binary frames… → upload-end → upload-done
+ *     (upload-begin answers upload-done{skipped:true} at once when the agent holds that sha256)
+ *   flash → log* / progress* / phase* → result
+ *   cancel (any time after lease) → result{code: CANCELLED}
+ * Errors come as `error{re, code, message}`; a fatal one is followed by the agent closing the socket.
+ */
+import type { ErrorCode } from './errors.js';
+
+/** Bumped on any incompatible change. The hello exchange refuses a mismatch naming both versions. */
+export const PROTOCOL_VERSION = 1;
+
+/** Path of the WebSocket endpoint on the agent. */
+export const WS_PATH = '/v1/ws';
+
+/** Upload chunk size the agent advertises (and the client uses); `maxPayload` is this plus margin. */
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+export const MAX_PAYLOAD_MARGIN = 64 * 1024;
+
+export type Compression = 'none' | 'gz' | 'xz' | 'zst';
+export const COMPRESSIONS: readonly Compression[] = ['none', 'gz', 'xz', 'zst'];
+
+/** The phases of a job, in order. Phase names are shown as log groups by the action. */
+export const PHASES = ['queue', 'upload', 'stage', 'reset', 'transfer', 'verify', 'boot'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export interface TargetInfo {
+  name: string;
+  mac: string;
+  ip: string;
+  model?: string;
+}
+
+// ---- client → agent -------------------------------------------------------------------------
+
+export interface HelloRequest {
+  type: 'hello';
+  id: string;
+  protocol: number;
+  /** Free text for the agent's log, e.g. "rpi-flash-action/0.1.0 (owner/repo#123)". */
+  client?: string;
+}
+
+export interface LeaseRequest {
+  type: 'lease';
+  id: string;
+  /** Name, MAC or IP from the agent's targets database. */
+  target: string;
+  /** Who holds the lease, for the agent's log and for others waiting (e.g. "owner/repo run 42"). */
+  holder?: string;
+  /** Re-claim a lease after a reconnect (the id from an earlier `leased`). */
+  lease?: string;
+}
+
+export interface UploadBeginRequest {
+  type: 'upload-begin';
+  id: string;
+  /** sha256 (hex, lower case) of the bytes on the wire — the compressed file when compressed. */
+  sha256: string;
+  /** Bytes on the wire. */
+  size: number;
+  compression: Compression;
+  /** Size after decompression, when the client knows it (used for the disk-space check). */
+  imageSize?: number;
+  /** The image's file name, for logs only. */
+  name?: string;
+}
+
+export interface UploadEndRequest {
+  type: 'upload-end';
+  id: string;
+}
+
+export interface FlashRequest {
+  type: 'flash';
+  id: string;
+  /** The image to flash: the sha256 of an upload that ended with `upload-done`. */
+  sha256: string;
+  /** `tcp:<port>`, `tcp:<host>:<port>` or `none`; the agent's default when absent. */
+  bootCheck?: string;
+  /** Per-job timeouts in seconds, each optional: the agent's defaults otherwise. */
+  timeouts?: Partial<Record<'boardShow' | 'stall' | 'boot', number>>;
+}
+
+export interface CancelRequest {
+  type: 'cancel';
+  id: string;
+  reason?: string;
+}
+
+export type ClientMessage = HelloRequest | LeaseRequest | UploadBeginRequest | UploadEndRequest | FlashRequest | CancelRequest;
+
+// ---- agent → client -------------------------------------------------------------------------
+
+export interface WelcomeMessage {
+  type: 'welcome';
+  re: string;
+  protocol: number;
+  agent: string;
+  chunkSize: number;
+  maxPayload: number;
+}
+
+export interface QueuedMessage {
+  type: 'queued';
+  re: string;
+  /** 1 = next in line. */
+  position: number;
+  /** Who holds the target now, when known. */
+  holder?: string;
+}
+
+export interface LeasedMessage {
+  type: 'leased';
+  re: string;
+  lease: string;
+  target: TargetInfo;
+}
+
+export interface UploadReadyMessage {
+  type: 'upload-ready';
+  re: string;
+  /** Bytes of this sha256 the agent already holds: the client sends from here on. */
+  offset: number;
+}
+
+export interface UploadProgressMessage {
+  type: 'upload-progress';
+  re: string;
+  /** Bytes the agent has written to disk so far. */
+  received: number;
+}
+
+export interface UploadDoneMessage {
+  type: 'upload-done';
+  re: string;
+  sha256: string;
+  /** Bytes on the wire. */
+  size: number;
+  /** Bytes of the stored (decompressed) image. */
+  imageSize: number;
+  /** True when the agent already held this image and no bytes were sent. */
+  skipped: boolean;
+}
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+export interface LogEvent {
+  type: 'log';
+  re: string;
+  job: string;
+  level: LogLevel;
+  /** `agent` for the agent's own lines, `board` for what the board reported, `console` for a serial console. */
+  source: 'agent' | 'board' | 'console';
+  phase?: Phase;
+  message: string;
+  /** Milliseconds since the epoch. */
+  time: number;
+}
+
+export interface PhaseEvent {
+  type: 'phase';
+  re: string;
+  job: string;
+  phase: Phase;
+  state: 'start' | 'end';
+  /** On `end`: seconds spent in the phase. */
+  seconds?: number;
+}
+
+export interface ProgressEvent {
+  type: 'progress';
+  re: string;
+  job: string;
+  phase: Phase;
+  /** Bytes (or items) done and the total, when known. */
+  done: number;
+  total?: number;
+  /** For `transfer`: the 1-based part number and how many parts there are. */
+  part?: number;
+  parts?: number;
+}
+
+export interface PartReport {
+  part: number;
+  offset: number;
+  size: number;
+  crc32: string;
+  /** What the board reported: `ok` after write and read-back verified, else what failed. */
+  status: 'ok' | 'failed' | 'missing';
+  retries: number;
+}
+
+export interface JobResult {
+  ok: boolean;
+  code: ErrorCode;
+  message: string;
+  job: string;
+  target: TargetInfo;
+  sha256: string;
+  bytesWritten: number;
+  /** Seconds per phase that ran. */
+  timings: Partial<Record<Phase, number>>;
+  parts: PartReport[];
+  /** TFTP options the board negotiated, when seen (blksize, windowsize, tsize). */
+  tftpOptions?: Record<string, string>;
+}
+
+export interface ResultMessage extends JobResult {
+  type: 'result';
+  re: string;
+}
+
+export interface ErrorMessage {
+  type: 'error';
+  /** The request this answers, when there is one. */
+  re?: string;
+  code: ErrorCode;
+  message: string;
+  /** True when the agent closes the connection after this message. */
+  fatal?: boolean;
+}
+
+export type AgentMessage =
+  | WelcomeMessage
+  | QueuedMessage
+  | LeasedMessage
+  | UploadReadyMessage
+  | UploadProgressMessage
+  | UploadDoneMessage
+  | LogEvent
+  | PhaseEvent
+  | ProgressEvent
+  | ResultMessage
+  | ErrorMessage;
+
+export const SHA256_PATTERN = /^[0-9a-f]{64}$/;
