@@ -94,6 +94,8 @@ export interface FlashRequest {
 export interface CancelRequest {
   type: 'cancel';
   id: string;
+  /** Cancel this lease (and its job) from another connection, e.g. the action's post step. */
+  lease?: string;
   reason?: string;
 }
 
@@ -220,6 +222,13 @@ export interface ResultMessage extends JobResult {
   re: string;
 }
 
+/** Answer to `cancel` when the lease had no running job (a running job answers with its `result`). */
+export interface ReleasedMessage {
+  type: 'released';
+  re: string;
+  lease: string;
+}
+
 export interface ErrorMessage {
   type: 'error';
   /** The request this answers, when there is one. */
@@ -241,6 +250,7 @@ export type AgentMessage =
   | PhaseEvent
   | ProgressEvent
   | ResultMessage
+  | ReleasedMessage
   | ErrorMessage;
 
 export const SHA256_PATTERN = /^[0-9a-f]{64}$/;

@@ -1,0 +1,339 @@
+/**
+ * What the agent does for its clients: leases, uploads, jobs, cancels (DESIGN §3.6).
+ *
+ * A lease outlives its connection for a grace period so a client that lost its network can
+ * reconnect and resume (`lease` with the old lease id). A client that goes silent, or stays away
+ * past the grace period, loses the lease; its running job is cancelled and the staged files go.
+ */
+import { AgentError } from '../../src/protocol/errors.js';
+import type { ClientMessage, FlashRequest, JobResult, LeaseRequest, ResultMessage, UploadBeginRequest } from '../../src/protocol/messages.js';
+import type { Logger } from './log.js';
+import type { AgentConfig } from './config.js';
+import { findTarget, type Target } from './targets/database.js';
+import { createResetLine, type ResetContext } from './reset/index.js';
+import type { ImageStore, UploadSession } from './store/image-store.js';
+import { LeaseManager, newId, type Lease } from './jobs/leases.js';
+import { FlashJob, formatBytes, targetInfo } from './jobs/flash-job.js';
+import type { BoardFiles } from './jobs/board-files.js';
+import type { ClientConnection, ConnectionHandler } from './ws/server.js';
+
+interface ActiveUpload {
+  requestId: string;
+  session: UploadSession;
+  sha256: string;
+  size: number;
+  received: number;
+  lastAck: number;
+  /** Writes run one after another; a failure poisons the rest. */
+  chain: Promise<void>;
+  failed?: AgentError;
+}
+
+interface LeaseSession {
+  lease: Lease;
+  target: Target;
+  conn?: ClientConnection;
+  upload?: ActiveUpload;
+  job?: FlashJob;
+  jobRequest?: string;
+  /** A result that finished while the client was away, delivered when it reattaches. */
+  pendingResult?: ResultMessage;
+  graceTimer?: NodeJS.Timeout;
+}
+
+export interface AgentServiceDeps {
+  config: AgentConfig;
+  log: Logger;
+  store: ImageStore;
+  files: BoardFiles;
+  resetContext: Omit<ResetContext, 'log'>;
+  targets: () => readonly Target[];
+}
+
+/** How far ahead of the agent's disk writes a client may send (flow control by upload-progress). */
+export const UPLOAD_WINDOW_BYTES = 16 * 1024 * 1024;
+
+export class AgentService implements ConnectionHandler {
+  readonly leases = new LeaseManager();
+  private readonly sessions = new Map<string, LeaseSession>();
+  private readonly byConnection = new Map<string, LeaseSession>();
+  /** Lease requests still waiting in a queue, by connection, so a disconnect leaves the queue. */
+  private readonly waiting = new Map<string, { abort: AbortController; requestId: string }>();
+  private stopping = false;
+
+  constructor(private readonly d: AgentServiceDeps) {}
+
+  onMessage(conn: ClientConnection, m: ClientMessage): Promise<void> | void {
+    if (this.stopping && m.type !== 'cancel') throw new AgentError('SHUTTING_DOWN', 'the agent is stopping and takes no new work');
+    switch (m.type) {
+      case 'lease':
+        return this.lease(conn, m);
+      case 'upload-begin':
+        return this.uploadBegin(conn, m);
+      case 'upload-end':
+        return this.uploadEnd(conn, m.id);
+      case 'flash':
+        return this.flash(conn, m);
+      case 'cancel':
+        return this.cancel(conn, m.id, m.lease, m.reason);
+      case 'hello':
+        return;
+    }
+  }
+
+  private sessionOf(conn: ClientConnection): LeaseSession {
+    const s = this.byConnection.get(conn.id);
+    if (!s) throw new AgentError('NOT_LEASED', 'lease a target first');
+    return s;
+  }
+
+  private attach(s: LeaseSession, conn: ClientConnection): void {
+    clearTimeout(s.graceTimer);
+    s.graceTimer = undefined;
+    s.conn = conn;
+    this.byConnection.set(conn.id, s);
+  }
+
+  private async lease(conn: ClientConnection, m: LeaseRequest): Promise<void> {
+    if (this.byConnection.has(conn.id) || this.waiting.has(conn.id)) throw new AgentError('BAD_REQUEST', 'this connection already holds or waits for a lease');
+    if (m.lease) {
+      const s = this.sessions.get(m.lease);
+      if (!s) throw new AgentError('LEASE_LOST', `lease ${m.lease} is no longer held (it ended or its grace period passed)`);
+      if (s.conn && s.conn.id !== conn.id) s.conn.close(4000, 'lease taken over by a new connection');
+      this.attach(s, conn);
+      this.d.log.info('lease resumed', { target: s.target.name, lease: s.lease.id, conn: conn.id });
+      conn.send({ type: 'leased', re: m.id, lease: s.lease.id, target: targetInfo(s.target) });
+      if (s.pendingResult) {
+        conn.send(s.pendingResult);
+        this.endSession(s);
+      }
+      return;
+    }
+    const target = findTarget(this.d.targets(), m.target);
+    if (!target) throw new AgentError('UNKNOWN_TARGET', `no target "${m.target}" in the agent's database (give a name, MAC or IP)`);
+    const holder = m.holder ?? conn.client;
+    const abort = new AbortController();
+    this.waiting.set(conn.id, { abort, requestId: m.id });
+    let lease: Lease;
+    try {
+      lease = await this.leases.acquire(target.name, holder, {
+        signal: abort.signal,
+        onPosition: (position, current) => {
+          conn.send({ type: 'queued', re: m.id, position, ...(current ? { holder: current } : {}) });
+          this.d.log.info('lease request queued', { target: target.name, position, holder });
+        },
+      });
+    } finally {
+      this.waiting.delete(conn.id);
+    }
+    const s: LeaseSession = { lease, target };
+    this.sessions.set(lease.id, s);
+    this.attach(s, conn);
+    this.d.log.info('lease granted', { target: target.name, lease: lease.id, holder });
+    conn.send({ type: 'leased', re: m.id, lease: lease.id, target: targetInfo(target) });
+  }
+
+  private async uploadBegin(conn: ClientConnection, m: UploadBeginRequest): Promise<void> {
+    const s = this.sessionOf(conn);
+    if (s.job) throw new AgentError('BAD_REQUEST', 'a job is running on this lease');
+    await this.dropUpload(s, 'suspend');
+    const held = await this.d.store.get(m.sha256);
+    if (held) {
+      this.d.log.info('image already held; upload skipped', { target: s.target.name, sha256: m.sha256 });
+      conn.send({ type: 'upload-done', re: m.id, sha256: held.sha256, size: held.wireSize, imageSize: held.imageSize, skipped: true });
+      return;
+    }
+    const session = await this.d.store.begin({ sha256: m.sha256, size: m.size, compression: m.compression, ...(m.imageSize ? { imageSize: m.imageSize } : {}) });
+    s.upload = { requestId: m.id, session, sha256: m.sha256, size: m.size, received: session.offset, lastAck: session.offset, chain: Promise.resolve() };
+    this.d.log.info('upload started', { target: s.target.name, sha256: m.sha256, size: m.size, compression: m.compression, resumeAt: session.offset, name: m.name });
+    conn.send({ type: 'upload-ready', re: m.id, offset: session.offset });
+  }
+
+  onBinary(conn: ClientConnection, data: Buffer): void {
+    const s = this.byConnection.get(conn.id);
+    const up = s?.upload;
+    if (!s || !up) {
+      // Bytes nobody asked for are refused, never stored.
+      conn.send({ type: 'error', code: 'BAD_REQUEST', message: 'binary data outside an upload (send upload-begin first)', fatal: true });
+      conn.close(1008, 'unexpected binary data');
+      return;
+    }
+    if (up.failed) return;
+    up.chain = up.chain.then(async () => {
+      if (up.failed) return;
+      try {
+        await up.session.write(data);
+        up.received += data.length;
+        // Acknowledge what is on disk: the client keeps at most UPLOAD_WINDOW_BYTES unacknowledged.
+        if (up.received - up.lastAck >= 1024 * 1024 || up.received === up.size) {
+          up.lastAck = up.received;
+          s.conn?.send({ type: 'upload-progress', re: up.requestId, received: up.received });
+        }
+      } catch (err) {
+        up.failed = err instanceof AgentError ? err : new AgentError('INTERNAL', (err as Error).message);
+        s.conn?.send({ type: 'error', re: up.requestId, code: up.failed.code, message: up.failed.message });
+        this.d.log.warn('upload failed', { target: s.target.name, code: up.failed.code, error: up.failed.message });
+        await up.session.discard().catch(() => {});
+        if (s.upload === up) s.upload = undefined;
+      }
+    });
+  }
+
+  private async uploadEnd(conn: ClientConnection, id: string): Promise<void> {
+    const s = this.sessionOf(conn);
+    const up = s.upload;
+    if (!up) throw new AgentError('BAD_REQUEST', 'no upload in progress');
+    await up.chain;
+    if (up.failed) throw up.failed;
+    s.upload = undefined;
+    const started = performance.now();
+    const image = await up.session.finish();
+    this.d.log.info('upload stored', { target: s.target.name, sha256: image.sha256, imageSize: image.imageSize, finishMs: Math.round(performance.now() - started) });
+    conn.send({ type: 'upload-done', re: id, sha256: image.sha256, size: image.wireSize, imageSize: image.imageSize, skipped: false });
+  }
+
+  private async dropUpload(s: LeaseSession, how: 'suspend' | 'discard'): Promise<void> {
+    const up = s.upload;
+    if (!up) return;
+    s.upload = undefined;
+    await up.chain;
+    if (!up.failed) await (how === 'suspend' ? up.session.suspend() : up.session.discard()).catch(() => {});
+  }
+
+  private async flash(conn: ClientConnection, m: FlashRequest): Promise<void> {
+    const s = this.sessionOf(conn);
+    if (s.job) throw new AgentError('BAD_REQUEST', 'a job is already running on this lease');
+    if (s.upload) throw new AgentError('BAD_REQUEST', 'an upload is still in progress (send upload-end first)');
+    const image = await this.d.store.get(m.sha256);
+    if (!image) throw new AgentError('IMAGE_NOT_FOUND', `the agent holds no image with sha256 ${m.sha256}; upload it first`);
+    const { config } = this.d;
+    const jobId = newId(6);
+    const log = this.d.log.child({ target: s.target.name, job: jobId });
+    const unpin = this.d.store.pin(image.sha256);
+    const resetLine = createResetLine(s.target, { ...this.d.resetContext, log });
+    try {
+      const partCrcs = await this.d.store.partCrcs(image.sha256, config.flash.partSize);
+      const job = new FlashJob({
+        id: jobId,
+        target: s.target,
+        image,
+        partCrcs,
+        bootCheck: m.bootCheck ?? config.bootCheck,
+        timeouts: { boardShow: m.timeouts?.boardShow ?? config.timeouts.boardShow, stall: m.timeouts?.stall ?? config.timeouts.stall, boot: m.timeouts?.boot ?? config.timeouts.boot },
+        flash: config.flash,
+        files: this.d.files,
+        resetLine,
+        log,
+        emit: (event) => s.conn?.send({ ...event, re: m.id } as never),
+      });
+      s.job = job;
+      s.jobRequest = m.id;
+      log.info('job started', { image: image.sha256, size: formatBytes(image.imageSize), holder: s.lease.holder });
+      const result: JobResult = await job.run();
+      log.info('job ended', { code: result.code, ok: result.ok, seconds: Object.values(result.timings).reduce((a, b) => a + (b ?? 0), 0).toFixed(1) });
+      const message: ResultMessage = { type: 'result', re: m.id, ...result };
+      if (s.conn) {
+        s.conn.send(message);
+        this.endSession(s);
+      } else {
+        // The client is away: keep the result for its return, free the board for others now.
+        s.pendingResult = message;
+        s.job = undefined;
+        this.leases.release(s.lease.id);
+      }
+    } finally {
+      unpin();
+      await resetLine.close().catch((err: Error) => log.warn('could not release the reset line', { error: err.message }));
+    }
+  }
+
+  private async cancel(conn: ClientConnection, id: string, leaseId: string | undefined, reason?: string): Promise<void> {
+    const waiting = this.waiting.get(conn.id);
+    if (!leaseId && waiting) {
+      waiting.abort.abort(new AgentError('CANCELLED', 'lease request cancelled by the client'));
+      conn.send({ type: 'released', re: id, lease: '' });
+      return;
+    }
+    const s = leaseId ? this.sessions.get(leaseId) : this.byConnection.get(conn.id);
+    if (!s) {
+      // Nothing to cancel is not an error for a safety-net cancel (the post step).
+      conn.send({ type: 'released', re: id, lease: leaseId ?? '' });
+      return;
+    }
+    this.d.log.info('cancel requested', { target: s.target.name, lease: s.lease.id, reason });
+    if (s.job) {
+      // The job's own result (CANCELLED) answers the flash request; the cancel gets `released`.
+      const job = s.job;
+      job.cancel(reason ? `cancelled by the client: ${reason}` : 'cancelled by the client');
+      conn.send({ type: 'released', re: id, lease: s.lease.id });
+      return;
+    }
+    await this.dropUpload(s, 'suspend');
+    this.endSession(s);
+    conn.send({ type: 'released', re: id, lease: s.lease.id });
+  }
+
+  private endSession(s: LeaseSession): void {
+    clearTimeout(s.graceTimer);
+    this.sessions.delete(s.lease.id);
+    if (s.conn) this.byConnection.delete(s.conn.id);
+    this.leases.release(s.lease.id);
+    this.d.log.info('lease released', { target: s.target.name, lease: s.lease.id });
+  }
+
+  onClose(conn: ClientConnection, silent: boolean): void {
+    this.waiting.get(conn.id)?.abort.abort(new AgentError('CANCELLED', 'client disconnected while queued'));
+    const s = this.byConnection.get(conn.id);
+    if (!s) return;
+    this.byConnection.delete(conn.id);
+    if (s.conn?.id === conn.id) s.conn = undefined;
+    const expire = (why: string) => {
+      this.d.log.warn('lease lost', { target: s.target.name, lease: s.lease.id, why });
+      if (s.job) s.job.cancel(why, 'LEASE_LOST');
+      else {
+        void this.dropUpload(s, 'suspend');
+        this.endSession(s);
+      }
+    };
+    if (silent) return expire('client silent past the grace period');
+    // Keep the lease (and a running job) for a reconnect; an upload keeps its bytes for a resume.
+    void this.dropUpload(s, 'suspend');
+    s.graceTimer = setTimeout(() => {
+      s.graceTimer = undefined;
+      if (s.pendingResult) this.sessions.delete(s.lease.id);
+      else expire(`client did not come back within ${this.d.config.timeouts.leaseGrace} s`);
+    }, this.d.config.timeouts.leaseGrace * 1000);
+    s.graceTimer.unref();
+  }
+
+  /** Shutdown: refuse new work, cancel running jobs and wait for their cleanup (bounded), end leases. */
+  async shutdown(): Promise<void> {
+    this.stopping = true;
+    this.leases.close();
+    const running: Promise<void>[] = [];
+    for (const s of this.sessions.values()) {
+      if (s.job) {
+        s.job.cancel('the agent is stopping', 'SHUTTING_DOWN');
+        running.push(
+          new Promise<void>((resolve) => {
+            const check = setInterval(() => {
+              if (!s.job || !this.sessions.has(s.lease.id) || s.pendingResult) {
+                clearInterval(check);
+                resolve();
+              }
+            }, 20);
+          }),
+        );
+      }
+    }
+    await Promise.race([Promise.all(running), new Promise((r) => setTimeout(r, this.d.config.timeouts.shutdown * 1000))]);
+    for (const s of [...this.sessions.values()]) {
+      await this.dropUpload(s, 'suspend');
+      this.endSession(s);
+    }
+  }
+
+  activeJobs(): number {
+    return [...this.sessions.values()].filter((s) => s.job).length;
+  }
+}

@@ -1,0 +1,295 @@
+/**
+ * The agent's configuration: a JSON file, overridable by command-line flags, validated up front.
+ * Every problem is collected and reported at once, so an operator fixes the file in one go.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { isIP } from 'node:net';
+
+export interface AgentConfig {
+  listen: { host: string; port: number; tls?: { cert: string; key: string } };
+  /** The shared secret clients present as `Authorization: Bearer <token>`. */
+  token: string;
+  targets: string;
+  tftp: {
+    root: string;
+    address: string;
+    port: number;
+    /** Refuse a target's files to any peer but the target's IP (loopback peers are always allowed). */
+    checkClientIp: boolean;
+    maxBlksize: number;
+    maxWindowsize: number;
+  };
+  stateDir: string;
+  store: { maxBytes: number };
+  flash: {
+    partSize: number;
+    retries: number;
+    resetPulseMs: number;
+    /** U-Boot memory map for stage 2 (hex addresses; defaults suit every Pi with ≥ 1 GiB). */
+    loadAddr: number;
+    crcAddr: number;
+    beaconAddr: number;
+    mmcDev: number;
+    /** Sent to U-Boot as `tftpblocksize` / `tftpwindowsize` when set. */
+    tftpBlockSize?: number;
+    tftpWindowSize?: number;
+  };
+  timeouts: {
+    /** Seconds from reset until the board must fetch its script. */
+    boardShow: number;
+    /** Seconds without any TFTP activity from the board mid-flash. */
+    stall: number;
+    /** Seconds for the boot check after the board reported success. */
+    boot: number;
+    /** Seconds a silent or disconnected client keeps its lease. */
+    leaseGrace: number;
+    /** Seconds a running job gets to wind down on shutdown. */
+    shutdown: number;
+  };
+  /** Boot check when a job names none: `tcp:22`, `tcp:host:port` or `none`. */
+  bootCheck: string;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** The simulated lab: boards with reset spec `sim`. */
+  sim: { bootPort: number; cardSize: number };
+}
+
+export const DEFAULTS = {
+  listen: { host: '0.0.0.0', port: 8443 },
+  tftp: { root: '/srv/tftp', address: '0.0.0.0', port: 69, checkClientIp: true, maxBlksize: 65464, maxWindowsize: 64 },
+  stateDir: '/var/lib/rpi-flash',
+  store: { maxBytes: 32 * 1024 ** 3 },
+  flash: {
+    partSize: 64 * 1024 ** 2,
+    retries: 2,
+    resetPulseMs: 200,
+    loadAddr: 0x1000_0000,
+    crcAddr: 0x0f00_0000,
+    beaconAddr: 0x0f10_0000,
+    mmcDev: 0,
+  },
+  timeouts: { boardShow: 90, stall: 120, boot: 300, leaseGrace: 60, shutdown: 10 },
+  bootCheck: 'tcp:22',
+  logLevel: 'info',
+  sim: { bootPort: 2222, cardSize: 256 * 1024 ** 2 },
+} as const;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
+
+/** `1073741824`, `"1GiB"`, `"64 MiB"`, `"512k"` → bytes; undefined when not a size. */
+export function parseSize(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
+  if (typeof value !== 'string') return undefined;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value);
+  if (!m) return undefined;
+  const unit = SIZE_UNITS[m[2]!.toLowerCase()];
+  return unit === undefined ? undefined : Math.round(Number(m[1]) * unit);
+}
+
+type Raw = Record<string, unknown>;
+
+/**
+ * Turn a raw object (the parsed file merged with flag overrides) into a config, or throw a
+ * ConfigError listing every problem. Relative paths resolve against `baseDir` (the file's folder).
+ */
+export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentConfig> {
+  const problems: string[] = [];
+  const obj = (key: string, from: Raw = raw): Raw => {
+    const v = from[key];
+    if (v === undefined) return {};
+    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v as Raw;
+    problems.push(`"${key}" must be an object`);
+    return {};
+  };
+  const known = (from: Raw, where: string, keys: string[]) => {
+    for (const k of Object.keys(from)) if (!keys.includes(k)) problems.push(`unknown setting "${where}${k}"`);
+  };
+  const int = (name: string, v: unknown, dflt: number | undefined, min: number, max: number): number => {
+    if (v === undefined) {
+      if (dflt === undefined) problems.push(`"${name}" is required`);
+      return dflt ?? min;
+    }
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+      problems.push(`"${name}" must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+      return dflt ?? min;
+    }
+    return v;
+  };
+  const seconds = (name: string, v: unknown, dflt: number): number => {
+    if (v === undefined) return dflt;
+    if (typeof v !== 'number' || !(v > 0) || v > 86_400) {
+      problems.push(`"${name}" must be a number of seconds between 0 and 86400, got ${JSON.stringify(v)}`);
+      return dflt;
+    }
+    return v;
+  };
+  const size = (name: string, v: unknown, dflt: number): number => {
+    if (v === undefined) return dflt;
+    const n = parseSize(v);
+    if (n === undefined || n === 0) {
+      problems.push(`"${name}" must be a size like 64MiB or a byte count, got ${JSON.stringify(v)}`);
+      return dflt;
+    }
+    return n;
+  };
+  const string = (name: string, v: unknown, dflt?: string): string => {
+    if (v === undefined) {
+      if (dflt === undefined) problems.push(`"${name}" is required`);
+      return dflt ?? '';
+    }
+    if (typeof v !== 'string' || v.trim() === '') {
+      problems.push(`"${name}" must be a non-empty string`);
+      return dflt ?? '';
+    }
+    return v;
+  };
+  const file = (v: string) => path.resolve(baseDir, v);
+  const address = (name: string, v: string) => {
+    if (v !== 'localhost' && isIP(v) === 0) problems.push(`"${name}" must be an IP address, got "${v}"`);
+    return v;
+  };
+
+  known(raw, '', ['listen', 'token', 'tokenFile', 'targets', 'tftp', 'stateDir', 'store', 'flash', 'timeouts', 'bootCheck', 'logLevel', 'sim']);
+
+  const listenRaw = obj('listen');
+  known(listenRaw, 'listen.', ['host', 'port', 'tls']);
+  const tlsRaw = listenRaw.tls === undefined ? undefined : obj('tls', listenRaw);
+  let tls: AgentConfig['listen']['tls'];
+  if (tlsRaw) {
+    known(tlsRaw, 'listen.tls.', ['cert', 'key']);
+    tls = { cert: file(string('listen.tls.cert', tlsRaw.cert)), key: file(string('listen.tls.key', tlsRaw.key)) };
+  }
+  const listen = {
+    host: address('listen.host', string('listen.host', listenRaw.host, DEFAULTS.listen.host)),
+    port: int('listen.port', listenRaw.port, DEFAULTS.listen.port, 0, 65535),
+    ...(tls ? { tls } : {}),
+  };
+
+  let token = '';
+  if (raw.token !== undefined && raw.tokenFile !== undefined) problems.push('set "token" or "tokenFile", not both');
+  if (raw.tokenFile !== undefined) {
+    const tokenFile = file(string('tokenFile', raw.tokenFile));
+    try {
+      token = (await readFile(tokenFile, 'utf8')).trim();
+      if (!token) problems.push(`token file ${tokenFile} is empty`);
+    } catch (err) {
+      problems.push(`cannot read token file ${tokenFile}: ${(err as Error).message}`);
+    }
+  } else if (raw.token !== undefined) {
+    token = string('token', raw.token);
+  } else {
+    problems.push('"token" or "tokenFile" is required (clients authenticate with it)');
+  }
+  if (token && token.length < 16) problems.push('the token must be at least 16 characters');
+
+  const targets = file(string('targets', raw.targets));
+
+  const tftpRaw = obj('tftp');
+  known(tftpRaw, 'tftp.', ['root', 'address', 'port', 'checkClientIp', 'maxBlksize', 'maxWindowsize']);
+  if (tftpRaw.checkClientIp !== undefined && typeof tftpRaw.checkClientIp !== 'boolean') problems.push('"tftp.checkClientIp" must be true or false');
+  const tftp = {
+    root: file(string('tftp.root', tftpRaw.root, DEFAULTS.tftp.root)),
+    address: address('tftp.address', string('tftp.address', tftpRaw.address, DEFAULTS.tftp.address)),
+    port: int('tftp.port', tftpRaw.port, DEFAULTS.tftp.port, 0, 65535),
+    checkClientIp: (tftpRaw.checkClientIp as boolean | undefined) ?? DEFAULTS.tftp.checkClientIp,
+    maxBlksize: int('tftp.maxBlksize', tftpRaw.maxBlksize, DEFAULTS.tftp.maxBlksize, 512, 65464),
+    maxWindowsize: int('tftp.maxWindowsize', tftpRaw.maxWindowsize, DEFAULTS.tftp.maxWindowsize, 1, 65535),
+  };
+
+  const storeRaw = obj('store');
+  known(storeRaw, 'store.', ['maxBytes']);
+
+  const flashRaw = obj('flash');
+  known(flashRaw, 'flash.', ['partSize', 'retries', 'resetPulseMs', 'loadAddr', 'crcAddr', 'beaconAddr', 'mmcDev', 'tftpBlockSize', 'tftpWindowSize']);
+  const hex = (name: string, v: unknown, dflt: number): number => {
+    if (v === undefined) return dflt;
+    const n = typeof v === 'string' && /^0x[0-9a-f]+$/i.test(v) ? Number.parseInt(v, 16) : typeof v === 'number' ? v : NaN;
+    if (!Number.isSafeInteger(n) || n < 0 || n > 0xffff_ffff) {
+      problems.push(`"${name}" must be an address like "0x10000000", got ${JSON.stringify(v)}`);
+      return dflt;
+    }
+    return n;
+  };
+  const partSize = size('flash.partSize', flashRaw.partSize, DEFAULTS.flash.partSize);
+  if (partSize % 512 !== 0) problems.push(`"flash.partSize" must be a multiple of 512 bytes, got ${partSize}`);
+  const flash: AgentConfig['flash'] = {
+    partSize,
+    retries: int('flash.retries', flashRaw.retries, DEFAULTS.flash.retries, 0, 10),
+    resetPulseMs: int('flash.resetPulseMs', flashRaw.resetPulseMs, DEFAULTS.flash.resetPulseMs, 1, 60_000),
+    loadAddr: hex('flash.loadAddr', flashRaw.loadAddr, DEFAULTS.flash.loadAddr),
+    crcAddr: hex('flash.crcAddr', flashRaw.crcAddr, DEFAULTS.flash.crcAddr),
+    beaconAddr: hex('flash.beaconAddr', flashRaw.beaconAddr, DEFAULTS.flash.beaconAddr),
+    mmcDev: int('flash.mmcDev', flashRaw.mmcDev, DEFAULTS.flash.mmcDev, 0, 15),
+  };
+  if (flashRaw.tftpBlockSize !== undefined) flash.tftpBlockSize = int('flash.tftpBlockSize', flashRaw.tftpBlockSize, undefined, 512, 65464);
+  if (flashRaw.tftpWindowSize !== undefined) flash.tftpWindowSize = int('flash.tftpWindowSize', flashRaw.tftpWindowSize, undefined, 1, 64);
+
+  const timeoutsRaw = obj('timeouts');
+  known(timeoutsRaw, 'timeouts.', ['boardShow', 'stall', 'boot', 'leaseGrace', 'shutdown']);
+  const timeouts = {
+    boardShow: seconds('timeouts.boardShow', timeoutsRaw.boardShow, DEFAULTS.timeouts.boardShow),
+    stall: seconds('timeouts.stall', timeoutsRaw.stall, DEFAULTS.timeouts.stall),
+    boot: seconds('timeouts.boot', timeoutsRaw.boot, DEFAULTS.timeouts.boot),
+    leaseGrace: seconds('timeouts.leaseGrace', timeoutsRaw.leaseGrace, DEFAULTS.timeouts.leaseGrace),
+    shutdown: seconds('timeouts.shutdown', timeoutsRaw.shutdown, DEFAULTS.timeouts.shutdown),
+  };
+
+  const bootCheck = string('bootCheck', raw.bootCheck, DEFAULTS.bootCheck);
+  if (!/^(none|tcp:(\S+:)?\d{1,5})$/.test(bootCheck)) problems.push(`"bootCheck" must be none, tcp:<port> or tcp:<host>:<port>, got "${bootCheck}"`);
+
+  const logLevel = string('logLevel', raw.logLevel, DEFAULTS.logLevel) as AgentConfig['logLevel'];
+  if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) problems.push(`"logLevel" must be debug, info, warn or error, got "${logLevel}"`);
+
+  const simRaw = obj('sim');
+  known(simRaw, 'sim.', ['bootPort', 'cardSize']);
+
+  const config: AgentConfig = {
+    listen,
+    token,
+    targets,
+    tftp,
+    stateDir: file(string('stateDir', raw.stateDir, DEFAULTS.stateDir)),
+    store: { maxBytes: size('store.maxBytes', storeRaw.maxBytes, DEFAULTS.store.maxBytes) },
+    flash,
+    timeouts,
+    bootCheck,
+    logLevel,
+    sim: {
+      bootPort: int('sim.bootPort', simRaw.bootPort, DEFAULTS.sim.bootPort, 1, 65535),
+      cardSize: size('sim.cardSize', simRaw.cardSize, DEFAULTS.sim.cardSize),
+    },
+  };
+  if (problems.length) throw new ConfigError(problems);
+  return config;
+}
+
+/** Read a JSON config file, apply overrides (dotted keys, e.g. `tftp.port`), validate. */
+export async function loadConfig(file: string, overrides: Record<string, unknown> = {}): Promise<AgentConfig> {
+  let raw: Raw;
+  try {
+    raw = JSON.parse(await readFile(file, 'utf8')) as Raw;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new ConfigError([e.code === 'ENOENT' ? `config file ${file} does not exist` : `cannot read config file ${file}: ${e.message}`]);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError([`${file} must hold a JSON object`]);
+  for (const [dotted, value] of Object.entries(overrides)) setDotted(raw, dotted, value);
+  return validateConfig(raw, path.dirname(path.resolve(file)));
+}
+
+export function setDotted(target: Raw, dotted: string, value: unknown): void {
+  const keys = dotted.split('.');
+  let node = target;
+  for (const key of keys.slice(0, -1)) {
+    if (typeof node[key] !== 'object' || node[key] === null) node[key] = {};
+    node = node[key] as Raw;
+  }
+  node[keys.at(-1)!] = value;
+}

@@ -1,0 +1,371 @@
+/**
+ * One flash job: stage → reset → transfer → verify → boot, then clean up whatever happened.
+ *
+ * The job is a small state machine driven by what the board does over TFTP: it fetches its
+ * script (it showed up), downloads parts (progress), reads beacons (its reports). Every wait is
+ * bounded by a timeout and by the job's abort signal, so cancel and shutdown end it promptly; the
+ * staged folder is withdrawn the moment the board reports it is done (so the board's reboot does
+ * not flash again) and deleted in `finally` whatever the outcome.
+ */
+import type { ErrorCode } from '../../../src/protocol/errors.js';
+import { AgentError } from '../../../src/protocol/errors.js';
+import type { JobResult, LogEvent, PartReport, Phase, PhaseEvent, ProgressEvent, TargetInfo } from '../../../src/protocol/messages.js';
+import { FLASH_SCRIPT, macDir, partFile, reportPrefix } from '../../../src/protocol/tftp-names.js';
+import type { Logger } from '../log.js';
+import type { Target } from '../targets/database.js';
+import type { ResetLine } from '../reset/index.js';
+import { parseBootCheck, waitForBoot } from '../boot-check.js';
+import type { StoredImage } from '../store/image-store.js';
+import { buildScriptImage } from '../board/uimage.js';
+import { generateStage2Script, planParts, type Stage2Part } from '../board/stage2-script.js';
+import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
+import type { BoardFiles, StagedFile } from './board-files.js';
+import type { TftpRequest } from '../tftp/server.js';
+
+export type JobEvent = Omit<LogEvent, 're'> | Omit<PhaseEvent, 're'> | Omit<ProgressEvent, 're'>;
+
+export interface FlashSettings {
+  partSize: number;
+  retries: number;
+  loadAddr: number;
+  crcAddr: number;
+  beaconAddr: number;
+  mmcDev: number;
+  tftpBlockSize?: number;
+  tftpWindowSize?: number;
+}
+
+export interface FlashJobOptions {
+  id: string;
+  target: Target;
+  image: StoredImage;
+  partCrcs: number[];
+  bootCheck: string;
+  timeouts: { boardShow: number; stall: number; boot: number };
+  flash: FlashSettings;
+  files: BoardFiles;
+  resetLine: ResetLine;
+  log: Logger;
+  emit(event: JobEvent): void;
+}
+
+/** A failure that ends the job with a result code. */
+class JobFailure extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface PartState extends Stage2Part {
+  status: PartReport['status'];
+  retries: number;
+  boardCrc?: string;
+  served: number;
+}
+
+export function targetInfo(t: Target): TargetInfo {
+  return { name: t.name, mac: t.mac, ip: t.ip, ...(t.model ? { model: t.model } : {}) };
+}
+
+export class FlashJob {
+  private readonly abort = new AbortController();
+  private readonly timings: Partial<Record<Phase, number>> = {};
+  private parts: PartState[] = [];
+  private phase: Phase = 'stage';
+  /** Resolvers of whatever the job is waiting for from the board. */
+  private wake: (() => void) | undefined;
+  private scriptFetched = false;
+  private lastActivity = Date.now();
+  private done?: { ok: boolean };
+  private readonly boardFailures: string[] = [];
+  private tftpOptions: Record<string, string> | undefined;
+  private readonly macdir: string;
+
+  constructor(private readonly o: FlashJobOptions) {
+    this.macdir = macDir(o.target.mac);
+  }
+
+  get id(): string {
+    return this.o.id;
+  }
+
+  /** Ask the job to stop; `run()` then resolves with CANCELLED (or the code given). */
+  cancel(reason = 'cancelled by the client', code: ErrorCode = 'CANCELLED'): void {
+    if (!this.abort.signal.aborted) this.abort.abort(new JobFailure(code, reason));
+  }
+
+  private log(level: LogEvent['level'], message: string, source: LogEvent['source'] = 'agent'): void {
+    this.o.log[level](message, { phase: this.phase, ...(source !== 'agent' ? { source } : {}) });
+    this.o.emit({ type: 'log', job: this.o.id, level, source, phase: this.phase, message, time: Date.now() });
+  }
+
+  private async inPhase<T>(phase: Phase, body: () => Promise<T>): Promise<T> {
+    this.phase = phase;
+    const started = performance.now();
+    this.o.emit({ type: 'phase', job: this.o.id, phase, state: 'start' });
+    try {
+      return await body();
+    } finally {
+      const seconds = Math.round((performance.now() - started) / 10) / 100;
+      this.timings[phase] = seconds;
+      this.o.emit({ type: 'phase', job: this.o.id, phase, state: 'end', seconds });
+    }
+  }
+
+  async run(): Promise<JobResult> {
+    const { target, image } = this.o;
+    let code: ErrorCode = 'OK';
+    let message = 'flashed, verified and booted';
+    try {
+      this.throwIfCancelled();
+      const bootCheck = parseBootCheckOrFail(this.o.bootCheck);
+      await this.inPhase('stage', () => this.stage());
+      await this.inPhase('reset', async () => {
+        this.log('info', `resetting ${target.name} through ${this.o.resetLine.describe()}`);
+        await this.raceAbort(this.o.resetLine.pulse());
+      });
+      await this.inPhase('transfer', () => this.watchTransfer());
+      await this.inPhase('verify', async () => this.verify());
+      if (bootCheck.kind === 'none') {
+        this.log('info', 'boot check skipped (none)');
+      } else {
+        await this.inPhase('boot', async () => {
+          this.log('info', `waiting for ${this.o.bootCheck} on ${target.ip} (up to ${this.o.timeouts.boot} s)`);
+          const boot = await waitForBoot(bootCheck, target.ip, { timeoutMs: this.o.timeouts.boot * 1000, signal: this.abort.signal, log: this.o.log });
+          this.throwIfCancelled();
+          if (!boot.ok) throw new JobFailure('BOOT_TIMEOUT', `the new system did not answer ${this.o.bootCheck} on ${target.ip} within ${this.o.timeouts.boot} s`);
+          this.log('info', `booted: ${this.o.bootCheck} answered after ${(boot.ms / 1000).toFixed(1)} s`);
+        });
+      }
+    } catch (err) {
+      const failure = this.abort.signal.aborted ? (this.abort.signal.reason as JobFailure) : err;
+      if (failure instanceof JobFailure || failure instanceof AgentError) {
+        code = failure.code;
+        message = failure.message;
+      } else {
+        code = 'INTERNAL';
+        message = `internal error: ${(failure as Error)?.message ?? String(failure)}`;
+        this.o.log.error('job failed unexpectedly', { error: (failure as Error)?.stack ?? String(failure) });
+      }
+      this.log(code === 'CANCELLED' ? 'warn' : 'error', `${code}: ${message}`);
+    } finally {
+      await this.o.files.unstage(this.macdir).catch((err: Error) => this.o.log.error('could not delete the staged folder', { error: err.message }));
+    }
+    return {
+      ok: code === 'OK',
+      code,
+      message,
+      job: this.o.id,
+      target: targetInfo(target),
+      sha256: image.sha256,
+      bytesWritten: this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
+      timings: this.timings,
+      parts: this.parts.map((p) => ({ part: p.index, offset: p.imageOffset, size: p.size, crc32: hex8(p.crc32), status: p.status, retries: p.retries })),
+      ...(this.tftpOptions ? { tftpOptions: this.tftpOptions } : {}),
+    };
+  }
+
+  private throwIfCancelled(): void {
+    if (this.abort.signal.aborted) throw this.abort.signal.reason;
+  }
+
+  private raceAbort<T>(work: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => reject(this.abort.signal.reason);
+      if (this.abort.signal.aborted) return onAbort();
+      this.abort.signal.addEventListener('abort', onAbort, { once: true });
+      work.then(resolve, reject).finally(() => this.abort.signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  private async stage(): Promise<void> {
+    const { image, flash, target } = this.o;
+    if (target.layout === 'seed') throw new JobFailure('BAD_REQUEST', `${target.name} carries the seed system's recovery card (layout seed), which this agent cannot flash yet`);
+    const plan = planParts(image.imageSize, flash.partSize);
+    if (plan.length !== this.o.partCrcs.length) throw new Error(`part CRCs (${this.o.partCrcs.length}) do not match the plan (${plan.length} parts)`);
+    this.parts = plan.map((p, i) => ({ ...p, file: partFile(target.mac, this.o.id, p.index), crc32: this.o.partCrcs[i]!, status: 'missing', retries: 0, served: 0 }));
+    const script = generateStage2Script({
+      jobId: this.o.id,
+      mac: target.mac,
+      parts: this.parts,
+      retries: flash.retries,
+      loadAddr: flash.loadAddr,
+      crcAddr: flash.crcAddr,
+      beaconAddr: flash.beaconAddr,
+      mmcDev: flash.mmcDev,
+      ...(flash.tftpBlockSize ? { tftpBlockSize: flash.tftpBlockSize } : {}),
+      ...(flash.tftpWindowSize ? { tftpWindowSize: flash.tftpWindowSize } : {}),
+    });
+    const scriptImage = buildScriptImage(script, { name: `rpi-flash ${this.o.id}` });
+    const files = new Map<string, StagedFile>([[FLASH_SCRIPT, { kind: 'buffer', data: scriptImage }]]);
+    const prefix = `${this.macdir}/`;
+    for (const p of this.parts) {
+      files.set(p.file.slice(prefix.length), { kind: 'range', imagePath: image.path, offset: p.imageOffset, size: p.servedSize, imageSize: image.imageSize });
+    }
+    const manifest = { job: this.o.id, target: target.name, sha256: image.sha256, imageSize: image.imageSize, parts: this.parts.map((p) => ({ file: p.file, offset: p.imageOffset, size: p.servedSize, crc32: hex8(p.crc32) })) };
+    await this.o.files.stage(
+      this.macdir,
+      {
+        jobId: this.o.id,
+        targetIp: target.ip,
+        files,
+        beaconPrefix: reportPrefix(target.mac, this.o.id).slice(prefix.length),
+        onRead: (rel, req) => this.onRead(rel, req),
+        onProgress: (rel, done, size) => this.onProgress(rel, done, size),
+        onBeacon: (message) => this.onBeacon(message),
+      },
+      { [FLASH_SCRIPT]: scriptImage, 'job.json': Buffer.from(JSON.stringify(manifest, null, 2) + '\n') },
+    );
+    this.log('info', `staged ${this.parts.length} part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ${this.macdir}/ (image ${image.sha256.slice(0, 12)}…)`);
+    this.throwIfCancelled();
+  }
+
+  private notify(): void {
+    this.lastActivity = Date.now();
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  private onRead(rel: string, req: TftpRequest): void {
+    if (rel === FLASH_SCRIPT) {
+      if (!this.scriptFetched) this.log('info', `board fetched ${FLASH_SCRIPT} from ${req.peer.address}`);
+      this.scriptFetched = true;
+    } else {
+      const part = this.parts.find((p) => p.file === `${this.macdir}/${rel}`);
+      if (part) {
+        const opts = Object.entries(req.options).map(([k, v]) => `${k}=${v}`).join(' ');
+        if (!this.tftpOptions && Object.keys(req.options).length) this.tftpOptions = { ...req.options };
+        this.log('info', `part ${part.index}/${this.parts.length}: download started${opts ? ` (board asked ${opts})` : ''}`);
+      }
+    }
+    this.notify();
+  }
+
+  private lastProgressEmit = 0;
+
+  private onProgress(rel: string, done: number, size: number): void {
+    const part = this.parts.find((p) => p.file === `${this.macdir}/${rel}`);
+    if (!part) return;
+    part.served = done;
+    this.lastActivity = Date.now();
+    const now = Date.now();
+    if (done < size && now - this.lastProgressEmit < 250) return;
+    this.lastProgressEmit = now;
+    const before = this.parts.filter((p) => p.index < part.index).reduce((s, p) => s + p.servedSize, 0);
+    const total = this.parts.reduce((s, p) => s + p.servedSize, 0);
+    this.o.emit({ type: 'progress', job: this.o.id, phase: 'transfer', done: before + done, total, part: part.index, parts: this.parts.length });
+  }
+
+  private onBeacon(message: string): void {
+    const beacon = parseBeacon(message);
+    if (!beacon) {
+      this.log('warn', `board sent a report the agent does not understand: ${message}`, 'board');
+      this.notify();
+      return;
+    }
+    this.applyBeacon(beacon, message);
+    this.notify();
+  }
+
+  private applyBeacon(b: Beacon, raw: string): void {
+    const part = 'part' in b ? this.parts.find((p) => p.index === b.part) : undefined;
+    switch (b.kind) {
+      case 'start':
+        this.log('info', 'stage 2 started on the board', 'board');
+        break;
+      case 'part-retry':
+        if (part) part.retries += 1;
+        this.log('warn', `part ${b.part}: ${b.reason === 'crc' ? `CRC mismatch (board computed ${b.crc ?? '?'})` : 'download failed'}, retry ${b.attempt}`, 'board');
+        break;
+      case 'part-ok':
+        if (part) {
+          part.boardCrc = b.crc;
+          part.status = 'ok';
+        }
+        this.log('info', `part ${b.part}/${this.parts.length}: written and read back, CRC ${b.crc}`, 'board');
+        this.o.emit({ type: 'progress', job: this.o.id, phase: 'verify', done: this.parts.filter((p) => p.status === 'ok').length, total: this.parts.length, part: b.part, parts: this.parts.length });
+        break;
+      case 'part-failed':
+        if (part) part.status = 'failed';
+        this.boardFailures.push(`part ${b.part} failed at ${b.stage}${b.crc ? ` (CRC ${b.crc})` : ''}`);
+        this.log('error', `part ${b.part}: failed at ${b.stage}${b.crc ? ` (board computed CRC ${b.crc})` : ''}`, 'board');
+        break;
+      case 'done':
+        // Withdraw the files before answering: the board resets right after this beacon and its
+        // stage 1 must find no flash.scr, or it would flash again.
+        this.o.files.withdraw(this.macdir);
+        this.done = { ok: b.ok };
+        this.log(b.ok ? 'info' : 'error', `board reports the flash ${b.ok ? 'succeeded' : 'failed'} (${raw})`, 'board');
+        break;
+    }
+  }
+
+  /** Wait until `ready()` holds, the board goes quiet for `quietSeconds`, or the job is aborted. */
+  private async waitFor(ready: () => boolean, quietSeconds: number, onQuiet: () => JobFailure): Promise<void> {
+    while (!ready()) {
+      this.throwIfCancelled();
+      const left = this.lastActivity + quietSeconds * 1000 - Date.now();
+      if (left <= 0) throw onQuiet();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(left, 1000));
+        const onAbort = () => resolve();
+        this.abort.signal.addEventListener('abort', onAbort, { once: true });
+        this.wake = () => {
+          clearTimeout(timer);
+          this.abort.signal.removeEventListener('abort', onAbort);
+          resolve();
+        };
+      });
+    }
+  }
+
+  private async watchTransfer(): Promise<void> {
+    const { boardShow, stall } = this.o.timeouts;
+    this.lastActivity = Date.now();
+    await this.waitFor(() => this.scriptFetched, boardShow, () => new JobFailure('BOARD_NO_SHOW', `${this.o.target.name} did not fetch ${this.macdir}/${FLASH_SCRIPT} within ${boardShow} s of the reset (is it powered, wired, and running the recovery U-Boot?)`));
+    await this.waitFor(() => this.done !== undefined, stall, () => {
+      const where = this.parts.find((p) => p.status === 'missing');
+      return new JobFailure('BOARD_TIMEOUT', `${this.o.target.name} went quiet for ${stall} s${where ? ` during part ${where.index}/${this.parts.length}` : ''}`);
+    });
+  }
+
+  private verify(): void {
+    if (!this.done?.ok || this.boardFailures.length) {
+      throw new JobFailure('BOARD_REPORTED_FAILURE', this.boardFailures.length ? this.boardFailures.join('; ') : 'the board reported failure');
+    }
+    const problems: string[] = [];
+    for (const p of this.parts) {
+      if (p.status !== 'ok') problems.push(`part ${p.index} was never reported written`);
+      else if (p.boardCrc?.toLowerCase() !== boardCrcText(p.crc32)) problems.push(`part ${p.index}: board read back CRC ${p.boardCrc}, expected ${boardCrcText(p.crc32)}`);
+    }
+    if (problems.length) throw new JobFailure('VERIFY_MISMATCH', problems.join('; '));
+    this.log('info', `all ${this.parts.length} part(s) written and verified by the board`);
+  }
+}
+
+function parseBootCheckOrFail(text: string) {
+  try {
+    return parseBootCheck(text);
+  } catch (err) {
+    throw new JobFailure('BAD_REQUEST', `boot check: ${(err as Error).message}`);
+  }
+}
+
+export function hex8(n: number): string {
+  return (n >>> 0).toString(16).padStart(8, '0');
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}
