@@ -1,0 +1,162 @@
+/**
+ * The composition root: one place wires config, logger, targets database, image store, TFTP
+ * server, WebSocket server, reset lines and (when the database has `sim` targets) the simulated
+ * lab. Tests and the demo build the same graph; `stop()` tears it down in a fixed order.
+ */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import type { AgentConfig } from './config.js';
+import { createLogger, type Logger } from './log.js';
+import { loadTargets, type Target } from './targets/database.js';
+import { ImageStore } from './store/image-store.js';
+import { TftpServer } from './tftp/server.js';
+import { tftpGet } from './tftp/client.js';
+import { BoardFiles } from './jobs/board-files.js';
+import { AgentService } from './agent-service.js';
+import { WsServer } from './ws/server.js';
+import { SimBoard, SimLab } from './sim/index.js';
+
+export interface RunningAgent {
+  config: AgentConfig;
+  log: Logger;
+  /** Where clients connect, e.g. ws://127.0.0.1:40123 */
+  url: string;
+  tftp: { address: string; port: number };
+  service: AgentService;
+  store: ImageStore;
+  files: BoardFiles;
+  simLab?: SimLab;
+  targets(): readonly Target[];
+  /** Re-read the targets CSV; on any problem the old database stays and the error is thrown. */
+  reloadTargets(): Promise<void>;
+  /** Orderly shutdown: refuse new work, end jobs, release leases, delete staged folders, close sockets. */
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  log?: Logger;
+  /** Test-only hooks passed to the TFTP server (e.g. corrupt a block once). */
+  tftpFaults?: ConstructorParameters<typeof TftpServer>[0]['faults'];
+}
+
+export async function startAgent(config: AgentConfig, o: StartOptions = {}): Promise<RunningAgent> {
+  const log = o.log ?? createLogger({ level: config.logLevel });
+  let targets = await loadTargets(config.targets);
+  log.info('targets loaded', { file: config.targets, count: targets.length });
+
+  await mkdir(config.stateDir, { recursive: true });
+  const store = new ImageStore({ dir: path.join(config.stateDir, 'images'), maxBytes: config.store.maxBytes, log: log.child({ part: 'store' }), defaultPartSize: config.flash.partSize });
+  await store.init();
+
+  const files = new BoardFiles({ root: config.tftp.root, log: log.child({ part: 'tftp' }), checkClientIp: config.tftp.checkClientIp });
+  const leftovers = await files.removeLeftovers();
+  if (leftovers.length) log.warn('removed target folders left by an earlier run', { folders: leftovers.join(',') });
+
+  const tftpLog = log.child({ part: 'tftp' });
+  const tftpServer = new TftpServer({
+    address: config.tftp.address,
+    port: config.tftp.port,
+    resolver: files,
+    log: tftpLog,
+    maxBlksize: config.tftp.maxBlksize,
+    maxWindowsize: config.tftp.maxWindowsize,
+    ...(o.tftpFaults ? { faults: o.tftpFaults } : {}),
+    onTransferEnd: (t) => {
+      const opts = Object.entries(t.options).map(([k, v]) => `${k}=${v}`).join(' ');
+      const mbps = t.ms > 0 ? (t.bytes / 1e6 / (t.ms / 1000)).toFixed(1) : '-';
+      (t.ok ? tftpLog.debug : tftpLog.warn)(`tftp ${t.kind} ${t.ok ? 'done' : 'failed'}`, { path: t.path, peer: t.peer.address, bytes: t.bytes, ms: t.ms, mbps, options: opts || undefined, error: t.error });
+    },
+  });
+  const tftpAddress = await tftpServer.listen();
+  log.info('tftp listening', { address: tftpAddress.address, port: tftpAddress.port, root: config.tftp.root });
+
+  let simLab: SimLab | undefined;
+  const buildSimLab = async (list: readonly Target[]) => {
+    const sims = list.filter((t) => t.reset.kind === 'sim');
+    await simLab?.close();
+    simLab = undefined;
+    if (!sims.length) return;
+    const lab = new SimLab();
+    const host = tftpAddress.address === '0.0.0.0' ? '127.0.0.1' : tftpAddress.address;
+    await mkdir(path.join(config.stateDir, 'sim'), { recursive: true });
+    for (const t of sims) {
+      lab.add(
+        new SimBoard({
+          name: t.name,
+          mac: t.mac,
+          ip: t.ip,
+          bootPort: config.sim.bootPort,
+          cardPath: path.join(config.stateDir, 'sim', `${t.name}.card`),
+          cardSize: config.sim.cardSize,
+          faults: t.reset.kind === 'sim' ? t.reset.options : [],
+          log: log.child({ target: t.name, part: 'sim-board' }),
+          fetch: (p, opts) => tftpGet({ host, port: tftpAddress.port, path: p, ...opts }),
+        }),
+      );
+    }
+    simLab = lab;
+    log.info('simulated lab ready', { boards: sims.map((t) => t.name).join(',') });
+  };
+  await buildSimLab(targets);
+
+  const service = new AgentService({
+    config,
+    log,
+    store,
+    files,
+    targets: () => targets,
+    resetContext: {
+      pulseMs: config.flash.resetPulseMs,
+      sim: { reset: (name: string) => (simLab ? simLab.reset(name) : Promise.reject(new Error('no simulated lab is running'))) },
+    },
+  });
+
+  const ws = await WsServer.create({
+    host: config.listen.host,
+    port: config.listen.port,
+    ...(config.listen.tls ? { tls: config.listen.tls } : {}),
+    token: config.token,
+    log,
+    handler: service,
+    graceMs: config.timeouts.leaseGrace * 1000,
+  });
+  const wsAddress = await ws.listen();
+  const host = wsAddress.address.includes(':') ? `[${wsAddress.address}]` : wsAddress.address;
+  const url = `${config.listen.tls ? 'wss' : 'ws'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${wsAddress.port}`;
+  log.info('agent listening', { url, tls: Boolean(config.listen.tls) });
+
+  let stopping: Promise<void> | undefined;
+  return {
+    config,
+    log,
+    url,
+    tftp: tftpAddress,
+    service,
+    store,
+    files,
+    get simLab() {
+      return simLab;
+    },
+    targets: () => targets,
+    async reloadTargets() {
+      const next = await loadTargets(config.targets);
+      targets = next;
+      await buildSimLab(next);
+      log.info('targets reloaded', { file: config.targets, count: next.length });
+    },
+    stop() {
+      stopping ??= (async () => {
+        log.info('stopping: refusing new work');
+        ws.stopListening();
+        await service.shutdown();
+        await ws.close();
+        await tftpServer.close();
+        await simLab?.close();
+        await files.removeLeftovers();
+        await store.close();
+        log.info('stopped');
+      })();
+      return stopping;
+    },
+  };
+}

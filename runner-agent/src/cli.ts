@@ -1,0 +1,188 @@
+/**
+ * `rpi-flash-agent --config FILE [flags]`: start the lab agent. Flags override the file.
+ * SIGTERM/SIGINT stop it in order (a second signal exits at once); SIGHUP reloads the targets.
+ */
+import { parseArgs } from 'node:util';
+import { pathToFileURL } from 'node:url';
+import { ConfigError, loadConfig } from './config.js';
+import { startAgent } from './agent.js';
+import { createLogger } from './log.js';
+import { AGENT_VERSION } from './ws/server.js';
+
+export const HELP = `rpi-flash-agent ${AGENT_VERSION} — flashes Raspberry Pi boards in a lab for the rpi-flash GitHub Action
+
+Usage:
+  rpi-flash-agent --config FILE [options]
+
+Options (each overrides the same setting in the config file):
+  -c, --config FILE         JSON configuration file (required)
+      --listen HOST:PORT    WebSocket listen address              (listen.host/port, default 0.0.0.0:8443)
+      --tls-cert FILE       TLS certificate (PEM); with --tls-key  (listen.tls.cert)
+      --tls-key FILE        TLS private key (PEM)                 (listen.tls.key)
+      --token-file FILE     file holding the client token         (tokenFile)
+      --targets FILE        targets database, CSV                  (targets)
+      --tftp-root DIR       TFTP root; target folders live here    (tftp.root, default /srv/tftp)
+      --tftp-address ADDR   TFTP listen address                    (tftp.address, default 0.0.0.0)
+      --tftp-port PORT      TFTP port                              (tftp.port, default 69)
+      --state-dir DIR       image store and state                  (stateDir, default /var/lib/rpi-flash)
+      --boot-check SPEC     default boot check: tcp:22, tcp:HOST:PORT, none (bootCheck)
+      --log-level LEVEL     debug, info, warn, error               (logLevel, default info)
+      --allow-root          run even as root (containers and CI only; a lab server should not)
+      --check               validate the configuration and targets, print a summary, exit
+  -h, --help                this help
+  -V, --version             print the version
+
+Signals: SIGTERM/SIGINT stop in order (a second one exits at once); SIGHUP reloads the targets CSV.
+Docs: README.md (install on a lab server, wiring, error codes).
+`;
+
+const OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  listen: { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'token-file': { type: 'string' },
+  targets: { type: 'string' },
+  'tftp-root': { type: 'string' },
+  'tftp-address': { type: 'string' },
+  'tftp-port': { type: 'string' },
+  'state-dir': { type: 'string' },
+  'boot-check': { type: 'string' },
+  'log-level': { type: 'string' },
+  'allow-root': { type: 'boolean' },
+  check: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'V' },
+} as const;
+
+export interface ParsedArgs {
+  config?: string;
+  overrides: Record<string, unknown>;
+  help: boolean;
+  version: boolean;
+  allowRoot: boolean;
+  check: boolean;
+}
+
+/** Turn argv into a config path plus dotted overrides; throws with every problem at once. */
+export function parseCliArgs(argv: string[]): ParsedArgs {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({ args: argv, options: OPTIONS, strict: true, allowPositionals: false }));
+  } catch (err) {
+    throw new ConfigError([`${(err as Error).message} (see --help)`]);
+  }
+  const problems: string[] = [];
+  const overrides: Record<string, unknown> = {};
+  const port = (flag: string, v: string) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n > 65535) problems.push(`--${flag}: "${v}" is not a port number`);
+    return n;
+  };
+  if (typeof values.listen === 'string') {
+    const m = /^(.*):(\d+)$/.exec(values.listen);
+    if (!m) problems.push(`--listen: expected HOST:PORT, got "${values.listen}"`);
+    else {
+      overrides['listen.host'] = m[1]!.replace(/^\[(.*)\]$/, '$1');
+      overrides['listen.port'] = port('listen', m[2]!);
+    }
+  }
+  const direct: Record<string, string> = {
+    'tls-cert': 'listen.tls.cert',
+    'tls-key': 'listen.tls.key',
+    'token-file': 'tokenFile',
+    targets: 'targets',
+    'tftp-root': 'tftp.root',
+    'tftp-address': 'tftp.address',
+    'state-dir': 'stateDir',
+    'boot-check': 'bootCheck',
+    'log-level': 'logLevel',
+  };
+  for (const [flag, key] of Object.entries(direct)) if (typeof values[flag] === 'string') overrides[key] = values[flag];
+  if (typeof values['tftp-port'] === 'string') overrides['tftp.port'] = port('tftp-port', values['tftp-port']);
+  if (!values.help && !values.version && typeof values.config !== 'string') problems.push('--config FILE is required (see --help)');
+  if (problems.length) throw new ConfigError(problems);
+  return {
+    ...(typeof values.config === 'string' ? { config: values.config } : {}),
+    overrides,
+    help: Boolean(values.help),
+    version: Boolean(values.version),
+    allowRoot: Boolean(values['allow-root']),
+    check: Boolean(values.check),
+  };
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let args: ParsedArgs;
+  try {
+    args = parseCliArgs(argv);
+  } catch (err) {
+    process.stderr.write(`rpi-flash-agent: ${(err as Error).message}\n`);
+    return 2;
+  }
+  if (args.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (args.version) {
+    process.stdout.write(`${AGENT_VERSION}\n`);
+    return 0;
+  }
+  if (process.getuid?.() === 0 && !args.allowRoot) {
+    process.stderr.write('rpi-flash-agent: refusing to run as root. Run it as its own user with CAP_NET_BIND_SERVICE and the gpio group (see runner-agent/rpi-flash-agent.service); --allow-root exists for containers and CI.\n');
+    return 2;
+  }
+  let config;
+  try {
+    config = await loadConfig(args.config!, args.overrides);
+  } catch (err) {
+    process.stderr.write(`rpi-flash-agent: ${(err as Error).message}\n`);
+    return 2;
+  }
+  const log = createLogger({ level: config.logLevel });
+  if (args.check) {
+    const { loadTargets } = await import('./targets/database.js');
+    try {
+      const targets = await loadTargets(config.targets);
+      process.stdout.write(`configuration OK; ${targets.length} target(s): ${targets.map((t) => `${t.name} (${t.mac}, ${t.ip}, ${t.resetText})`).join(', ')}\n`);
+      return 0;
+    } catch (err) {
+      process.stderr.write(`rpi-flash-agent: ${(err as Error).message}\n`);
+      return 2;
+    }
+  }
+  let agent;
+  try {
+    agent = await startAgent(config, { log });
+  } catch (err) {
+    log.error('cannot start', { error: (err as Error).message });
+    return 1;
+  }
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const stop = (signal: string) => {
+      signals += 1;
+      if (signals > 1) {
+        log.warn('second signal: exiting at once', { signal });
+        process.exit(130);
+      }
+      log.info('shutting down', { signal });
+      agent.stop().then(
+        () => resolve(0),
+        (err: Error) => {
+          log.error('shutdown failed', { error: err.message });
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGHUP', () => {
+      agent.reloadTargets().catch((err: Error) => log.error('targets reload failed; keeping the previous database', { error: err.message }));
+    });
+  });
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main(process.argv.slice(2)).then((code) => process.exit(code));
+}
