@@ -1,0 +1,129 @@
+/**
+ * The boot check (DESIGN §3.1): after the flash, how the agent decides the new system is up.
+ *   none          skip the check
+ *   tcp:<port>    a TCP connection to the target's IP on that port succeeds (tcp:22 — sshd is up)
+ *   tcp:<host>:<port>  the same against another host (a name, an IPv4 or a bracketed IPv6 address)
+ * A connection that is accepted is all it takes: nothing is sent, the socket is closed at once.
+ */
+import net from 'node:net';
+import type { Logger } from './log.js';
+
+export type BootCheck = { kind: 'none' } | { kind: 'tcp'; host?: string; port: number };
+
+const FORMS = 'none, tcp:<port> or tcp:<host>:<port>';
+
+function parsePort(text: string, spec: string): number {
+  if (!/^\d{1,5}$/.test(text) || Number(text) < 1 || Number(text) > 65535) {
+    throw new Error(`boot check "${spec}": "${text}" is not a TCP port (1–65535)`);
+  }
+  return Number(text);
+}
+
+export function parseBootCheck(text: string): BootCheck {
+  const spec = text.trim();
+  if (spec.toLowerCase() === 'none') return { kind: 'none' };
+  const m = /^tcp:(.+)$/i.exec(spec);
+  if (!m) throw new Error(`unknown boot check "${spec}": expected ${FORMS}`);
+  const rest = m[1] as string;
+  const bracketed = /^\[([^\]]+)\]:([^:]*)$/.exec(rest);
+  if (bracketed) {
+    const host = bracketed[1] as string;
+    if (!net.isIPv6(host)) throw new Error(`boot check "${spec}": "${host}" is not an IPv6 address`);
+    return { kind: 'tcp', host, port: parsePort(bracketed[2] as string, spec) };
+  }
+  const parts = rest.split(':');
+  if (parts.length === 1) return { kind: 'tcp', port: parsePort(parts[0] as string, spec) };
+  if (parts.length === 2) {
+    const host = (parts[0] as string).trim();
+    if (!host || !/^[A-Za-z0-9.-]+$/.test(host)) throw new Error(`boot check "${spec}": "${host}" is not a host name or IPv4 address`);
+    return { kind: 'tcp', host, port: parsePort(parts[1] as string, spec) };
+  }
+  throw new Error(`boot check "${spec}": expected ${FORMS} (write an IPv6 host in brackets: tcp:[::1]:22)`);
+}
+
+export interface WaitForBootOptions {
+  /** Overall deadline, from the call. */
+  timeoutMs: number;
+  /** Pause between failed attempts; 1 s unless given. */
+  intervalMs?: number;
+  /** Limit of one connection attempt (a host that drops SYNs would otherwise take minutes); 3 s unless given. */
+  attemptTimeoutMs?: number;
+  signal?: AbortSignal;
+  log?: Logger;
+}
+
+export interface BootResult {
+  ok: boolean;
+  /** Time from the call until the check passed (or gave up). */
+  ms: number;
+  attempts: number;
+}
+
+const DEFAULT_INTERVAL_MS = 1000;
+const DEFAULT_ATTEMPT_TIMEOUT_MS = 3000;
+
+/** One connection attempt: true when accepted, false on refusal, error or timeout; rejects with the signal's reason on abort. */
+function tryConnect(host: string, port: number, timeoutMs: number, signal: AbortSignal | undefined): Promise<{ ok: boolean; error?: string }> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const socket = net.connect({ host, port });
+    const finish = (outcome: { ok: boolean; error?: string } | { abort: unknown }) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      socket.removeAllListeners();
+      socket.on('error', () => {}); // errors after we gave up are of no interest
+      socket.destroy();
+      if ('abort' in outcome) reject(outcome.abort);
+      else resolve(outcome);
+    };
+    const onAbort = () => finish({ abort: signal?.reason });
+    const timer = setTimeout(() => finish({ ok: false, error: `no answer within ${timeoutMs} ms` }), timeoutMs);
+    socket.once('connect', () => finish({ ok: true }));
+    socket.once('error', (err: NodeJS.ErrnoException) => finish({ ok: false, error: err.code ?? err.message }));
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** A pause that ends early, rejecting with the signal's reason, when the signal aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Tries the check until it passes or `timeoutMs` has passed. Resolves `{ ok: false }` on timeout;
+ * rejects with `signal.reason` as soon as the signal aborts (no socket or timer outlives the call).
+ */
+export async function waitForBoot(check: BootCheck, targetIp: string, o: WaitForBootOptions): Promise<BootResult> {
+  const started = performance.now();
+  const elapsed = () => Math.round(performance.now() - started);
+  o.signal?.throwIfAborted();
+  if (check.kind === 'none') return { ok: true, ms: 0, attempts: 0 };
+
+  const host = check.host ?? targetIp;
+  const interval = o.intervalMs ?? DEFAULT_INTERVAL_MS;
+  const attemptTimeout = o.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS;
+  let attempts = 0;
+  for (;;) {
+    const remaining = o.timeoutMs - elapsed();
+    if (remaining <= 0) break;
+    attempts++;
+    const attempt = await tryConnect(host, check.port, Math.min(attemptTimeout, remaining), o.signal);
+    if (attempt.ok) return { ok: true, ms: elapsed(), attempts };
+    o.log?.debug('boot check not yet passing', { host, port: check.port, attempt: attempts, error: attempt.error });
+    const wait = Math.min(interval, o.timeoutMs - elapsed());
+    if (wait <= 0) break;
+    await pause(wait, o.signal);
+  }
+  return { ok: false, ms: elapsed(), attempts };
+}

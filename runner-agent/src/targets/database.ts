@@ -1,0 +1,390 @@
+/**
+ * The targets database (DESIGN §3.3): which boards the agent may flash, how to find them on the
+ * network and how to reset them. A CSV file with a header row, in one of two formats, told apart
+ * by the header (case and spaces ignored):
+ *
+ * 1. The native format. Columns (any order):
+ *      name    required  unique; letters, digits, `.`, `_`, `-`; what workflows pass as `target`
+ *      mac     required  unique; `b8:27:eb:28:f6:6d` or with `-`, any case
+ *      ip      required  unique; dotted IPv4, used by the boot check
+ *      reset   required  a reset spec (see parseResetSpec): gpio:<bcm>, gpiod:<chip>:<line>,
+ *                        cmd:<command>, qmp:<socket path>, sim[:flag,flag…]
+ *      model   optional  free text, e.g. `pi4b`
+ *      serial  optional  free text
+ *      labels  optional  separated by spaces or `;`
+ *      layout  optional  how an image lands on the card:
+ *                          whole  — the image is written from block 0 (the default);
+ *                          seed   — the board still carries the seed system's recovery card
+ *                                   (DESIGN §3.5, seed compatibility);
+ *                          inject — reserved for later; refused for now.
+ *    A `cmd:` spec that contains a comma must be quoted as a CSV field: `"cmd:relay 3,off"`.
+ *
+ * 2. The seed system's file, as is: header `mac address,ip address,reset gpio (wiring pi)`. The
+ *    wiringPi pin becomes `gpio:<bcm>` (see wiringpi.ts), the layout is `seed`, and the name is the
+ *    MAC with `-` (`b8-27-eb-28-f6-6d`).
+ *
+ * Whole-line comments start with `#`; blank lines are skipped; fields are trimmed. A `#` inside a
+ * field is data (a command may contain one). Line numbers in problems are real line numbers in the
+ * file, counting comments and blank lines. Any problem fails the whole load, listing every problem
+ * at once: a bad row never silently drops a target (the agent keeps its previous database).
+ */
+import { readFile } from 'node:fs/promises';
+import { isIPv4 } from 'node:net';
+import path from 'node:path';
+import { CsvError, parse } from 'csv-parse/sync';
+import { isMac, normalizeMac } from '../../../src/protocol/tftp-names.js';
+import { wiringPiToBcm } from './wiringpi.js';
+
+export type ResetSpec =
+  | { kind: 'gpio'; bcm: number }
+  | { kind: 'gpiod'; chip: string; line: string /* offset or name */ }
+  | { kind: 'cmd'; command: string }
+  | { kind: 'qmp'; socket: string }
+  | { kind: 'sim'; options: string[] /* e.g. sim:no-show,fail-write — free-form fault flags */ };
+
+export type Layout = 'whole' | 'seed' | 'inject';
+
+export interface Target {
+  name: string;
+  /** normalizeMac() form: lower case, `:` separators. */
+  mac: string;
+  ip: string;
+  reset: ResetSpec;
+  /** The reset spec as written (for gpio rows from the seed file: the mapped `gpio:<bcm>`). */
+  resetText: string;
+  model?: string;
+  serial?: string;
+  labels: string[];
+  layout: Layout;
+  source: { file: string; line: number };
+}
+
+export interface TargetProblem {
+  file: string;
+  line: number;
+  reason: string;
+}
+
+export class TargetsError extends Error {
+  constructor(readonly problems: TargetProblem[]) {
+    super(
+      `targets database has ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n` +
+        problems.map((p) => `  ${p.file}:${p.line}: ${p.reason}`).join('\n'),
+    );
+    this.name = 'TargetsError';
+  }
+}
+
+/** BCM2711 (Pi 4) has 58 GPIOs, the most of any Pi SoC; the header uses 0–27. */
+const MAX_BCM = 57;
+const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const SIM_FLAG_PATTERN = /^[A-Za-z0-9_.=-]+$/;
+const RESET_FORMS = 'gpio:<bcm>, gpiod:<chip>:<line>, cmd:<command>, qmp:<socket path> or sim[:flags]';
+
+/** Parses a reset spec (DESIGN §3.3). Throws an Error whose message says what is wrong. */
+export function parseResetSpec(text: string): ResetSpec {
+  const spec = text.trim();
+  const colon = spec.indexOf(':');
+  const kind = (colon < 0 ? spec : spec.slice(0, colon)).toLowerCase();
+  const rest = colon < 0 ? '' : spec.slice(colon + 1).trim();
+  const hasRest = colon >= 0;
+  switch (kind) {
+    case 'gpio': {
+      if (!/^\d+$/.test(rest)) throw new Error(`gpio reset needs a BCM GPIO number (gpio:17), got "${spec}"`);
+      const bcm = Number(rest);
+      if (bcm > MAX_BCM) throw new Error(`gpio reset: BCM GPIO ${bcm} does not exist (0–${MAX_BCM})`);
+      return { kind: 'gpio', bcm };
+    }
+    case 'gpiod': {
+      const sep = rest.indexOf(':');
+      const chip = sep < 0 ? '' : rest.slice(0, sep).trim();
+      const line = sep < 0 ? '' : rest.slice(sep + 1).trim();
+      if (!chip || !line) {
+        throw new Error(`gpiod reset needs a chip and a line (gpiod:gpiochip0:17 or gpiod:gpiochip0:GPIO17), got "${spec}"`);
+      }
+      return { kind: 'gpiod', chip, line };
+    }
+    case 'cmd':
+      if (!rest) throw new Error('cmd reset needs a command after "cmd:"');
+      return { kind: 'cmd', command: rest };
+    case 'qmp':
+      if (!rest) throw new Error('qmp reset needs the path of QEMU\'s QMP socket after "qmp:"');
+      // A relative path would depend on the agent's working directory, which systemd chooses.
+      if (!path.isAbsolute(rest)) throw new Error(`qmp reset needs an absolute socket path, got "${rest}"`);
+      return { kind: 'qmp', socket: rest };
+    case 'sim': {
+      if (!hasRest) return { kind: 'sim', options: [] };
+      const options = rest.split(',').map((o) => o.trim());
+      const bad = options.find((o) => !SIM_FLAG_PATTERN.test(o));
+      if (bad !== undefined) throw new Error(`sim reset: bad flag "${bad}" (flags are words separated by ",")`);
+      return { kind: 'sim', options };
+    }
+    default:
+      throw new Error(`unknown reset spec "${spec}": expected ${RESET_FORMS}`);
+  }
+}
+
+/** Header cells compared without case or whitespace: `MAC Address` = `mac address` = `macaddress`. */
+function headerKey(cell: string): string {
+  return cell.toLowerCase().replace(/\s+/g, '');
+}
+
+const NATIVE_REQUIRED = ['name', 'mac', 'ip', 'reset'] as const;
+const NATIVE_OPTIONAL = ['model', 'serial', 'labels', 'layout'] as const;
+const NATIVE_COLUMNS: readonly string[] = [...NATIVE_REQUIRED, ...NATIVE_OPTIONAL];
+const SEED_COLUMNS = ['macaddress', 'ipaddress', 'resetgpio(wiringpi)'] as const;
+const HEADER_HELP =
+  'the header must be name,mac,ip,reset[,model,serial,labels,layout] ' +
+  'or the seed system\'s "mac address,ip address,reset gpio (wiring pi)"';
+
+interface Row {
+  line: number;
+  cells: string[];
+}
+
+/** Splits the CSV into rows that carry the line they start on. */
+function readRows(csvText: string, file: string): Row[] {
+  let records: { record: string[]; info: { lines: number } }[];
+  try {
+    records = parse(csvText, {
+      trim: true,
+      comment: '#',
+      // Only whole-line comments: a `#` inside a command or a label is data.
+      comment_no_infix: true,
+      skip_empty_lines: true,
+      // Rows with too few or too many cells are reported by us, with the rest of the problems.
+      relax_column_count: true,
+      info: true,
+    }) as unknown as { record: string[]; info: { lines: number } }[];
+  } catch (err) {
+    // csv-parse puts the line it stopped at on its errors (not in its typings).
+    const stoppedAt = err instanceof CsvError ? (err as CsvError & { lines?: unknown }).lines : undefined;
+    const line = typeof stoppedAt === 'number' ? stoppedAt : 0;
+    throw new TargetsError([{ file, line, reason: `not valid CSV: ${(err as Error).message}` }]);
+  }
+  // info.lines is the record's last line; a quoted field may span lines, so count back.
+  return records.map(({ record, info }) => ({
+    cells: record,
+    line: info.lines - record.reduce((n, cell) => n + (cell.match(/\n/g)?.length ?? 0), 0),
+  }));
+}
+
+interface Candidate {
+  name: string;
+  mac: string;
+  ip: string;
+  resetText: string;
+  model: string;
+  serial: string;
+  labels: string;
+  layout: string;
+  line: number;
+}
+
+/** Header → a function that turns a row's cells into the fields of a target, or header problems. */
+function mapColumns(header: Row, file: string): { toCandidate: (row: Row) => Candidate; seed: boolean } | TargetProblem[] {
+  const keys = header.cells.map(headerKey);
+  const problems: TargetProblem[] = [];
+  const seen = new Map<string, number>();
+  keys.forEach((key, i) => {
+    if (seen.has(key)) problems.push({ file, line: header.line, reason: `column "${header.cells[i]}" appears twice in the header` });
+    seen.set(key, i);
+  });
+  const cell = (row: Row, key: string): string => {
+    const i = seen.get(key);
+    return i === undefined ? '' : (row.cells[i] ?? '');
+  };
+
+  if (keys.includes('macaddress')) {
+    const missing = SEED_COLUMNS.filter((c) => !seen.has(c));
+    const unknown = header.cells.filter((_, i) => !(SEED_COLUMNS as readonly string[]).includes(keys[i] ?? ''));
+    if (missing.length || unknown.length) {
+      problems.push({
+        file,
+        line: header.line,
+        reason: `seed-format header ${missing.length ? `lacks ${missing.join(', ')}` : ''}${missing.length && unknown.length ? ' and ' : ''}${unknown.length ? `has unknown column(s) ${unknown.map((u) => `"${u}"`).join(', ')}` : ''}: ${HEADER_HELP}`,
+      });
+    }
+    if (problems.length) return problems;
+    return {
+      seed: true,
+      toCandidate: (row) => ({
+        name: '', // from the MAC, once it is known to be one
+        mac: cell(row, 'macaddress'),
+        ip: cell(row, 'ipaddress'),
+        resetText: cell(row, 'resetgpio(wiringpi)'),
+        model: '',
+        serial: '',
+        labels: '',
+        layout: 'seed',
+        line: row.line,
+      }),
+    };
+  }
+
+  const missing = NATIVE_REQUIRED.filter((c) => !seen.has(c));
+  const unknown = header.cells.filter((_, i) => !NATIVE_COLUMNS.includes(keys[i] ?? ''));
+  if (missing.length) problems.push({ file, line: header.line, reason: `header lacks column(s) ${missing.join(', ')}: ${HEADER_HELP}` });
+  if (unknown.length) problems.push({ file, line: header.line, reason: `unknown column(s) ${unknown.map((u) => `"${u}"`).join(', ')}: ${HEADER_HELP}` });
+  if (problems.length) return problems;
+  return {
+    seed: false,
+    toCandidate: (row) => ({
+      name: cell(row, 'name'),
+      mac: cell(row, 'mac'),
+      ip: cell(row, 'ip'),
+      resetText: cell(row, 'reset'),
+      model: cell(row, 'model'),
+      serial: cell(row, 'serial'),
+      labels: cell(row, 'labels'),
+      layout: cell(row, 'layout'),
+      line: row.line,
+    }),
+  };
+}
+
+/** Parses a targets CSV. Throws TargetsError listing every problem in the file. */
+export function parseTargets(csvText: string, file: string): Target[] {
+  const rows = readRows(csvText, file);
+  const header = rows[0];
+  if (!header) throw new TargetsError([{ file, line: 1, reason: `the file is empty: ${HEADER_HELP}` }]);
+  const mapping = mapColumns(header, file);
+  if (Array.isArray(mapping)) throw new TargetsError(mapping);
+
+  const problems: TargetProblem[] = [];
+  const targets: Target[] = [];
+  const width = header.cells.length;
+  for (const row of rows.slice(1)) {
+    const problem = (reason: string) => problems.push({ file, line: row.line, reason });
+    if (row.cells.length !== width) {
+      problem(`${row.cells.length} field${row.cells.length === 1 ? '' : 's'} where the header has ${width}`);
+      continue;
+    }
+    const c = mapping.toCandidate(row);
+    const before = problems.length;
+
+    let mac = '';
+    if (!c.mac) problem('mac is empty');
+    else if (!isMac(c.mac)) problem(`"${c.mac}" is not a MAC address (expected six hex pairs like b8:27:eb:28:f6:6d)`);
+    else mac = normalizeMac(c.mac);
+
+    if (!c.ip) problem('ip is empty');
+    else if (!isIPv4(c.ip)) problem(`"${c.ip}" is not a dotted IPv4 address`);
+
+    let reset: ResetSpec | undefined;
+    let resetText = c.resetText;
+    if (mapping.seed) {
+      if (!/^\d+$/.test(c.resetText)) {
+        problem(`reset gpio "${c.resetText}" is not a wiringPi pin number`);
+      } else {
+        const bcm = wiringPiToBcm(Number(c.resetText));
+        if (bcm === undefined) {
+          problem(`wiringPi pin ${c.resetText} has no BCM GPIO on a 40-pin header (valid: 0–16, 21–31)`);
+        } else {
+          resetText = `gpio:${bcm}`;
+          reset = { kind: 'gpio', bcm };
+        }
+      }
+    } else if (!c.resetText) {
+      problem(`reset is empty: expected ${RESET_FORMS}`);
+    } else {
+      try {
+        reset = parseResetSpec(c.resetText);
+      } catch (err) {
+        problem(`bad reset spec: ${(err as Error).message}`);
+      }
+    }
+
+    const name = mapping.seed ? mac.replaceAll(':', '-') : c.name;
+    if (!mapping.seed) {
+      if (!name) problem('name is empty');
+      else if (!NAME_PATTERN.test(name)) problem(`name "${name}" may hold only letters, digits, ".", "_" and "-" (at most 64, starting with a letter or digit)`);
+    }
+
+    let layout: Layout = 'whole';
+    if (c.layout) {
+      const l = c.layout.toLowerCase();
+      if (l === 'whole' || l === 'seed') layout = l;
+      else if (l === 'inject') problem('layout "inject" is reserved and not supported yet (use whole or seed)');
+      else problem(`unknown layout "${c.layout}" (expected whole or seed)`);
+    }
+
+    if (problems.length !== before || !reset) continue;
+    targets.push({
+      name,
+      mac,
+      ip: c.ip,
+      reset,
+      resetText,
+      ...(c.model ? { model: c.model } : {}),
+      ...(c.serial ? { serial: c.serial } : {}),
+      labels: [...new Set(c.labels.split(/[\s;]+/).filter(Boolean))],
+      layout,
+      source: { file, line: row.line },
+    });
+  }
+
+  problems.push(...findConflicts(targets, file));
+  if (problems.length) {
+    problems.sort((a, b) => a.line - b.line);
+    throw new TargetsError(problems);
+  }
+  return targets;
+}
+
+/** Duplicates, and names that would make findTarget ambiguous. */
+function findConflicts(targets: readonly Target[], file: string): TargetProblem[] {
+  const problems: TargetProblem[] = [];
+  const first = {
+    name: new Map<string, Target>(),
+    mac: new Map<string, Target>(),
+    ip: new Map<string, Target>(),
+  };
+  for (const t of targets) {
+    const check = (what: 'name' | 'mac' | 'ip', key: string, shown: string) => {
+      const earlier = first[what].get(key);
+      if (earlier) problems.push({ file, line: t.source.line, reason: `duplicate ${what} ${shown} (already used by "${earlier.name}" on line ${earlier.source.line})` });
+      else first[what].set(key, t);
+    };
+    // Names are matched without case by findTarget, so "Pi4" and "pi4" would collide.
+    check('name', t.name.toLowerCase(), `"${t.name}"`);
+    check('mac', t.mac, t.mac);
+    check('ip', t.ip, t.ip);
+  }
+  for (const t of targets) {
+    // A name that reads as some other board's MAC or IP would make `target:` lookups ambiguous.
+    const other = isMac(t.name)
+      ? first.mac.get(normalizeMac(t.name))
+      : isIPv4(t.name)
+        ? first.ip.get(t.name)
+        : undefined;
+    if (other && other !== t) {
+      problems.push({ file, line: t.source.line, reason: `name "${t.name}" is the MAC or IP of "${other.name}" (line ${other.source.line})` });
+    }
+  }
+  return problems;
+}
+
+export async function loadTargets(file: string): Promise<Target[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new TargetsError([{ file, line: 0, reason: `cannot read the targets database: ${(err as Error).message}` }]);
+  }
+  return parseTargets(text, file);
+}
+
+/** The target a workflow means by `target`: its name (any case), its MAC (any separator or case) or its IP. */
+export function findTarget(targets: readonly Target[], query: string): Target | undefined {
+  const q = query.trim();
+  if (!q) return undefined;
+  const lower = q.toLowerCase();
+  const byName = targets.find((t) => t.name.toLowerCase() === lower);
+  if (byName) return byName;
+  if (isMac(q)) {
+    const mac = normalizeMac(q);
+    return targets.find((t) => t.mac === mac);
+  }
+  return targets.find((t) => t.ip === q);
+}
