@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Build the U-Boot that the QEMU tests boot (DESIGN §4, §5 step 3).
+#
+# Source: Debian's own `u-boot` 2023.01 source package, fetched with `apt-get source` through a
+# private apt configuration (a deb-src list of its own under .cache/), so the system's sources are
+# never touched. Config: qemu_arm64_defconfig plus the fragment below, with `tftpput` and `hash`
+# left out so the emulated board lacks them just as a Raspberry Pi's stock Debian U-Boot does.
+#
+# Output: .cache/uboot/<key>/u-boot.bin, key = hash of this script's config fragment + the source
+# version. A second run with the same key only prints the path. Progress goes to stderr; stdout
+# carries exactly one line, the path of u-boot.bin, so callers can capture it.
+#
+# Usage: bash scripts/build-test-uboot.sh [--cached-only] [--refresh]
+#   --cached-only  never download or build: print the path if that build exists, else exit 3
+#   --refresh      refresh the private apt lists even if they are recent
+set -euo pipefail
+
+# Debian packages the build needs (checked on Debian 12 with --no-install-recommends):
+# dpkg-dev for `apt-get source` (dpkg-source unpacks and patches), xz-utils for the tarballs,
+# make/gcc/libc6-dev for the host tools, bison/flex for kconfig and dtc, bc for the build's
+# arithmetic, libssl-dev for the host mkimage this config builds (FIT signatures), python3 for
+# the build's scripts, the aarch64 cross compiler. Not needed for the u-boot.bin target: swig,
+# python3-dev (pylibfdt/binman), libgnutls28-dev (mkeficapsule is off), device-tree-compiler
+# (the tree's own dtc is built).
+BUILD_DEPS=(dpkg-dev xz-utils make gcc libc6-dev bison flex bc libssl-dev python3 gcc-aarch64-linux-gnu)
+
+UBOOT_SERIES="2023.01"   # the upstream release Debian 12 ships; the Debian revision may move on
+DEFCONFIG="qemu_arm64_defconfig"
+# What the tests need on top of the defconfig: the SD card (sdhci-pci), `mmc write`, and a TFTP
+# server port other than 69 (tftpdstp) with tsize. The last two lines are checked after olddefconfig.
+CONFIG_FRAGMENT='CONFIG_MMC=y
+CONFIG_CMD_MMC=y
+CONFIG_DM_MMC=y
+CONFIG_MMC_SDHCI=y
+CONFIG_MMC_PCI=y
+CONFIG_MMC_WRITE=y
+CONFIG_TFTP_PORT=y
+CONFIG_TFTP_TSIZE=y
+# CONFIG_CMD_TFTPPUT is not set
+# CONFIG_CMD_HASH is not set'
+# Options that must be off in the final .config whatever the defconfig selects.
+MUST_BE_OFF=(CONFIG_CMD_TFTPPUT CONFIG_CMD_HASH)
+
+CACHED_ONLY=0
+REFRESH=0
+for arg in "$@"; do
+  case "$arg" in
+    --cached-only) CACHED_ONLY=1 ;;
+    --refresh) REFRESH=1 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "build-test-uboot: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "build-test-uboot: $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$REPO_ROOT/.cache/uboot"
+APT_DIR="$CACHE/apt"
+mkdir -p "$CACHE"
+
+# One build at a time: vitest workers and .ci/run may call this concurrently.
+exec 9>"$CACHE/.lock"
+flock 9
+
+# --- private apt configuration (deb-src only, state under .cache/) ---------------------------
+APT_OPTS=(
+  -o "Dir::Etc::SourceList=$APT_DIR/sources.list"
+  -o "Dir::Etc::SourceParts=$APT_DIR/sources.list.d"
+  -o "Dir::State::Lists=$APT_DIR/lists"
+  -o "Dir::Cache=$APT_DIR/cache"
+  -o "Dir::Etc::Preferences=$APT_DIR/preferences"
+  -o "Dir::Etc::PreferencesParts=$APT_DIR/preferences.d"
+  # The downloads land in our own folder, which the unprivileged _apt user may not be able to
+  # enter; fetching as the caller avoids apt's "download is performed unsandboxed" warning.
+  -o "APT::Sandbox::User=$(id -un)"
+)
+mkdir -p "$APT_DIR"/{lists/partial,cache/archives/partial,sources.list.d,preferences.d}
+touch "$APT_DIR/preferences"
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+cat >"$APT_DIR/sources.list" <<EOF
+deb-src [signed-by=$KEYRING] http://deb.debian.org/debian bookworm main
+deb-src [signed-by=$KEYRING] http://deb.debian.org/debian bookworm-updates main
+deb-src [signed-by=$KEYRING] http://deb.debian.org/debian-security bookworm-security main
+EOF
+
+lists_present() { compgen -G "$APT_DIR/lists/*Sources*" >/dev/null; }
+lists_fresh() { [[ -n "$(find "$APT_DIR/lists" -maxdepth 1 -name '*Sources*' -mtime -7 -print -quit)" ]]; }
+
+if [[ $CACHED_ONLY == 0 ]] && { [[ $REFRESH == 1 ]] || ! lists_fresh; }; then
+  say "refreshing the private deb-src lists in $APT_DIR"
+  if ! apt-get "${APT_OPTS[@]}" -qq update >&2; then
+    lists_present || die "apt-get update failed and there are no lists from an earlier run"
+    say "apt-get update failed; using the lists from an earlier run"
+  fi
+fi
+lists_present || { say "no private apt lists yet (never built here)"; exit 3; }
+
+# The newest u-boot source version of the 2023.01 series the lists know.
+VERSION=""
+while read -r v; do
+  [[ $v == "$UBOOT_SERIES"* ]] || continue
+  if [[ -z $VERSION ]] || dpkg --compare-versions "$v" gt "$VERSION"; then VERSION="$v"; fi
+done < <(apt-cache "${APT_OPTS[@]}" showsrc u-boot 2>/dev/null | sed -n 's/^Version: //p')
+[[ -n $VERSION ]] || die "no u-boot $UBOOT_SERIES source package in the Debian archive lists"
+
+KEY="$(printf '%s\n%s\n%s\n' "$VERSION" "$DEFCONFIG" "$CONFIG_FRAGMENT" | sha256sum | cut -c1-16)"
+OUT="$CACHE/$KEY"
+if [[ -s "$OUT/u-boot.bin" ]]; then
+  say "reusing $OUT/u-boot.bin (u-boot $VERSION, key $KEY)"
+  echo "$OUT/u-boot.bin"
+  exit 0
+fi
+if [[ $CACHED_ONLY == 1 ]]; then
+  say "no build for u-boot $VERSION with key $KEY"
+  exit 3
+fi
+
+# --- build dependencies ---------------------------------------------------------------------
+missing=()
+for pkg in "${BUILD_DEPS[@]}"; do
+  status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+  [[ $status == installed ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]]; then
+    say "installing build dependencies: ${missing[*]}"
+    apt-get -qq update >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  else
+    die "missing build dependencies: ${missing[*]} — run: sudo apt-get install --no-install-recommends ${missing[*]}"
+  fi
+fi
+
+# --- source ---------------------------------------------------------------------------------
+SRC_PARENT="$CACHE/src/$VERSION"
+SRC_DIR="$SRC_PARENT/u-boot-${UBOOT_SERIES}+dfsg"
+if [[ ! -f "$SRC_DIR/Makefile" ]]; then
+  say "fetching Debian source package u-boot=$VERSION"
+  rm -rf "$SRC_PARENT"
+  mkdir -p "$SRC_PARENT"
+  (cd "$SRC_PARENT" && apt-get "${APT_OPTS[@]}" -qq source "u-boot=$VERSION" >&2)
+  [[ -f "$SRC_DIR/Makefile" ]] || die "apt-get source did not unpack into $SRC_DIR"
+fi
+
+# --- configure and build out of tree, so the unpacked source stays clean for the next key -----
+BUILD_DIR="$CACHE/build-$KEY"
+rm -rf "$BUILD_DIR"
+mkdir -p "$BUILD_DIR"
+MAKE=(make -C "$SRC_DIR" O="$BUILD_DIR" CROSS_COMPILE=aarch64-linux-gnu- ARCH=arm)
+start=$SECONDS
+say "configuring $DEFCONFIG + fragment (key $KEY)"
+"${MAKE[@]}" -s "$DEFCONFIG" >&2
+printf '%s\n' "$CONFIG_FRAGMENT" >>"$BUILD_DIR/.config"
+"${MAKE[@]}" -s olddefconfig >&2
+
+while read -r line; do
+  case "$line" in
+    CONFIG_*=*) grep -qxF "$line" "$BUILD_DIR/.config" || die "fragment line did not survive olddefconfig: $line" ;;
+  esac
+done <<<"$CONFIG_FRAGMENT"
+for opt in "${MUST_BE_OFF[@]}"; do
+  if grep -q "^$opt=y" "$BUILD_DIR/.config"; then die "$opt is on in the final .config; the test board must lack it"; fi
+done
+
+say "building u-boot.bin with make -j2 (about a minute on 2 cores)"
+"${MAKE[@]}" -s -j2 u-boot.bin >&2
+say "built in $((SECONDS - start)) s"
+
+# Publish atomically: a half-written output folder must never look like a finished build.
+mkdir -p "$BUILD_DIR/out"
+cp "$BUILD_DIR/u-boot.bin" "$BUILD_DIR/.config" "$BUILD_DIR/out/"
+printf 'u-boot %s\n%s\n%s\n' "$VERSION" "$DEFCONFIG" "$CONFIG_FRAGMENT" >"$BUILD_DIR/out/BUILD-INFO"
+rm -rf "$OUT"
+mv "$BUILD_DIR/out" "$OUT"
+rm -rf "$BUILD_DIR"
+say "wrote $OUT/u-boot.bin"
+echo "$OUT/u-boot.bin"
