@@ -1,0 +1,151 @@
+/**
+ * What a finished (or failed) job leaves behind: step outputs, a small job-summary table, and on
+ * failure one titled error annotation naming the phase and the code.
+ */
+import * as core from '@actions/core';
+import type { PartReport, TargetInfo } from '../protocol/messages.js';
+import { Outputs, type OutputName } from './constants.js';
+import { formatBytes } from './image.js';
+import { PHASE_TITLES, type StoryPhase } from './story.js';
+
+/**
+ * Result codes the action adds to the agent's (src/protocol/errors.ts) for failures that happen on
+ * the runner's side, before or around talking to the agent.
+ */
+export const ActionCodes = {
+  INPUT_INVALID: 'An input is missing or malformed (checked before connecting).',
+  IMAGE_INVALID: 'The image could not be found, downloaded or read, or its compression is not supported.',
+  CONNECT_FAILED: 'The agent could not be reached or refused the connection.',
+  QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
+  JOB_TIMEOUT: 'The job did not finish within job-timeout.',
+} as const;
+
+export type ResultWord = 'success' | 'failure' | 'cancelled';
+
+export interface JobOutcome {
+  result: ResultWord;
+  /** `OK`, one of the agent's error codes, or one of `ActionCodes`. */
+  code: string;
+  message: string;
+  /** The phase that was running when the job failed. */
+  phase?: StoryPhase;
+  /** The `target` input as given. */
+  targetSpec: string;
+  /** The target as the agent knows it, once leased. */
+  target?: TargetInfo;
+  image?: { name: string; source: string; sha256: string; size: number; compression: string; imageSize?: number };
+  jobId?: string;
+  bytesWritten?: number;
+  uploadSkipped?: boolean;
+  timings: Partial<Record<StoryPhase, number>>;
+  parts?: PartReport[];
+}
+
+/** The phases that make up "flashing": from staging the job to the verified card. */
+const FLASH_PHASES: StoryPhase[] = ['stage', 'reset', 'transfer', 'verify'];
+
+function seconds(value: number | undefined): string {
+  return value === undefined ? '' : value.toFixed(1);
+}
+
+/** Every output's value; empty strings for what the job never got to. */
+export function outputValues(outcome: JobOutcome): Record<OutputName, string> {
+  const flashRan = FLASH_PHASES.some((p) => outcome.timings[p] !== undefined);
+  const flashSeconds = FLASH_PHASES.reduce((sum, p) => sum + (outcome.timings[p] ?? 0), 0);
+  return {
+    [Outputs.result]: outcome.result,
+    [Outputs.resultCode]: outcome.code,
+    [Outputs.jobId]: outcome.jobId ?? '',
+    [Outputs.targetName]: outcome.target?.name ?? '',
+    [Outputs.targetIp]: outcome.target?.ip ?? '',
+    [Outputs.targetMac]: outcome.target?.mac ?? '',
+    [Outputs.imageSha256]: outcome.image?.sha256 ?? '',
+    [Outputs.bytesWritten]: outcome.bytesWritten === undefined ? '' : String(outcome.bytesWritten),
+    [Outputs.flashSeconds]: flashRan ? seconds(flashSeconds) : '',
+    [Outputs.bootSeconds]: seconds(outcome.timings.boot),
+  } as Record<OutputName, string>;
+}
+
+export function setJobOutputs(outcome: JobOutcome, setOutput: (name: string, value: string) => void = core.setOutput): void {
+  for (const [name, value] of Object.entries(outputValues(outcome))) setOutput(name, value);
+}
+
+/** The annotation's title names the phase and code, so the run's overview page says what broke. */
+export function failureTitle(outcome: JobOutcome): string {
+  const where = outcome.phase ? ` during ${outcome.phase}` : '';
+  return `rpi-flash ${outcome.result === 'cancelled' ? 'cancelled' : 'failed'}${where}: ${outcome.code}`;
+}
+
+export function annotateFailure(
+  outcome: JobOutcome,
+  error: (message: string, properties: core.AnnotationProperties) => void = core.error,
+): void {
+  if (outcome.result === 'success') return;
+  error(outcome.message, { title: failureTitle(outcome) });
+}
+
+function rate(bytes: number | undefined, secs: number | undefined): string {
+  if (!bytes || !secs) return '';
+  return `${(bytes / secs / 1e6).toFixed(1)} MB/s`;
+}
+
+/** Rows of the summary table: [label, value]. */
+export function summaryRows(outcome: JobOutcome): [string, string][] {
+  const rows: [string, string][] = [];
+  const resultText = outcome.result === 'success' ? '✅ success' : `${outcome.result === 'cancelled' ? '⏹️' : '❌'} ${outcome.result} (${outcome.code})`;
+  rows.push(['Result', resultText]);
+  if (outcome.result !== 'success') rows.push(['Message', outcome.message]);
+  const target = outcome.target;
+  rows.push(['Target', target ? `${target.name} (${target.ip}, ${target.mac}${target.model ? `, ${target.model}` : ''})` : outcome.targetSpec]);
+  if (outcome.jobId) rows.push(['Job', outcome.jobId]);
+  const image = outcome.image;
+  if (image) {
+    const unpacked = image.imageSize !== undefined && image.compression !== 'none' ? `, ${formatBytes(image.imageSize)} unpacked` : '';
+    rows.push(['Image', `${image.source} (${formatBytes(image.size)}, ${image.compression}${unpacked})`]);
+    rows.push(['sha256', image.sha256]);
+  }
+  if (outcome.bytesWritten !== undefined) rows.push(['Bytes written', `${outcome.bytesWritten} (${formatBytes(outcome.bytesWritten)})`]);
+  for (const phase of Object.keys(PHASE_TITLES) as StoryPhase[]) {
+    const secs = outcome.timings[phase];
+    if (secs === undefined) continue;
+    let extra = '';
+    if (phase === 'upload') extra = outcome.uploadSkipped ? ' (skipped: the agent already had it)' : rate(image?.size, secs);
+    if (phase === 'transfer') extra = rate(outcome.bytesWritten, secs);
+    rows.push([PHASE_TITLES[phase], `${secs.toFixed(1)} s${extra && !extra.startsWith(' ') ? `, ${extra}` : extra}`]);
+  }
+  if (outcome.parts && outcome.parts.length > 0) {
+    const ok = outcome.parts.filter((p) => p.status === 'ok').length;
+    const retries = outcome.parts.reduce((n, p) => n + p.retries, 0);
+    rows.push(['Parts', `${ok}/${outcome.parts.length} verified${retries > 0 ? `, ${retries} retries` : ''}`]);
+  }
+  return rows;
+}
+
+/**
+ * Appends the job's table to the step summary. Best-effort: outside Actions (or with an unwritable
+ * summary file) it logs why and returns false rather than failing a job that otherwise worked.
+ */
+export async function writeJobSummary(outcome: JobOutcome, summary: typeof core.summary = core.summary): Promise<boolean> {
+  try {
+    const heading = `rpi-flash: ${outcome.target?.name ?? outcome.targetSpec}`;
+    await summary
+      .addHeading(heading, 3)
+      .addTable([
+        [
+          { data: 'Item', header: true },
+          { data: 'Value', header: true },
+        ],
+        ...summaryRows(outcome).map(([label, value]) => [label, escapeHtml(value)]),
+      ])
+      .write();
+    return true;
+  } catch (err) {
+    summary.emptyBuffer();
+    core.info(`(job summary not written: ${(err as Error)?.message ?? err})`);
+    return false;
+  }
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]!);
+}
