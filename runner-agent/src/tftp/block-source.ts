@@ -1,0 +1,138 @@
+/**
+ * Where a sender takes its DATA payloads from: a Buffer (client uploads) or a file read ahead in
+ * large chunks (server downloads), so a window is sent without waiting for the disk per packet.
+ */
+
+/** The file-reading side of a virtual file (the server's TftpFile has this shape). */
+export interface ReadableFile {
+  readonly size: number;
+  read(position: number, length: number): Promise<Buffer>;
+}
+
+export interface BlockSource {
+  readonly size: number;
+  readonly blksize: number;
+  /** Number of DATA blocks: a short (possibly empty) last block always ends the transfer. */
+  readonly blocks: number;
+  /** Payload of block `n` (1-based, not wrapped) when it is in memory, else undefined. */
+  block(n: number): Buffer | undefined;
+  /** Brings blocks `from`..`to` into memory: undefined when they already are (no await needed). */
+  load(from: number, to: number): Promise<void> | undefined;
+}
+
+/** Blocks needed for `size` bytes: a size that is a multiple of blksize ends with an empty block. */
+export function blockCount(size: number, blksize: number): number {
+  return Math.floor(size / blksize) + 1;
+}
+
+export class BufferBlockSource implements BlockSource {
+  readonly size: number;
+  readonly blocks: number;
+  constructor(
+    private readonly data: Buffer,
+    readonly blksize: number,
+  ) {
+    this.size = data.length;
+    this.blocks = blockCount(this.size, blksize);
+  }
+  block(n: number): Buffer | undefined {
+    const start = (n - 1) * this.blksize;
+    return this.data.subarray(start, Math.min(start + this.blksize, this.size));
+  }
+  load(): undefined {
+    return undefined;
+  }
+}
+
+interface Chunk {
+  /** First and one-past-last block held. */
+  first: number;
+  end: number;
+  data?: Buffer;
+  loading?: Promise<void>;
+}
+
+/**
+ * Holds at most two chunks of a file: the one being sent and the next one, read while the current
+ * one goes out. Chunks start on block boundaries so every block lies inside one chunk, and each chunk
+ * is a fresh Buffer: blocks handed to `socket.send` stay valid even if the send is queued.
+ */
+export class ReadAheadBlockSource implements BlockSource {
+  readonly blocks: number;
+  private readonly blocksPerChunk: number;
+  private chunks: Chunk[] = [];
+  /** A read failure is kept and thrown by the next load, so the transfer ends with it. */
+  private failure?: Error;
+
+  constructor(
+    private readonly file: ReadableFile,
+    readonly blksize: number,
+    chunkBytes = 4 * 1024 * 1024,
+  ) {
+    this.blocks = blockCount(file.size, blksize);
+    this.blocksPerChunk = Math.max(1, Math.floor(chunkBytes / blksize));
+  }
+
+  get size(): number {
+    return this.file.size;
+  }
+
+  block(n: number): Buffer | undefined {
+    for (const c of this.chunks) {
+      if (c.data && n >= c.first && n < c.end) {
+        const start = (n - c.first) * this.blksize;
+        return c.data.subarray(start, Math.min(start + this.blksize, c.data.length));
+      }
+    }
+    return undefined;
+  }
+
+  load(from: number, to: number): Promise<void> | undefined {
+    if (this.failure) return Promise.reject(this.failure);
+    let first = this.chunks.find((c) => from >= c.first && from < c.end);
+    if (!first) {
+      // A window outside the held chunks (the first one, or after a failed read): read afresh.
+      first = this.startChunk(from, Math.max(this.blocksPerChunk, to - from + 1));
+      this.chunks = [first];
+    }
+    let second: Chunk | undefined;
+    if (to >= first.end) {
+      // The window straddles two chunks: the second is normally the one read ahead.
+      second = this.chunks.find((c) => c.first === first.end);
+      if (!second) {
+        second = this.startChunk(first.end, Math.max(this.blocksPerChunk, to - first.end + 1));
+        this.chunks = [first, second];
+      }
+    }
+    // The send position never moves back past `from` (restarts go to the last ACK + 1), so older
+    // chunks can go; then read the next chunk while this one is sent.
+    this.chunks = this.chunks.filter((c) => c.end > from);
+    const last = this.chunks[this.chunks.length - 1]!;
+    if (this.chunks.length < 2 && last.end <= this.blocks) this.chunks.push(this.startChunk(last.end, this.blocksPerChunk));
+    const pending = [first.loading, second?.loading].filter((p): p is Promise<void> => p !== undefined);
+    if (pending.length === 0) return undefined;
+    return Promise.all(pending).then(() => {
+      if (this.failure) throw this.failure;
+    });
+  }
+
+  private startChunk(first: number, count: number): Chunk {
+    const end = Math.min(first + count, this.blocks + 1);
+    const chunk: Chunk = { first, end };
+    const position = (first - 1) * this.blksize;
+    const length = Math.min((end - first) * this.blksize, this.file.size - position);
+    chunk.loading = (length <= 0 ? Promise.resolve(Buffer.alloc(0)) : this.file.read(position, length)).then(
+      (data) => {
+        if (data.length !== length) {
+          throw new Error(`file read at ${position} returned ${data.length} bytes, expected ${length} (file shrank?)`);
+        }
+        chunk.data = data;
+        chunk.loading = undefined;
+      },
+    ).catch((err: unknown) => {
+      this.failure ??= err instanceof Error ? err : new Error(String(err));
+      chunk.loading = undefined;
+    });
+    return chunk;
+  }
+}
