@@ -326,6 +326,7 @@ export class FlashJob {
   private async watchTransfer(): Promise<void> {
     const { boardShow, stall } = this.o.timeouts;
     this.lastActivity = Date.now();
+    if (!this.scriptFetched) this.log('info', `waiting for ${this.o.target.name} to fetch ${this.macdir}/${FLASH_SCRIPT} (up to ${boardShow} s)`);
     await this.waitFor(() => this.scriptFetched, boardShow, () => new JobFailure('BOARD_NO_SHOW', `${this.o.target.name} did not fetch ${this.macdir}/${FLASH_SCRIPT} within ${boardShow} s of the reset (is it powered, wired, and running the recovery U-Boot?)`));
     await this.waitFor(() => this.done !== undefined, stall, () => {
       const where = this.parts.find((p) => p.status === 'missing');

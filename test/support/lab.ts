@@ -1,0 +1,89 @@
+/**
+ * A simulated lab for tests: a real agent (composition root) on loopback with ephemeral ports,
+ * a targets CSV of `sim` boards, and helpers to make images. Everything lives in a temp dir that
+ * `stop()` removes.
+ */
+import { mkdtemp, rm, writeFile, stat, readdir } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { createHash } from 'node:crypto';
+import os from 'node:os';
+import path from 'node:path';
+import { validateConfig } from '../../runner-agent/src/config.js';
+import { startAgent, type RunningAgent, type StartOptions } from '../../runner-agent/src/agent.js';
+import { createLogger, type LogRecord } from '../../runner-agent/src/log.js';
+import { writeSampleImage } from '../../runner-agent/src/sample-image.js';
+import { connectAgent, type AgentConnection } from '../../src/protocol/client.js';
+import type { AgentMessage } from '../../src/protocol/messages.js';
+
+export const LAB_TOKEN = 'lab-test-token-0123456789';
+
+export interface Lab {
+  dir: string;
+  agent: RunningAgent;
+  logs: LogRecord[];
+  connect(onEvent?: (m: AgentMessage) => void): Promise<AgentConnection>;
+  image(name: string, size: number, seed?: number): Promise<{ path: string; size: number; sha256: string }>;
+  tftpFolders(): Promise<string[]>;
+  stop(): Promise<void>;
+}
+
+/** A random 127/8 address per board: test files run in parallel and sim boards listen on their IP. */
+function loopbackIp(): string {
+  const r = (n: number) => 1 + Math.floor(Math.random() * n);
+  return `127.${r(250)}.${r(250)}.${r(250)}`;
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Rows are `name,mac,reset`; each board gets its own loopback IP. */
+export async function startLab(o: { boards: Array<{ name: string; mac: string; reset?: string }>; config?: Record<string, unknown>; start?: StartOptions }): Promise<Lab> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'rpi-flash-lab-'));
+  const rows = o.boards.map((b) => `${b.name},${b.mac},${loopbackIp()},${b.reset ?? 'sim'}`);
+  await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset', ...rows].join('\n') + '\n');
+  const config = await validateConfig(
+    {
+      listen: { host: '127.0.0.1', port: 0 },
+      token: LAB_TOKEN,
+      targets: 'targets.csv',
+      tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
+      stateDir: 'state',
+      flash: { partSize: '1MiB', retries: 2 },
+      timeouts: { boardShow: 5, stall: 10, boot: 5, leaseGrace: 2, shutdown: 5 },
+      bootCheck: 'tcp:2222',
+      sim: { bootPort: 2222, cardSize: '64MiB' },
+      logLevel: 'debug',
+      ...o.config,
+    },
+    dir,
+  );
+  const logs: LogRecord[] = [];
+  const agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => logs.push(r) }), ...o.start });
+  const conns: AgentConnection[] = [];
+  return {
+    dir,
+    agent,
+    logs,
+    async connect(onEvent) {
+      const c = await connectAgent({ url: agent.url, token: LAB_TOKEN, client: 'lab-test', ...(onEvent ? { onEvent } : {}) });
+      conns.push(c);
+      return c;
+    },
+    async image(name, size, seed = 1) {
+      const file = path.join(dir, name);
+      await writeSampleImage(file, size, seed);
+      return { path: file, size: (await stat(file)).size, sha256: await sha256File(file) };
+    },
+    async tftpFolders() {
+      return (await readdir(config.tftp.root)).filter((n) => !n.startsWith('.'));
+    },
+    async stop() {
+      for (const c of conns) c.close();
+      await agent.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
