@@ -1,0 +1,242 @@
+/**
+ * The per-job stage-2 script (`flash.scr`, DESIGN §3.5): the board downloads every part over
+ * TFTP, checks its CRC32, writes it with `mmc write`, reads it back, checks again, reports each
+ * step with a beacon (beacons.ts), reports the result and resets.
+ *
+ * Written for the hush shell of U-Boot 2023.01 as Debian builds it for the Pi (facts checked in
+ * the 2023.01 sources, common/cli_hush.c, cmd/*.c):
+ * - No loops: retries are `run` chains joined with `||`. Hush's `||`/`&&` skip "the rest of the
+ *   chain" rather than one command, so `a && b || c` does NOT run c when a fails: never mix them.
+ * - `run X` returns the status of the last command X ran; an `if` whose condition fails and has
+ *   no `else` returns failure. Procedures therefore end in the command whose status matters.
+ * - Procedures are stored single-quoted so `${…}` is expanded when they run, not when defined.
+ *   A command holding `$` is re-parsed after expansion (make_string), so values must not contain
+ *   quotes; ours are hex numbers and path-safe names. `|` and `&` are shell syntax even as
+ *   setexpr operators: only `+ * / %` are used.
+ * - Command arguments are hex (`hextoul`, `0x` accepted); `tftpblocksize`/`tftpwindowsize` are
+ *   read as decimal; `mmc dev` takes a decimal device number.
+ * - `setexpr.l v *addr` prints the 32-bit word at addr, native (little-endian) order, as `%lx`.
+ * - `crc32 addr len dest` stores its result in two ways depending on the build: with the
+ *   multi-hash code (any of SHA256/CMD_HASH/CRC32_VERIFY… enabled — the QEMU test build) it
+ *   writes 4 bytes big-endian; without it (Debian's rpi_3/rpi_4/rpi_arm64 builds: their binary
+ *   has only the `CRC32 for … ==>` message) it stores a native `ulong` (8 bytes on arm64), so
+ *   `setexpr.l` reads the real value. The script calibrates once — the CRC of 4 known bytes —
+ *   and byte-swaps in the multi-hash case, so every CRC it compares and reports is the real one.
+ * - U-Boot's TFTP file names are at most 127 characters and must not contain ':'.
+ */
+import { crc32 } from 'node:zlib';
+import { JOB_ID_PATTERN, macDir, reportPrefix } from '../../../src/protocol/tftp-names.js';
+import { beaconText } from './beacons.js';
+
+export const SECTOR = 512;
+
+export interface PartPlan {
+  index: number /* 1-based */;
+  imageOffset: number;
+  size: number /* raw bytes of the image */;
+  servedSize: number /* size padded with zeros to a multiple of 512 */;
+  startBlock: number;
+  blockCount: number;
+}
+
+/** Splits an image into parts of `partSize` bytes (the last one shorter), each written at its own offset. */
+export function planParts(imageSize: number, partSize: number): PartPlan[] {
+  if (!Number.isSafeInteger(imageSize) || imageSize <= 0) throw new RangeError(`image size must be a positive number of bytes, got ${imageSize}`);
+  if (!Number.isSafeInteger(partSize) || partSize <= 0 || partSize % SECTOR !== 0) throw new RangeError(`part size must be a positive multiple of ${SECTOR} bytes, got ${partSize}`);
+  const parts: PartPlan[] = [];
+  for (let offset = 0, index = 1; offset < imageSize; offset += partSize, index++) {
+    const size = Math.min(partSize, imageSize - offset);
+    const servedSize = Math.ceil(size / SECTOR) * SECTOR;
+    parts.push({ index, imageOffset: offset, size, servedSize, startBlock: offset / SECTOR, blockCount: servedSize / SECTOR });
+  }
+  return parts;
+}
+
+export interface Stage2Part extends PartPlan {
+  file: string /* TFTP path, partFile() from src/protocol/tftp-names.ts */;
+  crc32: number /* CRC32 of the servedSize bytes (padded) */;
+}
+
+export interface Stage2Options {
+  jobId: string;
+  mac: string;
+  parts: Stage2Part[];
+  /** Extra download attempts per part on CRC mismatch or TFTP failure (the agent's default is 2). */
+  retries: number;
+  /** Where each part is downloaded and read back; needs the largest part's servedSize of free RAM. */
+  loadAddr: number;
+  /** 8 bytes for `crc32`'s result (a 64-bit store on arm64 Pi builds). */
+  crcAddr: number;
+  /** Where beacon answers land; BEACON_RESERVE bytes. */
+  beaconAddr: number;
+  mmcDev: number;
+  tftpBlockSize?: number;
+  tftpWindowSize?: number;
+}
+
+/** RAM the script may touch at beaconAddr: the agent's beacon answers must stay below this. */
+export const BEACON_RESERVE = 0x1000;
+const CRC_RESERVE = 8;
+/** U-Boot keeps TFTP file names in a 128-byte buffer (CONFIG_TFTP_FILE_NAME_MAX_LEN), NUL included. */
+export const UBOOT_TFTP_NAME_MAX = 127;
+/** Fills the load buffer before each read-back, so a read that moves no data cannot pass the check. */
+const POISON_WORD = 0x5a5aa5a5;
+/** Calibration input: `mw.l` stores it little-endian; its CRC tells which way `crc32` stores results. */
+const CALIBRATION_WORD = 0x12345678;
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+function swap32(n: number): number {
+  return (((n & 0xff) << 24) | ((n & 0xff00) << 8) | ((n >>> 8) & 0xff00) | (n >>> 24)) >>> 0;
+}
+
+/** The CRC32 of CALIBRATION_WORD as it lies in a little-endian board's memory. */
+export function calibrationCrc(): number {
+  const bytes = Buffer.alloc(4);
+  bytes.writeUInt32LE(CALIBRATION_WORD);
+  return crc32(bytes);
+}
+
+/** `setenv name '<procedure>'`: single quotes keep `${…}` for run time. */
+function procedure(name: string, commands: string[]): string {
+  const body = commands.join('; ');
+  if (/['\n]/.test(body)) throw new Error(`internal: procedure ${name} contains a quote or newline`);
+  return `setenv ${name} '${body}'`;
+}
+
+const v = (name: string) => `\${${name}}`;
+
+function check(condition: boolean, message: string): void {
+  if (!condition) throw new RangeError(message);
+}
+
+function validate(o: Stage2Options): void {
+  check(JOB_ID_PATTERN.test(o.jobId), `job id "${o.jobId}" must match ${JOB_ID_PATTERN}`);
+  macDir(o.mac); // throws on a bad MAC
+  check(o.parts.length > 0, 'a stage-2 script needs at least one part');
+  check(Number.isInteger(o.retries) && o.retries >= 0 && o.retries <= 20, `retries must be an integer 0..20, got ${o.retries}`);
+  check(Number.isInteger(o.mmcDev) && o.mmcDev >= 0 && o.mmcDev <= 9, `mmcDev must be an integer 0..9, got ${o.mmcDev}`);
+  if (o.tftpBlockSize !== undefined) check(Number.isInteger(o.tftpBlockSize) && o.tftpBlockSize >= 8 && o.tftpBlockSize <= 65464, `tftpBlockSize must be an integer 8..65464 (RFC 2348), got ${o.tftpBlockSize}`);
+  if (o.tftpWindowSize !== undefined) check(Number.isInteger(o.tftpWindowSize) && o.tftpWindowSize >= 1 && o.tftpWindowSize <= 65535, `tftpWindowSize must be an integer 1..65535 (RFC 7440), got ${o.tftpWindowSize}`);
+  const address = (name: string, value: number, align: number) =>
+    check(Number.isInteger(value) && value >= 0 && value <= 0xffff_ffff && value % align === 0, `${name} must be a 32-bit address aligned to ${align} bytes, got ${value}`);
+  address('loadAddr', o.loadAddr, 64);
+  address('crcAddr', o.crcAddr, 8);
+  address('beaconAddr', o.beaconAddr, 8);
+  o.parts.forEach((p, i) => {
+    const at = `part ${p.index}`;
+    check(p.index === i + 1, `parts must be numbered 1..n in order; position ${i + 1} holds part ${p.index}`);
+    check(Number.isSafeInteger(p.servedSize) && p.servedSize > 0 && p.servedSize % SECTOR === 0, `${at}: servedSize must be a positive multiple of ${SECTOR}, got ${p.servedSize}`);
+    check(p.blockCount * SECTOR === p.servedSize, `${at}: blockCount ${p.blockCount} does not cover servedSize ${p.servedSize}`);
+    check(Number.isSafeInteger(p.startBlock) && p.startBlock >= 0 && p.startBlock + p.blockCount <= 0xffff_ffff, `${at}: startBlock ${p.startBlock} is out of range for mmc write`);
+    check(Number.isInteger(p.crc32) && p.crc32 >= 0 && p.crc32 <= 0xffff_ffff, `${at}: crc32 must be a 32-bit unsigned value, got ${p.crc32}`);
+    check(/^[A-Za-z0-9._/-]+$/.test(p.file) && p.file.length <= UBOOT_TFTP_NAME_MAX, `${at}: TFTP name "${p.file}" must be at most ${UBOOT_TFTP_NAME_MAX} path-safe characters without ':'`);
+  });
+  const largest = Math.max(...o.parts.map((p) => p.servedSize));
+  const regions: Array<[string, number, number]> = [
+    ['load buffer', o.loadAddr, largest],
+    ['CRC slot', o.crcAddr, CRC_RESERVE],
+    ['beacon buffer', o.beaconAddr, BEACON_RESERVE],
+  ];
+  for (const [name, start, size] of regions) check(start + size <= 0x1_0000_0000, `${name} at ${hex(start)} (+${hex(size)}) runs past 4 GiB`);
+  for (let i = 0; i < regions.length; i++) {
+    for (let j = i + 1; j < regions.length; j++) {
+      const [an, as, al] = regions[i]!;
+      const [bn, bs, bl] = regions[j]!;
+      check(as + al <= bs || bs + bl <= as, `${an} (${hex(as)}+${hex(al)}) overlaps the ${bn} (${hex(bs)}+${hex(bl)})`);
+    }
+  }
+  const longest = reportPrefix(o.mac, o.jobId) + beaconText.partRetry(String(o.parts.length), String(o.retries), beaconText.retryReasonCrc('ffffffff'));
+  check(longest.length <= UBOOT_TFTP_NAME_MAX, `beacon names would reach ${longest.length} characters, over U-Boot's ${UBOOT_TFTP_NAME_MAX}: use a shorter job id`);
+}
+
+export function generateStage2Script(o: Stage2Options): string {
+  validate(o);
+  const load = hex(o.loadAddr);
+  const crcSlot = hex(o.crcAddr);
+  const beaconBuf = hex(o.beaconAddr);
+  const calibration = calibrationCrc();
+  if (calibration === swap32(calibration)) throw new Error('internal: calibration CRC is byte-order symmetric');
+  const total = o.parts.reduce((sum, p) => sum + p.size, 0);
+  const part = v('rpf_part');
+  const report = (message: string) => [`setenv rpf_msg ${message}`, 'run rpf_beacon'];
+
+  const lines: string[] = [
+    `# rpi-flash stage 2 for job ${o.jobId}: ${o.parts.length} part(s), ${total} bytes, to mmc ${o.mmcDev}.`,
+    '# Generated by the agent for this job only; see runner-agent/src/board/stage2-script.ts.',
+    'setenv autostart no',
+    `setenv rpf_rep ${reportPrefix(o.mac, o.jobId)}`,
+  ];
+  if (o.tftpBlockSize !== undefined) lines.push(`setenv tftpblocksize ${o.tftpBlockSize}`);
+  if (o.tftpWindowSize !== undefined) lines.push(`setenv tftpwindowsize ${o.tftpWindowSize}`);
+  lines.push(
+    '# A beacon: read <macdir>/<job>/report/<message>; the agent records the name. Failures are ignored.',
+    procedure('rpf_beacon', [`tftpboot ${beaconBuf} ${v('rpf_rep')}${v('rpf_msg')}`]),
+    '# Byte-swap rpf_crc (for builds whose crc32 stores big-endian), using only + * / %.',
+    procedure('rpf_swap', [
+      `setexpr rpf_s ${v('rpf_crc')} % 0x100`,
+      `setexpr rpf_s ${v('rpf_s')} * 0x1000000`,
+      `setexpr rpf_b ${v('rpf_crc')} / 0x100`,
+      `setexpr rpf_b ${v('rpf_b')} % 0x100`,
+      `setexpr rpf_b ${v('rpf_b')} * 0x10000`,
+      `setexpr rpf_s ${v('rpf_s')} + ${v('rpf_b')}`,
+      `setexpr rpf_b ${v('rpf_crc')} / 0x10000`,
+      `setexpr rpf_b ${v('rpf_b')} % 0x100`,
+      `setexpr rpf_b ${v('rpf_b')} * 0x100`,
+      `setexpr rpf_s ${v('rpf_s')} + ${v('rpf_b')}`,
+      `setexpr rpf_b ${v('rpf_crc')} / 0x1000000`,
+      `setexpr rpf_crc ${v('rpf_s')} + ${v('rpf_b')}`,
+    ]),
+    '# rpf_crc := CRC32 of the rpf_len bytes at the load address.',
+    procedure('rpf_check', [`crc32 ${load} ${v('rpf_len')} ${crcSlot}`, `setexpr.l rpf_crc *${crcSlot}`, 'run rpf_fix']),
+    '# One download attempt; succeeds only if the CRC matches. rpf_why/rpf_fail say why it failed.',
+    procedure('rpf_get', ['setenv rpf_why download', 'setenv rpf_fail download', `tftpboot ${load} ${v('rpf_file')} && run rpf_dlcheck`]),
+    procedure('rpf_dlcheck', [
+      'run rpf_check',
+      `setenv rpf_why ${beaconText.retryReasonCrc(v('rpf_crc'))}`,
+      `setenv rpf_fail ${beaconText.failedWithCrc('download', v('rpf_crc'))}`,
+      `itest.l ${v('rpf_crc')} == ${v('rpf_want')}`,
+    ]),
+    procedure('rpf_retry', [...report(beaconText.partRetry(part, v('rpf_att'), v('rpf_why'))), 'run rpf_get']),
+  );
+  for (let attempt = 1; attempt <= o.retries; attempt++) lines.push(procedure(`rpf_r${attempt}`, [`setenv rpf_att ${attempt}`, 'run rpf_retry']));
+  lines.push(
+    '# Failures: report the part, report the result, reset (stage 1 then finds no flash.scr).',
+    procedure('rpf_abort', ['run rpf_beacon', ...report(beaconText.done(false)), 'reset']),
+    procedure('rpf_dlfail', [`setenv rpf_msg ${beaconText.partFailed(part, v('rpf_fail'))}`, 'run rpf_abort']),
+    procedure('rpf_wfail', [`setenv rpf_msg ${beaconText.partFailed(part, 'write')}`, 'run rpf_abort']),
+    procedure('rpf_rfail', [`setenv rpf_msg ${beaconText.partFailed(part, 'readback')}`, 'run rpf_abort']),
+    procedure('rpf_vfail', [`setenv rpf_msg ${beaconText.partFailed(part, beaconText.failedWithCrc('verify', v('rpf_crc')))}`, 'run rpf_abort']),
+    '# Write, poison the buffer, read back, verify, report.',
+    procedure('rpf_put', [
+      `mmc write ${load} ${v('rpf_blk')} ${v('rpf_cnt')} || run rpf_wfail`,
+      `mw.l ${load} ${hex(POISON_WORD)} ${v('rpf_words')}`,
+      `mmc read ${load} ${v('rpf_blk')} ${v('rpf_cnt')} || run rpf_rfail`,
+      'run rpf_check',
+      `if itest.l ${v('rpf_crc')} == ${v('rpf_want')}; then ${report(beaconText.partOk(part, v('rpf_crc'))).join('; ')}; else run rpf_vfail; fi`,
+    ]),
+    procedure('rpf_one', [[`run rpf_get`, ...Array.from({ length: o.retries }, (_, i) => `run rpf_r${i + 1}`), 'run rpf_dlfail'].join(' || '), 'run rpf_put']),
+    '# Calibrate: how does this build store crc32 results?',
+    `mw.l ${beaconBuf} ${hex(CALIBRATION_WORD)}; crc32 ${beaconBuf} 0x4 ${crcSlot}; if itest.l *${crcSlot} == ${hex(calibration)}; then setenv rpf_fix true; else setenv rpf_fix run rpf_swap; fi`,
+    report(beaconText.start()).join('; '),
+    `mmc dev ${o.mmcDev}`,
+  );
+  for (const p of o.parts) {
+    lines.push(
+      [
+        `setenv rpf_part ${p.index}`,
+        `setenv rpf_file ${p.file}`,
+        `setenv rpf_len ${hex(p.servedSize)}`,
+        `setenv rpf_words ${hex(p.servedSize / 4)}`,
+        `setenv rpf_want ${hex(p.crc32)}`,
+        `setenv rpf_blk ${hex(p.startBlock)}`,
+        `setenv rpf_cnt ${hex(p.blockCount)}`,
+        'run rpf_one',
+      ].join('; '),
+    );
+  }
+  lines.push(report(beaconText.done(true)).join('; '), 'reset');
+  return lines.join('\n') + '\n';
+}
