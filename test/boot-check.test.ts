@@ -1,0 +1,220 @@
+import { createHook } from 'node:async_hooks';
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { parseBootCheck, waitForBoot } from '../runner-agent/src/boot-check.js';
+import { createLogger, type LogRecord } from '../runner-agent/src/log.js';
+
+describe('parseBootCheck', () => {
+  it.each([
+    ['none', { kind: 'none' }],
+    [' NONE ', { kind: 'none' }],
+    ['tcp:22', { kind: 'tcp', port: 22 }],
+    ['TCP:65535', { kind: 'tcp', port: 65535 }],
+    ['tcp:127.0.0.1:8022', { kind: 'tcp', host: '127.0.0.1', port: 8022 }],
+    ['tcp:pi4-a.lab:22', { kind: 'tcp', host: 'pi4-a.lab', port: 22 }],
+    ['tcp:[::1]:22', { kind: 'tcp', host: '::1', port: 22 }],
+  ])('parses %j', (text, check) => {
+    expect(parseBootCheck(text)).toEqual(check);
+  });
+
+  it.each([
+    ['', /unknown boot check "": expected none, tcp:<port> or tcp:<host>:<port>/],
+    ['ssh', /unknown boot check "ssh"/],
+    ['tcp:', /unknown boot check/],
+    ['tcp:0', /"0" is not a TCP port/],
+    ['tcp:65536', /"65536" is not a TCP port/],
+    ['tcp:ssh', /"ssh" is not a TCP port/],
+    ['tcp::22', /"" is not a host name/],
+    ['tcp:a b:22', /"a b" is not a host name/],
+    ['tcp:::1:22', /write an IPv6 host in brackets/],
+    ['tcp:[nope]:22', /"nope" is not an IPv6 address/],
+  ])('refuses %j', (text, reason) => {
+    expect(() => parseBootCheck(text)).toThrow(reason);
+  });
+});
+
+/**
+ * Records the sockets and timers created while `body` runs and reports those still alive once it
+ * has settled: a call must not leave any behind.
+ */
+async function leftoversOf<T>(body: () => Promise<T>): Promise<{ outcome: PromiseSettledResult<T>; leftovers: string[] }> {
+  const live = new Map<number, string>();
+  let recording = true;
+  const hook = createHook({
+    init(id, type) {
+      if (recording && (type === 'Timeout' || type === 'TCPWRAP' || type === 'TCPCONNECTWRAP')) live.set(id, type);
+    },
+    destroy(id) {
+      live.delete(id);
+    },
+  }).enable();
+  try {
+    const [outcome] = await Promise.allSettled([body()]);
+    recording = false;
+    // Closing handles and cleared timers report their end an event-loop turn or two later.
+    await new Promise((r) => setTimeout(r, 50));
+    return { outcome: outcome as PromiseSettledResult<T>, leftovers: [...live.values()] };
+  } finally {
+    hook.disable();
+  }
+}
+
+/** A loopback port that nothing listens on (bound, then released). */
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  const { port } = probe.address() as net.AddressInfo;
+  await new Promise((r) => probe.close(r));
+  return port;
+}
+
+describe('waitForBoot', () => {
+  const servers: net.Server[] = [];
+  const timers: NodeJS.Timeout[] = [];
+  afterEach(async () => {
+    for (const t of timers.splice(0)) clearTimeout(t);
+    await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+  });
+
+  function listen(port: number, host = '127.0.0.1'): Promise<net.Server> {
+    const server = net.createServer((socket) => socket.destroy());
+    servers.push(server);
+    return new Promise((resolve) => server.listen(port, host, () => resolve(server)));
+  }
+
+  it('passes at once for none', async () => {
+    expect(await waitForBoot({ kind: 'none' }, '127.0.0.1', { timeoutMs: 1000 })).toEqual({ ok: true, ms: 0, attempts: 0 });
+  });
+
+  it('passes at the first attempt when the port is open', async () => {
+    const server = await listen(0);
+    const { port } = server.address() as net.AddressInfo;
+    const result = await waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 5000, intervalMs: 50 });
+    expect(result).toMatchObject({ ok: true, attempts: 1 });
+  });
+
+  it('keeps trying until the listener appears', async () => {
+    const port = await freePort();
+    const records: LogRecord[] = [];
+    const log = createLogger({ level: 'debug', sink: (r) => records.push(r) });
+    let opened = false;
+    timers.push(
+      setTimeout(() => {
+        void listen(port).then(() => (opened = true));
+      }, 300),
+    );
+    const result = await waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 20_000, intervalMs: 50, log });
+    expect(opened).toBe(true);
+    expect(result.ok).toBe(true);
+    expect(result.attempts).toBeGreaterThan(1);
+    expect(result.ms).toBeGreaterThanOrEqual(250);
+    // Each refused attempt is logged at debug level with its reason.
+    expect(records.filter((r) => r.msg === 'boot check not yet passing')).toHaveLength(result.attempts - 1);
+    expect(records[0]?.fields).toMatchObject({ host: '127.0.0.1', port, attempt: 1, error: 'ECONNREFUSED' });
+  });
+
+  it('gives up at the deadline when nothing ever listens', async () => {
+    const port = await freePort();
+    const { outcome, leftovers } = await leftoversOf(() => waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 400, intervalMs: 50 }));
+    expect(outcome.status).toBe('fulfilled');
+    const result = (outcome as PromiseFulfilledResult<Awaited<ReturnType<typeof waitForBoot>>>).value;
+    expect(result.ok).toBe(false);
+    expect(result.attempts).toBeGreaterThan(1);
+    expect(result.ms).toBeGreaterThanOrEqual(400);
+    expect(leftovers).toEqual([]);
+  });
+
+  it('checks the host the spec names instead of the target\'s IP', async () => {
+    const server = await listen(0, '127.0.0.1');
+    const { port } = server.address() as net.AddressInfo;
+    // Nothing listens on 127.0.0.2 (the "target"): only the named host can pass.
+    expect((await waitForBoot({ kind: 'tcp', port }, '127.0.0.2', { timeoutMs: 150, intervalMs: 50 })).ok).toBe(false);
+    expect((await waitForBoot({ kind: 'tcp', host: '127.0.0.1', port }, '127.0.0.2', { timeoutMs: 5000, intervalMs: 50 })).ok).toBe(true);
+  });
+
+  it('stops promptly when aborted, rejecting with the reason and leaving no socket or timer', async () => {
+    const port = await freePort();
+    const controller = new AbortController();
+    const reason = new Error('job cancelled');
+    const started = Date.now();
+    const { outcome, leftovers } = await leftoversOf(() => {
+      setTimeout(() => controller.abort(reason), 150);
+      return waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 60_000, intervalMs: 10_000, signal: controller.signal });
+    });
+    expect(outcome).toEqual({ status: 'rejected', reason });
+    // Well before the 10 s pause would have ended: the pause itself was cut short.
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(leftovers).toEqual([]);
+  });
+
+  describe('against a port whose connections hang', () => {
+    let child: ChildProcess | undefined;
+    const fillers: net.Socket[] = [];
+    afterEach(async () => {
+      for (const s of fillers.splice(0)) s.destroy();
+      if (child && child.exitCode === null && child.signalCode === null) {
+        const gone = new Promise((r) => child?.once('exit', r));
+        child.kill('SIGKILL');
+        await gone;
+      }
+      child = undefined;
+    });
+
+    /**
+     * A listener whose process never accepts (its event loop is blocked) and whose accept queue is
+     * full: the kernel then drops further SYNs, so a connect neither succeeds nor fails.
+     */
+    async function blackHolePort(): Promise<number> {
+      const code = `const s = require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
+        console.log(s.address().port); const end = Date.now() + 60000; while (Date.now() < end) {} });`;
+      child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const port = await new Promise<number>((resolve, reject) => {
+        child?.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+        child?.once('exit', (c) => reject(new Error(`black-hole listener exited with ${c}`)));
+      });
+      // Fill the accept queue until a connect hangs.
+      for (let i = 0; i < 16; i++) {
+        const socket = net.connect({ port, host: '127.0.0.1' });
+        socket.on('error', () => {});
+        fillers.push(socket);
+        const connected = await new Promise<boolean>((r) => {
+          const t = setTimeout(() => r(false), 300);
+          socket.once('connect', () => (clearTimeout(t), r(true)));
+        });
+        if (!connected) return port;
+      }
+      throw new Error('could not fill the accept queue');
+    }
+
+    it('cuts each attempt off at attemptTimeoutMs and leaves nothing behind', async () => {
+      const port = await blackHolePort();
+      const { outcome, leftovers } = await leftoversOf(() =>
+        waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 700, intervalMs: 10, attemptTimeoutMs: 200 }),
+      );
+      expect(outcome.status).toBe('fulfilled');
+      const result = (outcome as PromiseFulfilledResult<Awaited<ReturnType<typeof waitForBoot>>>).value;
+      expect(result.ok).toBe(false);
+      expect(result.attempts).toBeGreaterThanOrEqual(2);
+      expect(leftovers).toEqual([]);
+    });
+
+    it('abandons a hanging attempt when aborted', async () => {
+      const port = await blackHolePort();
+      const controller = new AbortController();
+      const reason = new Error('job cancelled');
+      const { outcome, leftovers } = await leftoversOf(() => {
+        setTimeout(() => controller.abort(reason), 150);
+        return waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 60_000, attemptTimeoutMs: 30_000, signal: controller.signal });
+      });
+      expect(outcome).toEqual({ status: 'rejected', reason });
+      expect(leftovers).toEqual([]);
+    });
+  });
+
+  it('rejects at once when the signal is already aborted', async () => {
+    const controller = new AbortController();
+    controller.abort(new Error('too late'));
+    await expect(waitForBoot({ kind: 'tcp', port: 22 }, '127.0.0.1', { timeoutMs: 1000, signal: controller.signal })).rejects.toThrow('too late');
+  });
+});
