@@ -291,6 +291,11 @@ export async function qmpCommand(socket: string, command: string, timeoutMs = 50
   return result;
 }
 
+/** The last part of a console log, for error messages (the whole log stays on disk). */
+export function consoleTail(text: string, chars = CONSOLE_TAIL): string {
+  return text.length > chars ? `…${text.slice(-chars)}` : text;
+}
+
 /**
  * Runs `fn`; if it throws, rethrows with the tail of the board's console appended, so a failing
  * test shows what U-Boot printed (the whole log stays in `board.consoleLog`).
@@ -300,8 +305,7 @@ export async function withConsoleOnFailure<T>(board: QemuBoard | undefined, fn: 
     return await fn();
   } catch (err) {
     if (!board) throw err;
-    const text = board.console();
-    const tail = text.length > CONSOLE_TAIL ? `…${text.slice(-CONSOLE_TAIL)}` : text;
+    const tail = consoleTail(board.console());
     const e = err instanceof Error ? err : new Error(String(err));
     e.message += `\n--- board console (${board.consoleLog}) ---\n${tail}\n--- end of console ---`;
     throw e;
