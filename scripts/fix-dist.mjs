@@ -42,6 +42,9 @@ let bundle = original.replace(/\r\n/g, '\n').replace(/\s*$/, '\n');
 // on every runner with an authenticated proxy. `Buffer.from(string)` is the same for a string.
 const PATCHES = [['new Buffer(connectOptions.proxyAuth)', 'Buffer.from(connectOptions.proxyAuth)']];
 for (const [from, to] of PATCHES) bundle = bundle.replaceAll(from, to);
+// ncc names each module in a comment by its path under the tsc output folder; name it by its
+// source path instead, so a build from another folder (the in-sync check) gives the same bytes.
+bundle = bundle.replace(/(\/\/ CONCATENATED MODULE: )\.\/\.cache\/action-js[\w.-]*\//g, '$1./');
 if (bundle !== original) writeFileSync(bundlePath, bundle);
 
 for (const leaked of new Set([root, root.replaceAll('\\', '/'), process.env.HOME].filter((p) => p && p.length > 1))) {

@@ -79,7 +79,7 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
 
   const target = required(Inputs.target);
   const image = required(Inputs.image);
-  if (image !== '') checkImageSpec(image, problems);
+  if (image !== '') checkImageSpec(image, problems, options.registerSecret);
 
   const bootCheck = parseBootCheck(input(Inputs.bootCheck), problems);
 
@@ -147,18 +147,24 @@ function parseAgentUrl(raw: string, problems: string[]): URL | undefined {
 }
 
 /** Any `scheme://` other than http(s) is refused here, before a path lookup would report a confusing "not found". */
-function checkImageSpec(image: string, problems: string[]): void {
+function checkImageSpec(image: string, problems: string[], registerSecret?: (secret: string) => void): void {
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(image)?.[1]?.toLowerCase();
   if (scheme === undefined) return;
   if (scheme !== 'http' && scheme !== 'https') {
     problems.push(`${Inputs.image}: URL scheme "${scheme}" is not supported (use a path, a glob, or an http(s) URL)`);
     return;
   }
+  let url: URL;
   try {
-    new URL(image);
+    url = new URL(image);
   } catch {
     problems.push(`${Inputs.image}: "${image}" is not a valid URL`);
+    return;
   }
+  // Signed download URLs carry their secret in the query (or user info); the download library logs
+  // the full URL at debug level, so mask those parts everywhere.
+  if (url.search.length > 1) registerSecret?.(url.search.slice(1));
+  if (url.password !== '') registerSecret?.(decodeURIComponent(url.password));
 }
 
 function parseBootCheck(raw: string, problems: string[]): string | undefined {

@@ -1,0 +1,111 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { InputError, parseSettings } from '../../src/action/settings.js';
+
+const PEM = '-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ\n-----END CERTIFICATE-----\n';
+
+function inputs(values: Record<string, string>) {
+  const all: Record<string, string> = { 'agent-url': 'wss://lab.example:8443', token: 's3cret', target: 'pi4-03', image: 'out/sdcard.img.xz', ...values };
+  return (name: string) => all[name] ?? '';
+}
+
+function problemsOf(values: Record<string, string>, env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    parseSettings(inputs(values), { env });
+  } catch (err) {
+    expect(err).toBeInstanceOf(InputError);
+    return (err as InputError).problems;
+  }
+  throw new Error('parseSettings accepted the inputs');
+}
+
+describe('parseSettings', () => {
+  let dir: string | undefined;
+  afterEach(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    dir = undefined;
+  });
+
+  it('parses valid inputs into typed settings with defaults', () => {
+    const secrets: string[] = [];
+    const s = parseSettings(inputs({}), {
+      env: { GITHUB_REPOSITORY: 'org/repo', GITHUB_RUN_ID: '42', GITHUB_RUN_ATTEMPT: '2', GITHUB_JOB: 'flash', GITHUB_WORKSPACE: '/ws' },
+      registerSecret: (s) => secrets.push(s),
+    });
+    expect(s.agentUrl.href).toBe('wss://lab.example:8443/');
+    expect(s.token).toBe('s3cret');
+    expect(secrets).toEqual(['s3cret']);
+    expect(s.target).toBe('pi4-03');
+    expect(s.connectTimeoutMs).toBe(30_000);
+    expect(s.queueTimeoutMs).toBe(1_800_000);
+    expect(s.jobTimeoutMs).toBe(1_800_000);
+    expect(s.bootCheck).toBeUndefined();
+    expect(s.bootTimeoutSeconds).toBeUndefined();
+    expect(s.holder).toBe('org/repo run 42.2 job flash');
+    expect(s.workspace).toBe('/ws');
+  });
+
+  it('accepts boot checks, fractional timeouts and a trailing newline on the token', () => {
+    const s = parseSettings(inputs({ 'boot-check': 'NONE', 'connect-timeout': '2.5', 'boot-timeout': '120', token: 'abc\n' }), { env: {} });
+    expect(s.bootCheck).toBe('none');
+    expect(s.connectTimeoutMs).toBe(2500);
+    expect(s.bootTimeoutSeconds).toBe(120);
+    expect(s.token).toBe('abc');
+    expect(parseSettings(inputs({ 'boot-check': 'tcp:10.0.0.5:2222' }), { env: {} }).bootCheck).toBe('tcp:10.0.0.5:2222');
+    expect(parseSettings(inputs({ 'boot-check': 'tcp:22' }), { env: {} }).bootCheck).toBe('tcp:22');
+  });
+
+  it.each([
+    [{ 'agent-url': '' }, 'agent-url: required'],
+    [{ 'agent-url': 'https://lab.example' }, 'agent-url: scheme "https" is not ws or wss (use wss://'],
+    [{ 'agent-url': 'lab.example:8443' }, 'agent-url: scheme "lab.example" is not ws or wss'],
+    [{ 'agent-url': 'not a url' }, 'agent-url: "not a url" is not a URL'],
+    [{ 'agent-url': 'wss://user:pw@lab.example' }, 'agent-url: must not carry credentials'],
+    [{ token: '' }, 'token: required'],
+    [{ token: '   ' }, 'token: required'],
+    [{ token: 'ab cd' }, 'token: contains whitespace'],
+    [{ target: '' }, 'target: required'],
+    [{ image: '' }, 'image: required'],
+    [{ image: 'ftp://host/a.img' }, 'image: URL scheme "ftp" is not supported'],
+    [{ image: 's3://bucket/a.img' }, 'image: URL scheme "s3" is not supported'],
+    [{ 'boot-check': 'ssh' }, 'boot-check: "ssh" is not tcp:<port>'],
+    [{ 'boot-check': 'tcp:70000' }, 'boot-check: "tcp:70000"'],
+    [{ 'connect-timeout': 'soon' }, 'connect-timeout: "soon" is not a number'],
+    [{ 'queue-timeout': '-5' }, 'queue-timeout: "-5" is not a number'],
+    [{ 'job-timeout': '0' }, 'job-timeout: must be more than 0'],
+    [{ 'boot-timeout': '1e3' }, 'boot-timeout: "1e3" is not a number'],
+    [{ 'board-timeout': '99999999' }, 'board-timeout: 99999999 seconds is too long'],
+    [{ 'ca-cert': 'no-such-file.pem' }, 'ca-cert: neither PEM text nor a readable file'],
+    [{ 'ca-cert': '-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----' }, 'ca-cert: holds no PEM certificate'],
+    [{ 'ca-cert': PEM, 'agent-url': 'ws://lab.example' }, 'ca-cert: given, but agent-url is ws://'],
+  ])('refuses %j naming the input', (values, expected) => {
+    const problems = problemsOf(values, { GITHUB_WORKSPACE: tmpdir() });
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toContain(expected);
+  });
+
+  it('reports every bad input at once, each by name', () => {
+    const problems = problemsOf({ 'agent-url': 'http://x', token: '', 'job-timeout': 'x' });
+    expect(problems.map((p) => p.split(':')[0])).toEqual(['agent-url', 'token', 'job-timeout']);
+    try {
+      parseSettings(inputs({ 'agent-url': 'http://x', token: '' }), { env: {} });
+    } catch (err) {
+      expect((err as Error).message).toMatch(/^Invalid inputs:\n- agent-url: .*\n- token: /);
+    }
+  });
+
+  it('masks the query of a signed image URL', () => {
+    const secrets: string[] = [];
+    parseSettings(inputs({ image: 'https://files.example/a.img.xz?X-Sig=abc123' }), { env: {}, registerSecret: (s) => secrets.push(s) });
+    expect(secrets).toEqual(['s3cret', 'X-Sig=abc123']);
+  });
+
+  it('reads ca-cert from a file relative to the workspace, or takes PEM text', () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'settings-'));
+    writeFileSync(path.join(dir, 'lab-ca.pem'), PEM);
+    expect(parseSettings(inputs({ 'ca-cert': 'lab-ca.pem' }), { env: { GITHUB_WORKSPACE: dir } }).caCert).toBe(PEM);
+    expect(parseSettings(inputs({ 'ca-cert': PEM.trim() }), { env: {} }).caCert).toBe(PEM.trim());
+  });
+});
