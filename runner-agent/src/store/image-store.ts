@@ -29,7 +29,6 @@
 import { createHash, type Hash } from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
-import { once } from 'node:events';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { AgentError } from '../../../src/protocol/errors.js';
@@ -338,7 +337,7 @@ export class ImageStore {
       const held = await this.resumableBytes(sha256, size);
       const imageBytes = compression === 'none' ? 0 : (o.imageSize ?? size * COMPRESSION_RATIO_ESTIMATE);
       upload.plannedImageBytes = imageBytes;
-      await this.ensureSpace(size - held, imageBytes, o.imageSize === undefined && compression !== 'none');
+      await this.ensureSpace(upload, size - held, imageBytes, o.imageSize === undefined && compression !== 'none');
       await upload.open(held);
     } catch (err) {
       this.sessions.delete(sha256);
@@ -505,12 +504,12 @@ export class ImageStore {
    * decompressed image (compressed uploads keep both until the end) and the reserve. Evicts
    * least-recently-used images to make room first, since they would go anyway.
    */
-  private async ensureSpace(wireBytes: number, imageBytes: number, imageEstimated: boolean): Promise<void> {
+  private async ensureSpace(self: Upload, wireBytes: number, imageBytes: number, imageEstimated: boolean): Promise<void> {
     const need = wireBytes + imageBytes + this.minFreeBytes;
     // Other uploads in progress will still write what they announced: that space is taken.
     const promised = () => {
       let total = 0;
-      for (const upload of this.sessions.values()) total += upload.outstandingBytes();
+      for (const upload of this.sessions.values()) if (upload !== self) total += upload.outstandingBytes();
       return total;
     };
     const measure = async () => (await this.freeBytes(this.dir)) - promised();
@@ -862,7 +861,7 @@ class Upload implements UploadSession {
     const out = this.imageOut;
     this.imageOut = undefined;
     // Wait for the temp file's descriptor to close, or the stream could re-create it after the rm.
-    if (out && !out.closed) await once(out, 'close');
+    if (out && !out.closed) await new Promise((resolve) => out.once('close', resolve));
     if (this.file) {
       const file = this.file;
       this.file = undefined;
