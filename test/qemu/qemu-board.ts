@@ -63,6 +63,8 @@ export interface QemuBoardOptions {
 
 export interface QemuBoard {
   readonly qmpSocket: string;
+  /** QEMU's process id (setpriv execs into QEMU, so it is QEMU's own). */
+  readonly pid: number | undefined;
   /** Path of the console log file (everything QEMU printed). */
   readonly consoleLog: string;
   /** The console output captured so far. */
@@ -241,6 +243,7 @@ export async function startQemuBoard(o: QemuBoardOptions): Promise<QemuBoard> {
 
   const board: QemuBoard = {
     qmpSocket,
+    pid: child.pid,
     consoleLog,
     console: () => output,
     type(text) {

@@ -47,3 +47,23 @@ export async function buildTestUboot(): Promise<string> {
     throw new Error(`${HOW_TO_BUILD} failed: ${e.message}\n${(e.stderr ?? '').slice(-4000)}`);
   }
 }
+
+/**
+ * How a test file of test/qemu gates itself: `run` false means skip (developer machine without
+ * QEMU or the build), with `title` saying why and how to fix it; `ubootBin()` (for beforeAll, with
+ * BUILD_TIMEOUT_MS) returns the build, building it in CI and failing there if QEMU is missing.
+ */
+export async function qemuTestGate(name: string): Promise<{ run: boolean; title: string; ubootBin(): Promise<string> }> {
+  const found = await findTestUboot();
+  const run = found.ok || inCi;
+  return {
+    run,
+    title: run || found.ok ? name : `${name} (skipped: ${found.reason})`,
+    async ubootBin() {
+      if (found.ok) return found.ubootBin;
+      const tools = await qemuAvailable();
+      if (!tools.ok) throw new Error(`CI needs QEMU for the U-Boot tests: ${tools.reason}`);
+      return buildTestUboot();
+    },
+  };
+}

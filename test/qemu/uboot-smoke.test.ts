@@ -13,33 +13,25 @@ import { promisify } from 'node:util';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FLASH_SCRIPT, macDir } from '../../src/protocol/tftp-names.js';
 import { runFlashScenario, type FlashScenarioOptions, type FlashScenarioResult } from './flash-scenario.js';
-import { consoleTail, killAllQemuBoards, qemuAvailable, startQemuBoard, withConsoleOnFailure } from './qemu-board.js';
-import { BUILD_TIMEOUT_MS, buildTestUboot, findTestUboot, inCi } from './test-uboot.js';
+import { consoleTail, killAllQemuBoards, startQemuBoard, withConsoleOnFailure } from './qemu-board.js';
+import { BUILD_TIMEOUT_MS, inCi, qemuTestGate } from './test-uboot.js';
 
 const execFileAsync = promisify(execFile);
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-const found = await findTestUboot();
-const run = found.ok || inCi; // in CI a missing QEMU/U-Boot fails in beforeAll instead of skipping
-const title = `real U-Boot under QEMU${run ? '' : ` (skipped: ${found.ok ? '' : found.reason})`}`;
+const gate = await qemuTestGate('real U-Boot under QEMU');
 
 const MAC = '52:54:00:12:34:56';
 const SD_SIZE = 8 * 1024 * 1024;
 const SD_FILL = 0x5a; // not zero, so an untouched sector is told apart from a zeroed one
 const BOOT_TIMEOUT_MS = 60_000;
 
-describe.skipIf(!run)(title, () => {
+describe.skipIf(!gate.run)(gate.title, () => {
   let ubootBin = '';
   let workDir = '';
 
   beforeAll(async () => {
-    if (found.ok) {
-      ubootBin = found.ubootBin;
-      return;
-    }
-    const tools = await qemuAvailable();
-    if (!tools.ok) throw new Error(`CI needs QEMU for the U-Boot tests: ${tools.reason}`);
-    ubootBin = await buildTestUboot();
+    ubootBin = await gate.ubootBin();
   }, BUILD_TIMEOUT_MS);
 
   beforeEach(async () => {
