@@ -40058,7 +40058,7 @@ function getIDToken(aud) {
  */
 
 //# sourceMappingURL=core.js.map
-;// CONCATENATED MODULE: ./.cache/action-js/src/action/constants.js
+;// CONCATENATED MODULE: ./src/action/constants.js
 /**
  * Names of the action's inputs, outputs and saved state, in one place: `action.yml`, the settings
  * parser, the outputs writer and the post step all refer to these, and a test checks that
@@ -40935,7 +40935,7 @@ var websocket_server = __nccwpck_require__(129);
 
 /* harmony default export */ const wrapper = (websocket);
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/protocol/errors.js
+;// CONCATENATED MODULE: ./src/protocol/errors.js
 /**
  * Stable error and result codes shared by the agent and the action.
  * Code across process boundaries matches on `code`, never on message text.
@@ -40981,7 +40981,7 @@ class errors_AgentError extends Error {
     }
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/protocol/guards.js
+;// CONCATENATED MODULE: ./src/protocol/guards.js
 /**
  * Validation of messages crossing the WebSocket. Both sides treat the peer as untrusted: a
  * message that does not match its type is refused with BAD_MESSAGE naming the field, never
@@ -41096,7 +41096,7 @@ function parseAgentMessage(text) {
     return m;
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/protocol/messages.js
+;// CONCATENATED MODULE: ./src/protocol/messages.js
 /** Bumped on any incompatible change. The hello exchange refuses a mismatch naming both versions. */
 const PROTOCOL_VERSION = 1;
 /** Path of the WebSocket endpoint on the agent. */
@@ -41109,7 +41109,7 @@ const messages_COMPRESSIONS = (/* unused pure expression or super */ null && (['
 const PHASES = (/* unused pure expression or super */ null && (['queue', 'upload', 'stage', 'reset', 'transfer', 'verify', 'boot']));
 const messages_SHA256_PATTERN = /^[0-9a-f]{64}$/;
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/protocol/client.js
+;// CONCATENATED MODULE: ./src/protocol/client.js
 /**
  * The client side of the agent protocol (DESIGN §3.6), used by the action, the demo and the tests.
  *
@@ -41380,7 +41380,7 @@ const external_node_os_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import
 const external_node_path_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:path");
 ;// CONCATENATED MODULE: external "node:stream/promises"
 const external_node_stream_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
-;// CONCATENATED MODULE: ./.cache/action-js/src/action/compression.js
+;// CONCATENATED MODULE: ./src/action/compression.js
 /** Formats we name in errors even though the agent cannot decompress them. */
 const MAGICS = [
     { name: 'gzip', bytes: [0x1f, 0x8b], compression: 'gz' },
@@ -41566,7 +41566,7 @@ async function zstdSize(file, size) {
     return pos === size ? total : undefined;
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/action/glob.js
+;// CONCATENATED MODULE: ./src/action/glob.js
 /**
  * A small glob for the `image` input: `*`, `?`, `[abc]`/`[!abc]` within one path segment, and
  * `**` for any number of directories. Enough to pick one build output (`out/*.img.xz`,
@@ -41660,7 +41660,7 @@ async function statOrUndefined(file) {
     }
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/action/image.js
+;// CONCATENATED MODULE: ./src/action/image.js
 /**
  * Resolves the `image` input to one readable file, with everything the upload declares up front:
  * compression, size, sha256 and (when cheap) the decompressed size. A path or a glob matching
@@ -41812,7 +41812,7 @@ function formatBytes(bytes) {
     return `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/action/story.js
+;// CONCATENATED MODULE: ./src/action/story.js
 
 const PHASE_TITLES = {
     connect: 'Connect to the agent',
@@ -41951,7 +41951,7 @@ class JobStory {
     }
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/action/outputs.js
+;// CONCATENATED MODULE: ./src/action/outputs.js
 /**
  * What a finished (or failed) job leaves behind: step outputs, a small job-summary table, and on
  * failure one titled error annotation naming the phase and the code.
@@ -42078,7 +42078,7 @@ function escapeHtml(text) {
     return text.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]);
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/action/settings.js
+;// CONCATENATED MODULE: ./src/action/settings.js
 /**
  * The action's inputs, parsed once into typed settings (DESIGN §3.1). Every check that can fail
  * without the network happens here, before anything connects, and every problem names its input.
@@ -42122,7 +42122,7 @@ function parseSettings(getInput, options = {}) {
     const target = required(Inputs.target);
     const image = required(Inputs.image);
     if (image !== '')
-        checkImageSpec(image, problems);
+        checkImageSpec(image, problems, options.registerSecret);
     const bootCheck = parseBootCheck(input(Inputs.bootCheck), problems);
     const seconds = (name, fallback) => {
         const raw = input(name);
@@ -42190,7 +42190,7 @@ function parseAgentUrl(raw, problems) {
     return url;
 }
 /** Any `scheme://` other than http(s) is refused here, before a path lookup would report a confusing "not found". */
-function checkImageSpec(image, problems) {
+function checkImageSpec(image, problems, registerSecret) {
     const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(image)?.[1]?.toLowerCase();
     if (scheme === undefined)
         return;
@@ -42198,12 +42198,20 @@ function checkImageSpec(image, problems) {
         problems.push(`${Inputs.image}: URL scheme "${scheme}" is not supported (use a path, a glob, or an http(s) URL)`);
         return;
     }
+    let url;
     try {
-        new URL(image);
+        url = new URL(image);
     }
     catch {
         problems.push(`${Inputs.image}: "${image}" is not a valid URL`);
+        return;
     }
+    // Signed download URLs carry their secret in the query (or user info); the download library logs
+    // the full URL at debug level, so mask those parts everywhere.
+    if (url.search.length > 1)
+        registerSecret?.(url.search.slice(1));
+    if (url.password !== '')
+        registerSecret?.(decodeURIComponent(url.password));
 }
 function parseBootCheck(raw, problems) {
     if (raw === '')
@@ -42249,7 +42257,7 @@ function describeHolder(env) {
     return `rpi-flash on ${(0,external_node_os_namespaceObject.hostname)()}`;
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/action/main.js
+;// CONCATENATED MODULE: ./src/action/main.js
 /**
  * The action's main step: inputs → image → connect → lease → upload → flash → outputs.
  *
@@ -42646,7 +42654,7 @@ class FlashRun {
     }
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/post.js
+;// CONCATENATED MODULE: ./src/post.js
 /**
  * The post step: a safety net, never the only cleanup. If the main step ended while still holding
  * a lease (killed, or its own cancel got no answer), cancel that lease on the agent from a fresh
@@ -42702,7 +42710,7 @@ async function runPost(overrides = {}) {
     }
 }
 
-;// CONCATENATED MODULE: ./.cache/action-js/src/index.js
+;// CONCATENATED MODULE: ./src/index.js
 /**
  * Entry of the bundled action (dist/index.js), for both the main and the post step: GitHub runs the
  * same file twice and the saved `isPost` state tells the second run apart (as actions/checkout does).

@@ -1,0 +1,196 @@
+/**
+ * The bundled action (node dist/index.js, as GitHub runs it) against the real agent on the
+ * simulated lab (test/support/lab.ts): real WebSocket protocol, real TFTP, the simulated board.
+ *
+ * The lab needs the agent's simulator; until it exists this file skips locally, and fails in CI.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ROOT, runAction, type RunOptions } from './run-action.js';
+
+type LabModule = typeof import('../support/lab.js');
+type Lab = Awaited<ReturnType<LabModule['startLab']>>;
+
+let labModule: LabModule | undefined;
+const simulatorMissing = !existsSync(path.join(ROOT, 'runner-agent/src/sim/index.ts'));
+
+beforeAll(async () => {
+  if (simulatorMissing) {
+    if (process.env.CI) throw new Error('the simulated lab (runner-agent/src/sim) is missing: the action end-to-end tests cannot run');
+    return;
+  }
+  labModule = await import('../support/lab.js');
+});
+
+let lab: Lab | undefined;
+let workspace: string | undefined;
+afterEach(async () => {
+  await lab?.stop();
+  lab = undefined;
+  if (workspace) rmSync(workspace, { recursive: true, force: true });
+  workspace = undefined;
+});
+
+const MiB = 1024 * 1024;
+
+/** A sample image in a fresh workspace: some random data, some zeros, like a disk. */
+function makeWorkspace(size = 3 * MiB): { dir: string; data: Buffer } {
+  workspace = mkdtempSync(path.join(tmpdir(), 'action-e2e-'));
+  const data = Buffer.alloc(size);
+  for (let at = 0; at < size; at += 256 * 1024) createHash('sha256').update(String(at)).digest().copy(data, at);
+  writeFileSync(path.join(workspace, 'sdcard.img'), data);
+  return { dir: workspace, data };
+}
+
+async function start(boards: Array<{ name: string; mac: string; reset?: string }>, config?: Record<string, unknown>): Promise<Lab> {
+  lab = await labModule!.startLab({ boards, ...(config && { config }) });
+  return lab;
+}
+
+function act(l: Lab, dir: string, inputs: Record<string, string>, extra: Partial<RunOptions> = {}) {
+  return runAction({
+    workspace: dir,
+    inputs: { 'agent-url': l.agent.url, token: labModule!.LAB_TOKEN, image: 'sdcard.img', ...inputs },
+    timeoutMs: 60_000,
+    ...extra,
+  });
+}
+
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+describe.skipIf(simulatorMissing && !process.env.CI)('the action against the agent (simulated lab)', () => {
+  it('flashes and boots: exit 0, outputs, summary, groups per phase, nothing left for the post step', { timeout: 90_000 }, async () => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:0a' }]);
+    const { dir, data } = makeWorkspace();
+    const r = await act(l, dir, { target: 'pi-a' });
+    expect(r.stderr).toBe('');
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.outputs).toMatchObject({
+      result: 'success',
+      'result-code': 'OK',
+      'target-name': 'pi-a',
+      'target-mac': '02:00:00:00:01:0a',
+      'image-sha256': sha256(data),
+      'bytes-written': String(data.length),
+    });
+    expect(r.outputs['target-ip']).toMatch(/^127\./);
+    expect(Number(r.outputs['flash-seconds'])).toBeGreaterThan(0);
+    expect(r.outputs['boot-seconds']).toMatch(/^\d+\.\d$/);
+    expect(r.outputs['job-id']).toMatch(/^[a-z0-9]+$/);
+    for (const group of ['Connect to the agent', 'Wait for the target', 'Upload the image', 'Stage the job', 'Reset the board', 'Transfer and write (board)', 'Verify', 'Boot check']) {
+      expect(r.stdout).toContain(`::group::${group}`);
+    }
+    expect(r.stdout.match(/::group::/g)!.length).toBe(r.stdout.match(/::endgroup::/g)!.length);
+    expect(r.summary).toContain('✅ success');
+    expect(r.state.lease).toBe('');
+    expect(await l.tftpFolders()).toEqual([]);
+  });
+
+  it.each([
+    ['gzip', ['-c'], '.gz'],
+    ['xz', ['-c', '-T1'], '.xz'],
+    ['zstd', ['-c', '-q'], '.zst'],
+  ])('flashes a %s-compressed image byte for byte', { timeout: 90_000 }, async (tool, args, ext) => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:1a' }]);
+    const { dir, data } = makeWorkspace(2 * MiB);
+    writeFileSync(path.join(dir, `sdcard.img${ext}`), execFileSync(tool, [...args, path.join(dir, 'sdcard.img')]));
+    rmSync(path.join(dir, 'sdcard.img'));
+    const r = await act(l, dir, { target: 'pi-a', image: 'sdcard.*' });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.outputs['bytes-written']).toBe(String(data.length));
+    const card = readFileSync(path.join(l.agent.config.stateDir, 'sim', 'pi-a.card'));
+    expect(card.subarray(0, data.length).equals(data)).toBe(true);
+  });
+
+  it('names an unknown target (UNKNOWN_TARGET, during queue)', { timeout: 60_000 }, async () => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:2a' }]);
+    const { dir } = makeWorkspace(64 * 1024);
+    const r = await act(l, dir, { target: 'pi-zz' });
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    expect(r.stdout).toMatch(/::error title=rpi-flash failed during queue%3A UNKNOWN_TARGET::.*pi-zz/);
+    expect(r.outputs['result-code']).toBe('UNKNOWN_TARGET');
+  });
+
+  it('refuses a wrong token (AUTH_FAILED, during connect) without echoing it', { timeout: 60_000 }, async () => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:3a' }]);
+    const { dir } = makeWorkspace(64 * 1024);
+    const r = await act(l, dir, { target: 'pi-a', token: 'wrong-token-value' });
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    expect(r.stdout).toMatch(/::error title=rpi-flash failed during connect%3A AUTH_FAILED::/);
+    expect(r.stdout).toContain('::add-mask::wrong-token-value');
+  });
+
+  it.each([
+    ['sim:no-show', 'BOARD_NO_SHOW', { timeouts: { boardShow: 1, stall: 5, boot: 5, leaseGrace: 2 } }],
+    ['sim:fail-write', 'BOARD_REPORTED_FAILURE', undefined],
+    ['sim:no-boot', 'BOOT_TIMEOUT', { timeouts: { boardShow: 5, stall: 5, boot: 1, leaseGrace: 2 } }],
+  ] as const)('reports a board failure (%s → %s) with a titled annotation and cleans up', { timeout: 90_000 }, async (reset, code, config) => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:4a', reset }], config);
+    const { dir } = makeWorkspace(2 * MiB);
+    const r = await act(l, dir, { target: 'pi-a' });
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    expect(r.outputs).toMatchObject({ result: 'failure', 'result-code': code, 'target-name': 'pi-a' });
+    expect(r.stdout).toMatch(new RegExp(`::error title=rpi-flash failed during \\w+%3A ${code}::`));
+    expect(r.summary).toContain(code);
+    expect(r.state.lease).toBe('');
+    expect(await l.tftpFolders()).toEqual([]);
+  });
+
+  it('waits in line for a busy target, shows its position, and runs when it frees', { timeout: 90_000 }, async () => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:5a' }]);
+    const { dir } = makeWorkspace(1 * MiB);
+    const other = await l.connect();
+    await other.lease('pi-a', { holder: 'someone else' });
+    let freed = false;
+    const r = await act(l, dir, { target: 'pi-a' }, {
+      onStdout: (out) => {
+        if (!freed && out.includes('Target busy: position 1 in line (held by someone else)')) {
+          freed = true;
+          void other.cancel();
+        }
+      },
+    });
+    expect(freed).toBe(true);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+  });
+
+  it('gives up waiting after queue-timeout (QUEUE_TIMEOUT)', { timeout: 60_000 }, async () => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:6a' }]);
+    const { dir } = makeWorkspace(64 * 1024);
+    const other = await l.connect();
+    await other.lease('pi-a', { holder: 'someone else' });
+    const r = await act(l, dir, { target: 'pi-a', 'queue-timeout': '1' });
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    expect(r.outputs['result-code']).toBe('QUEUE_TIMEOUT');
+  });
+
+  it('SIGINT mid-flash cancels the job on the agent and exits within 5 s', { timeout: 90_000 }, async () => {
+    const l = await start([{ name: 'slow', mac: '02:00:00:00:01:7a', reset: 'sim:no-show' }], { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 } });
+    const { dir } = makeWorkspace(1 * MiB);
+    const r = await act(l, dir, { target: 'slow' }, { signalWhen: { text: '::group::Reset the board', signal: 'SIGINT' } });
+    expect(r.exitedAfterSignalMs).toBeLessThan(5_000);
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    expect(r.outputs).toMatchObject({ result: 'cancelled', 'result-code': 'CANCELLED' });
+    expect(r.state.lease).toBe('');
+    expect(await l.tftpFolders()).toEqual([]);
+    // The target is free again at once (not after the 30 s grace period).
+    const next = await l.connect();
+    await expect(next.lease('slow')).resolves.toMatchObject({ target: { name: 'slow' } });
+  });
+
+  it('the post step cancels a lease the main step left behind (main killed hard)', { timeout: 90_000 }, async () => {
+    const l = await start([{ name: 'slow', mac: '02:00:00:00:01:8a', reset: 'sim:no-show' }], { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 60 } });
+    const { dir } = makeWorkspace(1 * MiB);
+    const main = await act(l, dir, { target: 'slow' }, { signalWhen: { text: '::group::Reset the board', signal: 'SIGKILL' } });
+    expect(main.state.lease).toMatch(/.+/);
+    const post = await act(l, dir, { target: 'slow' }, { state: { ...main.state } });
+    expect(post.code, post.stdout).toBe(0);
+    expect(post.stdout).toContain(`Lease ${main.state.lease} released.`);
+    const next = await l.connect();
+    await expect(next.lease('slow')).resolves.toMatchObject({ target: { name: 'slow' } });
+  });
+});
