@@ -284,7 +284,7 @@ describe('refusing bad uploads', () => {
       const good = compress(makeImage(300_000), compression);
       const wire = Buffer.from(good);
       // Garble the middle; declare the sha256 of the garbled bytes, as a client with a corrupt file would.
-      for (let i = 0; i < 64; i++) wire[Math.floor(wire.length / 2) + i] ^= 0x5a;
+      for (let i = Math.floor(wire.length / 2); i < Math.floor(wire.length / 2) + 64; i++) wire[i] = wire[i]! ^ 0x5a;
       const session = await store.begin({ sha256: sha(wire), size: wire.length, compression });
       const err = await send(session, wire, 4096).then(
         () => expectCode(session.finish(), 'DECOMPRESS_FAILED'),

@@ -91,6 +91,8 @@ export interface Decompressor {
 }
 
 const STDERR_KEEP = 2048;
+/** Compressed bytes that may wait in front of the decompressor before write() holds the caller back. */
+const INPUT_SLACK = 4 * 1024 * 1024;
 
 /**
  * Starts a decompressor whose output is piped through `sinks` (transforms then a final writable).
@@ -171,7 +173,10 @@ export function createDecompressor(
   return {
     async write(chunk) {
       if (failure) throw failure;
-      if (input.write(chunk)) return;
+      input.write(chunk);
+      // Waiting for 'drain' (an empty buffer) after every chunk would leave the decompressor idle
+      // while the next chunk arrives; a few chunks of slack keep it busy and memory still bounded.
+      if (input.writableLength <= INPUT_SLACK) return;
       await Promise.race([
         new Promise<void>((resolve) => input.once('drain', resolve)),
         failed,

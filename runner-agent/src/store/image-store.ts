@@ -686,7 +686,8 @@ class Upload implements UploadSession {
         callback(null, chunk);
       },
     });
-    const out = createWriteStream(this.store.decompressedTempPath(this.sha256));
+    // A large buffer lets the stream batch the decompressor's 64 KiB pipe reads into few writes.
+    const out = createWriteStream(this.store.decompressedTempPath(this.sha256), { highWaterMark: READ_CHUNK });
     this.imageOut = out;
     return createDecompressor(this.plan.compression as 'gz' | 'xz' | 'zst', [tap, out], this.store.toolCommands);
   }
@@ -861,7 +862,7 @@ class Upload implements UploadSession {
     const out = this.imageOut;
     this.imageOut = undefined;
     // Wait for the temp file's descriptor to close, or the stream could re-create it after the rm.
-    if (out && !out.closed) await new Promise((resolve) => out.once('close', resolve));
+    if (out && !out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
     if (this.file) {
       const file = this.file;
       this.file = undefined;
