@@ -60,9 +60,12 @@ CACHE="$REPO_ROOT/.cache/uboot"
 APT_DIR="$CACHE/apt"
 mkdir -p "$CACHE"
 
-# One build at a time: vitest workers and .ci/run may call this concurrently.
-exec 9>"$CACHE/.lock"
-flock 9
+# One build at a time: vitest workers and .ci/run may call this concurrently. --cached-only only
+# reads (a finished build appears atomically), so it never waits behind a running build.
+if [[ $CACHED_ONLY == 0 ]]; then
+  exec 9>"$CACHE/.lock"
+  flock 9
+fi
 
 # --- private apt configuration (deb-src only, state under .cache/) ---------------------------
 APT_OPTS=(
