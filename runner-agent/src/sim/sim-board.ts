@@ -116,6 +116,17 @@ export class SimBoard {
     return this.currentState;
   }
 
+  /** Where the booted system listens (the real port when bootPort is 0), while booted. */
+  get bootAddress(): net.AddressInfo | undefined {
+    const address = this.server?.address();
+    return address && typeof address === 'object' ? address : undefined;
+  }
+
+  /** Resolves when the current power-on has nothing left to do: idle in U-Boot, booted, or off. */
+  async idle(): Promise<void> {
+    await this.run?.done;
+  }
+
   /** Resolves when the board reaches `state` (at once if it is there). */
   whenState(state: SimBoardState): Promise<void> {
     if (this.currentState === state) return Promise.resolve();

@@ -97,8 +97,12 @@ export class UBootShell {
 
   // ---- hush execution ------------------------------------------------------------------
 
-  private async runText(text: string, mode: ParseMode): Promise<number> {
-    if (text.length === 0) return 0;
+  private async runText(input: string, mode: ParseMode): Promise<number> {
+    if (input.length === 0) return 0;
+    // parse_string_outer appends a newline unless the first newline ends the text; it is what
+    // lets a value end in `fi` (the word is finished by that newline).
+    const firstNewline = input.indexOf('\n');
+    const text = firstNewline < 0 || firstNewline < input.length - 1 ? input + '\n' : input;
     let code = 1;
     let pos = 0;
     for (;;) {
