@@ -72,13 +72,13 @@ describe('parseScriptImage', () => {
 
   it('rejects a damaged header', () => {
     const image = buildScriptImage(SCRIPT, { name: 'x' });
-    image[40] ^= 1; // inside the name
+    image[40]! ^= 1; // inside the name
     expect(() => parseScriptImage(image)).toThrow(/header CRC mismatch/);
   });
 
   it('rejects damaged data', () => {
     const image = buildScriptImage(SCRIPT);
-    image[UIMAGE_HEADER_SIZE + 10] ^= 1;
+    image[UIMAGE_HEADER_SIZE + 10]! ^= 1;
     expect(() => parseScriptImage(image)).toThrow(/data CRC mismatch/);
   });
 

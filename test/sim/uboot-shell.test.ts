@@ -203,7 +203,7 @@ describe('tftpboot, source, mmc', () => {
     sh.memory.write(0x200000, image);
     expect(await sh.runCommand('source 0x200000')).toBe(0);
     expect(env('sourced')).toBe('yes');
-    image[70] ^= 1;
+    image[70]! ^= 1;
     sh.memory.write(0x300000, image);
     expect(await sh.runCommand('source 0x300000')).toBe(1);
   });
