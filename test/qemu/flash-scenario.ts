@@ -7,23 +7,20 @@
  * test/qemu/flash-scenario.ts '<json>'`) so the same run can happen inside `unshare -rn`.
  * The test job is test-only: it ends with `poweroff`, which the Pi's U-Boot does not have.
  */
-import { execFile } from 'node:child_process';
-import { link, mkdir, writeFile } from 'node:fs/promises';
+import { link, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
+import { buildScriptImage } from '../../runner-agent/src/board/uimage.js';
 import { TftpServer, realFileResolver, type TransferEnd } from '../../runner-agent/src/tftp/server.js';
 import { FLASH_SCRIPT, macDir } from '../../src/protocol/tftp-names.js';
 import { startQemuBoard, withConsoleOnFailure, type QemuBoard } from './qemu-board.js';
 
-const execFileAsync = promisify(execFile);
-
 export const STAGE1_SOURCE = fileURLToPath(new URL('../../uboot/boot.cmd', import.meta.url));
 const SECTOR = 512;
 
-/** Builds a legacy script image (64-byte header, magic 0x27051956) from a U-Boot command file. */
-export async function mkimageScript(source: string, image: string): Promise<void> {
-  await execFileAsync('mkimage', ['-A', 'arm64', '-O', 'linux', '-T', 'script', '-C', 'none', '-n', 'rpi-flash test', '-d', source, image]);
+/** A legacy script image (what `source` runs) from a U-Boot command file, built by the agent's own code. */
+export async function writeScriptImage(source: string, image: string, name = 'rpi-flash test'): Promise<void> {
+  await writeFile(image, buildScriptImage(await readFile(source, 'utf8'), { name }));
 }
 
 export interface FlashScenarioOptions {
@@ -78,11 +75,10 @@ export async function runFlashScenario(o: FlashScenarioOptions): Promise<FlashSc
   const dir = join(root, macDir(o.mac));
   await mkdir(dir, { recursive: true });
   const stage1 = join(o.workDir, 'stage1.scr');
-  await mkimageScript(STAGE1_SOURCE, stage1);
+  await writeScriptImage(STAGE1_SOURCE, stage1, 'rpi-flash stage 1');
   if (o.withJob !== false) {
-    const job = join(o.workDir, 'flash.cmd');
-    await writeFile(job, testJobScript({ ...o, windowsize: o.windowsize ?? 1 }));
-    await mkimageScript(job, join(dir, FLASH_SCRIPT));
+    const job = testJobScript({ ...o, windowsize: o.windowsize ?? 1 });
+    await writeFile(join(dir, FLASH_SCRIPT), buildScriptImage(job, { name: 'rpi-flash test job' }));
     // A hard link, not a symlink: the resolver refuses links that lead out of the TFTP root.
     await link(join(o.workDir, o.payloadFile), join(dir, 'payload.bin'));
   }

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FLASH_SCRIPT, macDir } from '../../src/protocol/tftp-names.js';
-import { runFlashScenario, type FlashScenarioOptions, type FlashScenarioResult } from './flash-scenario.js';
+import { STAGE1_SOURCE, runFlashScenario, type FlashScenarioOptions, type FlashScenarioResult } from './flash-scenario.js';
 import { consoleTail, killAllQemuBoards, startQemuBoard, withConsoleOnFailure } from './qemu-board.js';
 import { BUILD_TIMEOUT_MS, inCi, qemuTestGate } from './test-uboot.js';
 
@@ -92,6 +92,12 @@ describe.skipIf(!gate.run)(gate.title, () => {
     expect(job?.ok, 'flash.scr served').toBe(true);
     const part = result.transfers.find((t) => t.path === `${dir}/payload.bin`);
     expect(part).toMatchObject({ ok: true, bytes: payload.length, options: { blksize: '1468', windowsize: '16' } });
+    // The images came from the agent's buildScriptImage: mkimage must read them as U-Boot does.
+    const { stdout: listing } = await execFileAsync('mkimage', ['-l', join(workDir, 'stage1.scr')]);
+    expect(listing).toMatch(/Image Name:\s+rpi-flash stage 1/);
+    expect(listing).toMatch(/Image Type:\s+ARM Linux Script \(uncompressed\)/);
+    const stage1Length = Buffer.byteLength(await readFile(STAGE1_SOURCE, 'utf8'));
+    expect(listing).toMatch(new RegExp(`Image 0: ${stage1Length} Bytes`));
     console.info(`boot + stage 1: ${Math.round(result.msToJob ?? NaN)} ms; boot + flash of 4 MiB: ${Math.round(result.ms)} ms`);
   });
 
