@@ -23,6 +23,8 @@
  *   `setexpr.l` reads the real value. The script calibrates once — the CRC of 4 known bytes —
  *   and byte-swaps in the multi-hash case, so every CRC it compares and reports is the real one.
  * - U-Boot's TFTP file names are at most 127 characters and must not contain ':'.
+ * A generated script was run on the real test U-Boot under QEMU (3 and 4 parts, good and bad
+ * CRCs): byte-exact card, and beacons identical to what the shell model predicts.
  */
 import { crc32 } from 'node:zlib';
 import { JOB_ID_PATTERN, macDir, reportPrefix } from '../../../src/protocol/tftp-names.js';
