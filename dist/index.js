@@ -41106,7 +41106,7 @@ const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 const MAX_PAYLOAD_MARGIN = (/* unused pure expression or super */ null && (64 * 1024));
 const messages_COMPRESSIONS = (/* unused pure expression or super */ null && (['none', 'gz', 'xz', 'zst']));
 /** The phases of a job, in order. Phase names are shown as log groups by the action. */
-const PHASES = (/* unused pure expression or super */ null && (['queue', 'upload', 'stage', 'reset', 'transfer', 'verify', 'boot']));
+const PHASES = ['queue', 'upload', 'stage', 'reset', 'transfer', 'verify', 'boot'];
 const messages_SHA256_PATTERN = /^[0-9a-f]{64}$/;
 
 ;// CONCATENATED MODULE: ./src/protocol/client.js
@@ -42273,6 +42273,7 @@ function describeHolder(env) {
 
 
 
+
 const coreWriter = {
     startGroup: (title) => startGroup(title),
     endGroup: () => endGroup(),
@@ -42479,7 +42480,9 @@ class FlashRun {
     }
     async connect(reconnecting) {
         const settings = this.settings;
-        this.story.phaseStart('connect');
+        // A reconnect happens inside another phase (upload, transfer…): it stays in that phase's group.
+        if (!reconnecting)
+            this.story.phaseStart('connect');
         const url = settings.agentUrl.toString();
         const attempt = this.d.connect({
             url,
@@ -42628,7 +42631,9 @@ class FlashRun {
         const timings = { ...this.story.timings(), ...jobResult?.timings };
         const target = jobResult?.target ?? this.leased?.target;
         const jobId = jobResult?.job ?? this.jobId;
-        const failedPhase = result === 'success' ? undefined : this.story.lastPhase;
+        // Where it failed: the last phase the agent timed (events may have been lost in an outage), else the story's.
+        const agentPhases = jobResult ? PHASES.filter((p) => jobResult.timings[p] !== undefined) : [];
+        const failedPhase = result === 'success' ? undefined : (agentPhases[agentPhases.length - 1] ?? this.story.lastPhase);
         return {
             result,
             code,

@@ -8,7 +8,7 @@
 import * as core from '@actions/core';
 import { downloadTool } from '@actions/tool-cache';
 import { connectAgent, type ConnectOptions, type UploadOptions } from '../protocol/client.js';
-import type { AgentMessage, FlashRequest, JobResult, LeasedMessage, UploadDoneMessage } from '../protocol/messages.js';
+import { PHASES, type AgentMessage, type FlashRequest, type JobResult, type LeasedMessage, type UploadDoneMessage } from '../protocol/messages.js';
 import { State } from './constants.js';
 import { resolveImage, type Downloader, type ResolvedImage } from './image.js';
 import { ActionCodes, annotateFailure, setJobOutputs, writeJobSummary, type JobOutcome, type ResultWord } from './outputs.js';
@@ -266,7 +266,8 @@ class FlashRun {
 
   private async connect(reconnecting: boolean): Promise<void> {
     const settings = this.settings!;
-    this.story.phaseStart('connect');
+    // A reconnect happens inside another phase (upload, transfer…): it stays in that phase's group.
+    if (!reconnecting) this.story.phaseStart('connect');
     const url = settings.agentUrl.toString();
     const attempt = this.d.connect({
       url,
@@ -417,7 +418,9 @@ class FlashRun {
     const timings = { ...this.story.timings(), ...jobResult?.timings };
     const target = jobResult?.target ?? this.leased?.target;
     const jobId = jobResult?.job ?? this.jobId;
-    const failedPhase = result === 'success' ? undefined : this.story.lastPhase;
+    // Where it failed: the last phase the agent timed (events may have been lost in an outage), else the story's.
+    const agentPhases = jobResult ? PHASES.filter((p) => jobResult.timings[p] !== undefined) : [];
+    const failedPhase = result === 'success' ? undefined : (agentPhases[agentPhases.length - 1] ?? this.story.lastPhase);
     return {
       result,
       code,

@@ -7,6 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -37,11 +38,11 @@ afterEach(async () => {
 
 const MiB = 1024 * 1024;
 
-/** A sample image in a fresh workspace: some random data, some zeros, like a disk. */
-function makeWorkspace(size = 3 * MiB): { dir: string; data: Buffer } {
+/** The lab's sample image (one the simulated board can "boot") as sdcard.img in a fresh workspace. */
+async function makeWorkspace(l: Lab, size = 3 * MiB): Promise<{ dir: string; data: Buffer }> {
   workspace = mkdtempSync(path.join(tmpdir(), 'action-e2e-'));
-  const data = Buffer.alloc(size);
-  for (let at = 0; at < size; at += 256 * 1024) createHash('sha256').update(String(at)).digest().copy(data, at);
+  const sample = await l.image('sample.img', size);
+  const data = readFileSync(sample.path);
   writeFileSync(path.join(workspace, 'sdcard.img'), data);
   return { dir: workspace, data };
 }
@@ -60,12 +61,40 @@ function act(l: Lab, dir: string, inputs: Record<string, string>, extra: Partial
   });
 }
 
+/** A TCP relay in front of the agent whose connections the test can cut, as a flaky network would. */
+async function startRelay(target: URL) {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  return {
+    url: `ws://127.0.0.1:${port}`,
+    cuts: 0,
+    cut() {
+      this.cuts++;
+      for (const s of sockets) s.destroy();
+    },
+    close: () => new Promise<void>((r) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => r());
+    }),
+  };
+}
+
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
 describe.skipIf(simulatorMissing && !process.env.CI)('the action against the agent (simulated lab)', () => {
   it('flashes and boots: exit 0, outputs, summary, groups per phase, nothing left for the post step', { timeout: 90_000 }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:0a' }]);
-    const { dir, data } = makeWorkspace();
+    const { dir, data } = await makeWorkspace(l);
     const r = await act(l, dir, { target: 'pi-a' });
     expect(r.stderr).toBe('');
     expect(r.code, r.stdout + r.stderr).toBe(0);
@@ -96,8 +125,8 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
     ['zstd', ['-c', '-q'], '.zst'],
   ])('flashes a %s-compressed image byte for byte', { timeout: 90_000 }, async (tool, args, ext) => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:1a' }]);
-    const { dir, data } = makeWorkspace(2 * MiB);
-    writeFileSync(path.join(dir, `sdcard.img${ext}`), execFileSync(tool, [...args, path.join(dir, 'sdcard.img')]));
+    const { dir, data } = await makeWorkspace(l, 2 * MiB);
+    writeFileSync(path.join(dir, `sdcard.img${ext}`), execFileSync(tool, [...args, path.join(dir, 'sdcard.img')], { maxBuffer: 64 * MiB }));
     rmSync(path.join(dir, 'sdcard.img'));
     const r = await act(l, dir, { target: 'pi-a', image: 'sdcard.*' });
     expect(r.code, r.stdout + r.stderr).toBe(0);
@@ -108,7 +137,7 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
 
   it('names an unknown target (UNKNOWN_TARGET, during queue)', { timeout: 60_000 }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:2a' }]);
-    const { dir } = makeWorkspace(64 * 1024);
+    const { dir } = await makeWorkspace(l, 64 * 1024);
     const r = await act(l, dir, { target: 'pi-zz' });
     expect(r.code, r.stdout + r.stderr).toBe(1);
     expect(r.stdout).toMatch(/::error title=rpi-flash failed during queue%3A UNKNOWN_TARGET::.*pi-zz/);
@@ -117,7 +146,7 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
 
   it('refuses a wrong token (AUTH_FAILED, during connect) without echoing it', { timeout: 60_000 }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:3a' }]);
-    const { dir } = makeWorkspace(64 * 1024);
+    const { dir } = await makeWorkspace(l, 64 * 1024);
     const r = await act(l, dir, { target: 'pi-a', token: 'wrong-token-value' });
     expect(r.code, r.stdout + r.stderr).toBe(1);
     expect(r.stdout).toMatch(/::error title=rpi-flash failed during connect%3A AUTH_FAILED::/);
@@ -130,7 +159,7 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
     ['sim:no-boot', 'BOOT_TIMEOUT', { timeouts: { boardShow: 5, stall: 5, boot: 1, leaseGrace: 2 } }],
   ] as const)('reports a board failure (%s → %s) with a titled annotation and cleans up', { timeout: 90_000 }, async (reset, code, config) => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:4a', reset }], config);
-    const { dir } = makeWorkspace(2 * MiB);
+    const { dir } = await makeWorkspace(l, 2 * MiB);
     const r = await act(l, dir, { target: 'pi-a' });
     expect(r.code, r.stdout + r.stderr).toBe(1);
     expect(r.outputs).toMatchObject({ result: 'failure', 'result-code': code, 'target-name': 'pi-a' });
@@ -142,7 +171,7 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
 
   it('waits in line for a busy target, shows its position, and runs when it frees', { timeout: 90_000 }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:5a' }]);
-    const { dir } = makeWorkspace(1 * MiB);
+    const { dir } = await makeWorkspace(l, 1 * MiB);
     const other = await l.connect();
     await other.lease('pi-a', { holder: 'someone else' });
     let freed = false;
@@ -160,7 +189,7 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
 
   it('gives up waiting after queue-timeout (QUEUE_TIMEOUT)', { timeout: 60_000 }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:6a' }]);
-    const { dir } = makeWorkspace(64 * 1024);
+    const { dir } = await makeWorkspace(l, 64 * 1024);
     const other = await l.connect();
     await other.lease('pi-a', { holder: 'someone else' });
     const r = await act(l, dir, { target: 'pi-a', 'queue-timeout': '1' });
@@ -170,7 +199,7 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
 
   it('SIGINT mid-flash cancels the job on the agent and exits within 5 s', { timeout: 90_000 }, async () => {
     const l = await start([{ name: 'slow', mac: '02:00:00:00:01:7a', reset: 'sim:no-show' }], { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 } });
-    const { dir } = makeWorkspace(1 * MiB);
+    const { dir } = await makeWorkspace(l, 1 * MiB);
     const r = await act(l, dir, { target: 'slow' }, { signalWhen: { text: '::group::Reset the board', signal: 'SIGINT' } });
     expect(r.exitedAfterSignalMs).toBeLessThan(5_000);
     expect(r.code, r.stdout + r.stderr).toBe(1);
@@ -182,9 +211,21 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
     await expect(next.lease('slow')).resolves.toMatchObject({ target: { name: 'slow' } });
   });
 
+  it('SIGTERM mid-upload cancels, exits within 5 s and frees the target', { timeout: 90_000 }, async () => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:ba' }], { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 } });
+    const { dir } = await makeWorkspace(l, 32 * MiB);
+    const r = await act(l, dir, { target: 'pi-a' }, { signalWhen: { text: '::group::Upload the image', signal: 'SIGTERM' } });
+    expect(r.exitedAfterSignalMs).toBeLessThan(5_000);
+    expect(r.code).toBe(1);
+    expect(r.outputs).toMatchObject({ result: 'cancelled', 'result-code': 'CANCELLED' });
+    expect(r.stdout).toMatch(/::error title=rpi-flash cancelled during \w+%3A CANCELLED::/);
+    const next = await l.connect();
+    await expect(next.lease('pi-a')).resolves.toMatchObject({ target: { name: 'pi-a' } });
+  });
+
   it('the post step cancels a lease the main step left behind (main killed hard)', { timeout: 90_000 }, async () => {
     const l = await start([{ name: 'slow', mac: '02:00:00:00:01:8a', reset: 'sim:no-show' }], { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 60 } });
-    const { dir } = makeWorkspace(1 * MiB);
+    const { dir } = await makeWorkspace(l, 1 * MiB);
     const main = await act(l, dir, { target: 'slow' }, { signalWhen: { text: '::group::Reset the board', signal: 'SIGKILL' } });
     expect(main.state.lease).toMatch(/.+/);
     const post = await act(l, dir, { target: 'slow' }, { state: { ...main.state } });
@@ -192,5 +233,28 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
     expect(post.stdout).toContain(`Lease ${main.state.lease} released.`);
     const next = await l.connect();
     await expect(next.lease('slow')).resolves.toMatchObject({ target: { name: 'slow' } });
+  });
+
+  it.each([
+    ['mid-upload', '::group::Upload the image', 32 * MiB],
+    ['mid-flash', '::group::Transfer and write (board)', 2 * MiB],
+  ])('a connection cut %s is resumed: reconnect, take the lease back, finish', { timeout: 90_000 }, async (_when, text, size) => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:9a' }], { timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 } });
+    const relay = await startRelay(new URL(l.agent.url));
+    try {
+      const { dir, data } = await makeWorkspace(l, size);
+      const r = await act(l, dir, { target: 'pi-a', 'agent-url': relay.url }, {
+        onStdout: (out) => {
+          if (relay.cuts === 0 && out.includes(text)) relay.cut();
+        },
+      });
+      expect(relay.cuts).toBe(1);
+      expect(r.stdout).toMatch(/Connection lost \(.*\); reconnecting in 1 s/);
+      expect(r.stdout).toMatch(/Lease \S+ resumed/);
+      expect(r.code, r.stdout).toBe(0);
+      expect(r.outputs['bytes-written']).toBe(String(data.length));
+    } finally {
+      await relay.close();
+    }
   });
 });
