@@ -79,7 +79,7 @@ async function agentUpload(dir: string, file: string, size: number, sha256: stri
   await new Promise<void>((resolve, reject) => {
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
-      const m = /agent listening url=(ws:\/\/\S+)/.exec(out);
+      const m = /"agent listening" url=(ws:\/\/\S+)/.exec(out);
       if (m && !url) {
         url = m[1]!;
         resolve();

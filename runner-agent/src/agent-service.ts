@@ -173,7 +173,9 @@ export class AgentService implements ConnectionHandler {
         up.failed = err instanceof AgentError ? err : new AgentError('INTERNAL', (err as Error).message);
         s.conn?.send({ type: 'error', re: up.requestId, code: up.failed.code, message: up.failed.message });
         this.d.log.warn('upload failed', { target: s.target.name, code: up.failed.code, error: up.failed.message });
-        await up.session.discard().catch(() => {});
+        // Too large / no space keep the bytes for a resume; anything else is not worth keeping.
+        const keep = up.failed.code === 'UPLOAD_TOO_LARGE' || up.failed.code === 'NO_SPACE';
+        await (keep ? up.session.suspend() : up.session.discard()).catch(() => {});
         if (s.upload === up) s.upload = undefined;
       }
     });
@@ -204,12 +206,16 @@ export class AgentService implements ConnectionHandler {
     const s = this.sessionOf(conn);
     if (s.job) throw new AgentError('BAD_REQUEST', 'a job is already running on this lease');
     if (s.upload) throw new AgentError('BAD_REQUEST', 'an upload is still in progress (send upload-end first)');
+    // Pin before looking up, so no eviction slips in between.
+    const unpin = this.d.store.pin(m.sha256);
     const image = await this.d.store.get(m.sha256);
-    if (!image) throw new AgentError('IMAGE_NOT_FOUND', `the agent holds no image with sha256 ${m.sha256}; upload it first`);
+    if (!image) {
+      unpin();
+      throw new AgentError('IMAGE_NOT_FOUND', `the agent holds no image with sha256 ${m.sha256}; upload it first`);
+    }
     const { config } = this.d;
     const jobId = newId(6);
     const log = this.d.log.child({ target: s.target.name, job: jobId });
-    const unpin = this.d.store.pin(image.sha256);
     const resetLine = createResetLine(s.target, { ...this.d.resetContext, log });
     try {
       const partCrcs = await this.d.store.partCrcs(image.sha256, config.flash.partSize);

@@ -45,7 +45,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
   log.info('targets loaded', { file: config.targets, count: targets.length });
 
   await mkdir(config.stateDir, { recursive: true });
-  const store = new ImageStore({ dir: path.join(config.stateDir, 'images'), maxBytes: config.store.maxBytes, log: log.child({ part: 'store' }), defaultPartSize: config.flash.partSize });
+  const store = new ImageStore({ dir: path.join(config.stateDir, 'store'), maxBytes: config.store.maxBytes, log: log.child({ part: 'store' }), defaultPartSize: config.flash.partSize });
   await store.init();
 
   const files = new BoardFiles({ root: config.tftp.root, log: log.child({ part: 'tftp' }), checkClientIp: config.tftp.checkClientIp });

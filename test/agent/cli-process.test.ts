@@ -78,17 +78,17 @@ describe('rpi-flash-agent process', () => {
     const config = await makeLab(['one,02:00:00:00:01:01,127.0.0.61,sim']);
     const r = run(['--config', config, '--allow-root']);
     child = r.proc;
-    await waitFor(() => /agent listening url=/.test(r.out()), 'the agent to listen');
-    const url = /agent listening url=(\S+)/.exec(r.out())![1]!;
+    await waitFor(() => /"agent listening" url=/.test(r.out()), 'the agent to listen');
+    const url = /"agent listening" url=(\S+)/.exec(r.out())![1]!;
     await writeFile(path.join(dir!, 'targets.csv'), 'name,mac,ip,reset\none,02:00:00:00:01:01,127.0.0.61,sim\ntwo,02:00:00:00:01:02,127.0.0.62,sim\n');
     child.kill('SIGHUP');
-    await waitFor(() => /targets reloaded .*count=2/.test(r.out()), 'the reload');
+    await waitFor(() => /"targets reloaded" .*count=2/.test(r.out()), 'the reload');
     const conn = await connectAgent({ url, token });
     await expect(conn.lease('two')).resolves.toMatchObject({ target: { name: 'two' } });
     conn.close();
     await writeFile(path.join(dir!, 'targets.csv'), 'name,mac,ip,reset\nthree,not-a-mac,127.0.0.63,sim\n');
     child.kill('SIGHUP');
-    await waitFor(() => /targets reload failed; keeping the previous database/.test(r.out()), 'the refused reload');
+    await waitFor(() => /"targets reload failed; keeping the previous database"/.test(r.out()), 'the refused reload');
     expect(r.out()).toMatch(/targets\.csv:2/);
   });
 
@@ -96,8 +96,8 @@ describe('rpi-flash-agent process', () => {
     const config = await makeLab(['mute,02:00:00:00:02:01,127.0.0.71,sim:no-show']);
     const r = run(['--config', config, '--allow-root']);
     child = r.proc;
-    await waitFor(() => /agent listening url=/.test(r.out()), 'the agent to listen');
-    const url = /agent listening url=(\S+)/.exec(r.out())![1]!;
+    await waitFor(() => /"agent listening" url=/.test(r.out()), 'the agent to listen');
+    const url = /"agent listening" url=(\S+)/.exec(r.out())![1]!;
     const image = path.join(dir!, 'img');
     await writeSampleImage(image, 1024 * 1024, 1);
     const sha256 = await sha256File(image);
@@ -114,7 +114,7 @@ describe('rpi-flash-agent process', () => {
     const [code] = await once(child, 'exit');
     expect(code).toBe(0);
     expect(await readdir(tftpRoot)).toEqual([]);
-    expect(r.out()).toMatch(/stopping: refusing new work[\s\S]*stopped/);
+    expect(r.out()).toMatch(/"stopping: refusing new work"[\s\S]*INFO  stopped/);
   });
 
   it('refuses to run as root without --allow-root', async () => {

@@ -89,7 +89,7 @@ describe('parseTargets, native format', () => {
     expect(relay.reset).toEqual({ kind: 'cmd', command: 'relayctl --channel 3,pulse # comment is data' });
     expect(relay.labels).toEqual([]);
     expect(qemu.reset).toEqual({ kind: 'qmp', socket: '/run/rpi-flash/qemu-1.qmp' });
-    expect(sim.reset).toEqual({ kind: 'sim', options: ['no-show', 'fail-write-2'] });
+    expect(sim.reset).toEqual({ kind: 'sim', options: ['no-show', 'fail-write:2'] });
     expect(seed.layout).toBe('seed');
   });
 

@@ -53,7 +53,8 @@ interface Faults {
   crcBe32: boolean;
 }
 
-function parseFaults(list: readonly string[], board: string): Faults {
+/** Parse a `sim:` reset spec's fault flags; the targets database uses it to refuse unknown ones. */
+export function parseFaults(list: readonly string[], board: string): Faults {
   const f: Faults = { noShow: false, noBoot: false, failWrite: false, failRead: false, corruptOnce: new Set(), corruptAlways: new Set(), bitrotWrite: new Set(), crcBe32: false };
   for (const raw of list) {
     const [name, arg] = raw.split(':', 2) as [string, string | undefined];

@@ -28,6 +28,7 @@
  * file, counting comments and blank lines. Any problem fails the whole load, listing every problem
  * at once: a bad row never silently drops a target (the agent keeps its previous database).
  */
+import { parseFaults } from '../sim/sim-board.js';
 import { readFile } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
 import path from 'node:path';
@@ -78,7 +79,7 @@ export class TargetsError extends Error {
 /** BCM2711 (Pi 4) has 58 GPIOs, the most of any Pi SoC; the header uses 0–27. */
 const MAX_BCM = 57;
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-const SIM_FLAG_PATTERN = /^[A-Za-z0-9_.=-]+$/;
+const SIM_FLAG_PATTERN = /^[A-Za-z0-9_.=-]+(:[A-Za-z0-9_.=-]+)?$/;
 const RESET_FORMS = 'gpio:<bcm>, gpiod:<chip>:<line>, cmd:<command>, qmp:<socket path> or sim[:flags]';
 
 /** Parses a reset spec (DESIGN §3.3). Throws an Error whose message says what is wrong. */
@@ -117,6 +118,7 @@ export function parseResetSpec(text: string): ResetSpec {
       const options = rest.split(',').map((o) => o.trim());
       const bad = options.find((o) => !SIM_FLAG_PATTERN.test(o));
       if (bad !== undefined) throw new Error(`sim reset: bad flag "${bad}" (flags are words separated by ",")`);
+      parseFaults(options, 'sim');
       return { kind: 'sim', options };
     }
     default:
