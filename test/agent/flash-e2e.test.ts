@@ -22,7 +22,10 @@ async function card(l: Lab, name: string): Promise<Buffer> {
 
 describe('a flash job on the simulated lab', () => {
   it('uploads, flashes every part, verifies, boots, reports OK and leaves no staged files', async () => {
-    lab = await startLab({ boards: [{ name: 'pi-a', mac: '02:00:00:00:00:0a' }, { name: 'pi-b', mac: '02:00:00:00:00:0b' }] });
+    lab = await startLab({
+      boards: [{ name: 'pi-a', mac: '02:00:00:00:00:0a' }, { name: 'pi-b', mac: '02:00:00:00:00:0b' }],
+      config: { flash: { partSize: '1MiB', retries: 2, tftpBlockSize: 1468, tftpWindowSize: 4 } },
+    });
     const events: AgentMessage[] = [];
     const conn = await lab.connect((m) => events.push(m));
     const img = await lab.image('a.img', 3 * MiB + 1000, 11);
@@ -44,6 +47,9 @@ describe('a flash job on the simulated lab', () => {
     expect(phases).toEqual(['stage', 'reset', 'transfer', 'verify', 'boot']);
     expect(events.some((e) => e.type === 'log' && e.source === 'board' && /part 4\/4: written and read back/.test(e.message))).toBe(true);
     expect(events.some((e) => e.type === 'progress' && e.phase === 'transfer')).toBe(true);
+    // The options the board negotiated are in the job's log and in the result.
+    expect(events.some((e) => e.type === 'log' && /part 1\/4: served \d+ bytes .*negotiated .*blksize=1468.*windowsize=4/.test(e.message))).toBe(true);
+    expect(result.tftpOptions).toMatchObject({ blksize: '1468', windowsize: '4' });
     // Every log line of the job names its target and job.
     const jobLines = lab.logs.filter((r) => r.fields.job === result.job);
     expect(jobLines.length).toBeGreaterThan(5);

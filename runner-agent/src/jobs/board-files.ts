@@ -10,7 +10,7 @@ import { open, mkdir, rm, readdir, writeFile, rename, type FileHandle } from 'no
 import path from 'node:path';
 import { isIPv4 } from 'node:net';
 import type { Logger } from '../log.js';
-import type { TftpFile, TftpRequest, TftpResolver, TftpWriteTarget } from '../tftp/server.js';
+import type { TftpFile, TftpRequest, TftpResolver, TftpWriteTarget, TransferEnd } from '../tftp/server.js';
 import { TftpAccessError } from '../tftp/server.js';
 
 /** A file a staged job offers, relative to its macdir. */
@@ -32,6 +32,8 @@ export interface StagedJob {
   onProgress(relPath: string, done: number, size: number): void;
   /** A beacon was read; the message is what follows the prefix. */
   onBeacon(message: string, req: TftpRequest): void;
+  /** A transfer of one of this job's files ended (with the options actually negotiated). */
+  onTransferEnd?(relPath: string, t: TransferEnd): void;
   /** Optional write hook (seed-compatible reports); absent = writes refused. */
   onWrite?(relPath: string, req: TftpRequest): TftpWriteTarget | null;
 }
@@ -123,6 +125,14 @@ export class BoardFiles implements TftpResolver {
     job.onRead(rel, req);
     const progress = (done: number, size: number) => job.onProgress(rel, done, size);
     return file.kind === 'buffer' ? bufferFile(file.data, progress) : rangeFile(file, progress);
+  }
+
+  /** Route the TFTP server's end-of-transfer report to the job that owns the file. */
+  transferEnded(t: TransferEnd): void {
+    const slash = t.path.indexOf('/');
+    if (slash <= 0) return;
+    const job = this.jobs.get(t.path.slice(0, slash).toLowerCase());
+    job?.onTransferEnd?.(t.path.slice(slash + 1), t);
   }
 
   async resolveWrite(req: TftpRequest): Promise<TftpWriteTarget | null> {

@@ -20,7 +20,7 @@ import { buildScriptImage } from '../board/uimage.js';
 import { generateStage2Script, planParts, type Stage2Part } from '../board/stage2-script.js';
 import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
 import type { BoardFiles, StagedFile } from './board-files.js';
-import type { TftpRequest } from '../tftp/server.js';
+import type { TftpRequest, TransferEnd } from '../tftp/server.js';
 
 export type JobEvent = Omit<LogEvent, 're'> | Omit<PhaseEvent, 're'> | Omit<ProgressEvent, 're'>;
 
@@ -216,6 +216,7 @@ export class FlashJob {
         onRead: (rel, req) => this.onRead(rel, req),
         onProgress: (rel, done, size) => this.onProgress(rel, done, size),
         onBeacon: (message) => this.onBeacon(message),
+        onTransferEnd: (rel, t) => this.onTransferEnd(rel, t),
       },
       { [FLASH_SCRIPT]: scriptImage, 'job.json': Buffer.from(JSON.stringify(manifest, null, 2) + '\n') },
     );
@@ -238,9 +239,22 @@ export class FlashJob {
       const part = this.parts.find((p) => p.file === `${this.macdir}/${rel}`);
       if (part) {
         const opts = Object.entries(req.options).map(([k, v]) => `${k}=${v}`).join(' ');
-        if (!this.tftpOptions && Object.keys(req.options).length) this.tftpOptions = { ...req.options };
         this.log('info', `part ${part.index}/${this.parts.length}: download started${opts ? ` (board asked ${opts})` : ''}`);
       }
+    }
+    this.notify();
+  }
+
+  private onTransferEnd(rel: string, t: TransferEnd): void {
+    const part = this.parts.find((p) => p.file === `${this.macdir}/${rel}`);
+    if (!part) return;
+    const options = Object.entries(t.options).map(([k, v]) => `${k}=${v}`).join(' ') || 'none (plain RFC 1350)';
+    if (t.ok) {
+      this.tftpOptions = { ...t.options };
+      const mbps = t.ms > 0 ? ` (${(t.bytes / 1e6 / (t.ms / 1000)).toFixed(1)} MB/s)` : '';
+      this.log('info', `part ${part.index}/${this.parts.length}: served ${t.bytes} bytes in ${(t.ms / 1000).toFixed(2)} s${mbps}; negotiated ${options}`);
+    } else {
+      this.log('warn', `part ${part.index}/${this.parts.length}: transfer ended early after ${t.bytes} bytes: ${t.error ?? 'unknown error'}; negotiated ${options}`);
     }
     this.notify();
   }
