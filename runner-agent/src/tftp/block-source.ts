@@ -89,6 +89,9 @@ export class ReadAheadBlockSource implements BlockSource {
 
   load(from: number, to: number): Promise<void> | undefined {
     if (this.failure) return Promise.reject(this.failure);
+    // Fast path, taken by almost every window: inside the current chunk, next chunk already asked for.
+    const current = this.chunks[0];
+    if (current?.data && from >= current.first && to < current.end && (this.chunks.length === 2 || current.end > this.blocks)) return undefined;
     let first = this.chunks.find((c) => from >= c.first && from < c.end);
     if (!first) {
       // A window outside the held chunks (the first one, or after a failed read): read afresh.

@@ -58,6 +58,8 @@ export interface TransferEnd {
   ms: number;
   ok: boolean;
   error?: string;
+  /** Read transfers: how many times the server timed out waiting for an ACK and resent. */
+  timeouts?: number;
 }
 export interface TftpProgress {
   path: string;
@@ -176,7 +178,7 @@ export class TftpServer {
     const kind = request.op === Opcode.RRQ ? 'read' : 'write';
     const log = this.o.log?.child({ peer: `${peer.address}:${peer.port}`, kind });
     const end: TransferEnd = { kind, path: request.path, peer, bytes: 0, options: {}, ms: 0, ok: false };
-    let socket: dgram.Socket | undefined;
+    let link: PeerLink | undefined;
     let aborted: Error | undefined;
     let stopActive: (reason: Error) => void = () => {};
     setAbort((reason) => {
@@ -185,10 +187,10 @@ export class TftpServer {
     });
     const sendError = (code: number, message: string) => {
       end.error = message;
-      socket?.send(encodeError(code, message), peer.port, peer.address);
+      link?.send(encodeError(code, message));
     };
     try {
-      socket = await bindSocket(this.socket?.address().address ?? '0.0.0.0', 0);
+      link = await PeerLink.open(this.socket?.address().address ?? '0.0.0.0', peer);
       if (aborted) throw aborted;
       if (request.mode !== 'octet') {
         sendError(TftpErrorCode.ILLEGAL_OPERATION, `transfer mode "${request.mode}" is not supported; use octet (binary)`);
@@ -203,19 +205,21 @@ export class TftpServer {
       }
       end.path = path;
       const req: TftpRequest = { path, peer, options: request.options };
-      const link = new PeerLink(socket, peer, (block) => this.o.faults?.drop?.(path, block) ?? false);
-      stopActive = (reason) => link.stop(reason);
-      if (kind === 'read') await this.serveRead(req, link, end, () => aborted, sendError);
-      else await this.serveWrite(req, link, end, () => aborted, sendError);
+      const { drop } = this.o.faults ?? {};
+      if (drop) link.drop = (block) => drop(path, block);
+      const active = link;
+      stopActive = (reason) => active.stop(reason);
+      if (kind === 'read') await this.serveRead(req, active, end, () => aborted, sendError);
+      else await this.serveWrite(req, active, end, () => aborted, sendError);
     } catch (err) {
       const message = (err as Error).message ?? String(err);
       end.error ??= message;
       // A TFTP error from the peer needs no answer; anything else is reported to it.
-      if (!(err instanceof PeerError)) socket?.send(encodeError(err instanceof TftpError ? err.code : 0, message), peer.port, peer.address);
+      if (!(err instanceof PeerError)) link?.send(encodeError(err instanceof TftpError ? err.code : 0, message));
     } finally {
       end.ms = performance.now() - started;
-      if (socket) await closeSocket(socket);
-      if (end.ok) log?.info('TFTP transfer done', { path: end.path, bytes: end.bytes, ms: Math.round(end.ms) });
+      await link?.close();
+      if (end.ok) log?.info('TFTP transfer done', { path: end.path, bytes: end.bytes, ms: Math.round(end.ms), timeouts: end.timeouts });
       else log?.warn('TFTP transfer failed', { path: end.path, bytes: end.bytes, error: end.error });
       try {
         this.o.onTransferEnd?.(end);
@@ -265,7 +269,11 @@ export class TftpServer {
       link.stop = (reason) => sender.abort(reason);
       if (oack) link.send(oack);
       sender.start();
-      await sender.done;
+      try {
+        await sender.done;
+      } finally {
+        end.timeouts = sender.timeouts;
+      }
       end.ok = true;
     } finally {
       await file.close?.();
@@ -321,33 +329,60 @@ class PeerError extends TftpError {
 }
 
 /**
- * The transfer socket's view of one peer: sends to it, dispatches its packets, and answers
- * packets from any other address or port with error 5 (RFC 1350: unknown transfer ID).
+ * The transfer's view of one peer, on its own port (TID). Two sockets share that port: one
+ * connected to the peer, which carries the transfer (a connected UDP socket skips the per-packet
+ * route lookup and address handling, measurably faster), and one unconnected, which the kernel
+ * hands every packet from anyone else — answered with error 5 (RFC 1350: unknown transfer ID).
  */
 class PeerLink {
   onAck: (block: number) => void = () => {};
   onData: (block: number, data: Buffer) => void = () => {};
-  stop: (reason: Error) => void;
+  stop: (reason: Error) => void = () => {};
+  /** TEST ONLY (faults.drop): true suppresses a DATA packet. */
+  drop?: (block: number) => boolean;
   private dallyEnd?: () => void;
 
-  constructor(
-    private readonly socket: dgram.Socket,
+  private constructor(
+    private readonly data: dgram.Socket,
+    private readonly strays: dgram.Socket,
     private readonly peer: TftpPeer,
-    private readonly drop: (block: number) => boolean,
   ) {
-    this.stop = () => {};
-    socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
-    socket.on('error', (err) => this.stop(new TftpError(`transfer socket failed: ${err.message}`, TftpErrorCode.NOT_DEFINED)));
+    data.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    strays.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    const failed = (err: Error) => this.stop(new TftpError(`transfer socket failed: ${err.message}`, TftpErrorCode.NOT_DEFINED));
+    data.on('error', failed);
+    strays.on('error', failed);
+  }
+
+  static async open(address: string, peer: TftpPeer): Promise<PeerLink> {
+    const strays = await bindSocket(address, 0, true);
+    let data: dgram.Socket | undefined;
+    try {
+      data = await bindSocket(address, strays.address().port, true);
+      const connecting = data;
+      await new Promise<void>((resolve, reject) => {
+        connecting.once('error', reject);
+        connecting.connect(peer.port, peer.address, () => {
+          connecting.off('error', reject);
+          resolve();
+        });
+      });
+      return new PeerLink(data, strays, peer);
+    } catch (err) {
+      await closeSocket(strays);
+      if (data) await closeSocket(data);
+      throw err;
+    }
   }
 
   send(packet: Buffer): void {
-    this.socket.send(packet, this.peer.port, this.peer.address);
+    this.data.send(packet);
   }
 
   sendData(block: number, payload: Buffer): void {
-    if (this.drop(block)) return;
+    if (this.drop?.(block)) return;
     // Header and payload go out as one datagram without copying the payload.
-    this.socket.send([encodeDataHeader(block), payload], this.peer.port, this.peer.address);
+    this.data.send([encodeDataHeader(block), payload]);
   }
 
   /** Keeps answering duplicates for `ms` (or until stopped), then resolves. */
@@ -362,9 +397,13 @@ class PeerLink {
     });
   }
 
+  async close(): Promise<void> {
+    await Promise.all([closeSocket(this.data), closeSocket(this.strays)]);
+  }
+
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
     if (rinfo.port !== this.peer.port || rinfo.address !== this.peer.address) {
-      this.socket.send(encodeError(TftpErrorCode.UNKNOWN_TID, 'Unknown transfer ID'), rinfo.port, rinfo.address);
+      this.strays.send(encodeError(TftpErrorCode.UNKNOWN_TID, 'Unknown transfer ID'), rinfo.port, rinfo.address);
       return;
     }
     if (msg.length < 4) return;
@@ -382,9 +421,9 @@ class PeerLink {
   }
 }
 
-function bindSocket(address: string, port: number): Promise<dgram.Socket> {
+function bindSocket(address: string, port: number, reuseAddr = false): Promise<dgram.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket({ type: isIPv6(address) ? 'udp6' : 'udp4', lookup: fastLookup });
+    const socket = dgram.createSocket({ type: isIPv6(address) ? 'udp6' : 'udp4', lookup: fastLookup, reuseAddr });
     socket.once('error', reject);
     socket.bind(port, address, () => {
       socket.off('error', reject);

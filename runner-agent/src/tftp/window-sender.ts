@@ -43,6 +43,8 @@ export class WindowSender {
   /** Bumped on every (re)send so a window waiting for disk data can tell it was superseded. */
   private generation = 0;
   private readingDisk = false;
+  /** Retransmissions after a timeout, over the whole transfer (a health figure for logs). */
+  timeouts = 0;
   private resolve!: () => void;
   private reject!: (err: Error) => void;
   readonly done: Promise<void>;
@@ -107,6 +109,7 @@ export class WindowSender {
       return;
     }
     this.attempts++;
+    this.timeouts++;
     if (this.o.awaitAck0 && this.sentTo === 0) {
       this.o.link.resendOpening?.();
       this.timer!.refresh();
