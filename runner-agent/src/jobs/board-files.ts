@@ -10,14 +10,15 @@ import { open, mkdir, rm, readdir, writeFile, rename, type FileHandle } from 'no
 import path from 'node:path';
 import { isIPv4 } from 'node:net';
 import type { Logger } from '../log.js';
+import type { ImageView } from './image-view.js';
 import type { TftpFile, TftpRequest, TftpResolver, TftpWriteTarget, TransferEnd } from '../tftp/server.js';
 import { TftpAccessError } from '../tftp/server.js';
 
 /** A file a staged job offers, relative to its macdir. */
 export type StagedFile =
   | { kind: 'buffer'; data: Buffer }
-  /** `size` bytes of `imagePath` from `offset`, zero-padded past the image's end up to `size`. */
-  | { kind: 'range'; imagePath: string; offset: number; size: number; imageSize: number };
+  /** `size` bytes of the image view from `offset` (zero-padded past the image's end). */
+  | { kind: 'range'; view: ImageView; offset: number; size: number };
 
 export interface StagedJob {
   jobId: string;
@@ -154,30 +155,19 @@ function bufferFile(data: Buffer, progress?: (done: number, size: number) => voi
 }
 
 function rangeFile(file: Extract<StagedFile, { kind: 'range' }>, progress: (done: number, size: number) => void): TftpFile {
-  let handle: FileHandle | undefined;
+  // One handle per transfer, opened on the first read and closed by the server when it ends.
   let opening: Promise<FileHandle> | undefined;
   return {
     size: file.size,
     async read(position, length) {
       const end = Math.min(file.size, position + length);
-      const out = Buffer.alloc(Math.max(0, end - position));
-      // Bytes past the image's end are the zero padding of the last part.
-      const imageEnd = Math.min(end, file.imageSize - file.offset);
-      if (imageEnd > position) {
-        handle ??= await (opening ??= open(file.imagePath, 'r'));
-        let got = 0;
-        while (got < imageEnd - position) {
-          const { bytesRead } = await handle.read(out, got, imageEnd - position - got, file.offset + position + got);
-          if (bytesRead === 0) throw new Error(`image ${file.imagePath} is shorter than expected`);
-          got += bytesRead;
-        }
-      }
+      const handle = await (opening ??= open(file.view.path, 'r'));
+      const out = await file.view.read(handle, file.offset + position, Math.max(0, end - position));
       progress(end, file.size);
       return out;
     },
     async close() {
-      const h = handle ?? (opening ? await opening.catch(() => undefined) : undefined);
-      handle = undefined;
+      const h = await opening?.catch(() => undefined);
       opening = undefined;
       await h?.close();
     },

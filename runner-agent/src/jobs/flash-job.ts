@@ -20,6 +20,7 @@ import { buildScriptImage } from '../board/uimage.js';
 import { generateStage2Script, planParts, type Stage2Part } from '../board/stage2-script.js';
 import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
 import type { BoardFiles, StagedFile } from './board-files.js';
+import { ImageView, type Patch } from './image-view.js';
 import type { TftpRequest, TransferEnd } from '../tftp/server.js';
 
 export type JobEvent = Omit<LogEvent, 're'> | Omit<PhaseEvent, 're'> | Omit<ProgressEvent, 're'>;
@@ -45,6 +46,8 @@ export interface FlashJobOptions {
   flash: FlashSettings;
   files: BoardFiles;
   resetLine: ResetLine;
+  /** The layout's changes to the image (e.g. U-Boot injected into the boot partition); none = written as stored. */
+  planPatches?: () => Promise<Patch[]>;
   log: Logger;
   emit(event: JobEvent): void;
 }
@@ -186,7 +189,11 @@ export class FlashJob {
     if (target.layout === 'seed') throw new JobFailure('BAD_REQUEST', `${target.name} carries the seed system's recovery card (layout seed), which this agent cannot flash yet`);
     const plan = planParts(image.imageSize, flash.partSize);
     if (plan.length !== this.o.partCrcs.length) throw new Error(`part CRCs (${this.o.partCrcs.length}) do not match the plan (${plan.length} parts)`);
-    this.parts = plan.map((p, i) => ({ ...p, file: partFile(target.mac, this.o.id, p.index), crc32: this.o.partCrcs[i]!, status: 'missing', retries: 0, served: 0 }));
+    const patches = (await this.o.planPatches?.()) ?? [];
+    const view = new ImageView(image.path, image.imageSize, patches);
+    const crcs = await view.partCrcs(plan, this.o.partCrcs);
+    if (patches.length) this.log('info', `layout ${target.layout}: ${patches.length} patch(es), ${patches.reduce((n, p) => n + p.data.length, 0)} bytes changed in ${plan.filter((p) => view.touches(p.imageOffset, p.servedSize)).length} part(s)`);
+    this.parts = plan.map((p, i) => ({ ...p, file: partFile(target.mac, this.o.id, p.index), crc32: crcs[i]!, status: 'missing', retries: 0, served: 0 }));
     const script = generateStage2Script({
       jobId: this.o.id,
       mac: target.mac,
@@ -203,7 +210,7 @@ export class FlashJob {
     const files = new Map<string, StagedFile>([[FLASH_SCRIPT, { kind: 'buffer', data: scriptImage }]]);
     const prefix = `${this.macdir}/`;
     for (const p of this.parts) {
-      files.set(p.file.slice(prefix.length), { kind: 'range', imagePath: image.path, offset: p.imageOffset, size: p.servedSize, imageSize: image.imageSize });
+      files.set(p.file.slice(prefix.length), { kind: 'range', view, offset: p.imageOffset, size: p.servedSize });
     }
     const manifest = { job: this.o.id, target: target.name, sha256: image.sha256, imageSize: image.imageSize, parts: this.parts.map((p) => ({ file: p.file, offset: p.imageOffset, size: p.servedSize, crc32: hex8(p.crc32) })) };
     await this.o.files.stage(
@@ -291,6 +298,16 @@ export class FlashJob {
       case 'start':
         this.log('info', 'stage 2 started on the board', 'board');
         break;
+      case 'too-large': {
+        // Only the board knows its card's size: its probe (reading the image's last block) failed
+        // before anything was written. Hide the files now — the board reports done-failed and
+        // resets next, and its stage 1 must find no flash.scr — and end the job with the code.
+        this.o.files.withdraw(this.macdir);
+        const size = this.o.image.imageSize;
+        this.log('error', `the card is smaller than the image: the board cannot read the image's last block (${size} bytes in)`, 'board');
+        this.cancel(`the image (${formatBytes(size)}, ${size} bytes) is larger than ${this.o.target.name}'s card: the board could not read the image's last block; nothing was written`, 'IMAGE_TOO_LARGE');
+        break;
+      }
       case 'part-retry':
         if (part) part.retries += 1;
         this.log('warn', `part ${b.part}: ${b.reason === 'crc' ? `CRC mismatch (board computed ${b.crc ?? '?'})` : 'download failed'}, retry ${b.attempt}`, 'board');
