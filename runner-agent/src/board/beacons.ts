@@ -7,6 +7,10 @@
  * Messages (numbers decimal, CRCs lower-case hex without leading zeros — what U-Boot's setexpr
  * prints):
  *   start
+ *   too-large                                  the card is smaller than the image: reading the
+ *                                              image's last block failed while block 0 reads
+ *                                              (only the board knows its card's size); the
+ *                                              script then reports done-failed without writing
  *   part-<n>-retry-<attempt>-download          attempt <attempt> of part <n> failed in TFTP
  *   part-<n>-retry-<attempt>-crc-<crc>         … or downloaded data with CRC <crc>; trying again
  *   part-<n>-ok-<crc>                          written, read back, CRC of the read-back data
@@ -20,6 +24,7 @@
 
 export type Beacon =
   | { kind: 'start' }
+  | { kind: 'too-large' }
   | { kind: 'part-retry'; part: number; attempt: number; reason: 'download' | 'crc'; crc?: string }
   | { kind: 'part-ok'; part: number; crc: string /* as the board computed it after read-back, hex */ }
   | { kind: 'part-failed'; part: number; stage: 'download' | 'write' | 'readback' | 'verify'; crc?: string }
@@ -31,6 +36,7 @@ export type Beacon =
  */
 export const beaconText = {
   start: () => 'start',
+  tooLarge: () => 'too-large',
   /** `reason` is `download` or `crc-<crc>`: the script keeps it in one variable. */
   partRetry: (part: string, attempt: string, reason: string) => `part-${part}-retry-${attempt}-${reason}`,
   retryReasonCrc: (crc: string) => `crc-${crc}`,
@@ -45,6 +51,8 @@ export function formatBeacon(b: Beacon): string {
   switch (b.kind) {
     case 'start':
       return beaconText.start();
+    case 'too-large':
+      return beaconText.tooLarge();
     case 'part-retry':
       return beaconText.partRetry(String(b.part), String(b.attempt), b.reason === 'crc' ? beaconText.retryReasonCrc(b.crc ?? '0') : 'download');
     case 'part-ok':
@@ -62,6 +70,7 @@ const N = '([1-9][0-9]{0,5})';
 const CRC = '([0-9a-f]{1,8})';
 const PATTERNS: Array<[RegExp, (m: RegExpExecArray) => Beacon]> = [
   [/^start$/, () => ({ kind: 'start' })],
+  [/^too-large$/, () => ({ kind: 'too-large' })],
   [new RegExp(`^part-${N}-retry-${N}-download$`), (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'download' })],
   [new RegExp(`^part-${N}-retry-${N}-crc-${CRC}$`), (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'crc', crc: m[3]! })],
   [new RegExp(`^part-${N}-ok-${CRC}$`), (m) => ({ kind: 'part-ok', part: Number(m[1]), crc: m[2]! })],

@@ -1,7 +1,9 @@
 /**
  * The per-job stage-2 script (`flash.scr`, DESIGN §3.5): the board downloads every part over
  * TFTP, checks its CRC32, writes it with `mmc write`, reads it back, checks again, reports each
- * step with a beacon (beacons.ts), reports the result and resets.
+ * step with a beacon (beacons.ts), reports the result and resets. Before writing anything it
+ * probes the card's size by reading the image's last block, and reports `too-large` if that fails
+ * (U-Boot's `mmc read` past the end fails without touching the card — checked under QEMU).
  *
  * Written for the hush shell of U-Boot 2023.01 as Debian builds it for the Pi (facts checked in
  * the 2023.01 sources, common/cli_hush.c, cmd/*.c):
@@ -69,7 +71,7 @@ export interface Stage2Options {
   loadAddr: number;
   /** 8 bytes for `crc32`'s result (a 64-bit store on arm64 Pi builds). */
   crcAddr: number;
-  /** Where beacon answers land; BEACON_RESERVE bytes. */
+  /** Where beacon answers and the size probe's block land; BEACON_RESERVE bytes. */
   beaconAddr: number;
   mmcDev: number;
   tftpBlockSize?: number;
@@ -162,6 +164,7 @@ export function generateStage2Script(o: Stage2Options): string {
   const calibration = calibrationCrc();
   if (calibration === swap32(calibration)) throw new Error('internal: calibration CRC is byte-order symmetric');
   const total = o.parts.reduce((sum, p) => sum + p.size, 0);
+  const lastBlock = Math.max(...o.parts.map((p) => p.startBlock + p.blockCount)) - 1;
   const part = v('rpf_part');
   const report = (message: string) => [`setenv rpf_msg ${message}`, 'run rpf_beacon'];
 
@@ -211,6 +214,9 @@ export function generateStage2Script(o: Stage2Options): string {
     procedure('rpf_wfail', [`setenv rpf_msg ${beaconText.partFailed(part, 'write')}`, 'run rpf_abort']),
     procedure('rpf_rfail', [`setenv rpf_msg ${beaconText.partFailed(part, 'readback')}`, 'run rpf_abort']),
     procedure('rpf_vfail', [`setenv rpf_msg ${beaconText.partFailed(part, beaconText.failedWithCrc('verify', v('rpf_crc')))}`, 'run rpf_abort']),
+    '# The image\'s last block did not read: if block 0 does, the card is smaller than the image.',
+    procedure('rpf_size', [`mmc read ${beaconBuf} 0x0 0x1 && run rpf_toolarge`]),
+    procedure('rpf_toolarge', [`setenv rpf_msg ${beaconText.tooLarge()}`, 'run rpf_abort']),
     '# Write, poison the buffer, read back, verify, report.',
     procedure('rpf_put', [
       `mmc write ${load} ${v('rpf_blk')} ${v('rpf_cnt')} || run rpf_wfail`,
@@ -224,6 +230,10 @@ export function generateStage2Script(o: Stage2Options): string {
     `mw.l ${beaconBuf} ${hex(CALIBRATION_WORD)}; crc32 ${beaconBuf} 0x4 ${crcSlot}; if itest.l *${crcSlot} == ${hex(calibration)}; then setenv rpf_fix true; else setenv rpf_fix run rpf_swap; fi`,
     report(beaconText.start()).join('; '),
     `mmc dev ${o.mmcDev}`,
+    '# Card size probe, before anything is written (only the board knows its card): reading past',
+    '# the end fails ("block number … exceeds max"). A card that reads nothing at all is left to',
+    '# the write path, which reports it as such.',
+    `mmc read ${beaconBuf} ${hex(lastBlock)} 0x1 || run rpf_size`,
   );
   for (const p of o.parts) {
     lines.push(
