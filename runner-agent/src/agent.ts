@@ -61,12 +61,8 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     maxBlksize: config.tftp.maxBlksize,
     maxWindowsize: config.tftp.maxWindowsize,
     ...(o.tftpFaults ? { faults: o.tftpFaults } : {}),
-    onTransferEnd: (t) => {
-      files.transferEnded(t);
-      const opts = Object.entries(t.options).map(([k, v]) => `${k}=${v}`).join(' ');
-      const mbps = t.ms > 0 ? (t.bytes / 1e6 / (t.ms / 1000)).toFixed(1) : '-';
-      (t.ok ? tftpLog.debug : tftpLog.warn)(`tftp ${t.kind} ${t.ok ? 'done' : 'failed'}`, { path: t.path, peer: t.peer.address, bytes: t.bytes, ms: t.ms, mbps, options: opts || undefined, error: t.error });
-    },
+    // The server logs each transfer itself; the job that owns the file reports it in its story.
+    onTransferEnd: (t) => files.transferEnded(t),
   });
   const tftpAddress = await tftpServer.listen();
   log.info('tftp listening', { address: tftpAddress.address, port: tftpAddress.port, root: config.tftp.root });
