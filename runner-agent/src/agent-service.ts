@@ -34,6 +34,8 @@ interface LeaseSession {
   target: Target;
   conn?: ClientConnection;
   upload?: ActiveUpload;
+  /** An upload being put aside (suspend/discard) after a disconnect. */
+  dropping?: Promise<void>;
   job?: FlashJob;
   jobRequest?: string;
   /** A result that finished while the client was away, delivered when it reattaches. */
@@ -90,6 +92,7 @@ export class AgentService implements ConnectionHandler {
   private attach(s: LeaseSession, conn: ClientConnection): void {
     clearTimeout(s.graceTimer);
     s.graceTimer = undefined;
+    if (s.conn && s.conn.id !== conn.id) this.byConnection.delete(s.conn.id);
     s.conn = conn;
     this.byConnection.set(conn.id, s);
   }
@@ -194,12 +197,17 @@ export class AgentService implements ConnectionHandler {
     conn.send({ type: 'upload-done', re: id, sha256: image.sha256, size: image.wireSize, imageSize: image.imageSize, skipped: false });
   }
 
-  private async dropUpload(s: LeaseSession, how: 'suspend' | 'discard'): Promise<void> {
+  /** End the session's upload, keeping its bytes for a resume ('suspend') or not. */
+  private dropUpload(s: LeaseSession, how: 'suspend' | 'discard'): Promise<void> {
     const up = s.upload;
-    if (!up) return;
+    if (!up) return s.dropping ?? Promise.resolve();
     s.upload = undefined;
-    await up.chain;
-    if (!up.failed) await (how === 'suspend' ? up.session.suspend() : up.session.discard()).catch(() => {});
+    // A reconnecting client may ask to resume before this finishes: upload-begin waits for it.
+    s.dropping = (async () => {
+      await up.chain;
+      if (!up.failed) await (how === 'suspend' ? up.session.suspend() : up.session.discard()).catch(() => {});
+    })();
+    return s.dropping;
   }
 
   private async flash(conn: ClientConnection, m: FlashRequest): Promise<void> {
@@ -292,7 +300,9 @@ export class AgentService implements ConnectionHandler {
     const s = this.byConnection.get(conn.id);
     if (!s) return;
     this.byConnection.delete(conn.id);
-    if (s.conn?.id === conn.id) s.conn = undefined;
+    // The lease already moved to a newer connection (a resume raced this close): nothing to do.
+    if (s.conn && s.conn.id !== conn.id) return;
+    s.conn = undefined;
     const expire = (why: string) => {
       this.d.log.warn('lease lost', { target: s.target.name, lease: s.lease.id, why });
       if (s.job) s.job.cancel(why, 'LEASE_LOST');
