@@ -59,6 +59,13 @@ export interface QemuBoardOptions {
   timeoutMs: number;
   /** Holds env.img, the QMP socket and console.log; the caller creates and removes it. */
   workDir: string;
+  /**
+   * Put the board's serial console on a unix socket (`-serial unix:<path>,server=on,wait=off`,
+   * what a `unix:<path>` console spec reads) instead of stdio. QEMU's monitor is then switched off,
+   * so `console()`/`waitForConsole()` see only QEMU's own messages and `type()` reaches nothing.
+   * Output printed while no client is connected is lost (wait=off).
+   */
+  serialSocket?: string;
 }
 
 export interface QemuBoard {
@@ -184,6 +191,11 @@ export async function startQemuBoard(o: QemuBoardOptions): Promise<QemuBoard> {
     '-device', 'sd-card,drive=sdcard',
     '-qmp', `unix:${qmpSocket},server=on,wait=off`,
   ];
+  if (o.serialSocket) {
+    if (o.serialSocket.length > UNIX_PATH_MAX) throw new Error(`serial socket path is too long for a unix socket: ${o.serialSocket}`);
+    // -nographic would multiplex serial and monitor on stdio; with the serial elsewhere, no monitor.
+    args.push('-serial', `unix:${o.serialSocket},server=on,wait=off`, '-monitor', 'none');
+  }
   if (o.stage1) {
     // A private copy: the loader reads the file again at every system_reset.
     const stage1Copy = join(o.workDir, 'stage1.scr');
