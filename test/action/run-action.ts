@@ -64,6 +64,8 @@ export function readFileCommands(file: string): Record<string, string> {
 
 export interface RunOptions {
   node?: string;
+  /** Options for node before the bundle's path (e.g. --cpu-prof). */
+  nodeArgs?: string[];
   bundle?: string;
   inputs: Record<string, string>;
   /** Saved state from an earlier step (GitHub passes it to the post step as STATE_<name>). */
@@ -74,6 +76,8 @@ export interface RunOptions {
   signalWhen?: { text: string; signal: NodeJS.Signals };
   /** Called with all stdout so far after each chunk (e.g. to free a busy target once the action queues). */
   onStdout?: (stdout: string) => void;
+  /** Called once the child is spawned (e.g. to watch its memory in /proc/<pid>/status). */
+  onSpawn?: (pid: number) => void;
   timeoutMs?: number;
 }
 
@@ -99,7 +103,8 @@ export async function runAction(o: RunOptions): Promise<ActionRun> {
   for (const [name, value] of Object.entries(o.inputs)) env[`INPUT_${name.toUpperCase()}`] = value;
   for (const [name, value] of Object.entries(o.state ?? {})) env[`STATE_${name}`] = value;
   try {
-    const child = spawn(o.node ?? process.execPath, [o.bundle ?? BUNDLE], { cwd: o.workspace, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(o.node ?? process.execPath, [...(o.nodeArgs ?? []), o.bundle ?? BUNDLE], { cwd: o.workspace, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    if (child.pid !== undefined) o.onSpawn?.(child.pid);
     let stdout = '';
     let stderr = '';
     let signalledAt: number | undefined;
