@@ -98,6 +98,29 @@ describe('parseTargets, native format', () => {
     expect(t).toMatchObject({ name: 'x9', ip: '10.0.0.9', mac: '02:00:00:00:00:09', reset: { kind: 'sim' } });
   });
 
+  it('reads the optional console column and reports a bad console spec with its line', () => {
+    const csv = [
+      'name,mac,ip,reset,console',
+      'pi4-a,dc:a6:32:01:02:03,10.0.0.1,gpio:17,serial:/dev/ttyUSB0@115200',
+      'pi3-b,b8:27:eb:00:00:02,10.0.0.2,gpio:27,tcp:10.0.0.250:2002',
+      'qemu-1,52:54:00:00:00:03,10.0.0.3,qmp:/run/q1.qmp,unix:/run/q1.serial',
+      'dark,b8:27:eb:00:00:04,10.0.0.4,gpio:22,',
+    ].join('\n');
+    const targets = parseTargets(csv, 'db.csv');
+    expect(targets.map((t) => [t.name, t.console])).toEqual([
+      ['pi4-a', { kind: 'serial', device: '/dev/ttyUSB0', baud: 115200 }],
+      ['pi3-b', { kind: 'tcp', host: '10.0.0.250', port: 2002 }],
+      ['qemu-1', { kind: 'unix', path: '/run/q1.serial' }],
+      ['dark', undefined],
+    ]);
+    expect('console' in (targets[3] as Target)).toBe(false);
+
+    expect(problemsOf('name,mac,ip,reset,console\n\nx,b8:27:eb:00:00:05,10.0.0.5,gpio:5,serial:/dev/ttyUSB0@11520\n')).toEqual([
+      { line: 3, reason: 'bad console spec: serial console "serial:/dev/ttyUSB0@11520": 11520 is not a standard baud rate (e.g. 9600, 115200, 921600)' },
+    ]);
+    expect(problemsOf('name,mac,ip,reset,console\nx,b8:27:eb:00:00:05,10.0.0.5,gpio:5,com1\n')[0]?.reason).toMatch(/bad console spec: unknown console spec "com1"/);
+  });
+
   it('accepts a database with a header and no targets', () => {
     expect(parseTargets('# nothing yet\nname,mac,ip,reset\n', 'db.csv')).toEqual([]);
   });

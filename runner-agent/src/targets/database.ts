@@ -17,6 +17,9 @@
  *                          seed   — the board still carries the seed system's recovery card
  *                                   (DESIGN §3.5, seed compatibility);
  *                          inject — reserved for later; refused for now.
+ *      console optional  where the board's serial console is read during a job (see
+ *                        console/spec.ts): serial:/dev/ttyUSB0@115200, tcp:<host>:<port>
+ *                        (ser2net, raw mode) or unix:<socket path> (QEMU's -serial unix:…)
  *    A `cmd:` spec that contains a comma must be quoted as a CSV field: `"cmd:relay 3,off"`.
  *
  * 2. The seed system's file, as is: header `mac address,ip address,reset gpio (wiring pi)`. The
@@ -35,6 +38,7 @@ import path from 'node:path';
 import { CsvError, parse } from 'csv-parse/sync';
 import { isMac, normalizeMac } from '../../../src/protocol/tftp-names.js';
 import { wiringPiToBcm } from './wiringpi.js';
+import { parseConsoleSpec, type ConsoleSpec } from '../console/spec.js';
 
 export type ResetSpec =
   | { kind: 'gpio'; bcm: number }
@@ -57,6 +61,8 @@ export interface Target {
   serial?: string;
   labels: string[];
   layout: Layout;
+  /** The board's serial console, when the database names one. */
+  console?: ConsoleSpec;
   source: { file: string; line: number };
 }
 
@@ -132,11 +138,11 @@ function headerKey(cell: string): string {
 }
 
 const NATIVE_REQUIRED = ['name', 'mac', 'ip', 'reset'] as const;
-const NATIVE_OPTIONAL = ['model', 'serial', 'labels', 'layout'] as const;
+const NATIVE_OPTIONAL = ['model', 'serial', 'labels', 'layout', 'console'] as const;
 const NATIVE_COLUMNS: readonly string[] = [...NATIVE_REQUIRED, ...NATIVE_OPTIONAL];
 const SEED_COLUMNS = ['macaddress', 'ipaddress', 'resetgpio(wiringpi)'] as const;
 const HEADER_HELP =
-  'the header must be name,mac,ip,reset[,model,serial,labels,layout] ' +
+  'the header must be name,mac,ip,reset[,model,serial,labels,layout,console] ' +
   'or the seed system\'s "mac address,ip address,reset gpio (wiring pi)"';
 
 interface Row {
@@ -180,6 +186,7 @@ interface Candidate {
   serial: string;
   labels: string;
   layout: string;
+  console: string;
   line: number;
 }
 
@@ -219,6 +226,7 @@ function mapColumns(header: Row, file: string): { toCandidate: (row: Row) => Can
         serial: '',
         labels: '',
         layout: 'seed',
+        console: '',
         line: row.line,
       }),
     };
@@ -240,6 +248,7 @@ function mapColumns(header: Row, file: string): { toCandidate: (row: Row) => Can
       serial: cell(row, 'serial'),
       labels: cell(row, 'labels'),
       layout: cell(row, 'layout'),
+      console: cell(row, 'console'),
       line: row.line,
     }),
   };
@@ -311,6 +320,15 @@ export function parseTargets(csvText: string, file: string): Target[] {
       else problem(`unknown layout "${c.layout}" (expected whole or seed)`);
     }
 
+    let consoleSpec: ConsoleSpec | undefined;
+    if (c.console) {
+      try {
+        consoleSpec = parseConsoleSpec(c.console);
+      } catch (err) {
+        problem(`bad console spec: ${(err as Error).message}`);
+      }
+    }
+
     if (problems.length !== before || !reset) continue;
     targets.push({
       name,
@@ -322,6 +340,7 @@ export function parseTargets(csvText: string, file: string): Target[] {
       ...(c.serial ? { serial: c.serial } : {}),
       labels: [...new Set(c.labels.split(/[\s;]+/).filter(Boolean))],
       layout,
+      ...(consoleSpec ? { console: consoleSpec } : {}),
       source: { file, line: row.line },
     });
   }
