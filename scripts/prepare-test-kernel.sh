@@ -5,11 +5,11 @@
 # fetched with `apt-get download` through a private apt state for arm64 under .cache/kernel/apt —
 # the system's apt configuration and package database are never touched, and no root is needed.
 #
-# Debian's arm64 /boot/vmlinuz-* is a gzip'd `Image` (checked: `file` says "gzip compressed data";
-# inside is the arm64 Image with its "ARM\x64" magic at offset 56). U-Boot's `booti` wants the raw
-# Image (or kernel_comp_addr_r/kernel_comp_size set up for decompression), so the script
-# decompresses it. An EFI zboot kernel (a PE file with "zimg" at offset 4, used by newer kernels
-# when CONFIG_EFI_ZBOOT is on) is unpacked too: its payload offset/size sit at offsets 8/12.
+# What Debian's arm64 /boot/vmlinuz-* is (checked on bookworm's 6.1 package): a raw arm64 `Image`
+# — an EFI-stub PE file, Secure-Boot signed, uncompressed (~33 MB, "ARM\x64" magic at offset 56),
+# which `booti` takes as it is. Older or other builds may ship it gzip'd, or as an EFI zboot image
+# (a PE file with "zimg" at offset 4, payload offset/size at 8/12, CONFIG_EFI_ZBOOT): the script
+# unpacks both to the raw Image, so the tests always get one.
 #
 # Output: .cache/kernel/<package version>/Image (+ config, version). stdout carries exactly one
 # line, the path of Image; progress goes to stderr. A second run with the same lists only prints.
