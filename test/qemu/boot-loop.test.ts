@@ -1,0 +1,174 @@
+/**
+ * Issue 5, item 7: the whole loop under QEMU, driven by the real agent.
+ *
+ * The board's card holds test OS image A (Debian's arm64 kernel + an initramfs printing marker A)
+ * with U-Boot and stage 1 on its boot partition. It boots: stage 1 finds no job and starts A. The
+ * agent (`startAgent`, targets row with `qmp:` reset) then flashes image B (marker B, U-Boot and
+ * stage 1 on its boot partition too): it stages flash.scr, resets the VM through QMP, stage 1
+ * runs the job, stage 2 writes B and resets; stage 1 on B's boot partition finds no flash.scr
+ * (the agent deleted the staged folder) and boots B's kernel — marker B appears on the console.
+ *
+ * Until the agent wires the `inject` layout and `make-card`, and the `console:<regex>` boot check
+ * with console capture: card A and image B are built with U-Boot + stage 1 already in place (what
+ * make-card / inject produce), the target's layout is `whole`, the job's boot check is `none`, and
+ * marker B is asserted on the harness console.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startAgent, type RunningAgent } from '../../runner-agent/src/agent.js';
+import { validateConfig } from '../../runner-agent/src/config.js';
+import { createLogger, formatRecord, type LogRecord } from '../../runner-agent/src/log.js';
+import { connectAgent, type AgentConnection } from '../../src/protocol/client.js';
+import type { AgentMessage } from '../../src/protocol/messages.js';
+import { macDir } from '../../src/protocol/tftp-names.js';
+import { QEMU_FLASH_ADDR } from './agent-scenario.js';
+import {
+  BOOT_PARTITION_OFFSET,
+  CARD_BOOTCMD,
+  DHCP_ONLY_ENV,
+  INIT_BANNER,
+  PREPARE_KERNEL_TIMEOUT_MS,
+  STAGE1_ENV_FILE,
+  buildTestOsImage,
+  listBootPartition,
+  newMarker,
+  readBootFile,
+  stage1ScriptImage,
+  testKernelGate,
+} from './os-image.js';
+import { killAllQemuBoards, startQemuBoard, withConsoleOnFailure, type QemuBoard } from './qemu-board.js';
+import { BUILD_TIMEOUT_MS, qemuTestGate } from './test-uboot.js';
+
+const uboot = await qemuTestGate('the whole loop: the agent flashes a booted board, which boots the new image (QEMU)');
+const kernelGate = await testKernelGate();
+const run = uboot.run && kernelGate.run;
+const title = uboot.run && !kernelGate.run ? `${uboot.title} (skipped: ${kernelGate.reason})` : uboot.title;
+
+const MiB = 1024 * 1024;
+const MAC = '52:54:00:10:0b:07';
+const TOKEN = 'qemu-loop-test-token-0123456789abcdef';
+const TARGET = 'qemu-loop';
+const CARD_SIZE = 64 * MiB;
+/** Image B: 4 MiB of partition-table gap + a 24 MiB boot partition (gzip'd kernel, U-Boot, initramfs). */
+const IMAGE_B_SIZE = 28 * MiB;
+const RUN_TIMEOUT_MS = 240_000;
+
+/** What make-card / the inject step put into config.txt (U-Boot instead of the kernel). */
+const CONFIG_TXT = 'arm_64bit=1\nenable_uart=1\nkernel=u-boot.bin\n';
+
+describe.skipIf(!run)(title, () => {
+  let ubootBin = '';
+  let kernelGz = Buffer.alloc(0);
+  let stage1 = Buffer.alloc(0);
+  let workDir = '';
+
+  beforeAll(async () => {
+    ubootBin = await uboot.ubootBin();
+    // gzip'd like Raspberry Pi OS's kernel8.img: smaller to flash, and stage 1 unpacks it.
+    kernelGz = gzipSync(await readFile(await kernelGate.kernel()), { level: 6 });
+    stage1 = await stage1ScriptImage();
+  }, BUILD_TIMEOUT_MS + PREPARE_KERNEL_TIMEOUT_MS);
+
+  beforeEach(async () => {
+    workDir = await mkdtemp(join(tmpdir(), 'rpi-flash-loop-'));
+  });
+
+  afterEach(async () => {
+    await killAllQemuBoards();
+    await rm(workDir, { recursive: true, force: true });
+  });
+
+  /** A test OS image carrying U-Boot and stage 1 on its boot partition, as make-card / inject leave it. */
+  async function osImageWithStage1(path: string, size: number, marker: string): Promise<void> {
+    await buildTestOsImage({
+      path,
+      size,
+      kernelImage: kernelGz,
+      marker,
+      ending: 'sleep', // the agent resets the board, as a lab does; nothing powers it off
+      bootargs: `rpiflash.image=${marker}`,
+      extraFiles: { 'u-boot.bin': await readFile(ubootBin), 'boot.scr': stage1, 'config.txt': CONFIG_TXT, 'cmdline.txt': `console=ttyAMA0 panic=-1 rpiflash.image=${marker}\n` },
+    });
+  }
+
+  it('boots image A, flashes image B through QMP reset + stage 1 + stage 2, then boots B', async () => {
+    const markerA = newMarker('image-a');
+    const markerB = newMarker('image-b');
+    const sdImage = join(workDir, 'sd.img');
+    const imageB = join(workDir, 'image-b.img');
+    await osImageWithStage1(sdImage, CARD_SIZE, markerA);
+    await osImageWithStage1(imageB, IMAGE_B_SIZE, markerB);
+    const imageBBytes = await readFile(imageB);
+
+    const qmpSocket = join(workDir, 'qmp.sock'); // where startQemuBoard puts it
+    await writeFile(join(workDir, 'targets.csv'), `name,mac,ip,reset\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket}\n`);
+    const hex = (n: number) => `0x${n.toString(16)}`;
+    const config = await validateConfig(
+      {
+        listen: { host: '127.0.0.1', port: 0 },
+        token: TOKEN,
+        targets: 'targets.csv',
+        tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
+        stateDir: 'state',
+        flash: { partSize: '4MiB', retries: 2, loadAddr: hex(QEMU_FLASH_ADDR.loadAddr), crcAddr: hex(QEMU_FLASH_ADDR.crcAddr), beaconAddr: hex(QEMU_FLASH_ADDR.beaconAddr), mmcDev: 0, tftpWindowSize: 8 },
+        timeouts: { boardShow: 30, stall: 30, boot: 60, leaseGrace: 30, shutdown: 5 },
+        bootCheck: 'none',
+        logLevel: 'debug',
+      },
+      workDir,
+    );
+    const records: LogRecord[] = [];
+    let agent: RunningAgent | undefined;
+    let board: QemuBoard | undefined;
+    let conn: AgentConnection | undefined;
+    try {
+      agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => records.push(r) }) });
+      board = await startQemuBoard({ ubootBin, mac: MAC, tftpPort: agent.tftp.port, sdImage, env: DHCP_ONLY_ENV, bootcmd: CARD_BOOTCMD, timeoutMs: RUN_TIMEOUT_MS, workDir });
+      const b = board;
+      const a = agent;
+      await withConsoleOnFailure(b, async () => {
+        // Image A is up: stage 1 found no job and booted A's kernel.
+        await b.waitForConsole(new RegExp(`${INIT_BANNER} ${markerA}`), 120_000);
+        const afterA = b.console().length;
+
+        const jobLog: string[] = [];
+        conn = await connectAgent({ url: a.url, token: TOKEN, client: 'qemu-loop-test', onEvent: (m: AgentMessage) => void (m.type === 'log' && jobLog.push(`${m.level} ${m.source} ${m.message}`)) });
+        await conn.lease(TARGET, { holder: 'qemu-loop-test' });
+        const sha256 = createHash('sha256').update(imageBBytes).digest('hex');
+        await conn.upload({ path: imageB, sha256, size: (await stat(imageB)).size, compression: 'none' });
+        const result = await conn.flash({ sha256, bootCheck: 'none' });
+        expect(result, jobLog.join('\n')).toMatchObject({ ok: true, bytesWritten: IMAGE_B_SIZE });
+
+        // After stage 2's reset: stage 1 (now B's) found no job and booted B's kernel.
+        await b.waitForConsole(new RegExp(`${INIT_BANNER} ${markerB}`), 120_000);
+        const after = b.console().slice(afterA);
+        expect(after).toMatch(new RegExp(`rpi-flash: running ${macDir(MAC)}/flash\\.scr`));
+        expect(after).toMatch(new RegExp(`rpi-flash: no job for ${macDir(MAC)} on 10\\.0\\.2\\.2: booting the installed system`));
+        expect(after).toMatch(new RegExp(`Kernel command line: console=ttyAMA0 panic=-1 rpiflash\\.image=${markerB}`));
+        expect(after).not.toMatch(new RegExp(`${INIT_BANNER} ${markerA}`));
+
+        // The staged folder is gone.
+        expect((await readdir(config.tftp.root)).filter((n) => !n.startsWith('.'))).toEqual([]);
+      });
+    } finally {
+      conn?.close();
+      await board?.kill();
+      await agent?.stop();
+      await writeFile(join(workDir, 'agent.log'), records.map(formatRecord).join('\n') + '\n').catch(() => {});
+    }
+
+    // The card now holds image B byte for byte, with U-Boot and stage 1 on its boot partition.
+    const card = await readFile(sdImage);
+    expect(card.subarray(0, IMAGE_B_SIZE).equals(imageBBytes), 'card starts with image B').toBe(true);
+    const names = (await listBootPartition(sdImage)).map((n) => n.toLowerCase());
+    expect(names).toEqual(expect.arrayContaining(['u-boot.bin', 'boot.scr', STAGE1_ENV_FILE, 'kernel8.img', 'initramfs8', 'config.txt']));
+    expect((await readBootFile(sdImage, 'u-boot.bin')).equals(await readFile(ubootBin))).toBe(true);
+    expect((await readBootFile(sdImage, 'boot.scr')).equals(stage1)).toBe(true);
+    expect((await readBootFile(sdImage, 'config.txt')).toString()).toMatch(/^kernel=u-boot\.bin$/m);
+    expect(BOOT_PARTITION_OFFSET).toBe(4 * MiB);
+  }, RUN_TIMEOUT_MS + 30_000);
+});
