@@ -3,7 +3,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseBootCheck, waitForBoot } from '../runner-agent/src/boot-check.js';
-import { createLogger, type LogRecord } from '../runner-agent/src/log.js';
+import { openConsole } from '../runner-agent/src/console/capture.js';
+import { createLogger, silentLogger, type LogRecord } from '../runner-agent/src/log.js';
 
 describe('parseBootCheck', () => {
   it.each([
@@ -19,7 +20,7 @@ describe('parseBootCheck', () => {
   });
 
   it.each([
-    ['', /unknown boot check "": expected none, tcp:<port> or tcp:<host>:<port>/],
+    ['', /unknown boot check "": expected none, tcp:<port>, tcp:<host>:<port> or console:<regex>/],
     ['ssh', /unknown boot check "ssh"/],
     ['tcp:', /unknown boot check/],
     ['tcp:0', /"0" is not a TCP port/],
@@ -29,8 +30,26 @@ describe('parseBootCheck', () => {
     ['tcp:a b:22', /"a b" is not a host name/],
     ['tcp:::1:22', /write an IPv6 host in brackets/],
     ['tcp:[nope]:22', /"nope" is not an IPv6 address/],
+    ['console:', /console: needs a regular expression/],
+    ['console:login(', /boot check "console:login\(": not a valid regular expression: .*/],
   ])('refuses %j', (text, reason) => {
     expect(() => parseBootCheck(text)).toThrow(reason);
+  });
+
+  it.each([
+    ['console:login:', 'raspberrypi login: ', true],
+    ['CONSOLE:^MARKER-42$', 'MARKER-42', true],
+    ['console:^MARKER-42$', 'xMARKER-42', false],
+    ['console:login:\\s*$', 'pi login:  ', true],
+    ['console:[Ll]ogin', 'Login incorrect', true],
+    // The spec is trimmed at its ends; a space after "console:" belongs to the pattern " spaced".
+    ['console: spaced ', 'a spaced b', true],
+    ['console: spaced ', 'spaced', false],
+    ['console:a:b:c', 'xa:b:cx', true], // colons after the first belong to the pattern
+  ])('%j matches %j: %s', (text, line, matches) => {
+    const check = parseBootCheck(text);
+    expect(check.kind).toBe('console');
+    expect(check.kind === 'console' && check.pattern.test(line)).toBe(matches);
   });
 });
 
@@ -216,5 +235,70 @@ describe('waitForBoot', () => {
     const controller = new AbortController();
     controller.abort(new Error('too late'));
     await expect(waitForBoot({ kind: 'tcp', port: 22 }, '127.0.0.1', { timeoutMs: 1000, signal: controller.signal })).rejects.toThrow('too late');
+  });
+});
+
+describe('waitForBoot with console:<regex>', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  /** A ser2net stand-in on loopback and a real console capture reading it. */
+  async function consoleBoard() {
+    const server = net.createServer();
+    const sockets: net.Socket[] = [];
+    server.on('connection', (s) => {
+      s.on('error', () => {});
+      sockets.push(s);
+    });
+    const connected = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    });
+    const { port } = server.address() as net.AddressInfo;
+    const capture = await openConsole({ kind: 'tcp', host: '127.0.0.1', port }, { log: silentLogger, idleFlushMs: 20 });
+    cleanups.push(() => capture.close());
+    return { capture, board: await connected };
+  }
+
+  it('passes on a matching line that arrives while waiting, and reports it', async () => {
+    const { capture, board } = await consoleBoard();
+    const waiting = waitForBoot(parseBootCheck('console:login:\\s*$'), '127.0.0.1', { timeoutMs: 10_000, console: capture });
+    board.write('[  OK  ] Started getty@tty1.service\r\n\r\nDebian GNU/Linux 12 pi ttyAMA0\r\n\r\npi login: ');
+    expect(await waiting).toMatchObject({ ok: true, attempts: 1, line: 'pi login: ' });
+  });
+
+  it('counts a marker printed before the boot phase began when consoleSince covers it, never a line before that mark', async () => {
+    const { capture, board } = await consoleBoard();
+    board.write('IMAGE-MARKER-old\r\n'); // the old system, before the reset
+    await capture.waitFor(/IMAGE-MARKER-old/, { timeoutMs: 10_000, since: 0 });
+    const since = capture.mark(); // taken at the reset
+    board.write('U-Boot 2023.01\r\nIMAGE-MARKER-new\r\n'); // the new system, before the check starts
+    await capture.waitFor(/IMAGE-MARKER-new/, { timeoutMs: 10_000, since });
+    const result = await waitForBoot(parseBootCheck('console:^IMAGE-MARKER-new$'), '127.0.0.1', { timeoutMs: 10_000, console: capture, consoleSince: since });
+    expect(result).toMatchObject({ ok: true, line: 'IMAGE-MARKER-new' });
+    // The old system's marker is before the mark: the check times out instead of passing on it.
+    const stale = await waitForBoot(parseBootCheck('console:^IMAGE-MARKER-old$'), '127.0.0.1', { timeoutMs: 50, console: capture, consoleSince: since });
+    expect(stale).toMatchObject({ ok: false, attempts: 1 });
+    expect(stale.line).toBeUndefined();
+  });
+
+  it('fails at the deadline when no line matches, and rejects on abort', async () => {
+    const { capture, board } = await consoleBoard();
+    board.write('Kernel panic - not syncing: VFS: Unable to mount root fs\r\n');
+    const result = await waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', { timeoutMs: 100, console: capture });
+    expect(result.ok).toBe(false);
+    expect(result.ms).toBeGreaterThanOrEqual(100);
+    const controller = new AbortController();
+    const waiting = waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', { timeoutMs: 60_000, console: capture, signal: controller.signal });
+    controller.abort(new Error('job cancelled'));
+    await expect(waiting).rejects.toThrow('job cancelled');
+  });
+
+  it('refuses a console check without a console', async () => {
+    await expect(waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', { timeoutMs: 100 })).rejects.toThrow(/needs the target's console/);
   });
 });

@@ -3,14 +3,22 @@
  *   none          skip the check
  *   tcp:<port>    a TCP connection to the target's IP on that port succeeds (tcp:22 — sshd is up)
  *   tcp:<host>:<port>  the same against another host (a name, an IPv4 or a bracketed IPv6 address)
+ *   console:<regex>  a line of the board's console matches the regular expression (JavaScript
+ *                 syntax, no flags; write [Ll]ogin for either case), e.g. console:login:\s*$ or
+ *                 console:^IMAGE-MARKER-1234$ — the target needs a `console` in the database.
  * A connection that is accepted is all it takes: nothing is sent, the socket is closed at once.
+ * Console lines are those of console/capture.ts: escape codes removed, a prompt without a line end
+ * becomes a line once the console is quiet.
  */
 import net from 'node:net';
 import type { Logger } from './log.js';
 
-export type BootCheck = { kind: 'none' } | { kind: 'tcp'; host?: string; port: number };
+export type BootCheck =
+  | { kind: 'none' }
+  | { kind: 'tcp'; host?: string; port: number }
+  | { kind: 'console'; pattern: RegExp };
 
-const FORMS = 'none, tcp:<port> or tcp:<host>:<port>';
+const FORMS = 'none, tcp:<port>, tcp:<host>:<port> or console:<regex>';
 
 function parsePort(text: string, spec: string): number {
   if (!/^\d{1,5}$/.test(text) || Number(text) < 1 || Number(text) > 65535) {
@@ -22,6 +30,16 @@ function parsePort(text: string, spec: string): number {
 export function parseBootCheck(text: string): BootCheck {
   const spec = text.trim();
   if (spec.toLowerCase() === 'none') return { kind: 'none' };
+  const consoleCheck = /^console:(.*)$/is.exec(spec);
+  if (consoleCheck) {
+    const source = consoleCheck[1] as string;
+    if (!source) throw new Error(`boot check "${spec}": console: needs a regular expression, e.g. console:login:`);
+    try {
+      return { kind: 'console', pattern: new RegExp(source) };
+    } catch (err) {
+      throw new Error(`boot check "${spec}": not a valid regular expression: ${(err as Error).message}`);
+    }
+  }
   const m = /^tcp:(.+)$/i.exec(spec);
   if (!m) throw new Error(`unknown boot check "${spec}": expected ${FORMS}`);
   const rest = m[1] as string;
@@ -41,6 +59,15 @@ export function parseBootCheck(text: string): BootCheck {
   throw new Error(`boot check "${spec}": expected ${FORMS} (write an IPv6 host in brackets: tcp:[::1]:22)`);
 }
 
+/**
+ * What a `console:` check reads: the job's console capture (console/capture.ts's ConsoleCapture
+ * fits). `waitFor` resolves with the first line numbered `since` or later that matches, or null
+ * at the timeout; it rejects with `signal.reason` on abort.
+ */
+export interface BootConsole {
+  waitFor(re: RegExp, o: { timeoutMs: number; signal?: AbortSignal; since?: number }): Promise<{ line: string; ms: number } | null>;
+}
+
 export interface WaitForBootOptions {
   /** Overall deadline, from the call. */
   timeoutMs: number;
@@ -50,6 +77,15 @@ export interface WaitForBootOptions {
   attemptTimeoutMs?: number;
   signal?: AbortSignal;
   log?: Logger;
+  /** For `console:` checks: the target's console capture. Without it a console check throws. */
+  console?: BootConsole;
+  /**
+   * For `console:` checks: the first console line that counts (the capture's mark()). Take it
+   * when the board has written the new image, or just before the reset, and lines the new system
+   * printed before the boot phase began still count, while the old system's never do. Default:
+   * only lines after the call.
+   */
+  consoleSince?: number;
 }
 
 export interface BootResult {
@@ -57,6 +93,8 @@ export interface BootResult {
   /** Time from the call until the check passed (or gave up). */
   ms: number;
   attempts: number;
+  /** For `console:` checks that passed: the line that matched. */
+  line?: string;
 }
 
 const DEFAULT_INTERVAL_MS = 1000;
@@ -109,6 +147,17 @@ export async function waitForBoot(check: BootCheck, targetIp: string, o: WaitFor
   const elapsed = () => Math.round(performance.now() - started);
   o.signal?.throwIfAborted();
   if (check.kind === 'none') return { ok: true, ms: 0, attempts: 0 };
+  if (check.kind === 'console') {
+    if (!o.console) throw new Error(`boot check console:${check.pattern.source} needs the target's console, and none is open (give the target a console in the targets database)`);
+    const match = await o.console.waitFor(check.pattern, {
+      timeoutMs: o.timeoutMs,
+      ...(o.signal ? { signal: o.signal } : {}),
+      ...(o.consoleSince !== undefined ? { since: o.consoleSince } : {}),
+    });
+    if (!match) return { ok: false, ms: elapsed(), attempts: 1 };
+    o.log?.debug('boot check matched a console line', { line: match.line });
+    return { ok: true, ms: elapsed(), attempts: 1, line: match.line };
+  }
 
   const host = check.host ?? targetIp;
   const interval = o.intervalMs ?? DEFAULT_INTERVAL_MS;
