@@ -342,14 +342,16 @@ export class FlashJob {
       const left = this.lastActivity + quietSeconds * 1000 - Date.now();
       if (left <= 0) throw onQuiet();
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, Math.min(left, 1000));
-        const onAbort = () => resolve();
-        this.abort.signal.addEventListener('abort', onAbort, { once: true });
-        this.wake = () => {
+        // Whichever comes first (board activity, the 1 s tick, abort) removes the other two.
+        const done = () => {
           clearTimeout(timer);
-          this.abort.signal.removeEventListener('abort', onAbort);
+          this.abort.signal.removeEventListener('abort', done);
+          if (this.wake === done) this.wake = undefined;
           resolve();
         };
+        const timer = setTimeout(done, Math.min(left, 1000));
+        this.abort.signal.addEventListener('abort', done, { once: true });
+        this.wake = done;
       });
     }
   }
