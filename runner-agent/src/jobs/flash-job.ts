@@ -12,6 +12,7 @@ import { AgentError } from '../../../src/protocol/errors.js';
 import type { JobResult, LogEvent, PartReport, Phase, PhaseEvent, ProgressEvent, TargetInfo } from '../../../src/protocol/messages.js';
 import { FLASH_SCRIPT, macDir, partFile, reportPrefix } from '../../../src/protocol/tftp-names.js';
 import type { Logger } from '../log.js';
+import type { AgentConfig } from '../config.js';
 import type { Target } from '../targets/database.js';
 import type { ResetLine } from '../reset/index.js';
 import { parseBootCheck, waitForBoot } from '../boot-check.js';
@@ -25,16 +26,8 @@ import type { TftpRequest, TransferEnd } from '../tftp/server.js';
 
 export type JobEvent = Omit<LogEvent, 're'> | Omit<PhaseEvent, 're'> | Omit<ProgressEvent, 're'>;
 
-export interface FlashSettings {
-  partSize: number;
-  retries: number;
-  loadAddr: number;
-  crcAddr: number;
-  beaconAddr: number;
-  mmcDev: number;
-  tftpBlockSize?: number;
-  tftpWindowSize?: number;
-}
+/** Stage-2 settings: the agent's `flash` configuration. */
+export type FlashSettings = AgentConfig['flash'];
 
 export interface FlashJobOptions {
   id: string;
