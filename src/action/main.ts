@@ -7,7 +7,7 @@
  */
 import * as core from '@actions/core';
 import { downloadTool } from '@actions/tool-cache';
-import { connectAgent, type ConnectOptions, type UploadOptions } from '../protocol/client.js';
+import { ConnectionLostError, connectAgent, type ConnectOptions, type UploadOptions } from '../protocol/client.js';
 import { PHASES, type AgentMessage, type FlashRequest, type JobResult, type LeasedMessage, type UploadDoneMessage } from '../protocol/messages.js';
 import { State } from './constants.js';
 import { resolveImage, type Downloader, type ResolvedImage } from './image.js';
@@ -86,6 +86,10 @@ export const CANCEL_GRACE_MS = 5_000;
 /** How long a cancel may wait for the agent's answer. */
 const CANCEL_ANSWER_MS = 3_000;
 const RECONNECT_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 8_000];
+/** Waits between upload attempts while another connection uploads the same image. */
+const UPLOAD_BUSY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 15_000];
+/** How often a wait for the job's result checks that the connection is still up. */
+const RESULT_POLL_MS = 250;
 
 function codeOf(err: unknown): string {
   const code = (err as { code?: unknown })?.code;
@@ -98,6 +102,14 @@ function messageOf(err: unknown): string {
 
 function isConnectionLost(err: unknown): boolean {
   return codeOf(err) === 'CONNECTION_LOST';
+}
+
+/**
+ * The agent refuses a second upload of a sha256 while one is in progress (BAD_REQUEST in protocol 1;
+ * no code of its own yet, so the message is the only way to tell it from a real bad request).
+ */
+function isUploadInProgressElsewhere(err: unknown): boolean {
+  return codeOf(err) === 'BAD_REQUEST' && /already in progress/.test(messageOf(err));
 }
 
 /** Resolves or rejects with `promise`, or rejects with the signal's reason as soon as it aborts. */
@@ -173,7 +185,9 @@ class FlashRun {
       const result = await this.flow();
       return this.outcome(result.ok ? 'success' : result.code === 'CANCELLED' ? 'cancelled' : 'failure', result.code, result.message, result);
     } catch (err) {
-      const code = this.cancelledBySignal ? 'CANCELLED' : codeOf(err);
+      // A lost connection is reported as the action's CONNECT_FAILED: CONNECTION_LOST is the
+      // protocol client's internal signal to retry, not a result code users look up.
+      const code = this.cancelledBySignal ? 'CANCELLED' : codeOf(err) === 'CONNECTION_LOST' ? 'CONNECT_FAILED' : codeOf(err);
       const result: ResultWord = this.cancelledBySignal || code === 'CANCELLED' ? 'cancelled' : 'failure';
       if (this.leased && !this.lastResult && !this.abortedForCancel) await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
       return this.outcome(result, code, messageOf(err));
@@ -330,12 +344,13 @@ class FlashRun {
         cause = err;
       }
     }
-    throw cause;
+    throw new CodedError('CONNECT_FAILED', `lost the connection to the agent and could not resume in ${RECONNECT_DELAYS_MS.length} attempts: ${messageOf(cause)}`);
   }
 
   private async uploadImage(): Promise<void> {
     const image = this.image!;
     this.story.phaseStart('upload');
+    let busyRetries = 0;
     for (;;) {
       try {
         this.upload = await unlessAborted(
@@ -352,6 +367,15 @@ class FlashRun {
         );
         break;
       } catch (err) {
+        if (!this.abort.signal.aborted && isUploadInProgressElsewhere(err)) {
+          // Another job (e.g. the next matrix leg) is uploading the same image. When it is done the
+          // agent holds the image and this upload is skipped; if it is abandoned, this one resumes
+          // from its bytes. job-timeout bounds the wait.
+          const wait = UPLOAD_BUSY_DELAYS_MS[Math.min(busyRetries++, UPLOAD_BUSY_DELAYS_MS.length - 1)]!;
+          this.story.line(`Another connection is uploading this image to the agent; trying again in ${wait / 1000} s`);
+          await delay(wait, this.abort.signal);
+          continue;
+        }
         if (this.abort.signal.aborted || !isConnectionLost(err)) throw err;
         await this.resume(err);
       }
@@ -371,21 +395,60 @@ class FlashRun {
       ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
       ...(Object.keys(timeouts).length > 0 && { timeouts }),
     };
-    try {
-      return await unlessAborted(this.conn!.flash(request), this.abort.signal);
-    } catch (err) {
-      if (this.abort.signal.aborted || !isConnectionLost(err)) throw err;
-      // The agent keeps the job running through a short outage and sends its result to the
-      // connection that takes the lease back (at once, if the job ended meanwhile).
-      await this.resume(err);
-      return await unlessAborted(this.nextResult(), this.abort.signal);
+    let resent = false;
+    for (;;) {
+      try {
+        return await unlessAborted(this.conn!.flash(request), this.abort.signal);
+      } catch (err) {
+        // A result that arrived on its own (the job ended while the connection was down) wins.
+        if (this.lastResult) return this.lastResult;
+        if (this.abort.signal.aborted) throw err;
+        if (resent && codeOf(err) === 'BAD_REQUEST') {
+          // The re-sent flash was refused because this lease already runs a job: the first flash
+          // reached the agent, which kept the job going through the outage. Its events and result
+          // come to this connection.
+          this.story.line('The agent is still running the job: waiting for its result');
+          try {
+            return await unlessAborted(this.resultOrLostConnection(), this.abort.signal);
+          } catch (lost) {
+            if (this.abort.signal.aborted || !isConnectionLost(lost)) throw lost;
+            err = lost;
+          }
+        } else if (!isConnectionLost(err)) {
+          throw err;
+        }
+        await this.resume(err);
+        if (this.lastResult) return this.lastResult;
+        // The `leased` answer does not say whether the flash reached the agent before the cut
+        // (protocol 1). Sending it again settles it: it starts the job only if none runs on this
+        // lease, and is refused with BAD_REQUEST if one does; a job that ended meanwhile has
+        // already delivered its result on resume (handled above).
+        this.story.line('Asking the agent for the job again (it starts one only if the first request never arrived)');
+        resent = true;
+      }
     }
   }
 
-  private nextResult(): Promise<JobResult> {
+  /** The job's result, delivered as an event; rejects when the connection drops while waiting. */
+  private resultOrLostConnection(): Promise<JobResult> {
     if (this.lastResult) return Promise.resolve(this.lastResult);
-    return new Promise((resolve) => {
-      this.resultArrived = () => resolve(this.lastResult!);
+    return new Promise((resolve, reject) => {
+      // The session offers no close event, so poll it; the result itself arrives as an event.
+      const poll = setInterval(() => {
+        if (this.conn?.closed) {
+          finish();
+          reject(new ConnectionLostError('the connection to the agent closed while waiting for the result'));
+        }
+      }, RESULT_POLL_MS);
+      const finish = () => {
+        clearInterval(poll);
+        this.resultArrived = undefined;
+      };
+      this.resultArrived = () => {
+        finish();
+        resolve(this.lastResult!);
+      };
+      this.abort.signal.addEventListener('abort', finish, { once: true });
     });
   }
 

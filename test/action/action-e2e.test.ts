@@ -11,6 +11,7 @@ import { createServer, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
 import { ROOT, runAction, type RunOptions } from './run-action.js';
 
 type LabModule = typeof import('../support/lab.js');
@@ -86,6 +87,86 @@ async function startRelay(target: URL) {
       for (const s of sockets) s.destroy();
       server.close(() => r());
     }),
+  };
+}
+
+/**
+ * A relay that reads the client's WebSocket frames (RFC 6455: client frames are masked) so a test
+ * can cut the connection at an exact protocol moment: `cutBefore` sees each text message and, when
+ * it returns true, the relay drops that frame unforwarded and cuts every connection, as a network
+ * failure right before the agent would have read it. It also counts the binary payload bytes the
+ * client sent before and after the first cut.
+ */
+async function startFrameRelay(target: URL, o: { cutBefore?: (message: { type?: string }) => boolean; cutAfterBinaryBytes?: number } = {}) {
+  const sockets = new Set<Socket>();
+  const counts = { cuts: 0, binaryBefore: 0, binaryAfter: 0 };
+  const cut = () => {
+    counts.cuts++;
+    for (const s of sockets) s.destroy();
+  };
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    }
+    upstream.pipe(client);
+    let pending = Buffer.alloc(0);
+    let upgraded = false;
+    client.on('data', (data: Buffer) => {
+      pending = Buffer.concat([pending, data]);
+      if (!upgraded) {
+        const end = pending.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        upstream.write(pending.subarray(0, end + 4));
+        pending = pending.subarray(end + 4);
+        upgraded = true;
+      }
+      for (;;) {
+        if (pending.length < 2) return;
+        const opcode = pending[0]! & 0x0f;
+        let length = pending[1]! & 0x7f;
+        let at = 2;
+        if (length === 126) {
+          if (pending.length < 4) return;
+          length = pending.readUInt16BE(2);
+          at = 4;
+        } else if (length === 127) {
+          if (pending.length < 10) return;
+          length = Number(pending.readBigUInt64BE(2));
+          at = 10;
+        }
+        const masked = (pending[1]! & 0x80) !== 0;
+        const frameEnd = at + (masked ? 4 : 0) + length;
+        if (pending.length < frameEnd) return;
+        const frame = pending.subarray(0, frameEnd);
+        pending = pending.subarray(frameEnd);
+        if (opcode === 1 && o.cutBefore && counts.cuts === 0) {
+          const key = masked ? frame.subarray(at, at + 4) : Buffer.alloc(4);
+          const payload = Buffer.from(frame.subarray(frameEnd - length));
+          for (let i = 0; i < payload.length; i++) payload[i]! ^= key[i % 4]!;
+          if (o.cutBefore(JSON.parse(payload.toString('utf8')))) return cut();
+        }
+        if (opcode === 2) {
+          if (counts.cuts === 0) counts.binaryBefore += length;
+          else counts.binaryAfter += length;
+        }
+        upstream.write(frame);
+        if (opcode === 2 && counts.cuts === 0 && o.cutAfterBinaryBytes !== undefined && counts.binaryBefore >= o.cutAfterBinaryBytes) return cut();
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  return {
+    url: `ws://127.0.0.1:${port}`,
+    counts,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -255,6 +336,107 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
       expect(r.outputs['bytes-written']).toBe(String(data.length));
     } finally {
       await relay.close();
+    }
+  });
+  it('a flash request lost in a cut connection is sent again after the reconnect, and the job runs once', { timeout: 90_000 }, async () => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:ca' }], { timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 } });
+    const relay = await startFrameRelay(new URL(l.agent.url), { cutBefore: (m) => m.type === 'flash' });
+    try {
+      const { dir, data } = await makeWorkspace(l, 2 * MiB);
+      // Before the fix the action waited for a result that could not come, until job-timeout.
+      const r = await act(l, dir, { target: 'pi-a', 'agent-url': relay.url, 'job-timeout': '40' });
+      expect(relay.counts.cuts).toBe(1);
+      expect(r.stdout).toMatch(/Lease \S+ resumed/);
+      expect(r.stdout).toContain('Asking the agent for the job again');
+      expect(r.code, r.stdout).toBe(0);
+      expect(r.outputs['bytes-written']).toBe(String(data.length));
+      expect(l.logs.filter((rec) => rec.msg === 'job started')).toHaveLength(1);
+    } finally {
+      await relay.close();
+    }
+  });
+
+  it('a connection cut mid-flash with the job running on the agent waits for that job (not a second one)', { timeout: 90_000 }, async () => {
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:cb' }], { timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 } });
+    const relay = await startRelay(new URL(l.agent.url));
+    try {
+      const { dir } = await makeWorkspace(l, 2 * MiB);
+      const r = await act(l, dir, { target: 'pi-a', 'agent-url': relay.url }, {
+        onStdout: (out) => {
+          if (relay.cuts === 0 && out.includes('::group::Transfer and write (board)')) relay.cut();
+        },
+      });
+      expect(r.code, r.stdout).toBe(0);
+      expect(r.stdout).toMatch(/The agent is still running the job: waiting for its result|Lease \S+ resumed/);
+      expect(l.logs.filter((rec) => rec.msg === 'job started')).toHaveLength(1);
+    } finally {
+      await relay.close();
+    }
+  });
+
+  it('a connection cut late in the upload resends only what the agent does not hold', { timeout: 90_000 }, async () => {
+    const size = 64 * MiB;
+    const l = await start([{ name: 'ghost', mac: '02:00:00:00:01:cc', reset: 'sim:no-show' }], { timeouts: { boardShow: 1, stall: 10, boot: 10, leaseGrace: 30 } });
+    const relay = await startFrameRelay(new URL(l.agent.url), { cutAfterBinaryBytes: 56 * MiB });
+    try {
+      const { dir } = await makeWorkspace(l, size);
+      const r = await act(l, dir, { target: 'ghost', 'agent-url': relay.url, 'board-timeout': '1' });
+      expect(relay.counts.cuts).toBe(1);
+      expect(r.outputs['result-code'], r.stdout).toBe('BOARD_NO_SHOW'); // the upload completed; the board is a no-show
+      expect(relay.counts.binaryBefore + relay.counts.binaryAfter).toBeGreaterThanOrEqual(size);
+      // Without the resume the whole 64 MiB would go again; the agent held all but its write window.
+      expect(relay.counts.binaryAfter).toBeLessThan(size / 2);
+      const resumedAt = l.logs.filter((rec) => rec.msg === 'upload started' && rec.fields.resumeAt !== undefined).map((rec) => Number(rec.fields.resumeAt));
+      expect(resumedAt).toHaveLength(2);
+      expect(resumedAt[1]).toBe(size - relay.counts.binaryAfter);
+    } finally {
+      await relay.close();
+    }
+  });
+
+  it('waits while another connection uploads the same image, then skips its own upload', { timeout: 90_000 }, async () => {
+    const l = await start([
+      { name: 'pi-a', mac: '02:00:00:00:01:cd' },
+      { name: 'pi-b', mac: '02:00:00:00:01:ce' },
+    ]);
+    const { dir, data } = await makeWorkspace(l, 4 * MiB);
+    // Another job (as a matrix leg would) has begun uploading the same bytes and holds them half sent.
+    const other = new WebSocket(new URL('/v1/ws', l.agent.url), { headers: { Authorization: `Bearer ${labModule!.LAB_TOKEN}` }, perMessageDeflate: false });
+    const answers: Array<{ type: string; re?: string }> = [];
+    const next = (type: string) =>
+      new Promise<void>((resolve) => {
+        const check = () => (answers.some((a) => a.type === type) ? resolve() : setTimeout(check, 10));
+        check();
+      });
+    other.on('message', (d: Buffer, binary: boolean) => !binary && answers.push(JSON.parse(d.toString())));
+    await new Promise((r) => other.once('open', r));
+    try {
+      other.send(JSON.stringify({ type: 'hello', id: 'h', protocol: 1, client: 'other job' }));
+      await next('welcome');
+      other.send(JSON.stringify({ type: 'lease', id: 'l', target: 'pi-b' }));
+      await next('leased');
+      other.send(JSON.stringify({ type: 'upload-begin', id: 'u', sha256: sha256(data), size: data.length, compression: 'none' }));
+      await next('upload-ready');
+      // In 1 MiB frames: the agent's maxPayload is its chunk size plus a margin.
+      const sendBytes = (from: number, to: number) => {
+        for (let at = from; at < to; at += MiB) other.send(data.subarray(at, Math.min(to, at + MiB)));
+      };
+      sendBytes(0, data.length / 2);
+      let finished = false;
+      const r = await act(l, dir, { target: 'pi-a' }, {
+        onStdout: (out) => {
+          if (finished || !out.includes('Another connection is uploading this image')) return;
+          finished = true;
+          sendBytes(data.length / 2, data.length);
+          other.send(JSON.stringify({ type: 'upload-end', id: 'e' }));
+        },
+      });
+      expect(finished, r.stdout).toBe(true);
+      expect(r.code, r.stdout).toBe(0);
+      expect(r.stdout).toContain('The agent already holds this image: nothing to upload');
+      expect(r.outputs['bytes-written']).toBe(String(data.length));
+    } finally {
+      other.terminate();
     }
   });
 });
