@@ -10,9 +10,11 @@
 # version. A second run with the same key only prints the path. Progress goes to stderr; stdout
 # carries exactly one line, the path of u-boot.bin, so callers can capture it.
 #
-# Usage: bash scripts/build-test-uboot.sh [--cached-only] [--refresh]
+# Usage: bash scripts/build-test-uboot.sh [--cached-only] [--refresh] [--variant tftpput]
 #   --cached-only  never download or build: print the path if that build exists, else exit 3
 #   --refresh      refresh the private apt lists even if they are recent
+#   --variant tftpput  the seed-card test board (layout seed): the same build plus `tftpput`,
+#                  which the seed system's recovery card uses to report; its own cache key
 set -euo pipefail
 
 # Debian packages the build needs (checked on Debian 12 with --no-install-recommends):
@@ -43,14 +45,31 @@ MUST_BE_OFF=(CONFIG_CMD_TFTPPUT CONFIG_CMD_HASH)
 
 CACHED_ONLY=0
 REFRESH=0
+VARIANT=default
+expect_variant=0
 for arg in "$@"; do
+  if [[ $expect_variant == 1 ]]; then VARIANT="$arg"; expect_variant=0; continue; fi
   case "$arg" in
     --cached-only) CACHED_ONLY=1 ;;
     --refresh) REFRESH=1 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --variant) expect_variant=1 ;;
+    --variant=*) VARIANT="${arg#--variant=}" ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-test-uboot: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
+[[ $expect_variant == 0 ]] || { echo "build-test-uboot: --variant needs a name (tftpput)" >&2; exit 2; }
+
+# Variants change the fragment, and so the cache key: the default build is never touched.
+case "$VARIANT" in
+  default) ;;
+  tftpput)
+    # The seed card reports with `tftpput`; everything else stays as on the default test board.
+    CONFIG_FRAGMENT="${CONFIG_FRAGMENT/\# CONFIG_CMD_TFTPPUT is not set/CONFIG_CMD_TFTPPUT=y}"
+    MUST_BE_OFF=(CONFIG_CMD_HASH)
+    ;;
+  *) echo "build-test-uboot: unknown variant: $VARIANT (known: tftpput)" >&2; exit 2 ;;
+esac
 
 say() { echo "build-test-uboot: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
