@@ -54,7 +54,7 @@ for arg in "$@"; do
     --refresh) REFRESH=1 ;;
     --variant) expect_variant=1 ;;
     --variant=*) VARIANT="${arg#--variant=}" ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-test-uboot: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
