@@ -40952,6 +40952,7 @@ const ErrorCodes = {
     NOT_LEASED: 'The request needs a lease on a target first.',
     NO_SPACE: 'The agent\'s state directory cannot hold the upload.',
     UPLOAD_TOO_LARGE: 'More bytes arrived than the upload declared, or the image is larger than allowed.',
+    UPLOAD_IN_PROGRESS: 'Another client is uploading the same image right now; wait and ask again (the upload is then skipped).',
     UPLOAD_TRUNCATED: 'The upload ended before the declared size was reached.',
     SHA256_MISMATCH: 'The bytes received do not hash to the declared sha256.',
     UNSUPPORTED_COMPRESSION: 'The image compression is not one of none, gz, xz, zst.',
@@ -42329,12 +42330,9 @@ function messageOf(err) {
 function isConnectionLost(err) {
     return codeOf(err) === 'CONNECTION_LOST';
 }
-/**
- * The agent refuses a second upload of a sha256 while one is in progress (BAD_REQUEST in protocol 1;
- * no code of its own yet, so the message is the only way to tell it from a real bad request).
- */
+/** The agent refuses a second upload of a sha256 while another client's is in progress. */
 function isUploadInProgressElsewhere(err) {
-    return codeOf(err) === 'BAD_REQUEST' && /already in progress/.test(messageOf(err));
+    return codeOf(err) === 'UPLOAD_IN_PROGRESS';
 }
 /** Resolves or rejects with `promise`, or rejects with the signal's reason as soon as it aborts. */
 function unlessAborted(promise, signal) {

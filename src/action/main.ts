@@ -104,12 +104,9 @@ function isConnectionLost(err: unknown): boolean {
   return codeOf(err) === 'CONNECTION_LOST';
 }
 
-/**
- * The agent refuses a second upload of a sha256 while one is in progress (BAD_REQUEST in protocol 1;
- * no code of its own yet, so the message is the only way to tell it from a real bad request).
- */
+/** The agent refuses a second upload of a sha256 while another client's is in progress. */
 function isUploadInProgressElsewhere(err: unknown): boolean {
-  return codeOf(err) === 'BAD_REQUEST' && /already in progress/.test(messageOf(err));
+  return codeOf(err) === 'UPLOAD_IN_PROGRESS';
 }
 
 /** Resolves or rejects with `promise`, or rejects with the signal's reason as soon as it aborts. */

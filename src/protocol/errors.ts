@@ -14,6 +14,7 @@ export const ErrorCodes = {
   NOT_LEASED: 'The request needs a lease on a target first.',
   NO_SPACE: 'The agent\'s state directory cannot hold the upload.',
   UPLOAD_TOO_LARGE: 'More bytes arrived than the upload declared, or the image is larger than allowed.',
+  UPLOAD_IN_PROGRESS: 'Another client is uploading the same image right now; wait and ask again (the upload is then skipped).',
   UPLOAD_TRUNCATED: 'The upload ended before the declared size was reached.',
   SHA256_MISMATCH: 'The bytes received do not hash to the declared sha256.',
   UNSUPPORTED_COMPRESSION: 'The image compression is not one of none, gz, xz, zst.',

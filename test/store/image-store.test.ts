@@ -176,7 +176,7 @@ describe('storing an upload', () => {
     const store = await openStore();
     const wire = makeImage(10_000);
     const first = await store.begin({ sha256: sha(wire), size: wire.length, compression: 'none' });
-    await expectCode(store.begin({ sha256: sha(wire), size: wire.length, compression: 'none' }), 'BAD_REQUEST');
+    await expectCode(store.begin({ sha256: sha(wire), size: wire.length, compression: 'none' }), 'UPLOAD_IN_PROGRESS');
     await first.discard();
   });
 

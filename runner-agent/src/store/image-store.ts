@@ -320,7 +320,7 @@ export class ImageStore {
     if (stored) return new CompletedUpload(stored.wireSize, () => this.get(sha256));
 
     if (this.sessions.has(sha256)) {
-      throw new AgentError('BAD_REQUEST', `an upload of ${sha256} is already in progress on another connection`);
+      throw new AgentError('UPLOAD_IN_PROGRESS', `an upload of ${sha256} is already in progress on another connection`);
     }
     const knownImageSize = compression === 'none' ? size : o.imageSize;
     if (knownImageSize !== undefined && knownImageSize > this.maxBytes) {
