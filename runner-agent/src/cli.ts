@@ -13,6 +13,7 @@ export const HELP = `rpi-flash-agent ${AGENT_VERSION} — flashes Raspberry Pi b
 
 Usage:
   rpi-flash-agent --config FILE [options]
+  rpi-flash-agent make-card --image FILE --model MODEL --out card.img|/dev/sdX   (a board's first card; make-card --help)
 
 Options (each overrides the same setting in the config file):
   -c, --config FILE         JSON configuration file (required)
@@ -113,6 +114,7 @@ export function parseCliArgs(argv: string[]): ParsedArgs {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'make-card') return (await import('./make-card.js')).makeCardMain(argv.slice(1));
   let args: ParsedArgs;
   try {
     args = parseCliArgs(argv);
