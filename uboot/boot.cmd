@@ -95,7 +95,7 @@ elif env exists rpf_kernel; then
 		fi
 	fi
 	if fatload ${devtype} ${rpf_dev} ${kernel_addr_r} ${rpf_kernel}; then
-		# A gzip'd arm64 Image (Raspberry Pi OS's kernel8.img is one) is unpacked by booti through
+		# A gzip'd arm64 Image (some distributions ship one) is unpacked by booti through
 		# kernel_comp_addr_r; a raw Image ignores both. 160 MiB above the kernel is free RAM on
 		# every Pi (stage 2's buffers start at 0x0f000000) and under QEMU.
 		setenv kernel_comp_size ${filesize}

@@ -62,8 +62,8 @@ const CONFIG_TXT = 'arm_64bit=1\nenable_uart=1\nkernel=u-boot.bin\n';
 
 describe.skipIf(!run)(title, () => {
   let ubootBin = '';
-  let kernelGz = Buffer.alloc(0);
-  let stage1 = Buffer.alloc(0);
+  let kernelGz: Buffer = Buffer.alloc(0);
+  let stage1: Buffer = Buffer.alloc(0);
   let workDir = '';
 
   beforeAll(async () => {

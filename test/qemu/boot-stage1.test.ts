@@ -26,9 +26,9 @@ const BOOT_TIMEOUT_MS = 120_000;
 
 describe.skipIf(!run)(title, () => {
   let ubootBin = '';
-  let kernel = Buffer.alloc(0);
+  let kernel: Buffer = Buffer.alloc(0);
   let workDir = '';
-  let stage1 = Buffer.alloc(0);
+  let stage1: Buffer = Buffer.alloc(0);
 
   beforeAll(async () => {
     ubootBin = await uboot.ubootBin();
