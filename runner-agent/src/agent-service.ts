@@ -37,6 +37,8 @@ interface LeaseSession {
   /** An upload being put aside (suspend/discard) after a disconnect. */
   dropping?: Promise<void>;
   job?: FlashJob;
+  /** Set from the moment a flash request is accepted until its job ends. */
+  starting?: boolean;
   jobRequest?: string;
   /** A result that finished while the client was away, delivered when it reattaches. */
   pendingResult?: ResultMessage;
@@ -212,8 +214,19 @@ export class AgentService implements ConnectionHandler {
 
   private async flash(conn: ClientConnection, m: FlashRequest): Promise<void> {
     const s = this.sessionOf(conn);
-    if (s.job) throw new AgentError('BAD_REQUEST', 'a job is already running on this lease');
+    if (s.job || s.starting) throw new AgentError('BAD_REQUEST', 'a job is already running on this lease');
     if (s.upload) throw new AgentError('BAD_REQUEST', 'an upload is still in progress (send upload-end first)');
+    // Claim the lease for this job before the first await: a repeated flash (a client resending
+    // after a reconnect) must not start a second job.
+    s.starting = true;
+    try {
+      await this.runFlash(s, m);
+    } finally {
+      s.starting = false;
+    }
+  }
+
+  private async runFlash(s: LeaseSession, m: FlashRequest): Promise<void> {
     // Pin before looking up, so no eviction slips in between.
     const unpin = this.d.store.pin(m.sha256);
     const image = await this.d.store.get(m.sha256);
