@@ -14,8 +14,13 @@ export interface BlockSource {
   readonly blksize: number;
   /** Number of DATA blocks: a short (possibly empty) last block always ends the transfer. */
   readonly blocks: number;
-  /** Payload of block `n` (1-based, not wrapped) when it is in memory, else undefined. */
-  block(n: number): Buffer | undefined;
+  /**
+   * The whole DATA packet of block `n` (1-based, not wrapped) — 4-byte header, then the payload —
+   * when it is in memory, else undefined. Packets are built once, so sending one is a single
+   * buffer with no per-packet allocation; a packet's bytes never change, so a resend may reuse it
+   * even while an earlier send of it is still queued.
+   */
+  packet(n: number): Buffer | undefined;
   /** Brings blocks `from`..`to` into memory: undefined when they already are (no await needed). */
   load(from: number, to: number): Promise<void> | undefined;
 }
@@ -35,19 +40,29 @@ export class BufferBlockSource implements BlockSource {
     this.size = data.length;
     this.blocks = blockCount(this.size, blksize);
   }
-  block(n: number): Buffer | undefined {
+  packet(n: number): Buffer | undefined {
     const start = (n - 1) * this.blksize;
-    return this.data.subarray(start, Math.min(start + this.blksize, this.size));
+    return frame(n, this.data.subarray(start, Math.min(start + this.blksize, this.size)));
   }
   load(): undefined {
     return undefined;
   }
 }
 
+/** A DATA packet for block `n` around `payload` (a copy). */
+export function frame(n: number, payload: Buffer): Buffer {
+  const packet = Buffer.allocUnsafe(4 + payload.length);
+  packet.writeUInt16BE(3, 0); // DATA
+  packet.writeUInt16BE(n & 0xffff, 2);
+  payload.copy(packet, 4);
+  return packet;
+}
+
 interface Chunk {
   /** First and one-past-last block held. */
   first: number;
   end: number;
+  /** The chunk's blocks as consecutive DATA packets, each `blksize + 4` bytes but the last. */
   data?: Buffer;
   loading?: Promise<void>;
 }
@@ -77,11 +92,11 @@ export class ReadAheadBlockSource implements BlockSource {
     return this.file.size;
   }
 
-  block(n: number): Buffer | undefined {
+  packet(n: number): Buffer | undefined {
     for (const c of this.chunks) {
       if (c.data && n >= c.first && n < c.end) {
-        const start = (n - c.first) * this.blksize;
-        return c.data.subarray(start, Math.min(start + this.blksize, c.data.length));
+        const start = (n - c.first) * (this.blksize + 4);
+        return c.data.subarray(start, Math.min(start + this.blksize + 4, c.data.length));
       }
     }
     return undefined;
@@ -119,6 +134,22 @@ export class ReadAheadBlockSource implements BlockSource {
     });
   }
 
+  /** Lays `count` blocks out as DATA packets: one copy per chunk instead of work per send. */
+  private framed(first: number, count: number, data: Buffer): Buffer {
+    const stride = this.blksize + 4;
+    const out = Buffer.allocUnsafe(count * 4 + data.length);
+    for (let i = 0; i < count; i++) {
+      const at = i * stride;
+      const n = first + i;
+      out[at] = 0;
+      out[at + 1] = 3; // DATA
+      out[at + 2] = (n >> 8) & 0xff;
+      out[at + 3] = n & 0xff;
+      data.copy(out, at + 4, i * this.blksize, Math.min((i + 1) * this.blksize, data.length));
+    }
+    return out;
+  }
+
   private startChunk(first: number, count: number): Chunk {
     const end = Math.min(first + count, this.blocks + 1);
     const chunk: Chunk = { first, end };
@@ -129,7 +160,7 @@ export class ReadAheadBlockSource implements BlockSource {
         if (data.length !== length) {
           throw new Error(`file read at ${position} returned ${data.length} bytes, expected ${length} (file shrank?)`);
         }
-        chunk.data = data;
+        chunk.data = this.framed(first, end - first, data);
         chunk.loading = undefined;
       },
     ).catch((err: unknown) => {

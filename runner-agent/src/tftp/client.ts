@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 import { BufferBlockSource } from './block-source.js';
 import { TftpError } from './errors.js';
 import { DEFAULT_BLKSIZE, MIN_BLKSIZE } from './options.js';
-import { decodePacket, encodeAck, encodeDataHeader, encodeError, encodeRequest, Opcode, TftpErrorCode } from './packets.js';
+import { decodePacket, encodeAck, encodeError, encodeRequest, Opcode, TftpErrorCode } from './packets.js';
 import { fastLookup } from './udp.js';
 import { WindowReceiver } from './window-receiver.js';
 import { WindowSender } from './window-sender.js';
@@ -268,7 +268,7 @@ export async function tftpPutWithInfo(o: TftpPutOptions): Promise<TftpTransferIn
         clearTimeout(opening);
         sender = new WindowSender({
           source: new BufferBlockSource(o.data, negotiated.blksize),
-          link: { sendData: (block, payload) => link.send(Buffer.concat([encodeDataHeader(block), payload])) },
+          link: { sendData: (_block, packet) => link.send(packet) },
           windowsize: negotiated.windowsize,
           timeoutMs,
           retries,

@@ -9,7 +9,7 @@ import type { Logger } from '../log.js';
 import { ReadAheadBlockSource } from './block-source.js';
 import { TftpAccessError, TftpError } from './errors.js';
 import { negotiateOptions, MAX_BLKSIZE, type Negotiated } from './options.js';
-import { decodePacket, encodeAck, encodeDataHeader, encodeError, encodeOack, Opcode, TftpErrorCode, type RequestPacket } from './packets.js';
+import { decodePacket, encodeAck, encodeError, encodeOack, Opcode, TftpErrorCode, type RequestPacket } from './packets.js';
 import { normaliseRequestPath } from './request-path.js';
 import { fastLookup } from './udp.js';
 import { WindowReceiver } from './window-receiver.js';
@@ -249,7 +249,7 @@ export class TftpServer {
       const corrupt = this.o.faults?.corrupt;
       const sender = new WindowSender({
         source: new ReadAheadBlockSource(file, n.blksize, Math.max(4 * 1024 * 1024, 2 * n.blksize * n.windowsize)),
-        link: { sendData: (block, payload) => link.sendData(block, payload), resendOpening: () => oack && link.send(oack) },
+        link: { sendData: (block, packet) => link.sendData(block, packet), resendOpening: () => oack && link.send(oack) },
         windowsize: n.windowsize,
         timeoutMs: n.timeoutMs ?? this.timeoutMs,
         retries: this.retries,
@@ -379,10 +379,9 @@ class PeerLink {
     this.data.send(packet);
   }
 
-  sendData(block: number, payload: Buffer): void {
+  sendData(block: number, packet: Buffer): void {
     if (this.drop?.(block)) return;
-    // Header and payload go out as one datagram without copying the payload.
-    this.data.send([encodeDataHeader(block), payload]);
+    this.data.send(packet);
   }
 
   /** Keeps answering duplicates for `ms` (or until stopped), then resolves. */

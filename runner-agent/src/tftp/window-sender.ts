@@ -7,13 +7,13 @@
  * - ACK of an already acknowledged block → ignored: answering duplicates is the Sorcerer's Apprentice bug.
  * - Timeout → resend from the block after the last ACK; give up after `retries` resends in a row.
  */
-import type { BlockSource } from './block-source.js';
+import { frame, type BlockSource } from './block-source.js';
 import { TftpError } from './errors.js';
 import { TftpErrorCode } from './packets.js';
 
 export interface SenderLink {
-  /** Sends one DATA packet; `block` is already wrapped to 16 bits. */
-  sendData(block: number, payload: Buffer): void;
+  /** Sends one DATA packet (header included); `block` is its number, 1-based and not wrapped. */
+  sendData(block: number, packet: Buffer): void;
   /** Re-sends the packet that opens the transfer (an OACK), when the first ACK is for block 0. */
   resendOpening?(): void;
 }
@@ -29,7 +29,7 @@ export interface WindowSenderOptions {
   /** Called as blocks are acknowledged, with the bytes the receiver holds. */
   onAcked?(bytes: number): void;
   /** Test-only fault injection: may replace a block's payload (see TftpServerOptions.faults). */
-  corrupt?(block: number, data: Buffer): Buffer | undefined;
+  corrupt?(block: number, payload: Buffer): Buffer | undefined;
 }
 
 export class WindowSender {
@@ -141,9 +141,12 @@ export class WindowSender {
   private transmit(from: number, to: number): void {
     const { source, link, corrupt } = this.o;
     for (let n = from; n <= to; n++) {
-      let payload = source.block(n)!;
-      if (corrupt) payload = corrupt(n, payload) ?? payload;
-      link.sendData(n & 0xffff, payload);
+      let packet = source.packet(n)!;
+      if (corrupt) {
+        const replaced = corrupt(n, packet.subarray(4));
+        if (replaced) packet = frame(n, replaced);
+      }
+      link.sendData(n, packet);
     }
     this.sentTo = to;
     this.timer!.refresh();
