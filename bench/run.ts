@@ -7,6 +7,10 @@ const benches: Record<string, () => Promise<void>> = {
   upload: async () => (await import('./upload.js')).runUploadBench(),
   store: async () => (await import('./store.js')).runStoreBench(),
   staging: async () => (await import('./staging.js')).runStagingBench(),
+  action: async () => void (await (await import('./action.js')).runActionBench()),
+  'uboot-tftp': async () => (await import('./uboot-tftp.js')).runUbootTftpBench(),
+  stage1: async () => (await import('./stage1.js')).runStage1Bench(),
+  inject: async () => (await import('./inject.js')).runInjectBench(),
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
