@@ -1,14 +1,16 @@
 /**
  * TFTP download speed: our server against Debian's atftpd, both on loopback, measured with
  * Debian's atftp client at blksize 1468 and windowsize 1, 8 and 16 (what U-Boot would use).
- * Prints the median MB/s (10^6 bytes per second) of a few rounds and the ratio ours/atftpd.
+ * Prints the median MB/s (10^6 bytes per second) of a few rounds and the ratio ours/atftpd, and
+ * each server's CPU time per MB — a figure that other load on the machine disturbs much less than
+ * wall-clock speed does.
  *
  *   npx tsx bench/tftp.ts [sizeMiB] [rounds]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
-import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -78,6 +80,20 @@ async function startAtftpd(root: string, port: number): Promise<ChildProcess> {
   throw new Error(`atftpd did not start on port ${port}: ${stderr.trim()}`);
 }
 
+/** CPU time (user + system, ms) a process has used so far, threads included. */
+async function processCpuMs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields 14 and 15 (utime, stime) counted from 1; the slice starts at field 3.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+}
+const CLOCK_TICKS = 100;
+
+function ownCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
 function median(values: number[]): number {
   const s = [...values].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);
@@ -98,20 +114,41 @@ export async function runTftpBench(opts: { sizeMiB?: number; rounds?: number } =
     atftpd = await startAtftpd(join(tmp, 'root'), await freeUdpPort());
     const theirs = Number(atftpd.spawnargs[atftpd.spawnargs.indexOf('--port') + 1]);
     console.log(`TFTP bench: ${sizeMiB} MiB file, blksize ${BLKSIZE}, atftp client, ${rounds} rounds (median), loopback`);
-    const rows: Array<{ windowsize: number; ours: number; atftpd: number }> = [];
+    const rows: Array<{ windowsize: number; ours: number; atftpd: number; oursCpu: number; atftpdCpu: number }> = [];
+    const atftpdPid = atftpd.pid!;
     for (const windowsize of WINDOWS) {
-      const times = { ours: [] as number[], atftpd: [] as number[] };
+      const times = { ours: [] as number[], atftpd: [] as number[], oursCpu: [] as number[], atftpdCpu: [] as number[] };
       for (let r = 0; r < rounds; r++) {
         // Alternate servers so drift on a shared machine hits both alike.
+        let cpu = ownCpuMs();
         times.ours.push(await runAtftp(ours, 'big.bin', windowsize));
+        times.oursCpu.push(ownCpuMs() - cpu);
+        cpu = await processCpuMs(atftpdPid);
         times.atftpd.push(await runAtftp(theirs, 'big.bin', windowsize));
+        times.atftpdCpu.push((await processCpuMs(atftpdPid)) - cpu);
       }
       const mbps = (ms: number) => size / 1e6 / (ms / 1000);
-      rows.push({ windowsize, ours: mbps(median(times.ours)), atftpd: mbps(median(times.atftpd)) });
+      const perMB = (ms: number) => ms / (size / 1e6);
+      rows.push({
+        windowsize,
+        ours: mbps(median(times.ours)),
+        atftpd: mbps(median(times.atftpd)),
+        oursCpu: perMB(median(times.oursCpu)),
+        atftpdCpu: perMB(median(times.atftpdCpu)),
+      });
     }
-    console.log('windowsize   ours MB/s   atftpd MB/s   ours/atftpd');
+    console.log('windowsize   ours MB/s   atftpd MB/s   ours/atftpd   ours CPU ms/MB   atftpd CPU ms/MB');
     for (const row of rows) {
-      console.log(`${String(row.windowsize).padStart(10)}   ${row.ours.toFixed(1).padStart(9)}   ${row.atftpd.toFixed(1).padStart(11)}   ${(row.ours / row.atftpd).toFixed(2).padStart(11)}`);
+      console.log(
+        [
+          String(row.windowsize).padStart(10),
+          row.ours.toFixed(1).padStart(9),
+          row.atftpd.toFixed(1).padStart(11),
+          (row.ours / row.atftpd).toFixed(2).padStart(11),
+          row.oursCpu.toFixed(2).padStart(14),
+          row.atftpdCpu.toFixed(2).padStart(16),
+        ].join('   '),
+      );
     }
   } finally {
     atftpd?.kill();
