@@ -8,10 +8,12 @@
  * runs the job, stage 2 writes B and resets; stage 1 on B's boot partition finds no flash.scr
  * (the agent deleted the staged folder) and boots B's kernel — marker B appears on the console.
  *
- * Until the agent wires the `inject` layout and `make-card`, and the `console:<regex>` boot check
- * with console capture: card A and image B are built with U-Boot + stage 1 already in place (what
- * make-card / inject produce), the target's layout is `whole`, the job's boot check is `none`, and
- * marker B is asserted on the harness console.
+ * Card A is made by `make-card` (the inject helper's `makeCard`, model `arm64`, the QEMU test
+ * U-Boot as `--uboot`) from a Raspberry Pi OS-style image (config.txt, cmdline.txt, gzip'd
+ * kernel8.img, initramfs8). Until the agent applies the `inject` layout while staging, image B is
+ * passed through `makeCard` too (the same injection) and flashed with layout `whole`; until the
+ * console capture and the `console:<regex>` boot check are wired into jobs, the job's boot check
+ * is `none` and marker B is asserted on the harness console.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -25,6 +27,8 @@ import { createLogger, formatRecord, type LogRecord } from '../../runner-agent/s
 import { connectAgent, type AgentConnection } from '../../src/protocol/client.js';
 import type { AgentMessage } from '../../src/protocol/messages.js';
 import { macDir } from '../../src/protocol/tftp-names.js';
+import { getPiModel } from '../../runner-agent/src/image/models.js';
+import { makeCard } from '../../runner-agent/src/make-card.js';
 import { QEMU_FLASH_ADDR } from './agent-scenario.js';
 import {
   BOOT_PARTITION_OFFSET,
@@ -57,13 +61,14 @@ const CARD_SIZE = 64 * MiB;
 const IMAGE_B_SIZE = 28 * MiB;
 const RUN_TIMEOUT_MS = 240_000;
 
-/** What make-card / the inject step put into config.txt (U-Boot instead of the kernel). */
-const CONFIG_TXT = 'arm_64bit=1\nenable_uart=1\nkernel=u-boot.bin\n';
+/** A Raspberry Pi OS-style config.txt: 64-bit kernel8.img with its initramfs. */
+const CONFIG_TXT = '# test OS image\narm_64bit=1\ninitramfs initramfs8 followkernel\n';
 
 describe.skipIf(!run)(title, () => {
   let ubootBin = '';
   let kernelGz: Buffer = Buffer.alloc(0);
   let stage1: Buffer = Buffer.alloc(0);
+  let stage1Path = '';
   let workDir = '';
 
   beforeAll(async () => {
@@ -75,6 +80,9 @@ describe.skipIf(!run)(title, () => {
 
   beforeEach(async () => {
     workDir = await mkdtemp(join(tmpdir(), 'rpi-flash-loop-'));
+    // Stage 1 from the current boot.cmd (the committed boot.scr may lag behind it in a working tree).
+    stage1Path = join(workDir, 'boot.scr');
+    await writeFile(stage1Path, stage1);
   });
 
   afterEach(async () => {
@@ -82,17 +90,23 @@ describe.skipIf(!run)(title, () => {
     await rm(workDir, { recursive: true, force: true });
   });
 
-  /** A test OS image carrying U-Boot and stage 1 on its boot partition, as make-card / inject leave it. */
-  async function osImageWithStage1(path: string, size: number, marker: string): Promise<void> {
+  /**
+   * A Raspberry Pi OS-style test image (no U-Boot, no stage 1), then `make-card` of it: U-Boot,
+   * boot.scr and rpi-flash.env injected, config.txt switched to `kernel=u-boot.bin`.
+   */
+  async function cardFromOsImage(out: string, size: number, marker: string): Promise<void> {
+    const raw = `${out}.os`;
     await buildTestOsImage({
-      path,
+      path: raw,
       size,
       kernelImage: kernelGz,
       marker,
       ending: 'sleep', // the agent resets the board, as a lab does; nothing powers it off
-      bootargs: `rpiflash.image=${marker}`,
-      extraFiles: { 'u-boot.bin': await readFile(ubootBin), 'boot.scr': stage1, 'config.txt': CONFIG_TXT, 'cmdline.txt': `console=ttyAMA0 panic=-1 rpiflash.image=${marker}\n` },
+      env: false,
+      extraFiles: { 'config.txt': CONFIG_TXT, 'cmdline.txt': `console=ttyAMA0 panic=-1 rpiflash.image=${marker}\n` },
     });
+    await makeCard({ image: raw, model: getPiModel('arm64'), out, uboot: ubootBin, bootScr: stage1Path, now: new Date(0) });
+    await rm(raw);
   }
 
   it('boots image A, flashes image B through QMP reset + stage 1 + stage 2, then boots B', async () => {
@@ -100,8 +114,9 @@ describe.skipIf(!run)(title, () => {
     const markerB = newMarker('image-b');
     const sdImage = join(workDir, 'sd.img');
     const imageB = join(workDir, 'image-b.img');
-    await osImageWithStage1(sdImage, CARD_SIZE, markerA);
-    await osImageWithStage1(imageB, IMAGE_B_SIZE, markerB);
+    await cardFromOsImage(sdImage, CARD_SIZE, markerA);
+    await cardFromOsImage(imageB, IMAGE_B_SIZE, markerB);
+    expect((await readBootFile(sdImage, STAGE1_ENV_FILE)).toString()).toMatch(/^rpf_kernel=kernel8\.img$/m);
     const imageBBytes = await readFile(imageB);
 
     const qmpSocket = join(workDir, 'qmp.sock'); // where startQemuBoard puts it
