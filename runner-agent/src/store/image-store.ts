@@ -26,7 +26,6 @@
  * Memory: one chunk at a time per session (`write()` resolves only when the bytes are on their
  * way to disk and the decompressor accepted them); nothing ever holds a whole image.
  */
-import { createHash, type Hash } from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
 import path from 'node:path';
@@ -38,6 +37,8 @@ import { checkDecompressor, createDecompressor, type Decompressor, type Decompre
 import { asNoSpace, formatBytes, statfsFreeBytes, type FreeSpaceProbe } from './disk-space.js';
 import { META_VERSION, parseMeta, TEMP_SUFFIX, writeMeta, type ImageMeta } from './image-meta.js';
 import { checkPartSize, PartCrcAccumulator, partCrcsOfFile } from './part-crc.js';
+import { WriteBehindFile, type WriteBehindOptions } from './write-behind.js';
+import { InlineDigest, WorkerDigest, type DigestResult, type UploadDigest } from './upload-digest.js';
 
 export interface StoredImage {
   sha256: string;
@@ -69,16 +70,27 @@ export interface ImageStoreOptions {
   freeBytes?: FreeSpaceProbe;
   /** Commands for `.xz` and `.zst`; default `xz` and `zstd` on PATH. */
   tools?: DecompressTools;
+  /** Received bytes are written in batches of this size; default 4 MiB. */
+  writeBatchBytes?: number;
+  /** Batch writes of one upload on the thread pool at once; default 2. */
+  writesInFlight?: number;
+  /**
+   * Uploads of at least this many bytes are hashed on a worker thread (sha256, and the part CRCs
+   * of a raw upload), smaller ones on the main thread; default 32 MiB. 0: always on a worker.
+   */
+  hashOnWorkerFromBytes?: number;
 }
 
 export interface UploadSession {
   /** Bytes already held (the resume point): the client sends from here on. */
   readonly offset: number;
   /**
-   * Appends a chunk; resolves when the next one may be written (backpressure). The chunk must not
-   * be modified until then. Throws UPLOAD_TOO_LARGE past the declared size (the bytes before it
+   * Appends a chunk; resolves when the next one may be written (backpressure): the chunk is hashed
+   * and queued for the disk, not necessarily on it (write-behind; the store holds a few MiB at
+   * most). The store keeps a reference to the chunk until it is written: never modify it. Throws UPLOAD_TOO_LARGE past the declared size (the bytes before it
    * are kept for a resume), NO_SPACE when the disk fills, DECOMPRESS_FAILED on corrupt data
-   * (the partial upload is discarded). After a throw the session is closed.
+   * (the partial upload is discarded). A failed disk write surfaces at the
+   * next write() or finish(). After a throw the session is closed.
    */
   write(chunk: Buffer): Promise<void>;
   /**
@@ -107,6 +119,9 @@ const DEFAULTS = {
   minFreeBytes: 256 * MiB,
   defaultPartSize: 64 * MiB,
   partialMaxAgeMs: 24 * 3600 * 1000,
+  writeBatchBytes: 4 * MiB,
+  writesInFlight: 2,
+  hashOnWorkerFromBytes: 32 * MiB,
 };
 /** Guess of the decompressed size when the client does not say (disk images compress ~3–4×). */
 const COMPRESSION_RATIO_ESTIMATE = 4;
@@ -124,6 +139,8 @@ export class ImageStore {
   private readonly partialMaxAgeMs: number;
   private readonly freeBytes: FreeSpaceProbe;
   private readonly tools: DecompressTools;
+  private readonly writeBehind: WriteBehindOptions;
+  private readonly hashOnWorkerFromBytes: number;
   private readonly log: Logger;
 
   private readonly images = new Map<string, ImageMeta>();
@@ -147,6 +164,11 @@ export class ImageStore {
     this.partialMaxAgeMs = o.partialMaxAgeMs ?? DEFAULTS.partialMaxAgeMs;
     this.freeBytes = o.freeBytes ?? statfsFreeBytes;
     this.tools = o.tools ?? {};
+    this.writeBehind = {
+      batchBytes: o.writeBatchBytes ?? DEFAULTS.writeBatchBytes,
+      maxInFlight: o.writesInFlight ?? DEFAULTS.writesInFlight,
+    };
+    this.hashOnWorkerFromBytes = o.hashOnWorkerFromBytes ?? DEFAULTS.hashOnWorkerFromBytes;
     this.log = o.log.child({ component: 'store' });
   }
 
@@ -330,7 +352,10 @@ export class ImageStore {
       );
     }
 
-    const upload = new Upload(this, { ...o, partSize: this.defaultPartSize, maxImageBytes: this.maxBytes });
+    const upload = new Upload(this, { ...o, partSize: this.defaultPartSize, maxImageBytes: this.maxBytes,
+      writeBehind: this.writeBehind,
+      hashOnWorker: size >= this.hashOnWorkerFromBytes,
+    });
     this.sessions.set(sha256, upload); // claimed before any await: a second begin() sees it
     try {
       if (compression !== 'none') await checkDecompressor(compression, this.tools);
@@ -588,6 +613,9 @@ interface UploadPlan extends BeginUpload {
   partSize: number;
   /** The decompressed output may not exceed this (a decompression bomb fills no disk). */
   maxImageBytes: number;
+  writeBehind: WriteBehindOptions;
+  /** sha256 (and a raw upload's part CRCs) on a worker thread. */
+  hashOnWorker: boolean;
 }
 
 /** One upload in progress. Its bytes land in `partial/<sha256>.upload`. */
@@ -595,9 +623,13 @@ class Upload implements UploadSession {
   readonly sha256: string;
   private state: UploadState = 'new';
   private received = 0;
-  private hash: Hash = createHash('sha256');
+  private digest: UploadDigest = new InlineDigest();
+  /** The digest computes the part CRCs too (a raw upload hashed on a worker); `crcs` stays unused. */
+  private crcsInDigest = false;
   private crcs: PartCrcAccumulator;
   private file: FileHandle | undefined;
+  /** The partial file's writer: chunks go to disk in batches behind the hash. */
+  private writer: WriteBehindFile | undefined;
   private decompressor: Decompressor | undefined;
   private imageOut: WriteStream | undefined;
   private finishing: Promise<StoredImage> | undefined;
@@ -645,7 +677,6 @@ class Upload implements UploadSession {
       if (!(err instanceof AgentError && err.code === 'DECOMPRESS_FAILED') || held === 0) throw err;
       this.log.warn('partial upload does not decompress; starting over', { held, error: err.message });
       await fs.rm(this.store.partialPath(this.sha256), { force: true });
-      this.hash = createHash('sha256');
       this.crcs = new PartCrcAccumulator(this.plan.partSize);
       try {
         await this.start(0);
@@ -662,6 +693,11 @@ class Upload implements UploadSession {
     const partial = this.store.partialPath(this.sha256);
     this.file = await fs.open(partial, held > 0 ? 'r+' : 'w');
     if (held > 0) await this.file.truncate(held);
+    this.writer = new WriteBehindFile(this.file, held, this.plan.writeBehind);
+    this.crcsInDigest = this.plan.hashOnWorker && !this.compressed;
+    this.digest = this.plan.hashOnWorker
+      ? new WorkerDigest(this.crcsInDigest ? { partSize: this.plan.partSize } : {})
+      : new InlineDigest();
     if (this.compressed) this.decompressor = this.startDecompressor();
     if (held === 0) return;
     for await (const chunk of createReadStream(partial, { start: 0, end: held - 1, highWaterMark: READ_CHUNK })) {
@@ -694,9 +730,10 @@ class Upload implements UploadSession {
 
   /** The bytes go to everything that follows the stream except the partial file. */
   private async consume(chunk: Buffer): Promise<void> {
-    this.hash.update(chunk);
+    const digested = this.digest.update(chunk);
     if (this.decompressor) await this.decompressor.write(chunk);
-    else this.crcs.update(chunk);
+    else if (!this.crcsInDigest) this.crcs.update(chunk);
+    await digested;
   }
 
   write(chunk: Buffer): Promise<void> {
@@ -717,7 +754,7 @@ class Upload implements UploadSession {
       throw err;
     }
     // The disk write runs on the thread pool while the hash and decompressor work on this thread.
-    const written = writeAll(this.file!, chunk, this.received);
+    const written = this.writer!.append(chunk);
     const consumed = this.consume(chunk);
     const [w, c] = await Promise.allSettled([written, consumed]);
     const failure =
@@ -748,6 +785,13 @@ class Upload implements UploadSession {
   private async finishNow(): Promise<StoredImage> {
     await this.queue;
     if (this.state !== 'open') throw new AgentError('BAD_REQUEST', `the upload is ${this.state}; it cannot finish`);
+    try {
+      await this.writer!.flush();
+    } catch (err) {
+      const failure = asNoSpace(err, this.store.storeDir, 'receiving an upload');
+      await this.closeAfter(failure);
+      throw failure;
+    }
     this.state = 'finishing';
     if (this.received < this.plan.size) {
       await this.end('suspended');
@@ -762,8 +806,16 @@ class Upload implements UploadSession {
     } catch (err) {
       decompressError = err;
     }
+    let digest: DigestResult;
+    try {
+      digest = await this.digest.finish();
+    } catch (err) {
+      // The bytes are on disk; a resume hashes them again.
+      await this.end('suspended');
+      throw new AgentError('INTERNAL', `hashing the upload failed: ${(err as Error).message}`);
+    }
     // The sha256 is checked first: if the bytes are not the declared file, that is what to report.
-    const actual = this.hash.digest('hex');
+    const actual = digest.sha256;
     if (actual !== this.sha256) {
       await this.end('discarded');
       throw new AgentError(
@@ -776,8 +828,8 @@ class Upload implements UploadSession {
       throw decompressError;
     }
     try {
-      const crcs = this.crcs.finish();
-      const imageSize = this.crcs.bytes;
+      const crcs = this.crcsInDigest ? digest.partCrcs! : this.crcs.finish();
+      const imageSize = this.crcsInDigest ? this.received : this.crcs.bytes;
       const partial = this.store.partialPath(this.sha256);
       let file: string;
       if (this.compressed) {
@@ -837,8 +889,9 @@ class Upload implements UploadSession {
   }
 
   /**
-   * Ends the session: the partial file is cut back to the bytes acknowledged and synced
-   * (suspended), or deleted (discarded); the decompressed temp always goes — a resume rebuilds it.
+   * Ends the session: the partial file is cut back to the bytes on disk without a gap and synced
+   * (suspended) — that is the resume point, and the only bytes the store promises to keep — or
+   * deleted (discarded); the decompressed temp always goes — a resume rebuilds it.
    */
   private async end(state: 'suspended' | 'discarded'): Promise<void> {
     if (this.state === 'done' || this.state === 'discarded') return;
@@ -856,6 +909,7 @@ class Upload implements UploadSession {
   }
 
   private async teardown(keepPartial: boolean): Promise<void> {
+    await this.digest.close();
     const decompressor = this.decompressor;
     this.decompressor = undefined;
     await decompressor?.abort();
@@ -865,9 +919,15 @@ class Upload implements UploadSession {
     if (out && !out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
     if (this.file) {
       const file = this.file;
+      const writer = this.writer;
       this.file = undefined;
+      this.writer = undefined;
       try {
+        // Every write must settle before the descriptor closes; a failed one ends the kept bytes.
+        if (keepPartial) await writer?.flush().catch(() => {});
+        else await writer?.abandon();
         if (keepPartial) {
+          this.received = Math.min(this.received, writer?.written ?? this.received);
           await file.truncate(this.received);
           await file.sync();
         }
@@ -876,16 +936,6 @@ class Upload implements UploadSession {
       }
     }
     await fs.rm(this.store.decompressedTempPath(this.sha256), { force: true });
-  }
-}
-
-/** FileHandle.write may write less than asked (e.g. near a full disk): loop until all is written. */
-async function writeAll(file: FileHandle, chunk: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < chunk.length) {
-    const { bytesWritten } = await file.write(chunk, done, chunk.length - done, position + done);
-    if (bytesWritten === 0) throw new Error('the disk accepted no bytes');
-    done += bytesWritten;
   }
 }
 
