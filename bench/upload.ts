@@ -71,7 +71,7 @@ async function agentUpload(dir: string, file: string, size: number, sha256: stri
   await writeFile(path.join(dir, 'targets.csv'), 'name,mac,ip,reset\nbench,02:00:00:00:00:99,127.0.0.99,sim\n');
   await writeFile(
     path.join(dir, 'agent.json'),
-    JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, token, targets: 'targets.csv', tftp: { root: 'tftp', address: '127.0.0.1', port: 0 }, stateDir: 'state', store: { maxBytes: '8GiB' } }),
+    JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, token, targets: 'targets.csv', tftp: { root: 'tftp', address: '127.0.0.1', port: 0 }, stateDir: 'state', store: { maxBytes: '8GiB' }, defaultLayout: 'whole' }),
   );
   const child = spawn(process.execPath, ['--import', 'tsx', path.resolve('runner-agent/src/cli.ts'), '--config', path.join(dir, 'agent.json'), '--allow-root'], { stdio: ['ignore', 'pipe', 'inherit'] });
   let url = '';

@@ -16,6 +16,11 @@ import { LeaseManager, newId, type Lease } from './jobs/leases.js';
 import { FlashJob, formatBytes, targetInfo } from './jobs/flash-job.js';
 import type { BoardFiles } from './jobs/board-files.js';
 import type { ClientConnection, ConnectionHandler } from './ws/server.js';
+import { planInjection } from './image/inject.js';
+import { debianUbootPath, getPiModel } from './image/models.js';
+import type { Patch } from './jobs/image-view.js';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 
 interface ActiveUpload {
   requestId: string;
@@ -240,11 +245,15 @@ export class AgentService implements ConnectionHandler {
     const resetLine = createResetLine(s.target, { ...this.d.resetContext, log });
     try {
       const partCrcs = await this.d.store.partCrcs(image.sha256, config.flash.partSize);
+      const layout = s.target.layout ?? config.defaultLayout;
       const job = new FlashJob({
         id: jobId,
         target: s.target,
+        layout,
         image,
         partCrcs,
+        recordDir: path.join(config.stateDir, 'jobs'),
+        ...(layout === 'inject' ? { planPatches: () => this.injectionPatches(s.target, image.path, image.imageSize) } : {}),
         bootCheck: m.bootCheck ?? config.bootCheck,
         timeouts: { boardShow: m.timeouts?.boardShow ?? config.timeouts.boardShow, stall: m.timeouts?.stall ?? config.timeouts.stall, boot: m.timeouts?.boot ?? config.timeouts.boot },
         flash: config.flash,
@@ -272,6 +281,29 @@ export class AgentService implements ConnectionHandler {
       unpin();
       await resetLine.close().catch((err: Error) => log.warn('could not release the reset line', { error: err.message }));
     }
+  }
+
+  /** The inject layout: U-Boot for the target's model, stage 1 and an env file into the boot partition. */
+  private async injectionPatches(target: Target, imagePath: string, imageSize: number): Promise<Patch[]> {
+    const { uboot } = this.d.config;
+    const modelName = (target.model ?? uboot.defaultModel).toLowerCase();
+    let model;
+    try {
+      model = getPiModel(modelName);
+    } catch (err) {
+      throw new AgentError('LAB_MISCONFIGURED', `${target.name}: ${(err as Error).message} (set the model column, or use layout whole)`);
+    }
+    const ubootPath = uboot.binaries[model.name] ?? debianUbootPath(model);
+    const read = async (file: string, what: string) => {
+      try {
+        return await readFile(file);
+      } catch (err) {
+        throw new AgentError('LAB_MISCONFIGURED', `cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} (install Debian's u-boot-rpi or set uboot.binaries.${model.name} / uboot.bootScr in the config)`);
+      }
+    };
+    const [ubootBin, bootScr] = await Promise.all([read(ubootPath, `the U-Boot build for ${model.name}`), read(uboot.bootScr, 'the stage-1 script')]);
+    const result = await planInjection(imagePath, imageSize, { ubootBin, bootScr, model });
+    return result.patches;
   }
 
   private async cancel(conn: ClientConnection, id: string, leaseId: string | undefined, reason?: string): Promise<void> {

@@ -5,6 +5,8 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isIP } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { parseBootCheck } from './boot-check.js';
 
 export interface AgentConfig {
   listen: { host: string; port: number; tls?: { cert: string; key: string } };
@@ -52,7 +54,21 @@ export interface AgentConfig {
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** The simulated lab: boards with reset spec `sim`. */
   sim: { bootPort: number; cardSize: number };
+  /** Layout for targets whose CSV row names none: `inject` keeps boards network-flashable. */
+  defaultLayout: 'inject' | 'whole';
+  /** What the inject layout carries into each image. */
+  uboot: {
+    /** Stage 1 script image; default: the agent's own `uboot/boot.scr`. */
+    bootScr: string;
+    /** U-Boot per board model (`pi3`, `pi4`, `arm64`…); default: Debian's u-boot-rpi build for it. */
+    binaries: Record<string, string>;
+    /** Model assumed for targets whose CSV row names none. */
+    defaultModel: string;
+  };
 }
+
+/** The stage-1 script image shipped with the agent. */
+export const SHIPPED_BOOT_SCR = fileURLToPath(new URL('../../uboot/boot.scr', import.meta.url));
 
 export const DEFAULTS = {
   listen: { host: '0.0.0.0', port: 8443 },
@@ -72,6 +88,8 @@ export const DEFAULTS = {
   bootCheck: 'tcp:22',
   logLevel: 'info',
   sim: { bootPort: 2222, cardSize: 256 * 1024 ** 2 },
+  defaultLayout: 'inject',
+  uboot: { defaultModel: 'arm64' },
 } as const;
 
 export class ConfigError extends Error {
@@ -156,7 +174,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     return v;
   };
 
-  known(raw, '', ['listen', 'token', 'tokenFile', 'targets', 'tftp', 'stateDir', 'store', 'flash', 'timeouts', 'bootCheck', 'logLevel', 'sim']);
+  known(raw, '', ['listen', 'token', 'tokenFile', 'targets', 'tftp', 'stateDir', 'store', 'flash', 'timeouts', 'bootCheck', 'logLevel', 'sim', 'defaultLayout', 'uboot']);
 
   const listenRaw = obj('listen');
   known(listenRaw, 'listen.', ['host', 'port', 'tls']);
@@ -242,13 +260,25 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   };
 
   const bootCheck = string('bootCheck', raw.bootCheck, DEFAULTS.bootCheck);
-  if (!/^(none|tcp:(\S+:)?\d{1,5})$/.test(bootCheck)) problems.push(`"bootCheck" must be none, tcp:<port> or tcp:<host>:<port>, got "${bootCheck}"`);
+  try {
+    parseBootCheck(bootCheck);
+  } catch (err) {
+    problems.push(`"bootCheck": ${(err as Error).message}`);
+  }
 
   const logLevel = string('logLevel', raw.logLevel, DEFAULTS.logLevel) as AgentConfig['logLevel'];
   if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) problems.push(`"logLevel" must be debug, info, warn or error, got "${logLevel}"`);
 
   const simRaw = obj('sim');
   known(simRaw, 'sim.', ['bootPort', 'cardSize']);
+
+  const defaultLayout = string('defaultLayout', raw.defaultLayout, DEFAULTS.defaultLayout) as AgentConfig['defaultLayout'];
+  if (!['inject', 'whole'].includes(defaultLayout)) problems.push(`"defaultLayout" must be inject or whole, got "${defaultLayout}"`);
+  const ubootRaw = obj('uboot');
+  known(ubootRaw, 'uboot.', ['bootScr', 'binaries', 'defaultModel']);
+  const binaries: Record<string, string> = {};
+  const binariesRaw = ubootRaw.binaries === undefined ? {} : obj('binaries', ubootRaw);
+  for (const [model, bin] of Object.entries(binariesRaw)) binaries[model.toLowerCase()] = file(string(`uboot.binaries.${model}`, bin));
 
   const config: AgentConfig = {
     listen,
@@ -264,6 +294,12 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     sim: {
       bootPort: int('sim.bootPort', simRaw.bootPort, DEFAULTS.sim.bootPort, 1, 65535),
       cardSize: size('sim.cardSize', simRaw.cardSize, DEFAULTS.sim.cardSize),
+    },
+    defaultLayout,
+    uboot: {
+      bootScr: ubootRaw.bootScr === undefined ? SHIPPED_BOOT_SCR : file(string('uboot.bootScr', ubootRaw.bootScr)),
+      binaries,
+      defaultModel: string('uboot.defaultModel', ubootRaw.defaultModel, DEFAULTS.uboot.defaultModel).toLowerCase(),
     },
   };
   if (problems.length) throw new ConfigError(problems);

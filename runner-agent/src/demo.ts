@@ -73,6 +73,8 @@ export async function runDemo(argv: string[]): Promise<number> {
       bootCheck: 'tcp:2222',
       sim: { bootPort: 2222, cardSize: '256MiB' },
       logLevel: values.verbose ? 'debug' : 'warn',
+      // The sample image is a bare disk image with no boot files: write it as it is.
+      defaultLayout: 'whole',
     },
     dir,
   );

@@ -171,10 +171,21 @@ function parseBootCheck(raw: string, problems: string[]): string | undefined {
   if (raw === '') return undefined;
   const value = raw.toLowerCase() === 'none' ? 'none' : raw;
   if (value === 'none') return value;
+  if (/^console:/i.test(value)) {
+    // A regular expression the agent matches against the board's console (its target needs a console).
+    try {
+      new RegExp(value.slice('console:'.length));
+      if (value.length > 'console:'.length) return value;
+    } catch {
+      // reported below
+    }
+    problems.push(`${Inputs.bootCheck}: "${raw}" is not console:<regular expression>`);
+    return undefined;
+  }
   const match = /^tcp:(?:([^\s:]+|\[[0-9a-f:.]+\]):)?(\d{1,5})$/i.exec(value);
   const port = Number(match?.[2]);
   if (!match || port < 1 || port > 65535) {
-    problems.push(`${Inputs.bootCheck}: "${raw}" is not tcp:<port>, tcp:<host>:<port> or none`);
+    problems.push(`${Inputs.bootCheck}: "${raw}" is not tcp:<port>, tcp:<host>:<port>, console:<regex> or none`);
     return undefined;
   }
   return value;

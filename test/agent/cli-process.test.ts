@@ -49,7 +49,7 @@ async function makeLab(rows: string[]): Promise<string> {
   await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset', ...rows].join('\n') + '\n');
   await writeFile(
     path.join(dir, 'agent.json'),
-    JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, token, targets: 'targets.csv', tftp: { root: 'tftp', address: '127.0.0.1', port: 0 }, stateDir: 'state', flash: { partSize: '1MiB' }, timeouts: { boardShow: 60 } }),
+    JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, token, targets: 'targets.csv', tftp: { root: 'tftp', address: '127.0.0.1', port: 0 }, stateDir: 'state', flash: { partSize: '1MiB' }, timeouts: { boardShow: 60 }, defaultLayout: 'whole' }),
   );
   return path.join(dir, 'agent.json');
 }

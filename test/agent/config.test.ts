@@ -29,7 +29,7 @@ describe('agent configuration', () => {
     expect(problems).toMatch(/"tftp.port" must be an integer from 0 to 65535/);
     expect(problems).toMatch(/unknown setting "tftp.bogus"/);
     expect(problems).toMatch(/"flash.partSize" must be a multiple of 512/);
-    expect(problems).toMatch(/"bootCheck" must be none, tcp:<port>/);
+    expect(problems).toMatch(/"bootCheck": unknown boot check "http:80"/);
     expect(problems).toMatch(/"logLevel"/);
     expect(problems).toMatch(/unknown setting "extra"/);
     expect((err as ConfigError).problems.length).toBeGreaterThanOrEqual(7);

@@ -56,6 +56,8 @@ export async function startLab(o: { boards: Array<{ name: string; mac: string; r
       bootCheck: 'tcp:2222',
       sim: { bootPort: 2222, cardSize: '64MiB' },
       logLevel: 'debug',
+      // Sample images have no FAT boot partition; the inject layout has tests of its own.
+      defaultLayout: 'whole',
       ...o.config,
     },
     dir,

@@ -84,7 +84,8 @@ describe('parseTargets, native format', () => {
     expect(pi3.mac).toBe('b8:27:eb:28:f6:6d');
     expect(pi3.reset).toEqual({ kind: 'gpiod', chip: 'gpiochip0', line: 'GPIO27' });
     expect(pi3.serial).toBeUndefined();
-    expect(pi3.layout).toBe('whole');
+    // An empty layout cell leaves the choice to the agent's defaultLayout.
+    expect(pi3.layout).toBeUndefined();
     // A quoted field keeps its comma, and a '#' inside a field is data, not a comment.
     expect(relay.reset).toEqual({ kind: 'cmd', command: 'relayctl --channel 3,pulse # comment is data' });
     expect(relay.labels).toEqual([]);
@@ -181,7 +182,6 @@ describe('parseTargets, native format', () => {
       { line: 4, reason: 'mac is empty' },
       { line: 5, reason: 'ip is empty' },
       { line: 6, reason: expect.stringMatching(/reset is empty/) },
-      { line: 7, reason: expect.stringMatching(/layout "inject" is reserved/) },
       { line: 8, reason: expect.stringMatching(/unknown layout "sideways"/) },
       { line: 10, reason: expect.stringMatching(/duplicate name "a8"/) },
       { line: 11, reason: expect.stringMatching(/name "02-00-00-00-00-08" is the MAC or IP of "A8"/) },

@@ -8,14 +8,17 @@
  * not flash again) and deleted in `finally` whatever the outcome.
  */
 import type { ErrorCode } from '../../../src/protocol/errors.js';
-import { AgentError } from '../../../src/protocol/errors.js';
+import { isErrorCode } from '../../../src/protocol/errors.js';
 import type { JobResult, LogEvent, PartReport, Phase, PhaseEvent, ProgressEvent, TargetInfo } from '../../../src/protocol/messages.js';
 import { FLASH_SCRIPT, macDir, partFile, reportPrefix } from '../../../src/protocol/tftp-names.js';
 import type { Logger } from '../log.js';
 import type { AgentConfig } from '../config.js';
 import type { Target } from '../targets/database.js';
 import type { ResetLine } from '../reset/index.js';
-import { parseBootCheck, waitForBoot } from '../boot-check.js';
+import { parseBootCheck, waitForBoot, type BootCheck } from '../boot-check.js';
+import { openConsole, type ConsoleCapture } from '../console/capture.js';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { StoredImage } from '../store/image-store.js';
 import { buildScriptImage } from '../board/uimage.js';
 import { generateStage2Script, planParts, type Stage2Part } from '../board/stage2-script.js';
@@ -32,6 +35,8 @@ export type FlashSettings = AgentConfig['flash'];
 export interface FlashJobOptions {
   id: string;
   target: Target;
+  /** How the image lands on the card (the target's layout, or the agent's default). */
+  layout: 'whole' | 'inject' | 'seed';
   image: StoredImage;
   partCrcs: number[];
   bootCheck: string;
@@ -39,6 +44,8 @@ export interface FlashJobOptions {
   flash: FlashSettings;
   files: BoardFiles;
   resetLine: ResetLine;
+  /** Where the job's record goes (`<job>.json`, `<job>.console.log`); none = not kept. */
+  recordDir?: string;
   /** The layout's changes to the image (e.g. U-Boot injected into the boot partition); none = written as stored. */
   planPatches?: () => Promise<Patch[]>;
   log: Logger;
@@ -79,6 +86,9 @@ export class FlashJob {
   private readonly boardFailures: string[] = [];
   private tftpOptions: Record<string, string> | undefined;
   private readonly macdir: string;
+  private console?: ConsoleCapture;
+  /** The first console line that may satisfy a `console:` boot check (taken when the board reports success). */
+  private consoleSince?: number;
 
   constructor(private readonly o: FlashJobOptions) {
     this.macdir = macDir(o.target.mac);
@@ -118,7 +128,9 @@ export class FlashJob {
     try {
       this.throwIfCancelled();
       const bootCheck = parseBootCheckOrFail(this.o.bootCheck);
+      if (bootCheck.kind === 'console' && !target.console) throw new JobFailure('BAD_REQUEST', `boot check ${this.o.bootCheck} needs a console, and ${target.name} has none in the targets database (console column)`);
       await this.inPhase('stage', () => this.stage());
+      await this.openConsole(bootCheck);
       await this.inPhase('reset', async () => {
         this.log('info', `resetting ${target.name} through ${this.o.resetLine.describe()}`);
         await this.raceAbort(this.o.resetLine.pulse());
@@ -130,17 +142,24 @@ export class FlashJob {
       } else {
         await this.inPhase('boot', async () => {
           this.log('info', `waiting for ${this.o.bootCheck} on ${target.ip} (up to ${this.o.timeouts.boot} s)`);
-          const boot = await waitForBoot(bootCheck, target.ip, { timeoutMs: this.o.timeouts.boot * 1000, signal: this.abort.signal, log: this.o.log });
+          const boot = await waitForBoot(bootCheck, target.ip, {
+            timeoutMs: this.o.timeouts.boot * 1000,
+            signal: this.abort.signal,
+            log: this.o.log,
+            ...(this.console ? { console: this.console, ...(this.consoleSince !== undefined ? { consoleSince: this.consoleSince } : {}) } : {}),
+          });
           this.throwIfCancelled();
           if (!boot.ok) throw new JobFailure('BOOT_TIMEOUT', `the new system did not answer ${this.o.bootCheck} on ${target.ip} within ${this.o.timeouts.boot} s`);
-          this.log('info', `booted: ${this.o.bootCheck} answered after ${(boot.ms / 1000).toFixed(1)} s`);
+          this.log('info', `booted: ${this.o.bootCheck} ${boot.line !== undefined ? `matched "${boot.line}"` : 'answered'} after ${(boot.ms / 1000).toFixed(1)} s`);
         });
       }
     } catch (err) {
       const failure = this.abort.signal.aborted ? (this.abort.signal.reason as JobFailure) : err;
-      if (failure instanceof JobFailure || failure instanceof AgentError) {
-        code = failure.code;
-        message = failure.message;
+      // Any error carrying a stable code (job failures, agent errors, the inject layout's errors).
+      const coded = failure as { code?: unknown; message?: string };
+      if (isErrorCode(coded?.code)) {
+        code = coded.code;
+        message = coded.message ?? String(failure);
       } else {
         code = 'INTERNAL';
         message = `internal error: ${(failure as Error)?.message ?? String(failure)}`;
@@ -149,8 +168,9 @@ export class FlashJob {
       this.log(code === 'CANCELLED' ? 'warn' : 'error', `${code}: ${message}`);
     } finally {
       await this.o.files.unstage(this.macdir).catch((err: Error) => this.o.log.error('could not delete the staged folder', { error: err.message }));
+      await this.console?.close().catch(() => {});
     }
-    return {
+    const result: JobResult = {
       ok: code === 'OK',
       code,
       message,
@@ -162,6 +182,37 @@ export class FlashJob {
       parts: this.parts.map((p) => ({ part: p.index, offset: p.imageOffset, size: p.size, crc32: hex8(p.crc32), status: p.status, retries: p.retries })),
       ...(this.tftpOptions ? { tftpOptions: this.tftpOptions } : {}),
     };
+    await this.keepRecord(result);
+    return result;
+  }
+
+  /** Start capturing the board's console (when the target has one) before the reset. */
+  private async openConsole(check: BootCheck): Promise<void> {
+    const spec = this.o.target.console;
+    if (!spec) return;
+    try {
+      this.console = await openConsole(spec, {
+        log: this.o.log,
+        onLine: (line, time) => this.o.emit({ type: 'log', job: this.o.id, level: 'info', source: 'console', phase: this.phase, message: line, time }),
+      });
+      this.o.log.info('console capture started', { console: this.o.target.console?.kind });
+    } catch (err) {
+      // A console is a nice-to-have unless the boot check reads it.
+      if (check.kind === 'console') throw err;
+      this.log('warn', `no console capture: ${(err as Error).message}`);
+    }
+  }
+
+  /** The job's record beside the agent's state: the result and the console it saw. */
+  private async keepRecord(result: JobResult): Promise<void> {
+    if (!this.o.recordDir) return;
+    try {
+      await mkdir(this.o.recordDir, { recursive: true });
+      await writeFile(path.join(this.o.recordDir, `${this.o.id}.json`), JSON.stringify({ ...result, finishedAt: new Date().toISOString(), console: this.console?.stats() }, null, 2) + '\n');
+      if (this.console) await writeFile(path.join(this.o.recordDir, `${this.o.id}.console.log`), this.console.text());
+    } catch (err) {
+      this.o.log.warn('could not keep the job record', { error: (err as Error).message });
+    }
   }
 
   private throwIfCancelled(): void {
@@ -179,13 +230,13 @@ export class FlashJob {
 
   private async stage(): Promise<void> {
     const { image, flash, target } = this.o;
-    if (target.layout === 'seed') throw new JobFailure('BAD_REQUEST', `${target.name} carries the seed system's recovery card (layout seed), which this agent cannot flash yet`);
+    if (this.o.layout === 'seed') throw new JobFailure('BAD_REQUEST', `${target.name} carries the seed system's recovery card (layout seed), which this agent cannot flash yet`);
     const plan = planParts(image.imageSize, flash.partSize);
     if (plan.length !== this.o.partCrcs.length) throw new Error(`part CRCs (${this.o.partCrcs.length}) do not match the plan (${plan.length} parts)`);
     const patches = (await this.o.planPatches?.()) ?? [];
     const view = new ImageView(image.path, image.imageSize, patches);
     const crcs = await view.partCrcs(plan, this.o.partCrcs);
-    if (patches.length) this.log('info', `layout ${target.layout}: ${patches.length} patch(es), ${patches.reduce((n, p) => n + p.data.length, 0)} bytes changed in ${plan.filter((p) => view.touches(p.imageOffset, p.servedSize)).length} part(s)`);
+    if (patches.length) this.log('info', `layout ${this.o.layout}: ${patches.length} patch(es), ${patches.reduce((n, p) => n + p.data.length, 0)} bytes changed in ${plan.filter((p) => view.touches(p.imageOffset, p.servedSize)).length} part(s)`);
     this.parts = plan.map((p, i) => ({ ...p, file: partFile(target.mac, this.o.id, p.index), crc32: crcs[i]!, status: 'missing', retries: 0, served: 0 }));
     const script = generateStage2Script({
       jobId: this.o.id,
@@ -323,6 +374,8 @@ export class FlashJob {
         // stage 1 must find no flash.scr, or it would flash again.
         this.o.files.withdraw(this.macdir);
         this.done = { ok: b.ok };
+        // From here on, console lines are the new system's: only they may pass a console: check.
+        this.consoleSince = this.console?.mark();
         this.log(b.ok ? 'info' : 'error', `board reports the flash ${b.ok ? 'succeeded' : 'failed'} (${raw})`, 'board');
         break;
     }

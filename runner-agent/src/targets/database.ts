@@ -12,11 +12,12 @@
  *      model   optional  free text, e.g. `pi4b`
  *      serial  optional  free text
  *      labels  optional  separated by spaces or `;`
- *      layout  optional  how an image lands on the card:
- *                          whole  — the image is written from block 0 (the default);
+ *      layout  optional  how an image lands on the card (empty: the agent's `defaultLayout`):
+ *                          inject — U-Boot and stage 1 are carried into the image's boot
+ *                                   partition, so the flashed board stays network-flashable;
+ *                          whole  — the image is written from block 0 exactly as uploaded;
  *                          seed   — the board still carries the seed system's recovery card
- *                                   (DESIGN §3.5, seed compatibility);
- *                          inject — reserved for later; refused for now.
+ *                                   (DESIGN §3.5, seed compatibility).
  *      console optional  where the board's serial console is read during a job (see
  *                        console/spec.ts): serial:/dev/ttyUSB0@115200, tcp:<host>:<port>
  *                        (ser2net, raw mode) or unix:<socket path> (QEMU's -serial unix:…)
@@ -60,7 +61,8 @@ export interface Target {
   model?: string;
   serial?: string;
   labels: string[];
-  layout: Layout;
+  /** How the image lands on the card; undefined = the agent's default (`defaultLayout`). */
+  layout?: Layout;
   /** The board's serial console, when the database names one. */
   console?: ConsoleSpec;
   source: { file: string; line: number };
@@ -312,12 +314,12 @@ export function parseTargets(csvText: string, file: string): Target[] {
       else if (!NAME_PATTERN.test(name)) problem(`name "${name}" may hold only letters, digits, ".", "_" and "-" (at most 64, starting with a letter or digit)`);
     }
 
-    let layout: Layout = 'whole';
+    // Empty = the agent's default layout (config `defaultLayout`).
+    let layout: Layout | undefined;
     if (c.layout) {
       const l = c.layout.toLowerCase();
-      if (l === 'whole' || l === 'seed') layout = l;
-      else if (l === 'inject') problem('layout "inject" is reserved and not supported yet (use whole or seed)');
-      else problem(`unknown layout "${c.layout}" (expected whole or seed)`);
+      if (l === 'whole' || l === 'seed' || l === 'inject') layout = l;
+      else problem(`unknown layout "${c.layout}" (expected inject, whole or seed)`);
     }
 
     let consoleSpec: ConsoleSpec | undefined;
@@ -339,7 +341,7 @@ export function parseTargets(csvText: string, file: string): Target[] {
       ...(c.model ? { model: c.model } : {}),
       ...(c.serial ? { serial: c.serial } : {}),
       labels: [...new Set(c.labels.split(/[\s;]+/).filter(Boolean))],
-      layout,
+      ...(layout ? { layout } : {}),
       ...(consoleSpec ? { console: consoleSpec } : {}),
       source: { file, line: row.line },
     });
