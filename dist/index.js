@@ -40959,6 +40959,14 @@ const ErrorCodes = {
     DECOMPRESS_FAILED: 'The compressed image could not be decompressed (corrupt or truncated).',
     IMAGE_NOT_FOUND: 'The agent does not hold an image with that sha256.',
     IMAGE_TOO_LARGE: 'The image is larger than the target\'s card.',
+    IMAGE_NOT_DISK: 'The image has no MBR partition table: it is not a disk image (a bare file system, a compressed file, or other data).',
+    IMAGE_GPT_UNSUPPORTED: 'The image uses a GPT partition table; only MBR images can carry U-Boot for now.',
+    IMAGE_NO_BOOT_PARTITION: 'The image has no FAT boot partition (the first primary FAT partition, as the Pi firmware picks it), or it holds no valid FAT file system.',
+    BOOT_PARTITION_FULL: 'The boot partition has no room for U-Boot, the stage-1 script and the env file (free space or root directory entries).',
+    BOOT_CONFIG_UNSUPPORTED: "The image's config.txt chooses its kernel in a way that cannot be handed to U-Boot safely (e.g. os_prefix, boot_partition, kernel_address), or names a kernel the boot partition lacks.",
+    IMAGE_TRUNCATED: 'The partition table or the boot file system points past the end of the image: the image is cut short.',
+    CONSOLE_UNAVAILABLE: "The target's console (console column) could not be opened, and the boot check needs it.",
+    LAB_MISCONFIGURED: 'The lab lacks something this job needs (e.g. the U-Boot build for the target\'s model); the message names it.',
     SHUTTING_DOWN: 'The agent is stopping and takes no new work.',
     RESET_FAILED: 'The target\'s reset line could not be driven.',
     BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
@@ -42220,10 +42228,23 @@ function parseBootCheck(raw, problems) {
     const value = raw.toLowerCase() === 'none' ? 'none' : raw;
     if (value === 'none')
         return value;
+    if (/^console:/i.test(value)) {
+        // A regular expression the agent matches against the board's console (its target needs a console).
+        try {
+            new RegExp(value.slice('console:'.length));
+            if (value.length > 'console:'.length)
+                return value;
+        }
+        catch {
+            // reported below
+        }
+        problems.push(`${Inputs.bootCheck}: "${raw}" is not console:<regular expression>`);
+        return undefined;
+    }
     const match = /^tcp:(?:([^\s:]+|\[[0-9a-f:.]+\]):)?(\d{1,5})$/i.exec(value);
     const port = Number(match?.[2]);
     if (!match || port < 1 || port > 65535) {
-        problems.push(`${Inputs.bootCheck}: "${raw}" is not tcp:<port>, tcp:<host>:<port> or none`);
+        problems.push(`${Inputs.bootCheck}: "${raw}" is not tcp:<port>, tcp:<host>:<port>, console:<regex> or none`);
         return undefined;
     }
     return value;
