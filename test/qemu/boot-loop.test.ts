@@ -8,14 +8,15 @@
  * runs the job, stage 2 writes B and resets; stage 1 on B's boot partition finds no flash.scr
  * (the agent deleted the staged folder) and boots B's kernel — marker B appears on the console.
  *
- * Card A is made by `make-card` (the inject helper's `makeCard`, model `arm64`, the QEMU test
- * U-Boot as `--uboot`) from a Raspberry Pi OS-style image (config.txt, cmdline.txt, gzip'd
- * kernel8.img, initramfs8). Until the agent applies the `inject` layout while staging, image B is
- * passed through `makeCard` too (the same injection) and flashed with layout `whole`; until the
- * console capture and the `console:<regex>` boot check are wired into jobs, the job's boot check
- * is `none` and marker B is asserted on the harness console.
+ * Card A is made by `make-card` (model `arm64`, the QEMU test U-Boot as `--uboot`) from a
+ * Raspberry Pi OS-style image (config.txt, cmdline.txt, gzip'd kernel8.img, initramfs8). Image B
+ * is uploaded as a plain OS image: the agent's default `inject` layout carries U-Boot, stage 1 and
+ * the env file into its boot partition while staging. The board's serial console is a unix socket
+ * in the targets database; the job passes only because its `console:<marker B>` boot check matches
+ * a line the agent captured from it after the board reported the flash done.
  */
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +24,8 @@ import { gzipSync } from 'node:zlib';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startAgent, type RunningAgent } from '../../runner-agent/src/agent.js';
 import { validateConfig } from '../../runner-agent/src/config.js';
-import { createLogger, formatRecord, type LogRecord } from '../../runner-agent/src/log.js';
+import { createLogger, formatRecord, silentLogger, type LogRecord } from '../../runner-agent/src/log.js';
+import { openConsole } from '../../runner-agent/src/console/capture.js';
 import { connectAgent, type AgentConnection } from '../../src/protocol/client.js';
 import type { AgentMessage } from '../../src/protocol/messages.js';
 import { macDir } from '../../src/protocol/tftp-names.js';
@@ -44,7 +46,7 @@ import {
   stage1ScriptImage,
   testKernelGate,
 } from './os-image.js';
-import { killAllQemuBoards, startQemuBoard, withConsoleOnFailure, type QemuBoard } from './qemu-board.js';
+import { killAllQemuBoards, startQemuBoard, type QemuBoard } from './qemu-board.js';
 import { BUILD_TIMEOUT_MS, qemuTestGate } from './test-uboot.js';
 
 const uboot = await qemuTestGate('the whole loop: the agent flashes a booted board, which boots the new image (QEMU)');
@@ -96,8 +98,15 @@ describe.skipIf(!run)(title, () => {
    */
   async function cardFromOsImage(out: string, size: number, marker: string): Promise<void> {
     const raw = `${out}.os`;
+    await buildOsImage(raw, size, marker);
+    await makeCard({ image: raw, model: getPiModel('arm64'), out, uboot: ubootBin, bootScr: stage1Path, now: new Date(0) });
+    await rm(raw);
+  }
+
+  /** A Raspberry Pi OS-style image: kernel8.img, initramfs8, config.txt, cmdline.txt; no U-Boot. */
+  async function buildOsImage(out: string, size: number, marker: string): Promise<void> {
     await buildTestOsImage({
-      path: raw,
+      path: out,
       size,
       kernelImage: kernelGz,
       marker,
@@ -105,8 +114,6 @@ describe.skipIf(!run)(title, () => {
       env: false,
       extraFiles: { 'config.txt': CONFIG_TXT, 'cmdline.txt': `console=ttyAMA0 panic=-1 rpiflash.image=${marker}\n` },
     });
-    await makeCard({ image: raw, model: getPiModel('arm64'), out, uboot: ubootBin, bootScr: stage1Path, now: new Date(0) });
-    await rm(raw);
   }
 
   it('boots image A, flashes image B through QMP reset + stage 1 + stage 2, then boots B', async () => {
@@ -115,12 +122,13 @@ describe.skipIf(!run)(title, () => {
     const sdImage = join(workDir, 'sd.img');
     const imageB = join(workDir, 'image-b.img');
     await cardFromOsImage(sdImage, CARD_SIZE, markerA);
-    await cardFromOsImage(imageB, IMAGE_B_SIZE, markerB);
+    await buildOsImage(imageB, IMAGE_B_SIZE, markerB);
     expect((await readBootFile(sdImage, STAGE1_ENV_FILE)).toString()).toMatch(/^rpf_kernel=kernel8\.img$/m);
-    const imageBBytes = await readFile(imageB);
+    const imageBRaw = await readFile(imageB);
 
     const qmpSocket = join(workDir, 'qmp.sock'); // where startQemuBoard puts it
-    await writeFile(join(workDir, 'targets.csv'), `name,mac,ip,reset\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket}\n`);
+    const serialSocket = join(workDir, 'serial.sock');
+    await writeFile(join(workDir, 'targets.csv'), `name,mac,ip,reset,model,console\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},arm64,unix:${serialSocket}\n`);
     const hex = (n: number) => `0x${n.toString(16)}`;
     const config = await validateConfig(
       {
@@ -130,8 +138,10 @@ describe.skipIf(!run)(title, () => {
         tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
         stateDir: 'state',
         flash: { partSize: '4MiB', retries: 2, loadAddr: hex(QEMU_FLASH_ADDR.loadAddr), crcAddr: hex(QEMU_FLASH_ADDR.crcAddr), beaconAddr: hex(QEMU_FLASH_ADDR.beaconAddr), mmcDev: 0, tftpWindowSize: 8 },
-        timeouts: { boardShow: 30, stall: 30, boot: 60, leaseGrace: 30, shutdown: 5 },
+        timeouts: { boardShow: 30, stall: 30, boot: 150, leaseGrace: 30, shutdown: 5 },
         bootCheck: 'none',
+        defaultLayout: 'inject',
+        uboot: { binaries: { arm64: ubootBin }, bootScr: stage1Path },
         logLevel: 'debug',
       },
       workDir,
@@ -140,45 +150,48 @@ describe.skipIf(!run)(title, () => {
     let agent: RunningAgent | undefined;
     let board: QemuBoard | undefined;
     let conn: AgentConnection | undefined;
+    let jobId = '';
+    const jobLog: string[] = [];
     try {
       agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => records.push(r) }) });
-      board = await startQemuBoard({ ubootBin, mac: MAC, tftpPort: agent.tftp.port, sdImage, env: DHCP_ONLY_ENV, bootcmd: CARD_BOOTCMD, timeoutMs: RUN_TIMEOUT_MS, workDir });
-      const b = board;
-      const a = agent;
-      await withConsoleOnFailure(b, async () => {
-        // Image A is up: stage 1 found no job and booted A's kernel.
-        await b.waitForConsole(new RegExp(`${INIT_BANNER} ${markerA}`), 120_000);
-        const afterA = b.console().length;
+      board = await startQemuBoard({ ubootBin, mac: MAC, tftpPort: agent.tftp.port, sdImage, env: DHCP_ONLY_ENV, bootcmd: CARD_BOOTCMD, timeoutMs: RUN_TIMEOUT_MS, workDir, serialSocket });
+      // Image A is up: stage 1 found no job and booted A's kernel (watched through the same console
+      // the agent will read; one reader at a time, so this one closes before the job).
+      for (let i = 0; i < 200 && !existsSync(serialSocket); i++) await new Promise((r) => setTimeout(r, 50));
+      const watcher = await openConsole({ kind: 'unix', path: serialSocket }, { log: silentLogger });
+      const sawA = await watcher.waitFor(new RegExp(`${INIT_BANNER} ${markerA}`), { timeoutMs: 120_000, since: 0 });
+      await watcher.close();
+      expect(sawA, 'image A booted').not.toBeNull();
 
-        const jobLog: string[] = [];
-        conn = await connectAgent({ url: a.url, token: TOKEN, client: 'qemu-loop-test', onEvent: (m: AgentMessage) => void (m.type === 'log' && jobLog.push(`${m.level} ${m.source} ${m.message}`)) });
-        await conn.lease(TARGET, { holder: 'qemu-loop-test' });
-        const sha256 = createHash('sha256').update(imageBBytes).digest('hex');
-        await conn.upload({ path: imageB, sha256, size: (await stat(imageB)).size, compression: 'none' });
-        const result = await conn.flash({ sha256, bootCheck: 'none' });
-        expect(result, jobLog.join('\n')).toMatchObject({ ok: true, bytesWritten: IMAGE_B_SIZE });
-
-        // After stage 2's reset: stage 1 (now B's) found no job and booted B's kernel.
-        await b.waitForConsole(new RegExp(`${INIT_BANNER} ${markerB}`), 120_000);
-        const after = b.console().slice(afterA);
-        expect(after).toMatch(new RegExp(`rpi-flash: running ${macDir(MAC)}/flash\\.scr`));
-        expect(after).toMatch(new RegExp(`rpi-flash: no job for ${macDir(MAC)} on 10\\.0\\.2\\.2: booting the installed system`));
-        expect(after).toMatch(new RegExp(`Kernel command line: console=ttyAMA0 panic=-1 rpiflash\\.image=${markerB}`));
-        expect(after).not.toMatch(new RegExp(`${INIT_BANNER} ${markerA}`));
-
-        // The staged folder is gone.
-        expect((await readdir(config.tftp.root)).filter((n) => !n.startsWith('.'))).toEqual([]);
-      });
+      conn = await connectAgent({ url: agent.url, token: TOKEN, client: 'qemu-loop-test', onEvent: (m: AgentMessage) => void (m.type === 'log' && jobLog.push(`${m.level} ${m.source} ${m.message}`)) });
+      await conn.lease(TARGET, { holder: 'qemu-loop-test' });
+      const sha256 = createHash('sha256').update(imageBRaw).digest('hex');
+      await conn.upload({ path: imageB, sha256, size: imageBRaw.length, compression: 'none' });
+      const result = await conn.flash({ sha256, bootCheck: `console:${INIT_BANNER} ${markerB}` });
+      jobId = result.job;
+      expect(result, jobLog.join('\n')).toMatchObject({ ok: true, code: 'OK', bytesWritten: IMAGE_B_SIZE });
+      // The console story reached the client: stage 1 ran the job, then found none and booted B.
+      const consoleLines = jobLog.filter((l) => l.startsWith('info console ')).join('\n');
+      expect(consoleLines).toMatch(new RegExp(`rpi-flash: running ${macDir(MAC)}/flash\\.scr`));
+      expect(consoleLines).toMatch(new RegExp(`rpi-flash: no job for ${macDir(MAC)} on 10\\.0\\.2\\.2: booting the installed system`));
+      expect(consoleLines).toMatch(new RegExp(`Kernel command line: console=ttyAMA0 panic=-1 rpiflash\\.image=${markerB}`));
+      expect(jobLog.join('\n')).toMatch(new RegExp(`booted: console:.*matched ".*${markerB}`));
+      expect(jobLog.join('\n')).toMatch(/layout inject: \d+ patch\(es\)/);
+      // The staged folder is gone, and the job's record keeps the console it saw.
+      expect((await readdir(config.tftp.root)).filter((n) => !n.startsWith('.'))).toEqual([]);
+      expect(await readFile(join(config.stateDir, 'jobs', `${jobId}.console.log`), 'utf8')).toContain(markerB);
     } finally {
       conn?.close();
       await board?.kill();
       await agent?.stop();
       await writeFile(join(workDir, 'agent.log'), records.map(formatRecord).join('\n') + '\n').catch(() => {});
+      if (jobLog.length) await writeFile(join(workDir, 'job.log'), jobLog.join('\n') + '\n').catch(() => {});
     }
 
     // The card now holds image B byte for byte, with U-Boot and stage 1 on its boot partition.
+    // Outside the boot partition (the MBR and its gap) the card holds image B exactly as uploaded.
     const card = await readFile(sdImage);
-    expect(card.subarray(0, IMAGE_B_SIZE).equals(imageBBytes), 'card starts with image B').toBe(true);
+    expect(card.subarray(0, BOOT_PARTITION_OFFSET).equals(imageBRaw.subarray(0, BOOT_PARTITION_OFFSET)), 'card starts with image B').toBe(true);
     const names = (await listBootPartition(sdImage)).map((n) => n.toLowerCase());
     expect(names).toEqual(expect.arrayContaining(['u-boot.bin', 'boot.scr', STAGE1_ENV_FILE, 'kernel8.img', 'initramfs8', 'config.txt']));
     expect((await readBootFile(sdImage, 'u-boot.bin')).equals(await readFile(ubootBin))).toBe(true);
