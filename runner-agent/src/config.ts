@@ -36,6 +36,8 @@ export interface AgentConfig {
     /** Sent to U-Boot as `tftpblocksize` / `tftpwindowsize` when set. */
     tftpBlockSize?: number;
     tftpWindowSize?: number;
+    /** Layout seed: the seed card's part size (750 MiB); change it only for tests. */
+    seedPartSize: number;
   };
   timeouts: {
     /** Seconds from reset until the board must fetch its script. */
@@ -83,6 +85,7 @@ export const DEFAULTS = {
     crcAddr: 0x0f00_0000,
     beaconAddr: 0x0f10_0000,
     mmcDev: 0,
+    seedPartSize: 750 * 1024 ** 2,
   },
   timeouts: { boardShow: 90, stall: 120, boot: 300, leaseGrace: 60, shutdown: 10 },
   bootCheck: 'tcp:22',
@@ -225,7 +228,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   known(storeRaw, 'store.', ['maxBytes']);
 
   const flashRaw = obj('flash');
-  known(flashRaw, 'flash.', ['partSize', 'retries', 'resetPulseMs', 'loadAddr', 'crcAddr', 'beaconAddr', 'mmcDev', 'tftpBlockSize', 'tftpWindowSize']);
+  known(flashRaw, 'flash.', ['partSize', 'retries', 'resetPulseMs', 'loadAddr', 'crcAddr', 'beaconAddr', 'mmcDev', 'tftpBlockSize', 'tftpWindowSize', 'seedPartSize']);
   const hex = (name: string, v: unknown, dflt: number): number => {
     if (v === undefined) return dflt;
     const n = typeof v === 'string' && /^0x[0-9a-f]+$/i.test(v) ? Number.parseInt(v, 16) : typeof v === 'number' ? v : NaN;
@@ -245,6 +248,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     crcAddr: hex('flash.crcAddr', flashRaw.crcAddr, DEFAULTS.flash.crcAddr),
     beaconAddr: hex('flash.beaconAddr', flashRaw.beaconAddr, DEFAULTS.flash.beaconAddr),
     mmcDev: int('flash.mmcDev', flashRaw.mmcDev, DEFAULTS.flash.mmcDev, 0, 15),
+    seedPartSize: size('flash.seedPartSize', flashRaw.seedPartSize, DEFAULTS.flash.seedPartSize),
   };
   if (flashRaw.tftpBlockSize !== undefined) flash.tftpBlockSize = int('flash.tftpBlockSize', flashRaw.tftpBlockSize, undefined, 512, 65464);
   if (flashRaw.tftpWindowSize !== undefined) flash.tftpWindowSize = int('flash.tftpWindowSize', flashRaw.tftpWindowSize, undefined, 1, 64);

@@ -25,8 +25,8 @@ export interface StagedJob {
   /** The target's IP: requests from any other non-loopback address are refused. */
   targetIp: string;
   files: Map<string, StagedFile>;
-  /** The prefix (relative to macdir) under which any name is a beacon, e.g. `<job>/report/`. */
-  beaconPrefix: string;
+  /** The prefix (relative to macdir) under which any name is a beacon, e.g. `<job>/report/`; none = no beacons. */
+  beaconPrefix?: string;
   /** Called for every read request of this job's files, before it is served. */
   onRead(relPath: string, req: TftpRequest): void;
   /** Bytes of a file handed to the TFTP server so far. */
@@ -117,7 +117,7 @@ export class BoardFiles implements TftpResolver {
     const found = this.lookup(req);
     if (!found) return null;
     const { job, rel } = found;
-    if (rel.startsWith(job.beaconPrefix) && rel.length > job.beaconPrefix.length) {
+    if (job.beaconPrefix && rel.startsWith(job.beaconPrefix) && rel.length > job.beaconPrefix.length) {
       job.onBeacon(rel.slice(job.beaconPrefix.length), req);
       return bufferFile(BEACON_ANSWER);
     }

@@ -25,6 +25,7 @@ import { generateStage2Script, planParts, type Stage2Part } from '../board/stage
 import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
 import type { BoardFiles, StagedFile } from './board-files.js';
 import { ImageView, type Patch } from './image-view.js';
+import { interpretSeedResult, planSeedParts, SeedReports, seedFolder, type SeedOutcome, type SeedPlan } from '../layouts/seed.js';
 import type { TftpRequest, TransferEnd } from '../tftp/server.js';
 
 export type JobEvent = Omit<LogEvent, 're'> | Omit<PhaseEvent, 're'> | Omit<ProgressEvent, 're'>;
@@ -87,6 +88,8 @@ export class FlashJob {
   private tftpOptions: Record<string, string> | undefined;
   private readonly macdir: string;
   private console?: ConsoleCapture;
+  /** Layout seed: the seed card's plan, its reports and what they mean. */
+  private seed?: { folder: string; plan: SeedPlan; reports: SeedReports; part0Fetched: boolean; outcome?: SeedOutcome };
   /** The first console line that may satisfy a `console:` boot check (taken when the board reports success). */
   private consoleSince?: number;
 
@@ -129,14 +132,15 @@ export class FlashJob {
       this.throwIfCancelled();
       const bootCheck = parseBootCheckOrFail(this.o.bootCheck);
       if (bootCheck.kind === 'console' && !target.console) throw new JobFailure('BAD_REQUEST', `boot check ${this.o.bootCheck} needs a console, and ${target.name} has none in the targets database (console column)`);
-      await this.inPhase('stage', () => this.stage());
+      const seed = this.o.layout === 'seed';
+      await this.inPhase('stage', () => (seed ? this.stageSeed() : this.stage()));
       await this.openConsole(bootCheck);
       await this.inPhase('reset', async () => {
         this.log('info', `resetting ${target.name} through ${this.o.resetLine.describe()}`);
         await this.raceAbort(this.o.resetLine.pulse());
       });
-      await this.inPhase('transfer', () => this.watchTransfer());
-      await this.inPhase('verify', async () => this.verify());
+      await this.inPhase('transfer', () => (seed ? this.watchSeed() : this.watchTransfer()));
+      await this.inPhase('verify', async () => (seed ? this.verifySeed() : this.verify()));
       if (bootCheck.kind === 'none') {
         this.log('info', 'boot check skipped (none)');
       } else {
@@ -167,7 +171,7 @@ export class FlashJob {
       }
       this.log(code === 'CANCELLED' ? 'warn' : 'error', `${code}: ${message}`);
     } finally {
-      await this.o.files.unstage(this.macdir).catch((err: Error) => this.o.log.error('could not delete the staged folder', { error: err.message }));
+      await this.o.files.unstage(this.seed ? this.seed.folder : this.macdir).catch((err: Error) => this.o.log.error('could not delete the staged folder', { error: err.message }));
       await this.console?.close().catch(() => {});
     }
     const result: JobResult = {
@@ -177,7 +181,7 @@ export class FlashJob {
       job: this.o.id,
       target: targetInfo(target),
       sha256: image.sha256,
-      bytesWritten: this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
+      bytesWritten: this.seed ? (this.seed.outcome?.code === 'OK' ? this.seed.plan.writtenBytes : (this.seed.outcome?.reportedCount ?? 0)) : this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
       timings: this.timings,
       parts: this.parts.map((p) => ({ part: p.index, offset: p.imageOffset, size: p.size, crc32: hex8(p.crc32), status: p.status, retries: p.retries })),
       ...(this.tftpOptions ? { tftpOptions: this.tftpOptions } : {}),
@@ -230,7 +234,6 @@ export class FlashJob {
 
   private async stage(): Promise<void> {
     const { image, flash, target } = this.o;
-    if (this.o.layout === 'seed') throw new JobFailure('BAD_REQUEST', `${target.name} carries the seed system's recovery card (layout seed), which this agent cannot flash yet`);
     const plan = planParts(image.imageSize, flash.partSize);
     if (plan.length !== this.o.partCrcs.length) throw new Error(`part CRCs (${this.o.partCrcs.length}) do not match the plan (${plan.length} parts)`);
     const patches = (await this.o.planPatches?.()) ?? [];
@@ -273,6 +276,70 @@ export class FlashJob {
     );
     this.log('info', `staged ${this.parts.length} part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ${this.macdir}/ (image ${image.sha256.slice(0, 12)}…)`);
     this.throwIfCancelled();
+  }
+
+  /**
+   * Layout seed (DESIGN §3.5): the seed card's own names — `<mac with :>/rpi_image_part_N`, the
+   * whole image in 750 MiB pieces — and its report, a 4-byte `OK`/`FAILED` upload. No stage 2.
+   */
+  private async stageSeed(): Promise<void> {
+    const { image, target } = this.o;
+    const plan = planSeedParts(image.imageSize, { partBytes: this.o.flash.seedPartSize });
+    const view = new ImageView(image.path, image.imageSize);
+    const seed = { folder: seedFolder(target.mac), plan, reports: new SeedReports(), part0Fetched: false };
+    this.seed = seed;
+    const files = new Map<string, StagedFile>(plan.parts.map((p) => [p.name, { kind: 'range', view, offset: p.offset, size: p.size }]));
+    await this.o.files.stage(
+      seed.folder,
+      {
+        jobId: this.o.id,
+        targetIp: target.ip,
+        files,
+        onRead: (rel) => {
+          if (rel === plan.parts[0]!.name && !seed.part0Fetched) {
+            seed.part0Fetched = true;
+            this.scriptFetched = true;
+            this.log('info', `seed card fetched ${seed.folder}/${rel}`);
+          }
+          this.notify();
+        },
+        onProgress: () => (this.lastActivity = Date.now()),
+        onBeacon: () => {},
+        onWrite: (rel, req) => {
+          const target = seed.reports.onWrite(rel, req);
+          if (!target) return null;
+          return {
+            maxSize: target.maxSize,
+            receive: async (data) => {
+              await target.receive(data);
+              // The card reboots after its report: the parts must be gone before it looks again.
+              this.o.files.withdraw(seed.folder);
+              this.done = { ok: rel === 'OK' };
+              this.log(rel === 'OK' ? 'info' : 'error', `seed card reported ${rel} (${data.length} bytes)`, 'board');
+              this.notify();
+            },
+          };
+        },
+      },
+      {},
+    );
+    this.log('info', `staged ${plan.parts.length} seed part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ${seed.folder}/`);
+  }
+
+  private async watchSeed(): Promise<void> {
+    const seed = this.seed!;
+    const { boardShow, stall } = this.o.timeouts;
+    this.lastActivity = Date.now();
+    this.log('info', `waiting for the seed card of ${this.o.target.name} to fetch ${seed.folder}/${seed.plan.parts[0]!.name} (up to ${boardShow} s)`);
+    await this.waitFor(() => seed.part0Fetched, boardShow, () => new JobFailure('BOARD_NO_SHOW', interpretSeedResult(seed.plan, undefined, { part0Fetched: false, waitedMs: boardShow * 1000 }).message));
+    await this.waitFor(() => this.done !== undefined, stall, () => new JobFailure('BOARD_TIMEOUT', interpretSeedResult(seed.plan, undefined, { part0Fetched: true }).message + ` (quiet for ${stall} s)`));
+  }
+
+  private verifySeed(): void {
+    const seed = this.seed!;
+    seed.outcome = interpretSeedResult(seed.plan, seed.reports.first, { part0Fetched: seed.part0Fetched });
+    if (seed.outcome.code !== 'OK') throw new JobFailure(seed.outcome.code, seed.outcome.message);
+    this.log('info', seed.outcome.message);
   }
 
   private notify(): void {
