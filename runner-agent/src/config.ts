@@ -3,6 +3,7 @@
  * Every problem is collected and reported at once, so an operator fixes the file in one go.
  */
 import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { isIP } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -69,8 +70,13 @@ export interface AgentConfig {
   };
 }
 
-/** The stage-1 script image shipped with the agent. */
-export const SHIPPED_BOOT_SCR = fileURLToPath(new URL('../../uboot/boot.scr', import.meta.url));
+/**
+ * The stage-1 script image shipped with the agent: `uboot/boot.scr` at the top of the package,
+ * two folders up from the sources and three from the compiled `build/` copy.
+ */
+export const SHIPPED_BOOT_SCR = [new URL('../../uboot/boot.scr', import.meta.url), new URL('../../../uboot/boot.scr', import.meta.url)]
+  .map((u) => fileURLToPath(u))
+  .find((f) => existsSync(f)) ?? fileURLToPath(new URL('../../uboot/boot.scr', import.meta.url));
 
 export const DEFAULTS = {
   listen: { host: '0.0.0.0', port: 8443 },
