@@ -6,12 +6,9 @@
  * and interpretSeedResult. Parts are 5 MiB here (QEMU writes the SD card at about 8 MiB/s); the
  * card's script does not depend on the part size.
  */
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { BoardFiles, type StagedFile } from '../../runner-agent/src/jobs/board-files.js';
 import { ImageView } from '../../runner-agent/src/jobs/image-view.js';
@@ -19,38 +16,17 @@ import { interpretSeedResult, planSeedParts, seedFolder, SeedReports, type SeedP
 import { silentLogger } from '../../runner-agent/src/log.js';
 import { patternBytes } from '../../runner-agent/src/sample-image.js';
 import { TftpServer } from '../../runner-agent/src/tftp/server.js';
-import { killAllQemuBoards, qemuAvailable, startQemuBoard, withConsoleOnFailure, type QemuBoard } from '../qemu/qemu-board.js';
-import { BUILD_TIMEOUT_MS, inCi } from '../qemu/test-uboot.js';
+import { killAllQemuBoards, startQemuBoard, withConsoleOnFailure, type QemuBoard } from '../qemu/qemu-board.js';
+import { BUILD_TIMEOUT_MS } from '../qemu/test-uboot.js';
+import { tftpputUbootGate, writeSeedCardScript } from './seed-uboot.js';
 
-const execFileAsync = promisify(execFile);
-const BUILD_SCRIPT = fileURLToPath(new URL('../../scripts/build-test-uboot.sh', import.meta.url));
-const SEED_CARD_SCRIPT = fileURLToPath(new URL('../qemu/seed-card.cmd', import.meta.url));
 const MiB = 1024 * 1024;
 const MAC = '52:54:00:5e:ed:01';
 const CARD_BYTES = 16 * MiB;
 /** Where the card puts image byte 4 MiB: 6 MiB, so an offset mistake cannot pass unnoticed. */
 const CARD_IMAGE_BLOCK = (6 * MiB) / 512;
 
-/** The tftpput build, like qemuTestGate: skipped on a developer machine without it, built in CI. */
-async function tftpputUboot(): Promise<{ run: boolean; title: string; ubootBin(): Promise<string> }> {
-  const name = 'seed card under QEMU (U-Boot with tftpput)';
-  const tools = await qemuAvailable();
-  const cached = tools.ok ? await execFileAsync('bash', [BUILD_SCRIPT, '--cached-only', '--variant', 'tftpput']).then((r) => r.stdout.trim(), () => undefined) : undefined;
-  const run = cached !== undefined || inCi;
-  const why = tools.ok ? 'build it with: bash scripts/build-test-uboot.sh --variant tftpput' : tools.reason;
-  return {
-    run,
-    title: run ? name : `${name} (skipped: ${why})`,
-    async ubootBin() {
-      if (cached) return cached;
-      if (!tools.ok) throw new Error(`CI needs QEMU for the U-Boot tests: ${tools.reason}`);
-      const { stdout } = await execFileAsync('bash', [BUILD_SCRIPT, '--variant', 'tftpput'], { timeout: BUILD_TIMEOUT_MS, maxBuffer: 64 * MiB });
-      return stdout.trim();
-    },
-  };
-}
-
-const gate = await tftpputUboot();
+const gate = await tftpputUbootGate('seed card under QEMU (U-Boot with tftpput)');
 
 describe.skipIf(!gate.run)(gate.title, () => {
   let ubootBin = '';
@@ -102,7 +78,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
     closers.push(() => server.close());
 
     const script = join(workDir, 'seed-card.scr');
-    await execFileAsync('mkimage', ['-A', 'arm64', '-O', 'linux', '-T', 'script', '-C', 'none', '-n', 'seed card', '-d', SEED_CARD_SCRIPT, script]);
+    await writeSeedCardScript(script);
     const board: QemuBoard = await startQemuBoard({
       ubootBin,
       mac: MAC,

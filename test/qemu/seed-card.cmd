@@ -12,6 +12,9 @@
 #   loadaddr          where parts are downloaded
 #   seed_card_blk     card block (hex) where image byte 4 MiB lands — the card's own layout
 #   seed_report_addr  4 bytes of RAM for the count
+# and, for tests only (the real card has no such thing):
+#   seed_test_count_offset  hex added to the count before it is reported, so a test can make
+#                           the card report OK with a wrong count (the agent's VERIFY_MISMATCH)
 # Hush in U-Boot 2023.01 has no `break`: a state variable stops the loop instead.
 
 echo "seed-card: looking for ${ethaddr}/rpi_image_part_0"
@@ -57,6 +60,10 @@ else
     setenv seed_result FAILED
   else
     setenv seed_result OK
+  fi
+  if test -n "${seed_test_count_offset}"; then
+    setexpr seed_count ${seed_count} + ${seed_test_count_offset}
+    echo "seed-card: test only: count raised by 0x${seed_test_count_offset}"
   fi
   mw.l ${seed_report_addr} ${seed_count}
   if tftpput ${seed_report_addr} 4 ${ethaddr}/${seed_result}; then
