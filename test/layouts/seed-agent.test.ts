@@ -7,6 +7,7 @@
  * the agent's side of each outcome on every machine.
  */
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -59,7 +60,7 @@ describe('layout seed through the agent (no QEMU)', () => {
   });
 
   /** One job on the seed target; `card` plays the board after the reset. */
-  async function flash(card: CardBehaviour | undefined, timeouts: { boardShow?: number; stall?: number } = {}) {
+  async function flash(card: CardBehaviour | undefined, timeouts: { boardShow?: number; stall?: number; boot?: number } = {}, bootCheck = 'none') {
     const image = await lab.image('image.img', IMAGE_BYTES, 5);
     const jobLog: string[] = [];
     let cardRun: Promise<void> | undefined;
@@ -70,7 +71,7 @@ describe('layout seed through the agent (no QEMU)', () => {
     });
     await conn.lease(TARGET, { holder: 'seed-agent-test' });
     await conn.upload({ path: image.path, sha256: image.sha256, size: image.size, compression: 'none' });
-    const result: JobResult = await conn.flash({ sha256: image.sha256, bootCheck: 'none', timeouts: { boardShow: 5, stall: 5, ...timeouts } });
+    const result: JobResult = await conn.flash({ sha256: image.sha256, bootCheck, timeouts: { boardShow: 5, stall: 5, ...timeouts } });
     await cardRun; // the fake's own failures surface here
     return { result, jobLog, image: await readFile(image.path), folders: await lab.tftpFolders() };
   }
@@ -97,6 +98,28 @@ describe('layout seed through the agent (no QEMU)', () => {
     expect(afterReport).toBeNull();
     expect(jobLog.some((l) => /seed card reported OK \(4 bytes\)/.test(l))).toBe(true);
     expect(folders).toEqual([]);
+  });
+
+  it('the parts are withdrawn on the report, while the job still waits for the boot: the rebooted card finds nothing', async () => {
+    // A boot check nobody answers keeps the job alive past the report, so only the withdrawal on
+    // the report (not the clean-up at the job's end) can hide part 0 from the card's next look.
+    const closedPort = await new Promise<number>((resolve) => {
+      const s = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = s.address() as AddressInfo;
+        s.close(() => resolve(port));
+      });
+    });
+    let afterReport: Buffer | null | undefined;
+    let stillRunning = false;
+    const { result } = await flash(async (port) => {
+      await fetchParts(port);
+      await tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/OK`, data: count(EXPECTED_COUNT) });
+      afterReport = await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
+      stillRunning = (await lab.tftpFolders()).includes(FOLDER);
+    }, { boot: 2 }, `tcp:127.0.0.1:${closedPort}`);
+    expect(result).toMatchObject({ code: 'BOOT_TIMEOUT', bytesWritten: EXPECTED_COUNT });
+    expect(afterReport).toBeNull();
+    expect(stillRunning, 'the job had not ended yet: its folder was still there').toBe(true);
   });
 
   it('a card that reports OK with a wrong count → VERIFY_MISMATCH naming both counts', async () => {
