@@ -174,7 +174,9 @@ export class AgentService implements ConnectionHandler {
       try {
         await up.session.write(data);
         up.received += data.length;
-        // Acknowledge what is on disk: the client keeps at most UPLOAD_WINDOW_BYTES unacknowledged.
+        // Acknowledge what the store accepted (hashed, queued for disk; it holds a few MiB at most):
+        // the client keeps at most UPLOAD_WINDOW_BYTES unacknowledged. Durable is only what a
+        // suspend fsyncs, reported as the resume offset.
         if (up.received - up.lastAck >= 1024 * 1024 || up.received === up.size) {
           up.lastAck = up.received;
           s.conn?.send({ type: 'upload-progress', re: up.requestId, received: up.received });

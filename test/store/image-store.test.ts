@@ -463,3 +463,49 @@ describe('init() after a crash', () => {
     expect(await exists(stored.path)).toBe(false);
   });
 });
+
+describe('write-behind and hashing on a worker thread', () => {
+  for (const compression of ['none', 'gz'] as const) {
+    it(`stores a ${compression} upload hashed on a worker: same image, sha256 and part CRCs`, async () => {
+      const store = await openStore({ hashOnWorkerFromBytes: 0, writeBatchBytes: 64 * 1024, writesInFlight: 3 });
+      const image = makeImage(5 * PART + 777, 4);
+      const { stored } = await upload(store, image, compression);
+      expect(Buffer.compare(await fs.readFile(stored.path), image)).toBe(0);
+      expect(await store.partCrcs(stored.sha256, PART)).toEqual(expectedCrcs(image, PART));
+    });
+  }
+
+  it('discards an upload hashed on a worker whose bytes do not match the declared sha256', async () => {
+    const store = await openStore({ hashOnWorkerFromBytes: 0 });
+    const wire = makeImage(80_000);
+    const declared = sha(Buffer.from('another file'));
+    const session = await store.begin({ sha256: declared, size: wire.length, compression: 'none' });
+    await send(session, wire);
+    const err = await expectCode(session.finish(), 'SHA256_MISMATCH');
+    expect(err.message).toContain(sha(wire));
+    expect(await fs.readdir(path.join(tmp, 'state', 'images', 'partial'))).toEqual([]);
+  });
+
+  for (const hashOnWorkerFromBytes of [0, Number.POSITIVE_INFINITY]) {
+    it(`a suspend in the middle of a batch keeps every accepted byte, and the resume goes on from there (worker: ${hashOnWorkerFromBytes === 0})`, async () => {
+      // Batches of 30 000 bytes, chunks of 7 000: the suspend lands inside a batch not yet written.
+      const o = { writeBatchBytes: 30_000, writesInFlight: 2, hashOnWorkerFromBytes };
+      let store = await openStore(o);
+      const image = makeImage(200_000 + 11, 5);
+      const begin = { sha256: sha(image), size: image.length, compression: 'none' as const };
+      const first = await store.begin(begin);
+      await send(first, image, 7_000, 77_000);
+      await first.suspend();
+      expect((await fs.stat(path.join(tmp, 'state', 'images', 'partial', `${begin.sha256}.upload`))).size).toBe(77_000);
+
+      await store.close();
+      store = await openStore(o);
+      const second = await store.begin(begin);
+      expect(second.offset).toBe(77_000);
+      await send(second, image, 7_000);
+      const stored = await second.finish();
+      expect(Buffer.compare(await fs.readFile(stored.path), image)).toBe(0);
+      expect(await store.partCrcs(stored.sha256, PART)).toEqual(expectedCrcs(image, PART));
+    });
+  }
+});
