@@ -6,7 +6,7 @@
  *
  *   npx tsx bench/upload.ts [--size-mib 1024]
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile, open } from 'node:fs/promises';
@@ -73,7 +73,9 @@ async function agentUpload(dir: string, file: string, size: number, sha256: stri
     path.join(dir, 'agent.json'),
     JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, token, targets: 'targets.csv', tftp: { root: 'tftp', address: '127.0.0.1', port: 0 }, stateDir: 'state', store: { maxBytes: '8GiB' }, defaultLayout: 'whole' }),
   );
-  const child = spawn(process.execPath, ['--import', 'tsx', path.resolve('runner-agent/src/cli.ts'), '--config', path.join(dir, 'agent.json'), '--allow-root'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // The agent as a lab runs it: compiled (npm run build), not through tsx's loader.
+  execFileSync(process.execPath, [path.resolve('node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
+  const child = spawn(process.execPath, [path.resolve('build/runner-agent/src/cli.js'), '--config', path.join(dir, 'agent.json'), '--allow-root'], { stdio: ['ignore', 'pipe', 'inherit'] });
   let url = '';
   let out = '';
   await new Promise<void>((resolve, reject) => {

@@ -177,6 +177,8 @@ export async function runAgentScenario(o: AgentScenarioOptions): Promise<AgentSc
       },
       timeouts: { boardShow: 20, stall: 15, boot: 5, leaseGrace: 30, shutdown: 5, ...o.timeouts },
       bootCheck: 'none',
+      // The test images are bare patterns (no FAT boot partition): written as they are.
+      defaultLayout: 'whole',
       logLevel: 'debug',
     },
     o.workDir,
