@@ -118,7 +118,7 @@ export class FlashJob {
     try {
       return await body();
     } finally {
-      const seconds = Math.round((performance.now() - started) / 10) / 100;
+      const seconds = Math.round(performance.now() - started) / 1000;
       this.timings[phase] = seconds;
       this.o.emit({ type: 'phase', job: this.o.id, phase, state: 'end', seconds });
     }
