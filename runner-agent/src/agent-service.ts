@@ -5,7 +5,9 @@
  * reconnect and resume (`lease` with the old lease id). A client that goes silent, or stays away
  * past the grace period, loses the lease; its running job is cancelled and the staged files go.
  */
-import { AgentError } from '../../src/protocol/errors.js';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { AgentError, type ErrorCode } from '../../src/protocol/errors.js';
 import type { ClientMessage, FlashRequest, JobResult, LeaseRequest, ResultMessage, UploadBeginRequest } from '../../src/protocol/messages.js';
 import type { Logger } from './log.js';
 import type { AgentConfig } from './config.js';
@@ -19,8 +21,6 @@ import type { ClientConnection, ConnectionHandler } from './ws/server.js';
 import { planInjection } from './image/inject.js';
 import { debianUbootPath, getPiModel } from './image/models.js';
 import type { Patch } from './jobs/image-view.js';
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 
 interface ActiveUpload {
   requestId: string;
@@ -44,7 +44,8 @@ interface LeaseSession {
   job?: FlashJob;
   /** Set from the moment a flash request is accepted until its job ends. */
   starting?: boolean;
-  jobRequest?: string;
+  /** A cancel that arrived while the job was still being set up. */
+  cancelRequested?: { reason: string; code: ErrorCode };
   /** A result that finished while the client was away, delivered when it reattaches. */
   pendingResult?: ResultMessage;
   graceTimer?: NodeJS.Timeout;
@@ -58,9 +59,6 @@ export interface AgentServiceDeps {
   resetContext: Omit<ResetContext, 'log'>;
   targets: () => readonly Target[];
 }
-
-/** How far ahead of the agent's disk writes a client may send (flow control by upload-progress). */
-export const UPLOAD_WINDOW_BYTES = 16 * 1024 * 1024;
 
 export class AgentService implements ConnectionHandler {
   readonly leases = new LeaseManager();
@@ -175,7 +173,7 @@ export class AgentService implements ConnectionHandler {
         await up.session.write(data);
         up.received += data.length;
         // Acknowledge what the store accepted (hashed, queued for disk; it holds a few MiB at most):
-        // the client keeps at most UPLOAD_WINDOW_BYTES unacknowledged. Durable is only what a
+        // the client keeps at most its window (16 MiB) unacknowledged. Durable is only what a
         // suspend fsyncs, reported as the resume offset.
         if (up.received - up.lastAck >= 1024 * 1024 || up.received === up.size) {
           up.lastAck = up.received;
@@ -265,7 +263,7 @@ export class AgentService implements ConnectionHandler {
         emit: (event) => s.conn?.send({ ...event, re: m.id } as never),
       });
       s.job = job;
-      s.jobRequest = m.id;
+      if (s.cancelRequested) job.cancel(s.cancelRequested.reason, s.cancelRequested.code);
       log.info('job started', { image: image.sha256, size: formatBytes(image.imageSize), holder: s.lease.holder });
       const result: JobResult = await job.run();
       log.info('job ended', { code: result.code, ok: result.ok, seconds: Object.values(result.timings).reduce((a, b) => a + (b ?? 0), 0).toFixed(1) });
@@ -322,16 +320,23 @@ export class AgentService implements ConnectionHandler {
       return;
     }
     this.d.log.info('cancel requested', { target: s.target.name, lease: s.lease.id, reason });
-    if (s.job) {
+    if (s.job || s.starting) {
       // The job's own result (CANCELLED) answers the flash request; the cancel gets `released`.
-      const job = s.job;
-      job.cancel(reason ? `cancelled by the client: ${reason}` : 'cancelled by the client');
+      // A job still being set up (part CRCs) is cancelled the moment it exists.
+      const why = reason ? `cancelled by the client: ${reason}` : 'cancelled by the client';
+      this.cancelJob(s, why, 'CANCELLED');
       conn.send({ type: 'released', re: id, lease: s.lease.id });
       return;
     }
     await this.dropUpload(s, 'suspend');
     this.endSession(s);
     conn.send({ type: 'released', re: id, lease: s.lease.id });
+  }
+
+  /** Cancel the lease's job, or the job about to start on it. */
+  private cancelJob(s: LeaseSession, reason: string, code: ErrorCode): void {
+    if (s.job) s.job.cancel(reason, code);
+    else s.cancelRequested = { reason, code };
   }
 
   private endSession(s: LeaseSession): void {
@@ -352,7 +357,7 @@ export class AgentService implements ConnectionHandler {
     s.conn = undefined;
     const expire = (why: string) => {
       this.d.log.warn('lease lost', { target: s.target.name, lease: s.lease.id, why });
-      if (s.job) s.job.cancel(why, 'LEASE_LOST');
+      if (s.job || s.starting) this.cancelJob(s, why, 'LEASE_LOST');
       else {
         void this.dropUpload(s, 'suspend');
         this.endSession(s);
@@ -375,12 +380,12 @@ export class AgentService implements ConnectionHandler {
     this.leases.close();
     const running: Promise<void>[] = [];
     for (const s of this.sessions.values()) {
-      if (s.job) {
-        s.job.cancel('the agent is stopping', 'SHUTTING_DOWN');
+      if (s.job || s.starting) {
+        this.cancelJob(s, 'the agent is stopping', 'SHUTTING_DOWN');
         running.push(
           new Promise<void>((resolve) => {
             const check = setInterval(() => {
-              if (!s.job || !this.sessions.has(s.lease.id) || s.pendingResult) {
+              if ((!s.job && !s.starting) || !this.sessions.has(s.lease.id) || s.pendingResult) {
                 clearInterval(check);
                 resolve();
               }
