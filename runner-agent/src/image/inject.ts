@@ -18,7 +18,7 @@ import { restoreConfigText, rewriteConfigText, selectBoot, type BootFiles } from
 import { getPiModel, type PiModel } from './models.js';
 
 export type { Patch } from './disk.js';
-export { InjectError, type InjectErrorCode, INJECT_ERROR_CODES } from './errors.js';
+export { InjectError, type InjectErrorCode } from './errors.js';
 
 export const UBOOT_FILE = 'u-boot.bin';
 export const STAGE1_FILE = 'boot.scr';
