@@ -61,9 +61,13 @@ for (const client of Object.keys(CLIENTS) as Client[]) {
         await mkdir(join(tmp.dir, 'root', name, '..'), { recursive: true });
         await writeFile(join(tmp.dir, 'root', name), patternedData(size, size));
       }
-      // Retries long enough to outlast the clients' own 5 s timeout: atftp, having re-ACKed a
-      // duplicate block once, waits for that timeout before it ACKs again.
-      server = new TftpServer({ address: '127.0.0.1', port: 0, resolver: realFileResolver(join(tmp.dir, 'root')), timeoutMs: 200, retries: 50 });
+      // atftp re-ACKs a duplicate block once, then stays silent until its own 5 s timer fires — and
+      // every packet it receives restarts that timer. A server retransmitting faster than every 5 s
+      // (after a lost window-final ACK) keeps atftp silent for ever: a livelock of the pair, seen
+      // in CI. So atftp's server waits longer than atftp does; the others keep a short timeout,
+      // with retries long enough to outlast their own 5 s timeouts.
+      const serverTimeout = client === 'atftp' ? { timeoutMs: 5_500, retries: 8 } : { timeoutMs: 200, retries: 50 };
+      server = new TftpServer({ address: '127.0.0.1', port: 0, resolver: realFileResolver(join(tmp.dir, 'root')), ...serverTimeout });
       directPort = (await server.listen()).port;
       relay = new LossyUdpRelay({
         target: { address: '127.0.0.1', port: directPort },
