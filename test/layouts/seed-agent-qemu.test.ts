@@ -10,10 +10,9 @@
  * the parts and resets it through QMP — what a lab's RUN line does. Parts are 5 MiB
  * (`flash.seedPartSize`): QEMU writes the SD card at about 8 MiB/s.
  */
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startAgent, type RunningAgent } from '../../runner-agent/src/agent.js';
 import { validateConfig } from '../../runner-agent/src/config.js';
 import { createLogger, formatRecord, type LogRecord } from '../../runner-agent/src/log.js';
@@ -22,8 +21,8 @@ import { connectAgent, type AgentConnection } from '../../src/protocol/client.js
 import type { AgentMessage, JobResult } from '../../src/protocol/messages.js';
 import { sha256File } from '../support/lab.js';
 import { parseUbootTransfers } from '../qemu/agent-scenario.js';
-import { consoleTail, killAllQemuBoards, startQemuBoard, type QemuBoard } from '../qemu/qemu-board.js';
-import { BUILD_TIMEOUT_MS } from '../qemu/test-uboot.js';
+import { consoleTail, startQemuBoard, type QemuBoard } from '../qemu/qemu-board.js';
+import { useQemuWorkspace } from '../qemu/test-uboot.js';
 import { tftpputUbootGate, writeSeedCardScript } from './seed-uboot.js';
 
 const MiB = 1024 * 1024;
@@ -56,31 +55,17 @@ interface SeedRun {
 }
 
 describe.skipIf(!gate.run)(gate.title, () => {
-  let ubootBin = '';
-  let workDir = '';
-
-  beforeAll(async () => {
-    ubootBin = await gate.ubootBin();
-  }, BUILD_TIMEOUT_MS);
-
-  beforeEach(async () => {
-    workDir = await mkdtemp(join(tmpdir(), 'rpi-flash-seed-agent-'));
-  });
-
-  afterEach(async () => {
-    await killAllQemuBoards();
-    await rm(workDir, { recursive: true, force: true });
-  });
+  const qemu = useQemuWorkspace(gate, { prefix: 'rpi-flash-seed-agent-' });
 
   async function flashSeedCard(o: { imageBytes: number; boardEnv?: Record<string, string> }): Promise<SeedRun> {
     const image = patternBytes(o.imageBytes, 7);
-    const imageFile = join(workDir, 'image.img');
+    const imageFile = join(qemu.workDir, 'image.img');
     await writeFile(imageFile, image);
     const card = patternBytes(CARD_BYTES, CARD_SEED);
-    const sdImage = join(workDir, 'sd.img');
+    const sdImage = join(qemu.workDir, 'sd.img');
     await writeFile(sdImage, card);
-    const qmpSocket = join(workDir, 'qmp.sock'); // where startQemuBoard puts it
-    await writeFile(join(workDir, 'targets.csv'), `name,mac,ip,reset,layout\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},seed\n`);
+    const qmpSocket = join(qemu.workDir, 'qmp.sock'); // where startQemuBoard puts it
+    await writeFile(join(qemu.workDir, 'targets.csv'), `name,mac,ip,reset,layout\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},seed\n`);
     const config = await validateConfig(
       {
         listen: { host: '127.0.0.1', port: 0 },
@@ -96,9 +81,9 @@ describe.skipIf(!gate.run)(gate.title, () => {
         // The target's own layout column says seed; the default must not be what makes it pass.
         defaultLayout: 'whole',
       },
-      workDir,
+      qemu.workDir,
     );
-    const script = join(workDir, 'seed-card.scr');
+    const script = join(qemu.workDir, 'seed-card.scr');
     await writeSeedCardScript(script);
 
     const records: LogRecord[] = [];
@@ -110,7 +95,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
     try {
       agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => records.push(r) }) });
       board = await startQemuBoard({
-        ubootBin,
+        ubootBin: qemu.ubootBin,
         mac: MAC,
         tftpPort: agent.tftp.port,
         sdImage,
@@ -119,7 +104,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
         // The seed card reboots after its report; without an image it stops (here: at the prompt).
         bootcmd: 'source ${stage1addr}; if test "${seed_state}" != none; then reset; fi',
         timeoutMs: RUN_TIMEOUT_MS,
-        workDir,
+        workDir: qemu.workDir,
       });
       const b = board;
       // The first boot finds no part 0; only then may the job be staged (else that boot could take it).

@@ -9,19 +9,18 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { crc32 } from 'node:zlib';
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { planParts } from '../../runner-agent/src/board/stage2-script.js';
 import type { JobResult } from '../../src/protocol/messages.js';
 import { startLab, type Lab } from '../support/lab.js';
 import { runAgentScenario, type AgentScenarioOptions, type AgentScenarioResult } from './agent-scenario.js';
-import { consoleTail, killAllQemuBoards } from './qemu-board.js';
-import { BUILD_TIMEOUT_MS, inCi, qemuTestGate } from './test-uboot.js';
+import { consoleTail } from './qemu-board.js';
+import { inCi, qemuTestGate, useQemuWorkspace } from './test-uboot.js';
 
 const execFileAsync = promisify(execFile);
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -47,33 +46,19 @@ function expectedPartCrcs(image: Buffer, partSize: number): string[] {
 }
 
 describe.skipIf(!gate.run)(gate.title, () => {
-  let ubootBin = '';
-  let workDir = '';
-
-  beforeAll(async () => {
-    ubootBin = await gate.ubootBin();
-  }, BUILD_TIMEOUT_MS);
-
-  beforeEach(async () => {
-    workDir = await mkdtemp(join(tmpdir(), 'rpi-flash-qemu-agent-'));
-  });
-
-  afterEach(async () => {
-    await killAllQemuBoards();
-    await rm(workDir, { recursive: true, force: true });
-  });
+  const qemu = useQemuWorkspace(gate, { prefix: 'rpi-flash-qemu-agent-' });
 
   async function writeImage(size: number): Promise<{ file: string; data: Buffer }> {
     const data = randomBytes(size);
-    const file = join(workDir, 'image.raw');
+    const file = join(qemu.workDir, 'image.raw');
     await writeFile(file, data);
     return { file, data };
   }
 
   function options(imageFile: string, over: Partial<AgentScenarioOptions> = {}): AgentScenarioOptions {
     return {
-      ubootBin,
-      workDir: join(workDir, 'run'),
+      ubootBin: qemu.ubootBin,
+      workDir: join(qemu.workDir, 'run'),
       mac: MAC,
       imageFile,
       sdSize: SD_SIZE,

@@ -2,12 +2,11 @@
  * The QEMU board harness itself: environment, QMP reset (the RUN line's stand-in), the hard
  * timeout, and that no QEMU outlives its board.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { boardEnvironment, killAllQemuBoards, qmpCommand, startQemuBoard, withConsoleOnFailure, type QemuBoardOptions } from './qemu-board.js';
-import { BUILD_TIMEOUT_MS, qemuTestGate } from './test-uboot.js';
+import { describe, expect, it } from 'vitest';
+import { boardEnvironment, qmpCommand, startQemuBoard, withConsoleOnFailure, type QemuBoardOptions } from './qemu-board.js';
+import { qemuTestGate, useQemuWorkspace } from './test-uboot.js';
 
 const gate = await qemuTestGate('QEMU board harness');
 
@@ -42,30 +41,15 @@ describe('boardEnvironment', () => {
 });
 
 describe.skipIf(!gate.run)(gate.title, () => {
-  let ubootBin = '';
-  let workDir = '';
-
-  beforeAll(async () => {
-    ubootBin = await gate.ubootBin();
-  }, BUILD_TIMEOUT_MS);
-
-  beforeEach(async () => {
-    workDir = await mkdtemp(join(tmpdir(), 'rpi-flash-qemu-'));
-    await writeFile(join(workDir, 'sd.img'), Buffer.alloc(1024 * 1024));
-  });
-
-  afterEach(async () => {
-    await killAllQemuBoards();
-    await rm(workDir, { recursive: true, force: true });
-  });
+  const qemu = useQemuWorkspace(gate, { prefix: 'rpi-flash-qemu-', prepare: (dir) => writeFile(join(dir, 'sd.img'), Buffer.alloc(1024 * 1024)) });
 
   const options = (over: Partial<QemuBoardOptions>): QemuBoardOptions => ({
-    ubootBin,
+    ubootBin: qemu.ubootBin,
     mac: '52:54:00:ab:cd:ef',
     tftpPort: 9,
-    sdImage: join(workDir, 'sd.img'),
+    sdImage: join(qemu.workDir, 'sd.img'),
     timeoutMs: 30_000,
-    workDir,
+    workDir: qemu.workDir,
     ...over,
   });
 
@@ -105,7 +89,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
   });
 
   it('refuses an SD image whose size is not a power of two', async () => {
-    await writeFile(join(workDir, 'odd.img'), Buffer.alloc(3 * 512));
-    await expect(startQemuBoard(options({ sdImage: join(workDir, 'odd.img') }))).rejects.toThrow(/1536 bytes; QEMU's sd-card needs a power of two/);
+    await writeFile(join(qemu.workDir, 'odd.img'), Buffer.alloc(3 * 512));
+    await expect(startQemuBoard(options({ sdImage: join(qemu.workDir, 'odd.img') }))).rejects.toThrow(/1536 bytes; QEMU's sd-card needs a power of two/);
   });
 });

@@ -8,7 +8,11 @@
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { qemuAvailable } from './qemu-board.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeAll, beforeEach } from 'vitest';
+import { killAllQemuBoards, qemuAvailable } from './qemu-board.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -66,4 +70,28 @@ export async function qemuTestGate(name: string): Promise<{ run: boolean; title:
       return buildTestUboot();
     },
   };
+}
+
+/**
+ * The hooks every real-U-Boot test file needs, registered inside its `describe`: the test U-Boot
+ * built or reused once, a fresh work folder per test (`prepare` may fill it), and no QEMU left
+ * running and no folder left behind after each test.
+ */
+export function useQemuWorkspace(
+  gate: { ubootBin(): Promise<string> },
+  o: { prefix: string; prepare?: (workDir: string) => Promise<void> },
+): { readonly ubootBin: string; readonly workDir: string } {
+  const state = { ubootBin: '', workDir: '' };
+  beforeAll(async () => {
+    state.ubootBin = await gate.ubootBin();
+  }, BUILD_TIMEOUT_MS);
+  beforeEach(async () => {
+    state.workDir = await mkdtemp(join(tmpdir(), o.prefix));
+    await o.prepare?.(state.workDir);
+  });
+  afterEach(async () => {
+    await killAllQemuBoards();
+    await rm(state.workDir, { recursive: true, force: true });
+  });
+  return state;
 }

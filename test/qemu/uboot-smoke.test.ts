@@ -5,16 +5,15 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FLASH_SCRIPT, macDir } from '../../src/protocol/tftp-names.js';
 import { STAGE1_SOURCE, runFlashScenario, type FlashScenarioOptions, type FlashScenarioResult } from './flash-scenario.js';
-import { consoleTail, killAllQemuBoards, startQemuBoard, withConsoleOnFailure } from './qemu-board.js';
-import { BUILD_TIMEOUT_MS, inCi, qemuTestGate } from './test-uboot.js';
+import { consoleTail, startQemuBoard, withConsoleOnFailure } from './qemu-board.js';
+import { inCi, qemuTestGate, useQemuWorkspace } from './test-uboot.js';
 
 const execFileAsync = promisify(execFile);
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -27,33 +26,18 @@ const SD_FILL = 0x5a; // not zero, so an untouched sector is told apart from a z
 const BOOT_TIMEOUT_MS = 60_000;
 
 describe.skipIf(!gate.run)(gate.title, () => {
-  let ubootBin = '';
-  let workDir = '';
-
-  beforeAll(async () => {
-    ubootBin = await gate.ubootBin();
-  }, BUILD_TIMEOUT_MS);
-
-  beforeEach(async () => {
-    workDir = await mkdtemp(join(tmpdir(), 'rpi-flash-qemu-'));
-    await writeFile(join(workDir, 'sd.img'), Buffer.alloc(SD_SIZE, SD_FILL));
-  });
-
-  afterEach(async () => {
-    await killAllQemuBoards();
-    await rm(workDir, { recursive: true, force: true });
-  });
+  const qemu = useQemuWorkspace(gate, { prefix: 'rpi-flash-qemu-', prepare: (dir) => writeFile(join(dir, 'sd.img'), Buffer.alloc(SD_SIZE, SD_FILL)) });
 
   async function writePayload(size: number): Promise<Buffer> {
     const payload = randomBytes(size);
-    await writeFile(join(workDir, 'payload.img'), payload);
+    await writeFile(join(qemu.workDir, 'payload.img'), payload);
     return payload;
   }
 
   function scenario(over: Partial<FlashScenarioOptions>): FlashScenarioOptions {
     return {
-      ubootBin,
-      workDir,
+      ubootBin: qemu.ubootBin,
+      workDir: qemu.workDir,
       mac: MAC,
       payloadFile: 'payload.img',
       payloadSize: 0,
@@ -72,7 +56,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
 
   /** The SD card holds `payload` at `startSector` and the fill pattern everywhere else. */
   async function expectCard(payload: Buffer, startSector: number): Promise<void> {
-    const card = await readFile(join(workDir, 'sd.img'));
+    const card = await readFile(join(qemu.workDir, 'sd.img'));
     const start = startSector * 512;
     expect(card.length).toBe(SD_SIZE);
     expect(card.subarray(start, start + payload.length).equals(payload), 'payload on the card').toBe(true);
@@ -93,7 +77,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
     const part = result.transfers.find((t) => t.path === `${dir}/payload.bin`);
     expect(part).toMatchObject({ ok: true, bytes: payload.length, options: { blksize: '1468', windowsize: '16' } });
     // The images came from the agent's buildScriptImage: mkimage must read them as U-Boot does.
-    const { stdout: listing } = await execFileAsync('mkimage', ['-l', join(workDir, 'stage1.scr')]);
+    const { stdout: listing } = await execFileAsync('mkimage', ['-l', join(qemu.workDir, 'stage1.scr')]);
     expect(listing).toMatch(/Image Name:\s+rpi-flash stage 1/);
     expect(listing).toMatch(/Image Type:\s+ARM Linux Script \(uncompressed\)/);
     const stage1Length = Buffer.byteLength(await readFile(STAGE1_SOURCE, 'utf8'));
@@ -111,13 +95,13 @@ describe.skipIf(!gate.run)(gate.title, () => {
 
   it('the test board lacks tftpput and hash, as a Pi with Debian U-Boot does', async () => {
     const board = await startQemuBoard({
-      ubootBin,
+      ubootBin: qemu.ubootBin,
       mac: MAC,
       tftpPort: 9, // never used: no TFTP command runs
-      sdImage: join(workDir, 'sd.img'),
+      sdImage: join(qemu.workDir, 'sd.img'),
       bootcmd: 'tftpput ${loadaddr} 4 x; hash sha256 ${loadaddr} 4; poweroff',
       timeoutMs: BOOT_TIMEOUT_MS,
-      workDir,
+      workDir: qemu.workDir,
     });
     await withConsoleOnFailure(board, async () => {
       expect(await board.waitForExit(BOOT_TIMEOUT_MS)).toBe(0);
