@@ -20,7 +20,7 @@ import { patternBytes } from '../../runner-agent/src/sample-image.js';
 import { connectAgent, type AgentConnection } from '../../src/protocol/client.js';
 import type { AgentMessage, JobResult } from '../../src/protocol/messages.js';
 import { sha256File } from '../support/lab.js';
-import { parseUbootTransfers } from '../qemu/agent-scenario.js';
+import { parseUbootTransfers, qemuAgentSettings } from '../qemu/agent-scenario.js';
 import { consoleTail, startQemuBoard, type QemuBoard } from '../qemu/qemu-board.js';
 import { useQemuWorkspace } from '../qemu/test-uboot.js';
 import { tftpputUbootGate, writeSeedCardScript } from './seed-uboot.js';
@@ -67,20 +67,12 @@ describe.skipIf(!gate.run)(gate.title, () => {
     const qmpSocket = join(qemu.workDir, 'qmp.sock'); // where startQemuBoard puts it
     await writeFile(join(qemu.workDir, 'targets.csv'), `name,mac,ip,reset,layout\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},seed\n`);
     const config = await validateConfig(
-      {
-        listen: { host: '127.0.0.1', port: 0 },
-        token: TOKEN,
-        targets: 'targets.csv',
-        // slirp makes the VM appear as 127.0.0.1, which the agent always admits.
-        tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
-        stateDir: 'state',
+      qemuAgentSettings(TOKEN, {
         flash: { seedPartSize: '5MiB' },
-        timeouts: { boardShow: 30, stall: 30, boot: 5, leaseGrace: 30, shutdown: 5 },
-        bootCheck: 'none',
-        logLevel: 'debug',
+        timeouts: { boardShow: 30, stall: 30 },
         // The target's own layout column says seed; the default must not be what makes it pass.
         defaultLayout: 'whole',
-      },
+      }),
       qemu.workDir,
     );
     const script = join(qemu.workDir, 'seed-card.scr');

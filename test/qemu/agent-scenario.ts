@@ -41,6 +41,29 @@ export const QEMU_FLASH_ADDR = {
   beaconAddr: GUEST_ADDR.load - 0x10_0000,
 } as const;
 
+/**
+ * Agent settings for a board under QEMU (the raw object `validateConfig` takes): loopback
+ * listeners on ephemeral ports, a `targets.csv` in the work folder, stage 2 in QEMU's memory map,
+ * no boot check; `over` replaces top-level settings and extends `flash` and `timeouts`.
+ */
+export function qemuAgentSettings(token: string, over: { flash?: Record<string, unknown>; timeouts?: Record<string, unknown>; [key: string]: unknown } = {}): Record<string, unknown> {
+  const hex = (n: number) => `0x${n.toString(16)}`;
+  const { flash, timeouts, ...rest } = over;
+  return {
+    listen: { host: '127.0.0.1', port: 0 },
+    token,
+    targets: 'targets.csv',
+    // slirp makes the VM appear as 127.0.0.1, which the agent always admits (checkClientIp).
+    tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
+    stateDir: 'state',
+    flash: { retries: 2, loadAddr: hex(QEMU_FLASH_ADDR.loadAddr), crcAddr: hex(QEMU_FLASH_ADDR.crcAddr), beaconAddr: hex(QEMU_FLASH_ADDR.beaconAddr), mmcDev: 0, ...flash },
+    timeouts: { boardShow: 20, stall: 15, boot: 5, leaseGrace: 30, shutdown: 5, ...timeouts },
+    bootCheck: 'none',
+    logLevel: 'debug',
+    ...rest,
+  };
+}
+
 /** TFTP faults as data (they cross into the `unshare -rn` child as JSON). */
 export interface TftpFaultPlan {
   /** Corrupt one DATA block of one part: only the first time it is sent, or every time. */
@@ -157,30 +180,13 @@ export async function runAgentScenario(o: AgentScenarioOptions): Promise<AgentSc
   await writeFile(sdImage, Buffer.alloc(o.sdSize, o.sdFill));
   const qmpSocket = join(o.workDir, 'qmp.sock'); // where startQemuBoard puts it
   await writeFile(join(o.workDir, 'targets.csv'), `name,mac,ip,reset\n${TARGET_NAME},${o.mac},127.0.0.1,qmp:${qmpSocket}\n`);
-  const hex = (n: number) => `0x${n.toString(16)}`;
   const config = await validateConfig(
-    {
-      listen: { host: '127.0.0.1', port: 0 },
-      token: TOKEN,
-      targets: 'targets.csv',
-      // slirp makes the VM appear as 127.0.0.1, which the agent always admits (checkClientIp).
-      tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
-      stateDir: 'state',
-      flash: {
-        partSize: '1MiB',
-        retries: 2,
-        loadAddr: hex(QEMU_FLASH_ADDR.loadAddr),
-        crcAddr: hex(QEMU_FLASH_ADDR.crcAddr),
-        beaconAddr: hex(QEMU_FLASH_ADDR.beaconAddr),
-        mmcDev: 0,
-        ...o.flash,
-      },
-      timeouts: { boardShow: 20, stall: 15, boot: 5, leaseGrace: 30, shutdown: 5, ...o.timeouts },
-      bootCheck: 'none',
+    qemuAgentSettings(TOKEN, {
+      flash: { partSize: '1MiB', ...o.flash },
+      ...(o.timeouts ? { timeouts: o.timeouts } : {}),
       // The test images are bare patterns (no FAT boot partition): written as they are.
       defaultLayout: 'whole',
-      logLevel: 'debug',
-    },
+    }),
     o.workDir,
   );
   const records: LogRecord[] = [];

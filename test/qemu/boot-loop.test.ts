@@ -31,7 +31,7 @@ import type { AgentMessage } from '../../src/protocol/messages.js';
 import { macDir } from '../../src/protocol/tftp-names.js';
 import { getPiModel } from '../../runner-agent/src/image/models.js';
 import { makeCard } from '../../runner-agent/src/make-card.js';
-import { QEMU_FLASH_ADDR } from './agent-scenario.js';
+import { qemuAgentSettings } from './agent-scenario.js';
 import {
   BOOT_PARTITION_OFFSET,
   CARD_BOOTCMD,
@@ -129,21 +129,13 @@ describe.skipIf(!run)(title, () => {
     const qmpSocket = join(workDir, 'qmp.sock'); // where startQemuBoard puts it
     const serialSocket = join(workDir, 'serial.sock');
     await writeFile(join(workDir, 'targets.csv'), `name,mac,ip,reset,model,console\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},arm64,unix:${serialSocket}\n`);
-    const hex = (n: number) => `0x${n.toString(16)}`;
     const config = await validateConfig(
-      {
-        listen: { host: '127.0.0.1', port: 0 },
-        token: TOKEN,
-        targets: 'targets.csv',
-        tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
-        stateDir: 'state',
-        flash: { partSize: '4MiB', retries: 2, loadAddr: hex(QEMU_FLASH_ADDR.loadAddr), crcAddr: hex(QEMU_FLASH_ADDR.crcAddr), beaconAddr: hex(QEMU_FLASH_ADDR.beaconAddr), mmcDev: 0, tftpWindowSize: 8 },
-        timeouts: { boardShow: 30, stall: 30, boot: 150, leaseGrace: 30, shutdown: 5 },
-        bootCheck: 'none',
+      qemuAgentSettings(TOKEN, {
+        flash: { partSize: '4MiB', tftpWindowSize: 8 },
+        timeouts: { boardShow: 30, stall: 30, boot: 150 },
         defaultLayout: 'inject',
         uboot: { binaries: { arm64: ubootBin }, bootScr: stage1Path },
-        logLevel: 'debug',
-      },
+      }),
       workDir,
     );
     const records: LogRecord[] = [];
