@@ -29,7 +29,13 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { WebSocketServer } from 'ws';
 import type { ClientConnection } from '../runner-agent/src/ws/server.js';
-import { MAX_PAYLOAD_MARGIN, PROTOCOL_VERSION, WS_PATH, type AgentMessage, type ClientMessage } from '../src/protocol/messages.js';
+import {
+  MAX_PAYLOAD_MARGIN,
+  PROTOCOL_VERSION,
+  WS_PATH,
+  type AgentMessage,
+  type ClientMessage,
+} from '../src/protocol/messages.js';
 import { LAB_TOKEN, startLab } from '../test/support/lab.js';
 import { ROOT, runAction } from '../test/action/run-action.js';
 
@@ -136,15 +142,23 @@ async function bareWsCopy(file: string, size: number): Promise<{ mbps: number; c
   );
   try {
     // cwd ROOT so the evaluated module resolves `ws` from the project's node_modules.
-    const child = spawn(process.execPath, ['--input-type=module', '-e', BARE_CLIENT, `ws://127.0.0.1:${port}`, file, String(size), String(CHUNK)], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    const child = spawn(
+      process.execPath,
+      ['--input-type=module', '-e', BARE_CLIENT, `ws://127.0.0.1:${port}`, file, String(size), String(CHUNK)],
+      {
+        cwd: ROOT,
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     const [code] = (await once(child, 'close')) as [number | null];
-    if (code !== 0 || received !== size) throw new Error(`bare ws client exited with ${code} after ${received} of ${size} bytes: ${out}`);
-    return { mbps: size / 1e6 / ((last - first) / 1000), clientRssMiB: Number(/VmHWM (\d+)/.exec(out)?.[1] ?? 0) / 1024 };
+    if (code !== 0 || received !== size)
+      throw new Error(`bare ws client exited with ${code} after ${received} of ${size} bytes: ${out}`);
+    return {
+      mbps: size / 1e6 / ((last - first) / 1000),
+      clientRssMiB: Number(/VmHWM (\d+)/.exec(out)?.[1] ?? 0) / 1024,
+    };
   } finally {
     for (const ws of wss.clients) ws.terminate();
     await new Promise((r) => wss.close(r));
@@ -157,7 +171,13 @@ async function bareWsCopy(file: string, size: number): Promise<{ mbps: number; c
  * ceiling (reading, sending, flow control), apart from the real agent's store.
  */
 async function sinkAgent(size: number) {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, path: WS_PATH, perMessageDeflate: false, maxPayload: CHUNK + MAX_PAYLOAD_MARGIN });
+  const wss = new WebSocketServer({
+    host: '127.0.0.1',
+    port: 0,
+    path: WS_PATH,
+    perMessageDeflate: false,
+    maxPayload: CHUNK + MAX_PAYLOAD_MARGIN,
+  });
   await once(wss, 'listening');
   const { port } = wss.address() as { port: number };
   const timing = { first: 0, last: 0, bytes: 0 };
@@ -171,15 +191,28 @@ async function sinkAgent(size: number) {
         if (timing.bytes === 0) timing.first = now;
         timing.bytes += data.length;
         timing.last = now;
-        if (timing.bytes - acked >= CHUNK || timing.bytes === size) send({ type: 'upload-progress', re: upload, received: (acked = timing.bytes) });
+        if (timing.bytes - acked >= CHUNK || timing.bytes === size)
+          send({ type: 'upload-progress', re: upload, received: (acked = timing.bytes) });
         return;
       }
       const m = JSON.parse(data.toString()) as ClientMessage;
       switch (m.type) {
         case 'hello':
-          return send({ type: 'welcome', re: m.id, protocol: PROTOCOL_VERSION, agent: 'bench-sink', chunkSize: CHUNK, maxPayload: CHUNK + MAX_PAYLOAD_MARGIN });
+          return send({
+            type: 'welcome',
+            re: m.id,
+            protocol: PROTOCOL_VERSION,
+            agent: 'bench-sink',
+            chunkSize: CHUNK,
+            maxPayload: CHUNK + MAX_PAYLOAD_MARGIN,
+          });
         case 'lease':
-          return send({ type: 'leased', re: m.id, lease: 'sink-lease', target: { name: 'bench', mac: '02:00:00:00:be:01', ip: '127.0.0.1' } });
+          return send({
+            type: 'leased',
+            re: m.id,
+            lease: 'sink-lease',
+            target: { name: 'bench', mac: '02:00:00:00:be:01', ip: '127.0.0.1' },
+          });
         case 'upload-begin':
           upload = m.id;
           return send({ type: 'upload-ready', re: m.id, offset: 0 });
@@ -209,18 +242,36 @@ interface ActionRunFigures {
 }
 
 /** Runs dist/index.js against `url` and watches its peak RSS; the flash must fail with BOARD_NO_SHOW. */
-async function runBundledAction(url: string, workspace: string, label: string, cpuProfDir: string | undefined): Promise<ActionRunFigures> {
+async function runBundledAction(
+  url: string,
+  workspace: string,
+  label: string,
+  cpuProfDir: string | undefined,
+): Promise<ActionRunFigures> {
   let rss: ReturnType<typeof watchPeakRss> | undefined;
   const run = await runAction({
     workspace,
-    inputs: { 'agent-url': url, token: LAB_TOKEN, target: 'bench', image: 'bench.img', 'board-timeout': '1', 'boot-check': 'none', 'job-timeout': '900' },
-    ...(cpuProfDir && { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=action-${label}.cpuprofile`] }),
+    inputs: {
+      'agent-url': url,
+      token: LAB_TOKEN,
+      target: 'bench',
+      image: 'bench.img',
+      'board-timeout': '1',
+      'boot-check': 'none',
+      'job-timeout': '900',
+    },
+    ...(cpuProfDir && {
+      nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=action-${label}.cpuprofile`],
+    }),
     onSpawn: (pid) => (rss = watchPeakRss(pid)),
     timeoutMs: 900_000,
   });
   const peakRssMiB = (await rss?.stop()) ?? 0;
   const resultCode = run.outputs['result-code'] ?? '';
-  if (resultCode !== 'BOARD_NO_SHOW') throw new Error(`the action (${label}) ended with ${resultCode || `exit ${run.code}`}, expected BOARD_NO_SHOW:\n${run.stdout}\n${run.stderr}`);
+  if (resultCode !== 'BOARD_NO_SHOW')
+    throw new Error(
+      `the action (${label}) ended with ${resultCode || `exit ${run.code}`}, expected BOARD_NO_SHOW:\n${run.stdout}\n${run.stderr}`,
+    );
   return { peakRssMiB, resultCode };
 }
 
@@ -270,7 +321,12 @@ async function benchOneSize(sizeMiB: number, cpuProfDir: string | undefined): Pr
       return session;
     };
 
-    const { peakRssMiB: peakMiB, resultCode } = await runBundledAction(lab.agent.url, workspace, `${sizeMiB}MiB-agent`, cpuProfDir);
+    const { peakRssMiB: peakMiB, resultCode } = await runBundledAction(
+      lab.agent.url,
+      workspace,
+      `${sizeMiB}MiB-agent`,
+      cpuProfDir,
+    );
     if (bytes !== size) throw new Error(`the agent received ${bytes} of ${size} bytes (was the upload skipped?)`);
 
     const sink = await sinkAgent(size);
@@ -285,7 +341,8 @@ async function benchOneSize(sizeMiB: number, cpuProfDir: string | undefined): Pr
     const at = (msg: string) => lab.logs.find((r) => r.msg === msg)?.time.getTime();
     const started = at('upload started');
     const stored = at('upload stored');
-    if (started === undefined || stored === undefined) throw new Error('the agent logged no "upload started"/"upload stored"');
+    if (started === undefined || stored === undefined)
+      throw new Error('the agent logged no "upload started"/"upload stored"');
     return {
       sizeMiB,
       bareMBps: bare.mbps,
@@ -309,17 +366,29 @@ export async function runActionBench(o: { sizeMiB?: number; cpuProfDir?: string 
   const rows: ActionBenchRow[] = [];
   for (const sizeMiB of sizes) rows.push(await benchOneSize(sizeMiB, o.cpuProfDir));
   const ratio = (x: number, ref: number) => (x / ref).toFixed(2);
-  console.log('\nAction (node dist/index.js) upload on loopback, 1 MiB chunks, timed where the bytes arrive (first → last chunk)');
+  console.log(
+    '\nAction (node dist/index.js) upload on loopback, 1 MiB chunks, timed where the bytes arrive (first → last chunk)',
+  );
   console.log('| image | path | MB/s | ratio vs bare ws | peak RSS of the sending process |');
   console.log('|---|---|---|---|---|');
   for (const r of rows) {
     const img = `${r.sizeMiB} MiB raw`;
-    console.log(`| ${img} | bare ws client → ws server (reference) | ${r.bareMBps.toFixed(0)} | 1.00 | ${r.bareClientRssMiB.toFixed(0)} MiB |`);
-    console.log(`| ${img} | action → agent (stores: disk, sha256, part CRCs) | ${r.actionWireMBps.toFixed(0)} | ${ratio(r.actionWireMBps, r.bareMBps)} | ${r.actionPeakRssMiB.toFixed(0)} MiB |`);
-    console.log(`| ${img} | action → agent, upload-begin → "upload stored" in the agent's log | ${r.actionWholeMBps.toFixed(0)} | ${ratio(r.actionWholeMBps, r.bareMBps)} | |`);
-    console.log(`| ${img} | action → protocol sink (acks on arrival, stores nothing) | ${r.sinkMBps.toFixed(0)} | ${ratio(r.sinkMBps, r.bareMBps)} | ${r.sinkPeakRssMiB.toFixed(0)} MiB |`);
+    console.log(
+      `| ${img} | bare ws client → ws server (reference) | ${r.bareMBps.toFixed(0)} | 1.00 | ${r.bareClientRssMiB.toFixed(0)} MiB |`,
+    );
+    console.log(
+      `| ${img} | action → agent (stores: disk, sha256, part CRCs) | ${r.actionWireMBps.toFixed(0)} | ${ratio(r.actionWireMBps, r.bareMBps)} | ${r.actionPeakRssMiB.toFixed(0)} MiB |`,
+    );
+    console.log(
+      `| ${img} | action → agent, upload-begin → "upload stored" in the agent's log | ${r.actionWholeMBps.toFixed(0)} | ${ratio(r.actionWholeMBps, r.bareMBps)} | |`,
+    );
+    console.log(
+      `| ${img} | action → protocol sink (acks on arrival, stores nothing) | ${r.sinkMBps.toFixed(0)} | ${ratio(r.sinkMBps, r.bareMBps)} | ${r.sinkPeakRssMiB.toFixed(0)} MiB |`,
+    );
   }
-  console.log(`Agent store busy (share of the agent-side upload time spent in the store's write): ${rows.map((r) => `${r.sizeMiB} MiB ${r.storeBusyPercent.toFixed(0)} %`).join(', ')}; every action run ended ${[...new Set(rows.map((r) => r.resultCode))].join(', ')} as intended.`);
+  console.log(
+    `Agent store busy (share of the agent-side upload time spent in the store's write): ${rows.map((r) => `${r.sizeMiB} MiB ${r.storeBusyPercent.toFixed(0)} %`).join(', ')}; every action run ended ${[...new Set(rows.map((r) => r.resultCode))].join(', ')} as intended.`,
+  );
   console.log('Goals: upload ≥ 0.8× the bare copy; action peak RSS < 150 MB at any image size.');
   return rows;
 }
@@ -331,7 +400,10 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   };
   const sizeMiB = arg('--size-mib');
   const cpuProfDir = arg('--cpu-prof');
-  runActionBench({ ...(sizeMiB !== undefined && { sizeMiB: Number(sizeMiB) }), ...(cpuProfDir !== undefined && { cpuProfDir: path.resolve(cpuProfDir) }) }).then(
+  runActionBench({
+    ...(sizeMiB !== undefined && { sizeMiB: Number(sizeMiB) }),
+    ...(cpuProfDir !== undefined && { cpuProfDir: path.resolve(cpuProfDir) }),
+  }).then(
     () => process.exit(0),
     (err) => {
       console.error(err);

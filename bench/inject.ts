@@ -37,7 +37,14 @@ export async function runInjectBench(o: { rounds?: number } = {}): Promise<void>
       { label: '4 GiB (sparse)', rootMiB: 4096 - 4 - 48 },
     ].map((c) => ({ ...c, times: [] as number[], bytesRead: 0, patchBytes: 0, path: '', size: 0 }));
     for (const c of cases) {
-      const image = await buildTestImage(dir, `bench-${c.rootMiB}.img`, { fat: 32, bootMiB: 48, rootMiB: c.rootMiB, sparseRoot: true, sectorsPerCluster: 1, files });
+      const image = await buildTestImage(dir, `bench-${c.rootMiB}.img`, {
+        fat: 32,
+        bootMiB: 48,
+        rootMiB: c.rootMiB,
+        sparseRoot: true,
+        sectorsPerCluster: 1,
+        files,
+      });
       c.path = image.path;
       c.size = image.size;
     }
@@ -60,9 +67,13 @@ export async function runInjectBench(o: { rounds?: number } = {}): Promise<void>
       const times = [...c.times].sort((a, b) => a - b);
       const median = times[Math.floor(times.length / 2)]!;
       medians.push(median);
-      rows.push(`| ${c.label} | ${median.toFixed(1)} ms | ${times[0]!.toFixed(1)}–${times[times.length - 1]!.toFixed(1)} ms | ${(c.bytesRead / MiB).toFixed(2)} MiB | ${(c.patchBytes / MiB).toFixed(2)} MiB |`);
+      rows.push(
+        `| ${c.label} | ${median.toFixed(1)} ms | ${times[0]!.toFixed(1)}–${times[times.length - 1]!.toFixed(1)} ms | ${(c.bytesRead / MiB).toFixed(2)} MiB | ${(c.patchBytes / MiB).toFixed(2)} MiB |`,
+      );
     }
-    console.log(`\nInjection planning (planInjection; median of ${rounds} alternating rounds after a warm-up; same 48 MiB FAT32 boot partition)`);
+    console.log(
+      `\nInjection planning (planInjection; median of ${rounds} alternating rounds after a warm-up; same 48 MiB FAT32 boot partition)`,
+    );
     console.log('| image | median | range | read | patched |');
     console.log('|---|---|---|---|---|');
     for (const r of rows) console.log(r);

@@ -16,7 +16,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { bootFromCard, buildDiskImage, DHCP_ONLY_ENV, stage1EnvText, stage1ScriptImage, STAGE1_ENV_FILE, type CardBootOptions } from '../test/qemu/os-image.js';
+import {
+  bootFromCard,
+  buildDiskImage,
+  DHCP_ONLY_ENV,
+  stage1EnvText,
+  stage1ScriptImage,
+  STAGE1_ENV_FILE,
+  type CardBootOptions,
+} from '../test/qemu/os-image.js';
 import { findTestUboot, HOW_TO_BUILD } from '../test/qemu/test-uboot.js';
 
 const MAC = '52:54:00:be:4c:01';
@@ -31,7 +39,11 @@ interface Case {
 
 const CASES: Case[] = [
   { name: 'server up, no job (DHCP)', server: 'up', env: {} },
-  { name: 'server up, no job (static address)', server: 'up', env: { rpf_ipaddr: '10.0.2.15', rpf_netmask: '255.255.255.0', rpf_serverip: '10.0.2.2' } },
+  {
+    name: 'server up, no job (static address)',
+    server: 'up',
+    env: { rpf_ipaddr: '10.0.2.15', rpf_netmask: '255.255.255.0', rpf_serverip: '10.0.2.2' },
+  },
   { name: 'server down (TFTP port closed)', server: 'down', env: {} },
   { name: 'server host absent (no ARP answer)', server: 'up', env: { rpf_serverip: '10.0.2.99' } },
 ];
@@ -53,11 +65,35 @@ export async function runStage1Bench(): Promise<void> {
       const workDir = await mkdtemp(join(tmpdir(), 'rpi-flash-bench-stage1-'));
       try {
         const sdImage = join(workDir, 'sd.img');
-        const env = stage1EnvText({ rpf_kernel: 'kernel8.img', rpf_arm64: '1', rpf_bootargs: 'console=ttyAMA0', ...c.env });
-        await buildDiskImage({ path: sdImage, size: 8 * 1024 * 1024, bootPartitionSize: 4 * 1024 * 1024, files: { 'boot.scr': stage1, [STAGE1_ENV_FILE]: env, 'kernel8.img': 'not a kernel: the bench stops at booti' } });
-        const result = await bootFromCard({ ubootBin: found.ubootBin, workDir, mac: MAC, sdImage, server: c.server, env: DHCP_ONLY_ENV, until: /rpi-flash: booting [^\n]*\n/, timeoutMs: TIMEOUT_MS });
+        const env = stage1EnvText({
+          rpf_kernel: 'kernel8.img',
+          rpf_arm64: '1',
+          rpf_bootargs: 'console=ttyAMA0',
+          ...c.env,
+        });
+        await buildDiskImage({
+          path: sdImage,
+          size: 8 * 1024 * 1024,
+          bootPartitionSize: 4 * 1024 * 1024,
+          files: {
+            'boot.scr': stage1,
+            [STAGE1_ENV_FILE]: env,
+            'kernel8.img': 'not a kernel: the bench stops at booti',
+          },
+        });
+        const result = await bootFromCard({
+          ubootBin: found.ubootBin,
+          workDir,
+          mac: MAC,
+          sdImage,
+          server: c.server,
+          env: DHCP_ONLY_ENV,
+          until: /rpi-flash: booting [^\n]*\n/,
+          timeoutMs: TIMEOUT_MS,
+        });
         const { stage1: start, networkDone, booting } = result.at;
-        if (start === undefined || networkDone === undefined || booting === undefined) throw new Error(`${c.name}: stage 1's lines are missing from the console`);
+        if (start === undefined || networkDone === undefined || booting === undefined)
+          throw new Error(`${c.name}: stage 1's lines are missing from the console`);
         network.push(networkDone - start);
         toBoot.push(booting - start);
       } finally {
@@ -68,11 +104,18 @@ export async function runStage1Bench(): Promise<void> {
   }
   const ref = rows[0]!.network.median;
   const ms = (n: number) => `${Math.round(n)}`.padStart(6);
-  console.log(`stage 1 under QEMU (U-Boot 2023.01, tftptimeout 1000 ms × tftptimeoutcountmax 2), ${RUNS} runs each; ms, median (min–max)`);
-  console.log(`${'case'.padEnd(40)} ${'network step'.padStart(22)} ${'stage 1 → booti'.padStart(22)} ${'× ref'.padStart(7)}`);
+  console.log(
+    `stage 1 under QEMU (U-Boot 2023.01, tftptimeout 1000 ms × tftptimeoutcountmax 2), ${RUNS} runs each; ms, median (min–max)`,
+  );
+  console.log(
+    `${'case'.padEnd(40)} ${'network step'.padStart(22)} ${'stage 1 → booti'.padStart(22)} ${'× ref'.padStart(7)}`,
+  );
   for (const r of rows) {
-    const cell = (s: ReturnType<typeof stats>) => `${ms(s.median)} (${Math.round(s.min)}–${Math.round(s.max)})`.padStart(22);
-    console.log(`${r.name.padEnd(40)} ${cell(r.network)} ${cell(r.toBoot)} ${(r.network.median / ref).toFixed(1).padStart(7)}`);
+    const cell = (s: ReturnType<typeof stats>) =>
+      `${ms(s.median)} (${Math.round(s.min)}–${Math.round(s.max)})`.padStart(22);
+    console.log(
+      `${r.name.padEnd(40)} ${cell(r.network)} ${cell(r.toBoot)} ${(r.network.median / ref).toFixed(1).padStart(7)}`,
+    );
   }
 }
 

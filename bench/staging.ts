@@ -17,12 +17,20 @@ export async function runStagingBench(o: { rounds?: number } = {}): Promise<void
   const rounds = o.rounds ?? 5;
   const lab = await startLab({
     boards: [{ name: 'bench', mac: '02:00:00:00:be:01', reset: 'sim:no-show' }],
-    config: { flash: { partSize: '64MiB' }, timeouts: { boardShow: 0.05, stall: 5, boot: 5, leaseGrace: 5 }, store: { maxBytes: '16GiB' }, logLevel: 'warn' },
+    config: {
+      flash: { partSize: '64MiB' },
+      timeouts: { boardShow: 0.05, stall: 5, boot: 5, leaseGrace: 5 },
+      store: { maxBytes: '16GiB' },
+      logLevel: 'warn',
+    },
   });
   const rows: string[] = [];
   try {
     const seconds: Record<string, number[]> = {};
-    for (const [label, size] of [['64 MiB', 64 * MiB], ['4 GiB (sparse)', 4096 * MiB]] as const) {
+    for (const [label, size] of [
+      ['64 MiB', 64 * MiB],
+      ['4 GiB (sparse)', 4096 * MiB],
+    ] as const) {
       const file = path.join(lab.dir, `sparse-${size}.img`);
       const fh = await open(file, 'w');
       await fh.write(Buffer.from('rpi-flash staging bench'), 0, 23, 0);
@@ -47,7 +55,9 @@ export async function runStagingBench(o: { rounds?: number } = {}): Promise<void
         c.close();
       }
       const sorted = [...seconds[label]!].sort((a, b) => a - b);
-      rows.push(`| ${label} | ${Math.ceil(size / (64 * MiB))} | ${(sorted[Math.floor(sorted.length / 2)]! * 1000).toFixed(0)} ms | (store ingest ${uploadSeconds.toFixed(1)} s, not staging) |`);
+      rows.push(
+        `| ${label} | ${Math.ceil(size / (64 * MiB))} | ${(sorted[Math.floor(sorted.length / 2)]! * 1000).toFixed(0)} ms | (store ingest ${uploadSeconds.toFixed(1)} s, not staging) |`,
+      );
     }
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     const small = median(seconds['64 MiB']!);

@@ -32,7 +32,9 @@ const CHUNK = MiB;
  */
 function makeChunks(): Buffer[] {
   const text = Buffer.alloc(MiB);
-  text.write('line of text /usr/lib/arm-linux-gnueabihf/libfoo.so.6 lorem ipsum dolor sit amet\n'.repeat(13000).slice(0, MiB));
+  text.write(
+    'line of text /usr/lib/arm-linux-gnueabihf/libfoo.so.6 lorem ipsum dolor sit amet\n'.repeat(13000).slice(0, MiB),
+  );
   const chunks: Buffer[] = [];
   for (let i = 0; i < 16; i++) {
     const kind = i % 10;
@@ -111,7 +113,9 @@ async function child(mode: string, args: string[]): Promise<void> {
     // storage with no Node stream in the output path.
     const [source, command, dest] = args as [string, string, string];
     const out = await fs.open(dest, 'w');
-    const tool = spawn(command, ['-dc', ...(command === 'xz' ? ['-T0'] : ['-q'])], { stdio: ['pipe', out.fd, 'inherit'] });
+    const tool = spawn(command, ['-dc', ...(command === 'xz' ? ['-T0'] : ['-q'])], {
+      stdio: ['pipe', out.fd, 'inherit'],
+    });
     const stdin = tool.stdin!;
     await readChunks(source, async (chunk) => {
       if (!stdin.write(chunk)) await once(stdin, 'drain');
@@ -190,11 +194,22 @@ export async function runStoreBench(): Promise<void> {
       const command = compression === 'xz' ? 'xz' : 'zstd';
       const tool = await inChild('tool', [wire, command, path.join(tmp, 'tool-out.img')]);
       await fs.rm(path.join(tmp, 'tool-out.img'));
-      const viaStore = await inChild('store', [wire, path.join(tmp, `store-${compression}`), await sha256File(wire), String(wireSize), compression]);
+      const viaStore = await inChild('store', [
+        wire,
+        path.join(tmp, `store-${compression}`),
+        await sha256File(wire),
+        String(wireSize),
+        compression,
+      ]);
       await fs.rm(path.join(tmp, `store-${compression}`), { recursive: true });
       await fs.rm(wire);
       row(`${command} -dc > file (fsync), ${compressedMiB} MiB image`, imageBytes, tool);
-      row(`store .${compression} upload (${(wireSize / MiB).toFixed(0)} MiB wire), decompressed`, imageBytes, viaStore, tool);
+      row(
+        `store .${compression} upload (${(wireSize / MiB).toFixed(0)} MiB wire), decompressed`,
+        imageBytes,
+        viaStore,
+        tool,
+      );
     }
     console.log(`${'what'.padEnd(44)} ${'rate'.padStart(11)} ${'time'.padStart(9)} ${'peak'.padStart(13)}`);
     for (const line of rows) console.log(line);

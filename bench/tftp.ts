@@ -44,7 +44,18 @@ async function writeTestFile(path: string, sizeMiB: number): Promise<number> {
 }
 
 function runAtftp(port: number, path: string, windowsize: number): Promise<number> {
-  const args = ['--option', `blksize ${BLKSIZE}`, ...(windowsize > 1 ? ['--option', `windowsize ${windowsize}`] : []), '-g', '-r', path, '-l', '/dev/null', '127.0.0.1', String(port)];
+  const args = [
+    '--option',
+    `blksize ${BLKSIZE}`,
+    ...(windowsize > 1 ? ['--option', `windowsize ${windowsize}`] : []),
+    '-g',
+    '-r',
+    path,
+    '-l',
+    '/dev/null',
+    '127.0.0.1',
+    String(port),
+  ];
   return new Promise((resolve, reject) => {
     const started = performance.now();
     const child = spawn('atftp', args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -62,7 +73,19 @@ function runAtftp(port: number, path: string, windowsize: number): Promise<numbe
 async function startAtftpd(root: string, port: number): Promise<ChildProcess> {
   const child = spawn(
     'atftpd',
-    ['--daemon', '--no-fork', '--port', String(port), '--bind-address', '127.0.0.1', '--user', userInfo().username, '--logfile', '/dev/null', root],
+    [
+      '--daemon',
+      '--no-fork',
+      '--port',
+      String(port),
+      '--bind-address',
+      '127.0.0.1',
+      '--user',
+      userInfo().username,
+      '--logfile',
+      '/dev/null',
+      root,
+    ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';
@@ -113,11 +136,18 @@ export async function runTftpBench(opts: { sizeMiB?: number; rounds?: number } =
     const ours = (await server.listen()).port;
     atftpd = await startAtftpd(join(tmp, 'root'), await freeUdpPort());
     const theirs = Number(atftpd.spawnargs[atftpd.spawnargs.indexOf('--port') + 1]);
-    console.log(`TFTP bench: ${sizeMiB} MiB file, blksize ${BLKSIZE}, atftp client, ${rounds} rounds (median), loopback`);
+    console.log(
+      `TFTP bench: ${sizeMiB} MiB file, blksize ${BLKSIZE}, atftp client, ${rounds} rounds (median), loopback`,
+    );
     const rows: Array<{ windowsize: number; ours: number; atftpd: number; oursCpu: number; atftpdCpu: number }> = [];
     const atftpdPid = atftpd.pid!;
     for (const windowsize of WINDOWS) {
-      const times = { ours: [] as number[], atftpd: [] as number[], oursCpu: [] as number[], atftpdCpu: [] as number[] };
+      const times = {
+        ours: [] as number[],
+        atftpd: [] as number[],
+        oursCpu: [] as number[],
+        atftpdCpu: [] as number[],
+      };
       for (let r = 0; r < rounds; r++) {
         // Alternate servers so drift on a shared machine hits both alike.
         let cpu = ownCpuMs();

@@ -46,8 +46,12 @@ export async function runUbootTftpBench(sizeMiB = 16, rounds = 2): Promise<void>
     const imageFile = join(dir, 'image.raw');
     const size = sizeMiB * 1024 * 1024;
     await writeFile(imageFile, randomBytes(size));
-    console.log(`U-Boot 2023.01 under QEMU ← the agent's TFTP server on loopback (slirp): ${sizeMiB} MiB image in ${PART_MIB} MiB parts, blksize 1468, ${rounds} round(s)`);
-    const rows: string[][] = [['windowsize', 'parts', 'U-Boot MiB/s (median)', 'min–max', 'transfer phase s (incl. SD writes)']];
+    console.log(
+      `U-Boot 2023.01 under QEMU ← the agent's TFTP server on loopback (slirp): ${sizeMiB} MiB image in ${PART_MIB} MiB parts, blksize 1468, ${rounds} round(s)`,
+    );
+    const rows: string[][] = [
+      ['windowsize', 'parts', 'U-Boot MiB/s (median)', 'min–max', 'transfer phase s (incl. SD writes)'],
+    ];
     for (const windowsize of WINDOWS) {
       const rates: number[] = [];
       const phases: number[] = [];
@@ -62,14 +66,26 @@ export async function runUbootTftpBench(sizeMiB = 16, rounds = 2): Promise<void>
           flash: { partSize: `${PART_MIB}MiB`, ...(windowsize > 1 ? { tftpWindowSize: windowsize } : {}) },
           timeoutMs: 120_000,
         });
-        if (!r.result.ok) throw new Error(`windowsize ${windowsize}: the job failed with ${r.result.code}: ${r.result.message} (console: ${r.consoleLog})`);
+        if (!r.result.ok)
+          throw new Error(
+            `windowsize ${windowsize}: the job failed with ${r.result.code}: ${r.result.message} (console: ${r.consoleLog})`,
+          );
         const parts = r.ubootTransfers.filter((t) => /\/part-\d+$/.test(t.file));
-        if (parts.length !== r.result.parts.length) throw new Error(`windowsize ${windowsize}: U-Boot printed ${parts.length} part rates for ${r.result.parts.length} parts`);
+        if (parts.length !== r.result.parts.length)
+          throw new Error(
+            `windowsize ${windowsize}: U-Boot printed ${parts.length} part rates for ${r.result.parts.length} parts`,
+          );
         rates.push(...parts.map((t) => t.mibPerSecond));
         phases.push(r.result.timings.transfer ?? NaN);
         await rm(join(dir, `w${windowsize}-${round}`), { recursive: true, force: true });
       }
-      rows.push([String(windowsize), String(rates.length), median(rates).toFixed(1), `${Math.min(...rates).toFixed(1)}–${Math.max(...rates).toFixed(1)}`, median(phases).toFixed(1)]);
+      rows.push([
+        String(windowsize),
+        String(rates.length),
+        median(rates).toFixed(1),
+        `${Math.min(...rates).toFixed(1)}–${Math.max(...rates).toFixed(1)}`,
+        median(phases).toFixed(1),
+      ]);
     }
     const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
     for (const row of rows) console.log(row.map((cell, i) => cell.padStart(widths[i]!)).join('  '));

@@ -66,16 +66,35 @@ async function peakRssKiB(pid: number): Promise<number> {
   return Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
 }
 
-async function agentUpload(dir: string, file: string, size: number, sha256: string): Promise<{ mbps: number; rssMiB: number }> {
+async function agentUpload(
+  dir: string,
+  file: string,
+  size: number,
+  sha256: string,
+): Promise<{ mbps: number; rssMiB: number }> {
   const token = 'bench-token-0123456789abcdef';
   await writeFile(path.join(dir, 'targets.csv'), 'name,mac,ip,reset\nbench,02:00:00:00:00:99,127.0.0.99,sim\n');
   await writeFile(
     path.join(dir, 'agent.json'),
-    JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, token, targets: 'targets.csv', tftp: { root: 'tftp', address: '127.0.0.1', port: 0 }, stateDir: 'state', store: { maxBytes: '8GiB' }, defaultLayout: 'whole' }),
+    JSON.stringify({
+      listen: { host: '127.0.0.1', port: 0 },
+      token,
+      targets: 'targets.csv',
+      tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
+      stateDir: 'state',
+      store: { maxBytes: '8GiB' },
+      defaultLayout: 'whole',
+    }),
   );
   // The agent as a lab runs it: compiled (npm run build), not through tsx's loader.
-  execFileSync(process.execPath, [path.resolve('node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
-  const child = spawn(process.execPath, [path.resolve('build/runner-agent/src/cli.js'), '--config', path.join(dir, 'agent.json'), '--allow-root'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  execFileSync(process.execPath, [path.resolve('node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
+    stdio: 'inherit',
+  });
+  const child = spawn(
+    process.execPath,
+    [path.resolve('build/runner-agent/src/cli.js'), '--config', path.join(dir, 'agent.json'), '--allow-root'],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   let url = '';
   let out = '';
   await new Promise<void>((resolve, reject) => {
@@ -118,7 +137,9 @@ export async function runUploadBench(o: { sizeMiB?: number } = {}): Promise<void
     console.log('| path | MB/s | ratio vs bare ws | agent peak RSS |');
     console.log('|---|---|---|---|');
     console.log(`| bare ws client → server (reference) | ${bare.toFixed(0)} | 1.00 | - |`);
-    console.log(`| protocol client → agent (store, sha256) | ${agent.mbps.toFixed(0)} | ${(agent.mbps / bare).toFixed(2)} | ${agent.rssMiB.toFixed(0)} MiB |`);
+    console.log(
+      `| protocol client → agent (store, sha256) | ${agent.mbps.toFixed(0)} | ${(agent.mbps / bare).toFixed(2)} | ${agent.rssMiB.toFixed(0)} MiB |`,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

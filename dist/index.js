@@ -40947,10 +40947,10 @@ const ErrorCodes = {
     PROTOCOL_VERSION_MISMATCH: 'Client and agent speak different protocol versions.',
     BAD_MESSAGE: 'A message was not valid JSON, had an unknown type, or lacked a required field.',
     BAD_REQUEST: 'A request was valid JSON but not allowed now (e.g. upload before lease).',
-    UNKNOWN_TARGET: 'No target in the agent\'s database has that name, MAC or IP.',
+    UNKNOWN_TARGET: "No target in the agent's database has that name, MAC or IP.",
     LEASE_LOST: 'The lease ended (client silent past the grace period, or the agent is stopping).',
     NOT_LEASED: 'The request needs a lease on a target first.',
-    NO_SPACE: 'The agent\'s state directory cannot hold the upload.',
+    NO_SPACE: "The agent's state directory cannot hold the upload.",
     UPLOAD_TOO_LARGE: 'More bytes arrived than the upload declared, or the image is larger than allowed.',
     UPLOAD_IN_PROGRESS: 'Another client is uploading the same image right now; wait and ask again (the upload is then skipped).',
     UPLOAD_TRUNCATED: 'The upload ended before the declared size was reached.',
@@ -40958,7 +40958,7 @@ const ErrorCodes = {
     UNSUPPORTED_COMPRESSION: 'The image compression is not one of none, gz, xz, zst.',
     DECOMPRESS_FAILED: 'The compressed image could not be decompressed (corrupt or truncated).',
     IMAGE_NOT_FOUND: 'The agent does not hold an image with that sha256.',
-    IMAGE_TOO_LARGE: 'The image is larger than the target\'s card.',
+    IMAGE_TOO_LARGE: "The image is larger than the target's card.",
     IMAGE_NOT_DISK: 'The image has no MBR partition table: it is not a disk image (a bare file system, a compressed file, or other data).',
     IMAGE_GPT_UNSUPPORTED: 'The image uses a GPT partition table; only MBR images can carry U-Boot for now.',
     IMAGE_NO_BOOT_PARTITION: 'The image has no FAT boot partition (the first primary FAT partition, as the Pi firmware picks it), or it holds no valid FAT file system.',
@@ -40966,13 +40966,13 @@ const ErrorCodes = {
     BOOT_CONFIG_UNSUPPORTED: "The image's config.txt chooses its kernel in a way that cannot be handed to U-Boot safely (e.g. os_prefix, boot_partition, kernel_address), or names a kernel the boot partition lacks.",
     IMAGE_TRUNCATED: 'The partition table or the boot file system points past the end of the image: the image is cut short.',
     CONSOLE_UNAVAILABLE: "The target's console (console column) could not be opened, and the boot check needs it.",
-    LAB_MISCONFIGURED: 'The lab lacks something this job needs (e.g. the U-Boot build for the target\'s model); the message names it.',
+    LAB_MISCONFIGURED: "The lab lacks something this job needs (e.g. the U-Boot build for the target's model); the message names it.",
     SHUTTING_DOWN: 'The agent is stopping and takes no new work.',
-    RESET_FAILED: 'The target\'s reset line could not be driven.',
+    RESET_FAILED: "The target's reset line could not be driven.",
     BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
     BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
     BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
-    VERIFY_MISMATCH: 'The board\'s reports do not match what the agent expected (CRC, order, or missing parts).',
+    VERIFY_MISMATCH: "The board's reports do not match what the agent expected (CRC, order, or missing parts).",
     BOOT_TIMEOUT: 'The new system did not pass the boot check in time.',
     CANCELLED: 'The client cancelled the job.',
     INTERNAL: 'An unexpected error in the agent; its log has the details.',
@@ -41090,7 +41090,18 @@ function parseClientMessage(text) {
     return m;
 }
 const AGENT_TYPES = new Set([
-    'welcome', 'queued', 'leased', 'upload-ready', 'upload-progress', 'upload-done', 'log', 'phase', 'progress', 'result', 'released', 'error',
+    'welcome',
+    'queued',
+    'leased',
+    'upload-ready',
+    'upload-progress',
+    'upload-done',
+    'log',
+    'phase',
+    'progress',
+    'result',
+    'released',
+    'error',
 ]);
 /**
  * Parse a text frame from the agent. The client checks the shape it relies on (type and the
@@ -41298,7 +41309,13 @@ class AgentConnection {
     }
     /** Lease a target; resolves once granted (queued events go to onEvent meanwhile). */
     async lease(target, o = {}) {
-        const m = await this.request({ type: 'lease', id: nextId(), target, ...(o.holder ? { holder: o.holder } : {}), ...(o.lease ? { lease: o.lease } : {}) }, (x) => x.type === 'leased');
+        const m = await this.request({
+            type: 'lease',
+            id: nextId(),
+            target,
+            ...(o.holder ? { holder: o.holder } : {}),
+            ...(o.lease ? { lease: o.lease } : {}),
+        }, (x) => x.type === 'leased');
         return m;
     }
     /**
@@ -41314,7 +41331,15 @@ class AgentConnection {
      */
     async upload(o) {
         const begin = nextId();
-        const first = await this.request({ type: 'upload-begin', id: begin, sha256: o.sha256, size: o.size, compression: o.compression, ...(o.imageSize ? { imageSize: o.imageSize } : {}), ...(o.name ? { name: o.name } : {}) }, (m) => m.type === 'upload-ready' || m.type === 'upload-done');
+        const first = await this.request({
+            type: 'upload-begin',
+            id: begin,
+            sha256: o.sha256,
+            size: o.size,
+            compression: o.compression,
+            ...(o.imageSize ? { imageSize: o.imageSize } : {}),
+            ...(o.name ? { name: o.name } : {}),
+        }, (m) => m.type === 'upload-ready' || m.type === 'upload-done');
         if (first.type === 'upload-done')
             return first;
         if (first.type !== 'upload-ready')
@@ -41622,7 +41647,13 @@ async function zstdSize(file, size) {
         const fcsAt = pos + 5 + (singleSegment ? 0 : 1) + dictIdBytes;
         const fcs = await readAt(file, fcsAt, fcsBytes);
         total +=
-            fcsBytes === 1 ? fcs[0] : fcsBytes === 2 ? fcs.readUInt16LE(0) + 256 : fcsBytes === 4 ? fcs.readUInt32LE(0) : Number(fcs.readBigUInt64LE(0));
+            fcsBytes === 1
+                ? fcs[0]
+                : fcsBytes === 2
+                    ? fcs.readUInt16LE(0) + 256
+                    : fcsBytes === 4
+                        ? fcs.readUInt32LE(0)
+                        : Number(fcs.readBigUInt64LE(0));
         // Skip the frame's blocks (3-byte headers) to find the next frame; a second frame is common with pzstd.
         pos = fcsAt + fcsBytes;
         for (;;) {
@@ -41828,7 +41859,13 @@ async function describe(file, name, source, downloaded, cleanup, log) {
     }
     catch (err) {
         const code = err.code;
-        const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a directory' : code === 'EACCES' ? 'not readable (permission denied)' : String(code ?? err);
+        const why = code === 'ENOENT'
+            ? 'no such file'
+            : code === 'EISDIR'
+                ? 'is a directory'
+                : code === 'EACCES'
+                    ? 'not readable (permission denied)'
+                    : String(code ?? err);
         throw new ImageError(`${source}: ${why}`);
     }
     try {
@@ -41994,7 +42031,15 @@ class JobStory {
         let state = this.progressByPhase.get(phase);
         // A count that goes backwards starts a new run (a retried upload, or per-part counts for the next part).
         if (!state || done < state.lastDone || (part !== undefined && part !== state.part)) {
-            state = { lastBucket: -1, lastPrintAt: -Infinity, startedAt: now, startDone: done, lastDone: done, part, finished: false };
+            state = {
+                lastBucket: -1,
+                lastPrintAt: -Infinity,
+                startedAt: now,
+                startDone: done,
+                lastDone: done,
+                part,
+                finished: false,
+            };
             this.progressByPhase.set(phase, state);
         }
         state.lastDone = done;
@@ -42011,7 +42056,9 @@ class JobStory {
         const elapsed = (now - state.startedAt) / 1000;
         const rate = elapsed > 0 ? ` at ${((done - state.startDone) / elapsed / 1e6).toFixed(1)} MB/s` : '';
         const partText = part !== undefined ? `part ${part}${parts !== undefined ? `/${parts}` : ''}: ` : '';
-        const amount = known ? `${percent.toFixed(0)} % (${formatBytes(done)} of ${formatBytes(total)})` : formatBytes(done);
+        const amount = known
+            ? `${percent.toFixed(0)} % (${formatBytes(done)} of ${formatBytes(total)})`
+            : formatBytes(done);
         this.writer.info(`${phase}: ${partText}${amount}${rate}`);
         state.lastBucket = bucket;
         state.lastPrintAt = now;
@@ -42090,12 +42137,19 @@ function rate(bytes, secs) {
 /** Rows of the summary table: [label, value]. */
 function summaryRows(outcome) {
     const rows = [];
-    const resultText = outcome.result === 'success' ? '✅ success' : `${outcome.result === 'cancelled' ? '⏹️' : '❌'} ${outcome.result} (${outcome.code})`;
+    const resultText = outcome.result === 'success'
+        ? '✅ success'
+        : `${outcome.result === 'cancelled' ? '⏹️' : '❌'} ${outcome.result} (${outcome.code})`;
     rows.push(['Result', resultText]);
     if (outcome.result !== 'success')
         rows.push(['Message', outcome.message]);
     const target = outcome.target;
-    rows.push(['Target', target ? `${target.name} (${target.ip}, ${target.mac}${target.model ? `, ${target.model}` : ''})` : outcome.targetSpec]);
+    rows.push([
+        'Target',
+        target
+            ? `${target.name} (${target.ip}, ${target.mac}${target.model ? `, ${target.model}` : ''})`
+            : outcome.targetSpec,
+    ]);
     if (outcome.jobId)
         rows.push(['Job', outcome.jobId]);
     const image = outcome.image;
@@ -42338,7 +42392,9 @@ function parseCaCert(raw, problems, env) {
 }
 function describeHolder(env) {
     if (env.GITHUB_REPOSITORY) {
-        const run = env.GITHUB_RUN_ID ? ` run ${env.GITHUB_RUN_ID}${env.GITHUB_RUN_ATTEMPT ? `.${env.GITHUB_RUN_ATTEMPT}` : ''}` : '';
+        const run = env.GITHUB_RUN_ID
+            ? ` run ${env.GITHUB_RUN_ID}${env.GITHUB_RUN_ATTEMPT ? `.${env.GITHUB_RUN_ATTEMPT}` : ''}`
+            : '';
         const job = env.GITHUB_JOB ? ` job ${env.GITHUB_JOB}` : '';
         return `${env.GITHUB_REPOSITORY}${run}${job}`;
     }
@@ -42488,7 +42544,11 @@ class FlashRun {
         catch (err) {
             // A lost connection is reported as the action's CONNECT_FAILED: CONNECTION_LOST is the
             // protocol client's internal signal to retry, not a result code users look up.
-            const code = this.cancelledBySignal ? 'CANCELLED' : codeOf(err) === 'CONNECTION_LOST' ? 'CONNECT_FAILED' : codeOf(err);
+            const code = this.cancelledBySignal
+                ? 'CANCELLED'
+                : codeOf(err) === 'CONNECTION_LOST'
+                    ? 'CONNECT_FAILED'
+                    : codeOf(err);
             const result = this.cancelledBySignal || code === 'CANCELLED' ? 'cancelled' : 'failure';
             if (this.leased && !this.lastResult && !this.abortedForCancel)
                 await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);

@@ -23,7 +23,8 @@ const dist = path.resolve(process.argv[2] ?? path.join(root, 'dist'));
 const problems = [];
 
 // What ncc emits for this action: the bundle, its licenses, the package.json, and bufferutil's prebuilds.
-const expected = (rel) => rel === 'index.js' || rel === 'licenses.txt' || rel === 'package.json' || rel.startsWith('prebuilds/');
+const expected = (rel) =>
+  rel === 'index.js' || rel === 'licenses.txt' || rel === 'package.json' || rel.startsWith('prebuilds/');
 for (const rel of walk(dist)) {
   if (!expected(rel)) {
     rmSync(path.join(dist, rel));

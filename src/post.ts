@@ -54,7 +54,9 @@ export async function runPost(overrides: Partial<PostDeps> = {}): Promise<void> 
     await Promise.race([work, timeout]);
     core.info(`Lease ${lease} released.`);
   } catch (err) {
-    core.warning(`Could not cancel lease ${lease} on the agent: ${(err as Error)?.message ?? err}. The agent frees it after its grace period.`);
+    core.warning(
+      `Could not cancel lease ${lease} on the agent: ${(err as Error)?.message ?? err}. The agent frees it after its grace period.`,
+    );
   } finally {
     clearTimeout(timer);
     conn?.close();

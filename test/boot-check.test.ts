@@ -57,7 +57,9 @@ describe('parseBootCheck', () => {
  * Records the sockets and timers created while `body` runs and reports those still alive once it
  * has settled: a call must not leave any behind.
  */
-async function leftoversOf<T>(body: () => Promise<T>): Promise<{ outcome: PromiseSettledResult<T>; leftovers: string[] }> {
+async function leftoversOf<T>(
+  body: () => Promise<T>,
+): Promise<{ outcome: PromiseSettledResult<T>; leftovers: string[] }> {
   const live = new Map<number, string>();
   let recording = true;
   const hook = createHook({
@@ -103,7 +105,11 @@ describe('waitForBoot', () => {
   }
 
   it('passes at once for none', async () => {
-    expect(await waitForBoot({ kind: 'none' }, '127.0.0.1', { timeoutMs: 1000 })).toEqual({ ok: true, ms: 0, attempts: 0 });
+    expect(await waitForBoot({ kind: 'none' }, '127.0.0.1', { timeoutMs: 1000 })).toEqual({
+      ok: true,
+      ms: 0,
+      attempts: 0,
+    });
   });
 
   it('passes at the first attempt when the port is open', async () => {
@@ -135,7 +141,9 @@ describe('waitForBoot', () => {
 
   it('gives up at the deadline when nothing ever listens', async () => {
     const port = await freePort();
-    const { outcome, leftovers } = await leftoversOf(() => waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 400, intervalMs: 50 }));
+    const { outcome, leftovers } = await leftoversOf(() =>
+      waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 400, intervalMs: 50 }),
+    );
     expect(outcome.status).toBe('fulfilled');
     const result = (outcome as PromiseFulfilledResult<Awaited<ReturnType<typeof waitForBoot>>>).value;
     expect(result.ok).toBe(false);
@@ -144,12 +152,15 @@ describe('waitForBoot', () => {
     expect(leftovers).toEqual([]);
   });
 
-  it('checks the host the spec names instead of the target\'s IP', async () => {
+  it("checks the host the spec names instead of the target's IP", async () => {
     const server = await listen(0, '127.0.0.1');
     const { port } = server.address() as net.AddressInfo;
     // Nothing listens on 127.0.0.2 (the "target"): only the named host can pass.
     expect((await waitForBoot({ kind: 'tcp', port }, '127.0.0.2', { timeoutMs: 150, intervalMs: 50 })).ok).toBe(false);
-    expect((await waitForBoot({ kind: 'tcp', host: '127.0.0.1', port }, '127.0.0.2', { timeoutMs: 5000, intervalMs: 50 })).ok).toBe(true);
+    expect(
+      (await waitForBoot({ kind: 'tcp', host: '127.0.0.1', port }, '127.0.0.2', { timeoutMs: 5000, intervalMs: 50 }))
+        .ok,
+    ).toBe(true);
   });
 
   it('stops promptly when aborted, rejecting with the reason and leaving no socket or timer', async () => {
@@ -159,7 +170,11 @@ describe('waitForBoot', () => {
     const started = Date.now();
     const { outcome, leftovers } = await leftoversOf(() => {
       setTimeout(() => controller.abort(reason), 150);
-      return waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 60_000, intervalMs: 10_000, signal: controller.signal });
+      return waitForBoot({ kind: 'tcp', port }, '127.0.0.1', {
+        timeoutMs: 60_000,
+        intervalMs: 10_000,
+        signal: controller.signal,
+      });
     });
     expect(outcome).toEqual({ status: 'rejected', reason });
     // Well before the 10 s pause would have ended: the pause itself was cut short.
@@ -224,7 +239,11 @@ describe('waitForBoot', () => {
       const reason = new Error('job cancelled');
       const { outcome, leftovers } = await leftoversOf(() => {
         setTimeout(() => controller.abort(reason), 150);
-        return waitForBoot({ kind: 'tcp', port }, '127.0.0.1', { timeoutMs: 60_000, attemptTimeoutMs: 30_000, signal: controller.signal });
+        return waitForBoot({ kind: 'tcp', port }, '127.0.0.1', {
+          timeoutMs: 60_000,
+          attemptTimeoutMs: 30_000,
+          signal: controller.signal,
+        });
       });
       expect(outcome).toEqual({ status: 'rejected', reason });
       expect(leftovers).toEqual([]);
@@ -234,7 +253,9 @@ describe('waitForBoot', () => {
   it('rejects at once when the signal is already aborted', async () => {
     const controller = new AbortController();
     controller.abort(new Error('too late'));
-    await expect(waitForBoot({ kind: 'tcp', port: 22 }, '127.0.0.1', { timeoutMs: 1000, signal: controller.signal })).rejects.toThrow('too late');
+    await expect(
+      waitForBoot({ kind: 'tcp', port: 22 }, '127.0.0.1', { timeoutMs: 1000, signal: controller.signal }),
+    ).rejects.toThrow('too late');
   });
 });
 
@@ -266,7 +287,10 @@ describe('waitForBoot with console:<regex>', () => {
 
   it('passes on a matching line that arrives while waiting, and reports it', async () => {
     const { capture, board } = await consoleBoard();
-    const waiting = waitForBoot(parseBootCheck('console:login:\\s*$'), '127.0.0.1', { timeoutMs: 10_000, console: capture });
+    const waiting = waitForBoot(parseBootCheck('console:login:\\s*$'), '127.0.0.1', {
+      timeoutMs: 10_000,
+      console: capture,
+    });
     board.write('[  OK  ] Started getty@tty1.service\r\n\r\nDebian GNU/Linux 12 pi ttyAMA0\r\n\r\npi login: ');
     expect(await waiting).toMatchObject({ ok: true, attempts: 1, line: 'pi login: ' });
   });
@@ -278,10 +302,18 @@ describe('waitForBoot with console:<regex>', () => {
     const since = capture.mark(); // taken at the reset
     board.write('U-Boot 2023.01\r\nIMAGE-MARKER-new\r\n'); // the new system, before the check starts
     await capture.waitFor(/IMAGE-MARKER-new/, { timeoutMs: 10_000, since });
-    const result = await waitForBoot(parseBootCheck('console:^IMAGE-MARKER-new$'), '127.0.0.1', { timeoutMs: 10_000, console: capture, consoleSince: since });
+    const result = await waitForBoot(parseBootCheck('console:^IMAGE-MARKER-new$'), '127.0.0.1', {
+      timeoutMs: 10_000,
+      console: capture,
+      consoleSince: since,
+    });
     expect(result).toMatchObject({ ok: true, line: 'IMAGE-MARKER-new' });
     // The old system's marker is before the mark: the check times out instead of passing on it.
-    const stale = await waitForBoot(parseBootCheck('console:^IMAGE-MARKER-old$'), '127.0.0.1', { timeoutMs: 50, console: capture, consoleSince: since });
+    const stale = await waitForBoot(parseBootCheck('console:^IMAGE-MARKER-old$'), '127.0.0.1', {
+      timeoutMs: 50,
+      console: capture,
+      consoleSince: since,
+    });
     expect(stale).toMatchObject({ ok: false, attempts: 1 });
     expect(stale.line).toBeUndefined();
   });
@@ -289,16 +321,25 @@ describe('waitForBoot with console:<regex>', () => {
   it('fails at the deadline when no line matches, and rejects on abort', async () => {
     const { capture, board } = await consoleBoard();
     board.write('Kernel panic - not syncing: VFS: Unable to mount root fs\r\n');
-    const result = await waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', { timeoutMs: 100, console: capture });
+    const result = await waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', {
+      timeoutMs: 100,
+      console: capture,
+    });
     expect(result.ok).toBe(false);
     expect(result.ms).toBeGreaterThanOrEqual(100);
     const controller = new AbortController();
-    const waiting = waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', { timeoutMs: 60_000, console: capture, signal: controller.signal });
+    const waiting = waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', {
+      timeoutMs: 60_000,
+      console: capture,
+      signal: controller.signal,
+    });
     controller.abort(new Error('job cancelled'));
     await expect(waiting).rejects.toThrow('job cancelled');
   });
 
   it('refuses a console check without a console', async () => {
-    await expect(waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', { timeoutMs: 100 })).rejects.toThrow(/needs the target's console/);
+    await expect(waitForBoot(parseBootCheck('console:login:'), '127.0.0.1', { timeoutMs: 100 })).rejects.toThrow(
+      /needs the target's console/,
+    );
   });
 });

@@ -8,7 +8,14 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError, type ErrorCode } from '../../src/protocol/errors.js';
-import type { ClientMessage, FlashRequest, JobResult, LeaseRequest, ResultMessage, UploadBeginRequest } from '../../src/protocol/messages.js';
+import type {
+  ClientMessage,
+  FlashRequest,
+  JobResult,
+  LeaseRequest,
+  ResultMessage,
+  UploadBeginRequest,
+} from '../../src/protocol/messages.js';
 import type { Logger } from './log.js';
 import type { AgentConfig } from './config.js';
 import { findTarget, type Target } from './targets/database.js';
@@ -71,7 +78,8 @@ export class AgentService implements ConnectionHandler {
   constructor(private readonly d: AgentServiceDeps) {}
 
   onMessage(conn: ClientConnection, m: ClientMessage): Promise<void> | void {
-    if (this.stopping && m.type !== 'cancel') throw new AgentError('SHUTTING_DOWN', 'the agent is stopping and takes no new work');
+    if (this.stopping && m.type !== 'cancel')
+      throw new AgentError('SHUTTING_DOWN', 'the agent is stopping and takes no new work');
     switch (m.type) {
       case 'lease':
         return this.lease(conn, m);
@@ -103,10 +111,12 @@ export class AgentService implements ConnectionHandler {
   }
 
   private async lease(conn: ClientConnection, m: LeaseRequest): Promise<void> {
-    if (this.byConnection.has(conn.id) || this.waiting.has(conn.id)) throw new AgentError('BAD_REQUEST', 'this connection already holds or waits for a lease');
+    if (this.byConnection.has(conn.id) || this.waiting.has(conn.id))
+      throw new AgentError('BAD_REQUEST', 'this connection already holds or waits for a lease');
     if (m.lease) {
       const s = this.sessions.get(m.lease);
-      if (!s) throw new AgentError('LEASE_LOST', `lease ${m.lease} is no longer held (it ended or its grace period passed)`);
+      if (!s)
+        throw new AgentError('LEASE_LOST', `lease ${m.lease} is no longer held (it ended or its grace period passed)`);
       if (s.conn && s.conn.id !== conn.id) s.conn.close(4000, 'lease taken over by a new connection');
       this.attach(s, conn);
       this.d.log.info('lease resumed', { target: s.target.name, lease: s.lease.id, conn: conn.id });
@@ -118,7 +128,11 @@ export class AgentService implements ConnectionHandler {
       return;
     }
     const target = findTarget(this.d.targets(), m.target);
-    if (!target) throw new AgentError('UNKNOWN_TARGET', `no target "${m.target}" in the agent's database (give a name, MAC or IP)`);
+    if (!target)
+      throw new AgentError(
+        'UNKNOWN_TARGET',
+        `no target "${m.target}" in the agent's database (give a name, MAC or IP)`,
+      );
     const holder = m.holder ?? conn.client;
     const abort = new AbortController();
     this.waiting.set(conn.id, { abort, requestId: m.id });
@@ -148,12 +162,39 @@ export class AgentService implements ConnectionHandler {
     const held = await this.d.store.get(m.sha256);
     if (held) {
       this.d.log.info('image already held; upload skipped', { target: s.target.name, sha256: m.sha256 });
-      conn.send({ type: 'upload-done', re: m.id, sha256: held.sha256, size: held.wireSize, imageSize: held.imageSize, skipped: true });
+      conn.send({
+        type: 'upload-done',
+        re: m.id,
+        sha256: held.sha256,
+        size: held.wireSize,
+        imageSize: held.imageSize,
+        skipped: true,
+      });
       return;
     }
-    const session = await this.d.store.begin({ sha256: m.sha256, size: m.size, compression: m.compression, ...(m.imageSize ? { imageSize: m.imageSize } : {}) });
-    s.upload = { requestId: m.id, session, sha256: m.sha256, size: m.size, received: session.offset, lastAck: session.offset, chain: Promise.resolve() };
-    this.d.log.info('upload started', { target: s.target.name, sha256: m.sha256, size: m.size, compression: m.compression, resumeAt: session.offset, name: m.name });
+    const session = await this.d.store.begin({
+      sha256: m.sha256,
+      size: m.size,
+      compression: m.compression,
+      ...(m.imageSize ? { imageSize: m.imageSize } : {}),
+    });
+    s.upload = {
+      requestId: m.id,
+      session,
+      sha256: m.sha256,
+      size: m.size,
+      received: session.offset,
+      lastAck: session.offset,
+      chain: Promise.resolve(),
+    };
+    this.d.log.info('upload started', {
+      target: s.target.name,
+      sha256: m.sha256,
+      size: m.size,
+      compression: m.compression,
+      resumeAt: session.offset,
+      name: m.name,
+    });
     conn.send({ type: 'upload-ready', re: m.id, offset: session.offset });
   }
 
@@ -162,7 +203,12 @@ export class AgentService implements ConnectionHandler {
     const up = s?.upload;
     if (!s || !up) {
       // Bytes nobody asked for are refused, never stored.
-      conn.send({ type: 'error', code: 'BAD_REQUEST', message: 'binary data outside an upload (send upload-begin first)', fatal: true });
+      conn.send({
+        type: 'error',
+        code: 'BAD_REQUEST',
+        message: 'binary data outside an upload (send upload-begin first)',
+        fatal: true,
+      });
       conn.close(1008, 'unexpected binary data');
       return;
     }
@@ -200,8 +246,20 @@ export class AgentService implements ConnectionHandler {
     s.upload = undefined;
     const started = performance.now();
     const image = await up.session.finish();
-    this.d.log.info('upload stored', { target: s.target.name, sha256: image.sha256, imageSize: image.imageSize, finishMs: Math.round(performance.now() - started) });
-    conn.send({ type: 'upload-done', re: id, sha256: image.sha256, size: image.wireSize, imageSize: image.imageSize, skipped: false });
+    this.d.log.info('upload stored', {
+      target: s.target.name,
+      sha256: image.sha256,
+      imageSize: image.imageSize,
+      finishMs: Math.round(performance.now() - started),
+    });
+    conn.send({
+      type: 'upload-done',
+      re: id,
+      sha256: image.sha256,
+      size: image.wireSize,
+      imageSize: image.imageSize,
+      skipped: false,
+    });
   }
 
   /** End the session's upload, keeping its bytes for a resume ('suspend') or not. */
@@ -253,9 +311,15 @@ export class AgentService implements ConnectionHandler {
         image,
         partCrcs,
         recordDir: path.join(config.stateDir, 'jobs'),
-        ...(layout === 'inject' ? { planPatches: () => this.injectionPatches(s.target, image.path, image.imageSize) } : {}),
+        ...(layout === 'inject'
+          ? { planPatches: () => this.injectionPatches(s.target, image.path, image.imageSize) }
+          : {}),
         bootCheck: m.bootCheck ?? config.bootCheck,
-        timeouts: { boardShow: m.timeouts?.boardShow ?? config.timeouts.boardShow, stall: m.timeouts?.stall ?? config.timeouts.stall, boot: m.timeouts?.boot ?? config.timeouts.boot },
+        timeouts: {
+          boardShow: m.timeouts?.boardShow ?? config.timeouts.boardShow,
+          stall: m.timeouts?.stall ?? config.timeouts.stall,
+          boot: m.timeouts?.boot ?? config.timeouts.boot,
+        },
         flash: config.flash,
         files: this.d.files,
         resetLine,
@@ -266,7 +330,13 @@ export class AgentService implements ConnectionHandler {
       if (s.cancelRequested) job.cancel(s.cancelRequested.reason, s.cancelRequested.code);
       log.info('job started', { image: image.sha256, size: formatBytes(image.imageSize), holder: s.lease.holder });
       const result: JobResult = await job.run();
-      log.info('job ended', { code: result.code, ok: result.ok, seconds: Object.values(result.timings).reduce((a, b) => a + (b ?? 0), 0).toFixed(1) });
+      log.info('job ended', {
+        code: result.code,
+        ok: result.ok,
+        seconds: Object.values(result.timings)
+          .reduce((a, b) => a + (b ?? 0), 0)
+          .toFixed(1),
+      });
       const message: ResultMessage = { type: 'result', re: m.id, ...result };
       if (s.conn) {
         s.conn.send(message);
@@ -279,7 +349,9 @@ export class AgentService implements ConnectionHandler {
       }
     } finally {
       unpin();
-      await resetLine.close().catch((err: Error) => log.warn('could not release the reset line', { error: err.message }));
+      await resetLine
+        .close()
+        .catch((err: Error) => log.warn('could not release the reset line', { error: err.message }));
     }
   }
 
@@ -291,22 +363,36 @@ export class AgentService implements ConnectionHandler {
     try {
       model = getPiModel(modelName);
     } catch (err) {
-      throw new AgentError('LAB_MISCONFIGURED', `${target.name}: ${(err as Error).message} (set the model column, or use layout whole)`);
+      throw new AgentError(
+        'LAB_MISCONFIGURED',
+        `${target.name}: ${(err as Error).message} (set the model column, or use layout whole)`,
+      );
     }
     const ubootPath = uboot.binaries[model.name] ?? debianUbootPath(model);
     const read = async (file: string, what: string) => {
       try {
         return await readFile(file);
       } catch (err) {
-        throw new AgentError('LAB_MISCONFIGURED', `cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} (install Debian's u-boot-rpi or set uboot.binaries.${model.name} / uboot.bootScr in the config)`);
+        throw new AgentError(
+          'LAB_MISCONFIGURED',
+          `cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} (install Debian's u-boot-rpi or set uboot.binaries.${model.name} / uboot.bootScr in the config)`,
+        );
       }
     };
-    const [ubootBin, bootScr] = await Promise.all([read(ubootPath, `the U-Boot build for ${model.name}`), read(uboot.bootScr, 'the stage-1 script')]);
+    const [ubootBin, bootScr] = await Promise.all([
+      read(ubootPath, `the U-Boot build for ${model.name}`),
+      read(uboot.bootScr, 'the stage-1 script'),
+    ]);
     const result = await planInjection(imagePath, imageSize, { ubootBin, bootScr, model });
     return result.patches;
   }
 
-  private async cancel(conn: ClientConnection, id: string, leaseId: string | undefined, reason?: string): Promise<void> {
+  private async cancel(
+    conn: ClientConnection,
+    id: string,
+    leaseId: string | undefined,
+    reason?: string,
+  ): Promise<void> {
     const waiting = this.waiting.get(conn.id);
     if (!leaseId && waiting) {
       waiting.abort.abort(new AgentError('CANCELLED', 'lease request cancelled by the client'));
@@ -394,7 +480,10 @@ export class AgentService implements ConnectionHandler {
         );
       }
     }
-    await Promise.race([Promise.all(running), new Promise((r) => setTimeout(r, this.d.config.timeouts.shutdown * 1000))]);
+    await Promise.race([
+      Promise.all(running),
+      new Promise((r) => setTimeout(r, this.d.config.timeouts.shutdown * 1000)),
+    ]);
     for (const s of [...this.sessions.values()]) {
       await this.dropUpload(s, 'suspend');
       this.endSession(s);

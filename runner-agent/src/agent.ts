@@ -45,10 +45,19 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
   log.info('targets loaded', { file: config.targets, count: targets.length });
 
   await mkdir(config.stateDir, { recursive: true });
-  const store = new ImageStore({ dir: path.join(config.stateDir, 'store'), maxBytes: config.store.maxBytes, log: log.child({ part: 'store' }), defaultPartSize: config.flash.partSize });
+  const store = new ImageStore({
+    dir: path.join(config.stateDir, 'store'),
+    maxBytes: config.store.maxBytes,
+    log: log.child({ part: 'store' }),
+    defaultPartSize: config.flash.partSize,
+  });
   await store.init();
 
-  const files = new BoardFiles({ root: config.tftp.root, log: log.child({ part: 'tftp' }), checkClientIp: config.tftp.checkClientIp });
+  const files = new BoardFiles({
+    root: config.tftp.root,
+    log: log.child({ part: 'tftp' }),
+    checkClientIp: config.tftp.checkClientIp,
+  });
   const leftovers = await files.removeLeftovers();
   if (leftovers.length) log.warn('removed target folders left by an earlier run', { folders: leftovers.join(',') });
 
@@ -104,7 +113,10 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     targets: () => targets,
     resetContext: {
       pulseMs: config.flash.resetPulseMs,
-      sim: { reset: (name: string) => (simLab ? simLab.reset(name) : Promise.reject(new Error('no simulated lab is running'))) },
+      sim: {
+        reset: (name: string) =>
+          simLab ? simLab.reset(name) : Promise.reject(new Error('no simulated lab is running')),
+      },
     },
   });
 

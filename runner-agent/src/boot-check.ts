@@ -14,9 +14,7 @@ import net from 'node:net';
 import type { Logger } from './log.js';
 
 export type BootCheck =
-  | { kind: 'none' }
-  | { kind: 'tcp'; host?: string; port: number }
-  | { kind: 'console'; pattern: RegExp };
+  { kind: 'none' } | { kind: 'tcp'; host?: string; port: number } | { kind: 'console'; pattern: RegExp };
 
 const FORMS = 'none, tcp:<port>, tcp:<host>:<port> or console:<regex>';
 
@@ -53,7 +51,8 @@ export function parseBootCheck(text: string): BootCheck {
   if (parts.length === 1) return { kind: 'tcp', port: parsePort(parts[0] as string, spec) };
   if (parts.length === 2) {
     const host = (parts[0] as string).trim();
-    if (!host || !/^[A-Za-z0-9.-]+$/.test(host)) throw new Error(`boot check "${spec}": "${host}" is not a host name or IPv4 address`);
+    if (!host || !/^[A-Za-z0-9.-]+$/.test(host))
+      throw new Error(`boot check "${spec}": "${host}" is not a host name or IPv4 address`);
     return { kind: 'tcp', host, port: parsePort(parts[1] as string, spec) };
   }
   throw new Error(`boot check "${spec}": expected ${FORMS} (write an IPv6 host in brackets: tcp:[::1]:22)`);
@@ -65,7 +64,10 @@ export function parseBootCheck(text: string): BootCheck {
  * at the timeout; it rejects with `signal.reason` on abort.
  */
 export interface BootConsole {
-  waitFor(re: RegExp, o: { timeoutMs: number; signal?: AbortSignal; since?: number }): Promise<{ line: string; ms: number } | null>;
+  waitFor(
+    re: RegExp,
+    o: { timeoutMs: number; signal?: AbortSignal; since?: number },
+  ): Promise<{ line: string; ms: number } | null>;
 }
 
 export interface WaitForBootOptions {
@@ -101,7 +103,12 @@ const DEFAULT_INTERVAL_MS = 1000;
 const DEFAULT_ATTEMPT_TIMEOUT_MS = 3000;
 
 /** One connection attempt: true when accepted, false on refusal, error or timeout; rejects with the signal's reason on abort. */
-function tryConnect(host: string, port: number, timeoutMs: number, signal: AbortSignal | undefined): Promise<{ ok: boolean; error?: string }> {
+function tryConnect(
+  host: string,
+  port: number,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<{ ok: boolean; error?: string }> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const socket = net.connect({ host, port });
@@ -148,7 +155,10 @@ export async function waitForBoot(check: BootCheck, targetIp: string, o: WaitFor
   o.signal?.throwIfAborted();
   if (check.kind === 'none') return { ok: true, ms: 0, attempts: 0 };
   if (check.kind === 'console') {
-    if (!o.console) throw new Error(`boot check console:${check.pattern.source} needs the target's console, and none is open (give the target a console in the targets database)`);
+    if (!o.console)
+      throw new Error(
+        `boot check console:${check.pattern.source} needs the target's console, and none is open (give the target a console in the targets database)`,
+      );
     const match = await o.console.waitFor(check.pattern, {
       timeoutMs: o.timeoutMs,
       ...(o.signal ? { signal: o.signal } : {}),

@@ -101,7 +101,8 @@ export function parseCliArgs(argv: string[]): ParsedArgs {
   };
   for (const [flag, key] of Object.entries(direct)) if (typeof values[flag] === 'string') overrides[key] = values[flag];
   if (typeof values['tftp-port'] === 'string') overrides['tftp.port'] = port('tftp-port', values['tftp-port']);
-  if (!values.help && !values.version && typeof values.config !== 'string') problems.push('--config FILE is required (see --help)');
+  if (!values.help && !values.version && typeof values.config !== 'string')
+    problems.push('--config FILE is required (see --help)');
   if (problems.length) throw new ConfigError(problems);
   return {
     ...(typeof values.config === 'string' ? { config: values.config } : {}),
@@ -131,7 +132,9 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (process.getuid?.() === 0 && !args.allowRoot) {
-    process.stderr.write('rpi-flash-agent: refusing to run as root. Run it as its own user with CAP_NET_BIND_SERVICE and the gpio group (see runner-agent/rpi-flash-agent.service); --allow-root exists for containers and CI.\n');
+    process.stderr.write(
+      'rpi-flash-agent: refusing to run as root. Run it as its own user with CAP_NET_BIND_SERVICE and the gpio group (see runner-agent/rpi-flash-agent.service); --allow-root exists for containers and CI.\n',
+    );
     return 2;
   }
   let config;
@@ -146,7 +149,9 @@ export async function main(argv: string[]): Promise<number> {
     const { loadTargets } = await import('./targets/database.js');
     try {
       const targets = await loadTargets(config.targets);
-      process.stdout.write(`configuration OK; ${targets.length} target(s): ${targets.map((t) => `${t.name} (${t.mac}, ${t.ip}, ${t.resetText})`).join(', ')}\n`);
+      process.stdout.write(
+        `configuration OK; ${targets.length} target(s): ${targets.map((t) => `${t.name} (${t.mac}, ${t.ip}, ${t.resetText})`).join(', ')}\n`,
+      );
       return 0;
     } catch (err) {
       process.stderr.write(`rpi-flash-agent: ${(err as Error).message}\n`);
@@ -180,7 +185,11 @@ export async function main(argv: string[]): Promise<number> {
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => {
-      agent.reloadTargets().catch((err: Error) => log.error('targets reload failed; keeping the previous database', { error: err.message }));
+      agent
+        .reloadTargets()
+        .catch((err: Error) =>
+          log.error('targets reload failed; keeping the previous database', { error: err.message }),
+        );
     });
   });
 }

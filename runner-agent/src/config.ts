@@ -74,9 +74,10 @@ export interface AgentConfig {
  * The stage-1 script image shipped with the agent: `uboot/boot.scr` at the top of the package,
  * two folders up from the sources and three from the compiled `build/` copy.
  */
-export const SHIPPED_BOOT_SCR = [new URL('../../uboot/boot.scr', import.meta.url), new URL('../../../uboot/boot.scr', import.meta.url)]
-  .map((u) => fileURLToPath(u))
-  .find((f) => existsSync(f)) ?? fileURLToPath(new URL('../../uboot/boot.scr', import.meta.url));
+export const SHIPPED_BOOT_SCR =
+  [new URL('../../uboot/boot.scr', import.meta.url), new URL('../../../uboot/boot.scr', import.meta.url)]
+    .map((u) => fileURLToPath(u))
+    .find((f) => existsSync(f)) ?? fileURLToPath(new URL('../../uboot/boot.scr', import.meta.url));
 
 export const DEFAULTS = {
   listen: { host: '0.0.0.0', port: 8443 },
@@ -108,7 +109,18 @@ export class ConfigError extends Error {
   }
 }
 
-const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tib: 1024 ** 4,
+};
 
 /** `1073741824`, `"1GiB"`, `"64 MiB"`, `"512k"` → bytes; undefined when not a size. */
 export function parseSize(value: unknown): number | undefined {
@@ -183,7 +195,22 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     return v;
   };
 
-  known(raw, '', ['listen', 'token', 'tokenFile', 'targets', 'tftp', 'stateDir', 'store', 'flash', 'timeouts', 'bootCheck', 'logLevel', 'sim', 'defaultLayout', 'uboot']);
+  known(raw, '', [
+    'listen',
+    'token',
+    'tokenFile',
+    'targets',
+    'tftp',
+    'stateDir',
+    'store',
+    'flash',
+    'timeouts',
+    'bootCheck',
+    'logLevel',
+    'sim',
+    'defaultLayout',
+    'uboot',
+  ]);
 
   const listenRaw = obj('listen');
   known(listenRaw, 'listen.', ['host', 'port', 'tls']);
@@ -220,7 +247,8 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
 
   const tftpRaw = obj('tftp');
   known(tftpRaw, 'tftp.', ['root', 'address', 'port', 'checkClientIp', 'maxBlksize', 'maxWindowsize']);
-  if (tftpRaw.checkClientIp !== undefined && typeof tftpRaw.checkClientIp !== 'boolean') problems.push('"tftp.checkClientIp" must be true or false');
+  if (tftpRaw.checkClientIp !== undefined && typeof tftpRaw.checkClientIp !== 'boolean')
+    problems.push('"tftp.checkClientIp" must be true or false');
   const tftp = {
     root: file(string('tftp.root', tftpRaw.root, DEFAULTS.tftp.root)),
     address: address('tftp.address', string('tftp.address', tftpRaw.address, DEFAULTS.tftp.address)),
@@ -234,10 +262,22 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   known(storeRaw, 'store.', ['maxBytes']);
 
   const flashRaw = obj('flash');
-  known(flashRaw, 'flash.', ['partSize', 'retries', 'resetPulseMs', 'loadAddr', 'crcAddr', 'beaconAddr', 'mmcDev', 'tftpBlockSize', 'tftpWindowSize', 'seedPartSize']);
+  known(flashRaw, 'flash.', [
+    'partSize',
+    'retries',
+    'resetPulseMs',
+    'loadAddr',
+    'crcAddr',
+    'beaconAddr',
+    'mmcDev',
+    'tftpBlockSize',
+    'tftpWindowSize',
+    'seedPartSize',
+  ]);
   const hex = (name: string, v: unknown, dflt: number): number => {
     if (v === undefined) return dflt;
-    const n = typeof v === 'string' && /^0x[0-9a-f]+$/i.test(v) ? Number.parseInt(v, 16) : typeof v === 'number' ? v : NaN;
+    const n =
+      typeof v === 'string' && /^0x[0-9a-f]+$/i.test(v) ? Number.parseInt(v, 16) : typeof v === 'number' ? v : NaN;
     if (!Number.isSafeInteger(n) || n < 0 || n > 0xffff_ffff) {
       problems.push(`"${name}" must be an address like "0x10000000", got ${JSON.stringify(v)}`);
       return dflt;
@@ -256,8 +296,10 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     mmcDev: int('flash.mmcDev', flashRaw.mmcDev, DEFAULTS.flash.mmcDev, 0, 15),
     seedPartSize: size('flash.seedPartSize', flashRaw.seedPartSize, DEFAULTS.flash.seedPartSize),
   };
-  if (flashRaw.tftpBlockSize !== undefined) flash.tftpBlockSize = int('flash.tftpBlockSize', flashRaw.tftpBlockSize, undefined, 512, 65464);
-  if (flashRaw.tftpWindowSize !== undefined) flash.tftpWindowSize = int('flash.tftpWindowSize', flashRaw.tftpWindowSize, undefined, 1, 64);
+  if (flashRaw.tftpBlockSize !== undefined)
+    flash.tftpBlockSize = int('flash.tftpBlockSize', flashRaw.tftpBlockSize, undefined, 512, 65464);
+  if (flashRaw.tftpWindowSize !== undefined)
+    flash.tftpWindowSize = int('flash.tftpWindowSize', flashRaw.tftpWindowSize, undefined, 1, 64);
 
   const timeoutsRaw = obj('timeouts');
   known(timeoutsRaw, 'timeouts.', ['boardShow', 'stall', 'boot', 'leaseGrace', 'shutdown']);
@@ -277,18 +319,25 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   }
 
   const logLevel = string('logLevel', raw.logLevel, DEFAULTS.logLevel) as AgentConfig['logLevel'];
-  if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) problems.push(`"logLevel" must be debug, info, warn or error, got "${logLevel}"`);
+  if (!['debug', 'info', 'warn', 'error'].includes(logLevel))
+    problems.push(`"logLevel" must be debug, info, warn or error, got "${logLevel}"`);
 
   const simRaw = obj('sim');
   known(simRaw, 'sim.', ['bootPort', 'cardSize']);
 
-  const defaultLayout = string('defaultLayout', raw.defaultLayout, DEFAULTS.defaultLayout) as AgentConfig['defaultLayout'];
-  if (!['inject', 'whole'].includes(defaultLayout)) problems.push(`"defaultLayout" must be inject or whole, got "${defaultLayout}"`);
+  const defaultLayout = string(
+    'defaultLayout',
+    raw.defaultLayout,
+    DEFAULTS.defaultLayout,
+  ) as AgentConfig['defaultLayout'];
+  if (!['inject', 'whole'].includes(defaultLayout))
+    problems.push(`"defaultLayout" must be inject or whole, got "${defaultLayout}"`);
   const ubootRaw = obj('uboot');
   known(ubootRaw, 'uboot.', ['bootScr', 'binaries', 'defaultModel']);
   const binaries: Record<string, string> = {};
   const binariesRaw = ubootRaw.binaries === undefined ? {} : obj('binaries', ubootRaw);
-  for (const [model, bin] of Object.entries(binariesRaw)) binaries[model.toLowerCase()] = file(string(`uboot.binaries.${model}`, bin));
+  for (const [model, bin] of Object.entries(binariesRaw))
+    binaries[model.toLowerCase()] = file(string(`uboot.binaries.${model}`, bin));
 
   const config: AgentConfig = {
     listen,
@@ -323,9 +372,12 @@ export async function loadConfig(file: string, overrides: Record<string, unknown
     raw = JSON.parse(await readFile(file, 'utf8')) as Raw;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new ConfigError([e.code === 'ENOENT' ? `config file ${file} does not exist` : `cannot read config file ${file}: ${e.message}`]);
+    throw new ConfigError([
+      e.code === 'ENOENT' ? `config file ${file} does not exist` : `cannot read config file ${file}: ${e.message}`,
+    ]);
   }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError([`${file} must hold a JSON object`]);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new ConfigError([`${file} must hold a JSON object`]);
   for (const [dotted, value] of Object.entries(overrides)) setDotted(raw, dotted, value);
   return validateConfig(raw, path.dirname(path.resolve(file)));
 }

@@ -45,7 +45,13 @@ function line(text: string): void {
 export async function runDemo(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { size: { type: 'string' }, target: { type: 'string' }, verbose: { type: 'boolean' }, keep: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      size: { type: 'string' },
+      target: { type: 'string' },
+      verbose: { type: 'boolean' },
+      keep: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
   if (values.help) {
     process.stdout.write(HELP);
@@ -59,7 +65,11 @@ export async function runDemo(argv: string[]): Promise<number> {
   const token = 'demo-token-0123456789abcdef';
   await writeFile(
     path.join(dir, 'targets.csv'),
-    ['name,mac,ip,reset,model,labels', 'sim-pi3,b8:27:eb:00:00:03,127.0.0.13,sim,pi3,demo', 'sim-pi4,dc:a6:32:00:00:04,127.0.0.14,sim,pi4,demo'].join('\n') + '\n',
+    [
+      'name,mac,ip,reset,model,labels',
+      'sim-pi3,b8:27:eb:00:00:03,127.0.0.13,sim,pi3,demo',
+      'sim-pi4,dc:a6:32:00:00:04,127.0.0.14,sim,pi4,demo',
+    ].join('\n') + '\n',
   );
   const config = await validateConfig(
     {
@@ -78,7 +88,10 @@ export async function runDemo(argv: string[]): Promise<number> {
     },
     dir,
   );
-  const log = createLogger({ level: config.logLevel, sink: (r) => process.stderr.write(`  [agent] ${r.level} ${r.msg} ${JSON.stringify(r.fields)}\n`) });
+  const log = createLogger({
+    level: config.logLevel,
+    sink: (r) => process.stderr.write(`  [agent] ${r.level} ${r.msg} ${JSON.stringify(r.fields)}\n`),
+  });
   const agent = await startAgent(config, { log });
   let exit = 1;
   try {
@@ -89,7 +102,9 @@ export async function runDemo(argv: string[]): Promise<number> {
     const { size } = await import('node:fs/promises').then((fs) => fs.stat(image));
     const sha256 = await sha256File(image);
     line(`rpi-flash demo: simulated lab at ${agent.url}, TFTP on ${agent.tftp.address}:${agent.tftp.port}`);
-    line(`image: ${path.basename(image)} (${(size / 1048576).toFixed(1)} MiB gzip of ${sizeMiB} MiB), sha256 ${sha256.slice(0, 16)}…`);
+    line(
+      `image: ${path.basename(image)} (${(size / 1048576).toFixed(1)} MiB gzip of ${sizeMiB} MiB), sha256 ${sha256.slice(0, 16)}…`,
+    );
 
     let lastPct = -1;
     const onEvent = (m: AgentMessage) => {
@@ -123,12 +138,20 @@ export async function runDemo(argv: string[]): Promise<number> {
       const uploadStart = performance.now();
       const done = await conn.upload({ path: image, sha256, size, compression: 'gz', name: path.basename(image) });
       const uploadSeconds = (performance.now() - uploadStart) / 1000;
-      line(`upload: ${done.skipped ? 'skipped, agent holds it' : `${(size / 1e6 / uploadSeconds).toFixed(1)} MB/s`}, stored ${done.imageSize} bytes`);
+      line(
+        `upload: ${done.skipped ? 'skipped, agent holds it' : `${(size / 1e6 / uploadSeconds).toFixed(1)} MB/s`}, stored ${done.imageSize} bytes`,
+      );
       const result = await conn.flash({ sha256 });
       line('');
       line(`result: ${result.code} — ${result.message}`);
-      line(`  bytes written: ${result.bytesWritten}, parts: ${result.parts.map((p) => `${p.part}:${p.status}`).join(' ')}`);
-      line(`  timings (s): ${Object.entries(result.timings).map(([k, v]) => `${k} ${v}`).join(', ')}; total ${((performance.now() - started) / 1000).toFixed(2)} s`);
+      line(
+        `  bytes written: ${result.bytesWritten}, parts: ${result.parts.map((p) => `${p.part}:${p.status}`).join(' ')}`,
+      );
+      line(
+        `  timings (s): ${Object.entries(result.timings)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}; total ${((performance.now() - started) / 1000).toFixed(2)} s`,
+      );
       if (result.ok) {
         const card = await readFile(path.join(config.stateDir, 'sim', `${targetName}.card`));
         const original = await readFile(raw);

@@ -33,7 +33,9 @@ Usage:
 Options:
   --image FILE      OS image: raw, .gz, .xz or .zst (Raspberry Pi OS style: MBR, FAT boot partition)
   --model MODEL     board model, picks the U-Boot build and the config.txt sections:
-${Object.values(PI_MODELS).map((m) => `                      ${m.name.padEnd(7)} ${m.description}, Debian u-boot-rpi build ${m.ubootBuild}`).join('\n')}
+${Object.values(PI_MODELS)
+  .map((m) => `                      ${m.name.padEnd(7)} ${m.description}, Debian u-boot-rpi build ${m.ubootBuild}`)
+  .join('\n')}
   --out PATH        a file (written whole, then renamed into place) or a whole block device
   --uboot FILE      U-Boot binary; default /usr/lib/u-boot/<build>/u-boot.bin from Debian's
                     u-boot-rpi package (apt-get install u-boot-rpi)
@@ -171,7 +173,13 @@ export async function makeCard(o: MakeCardOptions, io: MakeCardIo = DEFAULT_IO):
   });
   const bootScr = await loadStage1(o.bootScr);
   const format = await detectCompression(o.image);
-  const inject = { ubootBin, bootScr, model: o.model, ...(o.env ? { extraEnv: o.env } : {}), ...(o.now ? { now: o.now } : {}) };
+  const inject = {
+    ubootBin,
+    bootScr,
+    model: o.model,
+    ...(o.env ? { extraEnv: o.env } : {}),
+    ...(o.now ? { now: o.now } : {}),
+  };
   const target = await classifyOutput(o.out);
 
   if (target === 'file') {
@@ -220,7 +228,10 @@ async function loadStage1(given: string | undefined): Promise<Buffer> {
     } else if (cmd) {
       image = buildScriptImage(await readFile(cmd, 'utf8'), { name: 'rpi-flash stage 1', timestamp: 0 });
       from = cmd;
-    } else throw new MakeCardError(`no stage 1 found (looked for boot.scr and boot.cmd in ${dirs.join(', ')}); pass --boot-scr FILE`);
+    } else
+      throw new MakeCardError(
+        `no stage 1 found (looked for boot.scr and boot.cmd in ${dirs.join(', ')}); pass --boot-scr FILE`,
+      );
   }
   try {
     parseScriptImage(image);
@@ -252,21 +263,28 @@ async function classifyOutput(out: string): Promise<'file' | 'device'> {
   if (st?.isBlockDevice()) return 'device';
   const resolved = path.resolve(out);
   if (resolved === '/dev' || resolved.startsWith('/dev/')) {
-    throw new MakeCardError(`${out} is not a block device${st ? '' : ' (it does not exist)'}: refusing to write a file under /dev`);
+    throw new MakeCardError(
+      `${out} is not a block device${st ? '' : ' (it does not exist)'}: refusing to write a file under /dev`,
+    );
   }
   if (st && !st.isFile()) throw new MakeCardError(`${out} exists and is neither a regular file nor a block device`);
   return 'file';
 }
 
 /** The image's bytes, decompressed when needed, into `sinks`; resolves to the image size. */
-async function streamImage(image: string, format: CompressedFormat | 'none', sinks: [...NodeJS.ReadWriteStream[], NodeJS.WritableStream]): Promise<void> {
+async function streamImage(
+  image: string,
+  format: CompressedFormat | 'none',
+  sinks: [...NodeJS.ReadWriteStream[], NodeJS.WritableStream],
+): Promise<void> {
   if (format === 'none') {
     await pipeline(createReadStream(image, { highWaterMark: CHUNK }), ...(sinks as [NodeJS.WritableStream]));
     return;
   }
   const dec = createDecompressor(format, sinks);
   try {
-    for await (const chunk of createReadStream(image, { highWaterMark: CHUNK }) as Readable) await dec.write(chunk as Buffer);
+    for await (const chunk of createReadStream(image, { highWaterMark: CHUNK }) as Readable)
+      await dec.write(chunk as Buffer);
     await dec.end();
   } catch (err) {
     await dec.abort();
@@ -275,7 +293,12 @@ async function streamImage(image: string, format: CompressedFormat | 'none', sin
 }
 
 /** Writes the image (patched on the way) to a file or device; a sparse file skips zero blocks. */
-async function writeImage(image: string, format: CompressedFormat | 'none', out: string, o: { sparse: boolean; patches: Patch[] }): Promise<number> {
+async function writeImage(
+  image: string,
+  format: CompressedFormat | 'none',
+  out: string,
+  o: { sparse: boolean; patches: Patch[] },
+): Promise<number> {
   const fh = await open(out, o.sparse ? 'w' : 'r+');
   const writer = new PositionedWriter(fh, o.sparse);
   try {
@@ -312,7 +335,8 @@ async function writeAll(fh: FileHandle, buf: Buffer, at: number): Promise<void> 
   let done = 0;
   while (done < buf.length) {
     const { bytesWritten } = await fh.write(buf, done, buf.length - done, at + done);
-    if (bytesWritten === 0) throw new MakeCardError(`the output accepted no bytes at offset ${at + done}: is the card full or read-only?`);
+    if (bytesWritten === 0)
+      throw new MakeCardError(`the output accepted no bytes at offset ${at + done}: is the card full or read-only?`);
     done += bytesWritten;
   }
 }
@@ -322,7 +346,11 @@ async function writeAll(fh: FileHandle, buf: Buffer, at: number): Promise<void> 
  * decompressed once to learn its size, keeping only its head (up to the end of the boot
  * partition) in a temporary file — all that planning reads.
  */
-async function planFromSource(image: string, format: CompressedFormat | 'none', inject: Parameters<typeof planInjection>[2]): Promise<{ imageSize: number; injection: InjectResult }> {
+async function planFromSource(
+  image: string,
+  format: CompressedFormat | 'none',
+  inject: Parameters<typeof planInjection>[2],
+): Promise<{ imageSize: number; injection: InjectResult }> {
   if (format === 'none') {
     const imageSize = (await stat(image)).size;
     return { imageSize, injection: await planInjection(image, imageSize, inject) };
@@ -392,18 +420,27 @@ async function readSys(file: string): Promise<string | undefined> {
   }
 }
 
-export async function describeBlockDevice(devPath: string, io: Pick<MakeCardIo, 'sysRoot' | 'mountsFile' | 'swapsFile'>): Promise<BlockDeviceInfo> {
+export async function describeBlockDevice(
+  devPath: string,
+  io: Pick<MakeCardIo, 'sysRoot' | 'mountsFile' | 'swapsFile'>,
+): Promise<BlockDeviceInfo> {
   const real = await realpath(devPath);
   const name = path.basename(real);
   const classDir = path.join(io.sysRoot, 'class', 'block', name);
   const sizeText = await readSys(path.join(classDir, 'size'));
-  if (sizeText === undefined) throw new MakeCardError(`${devPath} (${name}) is not in ${io.sysRoot}/class/block: cannot tell what it is, refusing to write it`);
+  if (sizeText === undefined)
+    throw new MakeCardError(
+      `${devPath} (${name}) is not in ${io.sysRoot}/class/block: cannot tell what it is, refusing to write it`,
+    );
   const isPartition = (await readSys(path.join(classDir, 'partition'))) !== undefined;
   const blockDir = path.join(io.sysRoot, 'block', name);
-  const model = await readSys(path.join(blockDir, 'device', 'model')) ?? await readSys(path.join(blockDir, 'device', 'name'));
+  const model =
+    (await readSys(path.join(blockDir, 'device', 'model'))) ?? (await readSys(path.join(blockDir, 'device', 'name')));
   const vendor = await readSys(path.join(blockDir, 'device', 'vendor'));
   const removable = await readSys(path.join(blockDir, 'removable'));
-  const partNames = (await readdir(blockDir).catch(() => [] as string[])).filter((n) => n.startsWith(name) && n !== name);
+  const partNames = (await readdir(blockDir).catch(() => [] as string[])).filter(
+    (n) => n.startsWith(name) && n !== name,
+  );
   const partitions: BlockDeviceInfo['partitions'] = [];
   for (const p of partNames.sort()) {
     if ((await readSys(path.join(blockDir, p, 'partition'))) === undefined) continue;
@@ -450,22 +487,30 @@ export function formatDeviceInfo(d: BlockDeviceInfo): string {
       `${d.removable === undefined ? '' : d.removable ? ', removable' : ', NOT removable'}`,
   ];
   if (!d.partitions.length) lines.push('  no partitions');
-  for (const p of d.partitions) lines.push(`  ${p.name}: ${formatBytes(p.size)}${p.mountpoint ? `, mounted on ${p.mountpoint}` : ''}`);
+  for (const p of d.partitions)
+    lines.push(`  ${p.name}: ${formatBytes(p.size)}${p.mountpoint ? `, mounted on ${p.mountpoint}` : ''}`);
   return lines.join('\n') + '\n';
 }
 
 /** Refuses a partition, a device in use, or one smaller than the image. */
 export function checkDeviceWritable(d: BlockDeviceInfo, imageSize: number): void {
-  if (d.isPartition) throw new MakeCardError(`${d.path} is a partition (${d.name}); give the whole card, e.g. /dev/sdX or /dev/mmcblkN`);
-  if (d.inUse.length) throw new MakeCardError(`${d.path} is in use: ${d.inUse.join('; ')}. Unmount it first; nothing was written`);
-  if (d.size < imageSize) throw new MakeCardError(`${d.path} holds ${formatBytes(d.size)}, the image needs ${formatBytes(imageSize)}; nothing was written`);
+  if (d.isPartition)
+    throw new MakeCardError(`${d.path} is a partition (${d.name}); give the whole card, e.g. /dev/sdX or /dev/mmcblkN`);
+  if (d.inUse.length)
+    throw new MakeCardError(`${d.path} is in use: ${d.inUse.join('; ')}. Unmount it first; nothing was written`);
+  if (d.size < imageSize)
+    throw new MakeCardError(
+      `${d.path} holds ${formatBytes(d.size)}, the image needs ${formatBytes(imageSize)}; nothing was written`,
+    );
 }
 
 /** Asks on the terminal; without one (a script, CI) the answer is no: use --yes. */
 async function confirm(question: string, io: Pick<MakeCardIo, 'stdin' | 'stdout'>): Promise<boolean> {
   if (!io.stdin.isTTY) {
     io.stdout.write(`${question}\n`);
-    throw new MakeCardError('not confirmed: standard input is not a terminal, so nobody can answer; pass --yes to write without asking. Nothing was written');
+    throw new MakeCardError(
+      'not confirmed: standard input is not a terminal, so nobody can answer; pass --yes to write without asking. Nothing was written',
+    );
   }
   const rl = createInterface({ input: io.stdin, output: io.stdout, terminal: false });
   try {

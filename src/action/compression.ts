@@ -74,7 +74,9 @@ export function detectCompression(head: Uint8Array, name: string): DetectedCompr
   if (named !== undefined && named !== magic?.name) {
     const seen = Array.from(head.subarray(0, MAGIC_LENGTH), (b) => b.toString(16).padStart(2, '0')).join(' ');
     const what = magic ? `${magic.name} data` : 'not compressed';
-    throw new Error(`${name}: the name says ${named} but the content is ${what} (first bytes: ${seen}); is the file truncated or not the image?`);
+    throw new Error(
+      `${name}: the name says ${named} but the content is ${what} (first bytes: ${seen}); is the file truncated or not the image?`,
+    );
   }
   if (magic?.compression === undefined) return { compression: 'none' };
   return {
@@ -90,7 +92,11 @@ export function detectCompression(head: Uint8Array, name: string): DetectedCompr
  * - gzip: the trailer holds the size modulo 2^32 and only for the last member, so it is used only when
  *   the file is too small to have wrapped (deflate expands at most ~1032×).
  */
-export async function decompressedSize(file: FileHandle, size: number, compression: Compression): Promise<number | undefined> {
+export async function decompressedSize(
+  file: FileHandle,
+  size: number,
+  compression: Compression,
+): Promise<number | undefined> {
   try {
     switch (compression) {
       case 'none':
@@ -183,7 +189,13 @@ async function zstdSize(file: FileHandle, size: number): Promise<number | undefi
     const fcsAt = pos + 5 + (singleSegment ? 0 : 1) + dictIdBytes;
     const fcs = await readAt(file, fcsAt, fcsBytes);
     total +=
-      fcsBytes === 1 ? fcs[0]! : fcsBytes === 2 ? fcs.readUInt16LE(0) + 256 : fcsBytes === 4 ? fcs.readUInt32LE(0) : Number(fcs.readBigUInt64LE(0));
+      fcsBytes === 1
+        ? fcs[0]!
+        : fcsBytes === 2
+          ? fcs.readUInt16LE(0) + 256
+          : fcsBytes === 4
+            ? fcs.readUInt32LE(0)
+            : Number(fcs.readBigUInt64LE(0));
     // Skip the frame's blocks (3-byte headers) to find the next frame; a second frame is common with pzstd.
     pos = fcsAt + fcsBytes;
     for (;;) {

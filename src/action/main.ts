@@ -8,10 +8,24 @@
 import * as core from '@actions/core';
 import { downloadTool } from '@actions/tool-cache';
 import { ConnectionLostError, connectAgent, type ConnectOptions, type UploadOptions } from '../protocol/client.js';
-import { PHASES, type AgentMessage, type FlashRequest, type JobResult, type LeasedMessage, type UploadDoneMessage } from '../protocol/messages.js';
+import {
+  PHASES,
+  type AgentMessage,
+  type FlashRequest,
+  type JobResult,
+  type LeasedMessage,
+  type UploadDoneMessage,
+} from '../protocol/messages.js';
 import { State } from './constants.js';
 import { resolveImage, type Downloader, type ResolvedImage } from './image.js';
-import { ActionCodes, annotateFailure, setJobOutputs, writeJobSummary, type JobOutcome, type ResultWord } from './outputs.js';
+import {
+  ActionCodes,
+  annotateFailure,
+  setJobOutputs,
+  writeJobSummary,
+  type JobOutcome,
+  type ResultWord,
+} from './outputs.js';
 import { InputError, parseSettings, type ActionSettings, type GetInput } from './settings.js';
 import { JobStory, type StoryWriter } from './story.js';
 
@@ -129,10 +143,7 @@ function unlessAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> 
 }
 
 function delay(ms: number, signal: AbortSignal): Promise<void> {
-  return unlessAborted(
-    new Promise<void>((resolve) => setTimeout(resolve, ms).unref()),
-    signal,
-  );
+  return unlessAborted(new Promise<void>((resolve) => setTimeout(resolve, ms).unref()), signal);
 }
 
 function withTimer<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
@@ -180,13 +191,23 @@ class FlashRun {
     this.d.signals.once('SIGTERM', onSignal);
     try {
       const result = await this.flow();
-      return this.outcome(result.ok ? 'success' : result.code === 'CANCELLED' ? 'cancelled' : 'failure', result.code, result.message, result);
+      return this.outcome(
+        result.ok ? 'success' : result.code === 'CANCELLED' ? 'cancelled' : 'failure',
+        result.code,
+        result.message,
+        result,
+      );
     } catch (err) {
       // A lost connection is reported as the action's CONNECT_FAILED: CONNECTION_LOST is the
       // protocol client's internal signal to retry, not a result code users look up.
-      const code = this.cancelledBySignal ? 'CANCELLED' : codeOf(err) === 'CONNECTION_LOST' ? 'CONNECT_FAILED' : codeOf(err);
+      const code = this.cancelledBySignal
+        ? 'CANCELLED'
+        : codeOf(err) === 'CONNECTION_LOST'
+          ? 'CONNECT_FAILED'
+          : codeOf(err);
       const result: ResultWord = this.cancelledBySignal || code === 'CANCELLED' ? 'cancelled' : 'failure';
-      if (this.leased && !this.lastResult && !this.abortedForCancel) await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
+      if (this.leased && !this.lastResult && !this.abortedForCancel)
+        await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
       return this.outcome(result, code, messageOf(err));
     } finally {
       this.d.signals.removeListener('SIGINT', onSignal);
@@ -232,7 +253,13 @@ class FlashRun {
 
     // From the lease on, the whole job has one deadline.
     const jobTimer = setTimeout(
-      () => this.abort.abort(new CodedError('JOB_TIMEOUT', `the job did not finish within job-timeout (${settings.jobTimeoutMs / 1000} s)`)),
+      () =>
+        this.abort.abort(
+          new CodedError(
+            'JOB_TIMEOUT',
+            `the job did not finish within job-timeout (${settings.jobTimeoutMs / 1000} s)`,
+          ),
+        ),
       settings.jobTimeoutMs,
     );
     try {
@@ -290,11 +317,22 @@ class FlashRun {
     });
     try {
       this.conn = await unlessAborted(
-        withTimer(attempt, settings.connectTimeoutMs, () => new CodedError('CONNECT_FAILED', `no answer from the agent at ${url} within connect-timeout (${settings.connectTimeoutMs / 1000} s)`)),
+        withTimer(
+          attempt,
+          settings.connectTimeoutMs,
+          () =>
+            new CodedError(
+              'CONNECT_FAILED',
+              `no answer from the agent at ${url} within connect-timeout (${settings.connectTimeoutMs / 1000} s)`,
+            ),
+        ),
         this.abort.signal,
       );
     } catch (err) {
-      attempt.then((late) => late.close(), () => {});
+      attempt.then(
+        (late) => late.close(),
+        () => {},
+      );
       if (reconnecting) throw err;
       const code = codeOf(err);
       throw new CodedError(code === 'CONNECTION_LOST' || code === 'INTERNAL' ? 'CONNECT_FAILED' : code, messageOf(err));
@@ -310,7 +348,13 @@ class FlashRun {
     const leasing = this.conn!.lease(settings.target, { holder: settings.holder });
     leasing.catch(() => {});
     const queueTimer = setTimeout(
-      () => this.abort.abort(new CodedError('QUEUE_TIMEOUT', `${settings.target} stayed busy past queue-timeout (${settings.queueTimeoutMs / 1000} s)`)),
+      () =>
+        this.abort.abort(
+          new CodedError(
+            'QUEUE_TIMEOUT',
+            `${settings.target} stayed busy past queue-timeout (${settings.queueTimeoutMs / 1000} s)`,
+          ),
+        ),
       settings.queueTimeoutMs,
     );
     try {
@@ -332,7 +376,10 @@ class FlashRun {
       await delay(wait, this.abort.signal);
       try {
         await this.connect(true);
-        this.leased = await unlessAborted(this.conn!.lease(this.settings!.target, { lease: this.leased!.lease }), this.abort.signal);
+        this.leased = await unlessAborted(
+          this.conn!.lease(this.settings!.target, { lease: this.leased!.lease }),
+          this.abort.signal,
+        );
         this.story.line(`Lease ${this.leased.lease} resumed`);
         return;
       } catch (err) {
@@ -341,7 +388,10 @@ class FlashRun {
         cause = err;
       }
     }
-    throw new CodedError('CONNECT_FAILED', `lost the connection to the agent and could not resume in ${RECONNECT_DELAYS_MS.length} attempts: ${messageOf(cause)}`);
+    throw new CodedError(
+      'CONNECT_FAILED',
+      `lost the connection to the agent and could not resume in ${RECONNECT_DELAYS_MS.length} attempts: ${messageOf(cause)}`,
+    );
   }
 
   private async uploadImage(): Promise<void> {
@@ -454,7 +504,11 @@ class FlashRun {
     const conn = this.conn;
     if (!conn || conn.closed || !this.leased) return;
     try {
-      await withTimer(conn.cancel({ reason }), CANCEL_ANSWER_MS, () => new Error(`no answer within ${CANCEL_ANSWER_MS / 1000} s`));
+      await withTimer(
+        conn.cancel({ reason }),
+        CANCEL_ANSWER_MS,
+        () => new Error(`no answer within ${CANCEL_ANSWER_MS / 1000} s`),
+      );
       this.d.saveState(State.lease, '');
       this.story.line(`Cancelled on the agent (lease ${this.leased.lease})`);
     } catch (err) {
@@ -480,7 +534,8 @@ class FlashRun {
     const jobId = jobResult?.job ?? this.jobId;
     // Where it failed: the last phase the agent timed (events may have been lost in an outage), else the story's.
     const agentPhases = jobResult ? PHASES.filter((p) => jobResult.timings[p] !== undefined) : [];
-    const failedPhase = result === 'success' ? undefined : (agentPhases[agentPhases.length - 1] ?? this.story.lastPhase);
+    const failedPhase =
+      result === 'success' ? undefined : (agentPhases[agentPhases.length - 1] ?? this.story.lastPhase);
     return {
       result,
       code,

@@ -66,7 +66,10 @@ export function outputValues(outcome: JobOutcome): Record<OutputName, string> {
   } as Record<OutputName, string>;
 }
 
-export function setJobOutputs(outcome: JobOutcome, setOutput: (name: string, value: string) => void = core.setOutput): void {
+export function setJobOutputs(
+  outcome: JobOutcome,
+  setOutput: (name: string, value: string) => void = core.setOutput,
+): void {
   for (const [name, value] of Object.entries(outputValues(outcome))) setOutput(name, value);
 }
 
@@ -92,24 +95,35 @@ function rate(bytes: number | undefined, secs: number | undefined): string {
 /** Rows of the summary table: [label, value]. */
 export function summaryRows(outcome: JobOutcome): [string, string][] {
   const rows: [string, string][] = [];
-  const resultText = outcome.result === 'success' ? '✅ success' : `${outcome.result === 'cancelled' ? '⏹️' : '❌'} ${outcome.result} (${outcome.code})`;
+  const resultText =
+    outcome.result === 'success'
+      ? '✅ success'
+      : `${outcome.result === 'cancelled' ? '⏹️' : '❌'} ${outcome.result} (${outcome.code})`;
   rows.push(['Result', resultText]);
   if (outcome.result !== 'success') rows.push(['Message', outcome.message]);
   const target = outcome.target;
-  rows.push(['Target', target ? `${target.name} (${target.ip}, ${target.mac}${target.model ? `, ${target.model}` : ''})` : outcome.targetSpec]);
+  rows.push([
+    'Target',
+    target
+      ? `${target.name} (${target.ip}, ${target.mac}${target.model ? `, ${target.model}` : ''})`
+      : outcome.targetSpec,
+  ]);
   if (outcome.jobId) rows.push(['Job', outcome.jobId]);
   const image = outcome.image;
   if (image) {
-    const unpacked = image.imageSize !== undefined && image.compression !== 'none' ? `, ${formatBytes(image.imageSize)} unpacked` : '';
+    const unpacked =
+      image.imageSize !== undefined && image.compression !== 'none' ? `, ${formatBytes(image.imageSize)} unpacked` : '';
     rows.push(['Image', `${image.source} (${formatBytes(image.size)}, ${image.compression}${unpacked})`]);
     rows.push(['sha256', image.sha256]);
   }
-  if (outcome.bytesWritten !== undefined) rows.push(['Bytes written', `${outcome.bytesWritten} (${formatBytes(outcome.bytesWritten)})`]);
+  if (outcome.bytesWritten !== undefined)
+    rows.push(['Bytes written', `${outcome.bytesWritten} (${formatBytes(outcome.bytesWritten)})`]);
   for (const phase of Object.keys(PHASE_TITLES) as StoryPhase[]) {
     const secs = outcome.timings[phase];
     if (secs === undefined) continue;
     let extra = '';
-    if (phase === 'upload') extra = outcome.uploadSkipped ? ' (skipped: the agent already had it)' : rate(image?.size, secs);
+    if (phase === 'upload')
+      extra = outcome.uploadSkipped ? ' (skipped: the agent already had it)' : rate(image?.size, secs);
     if (phase === 'transfer') extra = rate(outcome.bytesWritten, secs);
     rows.push([PHASE_TITLES[phase], `${secs.toFixed(1)} s${extra && !extra.startsWith(' ') ? `, ${extra}` : extra}`]);
   }
@@ -125,7 +139,10 @@ export function summaryRows(outcome: JobOutcome): [string, string][] {
  * Appends the job's table to the step summary. Best-effort: outside Actions (or with an unwritable
  * summary file) it logs why and returns false rather than failing a job that otherwise worked.
  */
-export async function writeJobSummary(outcome: JobOutcome, summary: typeof core.summary = core.summary): Promise<boolean> {
+export async function writeJobSummary(
+  outcome: JobOutcome,
+  summary: typeof core.summary = core.summary,
+): Promise<boolean> {
   try {
     const heading = `rpi-flash: ${outcome.target?.name ?? outcome.targetSpec}`;
     await summary

@@ -74,7 +74,8 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
   const token = required(Inputs.token);
   if (token !== '') {
     options.registerSecret?.(token);
-    if (/[\s\u0000-\u001f\u007f]/.test(token)) problems.push(`${Inputs.token}: contains whitespace or control characters`);
+    if (/[\s\u0000-\u001f\u007f]/.test(token))
+      problems.push(`${Inputs.token}: contains whitespace or control characters`);
   }
 
   const target = required(Inputs.target);
@@ -92,7 +93,8 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
     }
     const value = Number(raw);
     if (value <= 0) problems.push(`${name}: must be more than 0 seconds, got ${raw}`);
-    else if (value > MAX_TIMEOUT_SECONDS) problems.push(`${name}: ${raw} seconds is too long (at most ${MAX_TIMEOUT_SECONDS})`);
+    else if (value > MAX_TIMEOUT_SECONDS)
+      problems.push(`${name}: ${raw} seconds is too long (at most ${MAX_TIMEOUT_SECONDS})`);
     return value;
   };
   const connectTimeout = seconds(Inputs.connectTimeout, DEFAULT_CONNECT_TIMEOUT_SECONDS)!;
@@ -103,7 +105,9 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
 
   const caCert = parseCaCert(input(Inputs.caCert), problems, env);
   if (caCert !== undefined && agentUrl?.protocol === 'ws:') {
-    problems.push(`${Inputs.caCert}: given, but ${Inputs.agentUrl} is ws:// (no TLS); use wss:// or drop ${Inputs.caCert}`);
+    problems.push(
+      `${Inputs.caCert}: given, but ${Inputs.agentUrl} is ws:// (no TLS); use wss:// or drop ${Inputs.caCert}`,
+    );
   }
 
   if (problems.length > 0) throw new InputError(problems);
@@ -134,7 +138,8 @@ function parseAgentUrl(raw: string, problems: string[]): URL | undefined {
     return undefined;
   }
   if (url.protocol !== 'ws:' && url.protocol !== 'wss:') {
-    const hint = url.protocol === 'https:' ? ' (use wss:// for an https agent)' : url.protocol === 'http:' ? ' (use ws://)' : '';
+    const hint =
+      url.protocol === 'https:' ? ' (use wss:// for an https agent)' : url.protocol === 'http:' ? ' (use ws://)' : '';
     problems.push(`${Inputs.agentUrl}: scheme "${url.protocol.slice(0, -1)}" is not ws or wss${hint}`);
     return undefined;
   }
@@ -200,7 +205,9 @@ function parseCaCert(raw: string, problems: string[], env: NodeJS.ProcessEnv): s
     try {
       pem = readFileSync(file, 'utf8');
     } catch (err) {
-      problems.push(`${Inputs.caCert}: neither PEM text nor a readable file (${file}: ${(err as NodeJS.ErrnoException).code ?? err})`);
+      problems.push(
+        `${Inputs.caCert}: neither PEM text nor a readable file (${file}: ${(err as NodeJS.ErrnoException).code ?? err})`,
+      );
       return undefined;
     }
   }
@@ -213,7 +220,9 @@ function parseCaCert(raw: string, problems: string[], env: NodeJS.ProcessEnv): s
 
 function describeHolder(env: NodeJS.ProcessEnv): string {
   if (env.GITHUB_REPOSITORY) {
-    const run = env.GITHUB_RUN_ID ? ` run ${env.GITHUB_RUN_ID}${env.GITHUB_RUN_ATTEMPT ? `.${env.GITHUB_RUN_ATTEMPT}` : ''}` : '';
+    const run = env.GITHUB_RUN_ID
+      ? ` run ${env.GITHUB_RUN_ID}${env.GITHUB_RUN_ATTEMPT ? `.${env.GITHUB_RUN_ATTEMPT}` : ''}`
+      : '';
     const job = env.GITHUB_JOB ? ` job ${env.GITHUB_JOB}` : '';
     return `${env.GITHUB_REPOSITORY}${run}${job}`;
   }

@@ -152,7 +152,15 @@ export class JobStory {
     let state = this.progressByPhase.get(phase);
     // A count that goes backwards starts a new run (a retried upload, or per-part counts for the next part).
     if (!state || done < state.lastDone || (part !== undefined && part !== state.part)) {
-      state = { lastBucket: -1, lastPrintAt: -Infinity, startedAt: now, startDone: done, lastDone: done, part, finished: false };
+      state = {
+        lastBucket: -1,
+        lastPrintAt: -Infinity,
+        startedAt: now,
+        startDone: done,
+        lastDone: done,
+        part,
+        finished: false,
+      };
       this.progressByPhase.set(phase, state);
     }
     state.lastDone = done;
@@ -167,7 +175,9 @@ export class JobStory {
     const elapsed = (now - state.startedAt) / 1000;
     const rate = elapsed > 0 ? ` at ${((done - state.startDone) / elapsed / 1e6).toFixed(1)} MB/s` : '';
     const partText = part !== undefined ? `part ${part}${parts !== undefined ? `/${parts}` : ''}: ` : '';
-    const amount = known ? `${percent!.toFixed(0)} % (${formatBytes(done)} of ${formatBytes(total)})` : formatBytes(done);
+    const amount = known
+      ? `${percent!.toFixed(0)} % (${formatBytes(done)} of ${formatBytes(total)})`
+      : formatBytes(done);
     this.writer.info(`${phase}: ${partText}${amount}${rate}`);
     state.lastBucket = bucket;
     state.lastPrintAt = now;

@@ -71,7 +71,8 @@ const nextId = () => `r${++requestCounter}`;
 
 export function endpointUrl(base: string): string {
   const url = new URL(base);
-  if (url.protocol !== 'ws:' && url.protocol !== 'wss:') throw new Error(`agent URL must start with ws:// or wss://, got ${url.protocol}//`);
+  if (url.protocol !== 'ws:' && url.protocol !== 'wss:')
+    throw new Error(`agent URL must start with ws:// or wss://, got ${url.protocol}//`);
   if (url.pathname === '/' || url.pathname === '') url.pathname = WS_PATH;
   return url.toString();
 }
@@ -93,15 +94,24 @@ export class AgentConnection {
   ) {
     ws.on('message', (data, isBinary) => this.onFrame(data as Buffer, isBinary));
     ws.on('pong', () => (this.lastSeen = Date.now()));
-    ws.on('close', (code, reason) => this.onClosed(new ConnectionLostError(`connection to the agent closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`)));
+    ws.on('close', (code, reason) =>
+      this.onClosed(
+        new ConnectionLostError(
+          `connection to the agent closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`,
+        ),
+      ),
+    );
     ws.on('error', (err) => this.onClosed(new ConnectionLostError(`connection to the agent failed: ${err.message}`)));
     const silenceMs = o.silenceMs ?? 45_000;
-    this.heartbeat = setInterval(() => {
-      if (Date.now() - this.lastSeen > silenceMs) {
-        this.onClosed(new ConnectionLostError(`the agent answered no ping for ${Math.round(silenceMs / 1000)} s`));
-        ws.terminate();
-      } else if (ws.readyState === WebSocket.OPEN) ws.ping();
-    }, Math.max(100, Math.min(15_000, silenceMs / 3)));
+    this.heartbeat = setInterval(
+      () => {
+        if (Date.now() - this.lastSeen > silenceMs) {
+          this.onClosed(new ConnectionLostError(`the agent answered no ping for ${Math.round(silenceMs / 1000)} s`));
+          ws.terminate();
+        } else if (ws.readyState === WebSocket.OPEN) ws.ping();
+      },
+      Math.max(100, Math.min(15_000, silenceMs / 3)),
+    );
     this.heartbeat.unref();
   }
 
@@ -130,14 +140,18 @@ export class AgentConnection {
         let body = '';
         res.on('data', (c: Buffer) => (body += c.toString()));
         res.on('end', () => {
-          if (res.statusCode === 401) fail(new AgentError('AUTH_FAILED', `the agent refused the token (HTTP 401): ${body.trim()}`));
+          if (res.statusCode === 401)
+            fail(new AgentError('AUTH_FAILED', `the agent refused the token (HTTP 401): ${body.trim()}`));
           else fail(new ConnectionLostError(`the agent answered HTTP ${res.statusCode} at ${url}: ${body.trim()}`));
         });
       });
       ws.once('error', (err) => fail(new ConnectionLostError(`cannot connect to the agent at ${url}: ${err.message}`)));
     });
     const conn = new AgentConnection(ws, o);
-    const welcome = await conn.request({ type: 'hello', id: nextId(), protocol: PROTOCOL_VERSION, client: o.client ?? 'rpi-flash-client' }, (m) => m.type === 'welcome');
+    const welcome = await conn.request(
+      { type: 'hello', id: nextId(), protocol: PROTOCOL_VERSION, client: o.client ?? 'rpi-flash-client' },
+      (m) => m.type === 'welcome',
+    );
     if (welcome.type === 'welcome') {
       conn.chunkSize = welcome.chunkSize;
       conn.agentVersion = welcome.agent;
@@ -219,7 +233,16 @@ export class AgentConnection {
 
   /** Lease a target; resolves once granted (queued events go to onEvent meanwhile). */
   async lease(target: string, o: { holder?: string; lease?: string } = {}): Promise<LeasedMessage> {
-    const m = await this.request({ type: 'lease', id: nextId(), target, ...(o.holder ? { holder: o.holder } : {}), ...(o.lease ? { lease: o.lease } : {}) }, (x) => x.type === 'leased');
+    const m = await this.request(
+      {
+        type: 'lease',
+        id: nextId(),
+        target,
+        ...(o.holder ? { holder: o.holder } : {}),
+        ...(o.lease ? { lease: o.lease } : {}),
+      },
+      (x) => x.type === 'leased',
+    );
     return m as LeasedMessage;
   }
 
@@ -237,7 +260,15 @@ export class AgentConnection {
   async upload(o: UploadOptions): Promise<UploadDoneMessage> {
     const begin = nextId();
     const first = await this.request(
-      { type: 'upload-begin', id: begin, sha256: o.sha256, size: o.size, compression: o.compression, ...(o.imageSize ? { imageSize: o.imageSize } : {}), ...(o.name ? { name: o.name } : {}) },
+      {
+        type: 'upload-begin',
+        id: begin,
+        sha256: o.sha256,
+        size: o.size,
+        compression: o.compression,
+        ...(o.imageSize ? { imageSize: o.imageSize } : {}),
+        ...(o.name ? { name: o.name } : {}),
+      },
       (m) => m.type === 'upload-ready' || m.type === 'upload-done',
     );
     if (first.type === 'upload-done') return first;
@@ -303,7 +334,8 @@ export class AgentConnection {
       const length = Math.min(blockSize, o.size - at);
       nextReadAt += length;
       const read = file.read(buf, 0, length, at).then(({ bytesRead }): Block => {
-        if (bytesRead !== length) throw new Error(`${o.path} changed while uploading (short read at ${at + bytesRead})`);
+        if (bytesRead !== length)
+          throw new Error(`${o.path} changed while uploading (short read at ${at + bytesRead})`);
         return { buf, at, length, sent: 0, unconfirmed: 0 };
       });
       // Awaited later, or dropped when the loop fails first: never an unhandled rejection.

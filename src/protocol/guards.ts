@@ -16,7 +16,8 @@ function fail(message: string): never {
 }
 
 function parseObject(text: string): Json {
-  if (text.length > MAX_CONTROL_MESSAGE) fail(`control message of ${text.length} bytes is over the ${MAX_CONTROL_MESSAGE}-byte limit`);
+  if (text.length > MAX_CONTROL_MESSAGE)
+    fail(`control message of ${text.length} bytes is over the ${MAX_CONTROL_MESSAGE}-byte limit`);
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -65,7 +66,10 @@ export function parseClientMessage(text: string): ClientMessage {
       int(m, 'size', { min: 1 });
       str(m, 'compression');
       if (!COMPRESSIONS.includes(m.compression as never)) {
-        throw new AgentError('UNSUPPORTED_COMPRESSION', `compression "${String(m.compression)}" is not one of ${COMPRESSIONS.join(', ')}`);
+        throw new AgentError(
+          'UNSUPPORTED_COMPRESSION',
+          `compression "${String(m.compression)}" is not one of ${COMPRESSIONS.join(', ')}`,
+        );
       }
       int(m, 'imageSize', { optional: true, min: 1 });
       str(m, 'name', { optional: true, max: 256 });
@@ -79,8 +83,10 @@ export function parseClientMessage(text: string): ClientMessage {
       if (t !== undefined) {
         if (typeof t !== 'object' || t === null || Array.isArray(t)) fail('"timeouts" must be an object');
         for (const [key, value] of Object.entries(t)) {
-          if (!['boardShow', 'stall', 'boot'].includes(key)) fail(`"timeouts.${key}" is not a known timeout (boardShow, stall, boot)`);
-          if (typeof value !== 'number' || !(value > 0) || value > 86_400) fail(`"timeouts.${key}" must be seconds between 0 and 86400`);
+          if (!['boardShow', 'stall', 'boot'].includes(key))
+            fail(`"timeouts.${key}" is not a known timeout (boardShow, stall, boot)`);
+          if (typeof value !== 'number' || !(value > 0) || value > 86_400)
+            fail(`"timeouts.${key}" must be seconds between 0 and 86400`);
         }
       }
       break;
@@ -96,7 +102,18 @@ export function parseClientMessage(text: string): ClientMessage {
 }
 
 const AGENT_TYPES = new Set<AgentMessage['type']>([
-  'welcome', 'queued', 'leased', 'upload-ready', 'upload-progress', 'upload-done', 'log', 'phase', 'progress', 'result', 'released', 'error',
+  'welcome',
+  'queued',
+  'leased',
+  'upload-ready',
+  'upload-progress',
+  'upload-done',
+  'log',
+  'phase',
+  'progress',
+  'result',
+  'released',
+  'error',
 ]);
 
 /**
@@ -105,7 +122,8 @@ const AGENT_TYPES = new Set<AgentMessage['type']>([
  */
 export function parseAgentMessage(text: string): AgentMessage {
   const m = parseObject(text);
-  if (typeof m.type !== 'string' || !AGENT_TYPES.has(m.type as AgentMessage['type'])) fail(`unknown message type "${String(m.type).slice(0, 32)}" from the agent`);
+  if (typeof m.type !== 'string' || !AGENT_TYPES.has(m.type as AgentMessage['type']))
+    fail(`unknown message type "${String(m.type).slice(0, 32)}" from the agent`);
   if (m.type !== 'error' && typeof m.re !== 'string') fail(`"${m.type}" message from the agent has no "re"`);
   return m as unknown as AgentMessage;
 }

@@ -99,7 +99,8 @@ export interface CancelRequest {
   reason?: string;
 }
 
-export type ClientMessage = HelloRequest | LeaseRequest | UploadBeginRequest | UploadEndRequest | FlashRequest | CancelRequest;
+export type ClientMessage =
+  HelloRequest | LeaseRequest | UploadBeginRequest | UploadEndRequest | FlashRequest | CancelRequest;
 
 // ---- agent → client -------------------------------------------------------------------------
 

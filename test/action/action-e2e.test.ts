@@ -22,7 +22,8 @@ const simulatorMissing = !existsSync(path.join(ROOT, 'runner-agent/src/sim/index
 
 beforeAll(async () => {
   if (simulatorMissing) {
-    if (process.env.CI) throw new Error('the simulated lab (runner-agent/src/sim) is missing: the action end-to-end tests cannot run');
+    if (process.env.CI)
+      throw new Error('the simulated lab (runner-agent/src/sim) is missing: the action end-to-end tests cannot run');
     return;
   }
   labModule = await import('../support/lab.js');
@@ -48,7 +49,10 @@ async function makeWorkspace(l: Lab, size = 3 * MiB): Promise<{ dir: string; dat
   return { dir: workspace, data };
 }
 
-async function start(boards: Array<{ name: string; mac: string; reset?: string }>, config?: Record<string, unknown>): Promise<Lab> {
+async function start(
+  boards: Array<{ name: string; mac: string; reset?: string }>,
+  config?: Record<string, unknown>,
+): Promise<Lab> {
   lab = await labModule!.startLab({ boards, ...(config && { config }) });
   return lab;
 }
@@ -83,10 +87,11 @@ async function startRelay(target: URL) {
       this.cuts++;
       for (const s of sockets) s.destroy();
     },
-    close: () => new Promise<void>((r) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => r());
-    }),
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -97,7 +102,10 @@ async function startRelay(target: URL) {
  * failure right before the agent would have read it. It also counts the binary payload bytes the
  * client sent before and after the first cut.
  */
-async function startFrameRelay(target: URL, o: { cutBefore?: (message: { type?: string }) => boolean; cutAfterBinaryBytes?: number } = {}) {
+async function startFrameRelay(
+  target: URL,
+  o: { cutBefore?: (message: { type?: string }) => boolean; cutAfterBinaryBytes?: number } = {},
+) {
   const sockets = new Set<Socket>();
   const counts = { cuts: 0, binaryBefore: 0, binaryAfter: 0 };
   const cut = () => {
@@ -153,7 +161,13 @@ async function startFrameRelay(target: URL, o: { cutBefore?: (message: { type?: 
           else counts.binaryAfter += length;
         }
         upstream.write(frame);
-        if (opcode === 2 && counts.cuts === 0 && o.cutAfterBinaryBytes !== undefined && counts.binaryBefore >= o.cutAfterBinaryBytes) return cut();
+        if (
+          opcode === 2 &&
+          counts.cuts === 0 &&
+          o.cutAfterBinaryBytes !== undefined &&
+          counts.binaryBefore >= o.cutAfterBinaryBytes
+        )
+          return cut();
       }
     });
   });
@@ -173,32 +187,45 @@ async function startFrameRelay(target: URL, o: { cutBefore?: (message: { type?: 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
 describe.skipIf(simulatorMissing && !process.env.CI)('the action against the agent (simulated lab)', () => {
-  it('flashes and boots: exit 0, outputs, summary, groups per phase, nothing left for the post step', { timeout: 90_000 }, async () => {
-    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:0a' }]);
-    const { dir, data } = await makeWorkspace(l);
-    const r = await act(l, dir, { target: 'pi-a' });
-    expect(r.stderr).toBe('');
-    expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.outputs).toMatchObject({
-      result: 'success',
-      'result-code': 'OK',
-      'target-name': 'pi-a',
-      'target-mac': '02:00:00:00:01:0a',
-      'image-sha256': sha256(data),
-      'bytes-written': String(data.length),
-    });
-    expect(r.outputs['target-ip']).toMatch(/^127\./);
-    expect(Number(r.outputs['flash-seconds'])).toBeGreaterThan(0);
-    expect(r.outputs['boot-seconds']).toMatch(/^\d+\.\d$/);
-    expect(r.outputs['job-id']).toMatch(/^[a-z0-9]+$/);
-    for (const group of ['Connect to the agent', 'Wait for the target', 'Upload the image', 'Stage the job', 'Reset the board', 'Transfer and write (board)', 'Verify', 'Boot check']) {
-      expect(r.stdout).toContain(`::group::${group}`);
-    }
-    expect(r.stdout.match(/::group::/g)!.length).toBe(r.stdout.match(/::endgroup::/g)!.length);
-    expect(r.summary).toContain('✅ success');
-    expect(r.state.lease).toBe('');
-    expect(await l.tftpFolders()).toEqual([]);
-  });
+  it(
+    'flashes and boots: exit 0, outputs, summary, groups per phase, nothing left for the post step',
+    { timeout: 90_000 },
+    async () => {
+      const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:0a' }]);
+      const { dir, data } = await makeWorkspace(l);
+      const r = await act(l, dir, { target: 'pi-a' });
+      expect(r.stderr).toBe('');
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(r.outputs).toMatchObject({
+        result: 'success',
+        'result-code': 'OK',
+        'target-name': 'pi-a',
+        'target-mac': '02:00:00:00:01:0a',
+        'image-sha256': sha256(data),
+        'bytes-written': String(data.length),
+      });
+      expect(r.outputs['target-ip']).toMatch(/^127\./);
+      expect(Number(r.outputs['flash-seconds'])).toBeGreaterThan(0);
+      expect(r.outputs['boot-seconds']).toMatch(/^\d+\.\d$/);
+      expect(r.outputs['job-id']).toMatch(/^[a-z0-9]+$/);
+      for (const group of [
+        'Connect to the agent',
+        'Wait for the target',
+        'Upload the image',
+        'Stage the job',
+        'Reset the board',
+        'Transfer and write (board)',
+        'Verify',
+        'Boot check',
+      ]) {
+        expect(r.stdout).toContain(`::group::${group}`);
+      }
+      expect(r.stdout.match(/::group::/g)!.length).toBe(r.stdout.match(/::endgroup::/g)!.length);
+      expect(r.summary).toContain('✅ success');
+      expect(r.state.lease).toBe('');
+      expect(await l.tftpFolders()).toEqual([]);
+    },
+  );
 
   it.each([
     ['gzip', ['-c'], '.gz'],
@@ -207,7 +234,10 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
   ])('flashes a %s-compressed image byte for byte', { timeout: 90_000 }, async (tool, args, ext) => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:1a' }]);
     const { dir, data } = await makeWorkspace(l, 2 * MiB);
-    writeFileSync(path.join(dir, `sdcard.img${ext}`), execFileSync(tool, [...args, path.join(dir, 'sdcard.img')], { maxBuffer: 64 * MiB }));
+    writeFileSync(
+      path.join(dir, `sdcard.img${ext}`),
+      execFileSync(tool, [...args, path.join(dir, 'sdcard.img')], { maxBuffer: 64 * MiB }),
+    );
     rmSync(path.join(dir, 'sdcard.img'));
     const r = await act(l, dir, { target: 'pi-a', image: 'sdcard.*' });
     expect(r.code, r.stdout + r.stderr).toBe(0);
@@ -238,17 +268,21 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
     ['sim:no-show', 'BOARD_NO_SHOW', { timeouts: { boardShow: 1, stall: 5, boot: 5, leaseGrace: 2 } }],
     ['sim:fail-write', 'BOARD_REPORTED_FAILURE', undefined],
     ['sim:no-boot', 'BOOT_TIMEOUT', { timeouts: { boardShow: 5, stall: 5, boot: 1, leaseGrace: 2 } }],
-  ] as const)('reports a board failure (%s → %s) with a titled annotation and cleans up', { timeout: 90_000 }, async (reset, code, config) => {
-    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:4a', reset }], config);
-    const { dir } = await makeWorkspace(l, 2 * MiB);
-    const r = await act(l, dir, { target: 'pi-a' });
-    expect(r.code, r.stdout + r.stderr).toBe(1);
-    expect(r.outputs).toMatchObject({ result: 'failure', 'result-code': code, 'target-name': 'pi-a' });
-    expect(r.stdout).toMatch(new RegExp(`::error title=rpi-flash failed during \\w+%3A ${code}::`));
-    expect(r.summary).toContain(code);
-    expect(r.state.lease).toBe('');
-    expect(await l.tftpFolders()).toEqual([]);
-  });
+  ] as const)(
+    'reports a board failure (%s → %s) with a titled annotation and cleans up',
+    { timeout: 90_000 },
+    async (reset, code, config) => {
+      const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:4a', reset }], config);
+      const { dir } = await makeWorkspace(l, 2 * MiB);
+      const r = await act(l, dir, { target: 'pi-a' });
+      expect(r.code, r.stdout + r.stderr).toBe(1);
+      expect(r.outputs).toMatchObject({ result: 'failure', 'result-code': code, 'target-name': 'pi-a' });
+      expect(r.stdout).toMatch(new RegExp(`::error title=rpi-flash failed during \\w+%3A ${code}::`));
+      expect(r.summary).toContain(code);
+      expect(r.state.lease).toBe('');
+      expect(await l.tftpFolders()).toEqual([]);
+    },
+  );
 
   it('waits in line for a busy target, shows its position, and runs when it frees', { timeout: 90_000 }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:5a' }]);
@@ -256,14 +290,19 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
     const other = await l.connect();
     await other.lease('pi-a', { holder: 'someone else' });
     let freed = false;
-    const r = await act(l, dir, { target: 'pi-a' }, {
-      onStdout: (out) => {
-        if (!freed && out.includes('Target busy: position 1 in line (held by someone else)')) {
-          freed = true;
-          void other.cancel();
-        }
+    const r = await act(
+      l,
+      dir,
+      { target: 'pi-a' },
+      {
+        onStdout: (out) => {
+          if (!freed && out.includes('Target busy: position 1 in line (held by someone else)')) {
+            freed = true;
+            void other.cancel();
+          }
+        },
       },
-    });
+    );
     expect(freed).toBe(true);
     expect(r.code, r.stdout + r.stderr).toBe(0);
   });
@@ -279,9 +318,16 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
   });
 
   it('SIGINT mid-flash cancels the job on the agent and exits within 5 s', { timeout: 90_000 }, async () => {
-    const l = await start([{ name: 'slow', mac: '02:00:00:00:01:7a', reset: 'sim:no-show' }], { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 } });
+    const l = await start([{ name: 'slow', mac: '02:00:00:00:01:7a', reset: 'sim:no-show' }], {
+      timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 },
+    });
     const { dir } = await makeWorkspace(l, 1 * MiB);
-    const r = await act(l, dir, { target: 'slow' }, { signalWhen: { text: '::group::Reset the board', signal: 'SIGINT' } });
+    const r = await act(
+      l,
+      dir,
+      { target: 'slow' },
+      { signalWhen: { text: '::group::Reset the board', signal: 'SIGINT' } },
+    );
     expect(r.exitedAfterSignalMs).toBeLessThan(5_000);
     expect(r.code, r.stdout + r.stderr).toBe(1);
     expect(r.outputs).toMatchObject({ result: 'cancelled', 'result-code': 'CANCELLED' });
@@ -293,9 +339,16 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
   });
 
   it('SIGTERM mid-upload cancels, exits within 5 s and frees the target', { timeout: 90_000 }, async () => {
-    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:ba' }], { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 } });
+    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:ba' }], {
+      timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 },
+    });
     const { dir } = await makeWorkspace(l, 32 * MiB);
-    const r = await act(l, dir, { target: 'pi-a' }, { signalWhen: { text: '::group::Upload the image', signal: 'SIGTERM' } });
+    const r = await act(
+      l,
+      dir,
+      { target: 'pi-a' },
+      { signalWhen: { text: '::group::Upload the image', signal: 'SIGTERM' } },
+    );
     expect(r.exitedAfterSignalMs).toBeLessThan(5_000);
     expect(r.code).toBe(1);
     expect(r.outputs).toMatchObject({ result: 'cancelled', 'result-code': 'CANCELLED' });
@@ -305,9 +358,16 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
   });
 
   it('the post step cancels a lease the main step left behind (main killed hard)', { timeout: 90_000 }, async () => {
-    const l = await start([{ name: 'slow', mac: '02:00:00:00:01:8a', reset: 'sim:no-show' }], { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 60 } });
+    const l = await start([{ name: 'slow', mac: '02:00:00:00:01:8a', reset: 'sim:no-show' }], {
+      timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 60 },
+    });
     const { dir } = await makeWorkspace(l, 1 * MiB);
-    const main = await act(l, dir, { target: 'slow' }, { signalWhen: { text: '::group::Reset the board', signal: 'SIGKILL' } });
+    const main = await act(
+      l,
+      dir,
+      { target: 'slow' },
+      { signalWhen: { text: '::group::Reset the board', signal: 'SIGKILL' } },
+    );
     expect(main.state.lease).toMatch(/.+/);
     const post = await act(l, dir, { target: 'slow' }, { state: { ...main.state } });
     expect(post.code, post.stdout).toBe(0);
@@ -319,64 +379,94 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
   it.each([
     ['mid-upload', '::group::Upload the image', 32 * MiB],
     ['mid-flash', '::group::Transfer and write (board)', 2 * MiB],
-  ])('a connection cut %s is resumed: reconnect, take the lease back, finish', { timeout: 90_000 }, async (_when, text, size) => {
-    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:9a' }], { timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 } });
-    const relay = await startRelay(new URL(l.agent.url));
-    try {
-      const { dir, data } = await makeWorkspace(l, size);
-      const r = await act(l, dir, { target: 'pi-a', 'agent-url': relay.url }, {
-        onStdout: (out) => {
-          if (relay.cuts === 0 && out.includes(text)) relay.cut();
-        },
+  ])(
+    'a connection cut %s is resumed: reconnect, take the lease back, finish',
+    { timeout: 90_000 },
+    async (_when, text, size) => {
+      const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:9a' }], {
+        timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 },
       });
-      expect(relay.cuts).toBe(1);
-      expect(r.stdout).toMatch(/Connection lost \(.*\); reconnecting in 1 s/);
-      expect(r.stdout).toMatch(/Lease \S+ resumed/);
-      expect(r.code, r.stdout).toBe(0);
-      expect(r.outputs['bytes-written']).toBe(String(data.length));
-    } finally {
-      await relay.close();
-    }
-  });
-  it('a flash request lost in a cut connection is sent again after the reconnect, and the job runs once', { timeout: 90_000 }, async () => {
-    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:ca' }], { timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 } });
-    const relay = await startFrameRelay(new URL(l.agent.url), { cutBefore: (m) => m.type === 'flash' });
-    try {
-      const { dir, data } = await makeWorkspace(l, 2 * MiB);
-      // Before the fix the action waited for a result that could not come, until job-timeout.
-      const r = await act(l, dir, { target: 'pi-a', 'agent-url': relay.url, 'job-timeout': '40' });
-      expect(relay.counts.cuts).toBe(1);
-      expect(r.stdout).toMatch(/Lease \S+ resumed/);
-      expect(r.stdout).toContain('Asking the agent for the job again');
-      expect(r.code, r.stdout).toBe(0);
-      expect(r.outputs['bytes-written']).toBe(String(data.length));
-      expect(l.logs.filter((rec) => rec.msg === 'job started')).toHaveLength(1);
-    } finally {
-      await relay.close();
-    }
-  });
+      const relay = await startRelay(new URL(l.agent.url));
+      try {
+        const { dir, data } = await makeWorkspace(l, size);
+        const r = await act(
+          l,
+          dir,
+          { target: 'pi-a', 'agent-url': relay.url },
+          {
+            onStdout: (out) => {
+              if (relay.cuts === 0 && out.includes(text)) relay.cut();
+            },
+          },
+        );
+        expect(relay.cuts).toBe(1);
+        expect(r.stdout).toMatch(/Connection lost \(.*\); reconnecting in 1 s/);
+        expect(r.stdout).toMatch(/Lease \S+ resumed/);
+        expect(r.code, r.stdout).toBe(0);
+        expect(r.outputs['bytes-written']).toBe(String(data.length));
+      } finally {
+        await relay.close();
+      }
+    },
+  );
+  it(
+    'a flash request lost in a cut connection is sent again after the reconnect, and the job runs once',
+    { timeout: 90_000 },
+    async () => {
+      const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:ca' }], {
+        timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 },
+      });
+      const relay = await startFrameRelay(new URL(l.agent.url), { cutBefore: (m) => m.type === 'flash' });
+      try {
+        const { dir, data } = await makeWorkspace(l, 2 * MiB);
+        // Before the fix the action waited for a result that could not come, until job-timeout.
+        const r = await act(l, dir, { target: 'pi-a', 'agent-url': relay.url, 'job-timeout': '40' });
+        expect(relay.counts.cuts).toBe(1);
+        expect(r.stdout).toMatch(/Lease \S+ resumed/);
+        expect(r.stdout).toContain('Asking the agent for the job again');
+        expect(r.code, r.stdout).toBe(0);
+        expect(r.outputs['bytes-written']).toBe(String(data.length));
+        expect(l.logs.filter((rec) => rec.msg === 'job started')).toHaveLength(1);
+      } finally {
+        await relay.close();
+      }
+    },
+  );
 
-  it('a connection cut mid-flash with the job running on the agent waits for that job (not a second one)', { timeout: 90_000 }, async () => {
-    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:cb' }], { timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 } });
-    const relay = await startRelay(new URL(l.agent.url));
-    try {
-      const { dir } = await makeWorkspace(l, 2 * MiB);
-      const r = await act(l, dir, { target: 'pi-a', 'agent-url': relay.url }, {
-        onStdout: (out) => {
-          if (relay.cuts === 0 && out.includes('::group::Transfer and write (board)')) relay.cut();
-        },
+  it(
+    'a connection cut mid-flash with the job running on the agent waits for that job (not a second one)',
+    { timeout: 90_000 },
+    async () => {
+      const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:cb' }], {
+        timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 },
       });
-      expect(r.code, r.stdout).toBe(0);
-      expect(r.stdout).toMatch(/The agent is still running the job: waiting for its result|Lease \S+ resumed/);
-      expect(l.logs.filter((rec) => rec.msg === 'job started')).toHaveLength(1);
-    } finally {
-      await relay.close();
-    }
-  });
+      const relay = await startRelay(new URL(l.agent.url));
+      try {
+        const { dir } = await makeWorkspace(l, 2 * MiB);
+        const r = await act(
+          l,
+          dir,
+          { target: 'pi-a', 'agent-url': relay.url },
+          {
+            onStdout: (out) => {
+              if (relay.cuts === 0 && out.includes('::group::Transfer and write (board)')) relay.cut();
+            },
+          },
+        );
+        expect(r.code, r.stdout).toBe(0);
+        expect(r.stdout).toMatch(/The agent is still running the job: waiting for its result|Lease \S+ resumed/);
+        expect(l.logs.filter((rec) => rec.msg === 'job started')).toHaveLength(1);
+      } finally {
+        await relay.close();
+      }
+    },
+  );
 
   it('a connection cut late in the upload resends only what the agent does not hold', { timeout: 90_000 }, async () => {
     const size = 64 * MiB;
-    const l = await start([{ name: 'ghost', mac: '02:00:00:00:01:cc', reset: 'sim:no-show' }], { timeouts: { boardShow: 1, stall: 10, boot: 10, leaseGrace: 30 } });
+    const l = await start([{ name: 'ghost', mac: '02:00:00:00:01:cc', reset: 'sim:no-show' }], {
+      timeouts: { boardShow: 1, stall: 10, boot: 10, leaseGrace: 30 },
+    });
     const relay = await startFrameRelay(new URL(l.agent.url), { cutAfterBinaryBytes: 56 * MiB });
     try {
       const { dir } = await makeWorkspace(l, size);
@@ -386,7 +476,9 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
       expect(relay.counts.binaryBefore + relay.counts.binaryAfter).toBeGreaterThanOrEqual(size);
       // Without the resume the whole 64 MiB would go again; the agent held all but its write window.
       expect(relay.counts.binaryAfter).toBeLessThan(size / 2);
-      const resumedAt = l.logs.filter((rec) => rec.msg === 'upload started' && rec.fields.resumeAt !== undefined).map((rec) => Number(rec.fields.resumeAt));
+      const resumedAt = l.logs
+        .filter((rec) => rec.msg === 'upload started' && rec.fields.resumeAt !== undefined)
+        .map((rec) => Number(rec.fields.resumeAt));
       expect(resumedAt).toHaveLength(2);
       expect(resumedAt[1]).toBe(size - relay.counts.binaryAfter);
     } finally {
@@ -394,49 +486,69 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
     }
   });
 
-  it('waits while another connection uploads the same image, then skips its own upload', { timeout: 90_000 }, async () => {
-    const l = await start([
-      { name: 'pi-a', mac: '02:00:00:00:01:cd' },
-      { name: 'pi-b', mac: '02:00:00:00:01:ce' },
-    ]);
-    const { dir, data } = await makeWorkspace(l, 4 * MiB);
-    // Another job (as a matrix leg would) has begun uploading the same bytes and holds them half sent.
-    const other = new WebSocket(new URL('/v1/ws', l.agent.url), { headers: { Authorization: `Bearer ${labModule!.LAB_TOKEN}` }, perMessageDeflate: false });
-    const answers: Array<{ type: string; re?: string }> = [];
-    const next = (type: string) =>
-      new Promise<void>((resolve) => {
-        const check = () => (answers.some((a) => a.type === type) ? resolve() : setTimeout(check, 10));
-        check();
+  it(
+    'waits while another connection uploads the same image, then skips its own upload',
+    { timeout: 90_000 },
+    async () => {
+      const l = await start([
+        { name: 'pi-a', mac: '02:00:00:00:01:cd' },
+        { name: 'pi-b', mac: '02:00:00:00:01:ce' },
+      ]);
+      const { dir, data } = await makeWorkspace(l, 4 * MiB);
+      // Another job (as a matrix leg would) has begun uploading the same bytes and holds them half sent.
+      const other = new WebSocket(new URL('/v1/ws', l.agent.url), {
+        headers: { Authorization: `Bearer ${labModule!.LAB_TOKEN}` },
+        perMessageDeflate: false,
       });
-    other.on('message', (d: Buffer, binary: boolean) => !binary && answers.push(JSON.parse(d.toString())));
-    await new Promise((r) => other.once('open', r));
-    try {
-      other.send(JSON.stringify({ type: 'hello', id: 'h', protocol: 1, client: 'other job' }));
-      await next('welcome');
-      other.send(JSON.stringify({ type: 'lease', id: 'l', target: 'pi-b' }));
-      await next('leased');
-      other.send(JSON.stringify({ type: 'upload-begin', id: 'u', sha256: sha256(data), size: data.length, compression: 'none' }));
-      await next('upload-ready');
-      // In 1 MiB frames: the agent's maxPayload is its chunk size plus a margin.
-      const sendBytes = (from: number, to: number) => {
-        for (let at = from; at < to; at += MiB) other.send(data.subarray(at, Math.min(to, at + MiB)));
-      };
-      sendBytes(0, data.length / 2);
-      let finished = false;
-      const r = await act(l, dir, { target: 'pi-a' }, {
-        onStdout: (out) => {
-          if (finished || !out.includes('Another connection is uploading this image')) return;
-          finished = true;
-          sendBytes(data.length / 2, data.length);
-          other.send(JSON.stringify({ type: 'upload-end', id: 'e' }));
-        },
-      });
-      expect(finished, r.stdout).toBe(true);
-      expect(r.code, r.stdout).toBe(0);
-      expect(r.stdout).toContain('The agent already holds this image: nothing to upload');
-      expect(r.outputs['bytes-written']).toBe(String(data.length));
-    } finally {
-      other.terminate();
-    }
-  });
+      const answers: Array<{ type: string; re?: string }> = [];
+      const next = (type: string) =>
+        new Promise<void>((resolve) => {
+          const check = () => (answers.some((a) => a.type === type) ? resolve() : setTimeout(check, 10));
+          check();
+        });
+      other.on('message', (d: Buffer, binary: boolean) => !binary && answers.push(JSON.parse(d.toString())));
+      await new Promise((r) => other.once('open', r));
+      try {
+        other.send(JSON.stringify({ type: 'hello', id: 'h', protocol: 1, client: 'other job' }));
+        await next('welcome');
+        other.send(JSON.stringify({ type: 'lease', id: 'l', target: 'pi-b' }));
+        await next('leased');
+        other.send(
+          JSON.stringify({
+            type: 'upload-begin',
+            id: 'u',
+            sha256: sha256(data),
+            size: data.length,
+            compression: 'none',
+          }),
+        );
+        await next('upload-ready');
+        // In 1 MiB frames: the agent's maxPayload is its chunk size plus a margin.
+        const sendBytes = (from: number, to: number) => {
+          for (let at = from; at < to; at += MiB) other.send(data.subarray(at, Math.min(to, at + MiB)));
+        };
+        sendBytes(0, data.length / 2);
+        let finished = false;
+        const r = await act(
+          l,
+          dir,
+          { target: 'pi-a' },
+          {
+            onStdout: (out) => {
+              if (finished || !out.includes('Another connection is uploading this image')) return;
+              finished = true;
+              sendBytes(data.length / 2, data.length);
+              other.send(JSON.stringify({ type: 'upload-end', id: 'e' }));
+            },
+          },
+        );
+        expect(finished, r.stdout).toBe(true);
+        expect(r.code, r.stdout).toBe(0);
+        expect(r.stdout).toContain('The agent already holds this image: nothing to upload');
+        expect(r.outputs['bytes-written']).toBe(String(data.length));
+      } finally {
+        other.terminate();
+      }
+    },
+  );
 });

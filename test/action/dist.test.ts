@@ -11,7 +11,11 @@ import { BUNDLE, ensureNode24, ROOT, runAction } from './run-action.js';
 const run = promisify(execFile);
 
 function listFiles(dir: string, prefix = ''): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? listFiles(path.join(dir, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`])).sort();
+  return readdirSync(dir, { withFileTypes: true })
+    .flatMap((e) =>
+      e.isDirectory() ? listFiles(path.join(dir, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`],
+    )
+    .sort();
 }
 
 /** A port on loopback that nothing listens on: bind, note the port, close. */
@@ -30,11 +34,17 @@ describe('dist/ is what the sources build', () => {
     try {
       // The same three steps as `npm run bundle`, with other output folders.
       await run('npx', ['tsc', '-p', 'src/action/tsconfig.bundle.json', '--outDir', js], { cwd: ROOT });
-      await run('npx', ['ncc', 'build', path.join(js, 'src/index.js'), '-o', out, '--license', 'licenses.txt', '--target', 'es2022'], { cwd: ROOT });
+      await run(
+        'npx',
+        ['ncc', 'build', path.join(js, 'src/index.js'), '-o', out, '--license', 'licenses.txt', '--target', 'es2022'],
+        { cwd: ROOT },
+      );
       await run(process.execPath, ['scripts/fix-dist.mjs', out], { cwd: ROOT });
       const committed = listFiles(path.join(ROOT, 'dist'));
       expect(listFiles(out)).toEqual(committed);
-      const stale = committed.filter((f) => !readFileSync(path.join(out, f)).equals(readFileSync(path.join(ROOT, 'dist', f))));
+      const stale = committed.filter(
+        (f) => !readFileSync(path.join(out, f)).equals(readFileSync(path.join(ROOT, 'dist', f))),
+      );
       expect(stale, 'dist/ is stale: run `npm run bundle` and commit dist/').toEqual([]);
     } finally {
       rmSync(js, { recursive: true, force: true });
@@ -69,7 +79,11 @@ describe.each([
 
   it('fails a bad input before connecting: exit 1, a titled ::error naming the input, outputs set', async (ctx) => {
     if (!node) return ctx.skip();
-    const r = await runAction({ node, workspace, inputs: { ...valid, 'agent-url': 'https://lab.example:8443', 'job-timeout': '-1' } });
+    const r = await runAction({
+      node,
+      workspace,
+      inputs: { ...valid, 'agent-url': 'https://lab.example:8443', 'job-timeout': '-1' },
+    });
     expect(r.code).toBe(1);
     expect(r.stdout).toContain(
       '::error title=rpi-flash failed%3A INPUT_INVALID::Invalid inputs:%0A- agent-url: scheme "https" is not ws or wss (use wss:// for an https agent)%0A- job-timeout: "-1" is not a number',
@@ -86,18 +100,30 @@ describe.each([
     if (!node) return ctx.skip();
     const r = await runAction({ node, workspace, inputs: { ...valid, image: 'out/*.img' } });
     expect(r.code).toBe(1);
-    expect(r.stdout).toContain(`::error title=rpi-flash failed%3A IMAGE_INVALID::image: no file matches "out/*.img" (searched from ${workspace})`);
+    expect(r.stdout).toContain(
+      `::error title=rpi-flash failed%3A IMAGE_INVALID::image: no file matches "out/*.img" (searched from ${workspace})`,
+    );
     expect(r.outputs['result-code']).toBe('IMAGE_INVALID');
   });
 
   it('hashes the image, then fails to reach an agent that is not there with CONNECT_FAILED', async (ctx) => {
     if (!node) return ctx.skip();
     const port = await closedPort();
-    const r = await runAction({ node, workspace, inputs: { ...valid, 'agent-url': `ws://127.0.0.1:${port}`, 'connect-timeout': '5' } });
+    const r = await runAction({
+      node,
+      workspace,
+      inputs: { ...valid, 'agent-url': `ws://127.0.0.1:${port}`, 'connect-timeout': '5' },
+    });
     expect(r.code).toBe(1);
     expect(r.stdout).toContain('::group::Connect to the agent');
-    expect(r.stdout).toMatch(/::error title=rpi-flash failed during connect%3A CONNECT_FAILED::cannot connect to the agent at ws:\/\/127\.0\.0\.1:\d+\/v1\/ws: connect ECONNREFUSED/);
-    expect(r.outputs['image-sha256']).toBe(createHash('sha256').update(Buffer.alloc(64 * 1024, 0xa5)).digest('hex'));
+    expect(r.stdout).toMatch(
+      /::error title=rpi-flash failed during connect%3A CONNECT_FAILED::cannot connect to the agent at ws:\/\/127\.0\.0\.1:\d+\/v1\/ws: connect ECONNREFUSED/,
+    );
+    expect(r.outputs['image-sha256']).toBe(
+      createHash('sha256')
+        .update(Buffer.alloc(64 * 1024, 0xa5))
+        .digest('hex'),
+    );
     expect(r.state.agentUrl).toBe(`ws://127.0.0.1:${port}/`);
     expect(r.state.lease ?? '').toBe(''); // nothing leased: nothing for the post step
     expect(r.stderr).not.toMatch(/DeprecationWarning/);
@@ -105,7 +131,12 @@ describe.each([
 
   it('runs as the post step when the state says so, and with no lease left does nothing', async (ctx) => {
     if (!node) return ctx.skip();
-    const r = await runAction({ node, workspace, inputs: valid, state: { isPost: 'true', agentUrl: 'ws://127.0.0.1:9/' } });
+    const r = await runAction({
+      node,
+      workspace,
+      inputs: valid,
+      state: { isPost: 'true', agentUrl: 'ws://127.0.0.1:9/' },
+    });
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('Nothing left to clean up on the agent.');
     expect(r.stdout).not.toContain('::error');
@@ -114,7 +145,12 @@ describe.each([
   it('post step: a lease left behind on an unreachable agent is a warning, not a failure', async (ctx) => {
     if (!node) return ctx.skip();
     const port = await closedPort();
-    const r = await runAction({ node, workspace, inputs: valid, state: { isPost: 'true', agentUrl: `ws://127.0.0.1:${port}/`, lease: 'lease123', target: 'pi4-03' } });
+    const r = await runAction({
+      node,
+      workspace,
+      inputs: valid,
+      state: { isPost: 'true', agentUrl: `ws://127.0.0.1:${port}/`, lease: 'lease123', target: 'pi4-03' },
+    });
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/::warning::Could not cancel lease lease123 on the agent: cannot connect/);
   });
@@ -128,7 +164,11 @@ describe('the bundle outside the repository', () => {
       cpSync(path.join(ROOT, 'dist'), copy, { recursive: true });
       rmSync(path.join(copy, 'prebuilds'), { recursive: true, force: true });
       writeFileSync(path.join(workspace, 'a.img'), 'x');
-      const r = await runAction({ bundle: path.join(copy, 'index.js'), workspace, inputs: { 'agent-url': 'ws://127.0.0.1:9', token: 't', target: 'x', image: 'a.img', 'boot-check': 'ssh' } });
+      const r = await runAction({
+        bundle: path.join(copy, 'index.js'),
+        workspace,
+        inputs: { 'agent-url': 'ws://127.0.0.1:9', token: 't', target: 'x', image: 'a.img', 'boot-check': 'ssh' },
+      });
       expect(r.stderr).toBe('');
       expect(r.code).toBe(1);
       expect(r.stdout).toContain('boot-check: "ssh" is not tcp:<port>');

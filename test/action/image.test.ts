@@ -38,7 +38,8 @@ function put(rel: string, data: Buffer | string): string {
 }
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
-const resolve = (spec: string) => resolveImage(spec, { workspace: ws, tempDir: temp, download: (url, dest) => downloadTool(url, dest) });
+const resolve = (spec: string) =>
+  resolveImage(spec, { workspace: ws, tempDir: temp, download: (url, dest) => downloadTool(url, dest) });
 
 describe('glob', () => {
   it('translates segment patterns like a shell', () => {
@@ -56,9 +57,13 @@ describe('glob', () => {
     put('out/b/c/sdcard.img', 'x');
     put('out/sdcard.img', 'x');
     mkdirSync(path.join(ws, 'out/dir.img'));
-    expect(await globFiles('out/**/sdcard.img', ws)).toEqual(['out/a/sdcard.img', 'out/b/c/sdcard.img', 'out/sdcard.img'].map((r) => path.join(ws, r)));
+    expect(await globFiles('out/**/sdcard.img', ws)).toEqual(
+      ['out/a/sdcard.img', 'out/b/c/sdcard.img', 'out/sdcard.img'].map((r) => path.join(ws, r)),
+    );
     expect(await globFiles('out/*.img', ws)).toEqual([path.join(ws, 'out/sdcard.img')]);
-    expect(await globFiles(path.join(ws, 'out/*/sdcard.img'), '/nonexistent')).toEqual([path.join(ws, 'out/a/sdcard.img')]);
+    expect(await globFiles(path.join(ws, 'out/*/sdcard.img'), '/nonexistent')).toEqual([
+      path.join(ws, 'out/a/sdcard.img'),
+    ]);
   });
 });
 
@@ -80,7 +85,9 @@ describe('resolveImage: locating the file', () => {
   });
 
   it('names the pattern and the folder when nothing matches', async () => {
-    await expect(resolve('out/*.img.xz')).rejects.toThrow(`image: no file matches "out/*.img.xz" (searched from ${ws})`);
+    await expect(resolve('out/*.img.xz')).rejects.toThrow(
+      `image: no file matches "out/*.img.xz" (searched from ${ws})`,
+    );
   });
 
   it('lists what matched when several files match', async () => {
@@ -88,7 +95,9 @@ describe('resolveImage: locating the file', () => {
     put('out/b.img', 'y');
     const err = await resolve('out/*.img').catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toBe('image: "out/*.img" matches 2 files; make it match exactly one:\n  out/a.img\n  out/b.img');
+    expect((err as Error).message).toBe(
+      'image: "out/*.img" matches 2 files; make it match exactly one:\n  out/a.img\n  out/b.img',
+    );
   });
 
   it('refuses a missing file, a directory and an empty file', async () => {
@@ -140,7 +149,10 @@ describe('resolveImage: compression', () => {
     expect(fromPipe.imageSize).toBeUndefined();
     put('a.bin', a);
     put('b.bin', b);
-    const framed = Buffer.concat([execFileSync('zstd', ['-c', '-q', path.join(ws, 'a.bin')]), execFileSync('zstd', ['-c', '-q', path.join(ws, 'b.bin')])]);
+    const framed = Buffer.concat([
+      execFileSync('zstd', ['-c', '-q', path.join(ws, 'a.bin')]),
+      execFileSync('zstd', ['-c', '-q', path.join(ws, 'b.bin')]),
+    ]);
     put('frames.img.zst', framed);
     expect((await resolve('frames.img.zst')).imageSize).toBe(data.length);
   });
@@ -152,7 +164,10 @@ describe('resolveImage: compression', () => {
   });
 
   it('accepts compressed content under a neutral name, with a note', () => {
-    expect(detectCompression(gzipSync(Buffer.from('x')), 'sdcard.img')).toEqual({ compression: 'gz', note: 'sdcard.img is gzip-compressed although its name does not say so' });
+    expect(detectCompression(gzipSync(Buffer.from('x')), 'sdcard.img')).toEqual({
+      compression: 'gz',
+      note: 'sdcard.img is gzip-compressed although its name does not say so',
+    });
   });
 
   it('refuses a name that promises a compression the content does not have', async () => {
@@ -166,11 +181,15 @@ describe('resolveImage: compression', () => {
 
   it('refuses compression formats the agent cannot decompress', async () => {
     put('sdcard.img.bz2', Buffer.from('BZh91AY&SY'));
-    await expect(resolve('sdcard.img.bz2')).rejects.toThrow('image: sdcard.img.bz2 is bzip2-compressed; supported images are raw, .gz, .xz or .zst');
+    await expect(resolve('sdcard.img.bz2')).rejects.toThrow(
+      'image: sdcard.img.bz2 is bzip2-compressed; supported images are raw, .gz, .xz or .zst',
+    );
     put('sdcard.zip', Buffer.from([0x50, 0x4b, 0x03, 0x04, 0, 0]));
     await expect(resolve('sdcard.zip')).rejects.toThrow('sdcard.zip is zip-compressed');
     put('sdcard.img.lzma', Buffer.from([0x5d, 0, 0, 0x80, 0, 0]));
-    await expect(resolve('sdcard.img.lzma')).rejects.toThrow('image: sdcard.img.lzma: lzma compression is not supported');
+    await expect(resolve('sdcard.img.lzma')).rejects.toThrow(
+      'image: sdcard.img.lzma: lzma compression is not supported',
+    );
   });
 });
 
@@ -215,13 +234,17 @@ describe('resolveImage: URLs', () => {
 
   it('names the URL (without its query) when the download fails, and leaves no temp folder', async () => {
     const base = await serve({});
-    await expect(resolve(`${base}/missing.img?sig=secret`)).rejects.toThrow(`image: download of ${base}/missing.img?… failed: Unexpected HTTP response: 404`);
+    await expect(resolve(`${base}/missing.img?sig=secret`)).rejects.toThrow(
+      `image: download of ${base}/missing.img?… failed: Unexpected HTTP response: 404`,
+    );
     expect(readdirSync(temp)).toEqual([]);
   });
 
   it('checks the downloaded content against the URL name', async () => {
     const base = await serve({ '/sdcard.img.gz': Buffer.from('<html>login</html>') });
-    await expect(resolve(`${base}/sdcard.img.gz`)).rejects.toThrow('image: sdcard.img.gz: the name says gzip but the content is not compressed');
+    await expect(resolve(`${base}/sdcard.img.gz`)).rejects.toThrow(
+      'image: sdcard.img.gz: the name says gzip but the content is not compressed',
+    );
     expect(readdirSync(temp)).toEqual([]);
   });
 

@@ -3,7 +3,15 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as core from '@actions/core';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import { annotateFailure, failureTitle, outputValues, setJobOutputs, summaryRows, writeJobSummary, type JobOutcome } from '../../src/action/outputs.js';
+import {
+  annotateFailure,
+  failureTitle,
+  outputValues,
+  setJobOutputs,
+  summaryRows,
+  writeJobSummary,
+  type JobOutcome,
+} from '../../src/action/outputs.js';
 
 const success: JobOutcome = {
   result: 'success',
@@ -11,7 +19,14 @@ const success: JobOutcome = {
   message: 'flashed and booted',
   targetSpec: 'pi4-03',
   target: { name: 'pi4-03', ip: '10.0.0.43', mac: 'dc:a6:32:01:02:03', model: 'Pi 4B' },
-  image: { name: 'sdcard.img.xz', source: 'out/sdcard.img.xz', sha256: 'ab'.repeat(32), size: 300 * 1024 * 1024, compression: 'xz', imageSize: 2 * 1024 ** 3 },
+  image: {
+    name: 'sdcard.img.xz',
+    source: 'out/sdcard.img.xz',
+    sha256: 'ab'.repeat(32),
+    size: 300 * 1024 * 1024,
+    compression: 'xz',
+    imageSize: 2 * 1024 ** 3,
+  },
   jobId: 'k3x9qa',
   bytesWritten: 2 * 1024 ** 3,
   uploadSkipped: false,
@@ -22,7 +37,14 @@ const success: JobOutcome = {
   ],
 };
 
-const failure: JobOutcome = { result: 'failure', code: 'BOARD_NO_SHOW', message: 'the board never fetched its flash script', phase: 'transfer', targetSpec: 'pi4-03', timings: { connect: 0.1 } };
+const failure: JobOutcome = {
+  result: 'failure',
+  code: 'BOARD_NO_SHOW',
+  message: 'the board never fetched its flash script',
+  phase: 'transfer',
+  targetSpec: 'pi4-03',
+  timings: { connect: 0.1 },
+};
 
 /** Parses GitHub's `name<<delimiter` file-command format back into name → value. */
 function readOutputFile(file: string): Record<string, string> {
@@ -54,7 +76,10 @@ describe('outputs', () => {
   afterEach(() => vi.restoreAllMocks());
   afterAll(() => {
     rmSync(dir, { recursive: true, force: true });
-    for (const [key, value] of [['GITHUB_OUTPUT', saved.out], ['GITHUB_STEP_SUMMARY', saved.summary]] as const) {
+    for (const [key, value] of [
+      ['GITHUB_OUTPUT', saved.out],
+      ['GITHUB_STEP_SUMMARY', saved.summary],
+    ] as const) {
       if (value === undefined) delete process.env[key];
       else process.env[key] = value;
     }
@@ -77,7 +102,14 @@ describe('outputs', () => {
   });
 
   it('leaves what the job never reached empty', () => {
-    expect(outputValues(failure)).toMatchObject({ result: 'failure', 'result-code': 'BOARD_NO_SHOW', 'target-ip': '', 'bytes-written': '', 'flash-seconds': '', 'boot-seconds': '' });
+    expect(outputValues(failure)).toMatchObject({
+      result: 'failure',
+      'result-code': 'BOARD_NO_SHOW',
+      'target-ip': '',
+      'bytes-written': '',
+      'flash-seconds': '',
+      'boot-seconds': '',
+    });
   });
 
   it('writes a summary table with timings and rates to GITHUB_STEP_SUMMARY', async () => {
@@ -102,7 +134,9 @@ describe('outputs', () => {
     // A fresh Summary (the shared one caches the path it checked first), pointed at a missing file.
     const fresh = new (core.summary.constructor as new () => typeof core.summary)();
     const written: string[] = [];
-    vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => written.push(String(chunk)) > 0);
+    vi.spyOn(process.stdout, 'write').mockImplementation(
+      (chunk: string | Uint8Array) => written.push(String(chunk)) > 0,
+    );
     const savedPath = process.env.GITHUB_STEP_SUMMARY;
     process.env.GITHUB_STEP_SUMMARY = path.join(dir, 'missing', 'summary.md');
     try {
@@ -118,7 +152,11 @@ describe('outputs', () => {
     const calls: [string, core.AnnotationProperties][] = [];
     annotateFailure(failure, (message, props) => calls.push([message, props]));
     annotateFailure(success, (message, props) => calls.push([message, props]));
-    expect(calls).toEqual([['the board never fetched its flash script', { title: 'rpi-flash failed during transfer: BOARD_NO_SHOW' }]]);
-    expect(failureTitle({ ...failure, result: 'cancelled', code: 'CANCELLED', phase: 'upload' })).toBe('rpi-flash cancelled during upload: CANCELLED');
+    expect(calls).toEqual([
+      ['the board never fetched its flash script', { title: 'rpi-flash failed during transfer: BOARD_NO_SHOW' }],
+    ]);
+    expect(failureTitle({ ...failure, result: 'cancelled', code: 'CANCELLED', phase: 'upload' })).toBe(
+      'rpi-flash cancelled during upload: CANCELLED',
+    );
   });
 });

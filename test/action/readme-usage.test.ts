@@ -36,7 +36,9 @@ export function declaredIn(yml: string, section: 'inputs' | 'outputs'): Declared
     const prop = /^ {4}(required|default):\s*(.*)$/.exec(line);
     if (prop && out.length > 0) {
       const raw = prop[2]!.trim();
-      out[out.length - 1]![prop[1] as 'required' | 'default'] = /^'.*'$/.test(raw) ? raw.slice(1, -1).replaceAll("''", "'") : raw;
+      out[out.length - 1]![prop[1] as 'required' | 'default'] = /^'.*'$/.test(raw)
+        ? raw.slice(1, -1).replaceAll("''", "'")
+        : raw;
     }
   }
   return out;
@@ -46,7 +48,8 @@ export function declaredIn(yml: string, section: 'inputs' | 'outputs'): Declared
 function usageSection(readme: string): string {
   const begin = readme.split('<!-- action:begin -->');
   const end = readme.split('<!-- action:end -->');
-  if (begin.length !== 2 || end.length !== 2) throw new Error('README.md must hold exactly one <!-- action:begin --> … <!-- action:end --> pair');
+  if (begin.length !== 2 || end.length !== 2)
+    throw new Error('README.md must hold exactly one <!-- action:begin --> … <!-- action:end --> pair');
   return begin[1]!.split('<!-- action:end -->')[0]!;
 }
 
@@ -60,7 +63,12 @@ function tableUnder(section: string, heading: string): string[][] {
   for (const line of rest.slice(first)) {
     if (!line.startsWith('|')) break;
     if (/^\|[-|: ]+\|$/.test(line)) continue; // the header separator
-    rows.push(line.slice(1, -1).split(' | ').map((c) => c.trim()));
+    rows.push(
+      line
+        .slice(1, -1)
+        .split(' | ')
+        .map((c) => c.trim()),
+    );
   }
   return rows.slice(1); // without the header row
 }
@@ -80,7 +88,11 @@ describe('action.yml', () => {
 
 describe('README usage section', () => {
   it('lists exactly the inputs of action.yml, in its order, with the same required flag and default', () => {
-    const rows = tableUnder(section, 'Inputs').map(([name, required, dflt]) => ({ name: unquote(name!), required: required, default: dflt }));
+    const rows = tableUnder(section, 'Inputs').map(([name, required, dflt]) => ({
+      name: unquote(name!),
+      required: required,
+      default: dflt,
+    }));
     const declared = declaredIn(yml, 'inputs').map((i) => ({
       name: i.name,
       required: i.required === 'true' ? 'yes' : 'no',
@@ -103,12 +115,15 @@ describe('README usage section', () => {
   it('shows three complete workflows that use the action with every required input', () => {
     const workflows = [...section.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]!);
     expect(workflows).toHaveLength(3);
-    const required = declaredIn(yml, 'inputs').filter((i) => i.required === 'true').map((i) => i.name);
+    const required = declaredIn(yml, 'inputs')
+      .filter((i) => i.required === 'true')
+      .map((i) => i.name);
     for (const workflow of workflows) {
       expect(workflow).toMatch(/^on:/m);
       expect(workflow).toMatch(/^jobs:/m);
       expect(workflow).toMatch(/uses: org\/rpi-flash@v1/);
-      for (const name of required) expect(workflow, `a workflow lacks the required input ${name}`).toMatch(new RegExp(`^\\s+${name}: \\S`, 'm'));
+      for (const name of required)
+        expect(workflow, `a workflow lacks the required input ${name}`).toMatch(new RegExp(`^\\s+${name}: \\S`, 'm'));
       // Only inputs the action declares.
       const withBlock = /uses: org\/rpi-flash@v1\n\s+with:\n((?:\s{10,}\S.*\n)+)/.exec(workflow)?.[1] ?? '';
       const used = [...withBlock.matchAll(/^\s+([a-z0-9-]+):/gm)].map((m) => m[1]);

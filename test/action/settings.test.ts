@@ -7,7 +7,13 @@ import { InputError, parseSettings } from '../../src/action/settings.js';
 const PEM = '-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ\n-----END CERTIFICATE-----\n';
 
 function inputs(values: Record<string, string>) {
-  const all: Record<string, string> = { 'agent-url': 'wss://lab.example:8443', token: 's3cret', target: 'pi4-03', image: 'out/sdcard.img.xz', ...values };
+  const all: Record<string, string> = {
+    'agent-url': 'wss://lab.example:8443',
+    token: 's3cret',
+    target: 'pi4-03',
+    image: 'out/sdcard.img.xz',
+    ...values,
+  };
   return (name: string) => all[name] ?? '';
 }
 
@@ -31,7 +37,13 @@ describe('parseSettings', () => {
   it('parses valid inputs into typed settings with defaults', () => {
     const secrets: string[] = [];
     const s = parseSettings(inputs({}), {
-      env: { GITHUB_REPOSITORY: 'org/repo', GITHUB_RUN_ID: '42', GITHUB_RUN_ATTEMPT: '2', GITHUB_JOB: 'flash', GITHUB_WORKSPACE: '/ws' },
+      env: {
+        GITHUB_REPOSITORY: 'org/repo',
+        GITHUB_RUN_ID: '42',
+        GITHUB_RUN_ATTEMPT: '2',
+        GITHUB_JOB: 'flash',
+        GITHUB_WORKSPACE: '/ws',
+      },
       registerSecret: (s) => secrets.push(s),
     });
     expect(s.agentUrl.href).toBe('wss://lab.example:8443/');
@@ -48,12 +60,17 @@ describe('parseSettings', () => {
   });
 
   it('accepts boot checks, fractional timeouts and a trailing newline on the token', () => {
-    const s = parseSettings(inputs({ 'boot-check': 'NONE', 'connect-timeout': '2.5', 'boot-timeout': '120', token: 'abc\n' }), { env: {} });
+    const s = parseSettings(
+      inputs({ 'boot-check': 'NONE', 'connect-timeout': '2.5', 'boot-timeout': '120', token: 'abc\n' }),
+      { env: {} },
+    );
     expect(s.bootCheck).toBe('none');
     expect(s.connectTimeoutMs).toBe(2500);
     expect(s.bootTimeoutSeconds).toBe(120);
     expect(s.token).toBe('abc');
-    expect(parseSettings(inputs({ 'boot-check': 'tcp:10.0.0.5:2222' }), { env: {} }).bootCheck).toBe('tcp:10.0.0.5:2222');
+    expect(parseSettings(inputs({ 'boot-check': 'tcp:10.0.0.5:2222' }), { env: {} }).bootCheck).toBe(
+      'tcp:10.0.0.5:2222',
+    );
     expect(parseSettings(inputs({ 'boot-check': 'tcp:22' }), { env: {} }).bootCheck).toBe('tcp:22');
   });
 
@@ -98,7 +115,10 @@ describe('parseSettings', () => {
 
   it('masks the query of a signed image URL', () => {
     const secrets: string[] = [];
-    parseSettings(inputs({ image: 'https://files.example/a.img.xz?X-Sig=abc123' }), { env: {}, registerSecret: (s) => secrets.push(s) });
+    parseSettings(inputs({ image: 'https://files.example/a.img.xz?X-Sig=abc123' }), {
+      env: {},
+      registerSecret: (s) => secrets.push(s),
+    });
     expect(secrets).toEqual(['s3cret', 'X-Sig=abc123']);
   });
 

@@ -114,7 +114,11 @@ describe('JobStory', () => {
     story.handle({ type: 'queued', position: 2, holder: 'org/other run 7' });
     story.handle({ type: 'queued', position: 2, holder: 'org/other run 7' });
     story.handle({ type: 'queued', position: 1, holder: 'org/other run 7' });
-    expect(lines).toEqual(['::group::Wait for the target', 'Target busy: position 2 in line (held by org/other run 7)', 'Target busy: position 1 in line (held by org/other run 7)']);
+    expect(lines).toEqual([
+      '::group::Wait for the target',
+      'Target busy: position 2 in line (held by org/other run 7)',
+      'Target busy: position 1 in line (held by org/other run 7)',
+    ]);
   });
 
   it('prints agent and board log lines by source and level', () => {
@@ -125,6 +129,11 @@ describe('JobStory', () => {
     log('board', 'warn', 'part 2 crc mismatch, retrying');
     log('console', 'debug', 'U-Boot 2023.01');
     log('agent', 'error', 'board stopped');
-    expect(lines).toEqual(['staged 3 parts', 'warn: [board] part 2 crc mismatch, retrying', '::debug::[console] U-Boot 2023.01', 'error: board stopped']);
+    expect(lines).toEqual([
+      'staged 3 parts',
+      'warn: [board] part 2 crc mismatch, retrying',
+      '::debug::[console] U-Boot 2023.01',
+      'error: board stopped',
+    ]);
   });
 });

@@ -42,7 +42,12 @@ async function rawSession(url: string) {
 
 describe('bad input while another job runs', () => {
   it('refuses sha256 mismatch, truncated, oversize and stray uploads with codes; the other job passes', async () => {
-    lab = await startLab({ boards: [{ name: 'good', mac: '02:00:00:00:01:01' }, { name: 'victim', mac: '02:00:00:00:01:02' }] });
+    lab = await startLab({
+      boards: [
+        { name: 'good', mac: '02:00:00:00:01:01' },
+        { name: 'victim', mac: '02:00:00:00:01:02' },
+      ],
+    });
     const good = await lab.connect();
     const img = await lab.image('good.img', 4 * MiB, 21);
     await good.lease('good');
@@ -76,19 +81,25 @@ describe('bad input while another job runs', () => {
     await s.next((m) => (m as { re?: string }).re === 'u2');
     s.ws.send(bytes.subarray(0, MiB), { binary: true });
     s.send({ type: 'upload-end', id: 'e2' });
-    expect(await s.next((m) => m.type === 'error' && (m as { re?: string }).re === 'e2')).toMatchObject({ code: 'UPLOAD_TRUNCATED' });
+    expect(await s.next((m) => m.type === 'error' && (m as { re?: string }).re === 'e2')).toMatchObject({
+      code: 'UPLOAD_TRUNCATED',
+    });
 
     // Oversize: more bytes than declared.
     s.send({ type: 'upload-begin', id: 'u3', sha256: 'c'.repeat(64), size: 1000, compression: 'none' });
     await s.next((m) => (m as { re?: string }).re === 'u3');
     s.ws.send(Buffer.alloc(5000), { binary: true });
-    expect(await s.next((m) => m.type === 'error' && (m as { re?: string }).re === 'u3')).toMatchObject({ code: 'UPLOAD_TOO_LARGE' });
+    expect(await s.next((m) => m.type === 'error' && (m as { re?: string }).re === 'u3')).toMatchObject({
+      code: 'UPLOAD_TOO_LARGE',
+    });
 
     // Unknown compression and an image that was never uploaded.
     s.send({ type: 'upload-begin', id: 'u4', sha256: 'd'.repeat(64), size: 10, compression: 'rar' });
     expect(await s.next((m) => m.type === 'error')).toMatchObject({ code: 'UNSUPPORTED_COMPRESSION' });
     s.send({ type: 'flash', id: 'f1', sha256: 'e'.repeat(64) });
-    expect(await s.next((m) => m.type === 'error' && (m as { re?: string }).re === 'f1')).toMatchObject({ code: 'IMAGE_NOT_FOUND' });
+    expect(await s.next((m) => m.type === 'error' && (m as { re?: string }).re === 'f1')).toMatchObject({
+      code: 'IMAGE_NOT_FOUND',
+    });
     s.ws.close();
 
     // Garbage and traversal on the TFTP port.

@@ -49,7 +49,16 @@ async function makeLab(rows: string[]): Promise<string> {
   await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset', ...rows].join('\n') + '\n');
   await writeFile(
     path.join(dir, 'agent.json'),
-    JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, token, targets: 'targets.csv', tftp: { root: 'tftp', address: '127.0.0.1', port: 0 }, stateDir: 'state', flash: { partSize: '1MiB' }, timeouts: { boardShow: 60 }, defaultLayout: 'whole' }),
+    JSON.stringify({
+      listen: { host: '127.0.0.1', port: 0 },
+      token,
+      targets: 'targets.csv',
+      tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
+      stateDir: 'state',
+      flash: { partSize: '1MiB' },
+      timeouts: { boardShow: 60 },
+      defaultLayout: 'whole',
+    }),
   );
   return path.join(dir, 'agent.json');
 }
@@ -59,7 +68,20 @@ describe('rpi-flash-agent process', () => {
     const r = run(['--help']);
     const [code] = await once(r.proc, 'exit');
     expect(code).toBe(0);
-    for (const flag of ['--config', '--listen', '--tls-cert', '--token-file', '--targets', '--tftp-root', '--tftp-port', '--state-dir', '--boot-check', '--log-level', '--check']) expect(r.out()).toContain(flag);
+    for (const flag of [
+      '--config',
+      '--listen',
+      '--tls-cert',
+      '--token-file',
+      '--targets',
+      '--tftp-root',
+      '--tftp-port',
+      '--state-dir',
+      '--boot-check',
+      '--log-level',
+      '--check',
+    ])
+      expect(r.out()).toContain(flag);
   });
 
   it('lists every configuration problem and exits 2', async () => {
@@ -80,7 +102,10 @@ describe('rpi-flash-agent process', () => {
     child = r.proc;
     await waitFor(() => /"agent listening" url=/.test(r.out()), 'the agent to listen');
     const url = /"agent listening" url=(\S+)/.exec(r.out())![1]!;
-    await writeFile(path.join(dir!, 'targets.csv'), 'name,mac,ip,reset\none,02:00:00:00:01:01,127.0.0.61,sim\ntwo,02:00:00:00:01:02,127.0.0.62,sim\n');
+    await writeFile(
+      path.join(dir!, 'targets.csv'),
+      'name,mac,ip,reset\none,02:00:00:00:01:01,127.0.0.61,sim\ntwo,02:00:00:00:01:02,127.0.0.62,sim\n',
+    );
     child.kill('SIGHUP');
     await waitFor(() => /"targets reloaded" .*count=2/.test(r.out()), 'the reload');
     const conn = await connectAgent({ url, token });

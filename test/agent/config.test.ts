@@ -20,7 +20,14 @@ describe('agent configuration', () => {
 
   it('lists every problem at once', async () => {
     const err = await validateConfig(
-      { targets: 'x.csv', tftp: { port: 70000, bogus: 1 }, flash: { partSize: '1000' }, bootCheck: 'http:80', logLevel: 'loud', extra: true },
+      {
+        targets: 'x.csv',
+        tftp: { port: 70000, bogus: 1 },
+        flash: { partSize: '1000' },
+        bootCheck: 'http:80',
+        logLevel: 'loud',
+        extra: true,
+      },
       '/',
     ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ConfigError);
@@ -38,8 +45,18 @@ describe('agent configuration', () => {
   it('reads the token from a file and applies flag overrides', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'cfg-'));
     await writeFile(path.join(dir, 'token'), `${token}\n`);
-    await writeFile(path.join(dir, 'agent.json'), JSON.stringify({ tokenFile: 'token', targets: 't.csv', tftp: { port: 6969 } }));
-    const args = parseCliArgs(['--config', path.join(dir, 'agent.json'), '--tftp-port', '1069', '--listen', '127.0.0.1:9000']);
+    await writeFile(
+      path.join(dir, 'agent.json'),
+      JSON.stringify({ tokenFile: 'token', targets: 't.csv', tftp: { port: 6969 } }),
+    );
+    const args = parseCliArgs([
+      '--config',
+      path.join(dir, 'agent.json'),
+      '--tftp-port',
+      '1069',
+      '--listen',
+      '127.0.0.1:9000',
+    ]);
     const c = await loadConfig(args.config!, args.overrides);
     expect(c.token).toBe(token);
     expect(c.tftp.port).toBe(1069);
@@ -47,8 +64,12 @@ describe('agent configuration', () => {
   });
 
   it('names a missing config file and malformed flags', async () => {
-    await expect(loadConfig('/nonexistent/agent.json')).rejects.toThrow('config file /nonexistent/agent.json does not exist');
-    expect(() => parseCliArgs(['--config', 'a.json', '--tftp-port', 'sixty-nine'])).toThrow('--tftp-port: "sixty-nine" is not a port number');
+    await expect(loadConfig('/nonexistent/agent.json')).rejects.toThrow(
+      'config file /nonexistent/agent.json does not exist',
+    );
+    expect(() => parseCliArgs(['--config', 'a.json', '--tftp-port', 'sixty-nine'])).toThrow(
+      '--tftp-port: "sixty-nine" is not a port number',
+    );
     expect(() => parseCliArgs(['--tftp-port', '69'])).toThrow('--config FILE is required');
     expect(() => parseCliArgs(['--config', 'a', '--nope'])).toThrow(/Unknown option '--nope'/);
   });

@@ -23,7 +23,10 @@ async function card(l: Lab, name: string): Promise<Buffer> {
 describe('a flash job on the simulated lab', () => {
   it('uploads, flashes every part, verifies, boots, reports OK and leaves no staged files', async () => {
     lab = await startLab({
-      boards: [{ name: 'pi-a', mac: '02:00:00:00:00:0a' }, { name: 'pi-b', mac: '02:00:00:00:00:0b' }],
+      boards: [
+        { name: 'pi-a', mac: '02:00:00:00:00:0a' },
+        { name: 'pi-b', mac: '02:00:00:00:00:0b' },
+      ],
       config: { flash: { partSize: '1MiB', retries: 2, tftpBlockSize: 1468, tftpWindowSize: 4 } },
     });
     const events: AgentMessage[] = [];
@@ -36,19 +39,31 @@ describe('a flash job on the simulated lab', () => {
     const result = await conn.flash({ sha256: img.sha256 });
     expect(result).toMatchObject({ ok: true, code: 'OK', bytesWritten: img.size });
     expect(result.parts.map((p) => p.status)).toEqual(['ok', 'ok', 'ok', 'ok']);
-    for (const phase of ['stage', 'reset', 'transfer', 'verify', 'boot'] as const) expect(result.timings[phase]).toBeGreaterThanOrEqual(0);
+    for (const phase of ['stage', 'reset', 'transfer', 'verify', 'boot'] as const)
+      expect(result.timings[phase]).toBeGreaterThanOrEqual(0);
     // The card holds the image byte for byte; the other board's card was never touched.
     const written = await card(lab, 'pi-a');
     expect(written.subarray(0, img.size).equals(await readFile(img.path))).toBe(true);
     await expect(card(lab, 'pi-b')).rejects.toThrow();
     expect(await lab.tftpFolders()).toEqual([]);
     // The story: phases in order, board reports, transfer progress.
-    const phases = events.filter((e) => e.type === 'phase' && e.state === 'start').map((e) => (e as { phase: string }).phase);
+    const phases = events
+      .filter((e) => e.type === 'phase' && e.state === 'start')
+      .map((e) => (e as { phase: string }).phase);
     expect(phases).toEqual(['stage', 'reset', 'transfer', 'verify', 'boot']);
-    expect(events.some((e) => e.type === 'log' && e.source === 'board' && /part 4\/4: written and read back/.test(e.message))).toBe(true);
+    expect(
+      events.some(
+        (e) => e.type === 'log' && e.source === 'board' && /part 4\/4: written and read back/.test(e.message),
+      ),
+    ).toBe(true);
     expect(events.some((e) => e.type === 'progress' && e.phase === 'transfer')).toBe(true);
     // The options the board negotiated are in the job's log and in the result.
-    expect(events.some((e) => e.type === 'log' && /part 1\/4: served \d+ bytes .*negotiated .*blksize=1468.*windowsize=4/.test(e.message))).toBe(true);
+    expect(
+      events.some(
+        (e) =>
+          e.type === 'log' && /part 1\/4: served \d+ bytes .*negotiated .*blksize=1468.*windowsize=4/.test(e.message),
+      ),
+    ).toBe(true);
     expect(result.tftpOptions).toMatchObject({ blksize: '1468', windowsize: '4' });
     // Every log line of the job names its target and job.
     const jobLines = lab.logs.filter((r) => r.fields.job === result.job);
@@ -80,12 +95,18 @@ describe('a flash job on the simulated lab', () => {
   it('names an unknown target and keeps serving', async () => {
     lab = await startLab({ boards: [{ name: 'pi-a', mac: '02:00:00:00:00:2a' }] });
     const conn = await lab.connect();
-    await expect(conn.lease('pi-zz')).rejects.toMatchObject({ code: 'UNKNOWN_TARGET', message: expect.stringContaining('pi-zz') });
+    await expect(conn.lease('pi-zz')).rejects.toMatchObject({
+      code: 'UNKNOWN_TARGET',
+      message: expect.stringContaining('pi-zz'),
+    });
     await expect(conn.lease('pi-a')).resolves.toMatchObject({ target: { name: 'pi-a' } });
   });
 
   it('reports BOARD_NO_SHOW when the board never fetches its script, and cleans up', async () => {
-    lab = await startLab({ boards: [{ name: 'dead', mac: '02:00:00:00:00:3a', reset: 'sim:no-show' }], config: { timeouts: { boardShow: 1, stall: 5, boot: 5, leaseGrace: 2 } } });
+    lab = await startLab({
+      boards: [{ name: 'dead', mac: '02:00:00:00:00:3a', reset: 'sim:no-show' }],
+      config: { timeouts: { boardShow: 1, stall: 5, boot: 5, leaseGrace: 2 } },
+    });
     const conn = await lab.connect();
     const img = await lab.image('c.img', MiB, 2);
     await conn.lease('dead');
@@ -121,7 +142,10 @@ describe('a flash job on the simulated lab', () => {
   });
 
   it('fails with BOOT_TIMEOUT when the new system never answers the boot check', async () => {
-    lab = await startLab({ boards: [{ name: 'mute', mac: '02:00:00:00:00:6a', reset: 'sim:no-boot' }], config: { timeouts: { boardShow: 5, stall: 5, boot: 1, leaseGrace: 2 } } });
+    lab = await startLab({
+      boards: [{ name: 'mute', mac: '02:00:00:00:00:6a', reset: 'sim:no-boot' }],
+      config: { timeouts: { boardShow: 5, stall: 5, boot: 1, leaseGrace: 2 } },
+    });
     const conn = await lab.connect();
     const img = await lab.image('f.img', MiB, 6);
     await conn.lease('mute');
@@ -145,7 +169,10 @@ describe('a flash job on the simulated lab', () => {
   });
 
   it('cancels a running job within 5 s, releases the lease and deletes the staged folder', async () => {
-    lab = await startLab({ boards: [{ name: 'slow', mac: '02:00:00:00:00:8a', reset: 'sim:no-show' }], config: { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 2 } } });
+    lab = await startLab({
+      boards: [{ name: 'slow', mac: '02:00:00:00:00:8a', reset: 'sim:no-show' }],
+      config: { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 2 } },
+    });
     const conn = await lab.connect();
     const img = await lab.image('g.img', MiB, 7);
     await conn.lease('slow');
@@ -164,14 +191,21 @@ describe('a flash job on the simulated lab', () => {
   });
 
   it('a client that drops mid-upload resumes from what the agent holds', async () => {
-    lab = await startLab({ boards: [{ name: 'pi-a', mac: '02:00:00:00:00:9a' }], config: { timeouts: { boardShow: 5, stall: 5, boot: 5, leaseGrace: 10 } } });
+    lab = await startLab({
+      boards: [{ name: 'pi-a', mac: '02:00:00:00:00:9a' }],
+      config: { timeouts: { boardShow: 5, stall: 5, boot: 5, leaseGrace: 10 } },
+    });
     const img = await lab.image('h.img', 24 * MiB, 8);
     const conn = await lab.connect();
     const leased = await conn.lease('pi-a');
     let cut = false;
     await expect(
       conn.upload({
-        path: img.path, sha256: img.sha256, size: img.size, compression: 'none', windowBytes: 4 * MiB,
+        path: img.path,
+        sha256: img.sha256,
+        size: img.size,
+        compression: 'none',
+        windowBytes: 4 * MiB,
         onProgress: (received) => {
           if (received >= 8 * MiB && !cut) {
             cut = true;
@@ -184,7 +218,13 @@ describe('a flash job on the simulated lab', () => {
     const again = await lab.connect();
     await again.lease('pi-a', { lease: leased.lease });
     let resumedAt = -1;
-    const done = await again.upload({ path: img.path, sha256: img.sha256, size: img.size, compression: 'none', onProgress: (r) => (resumedAt = resumedAt < 0 ? r : resumedAt) });
+    const done = await again.upload({
+      path: img.path,
+      sha256: img.sha256,
+      size: img.size,
+      compression: 'none',
+      onProgress: (r) => (resumedAt = resumedAt < 0 ? r : resumedAt),
+    });
     expect(done.skipped).toBe(false);
     expect(resumedAt).toBeGreaterThanOrEqual(8 * MiB);
     const result = await again.flash({ sha256: img.sha256, bootCheck: 'none' });
@@ -192,7 +232,10 @@ describe('a flash job on the simulated lab', () => {
   });
 
   it('a client silent past the grace period loses its lease and its job is cancelled', async () => {
-    lab = await startLab({ boards: [{ name: 'pi-a', mac: '02:00:00:00:00:aa', reset: 'sim:no-show' }], config: { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 1 } } });
+    lab = await startLab({
+      boards: [{ name: 'pi-a', mac: '02:00:00:00:00:aa', reset: 'sim:no-show' }],
+      config: { timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 1 } },
+    });
     const conn = await lab.connect();
     const img = await lab.image('i.img', MiB, 9);
     await conn.lease('pi-a');

@@ -30,7 +30,10 @@ function applied(bytes: Buffer, patches: Array<{ offset: number; data: Buffer }>
 describe('ImageView', () => {
   it('reads the stored bytes with patches laid over them, zeros past the end', async () => {
     const { file, bytes } = await image(10_000);
-    const patches = [{ offset: 100, data: Buffer.alloc(50, 0xaa) }, { offset: 9_990, data: Buffer.alloc(10, 0xbb) }];
+    const patches = [
+      { offset: 100, data: Buffer.alloc(50, 0xaa) },
+      { offset: 9_990, data: Buffer.alloc(10, 0xbb) },
+    ];
     const view = new ImageView(file, bytes.length, patches);
     const expected = applied(bytes, patches);
     const h = await open(file, 'r');
@@ -38,7 +41,9 @@ describe('ImageView', () => {
       expect((await view.read(h, 0, 10_000)).equals(expected)).toBe(true);
       // A read that starts inside a patch and one that straddles its end.
       expect((await view.read(h, 120, 100)).equals(expected.subarray(120, 220))).toBe(true);
-      expect((await view.read(h, 9_980, 40)).equals(Buffer.concat([expected.subarray(9_980), Buffer.alloc(20)]))).toBe(true);
+      expect((await view.read(h, 9_980, 40)).equals(Buffer.concat([expected.subarray(9_980), Buffer.alloc(20)]))).toBe(
+        true,
+      );
     } finally {
       await h.close();
     }
@@ -63,7 +68,13 @@ describe('ImageView', () => {
 
   it('refuses overlapping patches and patches outside the image', async () => {
     const { file } = await image(1000);
-    expect(() => new ImageView(file, 1000, [{ offset: 10, data: Buffer.alloc(10) }, { offset: 15, data: Buffer.alloc(10) }])).toThrow(/overlap/);
+    expect(
+      () =>
+        new ImageView(file, 1000, [
+          { offset: 10, data: Buffer.alloc(10) },
+          { offset: 15, data: Buffer.alloc(10) },
+        ]),
+    ).toThrow(/overlap/);
     expect(() => new ImageView(file, 1000, [{ offset: 995, data: Buffer.alloc(10) }])).toThrow(/outside/);
   });
 });

@@ -28,7 +28,11 @@ async function injectLab(reset = 'sim') {
   await writeFile(bootScr, stage1Script());
   lab = await startLab({
     boards: [{ name: 'pi4-inj', mac: '02:00:00:00:02:01', reset }],
-    config: { defaultLayout: 'inject', uboot: { binaries: { pi4: ubootBin }, bootScr, defaultModel: 'pi4' }, flash: { partSize: '2MiB' } },
+    config: {
+      defaultLayout: 'inject',
+      uboot: { binaries: { pi4: ubootBin }, bootScr, defaultModel: 'pi4' },
+      flash: { partSize: '2MiB' },
+    },
   });
   return { ubootBin, bootScr };
 }
@@ -45,8 +49,15 @@ describe('inject layout on the simulated lab', () => {
   it('writes the image with U-Boot, stage 1 and the env file in its boot partition; nothing else changes', async () => {
     const { ubootBin, bootScr } = await injectLab();
     const image = await buildTestImage(dir!, 'os.img', {
-      fat: 32, bootMiB: 40, rootMiB: 8,
-      files: { 'config.txt': PI_OS_CONFIG, 'cmdline.txt': PI_OS_CMDLINE, 'kernel8.img': fakeGzipArm64Image(), 'initramfs8': Buffer.alloc(4096, 1) },
+      fat: 32,
+      bootMiB: 40,
+      rootMiB: 8,
+      files: {
+        'config.txt': PI_OS_CONFIG,
+        'cmdline.txt': PI_OS_CMDLINE,
+        'kernel8.img': fakeGzipArm64Image(),
+        initramfs8: Buffer.alloc(4096, 1),
+      },
     });
     const original = await readFile(image.path);
     const { conn, sha256 } = await upload(lab!, image.path);
@@ -61,11 +72,15 @@ describe('inject layout on the simulated lab', () => {
     // Inside, a clean FAT holding the carried files.
     expect((await fsckBoot(image, cardFile)).clean).toBe(true);
     const names = (await mtoolsNames(cardFile, image.bootOffset)).map((n) => n.toLowerCase());
-    expect(names).toEqual(expect.arrayContaining(['u-boot.bin', 'boot.scr', 'rpi-flash.env', 'kernel8.img', 'config.txt']));
+    expect(names).toEqual(
+      expect.arrayContaining(['u-boot.bin', 'boot.scr', 'rpi-flash.env', 'kernel8.img', 'config.txt']),
+    );
     expect((await mtoolsRead(cardFile, image.bootOffset, 'u-boot.bin')).equals(await readFile(ubootBin))).toBe(true);
     expect((await mtoolsRead(cardFile, image.bootOffset, 'boot.scr')).equals(await readFile(bootScr))).toBe(true);
     expect((await mtoolsRead(cardFile, image.bootOffset, 'config.txt')).toString()).toMatch(/^kernel=u-boot\.bin$/m);
-    expect((await mtoolsRead(cardFile, image.bootOffset, 'rpi-flash.env')).toString()).toMatch(/^rpf_kernel=kernel8\.img$/m);
+    expect((await mtoolsRead(cardFile, image.bootOffset, 'rpi-flash.env')).toString()).toMatch(
+      /^rpf_kernel=kernel8\.img$/m,
+    );
     // The parts the board verified carry the patched bytes' CRCs (the board checked them).
     expect(result.parts.every((p) => p.status === 'ok')).toBe(true);
   });
@@ -82,9 +97,14 @@ describe('inject layout on the simulated lab', () => {
     expect(await lab!.tftpFolders()).toEqual([]);
   });
 
-  it('names a missing U-Boot build for the target\'s model as a lab problem', async () => {
+  it("names a missing U-Boot build for the target's model as a lab problem", async () => {
     await injectLab();
-    const image = await buildTestImage(dir!, 'os2.img', { fat: 32, bootMiB: 40, rootMiB: 0, files: { 'config.txt': PI_OS_CONFIG, 'cmdline.txt': PI_OS_CMDLINE, 'kernel8.img': fakeGzipArm64Image() } });
+    const image = await buildTestImage(dir!, 'os2.img', {
+      fat: 32,
+      bootMiB: 40,
+      rootMiB: 0,
+      files: { 'config.txt': PI_OS_CONFIG, 'cmdline.txt': PI_OS_CMDLINE, 'kernel8.img': fakeGzipArm64Image() },
+    });
     await rm(path.join(dir!, 'u-boot.bin'));
     const { conn, sha256 } = await upload(lab!, image.path);
     const result = await conn.flash({ sha256, bootCheck: 'none' });

@@ -8,7 +8,10 @@ describe('LeaseManager', () => {
     const positions: Array<[string, number]> = [];
     const second = leases.acquire('pi4-03', 'run-2', { onPosition: (p) => positions.push(['run-2', p]) });
     const third = leases.acquire('pi4-03', 'run-3', { onPosition: (p) => positions.push(['run-3', p]) });
-    expect(positions).toEqual([['run-2', 1], ['run-3', 2]]);
+    expect(positions).toEqual([
+      ['run-2', 1],
+      ['run-3', 2],
+    ]);
     expect(leases.holderOf('pi4-03')?.holder).toBe('run-1');
 
     leases.release(first.id);

@@ -1,6 +1,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { WsServer, tokenMatches, type ClientConnection, type ConnectionHandler } from '../../runner-agent/src/ws/server.js';
+import {
+  WsServer,
+  tokenMatches,
+  type ClientConnection,
+  type ConnectionHandler,
+} from '../../runner-agent/src/ws/server.js';
 import { silentLogger } from '../../runner-agent/src/log.js';
 import { PROTOCOL_VERSION, WS_PATH, type AgentMessage, type ClientMessage } from '../../src/protocol/messages.js';
 import { connectAgent } from '../../src/protocol/client.js';
@@ -13,7 +18,13 @@ class RecordingHandler implements ConnectionHandler {
   closes: boolean[] = [];
   onMessage(conn: ClientConnection, m: ClientMessage) {
     this.messages.push(m);
-    if (m.type === 'lease') conn.send({ type: 'leased', re: m.id, lease: 'l1', target: { name: m.target, mac: 'aa:bb:cc:dd:ee:ff', ip: '127.0.0.1' } });
+    if (m.type === 'lease')
+      conn.send({
+        type: 'leased',
+        re: m.id,
+        lease: 'l1',
+        target: { name: m.target, mac: 'aa:bb:cc:dd:ee:ff', ip: '127.0.0.1' },
+      });
   }
   onBinary(_conn: ClientConnection, data: Buffer) {
     this.binary.push(data);
@@ -35,7 +46,10 @@ async function start(handler: ConnectionHandler, graceMs = 60_000) {
   return `ws://127.0.0.1:${addr.port}`;
 }
 
-function openRaw(url: string, headers: Record<string, string>): Promise<{ ws?: WebSocket; status?: number; body?: string }> {
+function openRaw(
+  url: string,
+  headers: Record<string, string>,
+): Promise<{ ws?: WebSocket; status?: number; body?: string }> {
   return new Promise((resolve) => {
     const ws = new WebSocket(`${url}${WS_PATH}`, { headers });
     ws.once('open', () => resolve({ ws }));
@@ -92,7 +106,12 @@ describe('agent WebSocket server', () => {
     const welcome = nextMessage(ws!);
     ws!.send(JSON.stringify({ type: 'hello', id: 'h', protocol: PROTOCOL_VERSION }));
     expect((await welcome).type).toBe('welcome');
-    for (const garbage of ['{not json', '[]', JSON.stringify({ type: 'launch-missiles', id: 'x' }), JSON.stringify({ type: 'lease', id: 'y' })]) {
+    for (const garbage of [
+      '{not json',
+      '[]',
+      JSON.stringify({ type: 'launch-missiles', id: 'x' }),
+      JSON.stringify({ type: 'lease', id: 'y' }),
+    ]) {
       const answer = nextMessage(ws!);
       ws!.send(garbage);
       expect(await answer).toMatchObject({ type: 'error', code: 'BAD_MESSAGE' });

@@ -5,7 +5,12 @@
 import { crc32 } from 'node:zlib';
 import { partFile, reportPrefix } from '../../src/protocol/tftp-names.js';
 import { parseBeacon, type Beacon } from '../../runner-agent/src/board/beacons.js';
-import { generateStage2Script, planParts, type Stage2Options, type Stage2Part } from '../../runner-agent/src/board/stage2-script.js';
+import {
+  generateStage2Script,
+  planParts,
+  type Stage2Options,
+  type Stage2Part,
+} from '../../runner-agent/src/board/stage2-script.js';
 import { buildScriptImage } from '../../runner-agent/src/board/uimage.js';
 import { SparseMemory } from '../../runner-agent/src/sim/memory.js';
 import { BoardResetRequest, UBootShell } from '../../runner-agent/src/sim/uboot-shell.js';
@@ -93,7 +98,8 @@ export async function runStage2(h: HarnessOptions) {
         0,
         {
           blockCount: card.length / 512,
-          read: async (block: number, count: number) => (h.failRead ? Buffer.alloc(0) : Buffer.from(card.subarray(block * 512, (block + count) * 512))),
+          read: async (block: number, count: number) =>
+            h.failRead ? Buffer.alloc(0) : Buffer.from(card.subarray(block * 512, (block + count) * 512)),
           write: async (block: number, data: Buffer) => {
             const nth = ++writes;
             if (h.failWrite?.(nth)) return 0;

@@ -16,7 +16,14 @@ describe('planParts', () => {
   it('splits exact multiples into equal parts', () => {
     const plan = planParts(4 * 4096, 4096);
     expect(plan).toHaveLength(4);
-    expect(plan[3]).toEqual({ index: 4, imageOffset: 12288, size: 4096, servedSize: 4096, startBlock: 24, blockCount: 8 });
+    expect(plan[3]).toEqual({
+      index: 4,
+      imageOffset: 12288,
+      size: 4096,
+      servedSize: 4096,
+      startBlock: 24,
+      blockCount: 8,
+    });
   });
 
   it('pads the last part to whole sectors', () => {
@@ -29,7 +36,9 @@ describe('planParts', () => {
   });
 
   it('makes one part of a tiny image', () => {
-    expect(planParts(1, 64 * 1024 ** 2)).toEqual([{ index: 1, imageOffset: 0, size: 1, servedSize: SECTOR, startBlock: 0, blockCount: 1 }]);
+    expect(planParts(1, 64 * 1024 ** 2)).toEqual([
+      { index: 1, imageOffset: 0, size: 1, servedSize: SECTOR, startBlock: 0, blockCount: 1 },
+    ]);
   });
 
   it('handles a 4 GiB image in 64 MiB parts', () => {
@@ -49,7 +58,7 @@ function commandsOf(script: string): Set<string> {
   const found = new Set<string>();
   const values = new Map<string, string[]>();
   const lists = [];
-  for (let pos = 0; pos < script.length; ) {
+  for (let pos = 0; pos < script.length;) {
     const r = parseHush(script, 'line', pos);
     if (!r.list) throw new Error(`stage 2 does not parse: ${r.error}`);
     lists.push(r.list);
@@ -62,7 +71,8 @@ function commandsOf(script: string): Set<string> {
       if (first === undefined) continue;
       if (first.includes(VAR_MARK)) throw new Error(`a command name is computed at run time: ${cmd.argv.join(' ')}`);
       found.add(first.split('.')[0]!);
-      if (first === 'setenv' && rest.length >= 2) values.set(rest[0]!, [...(values.get(rest[0]!) ?? []), rest.slice(1).join(' ')]);
+      if (first === 'setenv' && rest.length >= 2)
+        values.set(rest[0]!, [...(values.get(rest[0]!) ?? []), rest.slice(1).join(' ')]);
       if (first === 'run') pending.push(...rest);
     }
   };
@@ -86,14 +96,25 @@ function commandsOf(script: string): Set<string> {
 describe('generateStage2Script', () => {
   const image = testImage(3 * 4096 + 1000);
   const { parts } = stageParts(image, 4096);
-  const base = { jobId: JOB, mac: MAC, parts, retries: 2, loadAddr: 0x1000_0000, crcAddr: 0x0f00_0000, beaconAddr: 0x0f10_0000, mmcDev: 0 };
+  const base = {
+    jobId: JOB,
+    mac: MAC,
+    parts,
+    retries: 2,
+    loadAddr: 0x1000_0000,
+    crcAddr: 0x0f00_0000,
+    beaconAddr: 0x0f10_0000,
+    mmcDev: 0,
+  };
 
-  it('uses only commands that Debian\'s Pi U-Boot has', () => {
+  it("uses only commands that Debian's Pi U-Boot has", () => {
     expect(RPI_COMMANDS.size).toBeGreaterThan(50);
     expect(RPI_COMMANDS.has('tftpput')).toBe(false);
     expect(RPI_COMMANDS.has('hash')).toBe(false);
     const used = commandsOf(generateStage2Script({ ...base, tftpBlockSize: 1468, tftpWindowSize: 8 }));
-    expect([...used].sort()).toEqual(expect.arrayContaining(['crc32', 'itest', 'mmc', 'reset', 'run', 'setenv', 'setexpr', 'tftpboot']));
+    expect([...used].sort()).toEqual(
+      expect.arrayContaining(['crc32', 'itest', 'mmc', 'reset', 'run', 'setenv', 'setexpr', 'tftpboot']),
+    );
     expect([...used].filter((c) => !RPI_COMMANDS.has(c))).toEqual([]);
   });
 
@@ -101,7 +122,9 @@ describe('generateStage2Script', () => {
     const script = generateStage2Script({ ...base, tftpBlockSize: 1468, tftpWindowSize: 8 });
     expect(script).toContain('setenv tftpblocksize 1468\n');
     expect(script).toContain('setenv tftpwindowsize 8\n');
-    expect(script).toContain(`setenv rpf_len 0x400; setenv rpf_words 0x100; setenv rpf_want 0x${parts[3]!.crc32.toString(16)}; setenv rpf_blk 0x18; setenv rpf_cnt 0x2; run rpf_one`);
+    expect(script).toContain(
+      `setenv rpf_len 0x400; setenv rpf_words 0x100; setenv rpf_want 0x${parts[3]!.crc32.toString(16)}; setenv rpf_blk 0x18; setenv rpf_cnt 0x2; run rpf_one`,
+    );
     expect(script).toContain('tftpboot 0x10000000 ${rpf_file}');
     expect(script).not.toMatch(/setenv tftp\w+ 0x/);
   });
@@ -111,7 +134,11 @@ describe('generateStage2Script', () => {
   });
 
   it('grows by one short line per part (64 parts of a 4 GiB image)', () => {
-    const plan = planParts(4 * 1024 ** 3, 64 * 1024 ** 2).map((p) => ({ ...p, file: `b8-27-eb-28-f6-6d/${JOB}/part-${String(p.index).padStart(3, '0')}`, crc32: 0xdeadbeef }));
+    const plan = planParts(4 * 1024 ** 3, 64 * 1024 ** 2).map((p) => ({
+      ...p,
+      file: `b8-27-eb-28-f6-6d/${JOB}/part-${String(p.index).padStart(3, '0')}`,
+      crc32: 0xdeadbeef,
+    }));
     const script = generateStage2Script({ ...base, parts: plan });
     const perPart = script.split('\n').filter((l) => l.endsWith('run rpf_one'));
     expect(perPart).toHaveLength(64);
@@ -120,7 +147,9 @@ describe('generateStage2Script', () => {
   });
 
   it('refuses options U-Boot could not run', () => {
-    expect(() => generateStage2Script({ ...base, crcAddr: 0x1000_0100 })).toThrow(/CRC slot .* overlaps|overlaps the CRC slot/);
+    expect(() => generateStage2Script({ ...base, crcAddr: 0x1000_0100 })).toThrow(
+      /CRC slot .* overlaps|overlaps the CRC slot/,
+    );
     expect(() => generateStage2Script({ ...base, jobId: 'Bad Id' })).toThrow(/job id/);
     expect(() => generateStage2Script({ ...base, parts: [{ ...parts[0]!, file: 'a:b' }] })).toThrow(/without ':'/);
     expect(() => generateStage2Script({ ...base, parts: [parts[1]!] })).toThrow(/numbered 1..n/);
@@ -135,16 +164,27 @@ describe('stage 2 in the U-Boot model', () => {
   for (const crcStore of ['native64', 'be32'] as const) {
     it(`writes the image byte for byte and reports every part (crc32 stores ${crcStore})`, async () => {
       const image = testImage(3 * 4096 + 1000, 7);
-      const r = await runStage2({ image, partSize: 4096, crcStore, options: { tftpBlockSize: 1200, tftpWindowSize: 4 } });
+      const r = await runStage2({
+        image,
+        partSize: 4096,
+        crcStore,
+        options: { tftpBlockSize: 1200, tftpWindowSize: 4 },
+      });
       expect(r.reset).toBe(true);
       expect(r.card.subarray(0, image.length).equals(image)).toBe(true);
       const end = r.parts.at(-1)!.imageOffset + r.parts.at(-1)!.servedSize;
       expect(end).toBe(13 * 1024);
       expect(r.card.subarray(image.length, end).every((b) => b === 0)).toBe(true); // padding of the last part
       expect(r.card.subarray(end).every((b) => b === CARD_FILL)).toBe(true);
-      expect(r.beacons).toEqual([{ kind: 'start' }, ...r.parts.map((p) => ok(p.index, r.served.get(p.file)!)), { kind: 'done', ok: true }]);
+      expect(r.beacons).toEqual([
+        { kind: 'start' },
+        ...r.parts.map((p) => ok(p.index, r.served.get(p.file)!)),
+        { kind: 'done', ok: true },
+      ]);
       expect(r.messages.every((m) => !m.includes(':'))).toBe(true);
-      expect(r.tftpRequests.filter((q) => q.path.includes('/part-')).every((q) => q.blksize === 1200 && q.windowsize === 4)).toBe(true);
+      expect(
+        r.tftpRequests.filter((q) => q.path.includes('/part-')).every((q) => q.blksize === 1200 && q.windowsize === 4),
+      ).toBe(true);
     });
   }
 
@@ -176,7 +216,12 @@ describe('stage 2 in the U-Boot model', () => {
   });
 
   it('retries after a failed download', async () => {
-    const r = await runStage2({ image: testImage(4096), partSize: 4096, retries: 1, tamper: (_f, attempt, data) => (attempt === 1 ? null : data) });
+    const r = await runStage2({
+      image: testImage(4096),
+      partSize: 4096,
+      retries: 1,
+      tamper: (_f, attempt, data) => (attempt === 1 ? null : data),
+    });
     expect(r.beacons.map((b) => b?.kind)).toEqual(['start', 'part-retry', 'part-ok', 'done']);
     expect(r.beacons[1]).toEqual({ kind: 'part-retry', part: 1, attempt: 1, reason: 'download' });
   });
@@ -212,13 +257,21 @@ describe('stage 2 in the U-Boot model', () => {
 
   it('reports a failed write', async () => {
     const r = await runStage2({ image: testImage(2 * 4096), partSize: 4096, failWrite: () => true });
-    expect(r.beacons).toEqual([{ kind: 'start' }, { kind: 'part-failed', part: 1, stage: 'write' }, { kind: 'done', ok: false }]);
+    expect(r.beacons).toEqual([
+      { kind: 'start' },
+      { kind: 'part-failed', part: 1, stage: 'write' },
+      { kind: 'done', ok: false },
+    ]);
     expect(r.card.every((b) => b === CARD_FILL)).toBe(true);
   });
 
   it('reports a failed read-back', async () => {
     const r = await runStage2({ image: testImage(4096), partSize: 4096, failRead: true });
-    expect(r.beacons).toEqual([{ kind: 'start' }, { kind: 'part-failed', part: 1, stage: 'readback' }, { kind: 'done', ok: false }]);
+    expect(r.beacons).toEqual([
+      { kind: 'start' },
+      { kind: 'part-failed', part: 1, stage: 'readback' },
+      { kind: 'done', ok: false },
+    ]);
   });
 
   it('fails verification when the card stores something else', async () => {
@@ -244,6 +297,11 @@ describe('stage 2 in the U-Boot model', () => {
 
   it('fails verification when a write reports success but stores nothing', async () => {
     const r = await runStage2({ image: testImage(4096, 13), partSize: 4096, mangleWrite: () => null });
-    expect(r.beacons.at(-2)).toEqual({ kind: 'part-failed', part: 1, stage: 'verify', crc: boardCrcText(crc32(Buffer.alloc(4096, CARD_FILL))) });
+    expect(r.beacons.at(-2)).toEqual({
+      kind: 'part-failed',
+      part: 1,
+      stage: 'verify',
+      crc: boardCrcText(crc32(Buffer.alloc(4096, CARD_FILL))),
+    });
   });
 });

@@ -3,7 +3,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { buildScriptImage, parseScriptImage, parseScriptImageHeader, UIMAGE_HEADER_SIZE } from '../../runner-agent/src/board/uimage.js';
+import {
+  buildScriptImage,
+  parseScriptImage,
+  parseScriptImageHeader,
+  UIMAGE_HEADER_SIZE,
+} from '../../runner-agent/src/board/uimage.js';
 
 const SCRIPT = "echo hello\nsetenv x 'a b'; run x || echo failed\n# a comment\nreset\n";
 
@@ -92,7 +97,11 @@ describe('parseScriptImage', () => {
     const src = path.join(dir, 'kernel');
     const out = path.join(dir, 'kernel.img');
     writeFileSync(src, Buffer.alloc(100, 7));
-    execFileSync('mkimage', ['-A', 'arm', '-O', 'linux', '-T', 'kernel', '-C', 'none', '-a', '0', '-e', '0', '-n', 'k', '-d', src, out], { stdio: 'ignore' });
+    execFileSync(
+      'mkimage',
+      ['-A', 'arm', '-O', 'linux', '-T', 'kernel', '-C', 'none', '-a', '0', '-e', '0', '-n', 'k', '-d', src, out],
+      { stdio: 'ignore' },
+    );
     expect(() => parseScriptImage(readFileSync(out))).toThrow(/not a script image \(type 2/);
   });
 

@@ -33,7 +33,10 @@ function track(capture: ConsoleCapture): ConsoleCapture {
 }
 
 /** A server that hands each accepted connection to `onConnection`, closed after the test. */
-async function listen(onConnection: (s: net.Socket) => void, where: { port?: number; path?: string } = {}): Promise<{ server: net.Server; port: number; sockets: Set<net.Socket> }> {
+async function listen(
+  onConnection: (s: net.Socket) => void,
+  where: { port?: number; path?: string } = {},
+): Promise<{ server: net.Server; port: number; sockets: Set<net.Socket> }> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer((s) => {
     sockets.add(s);
@@ -92,7 +95,12 @@ describe('console over TCP (ser2net)', () => {
     const { port } = await listen((s) => connected.resolve(s));
     const seen: { line: string; time: number }[] = [];
     const before = Date.now();
-    const capture = track(await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), { log: silentLogger, onLine: (line, time) => seen.push({ line, time }) }));
+    const capture = track(
+      await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), {
+        log: silentLogger,
+        onLine: (line, time) => seen.push({ line, time }),
+      }),
+    );
     const peer = await connected.promise;
 
     expect(capture.mark()).toBe(0);
@@ -121,7 +129,9 @@ describe('console over TCP (ser2net)', () => {
 
   it('turns a prompt without a line end into a line once the console is quiet', async () => {
     const { port } = await listen((s) => s.write('Debian GNU/Linux 12 pi ttyS0\r\n\r\npi login: '));
-    const capture = track(await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), { log: silentLogger, idleFlushMs: 50 }));
+    const capture = track(
+      await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), { log: silentLogger, idleFlushMs: 50 }),
+    );
     const match = await capture.waitFor(/login:\s*$/, { timeoutMs: 10_000, since: 0 });
     expect(match?.line).toBe('pi login: ');
   });
@@ -165,7 +175,13 @@ describe('console over TCP (ser2net)', () => {
     const lines = Array.from({ length: 100 }, (_, i) => `line ${String(i).padStart(3, '0')}`);
     const all = lines.map((l) => `${l}\r\n`).join('');
     const { port } = await listen((s) => s.write(all));
-    const capture = track(await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), { log: silentLogger, maxRecordBytes: 100, maxLines: 8 }));
+    const capture = track(
+      await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), {
+        log: silentLogger,
+        maxRecordBytes: 100,
+        maxLines: 8,
+      }),
+    );
     await capture.waitFor(/line 099/, { timeoutMs: 10_000, since: 0 });
     expect(capture.text()).toBe(all.slice(-100));
     expect(capture.stats()).toMatchObject({ bytes: all.length, droppedBytes: all.length - 100, lines: 100 });
@@ -219,7 +235,10 @@ describe('console over TCP (ser2net)', () => {
   it('close() ends the connection and stops reconnecting', async () => {
     const closedByPeer = deferred<void>();
     const { port } = await listen((s) => s.on('close', () => closedByPeer.resolve()));
-    const capture = await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), { log: silentLogger, reconnectMs: 10 });
+    const capture = await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), {
+      log: silentLogger,
+      reconnectMs: 10,
+    });
     await capture.close();
     await closedByPeer.promise; // the server saw the connection end
     expect(capture.stats().connected).toBe(false);
@@ -245,10 +264,14 @@ describe('console over TCP (ser2net)', () => {
   it('refuses a port where nothing listens with CONSOLE_UNAVAILABLE', async () => {
     const { server, sockets, port } = await listen(() => {});
     await closeServer(server, sockets);
-    const err = await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), { log: silentLogger }).catch((e: unknown) => e);
+    const err = await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), { log: silentLogger }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(ConsoleError);
     expect(err).toMatchObject({ code: 'CONSOLE_UNAVAILABLE' });
-    expect((err as Error).message).toBe(`console tcp:127.0.0.1:${port} is unavailable: nothing accepts connections at 127.0.0.1:${port} (is ser2net running, in raw mode, on that port?)`);
+    expect((err as Error).message).toBe(
+      `console tcp:127.0.0.1:${port} is unavailable: nothing accepts connections at 127.0.0.1:${port} (is ser2net running, in raw mode, on that port?)`,
+    );
   });
 });
 
@@ -262,22 +285,31 @@ describe('console over a unix socket (QEMU)', () => {
   it('reads lines from the socket', async () => {
     const socketPath = path.join(dir, 'serial.sock');
     await listen((s) => s.write('U-Boot 2023.01 (Jan 01 2023)\r\n=> '), { path: socketPath });
-    const capture = track(await openConsole(parseConsoleSpec(`unix:${socketPath}`), { log: silentLogger, idleFlushMs: 20 }));
+    const capture = track(
+      await openConsole(parseConsoleSpec(`unix:${socketPath}`), { log: silentLogger, idleFlushMs: 20 }),
+    );
     expect((await capture.waitFor(/^=> $/, { timeoutMs: 10_000, since: 0 }))?.index).toBe(1);
     expect(capture.lines()).toEqual(['U-Boot 2023.01 (Jan 01 2023)', '=> ']);
   });
 
   it('refuses a missing socket with CONSOLE_UNAVAILABLE naming the path', async () => {
     const socketPath = path.join(dir, 'absent.sock');
-    const err = await openConsole(parseConsoleSpec(`unix:${socketPath}`), { log: silentLogger }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'CONSOLE_UNAVAILABLE', message: expect.stringContaining(`${socketPath} does not exist`) });
+    const err = await openConsole(parseConsoleSpec(`unix:${socketPath}`), { log: silentLogger }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({
+      code: 'CONSOLE_UNAVAILABLE',
+      message: expect.stringContaining(`${socketPath} does not exist`),
+    });
   });
 });
 
 describe('console on a serial device (pseudo-terminal)', () => {
   /** A pty whose master is fed from the returned child's stdin; resolves with the slave's path. */
   async function pseudoTerminal(): Promise<{ device: string; child: ChildProcess; send(text: string): void }> {
-    const child = spawn('script', ['-q', '-c', 'tty; exec sleep 600', '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('script', ['-q', '-c', 'tty; exec sleep 600', '/dev/null'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     cleanups.push(async () => {
       if (child.exitCode !== null || child.signalCode !== null) return;
       const gone = new Promise<void>((resolve) => child.once('close', () => resolve()));
@@ -319,14 +351,21 @@ describe('console on a serial device (pseudo-terminal)', () => {
   it('refuses a missing device and a file that is not a terminal with CONSOLE_UNAVAILABLE', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'console-serial-'));
     cleanups.push(() => rm(dir, { recursive: true, force: true }));
-    const missing = await openConsole(parseConsoleSpec(`serial:${dir}/ttyUSB9@115200`), { log: silentLogger }).catch((e: unknown) => e);
+    const missing = await openConsole(parseConsoleSpec(`serial:${dir}/ttyUSB9@115200`), { log: silentLogger }).catch(
+      (e: unknown) => e,
+    );
     expect(missing).toMatchObject({
       code: 'CONSOLE_UNAVAILABLE',
       message: `console serial:${dir}/ttyUSB9@115200 is unavailable: ${dir}/ttyUSB9 does not exist (adapter unplugged, or another name: see ls -l /dev/serial/by-id/)`,
     });
     const file = path.join(dir, 'not-a-tty');
     await writeFile(file, 'x');
-    const notTty = await openConsole(parseConsoleSpec(`serial:${file}`), { log: silentLogger }).catch((e: unknown) => e);
-    expect(notTty).toMatchObject({ code: 'CONSOLE_UNAVAILABLE', message: expect.stringContaining(`${file} is not a terminal device`) });
+    const notTty = await openConsole(parseConsoleSpec(`serial:${file}`), { log: silentLogger }).catch(
+      (e: unknown) => e,
+    );
+    expect(notTty).toMatchObject({
+      code: 'CONSOLE_UNAVAILABLE',
+      message: expect.stringContaining(`${file} is not a terminal device`),
+    });
   });
 });

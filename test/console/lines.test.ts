@@ -23,7 +23,10 @@ describe('LineSplitter', () => {
   });
 
   it('gives the same lines wherever a chunk boundary falls, also inside \\r\\n and UTF-8', () => {
-    const input = Buffer.from('U-Boot 2023.01\r\n\r\nDRAM:  1 GiB\n\rgrüße ✓\r\rx\r\n\x1b[1;32mok\x1b[0m\r\nend\n', 'utf8');
+    const input = Buffer.from(
+      'U-Boot 2023.01\r\n\r\nDRAM:  1 GiB\n\rgrüße ✓\r\rx\r\n\x1b[1;32mok\x1b[0m\r\nend\n',
+      'utf8',
+    );
     const whole = split([input]);
     expect(whole).toEqual(['U-Boot 2023.01', '', 'DRAM:  1 GiB', 'grüße ✓', 'x', 'ok', 'end']);
     for (let cut = 1; cut < input.length; cut++) {
@@ -51,7 +54,11 @@ describe('LineSplitter', () => {
   });
 
   it('cuts endless lines at maxLineChars', () => {
-    expect(split(['x'.repeat(25) + '\n'], { maxLineChars: 10 })).toEqual(['x'.repeat(10), 'x'.repeat(10), 'x'.repeat(5)]);
+    expect(split(['x'.repeat(25) + '\n'], { maxLineChars: 10 })).toEqual([
+      'x'.repeat(10),
+      'x'.repeat(10),
+      'x'.repeat(5),
+    ]);
   });
 
   it('turns bytes that are not UTF-8 (a wrong baud rate) into U+FFFD', () => {

@@ -21,7 +21,11 @@ async function openWhenReady(spec: string, lines: string[]): Promise<ConsoleCapt
   const deadline = Date.now() + 10_000;
   for (;;) {
     try {
-      return await openConsole(parseConsoleSpec(spec), { log: silentLogger, idleFlushMs: 100, onLine: (line) => lines.push(line) });
+      return await openConsole(parseConsoleSpec(spec), {
+        log: silentLogger,
+        idleFlushMs: 100,
+        onLine: (line) => lines.push(line),
+      });
     } catch (err) {
       if (!(err instanceof ConsoleError) || Date.now() > deadline) throw err;
       await new Promise((resolve) => setTimeout(resolve, 50));
@@ -50,7 +54,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
     await rm(workDir, { recursive: true, force: true });
   });
 
-  it('U-Boot\'s banner, its boot command\'s output and its prompt arrive through unix:<socket> after a reset', async () => {
+  it("U-Boot's banner, its boot command's output and its prompt arrive through unix:<socket> after a reset", async () => {
     const serialSocket = join(workDir, 'serial.sock');
     const board = await startQemuBoard({
       ubootBin,

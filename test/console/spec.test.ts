@@ -40,9 +40,12 @@ describe('parseConsoleSpec', () => {
     expect(() => parseConsoleSpec(text)).toThrow(reason);
   });
 
-  it.each(['serial:/dev/ttyUSB0@115200', 'tcp:10.0.0.5:2001', 'tcp:[fd00::5]:2001', 'unix:/run/q.sock'])('formats %j back to itself', (text) => {
-    expect(formatConsoleSpec(parseConsoleSpec(text))).toBe(text);
-  });
+  it.each(['serial:/dev/ttyUSB0@115200', 'tcp:10.0.0.5:2001', 'tcp:[fd00::5]:2001', 'unix:/run/q.sock'])(
+    'formats %j back to itself',
+    (text) => {
+      expect(formatConsoleSpec(parseConsoleSpec(text))).toBe(text);
+    },
+  );
 
   it('formats a serial spec with its default rate spelled out', () => {
     expect(formatConsoleSpec(parseConsoleSpec('serial:/dev/ttyUSB3'))).toBe('serial:/dev/ttyUSB3@115200');

@@ -59,7 +59,11 @@ export async function buildTestImage(dir: string, name: string, o: TestImageOpti
   await fh.close();
   const diskId = o.diskId ?? '0x5eed1234';
   const type = o.bootType ?? (o.fat === 32 ? 'c' : o.fat === 16 ? 'e' : '1');
-  const table = [`label: dos`, `label-id: ${diskId}`, `start=${start / 512}, size=${bootSize / 512}, type=${type}, bootable`];
+  const table = [
+    `label: dos`,
+    `label-id: ${diskId}`,
+    `start=${start / 512}, size=${bootSize / 512}, type=${type}, bootable`,
+  ];
   if (rootSize) table.push(`start=${(start + bootSize) / 512}, size=${rootSize / 512}, type=83`);
   await runWithInput('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', file], table.join('\n') + '\n');
   const mkfsArgs = ['-F', String(o.fat), '--offset', String(start / 512), '-n', 'BOOTFS', '-i', '5eed0001'];
@@ -72,14 +76,29 @@ export async function buildTestImage(dir: string, name: string, o: TestImageOpti
       const rootDir = path.join(dir, `${name}.rootfs`);
       await mkdir(path.join(rootDir, 'etc'), { recursive: true });
       const id = diskId.replace(/^0x/, '');
-      await writeFile(path.join(rootDir, 'etc', 'fstab'), `proc /proc proc defaults 0 0\nPARTUUID=${id}-01 /boot/firmware vfat defaults 0 2\nPARTUUID=${id}-02 / ext4 defaults,noatime 0 1\n`);
-      await run('mkfs.ext4', ['-q', '-F', '-L', 'rootfs', '-E', `offset=${start + bootSize}`, '-d', rootDir, file, `${rootSize / 1024}k`]);
+      await writeFile(
+        path.join(rootDir, 'etc', 'fstab'),
+        `proc /proc proc defaults 0 0\nPARTUUID=${id}-01 /boot/firmware vfat defaults 0 2\nPARTUUID=${id}-02 / ext4 defaults,noatime 0 1\n`,
+      );
+      await run('mkfs.ext4', [
+        '-q',
+        '-F',
+        '-L',
+        'rootfs',
+        '-E',
+        `offset=${start + bootSize}`,
+        '-d',
+        rootDir,
+        file,
+        `${rootSize / 1024}k`,
+      ]);
     } else if (!o.sparseRoot) {
       // Recognisable filler: the test checks not one byte of it changes.
       const fill = Buffer.alloc(MiB);
       for (let i = 0; i < fill.length; i++) fill[i] = (i * 7 + 3) & 0xff;
       const w = await open(file, 'r+');
-      for (let at = 0; at < rootSize; at += MiB) await w.write(fill, 0, Math.min(MiB, rootSize - at), start + bootSize + at);
+      for (let at = 0; at < rootSize; at += MiB)
+        await w.write(fill, 0, Math.min(MiB, rootSize - at), start + bootSize + at);
       await w.close();
     }
   }
@@ -88,7 +107,9 @@ export async function buildTestImage(dir: string, name: string, o: TestImageOpti
 
 async function runWithInput(cmd: string, args: string[], input: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    const child = execFile(cmd, args, (err, _stdout, stderr) => (err ? reject(new Error(`${cmd} failed: ${stderr || err.message}`)) : resolve()));
+    const child = execFile(cmd, args, (err, _stdout, stderr) =>
+      err ? reject(new Error(`${cmd} failed: ${stderr || err.message}`)) : resolve(),
+    );
     child.stdin!.end(input);
   });
 }
@@ -104,14 +125,18 @@ export async function putFiles(file: string, offset: number, files: Record<strin
     await rm(stage, { recursive: true, force: true });
     await mkdir(stage);
     for (const [name, content] of top) await writeFile(path.join(stage, name), content);
-    await run('mcopy', ['-o', '-i', img(file, offset), ...top.map(([name]) => path.join(stage, name)), '::/'], { env: MTOOLS_ENV });
+    await run('mcopy', ['-o', '-i', img(file, offset), ...top.map(([name]) => path.join(stage, name)), '::/'], {
+      env: MTOOLS_ENV,
+    });
     await rm(stage, { recursive: true, force: true });
   }
   for (const [name, content] of Object.entries(files)) {
     if (!name.includes('/')) continue;
     const parts = name.split('/');
     for (let i = 1; i < parts.length; i++) {
-      await run('mmd', ['-D', 's', '-i', img(file, offset), `::/${parts.slice(0, i).join('/')}`], { env: MTOOLS_ENV }).catch(() => {});
+      await run('mmd', ['-D', 's', '-i', img(file, offset), `::/${parts.slice(0, i).join('/')}`], {
+        env: MTOOLS_ENV,
+      }).catch(() => {});
     }
     await writeFile(tmp, content);
     await run('mcopy', ['-o', '-i', img(file, offset), tmp, `::/${name}`], { env: MTOOLS_ENV });
@@ -134,7 +159,10 @@ export async function mtoolsList(file: string, offset: number): Promise<string> 
 /** The bare names in the root directory (`mdir -b`). */
 export async function mtoolsNames(file: string, offset: number): Promise<string[]> {
   const { stdout } = await run('mdir', ['-b', '-i', img(file, offset), '::/'], { env: MTOOLS_ENV });
-  return stdout.split('\n').filter(Boolean).map((l) => l.replace(/^::\//, ''));
+  return stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.replace(/^::\//, ''));
 }
 
 /**

@@ -7,18 +7,46 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyPatchesToFile, BufferImageReader, type ImageReader } from '../../runner-agent/src/image/disk.js';
-import { InjectError, planInjection, planInjectionFrom, type InjectOptions, type InjectResult } from '../../runner-agent/src/image/inject.js';
+import {
+  InjectError,
+  planInjection,
+  planInjectionFrom,
+  type InjectOptions,
+  type InjectResult,
+} from '../../runner-agent/src/image/inject.js';
 import { COMMENT_PREFIX, INJECT_BEGIN } from '../../runner-agent/src/image/boot-config.js';
 import { countFreeSlots, FatVolume } from '../../runner-agent/src/image/fat.js';
 import { findBootPartition, parseMbr } from '../../runner-agent/src/image/mbr.js';
 import { SectorOverlay } from '../../runner-agent/src/image/disk.js';
-import { buildTestImage, fsckBoot, mtoolsList, mtoolsNames, mtoolsRead, putFiles, type TestImage } from './build-image.js';
-import { fakeArm64Image, fakeGzipArm64Image, fakeUboot, fakeZImage, PI_OS_CMDLINE, PI_OS_CONFIG, stage1Script } from './fixtures.js';
+import {
+  buildTestImage,
+  fsckBoot,
+  mtoolsList,
+  mtoolsNames,
+  mtoolsRead,
+  putFiles,
+  type TestImage,
+} from './build-image.js';
+import {
+  fakeArm64Image,
+  fakeGzipArm64Image,
+  fakeUboot,
+  fakeZImage,
+  PI_OS_CMDLINE,
+  PI_OS_CONFIG,
+  stage1Script,
+} from './fixtures.js';
 
 let dir: string;
 const uboot = fakeUboot();
 const bootScr = stage1Script();
-const opts = (extra: Partial<InjectOptions> = {}): InjectOptions => ({ ubootBin: uboot, bootScr, model: 'pi4', now: new Date(Date.UTC(2026, 0, 2, 3, 4, 6)), ...extra });
+const opts = (extra: Partial<InjectOptions> = {}): InjectOptions => ({
+  ubootBin: uboot,
+  bootScr,
+  model: 'pi4',
+  now: new Date(Date.UTC(2026, 0, 2, 3, 4, 6)),
+  ...extra,
+});
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'rpi-flash-inject-'));
@@ -48,7 +76,9 @@ async function expectOnlyBootPartitionChanged(image: TestImage, patched: string,
   expect(b.length).toBe(a.length);
   // Everything outside the boot partition (MBR, gap, root file system with its fstab) is identical.
   expect(b.subarray(0, image.bootOffset).equals(a.subarray(0, image.bootOffset))).toBe(true);
-  expect(b.subarray(image.bootOffset + image.bootSize).equals(a.subarray(image.bootOffset + image.bootSize))).toBe(true);
+  expect(b.subarray(image.bootOffset + image.bootSize).equals(a.subarray(image.bootOffset + image.bootSize))).toBe(
+    true,
+  );
 }
 
 /** The boot partition's root directory as this project's own reader sees it. */
@@ -82,7 +112,14 @@ describe('a Raspberry Pi OS-like image (FAT32 boot, ext4 root)', () => {
       bootMiB: 40,
       rootMiB: 16,
       ext4: true,
-      files: { 'config.txt': PI_OS_CONFIG, 'cmdline.txt': PI_OS_CMDLINE, 'kernel8.img': kernel, initramfs8: initramfs, 'kernel7l.img': fakeZImage(), 'bcm2711-rpi-4-b.dtb': Buffer.alloc(5000, 1) },
+      files: {
+        'config.txt': PI_OS_CONFIG,
+        'cmdline.txt': PI_OS_CMDLINE,
+        'kernel8.img': kernel,
+        initramfs8: initramfs,
+        'kernel7l.img': fakeZImage(),
+        'bcm2711-rpi-4-b.dtb': Buffer.alloc(5000, 1),
+      },
     });
     result = await planInjection(image.path, image.size, opts());
     patched = await patchedCopy(image, result, 'pios-patched.img');
@@ -92,14 +129,22 @@ describe('a Raspberry Pi OS-like image (FAT32 boot, ext4 root)', () => {
     const fsck = await fsckBoot(image, patched);
     expect(fsck.output).not.toMatch(/differ|wrong|invalid|corrected/i);
     expect(fsck.clean).toBe(true);
-    expect(result.bootPartition).toMatchObject({ index: 1, type: 0x0c, fat: 'FAT32', offset: image.bootOffset, size: image.bootSize });
+    expect(result.bootPartition).toMatchObject({
+      index: 1,
+      type: 0x0c,
+      fat: 'FAT32',
+      offset: image.bootOffset,
+      size: image.bootSize,
+    });
   });
 
   it('puts U-Boot and stage 1 in, byte for byte, under their long names', async () => {
     expect((await mtoolsRead(patched, image.bootOffset, 'u-boot.bin')).equals(uboot)).toBe(true);
     expect((await mtoolsRead(patched, image.bootOffset, 'boot.scr')).equals(bootScr)).toBe(true);
     const names = await mtoolsNames(patched, image.bootOffset);
-    expect(names).toEqual(expect.arrayContaining(['u-boot.bin', 'boot.scr', 'rpi-flash.env', 'config.txt', 'kernel8.img']));
+    expect(names).toEqual(
+      expect.arrayContaining(['u-boot.bin', 'boot.scr', 'rpi-flash.env', 'config.txt', 'kernel8.img']),
+    );
     expect(await mtoolsList(patched, image.bootOffset)).toMatch(/RPI-FL~1 ENV\s+\d+.*rpi-flash\.env/);
     expect(result.files).toEqual(['u-boot.bin', 'boot.scr', 'rpi-flash.env', 'config.txt']);
   });
@@ -112,7 +157,12 @@ describe('a Raspberry Pi OS-like image (FAT32 boot, ext4 root)', () => {
     expect(env).toContain('\nrpf_kernel_comp=gzip\n');
     expect(env).toContain(`\nrpf_bootargs=${PI_OS_CMDLINE.trim()}\n`);
     expect(env).toContain('\nrpf_bootpart=1\n');
-    expect(result.env).toMatchObject({ rpf_kernel: 'kernel8.img', rpf_initrd: 'initramfs8', rpf_arm64: '1', rpf_bootargs: PI_OS_CMDLINE.trim() });
+    expect(result.env).toMatchObject({
+      rpf_kernel: 'kernel8.img',
+      rpf_initrd: 'initramfs8',
+      rpf_arm64: '1',
+      rpf_bootargs: PI_OS_CMDLINE.trim(),
+    });
   });
 
   it('rewrites config.txt to start U-Boot and keeps every other line verbatim', async () => {
@@ -163,22 +213,40 @@ describe('a Raspberry Pi OS-like image (FAT32 boot, ext4 root)', () => {
 
 describe('other layouts', () => {
   it('FAT16: explicit kernel= and initramfs lines in model sections, a 32-bit board', async () => {
-    const config = 'disable_splash=1\r\n[pi3]\r\nkernel=kernel7.img\r\n[pi4]\r\nkernel=zImage-custom\r\ninitramfs initrd.img followkernel\r\n[all]\r\ngpu_mem=64\r\n';
+    const config =
+      'disable_splash=1\r\n[pi3]\r\nkernel=kernel7.img\r\n[pi4]\r\nkernel=zImage-custom\r\ninitramfs initrd.img followkernel\r\n[all]\r\ngpu_mem=64\r\n';
     const image = await buildTestImage(dir, 'fat16.img', {
       fat: 16,
       bootMiB: 20,
       rootMiB: 4,
-      files: { 'config.txt': config, 'cmdline.txt': 'root=/dev/mmcblk0p2 rw', 'zImage-custom': fakeZImage(), 'kernel7.img': fakeZImage(), 'initrd.img': Buffer.alloc(3000, 7) },
+      files: {
+        'config.txt': config,
+        'cmdline.txt': 'root=/dev/mmcblk0p2 rw',
+        'zImage-custom': fakeZImage(),
+        'kernel7.img': fakeZImage(),
+        'initrd.img': Buffer.alloc(3000, 7),
+      },
     });
-    const result = await planInjection(image.path, image.size, opts({ model: 'pi4-32', ubootBin: fakeUboot(400 * 1024) }));
+    const result = await planInjection(
+      image.path,
+      image.size,
+      opts({ model: 'pi4-32', ubootBin: fakeUboot(400 * 1024) }),
+    );
     const patched = await patchedCopy(image, result, 'fat16-patched.img');
     expect(result.bootPartition.fat).toBe('FAT16');
     expect((await fsckBoot(image, patched)).clean).toBe(true);
-    expect(result.env).toMatchObject({ rpf_kernel: 'zImage-custom', rpf_initrd: 'initrd.img', rpf_arm64: '0', rpf_bootargs: 'root=/dev/mmcblk0p2 rw' });
+    expect(result.env).toMatchObject({
+      rpf_kernel: 'zImage-custom',
+      rpf_initrd: 'initrd.img',
+      rpf_arm64: '0',
+      rpf_bootargs: 'root=/dev/mmcblk0p2 rw',
+    });
     const out = (await mtoolsRead(patched, image.bootOffset, 'config.txt')).toString();
-    expect(out.startsWith(
-      `disable_splash=1\r\n[pi3]\r\n${COMMENT_PREFIX}kernel=kernel7.img\r\n[pi4]\r\n${COMMENT_PREFIX}kernel=zImage-custom\r\n${COMMENT_PREFIX}initramfs initrd.img followkernel\r\n[all]\r\ngpu_mem=64\r\n${INJECT_BEGIN}`,
-    )).toBe(true);
+    expect(
+      out.startsWith(
+        `disable_splash=1\r\n[pi3]\r\n${COMMENT_PREFIX}kernel=kernel7.img\r\n[pi4]\r\n${COMMENT_PREFIX}kernel=zImage-custom\r\n${COMMENT_PREFIX}initramfs initrd.img followkernel\r\n[all]\r\ngpu_mem=64\r\n${INJECT_BEGIN}`,
+      ),
+    ).toBe(true);
     expect(out).toContain('\r\nkernel=u-boot.bin\r\narm_64bit=0\r\n');
     await expectOnlyBootPartitionChanged(image, patched, result);
   });
@@ -191,7 +259,11 @@ describe('other layouts', () => {
       startMiB: 1,
       files: { 'kernel7.img': fakeZImage(300 * 1024), 'cmdline.txt': 'console=ttyAMA0 root=/dev/mmcblk0p2' },
     });
-    const result = await planInjection(image.path, image.size, opts({ model: 'pi3-32', ubootBin: fakeUboot(500 * 1024) }));
+    const result = await planInjection(
+      image.path,
+      image.size,
+      opts({ model: 'pi3-32', ubootBin: fakeUboot(500 * 1024) }),
+    );
     const patched = await patchedCopy(image, result, 'fat12-patched.img');
     expect(result.bootPartition.fat).toBe('FAT12');
     const fsck = await fsckBoot(image, patched);
@@ -208,7 +280,13 @@ describe('other layouts', () => {
   it('FAT32 with one-sector clusters: a full root directory grows by a cluster', async () => {
     const files: Record<string, string | Buffer> = { 'config.txt': 'arm_64bit=1\n', 'kernel8.img': fakeArm64Image() };
     for (let i = 0; i < 14; i++) files[`overlay-number-${i}.dtbo`] = `overlay ${i}`;
-    const image = await buildTestImage(dir, 'fat32-dir.img', { fat: 32, bootMiB: 40, rootMiB: 0, sectorsPerCluster: 1, files });
+    const image = await buildTestImage(dir, 'fat32-dir.img', {
+      fat: 32,
+      bootMiB: 40,
+      rootMiB: 0,
+      sectorsPerCluster: 1,
+      files,
+    });
     // Fill the root directory's last cluster exactly, with one-slot 8.3 names.
     const before = await rootDirectory(image.path);
     const filler: Record<string, string> = {};
@@ -222,7 +300,8 @@ describe('other layouts', () => {
     expect((await fsckBoot(image, patched)).clean).toBe(true);
     expect((await rootDirectory(patched)).dir.clusters!.length).toBeGreaterThan(full.dir.clusters!.length);
     const names = await mtoolsNames(patched, image.bootOffset);
-    for (const n of [...Object.keys(files), ...Object.keys(filler), 'u-boot.bin', 'boot.scr', 'rpi-flash.env']) expect(names).toContain(n);
+    for (const n of [...Object.keys(files), ...Object.keys(filler), 'u-boot.bin', 'boot.scr', 'rpi-flash.env'])
+      expect(names).toContain(n);
   });
 
   it('follows include files and turns off their kernel lines too', async () => {
@@ -230,22 +309,46 @@ describe('other layouts', () => {
       fat: 32,
       bootMiB: 34,
       rootMiB: 0,
-      files: { 'config.txt': 'include syscfg.txt\ninclude usercfg.txt\n', 'syscfg.txt': 'arm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\ncmdline=cmd.txt\n', 'usercfg.txt': '# user settings\n', vmlinuz: fakeArm64Image(), 'initrd.img': 'x', 'cmd.txt': 'root=LABEL=writable\n' },
+      files: {
+        'config.txt': 'include syscfg.txt\ninclude usercfg.txt\n',
+        'syscfg.txt': 'arm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\ncmdline=cmd.txt\n',
+        'usercfg.txt': '# user settings\n',
+        vmlinuz: fakeArm64Image(),
+        'initrd.img': 'x',
+        'cmd.txt': 'root=LABEL=writable\n',
+      },
     });
     const result = await planInjection(image.path, image.size, opts());
     const patched = await patchedCopy(image, result, 'include-patched.img');
     const fsck = await fsckBoot(image, patched);
     expect(fsck.output).not.toMatch(/differ|wrong|invalid|corrected/i);
     expect(fsck.clean).toBe(true);
-    expect(result.env).toMatchObject({ rpf_kernel: 'vmlinuz', rpf_initrd: 'initrd.img', rpf_arm64: '1', rpf_bootargs: 'root=LABEL=writable', rpf_kernel_comp: 'none' });
+    expect(result.env).toMatchObject({
+      rpf_kernel: 'vmlinuz',
+      rpf_initrd: 'initrd.img',
+      rpf_arm64: '1',
+      rpf_bootargs: 'root=LABEL=writable',
+      rpf_kernel_comp: 'none',
+    });
     expect(result.files).toContain('syscfg.txt');
-    expect((await mtoolsRead(patched, image.bootOffset, 'syscfg.txt')).toString()).toBe(`arm_64bit=1\n${COMMENT_PREFIX}kernel=vmlinuz\n${COMMENT_PREFIX}initramfs initrd.img followkernel\ncmdline=cmd.txt\n`);
+    expect((await mtoolsRead(patched, image.bootOffset, 'syscfg.txt')).toString()).toBe(
+      `arm_64bit=1\n${COMMENT_PREFIX}kernel=vmlinuz\n${COMMENT_PREFIX}initramfs initrd.img followkernel\ncmdline=cmd.txt\n`,
+    );
     expect((await mtoolsRead(patched, image.bootOffset, 'usercfg.txt')).toString()).toBe('# user settings\n');
   });
 
   it('adds static network values for stage 1 to the env file', async () => {
-    const image = await buildTestImage(dir, 'extra.img', { fat: 16, bootMiB: 16, rootMiB: 0, files: { 'kernel8.img': fakeArm64Image() } });
-    const result = await planInjection(image.path, image.size, opts({ extraEnv: { rpf_ipaddr: '10.0.0.5', rpf_serverip: '10.0.0.1' }, envName: 'lab.env' }));
+    const image = await buildTestImage(dir, 'extra.img', {
+      fat: 16,
+      bootMiB: 16,
+      rootMiB: 0,
+      files: { 'kernel8.img': fakeArm64Image() },
+    });
+    const result = await planInjection(
+      image.path,
+      image.size,
+      opts({ extraEnv: { rpf_ipaddr: '10.0.0.5', rpf_serverip: '10.0.0.1' }, envName: 'lab.env' }),
+    );
     const patched = await patchedCopy(image, result, 'extra-patched.img');
     const env = (await mtoolsRead(patched, image.bootOffset, 'lab.env')).toString();
     expect(env).toContain('\nrpf_ipaddr=10.0.0.5\nrpf_serverip=10.0.0.1\n');
@@ -255,7 +358,12 @@ describe('other layouts', () => {
 describe('bad images are refused with a stable code', () => {
   let good: TestImage;
   beforeAll(async () => {
-    good = await buildTestImage(dir, 'good.img', { fat: 32, bootMiB: 34, rootMiB: 8, files: { 'config.txt': 'arm_64bit=1\n', 'kernel8.img': fakeArm64Image() } });
+    good = await buildTestImage(dir, 'good.img', {
+      fat: 32,
+      bootMiB: 34,
+      rootMiB: 8,
+      files: { 'config.txt': 'arm_64bit=1\n', 'kernel8.img': fakeArm64Image() },
+    });
   });
 
   it('not a disk image: random bytes, a compressed file, a bare file system', async () => {
@@ -282,11 +390,19 @@ describe('bad images are refused with a stable code', () => {
     const cut = path.join(dir, 'cut.img');
     const full = await readFile(good.path);
     await writeFile(cut, full.subarray(0, good.rootOffset + 1024 * 1024));
-    await expectInjectError(planInjection(cut, good.rootOffset + 1024 * 1024, opts()), 'IMAGE_TRUNCATED', /partition 2 .* ends at byte \d+ but the image has only/);
+    await expectInjectError(
+      planInjection(cut, good.rootOffset + 1024 * 1024, opts()),
+      'IMAGE_TRUNCATED',
+      /partition 2 .* ends at byte \d+ but the image has only/,
+    );
     // A file shorter than the size it is said to have, cut inside the boot partition's FAT.
     const cutBoot = path.join(dir, 'cut-boot.img');
     await writeFile(cutBoot, full.subarray(0, good.bootOffset + 100 * 1024));
-    await expectInjectError(planInjection(cutBoot, full.length, opts()), 'IMAGE_TRUNCATED', /ends at byte \d+, before byte \d+ that the image needs/);
+    await expectInjectError(
+      planInjection(cutBoot, full.length, opts()),
+      'IMAGE_TRUNCATED',
+      /ends at byte \d+, before byte \d+ that the image needs/,
+    );
   });
 
   it('GPT: a clear "not supported yet"', async () => {
@@ -295,8 +411,14 @@ describe('bad images are refused with a stable code', () => {
     await fh.truncate(8 * 1024 * 1024);
     await fh.close();
     const { execFileSync } = await import('node:child_process');
-    execFileSync('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', gpt], { input: 'label: gpt\nsize=4MiB, type=uefi\n' });
-    await expectInjectError(planInjection(gpt, 8 * 1024 * 1024, opts()), 'IMAGE_GPT_UNSUPPORTED', /GPT images are not supported yet/);
+    execFileSync('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', gpt], {
+      input: 'label: gpt\nsize=4MiB, type=uefi\n',
+    });
+    await expectInjectError(
+      planInjection(gpt, 8 * 1024 * 1024, opts()),
+      'IMAGE_GPT_UNSUPPORTED',
+      /GPT images are not supported yet/,
+    );
   });
 
   it('no FAT partition, or a FAT-typed partition without a FAT file system', async () => {
@@ -305,56 +427,115 @@ describe('bad images are refused with a stable code', () => {
     const fh = await open(linuxOnly, 'r+');
     await fh.write(Buffer.from([0x83]), 0, 1, 446 + 4); // partition 1 becomes type Linux
     await fh.close();
-    await expectInjectError(planInjection(linuxOnly, good.size, opts()), 'IMAGE_NO_BOOT_PARTITION', /no FAT boot partition.*1: type 0x83, 2: type 0x83/);
+    await expectInjectError(
+      planInjection(linuxOnly, good.size, opts()),
+      'IMAGE_NO_BOOT_PARTITION',
+      /no FAT boot partition.*1: type 0x83, 2: type 0x83/,
+    );
     const wiped = path.join(dir, 'wiped.img');
     await copyFile(good.path, wiped);
     const w = await open(wiped, 'r+');
     await w.write(Buffer.alloc(512), 0, 512, good.bootOffset);
     await w.close();
-    await expectInjectError(planInjection(wiped, good.size, opts()), 'IMAGE_NO_BOOT_PARTITION', /holds no valid FAT file system/);
+    await expectInjectError(
+      planInjection(wiped, good.size, opts()),
+      'IMAGE_NO_BOOT_PARTITION',
+      /holds no valid FAT file system/,
+    );
   });
 
   it('a boot partition too small for U-Boot: sizes in the message', async () => {
-    const small = await buildTestImage(dir, 'small.img', { fat: 12, bootMiB: 1, rootMiB: 1, startMiB: 1, files: { 'kernel8.img': fakeArm64Image(400 * 1024) } });
-    await expectInjectError(planInjection(small.path, small.size, opts()), 'BOOT_PARTITION_FULL', /has \d+\.\d KiB free.*u-boot\.bin 600\.0 KiB.*short/);
+    const small = await buildTestImage(dir, 'small.img', {
+      fat: 12,
+      bootMiB: 1,
+      rootMiB: 1,
+      startMiB: 1,
+      files: { 'kernel8.img': fakeArm64Image(400 * 1024) },
+    });
+    await expectInjectError(
+      planInjection(small.path, small.size, opts()),
+      'BOOT_PARTITION_FULL',
+      /has \d+\.\d KiB free.*u-boot\.bin 600\.0 KiB.*short/,
+    );
   });
 
   it('a FAT16 root directory without free entries', async () => {
     // A small fixed root directory (mkfs may round it up to fill its sectors), filled with one-slot
     // 8.3 names until two entries are left: the four new files need eight.
-    const image = await buildTestImage(dir, 'rootfull.img', { fat: 16, bootMiB: 16, rootMiB: 0, rootEntries: 32, files: { 'KERNEL8.IMG': fakeArm64Image() } });
+    const image = await buildTestImage(dir, 'rootfull.img', {
+      fat: 16,
+      bootMiB: 16,
+      rootMiB: 0,
+      rootEntries: 32,
+      files: { 'KERNEL8.IMG': fakeArm64Image() },
+    });
     const { dir: root } = await rootDirectory(image.path);
     const filler: Record<string, string> = {};
     for (let i = 0; i < countFreeSlots(root) - 2; i++) filler[`F${i}.TXT`] = 'x';
     await putFiles(image.path, image.bootOffset, filler);
-    await expectInjectError(planInjection(image.path, image.size, opts()), 'BOOT_PARTITION_FULL', new RegExp(`FAT16 root directory is full: 8 entries are needed .*, 2 of ${root.slotCount} are free`));
+    await expectInjectError(
+      planInjection(image.path, image.size, opts()),
+      'BOOT_PARTITION_FULL',
+      new RegExp(`FAT16 root directory is full: 8 entries are needed .*, 2 of ${root.slotCount} are free`),
+    );
   });
 
   it('config.txt directives that change what is loaded: os_prefix, kernel_address, unevaluable sections, missing kernel', async () => {
     const cases: [string, Record<string, string | Buffer>, RegExp][] = [
       ['os_prefix=new/\n', {}, /config\.txt line 1 "os_prefix=new\/": os_prefix moves/],
       ['arm_64bit=1\nkernel_address=0x200000\n', {}, /line 2 "kernel_address=0x200000"/],
-      ['[EDID=VSC-TD2220]\nkernel=other.img\n[all]\n', { 'other.img': fakeArm64Image() }, /line 2 "kernel=other\.img".*\[EDID=VSC-TD2220\]/],
+      [
+        '[EDID=VSC-TD2220]\nkernel=other.img\n[all]\n',
+        { 'other.img': fakeArm64Image() },
+        /line 2 "kernel=other\.img".*\[EDID=VSC-TD2220\]/,
+      ],
       ['kernel=missing.img\n', {}, /names kernel missing\.img, which is not on the boot partition/],
       ['kernel=uboot_rpi_4.bin\n', { 'uboot_rpi_4.bin': 'x' }, /already starts its own U-Boot/],
       ['include nothere.txt\n', {}, /included file nothere\.txt is not on the boot partition/],
     ];
     let n = 0;
     for (const [config, extra, message] of cases) {
-      const image = await buildTestImage(dir, `cfg-${n++}.img`, { fat: 16, bootMiB: 16, rootMiB: 0, files: { 'config.txt': config, 'kernel8.img': fakeArm64Image(), ...extra } });
+      const image = await buildTestImage(dir, `cfg-${n++}.img`, {
+        fat: 16,
+        bootMiB: 16,
+        rootMiB: 0,
+        files: { 'config.txt': config, 'kernel8.img': fakeArm64Image(), ...extra },
+      });
       await expectInjectError(planInjection(image.path, image.size, opts()), 'BOOT_CONFIG_UNSUPPORTED', message);
     }
   }, 120_000);
 
   it('a model section without a model is refused, with the model it is accepted', async () => {
-    const image = await buildTestImage(dir, 'modelsec.img', { fat: 16, bootMiB: 16, rootMiB: 0, files: { 'config.txt': '[pi3]\nkernel=k3.img\n[pi4]\nkernel=k4.img\n[all]\n', 'k3.img': fakeArm64Image(), 'k4.img': fakeArm64Image() } });
-    await expectInjectError(planInjection(image.path, image.size, opts({ model: undefined })), 'BOOT_CONFIG_UNSUPPORTED', /\[pi3\].*unknown board model/);
+    const image = await buildTestImage(dir, 'modelsec.img', {
+      fat: 16,
+      bootMiB: 16,
+      rootMiB: 0,
+      files: {
+        'config.txt': '[pi3]\nkernel=k3.img\n[pi4]\nkernel=k4.img\n[all]\n',
+        'k3.img': fakeArm64Image(),
+        'k4.img': fakeArm64Image(),
+      },
+    });
+    await expectInjectError(
+      planInjection(image.path, image.size, opts({ model: undefined })),
+      'BOOT_CONFIG_UNSUPPORTED',
+      /\[pi3\].*unknown board model/,
+    );
     expect((await planInjection(image.path, image.size, opts({ model: 'pi3' }))).env.rpf_kernel).toBe('k3.img');
     expect((await planInjection(image.path, image.size, opts({ model: 'pi4' }))).env.rpf_kernel).toBe('k4.img');
   });
 
   it('a 32-bit image for a 64-bit U-Boot', async () => {
-    const image = await buildTestImage(dir, 'armhf.img', { fat: 16, bootMiB: 16, rootMiB: 0, files: { 'config.txt': 'arm_64bit=0\n', 'kernel7l.img': fakeZImage() } });
-    await expectInjectError(planInjection(image.path, image.size, opts({ model: 'pi4' })), 'BOOT_CONFIG_UNSUPPORTED', /32-bit kernel \(kernel7l\.img, ARM zImage\).*use model pi4-32/);
+    const image = await buildTestImage(dir, 'armhf.img', {
+      fat: 16,
+      bootMiB: 16,
+      rootMiB: 0,
+      files: { 'config.txt': 'arm_64bit=0\n', 'kernel7l.img': fakeZImage() },
+    });
+    await expectInjectError(
+      planInjection(image.path, image.size, opts({ model: 'pi4' })),
+      'BOOT_CONFIG_UNSUPPORTED',
+      /32-bit kernel \(kernel7l\.img, ARM zImage\).*use model pi4-32/,
+    );
   });
 });

@@ -42,13 +42,23 @@ beforeAll(async () => {
     fat: 16,
     bootMiB: 16,
     rootMiB: 8,
-    files: { 'config.txt': PI_OS_CONFIG, 'cmdline.txt': PI_OS_CMDLINE, 'kernel8.img': fakeGzipArm64Image(), initramfs8: 'initramfs' },
+    files: {
+      'config.txt': PI_OS_CONFIG,
+      'cmdline.txt': PI_OS_CMDLINE,
+      'kernel8.img': fakeGzipArm64Image(),
+      initramfs8: 'initramfs',
+    },
   });
   ubootFile = path.join(dir, 'u-boot.bin');
   scrFile = path.join(dir, 'boot.scr');
   await writeFile(ubootFile, fakeUboot());
   await writeFile(scrFile, stage1Script());
-  const plan = await planInjection(image.path, image.size, { ubootBin: await readFile(ubootFile), bootScr: await readFile(scrFile), model: 'pi4', now: NOW });
+  const plan = await planInjection(image.path, image.size, {
+    ubootBin: await readFile(ubootFile),
+    bootScr: await readFile(scrFile),
+    model: 'pi4',
+    now: NOW,
+  });
   const copy = path.join(dir, 'expected.img');
   await copyFile(image.path, copy);
   await applyPatchesToFile(copy, plan.patches);
@@ -65,11 +75,24 @@ describe('make-card to a file', () => {
       if (compression !== 'none') {
         source = `${image.path}.${compression}`;
         const raw = await readFile(image.path);
-        const packed = compression === 'gz' ? gzipSync(raw) : execFileSync(compression === 'xz' ? 'xz' : 'zstd', ['-c', '-q', '-T1'], { input: raw, maxBuffer: 64 * 1024 * 1024 });
+        const packed =
+          compression === 'gz'
+            ? gzipSync(raw)
+            : execFileSync(compression === 'xz' ? 'xz' : 'zstd', ['-c', '-q', '-T1'], {
+                input: raw,
+                maxBuffer: 64 * 1024 * 1024,
+              });
         await writeFile(source, packed);
       }
       const out = path.join(dir, `card-${compression}.img`);
-      const result = await makeCard({ image: source, model: getPiModel('pi4'), out, uboot: ubootFile, bootScr: scrFile, now: NOW });
+      const result = await makeCard({
+        image: source,
+        model: getPiModel('pi4'),
+        out,
+        uboot: ubootFile,
+        bootScr: scrFile,
+        now: NOW,
+      });
       expect(result.imageSize).toBe(image.size);
       expect((await readFile(out)).equals(expected)).toBe(true);
       expect(existsSync(`${out}.partial`)).toBe(false);
@@ -80,15 +103,22 @@ describe('make-card to a file', () => {
   it('through the CLI, with the project stage 1 by default and static network values', async () => {
     const out = path.join(dir, 'card-cli.img');
     const c = capture();
-    const code = await makeCardMain(['--image', image.path, '--model', 'pi4', '--out', out, '--uboot', ubootFile, '--env', 'rpf_serverip=10.0.0.1'], c.io);
+    const code = await makeCardMain(
+      ['--image', image.path, '--model', 'pi4', '--out', out, '--uboot', ubootFile, '--env', 'rpf_serverip=10.0.0.1'],
+      c.io,
+    );
     expect(c.text().stderr).toBe('');
     expect(code).toBe(0);
-    expect(c.text().stdout).toMatch(/wrote .*card-cli\.img: .*boot partition 1 \(FAT16\) now starts U-Boot \(rpi_4\) and stage 1, which boots kernel8\.img/);
+    expect(c.text().stdout).toMatch(
+      /wrote .*card-cli\.img: .*boot partition 1 \(FAT16\) now starts U-Boot \(rpi_4\) and stage 1, which boots kernel8\.img/,
+    );
     const projectScr = await readFile(new URL('../../uboot/boot.scr', import.meta.url)).catch(() => undefined);
     const cardScr = await mtoolsRead(out, image.bootOffset, 'boot.scr');
     if (projectScr) expect(cardScr.equals(projectScr)).toBe(true);
     expect(cardScr.subarray(0, 4).toString('hex')).toBe('27051956');
-    expect((await mtoolsRead(out, image.bootOffset, 'rpi-flash.env')).toString()).toContain('\nrpf_serverip=10.0.0.1\n');
+    expect((await mtoolsRead(out, image.bootOffset, 'rpi-flash.env')).toString()).toContain(
+      '\nrpf_serverip=10.0.0.1\n',
+    );
   });
 
   it('refuses a bad image with its code and leaves no output behind', async () => {
@@ -96,7 +126,12 @@ describe('make-card to a file', () => {
     await writeFile(junk, Buffer.alloc(1024 * 1024, 0x5a));
     const out = path.join(dir, 'card-junk.img');
     const c = capture();
-    expect(await makeCardMain(['--image', junk, '--model', 'pi4', '--out', out, '--uboot', ubootFile, '--boot-scr', scrFile], c.io)).toBe(1);
+    expect(
+      await makeCardMain(
+        ['--image', junk, '--model', 'pi4', '--out', out, '--uboot', ubootFile, '--boot-scr', scrFile],
+        c.io,
+      ),
+    ).toBe(1);
     expect(c.text().stderr).toMatch(/no MBR signature.*\[IMAGE_NOT_DISK\]/);
     expect((await readdir(dir)).filter((f) => f.startsWith('card-junk'))).toEqual([]);
   });
@@ -110,16 +145,24 @@ describe('make-card to a file', () => {
     expect(c.text().stderr).toMatch(/missing --model, --out/);
     c = capture();
     expect(await makeCardMain(['--image', 'x.img', '--model', 'pi9', '--out', 'y'], c.io)).toBe(2);
-    expect(c.text().stderr).toMatch(/unknown board model "pi9"; known: pi0w, pi02, pi2, pi3, pi3-32, pi4, pi4-32, arm64/);
+    expect(c.text().stderr).toMatch(
+      /unknown board model "pi9"; known: pi0w, pi02, pi2, pi3, pi3-32, pi4, pi4-32, arm64/,
+    );
     if (!existsSync('/usr/lib/u-boot/rpi_4/u-boot.bin')) {
       c = capture();
-      expect(await makeCardMain(['--image', image.path, '--model', 'pi4', '--out', path.join(dir, 'never.img')], c.io)).toBe(1);
-      expect(c.text().stderr).toMatch(/no U-Boot for model pi4 at \/usr\/lib\/u-boot\/rpi_4\/u-boot\.bin: install Debian's u-boot-rpi/);
+      expect(
+        await makeCardMain(['--image', image.path, '--model', 'pi4', '--out', path.join(dir, 'never.img')], c.io),
+      ).toBe(1);
+      expect(c.text().stderr).toMatch(
+        /no U-Boot for model pi4 at \/usr\/lib\/u-boot\/rpi_4\/u-boot\.bin: install Debian's u-boot-rpi/,
+      );
     }
   });
 
   it('the agent CLI dispatches make-card', () => {
-    const help = execFileSync(process.execPath, ['--import', 'tsx', 'runner-agent/src/cli.ts', 'make-card', '--help'], { encoding: 'utf8' });
+    const help = execFileSync(process.execPath, ['--import', 'tsx', 'runner-agent/src/cli.ts', 'make-card', '--help'], {
+      encoding: 'utf8',
+    });
     expect(help).toMatch(/^rpi-flash-agent make-card/);
   });
 });
@@ -162,13 +205,28 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     await writeFile(path.join(block, `${loop}p1`, 'partition'), '1');
     await writeFile(path.join(block, `${loop}p1`, 'size'), String(512 * 1024));
     const mountsFile = path.join(sysRoot, 'mounts');
-    await writeFile(mountsFile, `proc /proc proc rw 0 0\n${o.mounted ? `/dev/${loop}p1 /media/card\\040boot vfat rw 0 0\n` : ''}`);
+    await writeFile(
+      mountsFile,
+      `proc /proc proc rw 0 0\n${o.mounted ? `/dev/${loop}p1 /media/card\\040boot vfat rw 0 0\n` : ''}`,
+    );
     const swapsFile = path.join(sysRoot, 'swaps');
     await writeFile(swapsFile, 'Filename Type Size Used Priority\n');
     io = { sysRoot, mountsFile, swapsFile };
   }
 
-  const args = (extra: string[] = []) => ['--image', image.path, '--model', 'pi4', '--out', devPath, '--uboot', ubootFile, '--boot-scr', scrFile, ...extra];
+  const args = (extra: string[] = []) => [
+    '--image',
+    image.path,
+    '--model',
+    'pi4',
+    '--out',
+    devPath,
+    '--uboot',
+    ubootFile,
+    '--boot-scr',
+    scrFile,
+    ...extra,
+  ];
 
   it('shows the device and refuses without a terminal to confirm on', async () => {
     await fakeSystem({});
@@ -176,7 +234,9 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     const stdin = new PassThrough();
     expect(await makeCardMain(args(), { ...io, ...c.io, stdin })).toBe(1);
     const { stdout, stderr } = c.text();
-    expect(stdout).toContain(`Device ${devPath} (${loop}): 1024.0 MiB, Acme Test Card Reader, removable\n  ${loop}p1: 256.0 MiB\n`);
+    expect(stdout).toContain(
+      `Device ${devPath} (${loop}): 1024.0 MiB, Acme Test Card Reader, removable\n  ${loop}p1: 256.0 MiB\n`,
+    );
     expect(stdout).toMatch(/Write os\.img \(28\.0 MiB, U-Boot rpi_4\) to \/dev\/loop\d\? Everything on it is lost/);
     expect(stderr).toMatch(/not confirmed: standard input is not a terminal.*--yes.*Nothing was written/);
   });
@@ -195,7 +255,9 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     const c = capture();
     expect(await makeCardMain(args(['--yes']), { ...io, ...c.io, stdin: new PassThrough() })).toBe(1);
     expect(c.text().stdout).toContain(`${loop}p1: 256.0 MiB, mounted on /media/card boot`);
-    expect(c.text().stderr).toMatch(new RegExp(`is in use: /dev/${loop}p1 mounted on /media/card boot\\. Unmount it first`));
+    expect(c.text().stderr).toMatch(
+      new RegExp(`is in use: /dev/${loop}p1 mounted on /media/card boot\\. Unmount it first`),
+    );
   });
 
   it('refuses a device smaller than the image, even with --yes', async () => {
@@ -209,10 +271,29 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     await fakeSystem({});
     const bad = path.join(dir, 'gpt.img');
     execFileSync('truncate', ['-s', '8M', bad]);
-    execFileSync('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', bad], { input: 'label: gpt\nsize=4MiB, type=uefi\n' });
+    execFileSync('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', bad], {
+      input: 'label: gpt\nsize=4MiB, type=uefi\n',
+    });
     await writeFile(`${bad}.zst`, execFileSync('zstd', ['-c', '-q', bad], { maxBuffer: 16 * 1024 * 1024 }));
     const c = capture();
-    expect(await makeCardMain(['--image', `${bad}.zst`, '--model', 'pi4', '--out', devPath, '--uboot', ubootFile, '--boot-scr', scrFile, '--yes'], { ...io, ...c.io, stdin: new PassThrough() })).toBe(1);
+    expect(
+      await makeCardMain(
+        [
+          '--image',
+          `${bad}.zst`,
+          '--model',
+          'pi4',
+          '--out',
+          devPath,
+          '--uboot',
+          ubootFile,
+          '--boot-scr',
+          scrFile,
+          '--yes',
+        ],
+        { ...io, ...c.io, stdin: new PassThrough() },
+      ),
+    ).toBe(1);
     expect(c.text().stderr).toMatch(/GPT images are not supported yet.*\[IMAGE_GPT_UNSUPPORTED\]/);
     expect(c.text().stdout).toBe('');
   });
@@ -222,7 +303,12 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     const xz = `${image.path}.dev.xz`;
     await writeFile(xz, execFileSync('xz', ['-c', '-T1', '-1', image.path], { maxBuffer: 64 * 1024 * 1024 }));
     const c = capture();
-    expect(await makeCardMain(['--image', xz, '--model', 'pi4', '--out', devPath, '--uboot', ubootFile, '--boot-scr', scrFile], { ...io, ...c.io, stdin: new PassThrough() })).toBe(1);
+    expect(
+      await makeCardMain(
+        ['--image', xz, '--model', 'pi4', '--out', devPath, '--uboot', ubootFile, '--boot-scr', scrFile],
+        { ...io, ...c.io, stdin: new PassThrough() },
+      ),
+    ).toBe(1);
     expect(c.text().stdout).toMatch(/Write os\.img\.dev\.xz \(28\.0 MiB, U-Boot rpi_4\)/);
   });
 });
@@ -230,8 +316,27 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
 describe('make-card output paths', () => {
   it('refuses a path under /dev that is not a block device', async () => {
     const c = capture();
-    expect(await makeCardMain(['--image', image.path, '--model', 'pi4', '--out', '/dev/sdz-does-not-exist', '--uboot', ubootFile, '--boot-scr', scrFile, '--yes'], c.io)).toBe(1);
-    expect(c.text().stderr).toMatch(/\/dev\/sdz-does-not-exist is not a block device \(it does not exist\): refusing to write a file under \/dev/);
+    expect(
+      await makeCardMain(
+        [
+          '--image',
+          image.path,
+          '--model',
+          'pi4',
+          '--out',
+          '/dev/sdz-does-not-exist',
+          '--uboot',
+          ubootFile,
+          '--boot-scr',
+          scrFile,
+          '--yes',
+        ],
+        c.io,
+      ),
+    ).toBe(1);
+    expect(c.text().stderr).toMatch(
+      /\/dev\/sdz-does-not-exist is not a block device \(it does not exist\): refusing to write a file under \/dev/,
+    );
     expect(existsSync('/dev/sdz-does-not-exist')).toBe(false);
   });
 });

@@ -2,7 +2,13 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { applyPatchesToBuffer, BufferImageReader, createPatchTransform, SectorOverlay, type Patch } from '../../runner-agent/src/image/disk.js';
+import {
+  applyPatchesToBuffer,
+  BufferImageReader,
+  createPatchTransform,
+  SectorOverlay,
+  type Patch,
+} from '../../runner-agent/src/image/disk.js';
 import { makeShortName, needsLongName, shortNameChecksum } from '../../runner-agent/src/image/fat.js';
 import { restoreConfigText, rewriteConfigText } from '../../runner-agent/src/image/boot-config.js';
 import { formatEnvFile, identifyKernel } from '../../runner-agent/src/image/inject.js';
@@ -22,7 +28,11 @@ describe('patches', () => {
       for (let at = 0; at < image.length; at += chunkSize) chunks.push(image.subarray(at, at + chunkSize));
       const out: Buffer[] = [];
       await new Promise<void>((resolve, reject) => {
-        Readable.from(chunks).pipe(createPatchTransform(patches)).on('data', (d: Buffer) => out.push(d)).on('end', resolve).on('error', reject);
+        Readable.from(chunks)
+          .pipe(createPatchTransform(patches))
+          .on('data', (d: Buffer) => out.push(d))
+          .on('end', resolve)
+          .on('error', reject);
       });
       expect(Buffer.concat(out).equals(applyPatchesToBuffer(image, patches)), `chunks of ${chunkSize}`).toBe(true);
     }
@@ -39,9 +49,14 @@ describe('patches', () => {
     overlay.write(1024, a);
     overlay.write(2048, b); // adjacent to a
     overlay.write(4096, c);
-    expect((await overlay.read(1000, 100)).equals(Buffer.concat([image.subarray(1000, 1024), a.subarray(0, 76)]))).toBe(true);
+    expect((await overlay.read(1000, 100)).equals(Buffer.concat([image.subarray(1000, 1024), a.subarray(0, 76)]))).toBe(
+      true,
+    );
     const patches = overlay.patches();
-    expect(patches.map((p) => [p.offset, p.data.length])).toEqual([[1024, 1536], [4096, 512]]);
+    expect(patches.map((p) => [p.offset, p.data.length])).toEqual([
+      [1024, 1536],
+      [4096, 512],
+    ]);
     expect(() => overlay.write(100, Buffer.alloc(512))).toThrow(/whole 512-byte sectors/);
   });
 });
@@ -57,7 +72,8 @@ describe('8.3 aliases and long names', () => {
   });
 
   it('makes unique aliases with numeric tails as Windows and Linux do', () => {
-    const s = (name: string, existing: string[] = []) => makeShortName(name, new Set(existing)).short11.toString('latin1');
+    const s = (name: string, existing: string[] = []) =>
+      makeShortName(name, new Set(existing)).short11.toString('latin1');
     expect(s('boot.scr')).toBe('BOOT    SCR');
     expect(s('u-boot.bin')).toBe('U-BOOT  BIN');
     expect(s('rpi-flash.env')).toBe('RPI-FL~1ENV');
@@ -71,14 +87,18 @@ describe('8.3 aliases and long names', () => {
     let sum = 0;
     for (const b of Buffer.from('BOOT    SCR', 'latin1')) sum = (((sum & 1) << 7) + (sum >> 1) + b) & 0xff;
     expect(shortNameChecksum(Buffer.from('BOOT    SCR', 'latin1'))).toBe(sum);
-    expect(shortNameChecksum(Buffer.from('BOOT    SCR', 'latin1'))).not.toBe(shortNameChecksum(Buffer.from('BOOT    SCS', 'latin1')));
+    expect(shortNameChecksum(Buffer.from('BOOT    SCR', 'latin1'))).not.toBe(
+      shortNameChecksum(Buffer.from('BOOT    SCS', 'latin1')),
+    );
   });
 });
 
 describe('config text', () => {
   it('rewrite then restore gives the original back, CRLF kept', () => {
     const original = 'a=1\r\nkernel=k.img\r\n[pi4]\r\ninitramfs x followkernel\r\nramfsfile=y\r\n';
-    const rewritten = rewriteConfigText(original, { appendBlock: { arm64: true, enableUart: false, envName: 'e.env' } });
+    const rewritten = rewriteConfigText(original, {
+      appendBlock: { arm64: true, enableUart: false, envName: 'e.env' },
+    });
     expect(rewritten).toContain('\r\n#rpi-flash: kernel=k.img\r\n');
     expect(rewritten).toContain('\r\nkernel=u-boot.bin\r\narm_64bit=1\r\n# <<< rpi-flash\r\n');
     expect(rewritten).not.toContain('enable_uart');
@@ -90,7 +110,9 @@ describe('config text', () => {
 
 describe('env file and kernels', () => {
   it('writes env import -t text with backslashes escaped', () => {
-    expect(formatEnvFile({ a: '1', b: 'x\\y z=w' })).toBe('# rpi-flash: how stage 1 boots this image (read by U-Boot with env import -t)\na=1\nb=x\\\\y z=w\n');
+    expect(formatEnvFile({ a: '1', b: 'x\\y z=w' })).toBe(
+      '# rpi-flash: how stage 1 boots this image (read by U-Boot with env import -t)\na=1\nb=x\\\\y z=w\n',
+    );
     expect(() => formatEnvFile({ a: 'x\ny' })).toThrow(/line break/);
   });
 
@@ -103,7 +125,13 @@ describe('env file and kernels', () => {
     expect(identifyKernel(zimage)).toMatchObject({ arm64: false, compression: 'none' });
     // Only the head of a big gzip'd kernel is read: it must still be recognised.
     const big = Buffer.concat([image, randomBytes(1024 * 1024)]);
-    expect(identifyKernel(gzipSync(big).subarray(0, 64 * 1024))).toMatchObject({ arm64: true, compression: 'gzip', format: 'gzip-compressed arm64 Image' });
-    expect(identifyKernel(Buffer.from('not a kernel at all, just text'.repeat(10)))).toMatchObject({ arm64: undefined });
+    expect(identifyKernel(gzipSync(big).subarray(0, 64 * 1024))).toMatchObject({
+      arm64: true,
+      compression: 'gzip',
+      format: 'gzip-compressed arm64 Image',
+    });
+    expect(identifyKernel(Buffer.from('not a kernel at all, just text'.repeat(10)))).toMatchObject({
+      arm64: undefined,
+    });
   });
 });

@@ -65,7 +65,10 @@ describe.skipIf(!gate.run)(gate.title, () => {
     const sdImage = join(qemu.workDir, 'sd.img');
     await writeFile(sdImage, card);
     const qmpSocket = join(qemu.workDir, 'qmp.sock'); // where startQemuBoard puts it
-    await writeFile(join(qemu.workDir, 'targets.csv'), `name,mac,ip,reset,layout\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},seed\n`);
+    await writeFile(
+      join(qemu.workDir, 'targets.csv'),
+      `name,mac,ip,reset,layout\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},seed\n`,
+    );
     const config = await validateConfig(
       qemuAgentSettings(TOKEN, {
         flash: { seedPartSize: '5MiB' },
@@ -92,7 +95,13 @@ describe.skipIf(!gate.run)(gate.title, () => {
         tftpPort: agent.tftp.port,
         sdImage,
         stage1: script,
-        env: { seed_card_blk: (CARD_IMAGE_AT / 512).toString(16), seed_report_addr: '0x47f00000', tftpblocksize: '1468', tftpwindowsize: '8', ...o.boardEnv },
+        env: {
+          seed_card_blk: (CARD_IMAGE_AT / 512).toString(16),
+          seed_report_addr: '0x47f00000',
+          tftpblocksize: '1468',
+          tftpwindowsize: '8',
+          ...o.boardEnv,
+        },
         // The seed card reboots after its report; without an image it stops (here: at the prompt).
         bootcmd: 'source ${stage1addr}; if test "${seed_state}" != none; then reset; fi',
         timeoutMs: RUN_TIMEOUT_MS,
@@ -111,14 +120,28 @@ describe.skipIf(!gate.run)(gate.title, () => {
       result = await conn.flash({ sha256, bootCheck: 'none' });
       const tftpLeftovers = (await readdir(config.tftp.root)).filter((n) => !n.startsWith('.'));
       // The card ran once before the job and once for it; its reboot after the report runs it a third time.
-      const noImageAfterReboot = await b.waitForConsole(/(?:[\s\S]*?seed-card: no image for this board){2}/, 30_000).then(
-        () => true,
-        () => false,
-      );
+      const noImageAfterReboot = await b
+        .waitForConsole(/(?:[\s\S]*?seed-card: no image for this board){2}/, 30_000)
+        .then(
+          () => true,
+          () => false,
+        );
       const text = b.console();
-      const part0Downloads = parseUbootTransfers(text).filter((t) => t.file === `${SEED_FOLDER}/rpi_image_part_0`).length;
+      const part0Downloads = parseUbootTransfers(text).filter(
+        (t) => t.file === `${SEED_FOLDER}/rpi_image_part_0`,
+      ).length;
       await b.kill(); // before reading the card: QEMU may still hold writes
-      return { result, jobLog, image, card, written: await readFile(sdImage), tftpLeftovers, noImageAfterReboot, part0Downloads, console: text };
+      return {
+        result,
+        jobLog,
+        image,
+        card,
+        written: await readFile(sdImage),
+        tftpLeftovers,
+        noImageAfterReboot,
+        part0Downloads,
+        console: text,
+      };
     } catch (err) {
       const e = err as Error;
       e.message += `\n--- result ---\n${JSON.stringify(result)}\n--- job log ---\n${jobLog.join('\n')}\n--- board console ---\n${consoleTail(board?.console() ?? '')}\n--- agent log ---\n${consoleTail(records.map(formatRecord).join('\n'))}`;
@@ -151,11 +174,19 @@ describe.skipIf(!gate.run)(gate.title, () => {
         expect(r.console).toContain(`seed-card: reported OK 0x${(imageBytes - 4 * MiB).toString(16)}`);
         expect(r.jobLog.some((l) => /seed card reported OK \(4 bytes\)/.test(l))).toBe(true);
         const written = imageBytes - 4 * MiB;
-        expect(r.written.subarray(CARD_IMAGE_AT, CARD_IMAGE_AT + written).equals(r.image.subarray(4 * MiB)), 'the card holds the image from byte 4 MiB on').toBe(true);
-        expect(r.written.subarray(0, CARD_IMAGE_AT).equals(r.card.subarray(0, CARD_IMAGE_AT)), 'the card before its offset is untouched').toBe(true);
+        expect(
+          r.written.subarray(CARD_IMAGE_AT, CARD_IMAGE_AT + written).equals(r.image.subarray(4 * MiB)),
+          'the card holds the image from byte 4 MiB on',
+        ).toBe(true);
+        expect(
+          r.written.subarray(0, CARD_IMAGE_AT).equals(r.card.subarray(0, CARD_IMAGE_AT)),
+          'the card before its offset is untouched',
+        ).toBe(true);
         // mmc write works in whole blocks: the rest of the last block is whatever RAM held.
         const end = CARD_IMAGE_AT + Math.ceil(written / 512) * 512;
-        expect(r.written.subarray(end).equals(r.card.subarray(end)), 'the card beyond the image is untouched').toBe(true);
+        expect(r.written.subarray(end).equals(r.card.subarray(end)), 'the card beyond the image is untouched').toBe(
+          true,
+        );
         expect(r.tftpLeftovers, 'the seed folder is gone').toEqual([]);
         expect(r.noImageAfterReboot, 'after its reboot the card finds no part 0').toBe(true);
         expect(r.part0Downloads, 'part 0 was downloaded once, for the job only').toBe(1);

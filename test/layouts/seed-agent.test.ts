@@ -29,7 +29,13 @@ type CardBehaviour = (port: number) => Promise<void>;
 async function fetchParts(port: number): Promise<Buffer[]> {
   const parts: Buffer[] = [];
   for (let i = 0; i < 10; i++) {
-    const data = await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_${i}`, blksize: 1468, tsize: true });
+    const data = await tftpGet({
+      host: '127.0.0.1',
+      port,
+      path: `${FOLDER}/rpi_image_part_${i}`,
+      blksize: 1468,
+      tsize: true,
+    });
     if (!data) break;
     parts.push(data);
   }
@@ -51,7 +57,10 @@ describe('layout seed through the agent (no QEMU)', () => {
     const targets = join(dir, 'targets.csv');
     // `cmd:true`: the reset does nothing; the fake card (if any) starts on the job's transfer phase.
     await writeFile(targets, `name,mac,ip,reset,layout\n${TARGET},${MAC},127.0.0.1,cmd:true,seed\n`);
-    lab = await startLab({ boards: [], config: { targets, flash: { partSize: '1MiB', seedPartSize: '5MiB' }, bootCheck: 'none' } });
+    lab = await startLab({
+      boards: [],
+      config: { targets, flash: { partSize: '1MiB', seedPartSize: '5MiB' }, bootCheck: 'none' },
+    });
   });
 
   afterEach(async () => {
@@ -60,18 +69,27 @@ describe('layout seed through the agent (no QEMU)', () => {
   });
 
   /** One job on the seed target; `card` plays the board after the reset. */
-  async function flash(card: CardBehaviour | undefined, timeouts: { boardShow?: number; stall?: number; boot?: number } = {}, bootCheck = 'none') {
+  async function flash(
+    card: CardBehaviour | undefined,
+    timeouts: { boardShow?: number; stall?: number; boot?: number } = {},
+    bootCheck = 'none',
+  ) {
     const image = await lab.image('image.img', IMAGE_BYTES, 5);
     const jobLog: string[] = [];
     let cardRun: Promise<void> | undefined;
     const conn = await lab.connect((m: AgentMessage) => {
       if (m.type === 'log') jobLog.push(`${m.level} ${m.source} ${m.message}`);
       // After the reset pulse, as a board would boot only then.
-      if (card && m.type === 'phase' && m.phase === 'transfer' && m.state === 'start') cardRun ??= card(lab.agent.tftp.port);
+      if (card && m.type === 'phase' && m.phase === 'transfer' && m.state === 'start')
+        cardRun ??= card(lab.agent.tftp.port);
     });
     await conn.lease(TARGET, { holder: 'seed-agent-test' });
     await conn.upload({ path: image.path, sha256: image.sha256, size: image.size, compression: 'none' });
-    const result: JobResult = await conn.flash({ sha256: image.sha256, bootCheck, timeouts: { boardShow: 5, stall: 5, ...timeouts } });
+    const result: JobResult = await conn.flash({
+      sha256: image.sha256,
+      bootCheck,
+      timeouts: { boardShow: 5, stall: 5, ...timeouts },
+    });
     await cardRun; // the fake's own failures surface here
     return { result, jobLog, image: await readFile(image.path), folders: await lab.tftpFolders() };
   }
@@ -111,12 +129,16 @@ describe('layout seed through the agent (no QEMU)', () => {
     });
     let afterReport: Buffer | null | undefined;
     let stillRunning = false;
-    const { result } = await flash(async (port) => {
-      await fetchParts(port);
-      await tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/OK`, data: count(EXPECTED_COUNT) });
-      afterReport = await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
-      stillRunning = (await lab.tftpFolders()).includes(FOLDER);
-    }, { boot: 2 }, `tcp:127.0.0.1:${closedPort}`);
+    const { result } = await flash(
+      async (port) => {
+        await fetchParts(port);
+        await tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/OK`, data: count(EXPECTED_COUNT) });
+        afterReport = await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
+        stillRunning = (await lab.tftpFolders()).includes(FOLDER);
+      },
+      { boot: 2 },
+      `tcp:127.0.0.1:${closedPort}`,
+    );
     expect(result).toMatchObject({ code: 'BOOT_TIMEOUT', bytesWritten: EXPECTED_COUNT });
     expect(afterReport).toBeNull();
     expect(stillRunning, 'the job had not ended yet: its folder was still there').toBe(true);
@@ -128,7 +150,9 @@ describe('layout seed through the agent (no QEMU)', () => {
       await tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/OK`, data: count(EXPECTED_COUNT - 512) });
     });
     expect(result).toMatchObject({ ok: false, code: 'VERIFY_MISMATCH', bytesWritten: EXPECTED_COUNT - 512 });
-    expect(result.message).toContain(`reported OK with ${EXPECTED_COUNT - 512} bytes written, expected ${EXPECTED_COUNT}`);
+    expect(result.message).toContain(
+      `reported OK with ${EXPECTED_COUNT - 512} bytes written, expected ${EXPECTED_COUNT}`,
+    );
     expect(folders).toEqual([]);
   });
 
@@ -152,19 +176,27 @@ describe('layout seed through the agent (no QEMU)', () => {
   });
 
   it('a card that fetches part 0 and then goes quiet → BOARD_TIMEOUT', async () => {
-    const { result, folders } = await flash(async (port) => {
-      await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
-    }, { stall: 1 });
+    const { result, folders } = await flash(
+      async (port) => {
+        await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
+      },
+      { stall: 1 },
+    );
     expect(result).toMatchObject({ ok: false, code: 'BOARD_TIMEOUT' });
     expect(result.message).toMatch(/fetched its image but uploaded no OK or FAILED report \(quiet for 1 s\)/);
     expect(folders).toEqual([]);
   });
 
   it('a report under any other name is refused and does not end the job', async () => {
-    const { result } = await flash(async (port) => {
-      await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
-      await expect(tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/DONE`, data: count(EXPECTED_COUNT) })).rejects.toThrow();
-    }, { stall: 1 });
+    const { result } = await flash(
+      async (port) => {
+        await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
+        await expect(
+          tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/DONE`, data: count(EXPECTED_COUNT) }),
+        ).rejects.toThrow();
+      },
+      { stall: 1 },
+    );
     expect(result.code).toBe('BOARD_TIMEOUT');
   });
 });

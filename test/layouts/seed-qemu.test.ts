@@ -12,7 +12,13 @@ import { join } from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { BoardFiles, type StagedFile } from '../../runner-agent/src/jobs/board-files.js';
 import { ImageView } from '../../runner-agent/src/jobs/image-view.js';
-import { interpretSeedResult, planSeedParts, seedFolder, SeedReports, type SeedPlan } from '../../runner-agent/src/layouts/seed.js';
+import {
+  interpretSeedResult,
+  planSeedParts,
+  seedFolder,
+  SeedReports,
+  type SeedPlan,
+} from '../../runner-agent/src/layouts/seed.js';
 import { silentLogger } from '../../runner-agent/src/log.js';
 import { patternBytes } from '../../runner-agent/src/sample-image.js';
 import { TftpServer } from '../../runner-agent/src/tftp/server.js';
@@ -59,20 +65,26 @@ describe.skipIf(!gate.run)(gate.title, () => {
 
     const plan: SeedPlan = planSeedParts(o.imageBytes, { partBytes: 5 * MiB });
     const view = new ImageView(imagePath, o.imageBytes);
-    const files = new Map<string, StagedFile>(plan.parts.map((p) => [p.name, { kind: 'range', view, offset: p.offset, size: p.size }]));
+    const files = new Map<string, StagedFile>(
+      plan.parts.map((p) => [p.name, { kind: 'range', view, offset: p.offset, size: p.size }]),
+    );
     const fetched = new Set<string>();
     const reports = new SeedReports();
     const boardFiles = new BoardFiles({ root: join(workDir, 'tftp'), log: silentLogger, checkClientIp: false });
-    await boardFiles.stage(seedFolder(MAC), {
-      jobId: 'seedqemu',
-      targetIp: '127.0.0.1',
-      files,
-      beaconPrefix: 'no-beacons/',
-      onRead: (rel) => fetched.add(rel),
-      onProgress: () => {},
-      onBeacon: () => {},
-      onWrite: reports.onWrite,
-    }, {});
+    await boardFiles.stage(
+      seedFolder(MAC),
+      {
+        jobId: 'seedqemu',
+        targetIp: '127.0.0.1',
+        files,
+        beaconPrefix: 'no-beacons/',
+        onRead: (rel) => fetched.add(rel),
+        onProgress: () => {},
+        onBeacon: () => {},
+        onWrite: reports.onWrite,
+      },
+      {},
+    );
     const server = new TftpServer({ address: '127.0.0.1', port: 0, resolver: boardFiles, log: silentLogger });
     const { port } = await server.listen();
     closers.push(() => server.close());
@@ -85,7 +97,12 @@ describe.skipIf(!gate.run)(gate.title, () => {
       tftpPort: port,
       sdImage,
       stage1: script,
-      env: { seed_card_blk: o.cardImageBlock.toString(16), seed_report_addr: '0x47f00000', tftpblocksize: '1468', tftpwindowsize: '8' },
+      env: {
+        seed_card_blk: o.cardImageBlock.toString(16),
+        seed_report_addr: '0x47f00000',
+        tftpblocksize: '1468',
+        tftpwindowsize: '8',
+      },
       bootcmd: 'source ${stage1addr}; poweroff',
       timeoutMs: 120_000,
       workDir,
@@ -98,7 +115,10 @@ describe.skipIf(!gate.run)(gate.title, () => {
   }
 
   it('writes every part after the 4 MiB skip where the card wants it, reports OK with the right count → OK', async () => {
-    const { outcome, plan, image, card, written, board, fetched } = await flashWithSeedCard({ imageBytes: 12 * MiB + 1024, cardImageBlock: CARD_IMAGE_BLOCK });
+    const { outcome, plan, image, card, written, board, fetched } = await flashWithSeedCard({
+      imageBytes: 12 * MiB + 1024,
+      cardImageBlock: CARD_IMAGE_BLOCK,
+    });
     expect(plan.parts.map((p) => p.name)).toEqual(['rpi_image_part_0', 'rpi_image_part_1', 'rpi_image_part_2']);
     expect([...fetched].sort()).toEqual(['rpi_image_part_0', 'rpi_image_part_1', 'rpi_image_part_2']);
     expect(board.console()).toContain('seed-card: reported OK');

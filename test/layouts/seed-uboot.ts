@@ -21,7 +21,12 @@ export interface TftpputGate {
 
 export async function tftpputUbootGate(name: string): Promise<TftpputGate> {
   const tools = await qemuAvailable();
-  const cached = tools.ok ? await execFileAsync('bash', [BUILD_SCRIPT, '--cached-only', '--variant', 'tftpput']).then((r) => r.stdout.trim(), () => undefined) : undefined;
+  const cached = tools.ok
+    ? await execFileAsync('bash', [BUILD_SCRIPT, '--cached-only', '--variant', 'tftpput']).then(
+        (r) => r.stdout.trim(),
+        () => undefined,
+      )
+    : undefined;
   const run = cached !== undefined || inCi;
   const why = tools.ok ? 'build it with: bash scripts/build-test-uboot.sh --variant tftpput' : tools.reason;
   return {
@@ -30,7 +35,10 @@ export async function tftpputUbootGate(name: string): Promise<TftpputGate> {
     async ubootBin() {
       if (cached) return cached;
       if (!tools.ok) throw new Error(`CI needs QEMU for the U-Boot tests: ${tools.reason}`);
-      const { stdout } = await execFileAsync('bash', [BUILD_SCRIPT, '--variant', 'tftpput'], { timeout: BUILD_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024 });
+      const { stdout } = await execFileAsync('bash', [BUILD_SCRIPT, '--variant', 'tftpput'], {
+        timeout: BUILD_TIMEOUT_MS,
+        maxBuffer: 64 * 1024 * 1024,
+      });
       return stdout.trim();
     },
   };
@@ -38,5 +46,19 @@ export async function tftpputUbootGate(name: string): Promise<TftpputGate> {
 
 /** test/qemu/seed-card.cmd as a legacy script image (what the card's U-Boot `source`s). */
 export async function writeSeedCardScript(file: string): Promise<void> {
-  await execFileAsync('mkimage', ['-A', 'arm64', '-O', 'linux', '-T', 'script', '-C', 'none', '-n', 'seed card', '-d', SEED_CARD_SCRIPT, file]);
+  await execFileAsync('mkimage', [
+    '-A',
+    'arm64',
+    '-O',
+    'linux',
+    '-T',
+    'script',
+    '-C',
+    'none',
+    '-n',
+    'seed card',
+    '-d',
+    SEED_CARD_SCRIPT,
+    file,
+  ]);
 }

@@ -30,7 +30,7 @@ describe('seed names', () => {
 });
 
 describe('planSeedParts', () => {
-  it('uses the seed system\'s split size, 786 432 000 bytes', () => {
+  it("uses the seed system's split size, 786 432 000 bytes", () => {
     expect(SEED_PART_BYTES).toBe(786_432_000);
   });
 
@@ -38,7 +38,13 @@ describe('planSeedParts', () => {
     const size = 2 * SEED_PART_BYTES + 12345;
     const plan = planSeedParts(size);
     expect(plan.parts).toEqual([
-      { index: 0, name: 'rpi_image_part_0', offset: 0, size: SEED_PART_BYTES, written: SEED_PART_BYTES - SEED_SKIP_BYTES },
+      {
+        index: 0,
+        name: 'rpi_image_part_0',
+        offset: 0,
+        size: SEED_PART_BYTES,
+        written: SEED_PART_BYTES - SEED_SKIP_BYTES,
+      },
       { index: 1, name: 'rpi_image_part_1', offset: SEED_PART_BYTES, size: SEED_PART_BYTES, written: SEED_PART_BYTES },
       { index: 2, name: 'rpi_image_part_2', offset: 2 * SEED_PART_BYTES, size: 12345, written: 12345 },
     ]);
@@ -57,7 +63,7 @@ describe('planSeedParts', () => {
     const plan = planSeedParts(size);
     expect(plan.parts).toHaveLength(7);
     expect(plan.writtenBytes).toBe(size - 4 * MiB);
-    expect(plan.expectedCount).toBe((size - 4 * MiB) - 2 ** 32);
+    expect(plan.expectedCount).toBe(size - 4 * MiB - 2 ** 32);
   });
 
   it('refuses an image of at most 4 MiB (nothing to write) and one needing more than 10 parts', () => {
@@ -69,7 +75,10 @@ describe('planSeedParts', () => {
       }
     })();
     expect(tiny).toBeInstanceOf(SeedLayoutError);
-    expect(tiny).toMatchObject({ code: 'BAD_REQUEST', message: expect.stringMatching(/skips the image's first 4194304 bytes/) });
+    expect(tiny).toMatchObject({
+      code: 'BAD_REQUEST',
+      message: expect.stringMatching(/skips the image's first 4194304 bytes/),
+    });
     expect(planSeedParts(10 * SEED_PART_BYTES).parts).toHaveLength(10);
     expect(() => planSeedParts(10 * SEED_PART_BYTES + 1)).toThrow(expect.objectContaining({ code: 'IMAGE_TOO_LARGE' }));
   });
@@ -110,7 +119,8 @@ describe('interpretSeedResult', () => {
   it('OK with another count is a VERIFY_MISMATCH (also a big-endian count)', () => {
     expect(interpretSeedResult(plan, report('OK', le(6 * MiB - 512)), { part0Fetched: true })).toMatchObject({
       code: 'VERIFY_MISMATCH',
-      message: 'the seed card reported OK with 6290944 bytes written, expected 6291456 (image of 10485760 bytes less the skipped 4194304)',
+      message:
+        'the seed card reported OK with 6290944 bytes written, expected 6291456 (image of 10485760 bytes less the skipped 4194304)',
     });
     const bigEndian = Buffer.alloc(4);
     bigEndian.writeUInt32BE(6 * MiB);
@@ -152,7 +162,14 @@ describe('SeedReports over real TFTP (BoardFiles + TftpServer on loopback)', () 
     const root = await mkdtemp(path.join(os.tmpdir(), 'seed-tftp-'));
     cleanups.push(() => rm(root, { recursive: true, force: true }));
     const files = new BoardFiles({ root, log: silentLogger, checkClientIp: false });
-    const server = new TftpServer({ address: '127.0.0.1', port: 0, resolver: files, log: silentLogger, timeoutMs: 200, retries: 3 });
+    const server = new TftpServer({
+      address: '127.0.0.1',
+      port: 0,
+      resolver: files,
+      log: silentLogger,
+      timeoutMs: 200,
+      retries: 3,
+    });
     const { port } = await server.listen();
     cleanups.push(() => server.close());
     const reports = new SeedReports();
@@ -168,13 +185,16 @@ describe('SeedReports over real TFTP (BoardFiles + TftpServer on loopback)', () 
       onWrite: reports.onWrite,
     };
     await files.stage(folder, job, {});
-    const put = (name: string, data: Buffer) => tftpPut({ host: '127.0.0.1', port, path: `${folder}/${name}`, data, timeoutMs: 500, retries: 3 });
+    const put = (name: string, data: Buffer) =>
+      tftpPut({ host: '127.0.0.1', port, path: `${folder}/${name}`, data, timeoutMs: 500, retries: 3 });
     return { port, folder, reports, put };
   }
 
   it('serves the parts from the ":" folder and takes the 4-byte OK upload, little-endian', async () => {
     const { port, folder, reports, put } = await lab();
-    expect((await tftpGet({ host: '127.0.0.1', port, path: `${folder}/rpi_image_part_0`, timeoutMs: 500 }))?.toString()).toBe('part zero');
+    expect(
+      (await tftpGet({ host: '127.0.0.1', port, path: `${folder}/rpi_image_part_0`, timeoutMs: 500 }))?.toString(),
+    ).toBe('part zero');
     const waiting = reports.wait({ timeoutMs: 10_000 });
     await put('OK', Buffer.from([0x00, 0x00, 0x60, 0x00])); // 0x600000 = 6 MiB
     const first = await waiting;

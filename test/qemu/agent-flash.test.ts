@@ -71,7 +71,10 @@ describe.skipIf(!gate.run)(gate.title, () => {
   }
 
   /** Runs the scenario; on a failed assertion the error carries the tails of the console and agent log. */
-  async function scenario(o: AgentScenarioOptions, check: (r: AgentScenarioResult) => Promise<void>): Promise<AgentScenarioResult> {
+  async function scenario(
+    o: AgentScenarioOptions,
+    check: (r: AgentScenarioResult) => Promise<void>,
+  ): Promise<AgentScenarioResult> {
     const r = await runAgentScenario(o);
     try {
       await check(r);
@@ -102,11 +105,19 @@ describe.skipIf(!gate.run)(gate.title, () => {
     expect(result.parts.map((p) => p.crc32)).toEqual(crcs);
     expect(result.parts.every((p) => p.status === 'ok')).toBe(true);
     // What the board reported reading back is what the agent expected (the job checks it too).
-    for (const [i, crc] of crcs.entries()) expect(r.jobLog.some((l) => l.includes(`part ${i + 1}/${crcs.length}: written and read back, CRC ${crc.replace(/^0+(?=.)/, '')}`))).toBe(true);
+    for (const [i, crc] of crcs.entries())
+      expect(
+        r.jobLog.some((l) =>
+          l.includes(`part ${i + 1}/${crcs.length}: written and read back, CRC ${crc.replace(/^0+(?=.)/, '')}`),
+        ),
+      ).toBe(true);
     const c = await card(r);
     expect(c.subarray(0, image.length).equals(image), 'the card holds the image byte for byte').toBe(true);
     const servedEnd = Math.ceil(image.length / 512) * 512;
-    expect(c.subarray(image.length, servedEnd).every((x) => x === 0), 'the last sector is zero-padded').toBe(true);
+    expect(
+      c.subarray(image.length, servedEnd).every((x) => x === 0),
+      'the last sector is zero-padded',
+    ).toBe(true);
     expect(isFill(c.subarray(servedEnd)), 'the card beyond the image is untouched').toBe(true);
     expect(r.tftpLeftovers, 'the staged folder is gone').toEqual([]);
     expect(r.noJobAfterReset, 'after the reset stage 1 finds no flash.scr').toBe(true);
@@ -123,7 +134,12 @@ describe.skipIf(!gate.run)(gate.title, () => {
       expect(negotiated.every((l) => /blksize=1468/.test(l) && !/windowsize/.test(l))).toBe(true);
       expect(r.result.tftpOptions).toMatchObject({ blksize: '1468' });
       expect(r.result.tftpOptions?.windowsize).toBeUndefined();
-      expect(r.ubootTransfers.filter((t) => /\/part-\d+$/.test(t.file)).map((t) => t.bytes)).toEqual([MiB, MiB, MiB, 1024]);
+      expect(r.ubootTransfers.filter((t) => /\/part-\d+$/.test(t.file)).map((t) => t.bytes)).toEqual([
+        MiB,
+        MiB,
+        MiB,
+        1024,
+      ]);
       console.info(`default window: boot ${Math.round(r.bootMs)} ms, job ${Math.round(r.jobMs)} ms`);
     },
     TEST_TIMEOUT_MS,
@@ -147,18 +163,21 @@ describe.skipIf(!gate.run)(gate.title, () => {
     'a part corrupted once in transit: the board sees the CRC mismatch, fetches it again, and the job passes',
     async () => {
       const { file, data } = await writeImage(3 * MiB + 1000);
-      const r = await scenario(options(file, { faults: { corrupt: { part: 2, block: 100, times: 'once' } } }), async (r) => {
-        await expectFlashed(r, data);
-        expect(r.result.parts.map((p) => p.retries)).toEqual([0, 1, 0, 0]);
-        expect(r.jobLog.some((l) => /part 2: CRC mismatch \(board computed [0-9a-f]+\), retry 1/.test(l))).toBe(true);
-      });
+      const r = await scenario(
+        options(file, { faults: { corrupt: { part: 2, block: 100, times: 'once' } } }),
+        async (r) => {
+          await expectFlashed(r, data);
+          expect(r.result.parts.map((p) => p.retries)).toEqual([0, 1, 0, 0]);
+          expect(r.jobLog.some((l) => /part 2: CRC mismatch \(board computed [0-9a-f]+\), retry 1/.test(l))).toBe(true);
+        },
+      );
       expect(r.ubootTransfers.filter((t) => t.file.endsWith('/part-002'))).toHaveLength(2);
     },
     TEST_TIMEOUT_MS,
   );
 
   it(
-    'a part corrupted every time: the job fails with the board\'s report and the card beyond part 1 keeps its old content',
+    "a part corrupted every time: the job fails with the board's report and the card beyond part 1 keeps its old content",
     async () => {
       const { file, data } = await writeImage(3 * MiB + 1000);
       await scenario(options(file, { faults: { corrupt: { part: 2, block: 100, times: 'always' } } }), async (r) => {
@@ -201,18 +220,21 @@ describe.skipIf(!gate.run)(gate.title, () => {
   );
 
   it(
-    'the agent\'s TFTP server goes silent mid-transfer: BOARD_TIMEOUT from the stall timeout, no hang',
+    "the agent's TFTP server goes silent mid-transfer: BOARD_TIMEOUT from the stall timeout, no hang",
     async () => {
       const { file } = await writeImage(3 * MiB + 1000);
       const stall = 3;
-      await scenario(options(file, { faults: { silenceFrom: { part: 2, block: 200 } }, timeouts: { stall }, waitForNoJobMs: 0 }), async (r) => {
-        expect(r.result).toMatchObject({ ok: false, code: 'BOARD_TIMEOUT' });
-        expect(r.result.message).toMatch(new RegExp(`quiet for ${stall} s during part 2/4`));
-        expect(r.result.parts.map((p) => p.status)).toEqual(['ok', 'missing', 'missing', 'missing']);
-        // Bounded by the stall timeout, not by U-Boot's own retries (minutes): a generous ceiling.
-        expect(r.jobMs).toBeLessThan(30_000);
-        expect(r.tftpLeftovers).toEqual([]);
-      });
+      await scenario(
+        options(file, { faults: { silenceFrom: { part: 2, block: 200 } }, timeouts: { stall }, waitForNoJobMs: 0 }),
+        async (r) => {
+          expect(r.result).toMatchObject({ ok: false, code: 'BOARD_TIMEOUT' });
+          expect(r.result.message).toMatch(new RegExp(`quiet for ${stall} s during part 2/4`));
+          expect(r.result.parts.map((p) => p.status)).toEqual(['ok', 'missing', 'missing', 'missing']);
+          // Bounded by the stall timeout, not by U-Boot's own retries (minutes): a generous ceiling.
+          expect(r.jobMs).toBeLessThan(30_000);
+          expect(r.tftpLeftovers).toEqual([]);
+        },
+      );
     },
     TEST_TIMEOUT_MS,
   );
@@ -231,14 +253,22 @@ describe.skipIf(!gate.run)(gate.title, () => {
       // `ip link set lo up`: a new network namespace starts with its loopback down.
       const { stdout } = await execFileAsync(
         'unshare',
-        ['-rn', 'sh', '-c', 'ip link set lo up && exec "$0" --import tsx test/qemu/agent-scenario.ts "$1"', process.execPath, JSON.stringify(o)],
+        [
+          '-rn',
+          'sh',
+          '-c',
+          'ip link set lo up && exec "$0" --import tsx test/qemu/agent-scenario.ts "$1"',
+          process.execPath,
+          JSON.stringify(o),
+        ],
         { cwd: REPO_ROOT, timeout: RUN_TIMEOUT_MS },
       );
       const r = JSON.parse(stdout) as AgentScenarioResult;
       try {
         await expectFlashed(r, data);
       } catch (err) {
-        (err as Error).message += `\n--- result ---\n${JSON.stringify(r.result)}\n--- board console ---\n${consoleTail(await readFile(r.consoleLog, 'latin1'))}`;
+        (err as Error).message +=
+          `\n--- result ---\n${JSON.stringify(r.result)}\n--- board console ---\n${consoleTail(await readFile(r.consoleLog, 'latin1'))}`;
         throw err;
       }
     },
@@ -254,7 +284,10 @@ describe('the card-size probe on the simulated board (same behaviour as the real
   });
 
   it('an image larger than the sim card: IMAGE_TOO_LARGE, and the card is untouched', async () => {
-    lab = await startLab({ boards: [{ name: 'small', mac: '02:00:00:00:01:0a' }], config: { sim: { bootPort: 2222, cardSize: '2MiB' } } });
+    lab = await startLab({
+      boards: [{ name: 'small', mac: '02:00:00:00:01:0a' }],
+      config: { sim: { bootPort: 2222, cardSize: '2MiB' } },
+    });
     const conn = await lab.connect();
     const img = await lab.image('big.img', 2 * MiB + 512, 3);
     await conn.lease('small');
@@ -269,7 +302,10 @@ describe('the card-size probe on the simulated board (same behaviour as the real
   });
 
   it('an image that fills the sim card exactly passes the probe', async () => {
-    lab = await startLab({ boards: [{ name: 'exact', mac: '02:00:00:00:01:0b' }], config: { sim: { bootPort: 2222, cardSize: '2MiB' } } });
+    lab = await startLab({
+      boards: [{ name: 'exact', mac: '02:00:00:00:01:0b' }],
+      config: { sim: { bootPort: 2222, cardSize: '2MiB' } },
+    });
     const conn = await lab.connect();
     const img = await lab.image('fit.img', 2 * MiB, 4);
     await conn.lease('exact');

@@ -46,7 +46,10 @@ export const QEMU_FLASH_ADDR = {
  * listeners on ephemeral ports, a `targets.csv` in the work folder, stage 2 in QEMU's memory map,
  * no boot check; `over` replaces top-level settings and extends `flash` and `timeouts`.
  */
-export function qemuAgentSettings(token: string, over: { flash?: Record<string, unknown>; timeouts?: Record<string, unknown>; [key: string]: unknown } = {}): Record<string, unknown> {
+export function qemuAgentSettings(
+  token: string,
+  over: { flash?: Record<string, unknown>; timeouts?: Record<string, unknown>; [key: string]: unknown } = {},
+): Record<string, unknown> {
   const hex = (n: number) => `0x${n.toString(16)}`;
   const { flash, timeouts, ...rest } = over;
   return {
@@ -56,7 +59,14 @@ export function qemuAgentSettings(token: string, over: { flash?: Record<string, 
     // slirp makes the VM appear as 127.0.0.1, which the agent always admits (checkClientIp).
     tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
     stateDir: 'state',
-    flash: { retries: 2, loadAddr: hex(QEMU_FLASH_ADDR.loadAddr), crcAddr: hex(QEMU_FLASH_ADDR.crcAddr), beaconAddr: hex(QEMU_FLASH_ADDR.beaconAddr), mmcDev: 0, ...flash },
+    flash: {
+      retries: 2,
+      loadAddr: hex(QEMU_FLASH_ADDR.loadAddr),
+      crcAddr: hex(QEMU_FLASH_ADDR.crcAddr),
+      beaconAddr: hex(QEMU_FLASH_ADDR.beaconAddr),
+      mmcDev: 0,
+      ...flash,
+    },
     timeouts: { boardShow: 20, stall: 15, boot: 5, leaseGrace: 30, shutdown: 5, ...timeouts },
     bootCheck: 'none',
     logLevel: 'debug',
@@ -179,7 +189,10 @@ export async function runAgentScenario(o: AgentScenarioOptions): Promise<AgentSc
   const sdImage = join(o.workDir, 'sd.img');
   await writeFile(sdImage, Buffer.alloc(o.sdSize, o.sdFill));
   const qmpSocket = join(o.workDir, 'qmp.sock'); // where startQemuBoard puts it
-  await writeFile(join(o.workDir, 'targets.csv'), `name,mac,ip,reset\n${TARGET_NAME},${o.mac},127.0.0.1,qmp:${qmpSocket}\n`);
+  await writeFile(
+    join(o.workDir, 'targets.csv'),
+    `name,mac,ip,reset\n${TARGET_NAME},${o.mac},127.0.0.1,qmp:${qmpSocket}\n`,
+  );
   const config = await validateConfig(
     qemuAgentSettings(TOKEN, {
       flash: { partSize: '1MiB', ...o.flash },
@@ -203,7 +216,15 @@ export async function runAgentScenario(o: AgentScenarioOptions): Promise<AgentSc
       log: createLogger({ level: 'debug', sink: (r) => records.push(r) }),
       ...(o.faults ? { tftpFaults: tftpFaults(o.faults) } : {}),
     });
-    board = await startQemuBoard({ ubootBin: o.ubootBin, mac: o.mac, tftpPort: agent.tftp.port, sdImage, stage1, timeoutMs: o.timeoutMs, workDir: o.workDir });
+    board = await startQemuBoard({
+      ubootBin: o.ubootBin,
+      mac: o.mac,
+      tftpPort: agent.tftp.port,
+      sdImage,
+      stage1,
+      timeoutMs: o.timeoutMs,
+      workDir: o.workDir,
+    });
     const b = board;
     const a = agent;
     return await withConsoleOnFailure(b, async () => {

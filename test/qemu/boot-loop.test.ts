@@ -99,7 +99,14 @@ describe.skipIf(!run)(title, () => {
   async function cardFromOsImage(out: string, size: number, marker: string): Promise<void> {
     const raw = `${out}.os`;
     await buildOsImage(raw, size, marker);
-    await makeCard({ image: raw, model: getPiModel('arm64'), out, uboot: ubootBin, bootScr: stage1Path, now: new Date(0) });
+    await makeCard({
+      image: raw,
+      model: getPiModel('arm64'),
+      out,
+      uboot: ubootBin,
+      bootScr: stage1Path,
+      now: new Date(0),
+    });
     await rm(raw);
   }
 
@@ -116,79 +123,110 @@ describe.skipIf(!run)(title, () => {
     });
   }
 
-  it('boots image A, flashes image B through QMP reset + stage 1 + stage 2, then boots B', async () => {
-    const markerA = newMarker('image-a');
-    const markerB = newMarker('image-b');
-    const sdImage = join(workDir, 'sd.img');
-    const imageB = join(workDir, 'image-b.img');
-    await cardFromOsImage(sdImage, CARD_SIZE, markerA);
-    await buildOsImage(imageB, IMAGE_B_SIZE, markerB);
-    expect((await readBootFile(sdImage, STAGE1_ENV_FILE)).toString()).toMatch(/^rpf_kernel=kernel8\.img$/m);
-    const imageBRaw = await readFile(imageB);
+  it(
+    'boots image A, flashes image B through QMP reset + stage 1 + stage 2, then boots B',
+    async () => {
+      const markerA = newMarker('image-a');
+      const markerB = newMarker('image-b');
+      const sdImage = join(workDir, 'sd.img');
+      const imageB = join(workDir, 'image-b.img');
+      await cardFromOsImage(sdImage, CARD_SIZE, markerA);
+      await buildOsImage(imageB, IMAGE_B_SIZE, markerB);
+      expect((await readBootFile(sdImage, STAGE1_ENV_FILE)).toString()).toMatch(/^rpf_kernel=kernel8\.img$/m);
+      const imageBRaw = await readFile(imageB);
 
-    const qmpSocket = join(workDir, 'qmp.sock'); // where startQemuBoard puts it
-    const serialSocket = join(workDir, 'serial.sock');
-    await writeFile(join(workDir, 'targets.csv'), `name,mac,ip,reset,model,console\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},arm64,unix:${serialSocket}\n`);
-    const config = await validateConfig(
-      qemuAgentSettings(TOKEN, {
-        flash: { partSize: '4MiB', tftpWindowSize: 8 },
-        timeouts: { boardShow: 30, stall: 30, boot: 150 },
-        defaultLayout: 'inject',
-        uboot: { binaries: { arm64: ubootBin }, bootScr: stage1Path },
-      }),
-      workDir,
-    );
-    const records: LogRecord[] = [];
-    let agent: RunningAgent | undefined;
-    let board: QemuBoard | undefined;
-    let conn: AgentConnection | undefined;
-    let jobId = '';
-    const jobLog: string[] = [];
-    try {
-      agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => records.push(r) }) });
-      board = await startQemuBoard({ ubootBin, mac: MAC, tftpPort: agent.tftp.port, sdImage, env: DHCP_ONLY_ENV, bootcmd: CARD_BOOTCMD, timeoutMs: RUN_TIMEOUT_MS, workDir, serialSocket });
-      // Image A is up: stage 1 found no job and booted A's kernel (watched through the same console
-      // the agent will read; one reader at a time, so this one closes before the job).
-      for (let i = 0; i < 200 && !existsSync(serialSocket); i++) await new Promise((r) => setTimeout(r, 50));
-      const watcher = await openConsole({ kind: 'unix', path: serialSocket }, { log: silentLogger });
-      const sawA = await watcher.waitFor(new RegExp(`${INIT_BANNER} ${markerA}`), { timeoutMs: 120_000, since: 0 });
-      await watcher.close();
-      expect(sawA, 'image A booted').not.toBeNull();
+      const qmpSocket = join(workDir, 'qmp.sock'); // where startQemuBoard puts it
+      const serialSocket = join(workDir, 'serial.sock');
+      await writeFile(
+        join(workDir, 'targets.csv'),
+        `name,mac,ip,reset,model,console\n${TARGET},${MAC},127.0.0.1,qmp:${qmpSocket},arm64,unix:${serialSocket}\n`,
+      );
+      const config = await validateConfig(
+        qemuAgentSettings(TOKEN, {
+          flash: { partSize: '4MiB', tftpWindowSize: 8 },
+          timeouts: { boardShow: 30, stall: 30, boot: 150 },
+          defaultLayout: 'inject',
+          uboot: { binaries: { arm64: ubootBin }, bootScr: stage1Path },
+        }),
+        workDir,
+      );
+      const records: LogRecord[] = [];
+      let agent: RunningAgent | undefined;
+      let board: QemuBoard | undefined;
+      let conn: AgentConnection | undefined;
+      let jobId = '';
+      const jobLog: string[] = [];
+      try {
+        agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => records.push(r) }) });
+        board = await startQemuBoard({
+          ubootBin,
+          mac: MAC,
+          tftpPort: agent.tftp.port,
+          sdImage,
+          env: DHCP_ONLY_ENV,
+          bootcmd: CARD_BOOTCMD,
+          timeoutMs: RUN_TIMEOUT_MS,
+          workDir,
+          serialSocket,
+        });
+        // Image A is up: stage 1 found no job and booted A's kernel (watched through the same console
+        // the agent will read; one reader at a time, so this one closes before the job).
+        for (let i = 0; i < 200 && !existsSync(serialSocket); i++) await new Promise((r) => setTimeout(r, 50));
+        const watcher = await openConsole({ kind: 'unix', path: serialSocket }, { log: silentLogger });
+        const sawA = await watcher.waitFor(new RegExp(`${INIT_BANNER} ${markerA}`), { timeoutMs: 120_000, since: 0 });
+        await watcher.close();
+        expect(sawA, 'image A booted').not.toBeNull();
 
-      conn = await connectAgent({ url: agent.url, token: TOKEN, client: 'qemu-loop-test', onEvent: (m: AgentMessage) => void (m.type === 'log' && jobLog.push(`${m.level} ${m.source} ${m.message}`)) });
-      await conn.lease(TARGET, { holder: 'qemu-loop-test' });
-      const sha256 = createHash('sha256').update(imageBRaw).digest('hex');
-      await conn.upload({ path: imageB, sha256, size: imageBRaw.length, compression: 'none' });
-      const result = await conn.flash({ sha256, bootCheck: `console:${INIT_BANNER} ${markerB}` });
-      jobId = result.job;
-      expect(result, jobLog.join('\n')).toMatchObject({ ok: true, code: 'OK', bytesWritten: IMAGE_B_SIZE });
-      // The console story reached the client: stage 1 ran the job, then found none and booted B.
-      const consoleLines = jobLog.filter((l) => l.startsWith('info console ')).join('\n');
-      expect(consoleLines).toMatch(new RegExp(`rpi-flash: running ${macDir(MAC)}/flash\\.scr`));
-      expect(consoleLines).toMatch(new RegExp(`rpi-flash: no job for ${macDir(MAC)} on 10\\.0\\.2\\.2: booting the installed system`));
-      expect(consoleLines).toMatch(new RegExp(`Kernel command line: console=ttyAMA0 panic=-1 rpiflash\\.image=${markerB}`));
-      expect(jobLog.join('\n')).toMatch(new RegExp(`booted: console:.*matched ".*${markerB}`));
-      expect(jobLog.join('\n')).toMatch(/layout inject: \d+ patch\(es\)/);
-      // The staged folder is gone, and the job's record keeps the console it saw.
-      expect((await readdir(config.tftp.root)).filter((n) => !n.startsWith('.'))).toEqual([]);
-      expect(await readFile(join(config.stateDir, 'jobs', `${jobId}.console.log`), 'utf8')).toContain(markerB);
-    } finally {
-      conn?.close();
-      await board?.kill();
-      await agent?.stop();
-      await writeFile(join(workDir, 'agent.log'), records.map(formatRecord).join('\n') + '\n').catch(() => {});
-      if (jobLog.length) await writeFile(join(workDir, 'job.log'), jobLog.join('\n') + '\n').catch(() => {});
-    }
+        conn = await connectAgent({
+          url: agent.url,
+          token: TOKEN,
+          client: 'qemu-loop-test',
+          onEvent: (m: AgentMessage) => void (m.type === 'log' && jobLog.push(`${m.level} ${m.source} ${m.message}`)),
+        });
+        await conn.lease(TARGET, { holder: 'qemu-loop-test' });
+        const sha256 = createHash('sha256').update(imageBRaw).digest('hex');
+        await conn.upload({ path: imageB, sha256, size: imageBRaw.length, compression: 'none' });
+        const result = await conn.flash({ sha256, bootCheck: `console:${INIT_BANNER} ${markerB}` });
+        jobId = result.job;
+        expect(result, jobLog.join('\n')).toMatchObject({ ok: true, code: 'OK', bytesWritten: IMAGE_B_SIZE });
+        // The console story reached the client: stage 1 ran the job, then found none and booted B.
+        const consoleLines = jobLog.filter((l) => l.startsWith('info console ')).join('\n');
+        expect(consoleLines).toMatch(new RegExp(`rpi-flash: running ${macDir(MAC)}/flash\\.scr`));
+        expect(consoleLines).toMatch(
+          new RegExp(`rpi-flash: no job for ${macDir(MAC)} on 10\\.0\\.2\\.2: booting the installed system`),
+        );
+        expect(consoleLines).toMatch(
+          new RegExp(`Kernel command line: console=ttyAMA0 panic=-1 rpiflash\\.image=${markerB}`),
+        );
+        expect(jobLog.join('\n')).toMatch(new RegExp(`booted: console:.*matched ".*${markerB}`));
+        expect(jobLog.join('\n')).toMatch(/layout inject: \d+ patch\(es\)/);
+        // The staged folder is gone, and the job's record keeps the console it saw.
+        expect((await readdir(config.tftp.root)).filter((n) => !n.startsWith('.'))).toEqual([]);
+        expect(await readFile(join(config.stateDir, 'jobs', `${jobId}.console.log`), 'utf8')).toContain(markerB);
+      } finally {
+        conn?.close();
+        await board?.kill();
+        await agent?.stop();
+        await writeFile(join(workDir, 'agent.log'), records.map(formatRecord).join('\n') + '\n').catch(() => {});
+        if (jobLog.length) await writeFile(join(workDir, 'job.log'), jobLog.join('\n') + '\n').catch(() => {});
+      }
 
-    // The card now holds image B byte for byte, with U-Boot and stage 1 on its boot partition.
-    // Outside the boot partition (the MBR and its gap) the card holds image B exactly as uploaded.
-    const card = await readFile(sdImage);
-    expect(card.subarray(0, BOOT_PARTITION_OFFSET).equals(imageBRaw.subarray(0, BOOT_PARTITION_OFFSET)), 'card starts with image B').toBe(true);
-    const names = (await listBootPartition(sdImage)).map((n) => n.toLowerCase());
-    expect(names).toEqual(expect.arrayContaining(['u-boot.bin', 'boot.scr', STAGE1_ENV_FILE, 'kernel8.img', 'initramfs8', 'config.txt']));
-    expect((await readBootFile(sdImage, 'u-boot.bin')).equals(await readFile(ubootBin))).toBe(true);
-    expect((await readBootFile(sdImage, 'boot.scr')).equals(stage1)).toBe(true);
-    expect((await readBootFile(sdImage, 'config.txt')).toString()).toMatch(/^kernel=u-boot\.bin$/m);
-    expect(BOOT_PARTITION_OFFSET).toBe(4 * MiB);
-  }, RUN_TIMEOUT_MS + 30_000);
+      // The card now holds image B byte for byte, with U-Boot and stage 1 on its boot partition.
+      // Outside the boot partition (the MBR and its gap) the card holds image B exactly as uploaded.
+      const card = await readFile(sdImage);
+      expect(
+        card.subarray(0, BOOT_PARTITION_OFFSET).equals(imageBRaw.subarray(0, BOOT_PARTITION_OFFSET)),
+        'card starts with image B',
+      ).toBe(true);
+      const names = (await listBootPartition(sdImage)).map((n) => n.toLowerCase());
+      expect(names).toEqual(
+        expect.arrayContaining(['u-boot.bin', 'boot.scr', STAGE1_ENV_FILE, 'kernel8.img', 'initramfs8', 'config.txt']),
+      );
+      expect((await readBootFile(sdImage, 'u-boot.bin')).equals(await readFile(ubootBin))).toBe(true);
+      expect((await readBootFile(sdImage, 'boot.scr')).equals(stage1)).toBe(true);
+      expect((await readBootFile(sdImage, 'config.txt')).toString()).toMatch(/^kernel=u-boot\.bin$/m);
+      expect(BOOT_PARTITION_OFFSET).toBe(4 * MiB);
+    },
+    RUN_TIMEOUT_MS + 30_000,
+  );
 });

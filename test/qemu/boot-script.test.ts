@@ -26,7 +26,7 @@ const source = readFileSync(STAGE1_CMD, 'utf8');
 /** The first word of every command in a script (commands inside if/then/else included). */
 function commandsOf(script: string): Set<string> {
   const found = new Set<string>();
-  for (let pos = 0; pos < script.length; ) {
+  for (let pos = 0; pos < script.length;) {
     const r = parseHush(script, 'line', pos);
     if (!r.list) throw new Error(`boot.cmd does not parse at offset ${pos}: ${r.error}`);
     for (const cmd of simpleCommands(r.list)) {
@@ -59,10 +59,12 @@ describe('stage 1 (uboot/boot.cmd → uboot/boot.scr)', () => {
     expect(buildStage1Image(source + '\n').equals(readFileSync(STAGE1_SCR))).toBe(false);
   });
 
-  it('uses only commands that Debian\'s Pi U-Boot has', () => {
+  it("uses only commands that Debian's Pi U-Boot has", () => {
     expect(RPI_COMMANDS.has('tftpput')).toBe(false);
     const used = commandsOf(source);
-    expect([...used]).toEqual(expect.arrayContaining(['dhcp', 'tftpboot', 'source', 'fatload', 'env', 'booti', 'bootz', 'setexpr']));
+    expect([...used]).toEqual(
+      expect.arrayContaining(['dhcp', 'tftpboot', 'source', 'fatload', 'env', 'booti', 'bootz', 'setexpr']),
+    );
     expect([...used].filter((c) => !RPI_COMMANDS.has(c) && !ONLY_ON_32_BIT.has(c))).toEqual([]);
   });
 
@@ -74,7 +76,16 @@ describe('stage 1 (uboot/boot.cmd → uboot/boot.scr)', () => {
   });
 
   it('reads the keys of the rpi-flash.env contract', () => {
-    for (const key of ['rpf_kernel', 'rpf_initrd', 'rpf_arm64', 'rpf_bootargs', 'rpf_ipaddr', 'rpf_netmask', 'rpf_gatewayip', 'rpf_serverip']) {
+    for (const key of [
+      'rpf_kernel',
+      'rpf_initrd',
+      'rpf_arm64',
+      'rpf_bootargs',
+      'rpf_ipaddr',
+      'rpf_netmask',
+      'rpf_gatewayip',
+      'rpf_serverip',
+    ]) {
       expect(source).toContain(`\${${key}}`);
     }
     expect(source).toContain('rpi-flash.env');

@@ -11,7 +11,17 @@ import { gzipSync } from 'node:zlib';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { buildScriptImage } from '../../runner-agent/src/board/uimage.js';
 import { FLASH_SCRIPT, macDir } from '../../src/protocol/tftp-names.js';
-import { DHCP_ONLY_ENV, INIT_BANNER, bootFromCard, buildDiskImage, buildTestOsImage, newMarker, stage1ScriptImage, testKernelGate, PREPARE_KERNEL_TIMEOUT_MS } from './os-image.js';
+import {
+  DHCP_ONLY_ENV,
+  INIT_BANNER,
+  bootFromCard,
+  buildDiskImage,
+  buildTestOsImage,
+  newMarker,
+  stage1ScriptImage,
+  testKernelGate,
+  PREPARE_KERNEL_TIMEOUT_MS,
+} from './os-image.js';
 import { killAllQemuBoards } from './qemu-board.js';
 import { BUILD_TIMEOUT_MS, qemuTestGate } from './test-uboot.js';
 
@@ -48,22 +58,43 @@ describe.skipIf(!run)(title, () => {
   const sdImage = () => join(workDir, 'sd.img');
   const markerLine = (marker: string) => new RegExp(`${INIT_BANNER} ${marker}`);
 
-  it('without a job (DHCP, server up) boots the card\'s kernel and initramfs with its command line', async () => {
+  it("without a job (DHCP, server up) boots the card's kernel and initramfs with its command line", async () => {
     const marker = newMarker('dhcp');
-    await buildTestOsImage({ path: sdImage(), kernelImage: kernel, marker, bootargs: `rpiflash.test=${marker}`, extraFiles: { 'boot.scr': stage1 } });
-    const result = await bootFromCard({ ubootBin, workDir, mac: MAC, sdImage: sdImage(), server: 'up', env: DHCP_ONLY_ENV, until: markerLine(marker), timeoutMs: BOOT_TIMEOUT_MS });
+    await buildTestOsImage({
+      path: sdImage(),
+      kernelImage: kernel,
+      marker,
+      bootargs: `rpiflash.test=${marker}`,
+      extraFiles: { 'boot.scr': stage1 },
+    });
+    const result = await bootFromCard({
+      ubootBin,
+      workDir,
+      mac: MAC,
+      sdImage: sdImage(),
+      server: 'up',
+      env: DHCP_ONLY_ENV,
+      until: markerLine(marker),
+      timeoutMs: BOOT_TIMEOUT_MS,
+    });
 
     // Address and server came from slirp's DHCP (the board's env had neither).
     expect(result.console).toMatch(/DHCP client bound to address 10\.0\.2\.15/);
     expect(result.console).toMatch(new RegExp(`rpi-flash: no job for ${macDir(MAC)} on 10\\.0\\.2\\.2`));
-    expect(result.transfers).toContainEqual(expect.objectContaining({ path: `${macDir(MAC)}/${FLASH_SCRIPT}`, ok: false, error: 'File not found' }));
+    expect(result.transfers).toContainEqual(
+      expect.objectContaining({ path: `${macDir(MAC)}/${FLASH_SCRIPT}`, ok: false, error: 'File not found' }),
+    );
     // The kernel got the image's command line, the initramfs ran: the marker is this build's.
     expect(result.console).toMatch(/rpi-flash: booting kernel8\.img initrd 0x44000000:[0-9a-f]+ fdt 0x40000000/);
-    expect(result.console).toMatch(new RegExp(`Kernel command line: console=ttyAMA0 panic=-1 rpiflash\\.test=${marker}`));
-    console.info(`stage 1 start → no job: ${Math.round(result.at.networkDone! - result.at.stage1!)} ms; QEMU start → marker: ${Math.round(result.at.until)} ms`);
+    expect(result.console).toMatch(
+      new RegExp(`Kernel command line: console=ttyAMA0 panic=-1 rpiflash\\.test=${marker}`),
+    );
+    console.info(
+      `stage 1 start → no job: ${Math.round(result.at.networkDone! - result.at.stage1!)} ms; QEMU start → marker: ${Math.round(result.at.until)} ms`,
+    );
   });
 
-  it('takes a static address and server from rpi-flash.env (no DHCP) and boots a gzip\'d kernel', async () => {
+  it("takes a static address and server from rpi-flash.env (no DHCP) and boots a gzip'd kernel", async () => {
     const marker = newMarker('static');
     await buildTestOsImage({
       path: sdImage(),
@@ -72,7 +103,16 @@ describe.skipIf(!run)(title, () => {
       env: { rpf_ipaddr: '10.0.2.15', rpf_netmask: '255.255.255.0', rpf_serverip: '10.0.2.2' },
       extraFiles: { 'boot.scr': stage1 },
     });
-    const result = await bootFromCard({ ubootBin, workDir, mac: MAC, sdImage: sdImage(), server: 'up', env: DHCP_ONLY_ENV, until: markerLine(marker), timeoutMs: BOOT_TIMEOUT_MS });
+    const result = await bootFromCard({
+      ubootBin,
+      workDir,
+      mac: MAC,
+      sdImage: sdImage(),
+      server: 'up',
+      env: DHCP_ONLY_ENV,
+      until: markerLine(marker),
+      timeoutMs: BOOT_TIMEOUT_MS,
+    });
     expect(result.console).not.toMatch(/BOOTP broadcast|DHCP client bound/);
     expect(result.transfers.map((t) => t.path)).toContain(`${macDir(MAC)}/${FLASH_SCRIPT}`);
     expect(result.console).toMatch(/Uncompressing Kernel Image/);
@@ -81,16 +121,32 @@ describe.skipIf(!run)(title, () => {
   it('with the TFTP server down, still boots the installed system after a short wait', async () => {
     const marker = newMarker('down');
     await buildTestOsImage({ path: sdImage(), kernelImage: kernel, marker, extraFiles: { 'boot.scr': stage1 } });
-    const result = await bootFromCard({ ubootBin, workDir, mac: MAC, sdImage: sdImage(), server: 'down', until: markerLine(marker), timeoutMs: BOOT_TIMEOUT_MS });
+    const result = await bootFromCard({
+      ubootBin,
+      workDir,
+      mac: MAC,
+      sdImage: sdImage(),
+      server: 'down',
+      until: markerLine(marker),
+      timeoutMs: BOOT_TIMEOUT_MS,
+    });
     expect(result.console).toMatch(/Retry count exceeded/);
     expect(result.console).toMatch(new RegExp(`rpi-flash: no job for ${macDir(MAC)}`));
   });
 
   it('runs the job when there is one, and does not boot the installed system', async () => {
     const marker = newMarker('job');
-    await buildTestOsImage({ path: sdImage(), kernelImage: Buffer.from('not a kernel'), marker, extraFiles: { 'boot.scr': stage1 } });
+    await buildTestOsImage({
+      path: sdImage(),
+      kernelImage: Buffer.from('not a kernel'),
+      marker,
+      extraFiles: { 'boot.scr': stage1 },
+    });
     // flash.scr lands on ${scriptaddr}, where the board loaded stage 1 itself: `source` runs a copy.
-    const job = buildScriptImage(`echo "test job ${marker} ran with tftptimeout=\${tftptimeout}/\${tftptimeoutcountmax}"\n`, { name: 'test job' });
+    const job = buildScriptImage(
+      `echo "test job ${marker} ran with tftptimeout=\${tftptimeout}/\${tftptimeoutcountmax}"\n`,
+      { name: 'test job' },
+    );
     const result = await bootFromCard({
       ubootBin,
       workDir,
@@ -107,8 +163,21 @@ describe.skipIf(!run)(title, () => {
   });
 
   it('without rpi-flash.env says what is missing instead of booting', async () => {
-    await buildDiskImage({ path: sdImage(), size: 8 * 1024 * 1024, bootPartitionSize: 4 * 1024 * 1024, files: { 'boot.scr': stage1 } });
-    const result = await bootFromCard({ ubootBin, workDir, mac: MAC, sdImage: sdImage(), server: 'up', until: /cannot boot the installed system[^\n]*\n/, timeoutMs: BOOT_TIMEOUT_MS });
+    await buildDiskImage({
+      path: sdImage(),
+      size: 8 * 1024 * 1024,
+      bootPartitionSize: 4 * 1024 * 1024,
+      files: { 'boot.scr': stage1 },
+    });
+    const result = await bootFromCard({
+      ubootBin,
+      workDir,
+      mac: MAC,
+      sdImage: sdImage(),
+      server: 'up',
+      until: /cannot boot the installed system[^\n]*\n/,
+      timeoutMs: BOOT_TIMEOUT_MS,
+    });
     expect(result.console).toMatch(/rpi-flash: no rpi-flash\.env on mmc 0:1/);
     expect(result.console).toMatch(/cannot boot the installed system: no rpf_kernel/);
   });

@@ -53,7 +53,12 @@ export interface FlashScenarioResult {
 }
 
 /** The test job: fetch, write, power off; any failure prints TEST-JOB-FAILED and stops. */
-export function testJobScript(o: { mac: string; payloadSize: number; startSector: number; windowsize: number }): string {
+export function testJobScript(o: {
+  mac: string;
+  payloadSize: number;
+  startSector: number;
+  windowsize: number;
+}): string {
   const sectors = Math.ceil(o.payloadSize / SECTOR);
   const hex = (n: number) => `0x${n.toString(16)}`;
   // No `exit` anywhere: U-Boot 2023.01's hush ignores it (the script goes on), so failure
@@ -115,7 +120,10 @@ export async function runFlashScenario(o: FlashScenarioOptions): Promise<FlashSc
       const ended = await Promise.race([
         b.waitForExit(o.timeoutMs).then((code) => ({ outcome: 'powered-off' as const, code })),
         b.waitForConsole(/TEST-JOB-FAILED|rpi-flash: no job for /, o.timeoutMs).then(
-          (line) => ({ outcome: line === 'TEST-JOB-FAILED' ? ('job-failed' as const) : ('no-job' as const), code: null }),
+          (line) => ({
+            outcome: line === 'TEST-JOB-FAILED' ? ('job-failed' as const) : ('no-job' as const),
+            code: null,
+          }),
           () => never,
         ),
       ]);

@@ -44,7 +44,10 @@ export async function osImageToolsAvailable(): Promise<{ ok: true } | { ok: fals
     try {
       await execFileAsync('sh', ['-c', `command -v ${tool}`]);
     } catch {
-      return { ok: false, reason: `${tool} is not installed (Debian: gcc-aarch64-linux-gnu, fdisk, dosfstools, mtools)` };
+      return {
+        ok: false,
+        reason: `${tool} is not installed (Debian: gcc-aarch64-linux-gnu, fdisk, dosfstools, mtools)`,
+      };
     }
   }
   return { ok: true };
@@ -64,7 +67,10 @@ export async function findTestKernel(): Promise<string | undefined> {
 /** Runs the prepare script (prints the cached path when already done) and returns `Image`'s path. */
 export async function prepareTestKernel(): Promise<string> {
   try {
-    const { stdout } = await execFileAsync('bash', [PREPARE_KERNEL_SCRIPT], { timeout: PREPARE_KERNEL_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 });
+    const { stdout } = await execFileAsync('bash', [PREPARE_KERNEL_SCRIPT], {
+      timeout: PREPARE_KERNEL_TIMEOUT_MS,
+      maxBuffer: 16 * 1024 * 1024,
+    });
     return stdout.trim();
   } catch (err) {
     const e = err as { stderr?: string; message: string };
@@ -101,7 +107,8 @@ export type InitEnding = 'poweroff' | 'sleep';
 
 /** The assembly of `/init`: print `<banner> <marker>`, then power off (QEMU exits 0) or sleep. */
 export function initAssembly(marker: string, ending: InitEnding): string {
-  if (!/^[\x20-\x7e]+$/.test(marker) || marker.includes('"') || marker.includes('\\')) throw new Error(`marker must be printable ASCII without quotes or backslashes: ${JSON.stringify(marker)}`);
+  if (!/^[\x20-\x7e]+$/.test(marker) || marker.includes('"') || marker.includes('\\'))
+    throw new Error(`marker must be printable ASCII without quotes or backslashes: ${JSON.stringify(marker)}`);
   const poweroff = [
     // reboot(LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_POWER_OFF, NULL)
     '  movz x0, #0xdead',
@@ -148,7 +155,14 @@ export async function buildInit(marker: string, ending: InitEnding = 'poweroff')
   try {
     await writeFile(join(dir, 'init.S'), initAssembly(marker, ending));
     await execFileAsync('aarch64-linux-gnu-as', ['-o', join(dir, 'init.o'), join(dir, 'init.S')]);
-    await execFileAsync('aarch64-linux-gnu-ld', ['-static', '-s', '--build-id=none', '-o', join(dir, 'init'), join(dir, 'init.o')]);
+    await execFileAsync('aarch64-linux-gnu-ld', [
+      '-static',
+      '-s',
+      '--build-id=none',
+      '-o',
+      join(dir, 'init'),
+      join(dir, 'init.o'),
+    ]);
     return await readFile(join(dir, 'init'));
   } finally {
     await rm(dir, { recursive: true, force: true });
@@ -175,8 +189,30 @@ export function cpioNewc(entries: CpioEntry[]): Buffer {
     const data = e.data ?? Buffer.alloc(0);
     const header =
       '070701' +
-      [ino, e.mode, 0, 0, e.mode & 0o40000 ? 2 : 1, 0, data.length, 0, 0, e.rdev?.[0] ?? 0, e.rdev?.[1] ?? 0, name.length, 0].map(field).join('');
-    parts.push(Buffer.from(header, 'ascii'), name, Buffer.alloc(pad4(110 + name.length)), data, Buffer.alloc(pad4(data.length)));
+      [
+        ino,
+        e.mode,
+        0,
+        0,
+        e.mode & 0o40000 ? 2 : 1,
+        0,
+        data.length,
+        0,
+        0,
+        e.rdev?.[0] ?? 0,
+        e.rdev?.[1] ?? 0,
+        name.length,
+        0,
+      ]
+        .map(field)
+        .join('');
+    parts.push(
+      Buffer.from(header, 'ascii'),
+      name,
+      Buffer.alloc(pad4(110 + name.length)),
+      data,
+      Buffer.alloc(pad4(data.length)),
+    );
   };
   entries.forEach((e, i) => add(e, i + 1));
   add({ name: 'TRAILER!!!', mode: 0 }, 0);
@@ -227,18 +263,30 @@ export const BOOT_PARTITION_OFFSET = BOOT_PARTITION_START_SECTOR * SECTOR;
  */
 export async function buildDiskImage(o: DiskImageOptions): Promise<void> {
   const sectors = o.bootPartitionSize / SECTOR;
-  if (!Number.isInteger(sectors) || sectors < 2048) throw new Error(`boot partition size must be whole sectors and at least 1 MiB, got ${o.bootPartitionSize}`);
-  if (BOOT_PARTITION_OFFSET + o.bootPartitionSize > o.size) throw new Error(`a ${o.bootPartitionSize}-byte boot partition at 4 MiB does not fit in ${o.size} bytes`);
+  if (!Number.isInteger(sectors) || sectors < 2048)
+    throw new Error(`boot partition size must be whole sectors and at least 1 MiB, got ${o.bootPartitionSize}`);
+  if (BOOT_PARTITION_OFFSET + o.bootPartitionSize > o.size)
+    throw new Error(`a ${o.bootPartitionSize}-byte boot partition at 4 MiB does not fit in ${o.size} bytes`);
   await writeFile(o.path, Buffer.alloc(0));
   await truncate(o.path, o.size);
   const table = `label: dos\nlabel-id: 0x5250460a\nstart=${BOOT_PARTITION_START_SECTOR}, size=${sectors}, type=c, bootable\n`;
   await run('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', o.path], table);
-  await run('mkfs.vfat', ['--offset', String(BOOT_PARTITION_START_SECTOR), '-n', o.label ?? 'BOOT', '-i', '5250460a', o.path, String(o.bootPartitionSize / 1024)]);
+  await run('mkfs.vfat', [
+    '--offset',
+    String(BOOT_PARTITION_START_SECTOR),
+    '-n',
+    o.label ?? 'BOOT',
+    '-i',
+    '5250460a',
+    o.path,
+    String(o.bootPartitionSize / 1024),
+  ]);
   const dir = await mkdtemp(join(tmpdir(), 'rpi-flash-boot-files-'));
   try {
     const names: string[] = [];
     for (const [name, contents] of Object.entries(o.files)) {
-      if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new Error(`boot file name must be a plain file name: ${JSON.stringify(name)}`);
+      if (!/^[A-Za-z0-9._-]+$/.test(name))
+        throw new Error(`boot file name must be a plain file name: ${JSON.stringify(name)}`);
       await writeFile(join(dir, name), contents);
       names.push(join(dir, name));
     }
@@ -259,7 +307,10 @@ export async function listBootPartition(image: string, offset = BOOT_PARTITION_O
 
 /** One file of a disk image's boot partition (mtools, read only). */
 export async function readBootFile(image: string, name: string, offset = BOOT_PARTITION_OFFSET): Promise<Buffer> {
-  const { stdout } = await execFileAsync('mcopy', ['-n', '-i', `${image}@@${offset}`, `::/${name}`, '-'], { encoding: 'buffer', maxBuffer: 256 * 1024 * 1024 });
+  const { stdout } = await execFileAsync('mcopy', ['-n', '-i', `${image}@@${offset}`, `::/${name}`, '-'], {
+    encoding: 'buffer',
+    maxBuffer: 256 * 1024 * 1024,
+  });
   return stdout;
 }
 
@@ -397,7 +448,12 @@ export async function bootFromCard(o: CardBootOptions): Promise<CardBootResult> 
       await mkdir(join(root, path, '..'), { recursive: true });
       await writeFile(join(root, path), data);
     }
-    server = new TftpServer({ address: '127.0.0.1', port: 0, resolver: realFileResolver(root), onTransferEnd: (t) => transfers.push(t) });
+    server = new TftpServer({
+      address: '127.0.0.1',
+      port: 0,
+      resolver: realFileResolver(root),
+      onTransferEnd: (t) => transfers.push(t),
+    });
     port = (await server.listen()).port;
   } else {
     port = await closedUdpPort();
@@ -405,7 +461,16 @@ export async function bootFromCard(o: CardBootOptions): Promise<CardBootResult> 
   let board: QemuBoard | undefined;
   try {
     const started = performance.now();
-    board = await startQemuBoard({ ubootBin: o.ubootBin, mac: o.mac, tftpPort: port, sdImage: o.sdImage, env: o.env, bootcmd: CARD_BOOTCMD, timeoutMs: o.timeoutMs, workDir: o.workDir });
+    board = await startQemuBoard({
+      ubootBin: o.ubootBin,
+      mac: o.mac,
+      tftpPort: port,
+      sdImage: o.sdImage,
+      env: o.env,
+      bootcmd: CARD_BOOTCMD,
+      timeoutMs: o.timeoutMs,
+      workDir: o.workDir,
+    });
     const b = board;
     return await withConsoleOnFailure(b, async () => {
       const at: CardBootResult['at'] = { until: 0 };
@@ -416,7 +481,11 @@ export async function bootFromCard(o: CardBootOptions): Promise<CardBootResult> 
           () => void (at[key] = since()),
           () => undefined,
         );
-      const steps = Promise.all([step(/rpi-flash: stage 1/, 'stage1'), step(STAGE1_NO_JOB, 'networkDone'), step(/rpi-flash: booting /, 'booting')]);
+      const steps = Promise.all([
+        step(/rpi-flash: stage 1/, 'stage1'),
+        step(STAGE1_NO_JOB, 'networkDone'),
+        step(/rpi-flash: booting /, 'booting'),
+      ]);
       await b.waitForConsole(o.until, o.timeoutMs);
       at.until = since();
       await b.kill();

@@ -5,7 +5,13 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { boardEnvironment, qmpCommand, startQemuBoard, withConsoleOnFailure, type QemuBoardOptions } from './qemu-board.js';
+import {
+  boardEnvironment,
+  qmpCommand,
+  startQemuBoard,
+  withConsoleOnFailure,
+  type QemuBoardOptions,
+} from './qemu-board.js';
 import { qemuTestGate, useQemuWorkspace } from './test-uboot.js';
 
 const gate = await qemuTestGate('QEMU board harness');
@@ -41,7 +47,10 @@ describe('boardEnvironment', () => {
 });
 
 describe.skipIf(!gate.run)(gate.title, () => {
-  const qemu = useQemuWorkspace(gate, { prefix: 'rpi-flash-qemu-', prepare: (dir) => writeFile(join(dir, 'sd.img'), Buffer.alloc(1024 * 1024)) });
+  const qemu = useQemuWorkspace(gate, {
+    prefix: 'rpi-flash-qemu-',
+    prepare: (dir) => writeFile(join(dir, 'sd.img'), Buffer.alloc(1024 * 1024)),
+  });
 
   const options = (over: Partial<QemuBoardOptions>): QemuBoardOptions => ({
     ubootBin: qemu.ubootBin,
@@ -54,7 +63,12 @@ describe.skipIf(!gate.run)(gate.title, () => {
   });
 
   it('U-Boot sees the environment given to the board, and its MAC as ethaddr', async () => {
-    const board = await startQemuBoard(options({ env: { greeting: 'hello from the env' }, bootcmd: 'echo "<${greeting}>"; echo "<${ethaddr}>"; poweroff' }));
+    const board = await startQemuBoard(
+      options({
+        env: { greeting: 'hello from the env' },
+        bootcmd: 'echo "<${greeting}>"; echo "<${ethaddr}>"; poweroff',
+      }),
+    );
     await withConsoleOnFailure(board, async () => {
       expect(await board.waitForExit(30_000)).toBe(0);
       expect(board.console()).toContain('<hello from the env>');
@@ -90,6 +104,8 @@ describe.skipIf(!gate.run)(gate.title, () => {
 
   it('refuses an SD image whose size is not a power of two', async () => {
     await writeFile(join(qemu.workDir, 'odd.img'), Buffer.alloc(3 * 512));
-    await expect(startQemuBoard(options({ sdImage: join(qemu.workDir, 'odd.img') }))).rejects.toThrow(/1536 bytes; QEMU's sd-card needs a power of two/);
+    await expect(startQemuBoard(options({ sdImage: join(qemu.workDir, 'odd.img') }))).rejects.toThrow(
+      /1536 bytes; QEMU's sd-card needs a power of two/,
+    );
   });
 });

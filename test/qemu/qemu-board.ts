@@ -131,7 +131,9 @@ function isPowerOfTwo(n: number): boolean {
 const hex = (n: number) => `0x${n.toString(16)}`;
 
 /** The whole environment: the pflash env replaces U-Boot's default env, so nothing is implied. */
-export function boardEnvironment(o: Pick<QemuBoardOptions, 'tftpPort' | 'env' | 'bootcmd' | 'stage1'>): Record<string, string> {
+export function boardEnvironment(
+  o: Pick<QemuBoardOptions, 'tftpPort' | 'env' | 'bootcmd' | 'stage1'>,
+): Record<string, string> {
   const after = o.bootcmd ?? (o.stage1 ? 'source ${stage1addr}' : '');
   const env: Record<string, string> = {
     bootdelay: '0',
@@ -154,7 +156,8 @@ export function boardEnvironment(o: Pick<QemuBoardOptions, 'tftpPort' | 'env' | 
   for (const [name, value] of Object.entries(env)) {
     // mkenvimage reads one `name=value` a line: a newline would split the variable silently.
     if (!/^[A-Za-z_][A-Za-z0-9_.]*$/.test(name)) throw new Error(`bad U-Boot environment variable name: "${name}"`);
-    if (/[\r\n\0]/.test(value)) throw new Error(`environment variable ${name} contains a line break or NUL; use ';' between commands`);
+    if (/[\r\n\0]/.test(value))
+      throw new Error(`environment variable ${name} contains a line break or NUL; use ';' between commands`);
   }
   return env;
 }
@@ -163,7 +166,12 @@ export function boardEnvironment(o: Pick<QemuBoardOptions, 'tftpPort' | 'env' | 
 async function writeEnvImage(workDir: string, env: Record<string, string>): Promise<string> {
   const text = join(workDir, 'env.txt');
   const image = join(workDir, 'env.img');
-  await writeFile(text, Object.entries(env).map(([k, v]) => `${k}=${v}\n`).join(''));
+  await writeFile(
+    text,
+    Object.entries(env)
+      .map(([k, v]) => `${k}=${v}\n`)
+      .join(''),
+  );
   await execFileAsync('mkenvimage', ['-s', hex(ENV_SIZE), '-o', image, text]);
   await truncate(image, PFLASH_SIZE);
   return image;
@@ -171,28 +179,47 @@ async function writeEnvImage(workDir: string, env: Record<string, string>): Prom
 
 export async function startQemuBoard(o: QemuBoardOptions): Promise<QemuBoard> {
   const sdSize = (await stat(o.sdImage)).size;
-  if (!isPowerOfTwo(sdSize)) throw new Error(`SD image ${o.sdImage} is ${sdSize} bytes; QEMU's sd-card needs a power of two`);
+  if (!isPowerOfTwo(sdSize))
+    throw new Error(`SD image ${o.sdImage} is ${sdSize} bytes; QEMU's sd-card needs a power of two`);
   await access(o.ubootBin, constants.R_OK).catch(() => {
     throw new Error(`no U-Boot at ${o.ubootBin}; build it with: bash scripts/build-test-uboot.sh`);
   });
   const qmpSocket = join(o.workDir, 'qmp.sock');
-  if (qmpSocket.length > UNIX_PATH_MAX) throw new Error(`QMP socket path is too long for a unix socket (${qmpSocket.length} > ${UNIX_PATH_MAX}): ${qmpSocket}`);
+  if (qmpSocket.length > UNIX_PATH_MAX)
+    throw new Error(
+      `QMP socket path is too long for a unix socket (${qmpSocket.length} > ${UNIX_PATH_MAX}): ${qmpSocket}`,
+    );
   const envImage = await writeEnvImage(o.workDir, boardEnvironment(o));
   const consoleLog = join(o.workDir, 'console.log');
 
   const args = [
-    '-M', 'virt', '-cpu', 'cortex-a57', '-m', '1G', '-nographic',
-    '-bios', o.ubootBin,
-    '-netdev', 'user,id=n0',
-    '-device', `virtio-net-device,netdev=n0,mac=${o.mac}`,
-    '-drive', `if=pflash,format=raw,unit=1,file=${envImage}`,
-    '-device', 'sdhci-pci',
-    '-drive', `if=none,id=sdcard,format=raw,file=${o.sdImage}`,
-    '-device', 'sd-card,drive=sdcard',
-    '-qmp', `unix:${qmpSocket},server=on,wait=off`,
+    '-M',
+    'virt',
+    '-cpu',
+    'cortex-a57',
+    '-m',
+    '1G',
+    '-nographic',
+    '-bios',
+    o.ubootBin,
+    '-netdev',
+    'user,id=n0',
+    '-device',
+    `virtio-net-device,netdev=n0,mac=${o.mac}`,
+    '-drive',
+    `if=pflash,format=raw,unit=1,file=${envImage}`,
+    '-device',
+    'sdhci-pci',
+    '-drive',
+    `if=none,id=sdcard,format=raw,file=${o.sdImage}`,
+    '-device',
+    'sd-card,drive=sdcard',
+    '-qmp',
+    `unix:${qmpSocket},server=on,wait=off`,
   ];
   if (o.serialSocket) {
-    if (o.serialSocket.length > UNIX_PATH_MAX) throw new Error(`serial socket path is too long for a unix socket: ${o.serialSocket}`);
+    if (o.serialSocket.length > UNIX_PATH_MAX)
+      throw new Error(`serial socket path is too long for a unix socket: ${o.serialSocket}`);
     // -nographic would multiplex serial and monitor on stdio; with the serial elsewhere, no monitor.
     args.push('-serial', `unix:${o.serialSocket},server=on,wait=off`, '-monitor', 'none');
   }
@@ -251,7 +278,11 @@ export async function startQemuBoard(o: QemuBoardOptions): Promise<QemuBoard> {
   });
 
   const why = () =>
-    spawnError ? `could not start ${QEMU_BINARY}: ${spawnError.message}` : timedOut ? `QEMU was killed at its hard timeout (${o.timeoutMs} ms)` : 'QEMU exited';
+    spawnError
+      ? `could not start ${QEMU_BINARY}: ${spawnError.message}`
+      : timedOut
+        ? `QEMU was killed at its hard timeout (${o.timeoutMs} ms)`
+        : 'QEMU exited';
 
   const board: QemuBoard = {
     qmpSocket,
@@ -268,7 +299,10 @@ export async function startQemuBoard(o: QemuBoardOptions): Promise<QemuBoard> {
           if (m) return finish(() => resolve(m[0]));
           if (done) finish(() => reject(new Error(`${why()} before the console showed ${re}`)));
         };
-        const timer = setTimeout(() => finish(() => reject(new Error(`console did not show ${re} within ${timeoutMs} ms`))), timeoutMs);
+        const timer = setTimeout(
+          () => finish(() => reject(new Error(`console did not show ${re} within ${timeoutMs} ms`))),
+          timeoutMs,
+        );
         const finish = (settle: () => void) => {
           clearTimeout(timer);
           listeners.delete(check);

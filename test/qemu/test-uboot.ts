@@ -44,7 +44,10 @@ export async function findTestUboot(): Promise<TestUboot> {
 /** Runs the build script (a no-op when the build is cached) and returns the path of u-boot.bin. */
 export async function buildTestUboot(): Promise<string> {
   try {
-    const { stdout } = await execFileAsync('bash', [BUILD_SCRIPT], { timeout: BUILD_TIMEOUT_MS, maxBuffer: 64 * 1024 * 1024 });
+    const { stdout } = await execFileAsync('bash', [BUILD_SCRIPT], {
+      timeout: BUILD_TIMEOUT_MS,
+      maxBuffer: 64 * 1024 * 1024,
+    });
     return stdout.trim();
   } catch (err) {
     const e = err as { stderr?: string; message: string };
@@ -57,7 +60,9 @@ export async function buildTestUboot(): Promise<string> {
  * QEMU or the build), with `title` saying why and how to fix it; `ubootBin()` (for beforeAll, with
  * BUILD_TIMEOUT_MS) returns the build, building it in CI and failing there if QEMU is missing.
  */
-export async function qemuTestGate(name: string): Promise<{ run: boolean; title: string; ubootBin(): Promise<string> }> {
+export async function qemuTestGate(
+  name: string,
+): Promise<{ run: boolean; title: string; ubootBin(): Promise<string> }> {
   const found = await findTestUboot();
   const run = found.ok || inCi;
   return {

@@ -11,7 +11,12 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { FLASH_SCRIPT, macDir } from '../../src/protocol/tftp-names.js';
-import { STAGE1_SOURCE, runFlashScenario, type FlashScenarioOptions, type FlashScenarioResult } from './flash-scenario.js';
+import {
+  STAGE1_SOURCE,
+  runFlashScenario,
+  type FlashScenarioOptions,
+  type FlashScenarioResult,
+} from './flash-scenario.js';
 import { consoleTail, startQemuBoard, withConsoleOnFailure } from './qemu-board.js';
 import { inCi, qemuTestGate, useQemuWorkspace } from './test-uboot.js';
 
@@ -26,7 +31,10 @@ const SD_FILL = 0x5a; // not zero, so an untouched sector is told apart from a z
 const BOOT_TIMEOUT_MS = 60_000;
 
 describe.skipIf(!gate.run)(gate.title, () => {
-  const qemu = useQemuWorkspace(gate, { prefix: 'rpi-flash-qemu-', prepare: (dir) => writeFile(join(dir, 'sd.img'), Buffer.alloc(SD_SIZE, SD_FILL)) });
+  const qemu = useQemuWorkspace(gate, {
+    prefix: 'rpi-flash-qemu-',
+    prepare: (dir) => writeFile(join(dir, 'sd.img'), Buffer.alloc(SD_SIZE, SD_FILL)),
+  });
 
   async function writePayload(size: number): Promise<Buffer> {
     const payload = randomBytes(size);
@@ -51,7 +59,9 @@ describe.skipIf(!gate.run)(gate.title, () => {
   async function expectOutcome(result: FlashScenarioResult, outcome: FlashScenarioResult['outcome']): Promise<void> {
     if (result.outcome === outcome) return;
     const text = await readFile(result.consoleLog, 'latin1');
-    throw new Error(`expected the run to end as ${outcome}, it ended as ${result.outcome}\n--- board console ---\n${consoleTail(text)}`);
+    throw new Error(
+      `expected the run to end as ${outcome}, it ended as ${result.outcome}\n--- board console ---\n${consoleTail(text)}`,
+    );
   }
 
   /** The SD card holds `payload` at `startSector` and the fill pattern everywhere else. */
@@ -61,7 +71,10 @@ describe.skipIf(!gate.run)(gate.title, () => {
     expect(card.length).toBe(SD_SIZE);
     expect(card.subarray(start, start + payload.length).equals(payload), 'payload on the card').toBe(true);
     const outside = Buffer.concat([card.subarray(0, start), card.subarray(start + payload.length)]);
-    expect(outside.every((b) => b === SD_FILL), 'card untouched outside the payload').toBe(true);
+    expect(
+      outside.every((b) => b === SD_FILL),
+      'card untouched outside the payload',
+    ).toBe(true);
   }
 
   it('stage 1 fetches <macdir>/flash.scr, the job writes 4 MiB to the SD card and powers off', async () => {
@@ -82,7 +95,9 @@ describe.skipIf(!gate.run)(gate.title, () => {
     expect(listing).toMatch(/Image Type:\s+ARM Linux Script \(uncompressed\)/);
     const stage1Length = Buffer.byteLength(await readFile(STAGE1_SOURCE, 'utf8'));
     expect(listing).toMatch(new RegExp(`Image 0: ${stage1Length} Bytes`));
-    console.info(`boot + stage 1: ${Math.round(result.msToJob ?? NaN)} ms; boot + flash of 4 MiB: ${Math.round(result.ms)} ms`);
+    console.info(
+      `boot + stage 1: ${Math.round(result.msToJob ?? NaN)} ms; boot + flash of 4 MiB: ${Math.round(result.ms)} ms`,
+    );
   });
 
   it('without a flash.scr for its MAC, stage 1 reports no job and leaves the card alone', async () => {
@@ -123,7 +138,14 @@ describe.skipIf(!gate.run)(gate.title, () => {
     // TFTP server and slirp's forward to 127.0.0.1 need it.
     const { stdout } = await execFileAsync(
       'unshare',
-      ['-rn', 'sh', '-c', 'ip link set lo up && exec "$0" --import tsx test/qemu/flash-scenario.ts "$1"', process.execPath, JSON.stringify(options)],
+      [
+        '-rn',
+        'sh',
+        '-c',
+        'ip link set lo up && exec "$0" --import tsx test/qemu/flash-scenario.ts "$1"',
+        process.execPath,
+        JSON.stringify(options),
+      ],
       { cwd: REPO_ROOT, timeout: BOOT_TIMEOUT_MS + 10_000 },
     );
     const result = JSON.parse(stdout) as FlashScenarioResult;

@@ -41,7 +41,9 @@ describe('cmd reset', () => {
     const err = await rejectionOf(createResetLine(target, testContext()).pulse());
     expect(err).toBeInstanceOf(AgentError);
     expect(err.code).toBe('RESET_FAILED');
-    expect(err.message).toMatch(/^cannot reset board-1 \(cmd:for i in .*exit 3\): the reset command exited with status 3; stderr: line 3 \| line 4 \| line 5 \| line 6 \| line 7$/);
+    expect(err.message).toMatch(
+      /^cannot reset board-1 \(cmd:for i in .*exit 3\): the reset command exited with status 3; stderr: line 3 \| line 4 \| line 5 \| line 6 \| line 7$/,
+    );
   });
 
   it('says so when a failing command printed nothing', async () => {

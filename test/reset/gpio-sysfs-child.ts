@@ -100,7 +100,10 @@ clearInterval(ticker);
 process.stdout.write(
   JSON.stringify({
     events,
-    heldMs: times['direction=in'] !== undefined && times['value=0'] !== undefined ? times['direction=in'] - times['value=0'] : undefined,
+    heldMs:
+      times['direction=in'] !== undefined && times['value=0'] !== undefined
+        ? times['direction=in'] - times['value=0']
+        : undefined,
     linesLeft: [...lines.keys()],
     error,
   }) + '\n',

@@ -32,7 +32,13 @@ describe('detectGpioBase', () => {
     await chip('gpiochip0', 0, 'pinctrl-bcm2835', 54);
     await chip('gpiochip504', 504, 'raspberrypi-exp-gpio', 8);
     await writeFile(path.join(root, 'export'), '');
-    expect(await detectGpioBase(root)).toEqual({ chip: 'gpiochip0', base: 0, label: 'pinctrl-bcm2835', ngpio: 54, matchedBy: 'label' });
+    expect(await detectGpioBase(root)).toEqual({
+      chip: 'gpiochip0',
+      base: 0,
+      label: 'pinctrl-bcm2835',
+      ngpio: 54,
+      matchedBy: 'label',
+    });
   });
 
   it('finds base 512 on a 6.6 kernel (Pi 4), whatever the listing order', async () => {
@@ -41,13 +47,19 @@ describe('detectGpioBase', () => {
     expect(await detectGpioBase(root)).toMatchObject({ chip: 'gpiochip512', base: 512, matchedBy: 'label' });
   });
 
-  it('finds base 571 on a Pi 5, where the header is on RP1 and the SoC\'s own chips come first', async () => {
+  it("finds base 571 on a Pi 5, where the header is on RP1 and the SoC's own chips come first", async () => {
     await chip('gpiochip512', 512, 'gpio-brcmstb@107d508500', 32);
     await chip('gpiochip544', 544, 'gpio-brcmstb@107d508520', 4);
     await chip('gpiochip548', 548, 'gpio-brcmstb@107d517c00', 17);
     await chip('gpiochip565', 565, 'gpio-brcmstb@107d517c20', 6);
     await chip('gpiochip571', 571, 'pinctrl-rp1', 54);
-    expect(await detectGpioBase(root)).toMatchObject({ chip: 'gpiochip571', base: 571, label: 'pinctrl-rp1', ngpio: 54, matchedBy: 'label' });
+    expect(await detectGpioBase(root)).toMatchObject({
+      chip: 'gpiochip571',
+      base: 571,
+      label: 'pinctrl-rp1',
+      ngpio: 54,
+      matchedBy: 'label',
+    });
   });
 
   it('takes the only chip when no label is known', async () => {
@@ -80,7 +92,9 @@ describe('detectGpioBase', () => {
   it('refuses an empty tree and a missing one', async () => {
     await writeFile(path.join(root, 'export'), '');
     await expect(detectGpioBase(root)).rejects.toThrow(`no GPIO chips under ${root}`);
-    await expect(detectGpioBase(path.join(root, 'absent'))).rejects.toThrow(/no sysfs GPIO at .*absent \(ENOENT\).*gpiod:<chip>:<line>/);
+    await expect(detectGpioBase(path.join(root, 'absent'))).rejects.toThrow(
+      /no sysfs GPIO at .*absent \(ENOENT\).*gpiod:<chip>:<line>/,
+    );
   });
 
   it('refuses a BCM number beyond the chip before touching any line', async () => {
@@ -88,11 +102,15 @@ describe('detectGpioBase', () => {
     await writeFile(path.join(root, 'export'), '');
     const err = await rejectionOf(createResetLine(targetWith('gpio:40'), testContext({ gpioRoot: root })).pulse());
     expect(err.code).toBe('RESET_FAILED');
-    expect(err.message).toBe('cannot reset board-1 (gpio:40): BCM GPIO 40 is beyond gpiochip0 ("pinctrl-rp1", 28 lines)');
+    expect(err.message).toBe(
+      'cannot reset board-1 (gpio:40): BCM GPIO 40 is beyond gpiochip0 ("pinctrl-rp1", 28 lines)',
+    );
   });
 
   it('names a kernel without sysfs GPIO as a reset failure', async () => {
-    const err = await rejectionOf(createResetLine(targetWith('gpio:17'), testContext({ gpioRoot: path.join(root, 'none') })).pulse());
+    const err = await rejectionOf(
+      createResetLine(targetWith('gpio:17'), testContext({ gpioRoot: path.join(root, 'none') })).pulse(),
+    );
     expect(err.code).toBe('RESET_FAILED');
     expect(err.message).toMatch(/^cannot reset board-1 \(gpio:17\): no sysfs GPIO at /);
   });
@@ -115,15 +133,22 @@ describe('explainGpioError', () => {
 /** Root, or a user namespace we may create: what `unshare -rm` needs. */
 const canUnshare = spawnSync('unshare', ['-rm', 'true']).status === 0;
 const runNamespaced = canUnshare || Boolean(process.env.CI);
-if (!runNamespaced) console.warn('skipping the onoff tests in a private mount namespace: "unshare -rm" is not permitted here');
+if (!runNamespaced)
+  console.warn('skipping the onoff tests in a private mount namespace: "unshare -rm" is not permitted here');
 
 /** Runs gpio-sysfs-child.ts in a private mount namespace with a fake /sys/class/gpio. */
 function pulseInNamespace(scenario: string, pulseMs: number) {
   const child = path.join(here, 'gpio-sysfs-child.ts');
   const script = `mount -t tmpfs none /sys/class && mkdir /sys/class/gpio && exec node --import tsx "${child}" ${scenario} ${pulseMs}`;
   const run = spawnSync('unshare', ['-rm', 'sh', '-c', script], { cwd: repoRoot, encoding: 'utf8', timeout: 20_000 });
-  if (run.status !== 0) throw new Error(`namespace child failed (status ${run.status}, signal ${run.signal}): ${run.stderr}`);
-  return JSON.parse(run.stdout.trim().split('\n').pop() ?? '') as { events: string[]; heldMs?: number; linesLeft: number[]; error?: string };
+  if (run.status !== 0)
+    throw new Error(`namespace child failed (status ${run.status}, signal ${run.signal}): ${run.stderr}`);
+  return JSON.parse(run.stdout.trim().split('\n').pop() ?? '') as {
+    events: string[];
+    heldMs?: number;
+    linesLeft: number[];
+    error?: string;
+  };
 }
 
 describe('gpio reset through onoff, in a private mount namespace', () => {

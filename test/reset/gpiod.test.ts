@@ -41,7 +41,10 @@ describe('gpiod reset', () => {
     const line = createResetLine(targetWith('gpiod:gpiochip0:17'), testContext({ pulseMs: 250 }));
     expect(line.describe()).toBe('gpiod:gpiochip0:17 (libgpiod)');
     await line.pulse();
-    expect(await recorded()).toEqual(['[gpioset][--mode=time][--usec=250000][gpiochip0][17=0]', '[gpioget][gpiochip0][17]']);
+    expect(await recorded()).toEqual([
+      '[gpioset][--mode=time][--usec=250000][gpiochip0][17=0]',
+      '[gpioget][gpiochip0][17]',
+    ]);
   });
 
   it('finds a named line with gpiofind', async () => {
@@ -61,18 +64,25 @@ describe('gpiod reset', () => {
     await fakeTool('gpioset');
     const err = await rejectionOf(createResetLine(targetWith('gpiod:/dev/gpiochip0:RUN_PI3'), testContext()).pulse());
     expect(err.code).toBe('RESET_FAILED');
-    expect(err.message).toBe('cannot reset board-1 (gpiod:/dev/gpiochip0:RUN_PI3): line "RUN_PI3" is on gpiochip4, not on /dev/gpiochip0');
+    expect(err.message).toBe(
+      'cannot reset board-1 (gpiod:/dev/gpiochip0:RUN_PI3): line "RUN_PI3" is on gpiochip4, not on /dev/gpiochip0',
+    );
     expect(await recorded()).toEqual(['[gpiofind][RUN_PI3]']);
   });
 
   it('names a line that gpiofind does not know', async () => {
     await fakeTool('gpiofind', 'exit 1');
     const err = await rejectionOf(createResetLine(targetWith('gpiod:gpiochip0:NOPE'), testContext()).pulse());
-    expect(err.message).toMatch(/^cannot reset board-1 \(gpiod:gpiochip0:NOPE\): no GPIO line is named "NOPE" \(gpiofind NOPE failed \(status 1\)\)$/);
+    expect(err.message).toMatch(
+      /^cannot reset board-1 \(gpiod:gpiochip0:NOPE\): no GPIO line is named "NOPE" \(gpiofind NOPE failed \(status 1\)\)$/,
+    );
   });
 
-  it('reports gpioset\'s error and still returns the line to input', async () => {
-    await fakeTool('gpioset', 'echo "gpioset: error setting the GPIO line values: Device or resource busy" >&2; exit 1');
+  it("reports gpioset's error and still returns the line to input", async () => {
+    await fakeTool(
+      'gpioset',
+      'echo "gpioset: error setting the GPIO line values: Device or resource busy" >&2; exit 1',
+    );
     await fakeTool('gpioget', 'echo 1');
     const ctx = testContext();
     const err = await rejectionOf(createResetLine(targetWith('gpiod:gpiochip0:17'), ctx).pulse());
@@ -80,7 +90,10 @@ describe('gpiod reset', () => {
     expect(err.message).toBe(
       'cannot reset board-1 (gpiod:gpiochip0:17): gpioset --mode=time --usec=20000 gpiochip0 17=0 failed (status 1): gpioset: error setting the GPIO line values: Device or resource busy',
     );
-    expect(await recorded()).toEqual(['[gpioset][--mode=time][--usec=20000][gpiochip0][17=0]', '[gpioget][gpiochip0][17]']);
+    expect(await recorded()).toEqual([
+      '[gpioset][--mode=time][--usec=20000][gpiochip0][17=0]',
+      '[gpioget][gpiochip0][17]',
+    ]);
   });
 
   it('fails when the line cannot be released, since the board would stay in reset', async () => {

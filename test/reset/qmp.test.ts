@@ -36,11 +36,29 @@ describe('qmp reset', () => {
   });
 
   /** A QEMU with no firmware: the CPU idles, QMP answers. */
-  async function startQemu(extra: string[] = []): Promise<{ socket: string; child: ChildProcess; exited: Promise<number | null> }> {
+  async function startQemu(
+    extra: string[] = [],
+  ): Promise<{ socket: string; child: ChildProcess; exited: Promise<number | null> }> {
     const socket = path.join(dir, 'qmp.sock');
     const child = spawn(
       QEMU,
-      ['-M', 'virt', '-cpu', 'cortex-a57', '-m', '128M', '-nographic', '-nodefaults', '-display', 'none', '-serial', 'none', '-qmp', `unix:${socket},server=on,wait=off`, ...extra],
+      [
+        '-M',
+        'virt',
+        '-cpu',
+        'cortex-a57',
+        '-m',
+        '128M',
+        '-nographic',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-serial',
+        'none',
+        '-qmp',
+        `unix:${socket},server=on,wait=off`,
+        ...extra,
+      ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     children.push(child);
@@ -78,7 +96,9 @@ describe('qmp reset', () => {
   it.runIf(runQemu)('reports QMP errors with their class', async () => {
     const { socket } = await startQemu();
     const err = await rejectionOf(qmpExecute(socket, ['no-such-command'], 5000));
-    expect(err.message).toMatch(/^QMP no-such-command failed: CommandNotFound: The command no-such-command has not been found$/);
+    expect(err.message).toMatch(
+      /^QMP no-such-command failed: CommandNotFound: The command no-such-command has not been found$/,
+    );
   });
 
   it.runIf(runQemu)('says QEMU has gone when nothing accepts on the socket', async () => {
@@ -88,7 +108,9 @@ describe('qmp reset', () => {
     // QEMU killed with SIGKILL leaves its socket file behind.
     expect(existsSync(socket)).toBe(true);
     const err = await rejectionOf(createResetLine(targetWith(`qmp:${socket}`), testContext()).pulse());
-    expect(err.message).toBe(`cannot reset board-1 (qmp:${socket}): nothing accepts connections on ${socket} (QEMU has exited?)`);
+    expect(err.message).toBe(
+      `cannot reset board-1 (qmp:${socket}): nothing accepts connections on ${socket} (QEMU has exited?)`,
+    );
   });
 
   it('names a missing socket', async () => {
@@ -115,8 +137,12 @@ describe('qmp reset', () => {
       new Promise<void>((r) => chatty.listen(chattyPath, r)),
     ]);
     try {
-      const slow = await rejectionOf(createResetLine(targetWith(`qmp:${silentPath}`), testContext({ cmdTimeoutMs: 200 })).pulse());
-      expect(slow.message).toMatch(/did not answer within 200 ms while waiting for the greeting \(another client may hold the QMP monitor\)$/);
+      const slow = await rejectionOf(
+        createResetLine(targetWith(`qmp:${silentPath}`), testContext({ cmdTimeoutMs: 200 })).pulse(),
+      );
+      expect(slow.message).toMatch(
+        /did not answer within 200 ms while waiting for the greeting \(another client may hold the QMP monitor\)$/,
+      );
       const wrong = await rejectionOf(qmpExecute(chattyPath, ['system_reset'], 2000));
       expect(wrong.message).toBe(`${chattyPath} does not speak QMP (first line: {"hello":"not qmp"})`);
     } finally {

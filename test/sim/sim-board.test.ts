@@ -35,7 +35,16 @@ function bootableImage(size: number, seed: number): Buffer {
 function stagedServer(image: Buffer, partSize: number, scriptOptions: { retries?: number } = {}) {
   const { parts, served } = stageParts(image, partSize);
   const files = new Map<string, Buffer>(served);
-  const script = generateStage2Script({ jobId: JOB, mac: MAC, parts, retries: scriptOptions.retries ?? 2, loadAddr: 0x1000_0000, crcAddr: 0x0f00_0000, beaconAddr: 0x0f10_0000, mmcDev: 0 });
+  const script = generateStage2Script({
+    jobId: JOB,
+    mac: MAC,
+    parts,
+    retries: scriptOptions.retries ?? 2,
+    loadAddr: 0x1000_0000,
+    crcAddr: 0x0f00_0000,
+    beaconAddr: 0x0f10_0000,
+    mmcDev: 0,
+  });
   const flashScr = `${macDir(MAC)}/${FLASH_SCRIPT}`;
   files.set(flashScr, buildScriptImage(script, { name: `rpi-flash ${JOB}` }));
   const beacons: Array<Beacon | null> = [];
@@ -55,7 +64,16 @@ function stagedServer(image: Buffer, partSize: number, scriptOptions: { retries?
 }
 
 function board(o: Partial<SimBoardOptions> & Pick<SimBoardOptions, 'fetch'>): SimBoard {
-  const b = new SimBoard({ name: 'pi1', mac: MAC, ip: '127.0.0.1', bootPort: 0, cardPath: path.join(dir, 'card.img'), cardSize: CARD_SIZE, log: silentLogger, ...o });
+  const b = new SimBoard({
+    name: 'pi1',
+    mac: MAC,
+    ip: '127.0.0.1',
+    bootPort: 0,
+    cardPath: path.join(dir, 'card.img'),
+    cardSize: CARD_SIZE,
+    log: silentLogger,
+    ...o,
+  });
   boards.push(b);
   return b;
 }
@@ -95,7 +113,14 @@ describe('SimBoard', () => {
     const b = board({ fetch: server.fetch, faults: ['corrupt-once:2'] });
     await b.reset();
     await b.whenState('booted');
-    expect(server.beacons.map((x) => x?.kind)).toEqual(['start', 'part-ok', 'part-retry', 'part-ok', 'part-ok', 'done']);
+    expect(server.beacons.map((x) => x?.kind)).toEqual([
+      'start',
+      'part-ok',
+      'part-retry',
+      'part-ok',
+      'part-ok',
+      'done',
+    ]);
     expect(server.beacons[2]).toMatchObject({ kind: 'part-retry', part: 2, attempt: 1, reason: 'crc' });
     expect((await readFile(path.join(dir, 'card.img'))).subarray(0, image.length).equals(image)).toBe(true);
   });
@@ -125,7 +150,11 @@ describe('SimBoard', () => {
     const b = board({ fetch: server.fetch, faults: ['fail-write'] });
     await b.reset();
     await b.idle();
-    expect(server.beacons).toEqual([{ kind: 'start' }, { kind: 'part-failed', part: 1, stage: 'write' }, { kind: 'done', ok: false }]);
+    expect(server.beacons).toEqual([
+      { kind: 'start' },
+      { kind: 'part-failed', part: 1, stage: 'write' },
+      { kind: 'done', ok: false },
+    ]);
     expect(b.state).toBe('uboot'); // nothing bootable on the card
   });
 
@@ -199,7 +228,16 @@ describe('SimLab', () => {
   it('resets boards by name and refuses names it does not have', async () => {
     const lab = new SimLab();
     const fetched: string[] = [];
-    const b = new SimBoard({ name: 'pi7', mac: MAC, ip: '127.0.0.1', bootPort: 0, cardPath: path.join(dir, 'c7.img'), cardSize: CARD_SIZE, log: silentLogger, fetch: async (p) => (fetched.push(p), null) });
+    const b = new SimBoard({
+      name: 'pi7',
+      mac: MAC,
+      ip: '127.0.0.1',
+      bootPort: 0,
+      cardPath: path.join(dir, 'c7.img'),
+      cardSize: CARD_SIZE,
+      log: silentLogger,
+      fetch: async (p) => (fetched.push(p), null),
+    });
     lab.add(b);
     expect(() => lab.add(b)).toThrow(/already has a board named "pi7"/);
     await expect(lab.reset('pi8')).rejects.toThrow(/no board named "pi8" \(boards: pi7\)/);

@@ -51,7 +51,11 @@ describe('hush quoting and expansion', () => {
 
   it('skips comments and drops everything after a syntax error', async () => {
     const { sh, env } = shell();
-    expect(await sh.runScript('# setenv a 1\nsetenv b 2 # a comment at a word start\nsetenv b2 2#x\nsetenv c 3 | x\nsetenv d 4\n')).toBe(1);
+    expect(
+      await sh.runScript(
+        '# setenv a 1\nsetenv b 2 # a comment at a word start\nsetenv b2 2#x\nsetenv c 3 | x\nsetenv d 4\n',
+      ),
+    ).toBe(1);
     expect(env('a')).toBeUndefined();
     expect(env('b')).toBe('2');
     expect(env('b2')).toBe('2#x');
@@ -69,7 +73,12 @@ describe('hush quoting and expansion', () => {
 describe('hush control flow', () => {
   it('runs || chains of run until one succeeds, and returns the last status', async () => {
     const { sh, env } = shell();
-    const script = ["setenv bad 'setenv tried ${tried}x; false'", "setenv good 'setenv tried ${tried}y; true'", 'run bad || run bad || run good || run bad', ''].join('\n');
+    const script = [
+      "setenv bad 'setenv tried ${tried}x; false'",
+      "setenv good 'setenv tried ${tried}y; true'",
+      'run bad || run bad || run good || run bad',
+      '',
+    ].join('\n');
     expect(await sh.runScript(script)).toBe(0);
     expect(env('tried')).toBe('xxy');
     expect(await sh.runCommand('run bad || run bad')).toBe(1);
@@ -85,7 +94,16 @@ describe('hush control flow', () => {
 
   it('handles if/elif/else over several lines and nested', async () => {
     const { sh, env } = shell();
-    const script = ['if itest 1 == 2; then', '  setenv r then', 'elif itest 2 == 2; then', '  if true; then setenv r elif-inner; fi', 'else', '  setenv r else', 'fi', ''].join('\n');
+    const script = [
+      'if itest 1 == 2; then',
+      '  setenv r then',
+      'elif itest 2 == 2; then',
+      '  if true; then setenv r elif-inner; fi',
+      'else',
+      '  setenv r else',
+      'fi',
+      '',
+    ].join('\n');
     expect(await sh.runScript(script)).toBe(0);
     expect(env('r')).toBe('elif-inner');
   });
@@ -140,15 +158,31 @@ describe('itest', () => {
 describe('setexpr', () => {
   it('prints hex without 0x and without leading zeros', async () => {
     const { sh, env } = shell();
-    await sh.runCommand('setexpr a 0x00ff; setexpr b ff + 1; setexpr c 0x1000000 / 0x100; setexpr d 0x12345678 % 0x100; setexpr e 2 - 3');
-    expect([env('a'), env('b'), env('c'), env('d'), env('e')]).toEqual(['ff', '100', '10000', '78', 'ffffffffffffffff']);
+    await sh.runCommand(
+      'setexpr a 0x00ff; setexpr b ff + 1; setexpr c 0x1000000 / 0x100; setexpr d 0x12345678 % 0x100; setexpr e 2 - 3',
+    );
+    expect([env('a'), env('b'), env('c'), env('d'), env('e')]).toEqual([
+      'ff',
+      '100',
+      '10000',
+      '78',
+      'ffffffffffffffff',
+    ]);
   });
 
   it('reads *addr in native little-endian order for .b .w .l', async () => {
     const { sh, env } = shell();
     sh.memory.write(0x2000, Buffer.from([0x44, 0x33, 0x22, 0x11, 0x88, 0x77, 0x66, 0x05]));
-    await sh.runCommand('setexpr.b b *0x2000; setexpr.w w *0x2000; setexpr.l l *0x2000; setexpr l2 *2000; setexpr.q q *0x2000');
-    expect([env('b'), env('w'), env('l'), env('l2'), env('q')]).toEqual(['44', '3344', '11223344', '11223344', '566778811223344']);
+    await sh.runCommand(
+      'setexpr.b b *0x2000; setexpr.w w *0x2000; setexpr.l l *0x2000; setexpr l2 *2000; setexpr.q q *0x2000',
+    );
+    expect([env('b'), env('w'), env('l'), env('l2'), env('q')]).toEqual([
+      '44',
+      '3344',
+      '11223344',
+      '11223344',
+      '566778811223344',
+    ]);
   });
 
   it('substitutes with gsub, printing the result', async () => {
@@ -171,7 +205,9 @@ describe('crc32', () => {
     await sh.runCommand(`crc32 0x3000 ${data.length.toString(16)} 0x4000; setexpr.l c *0x4000`);
     expect(sh.memory.read(0x4000, 4).equals(swapped)).toBe(true);
     expect(env('c')).toBe(swapped.readUInt32LE().toString(16));
-    expect(lines).toContain(`crc32 for 00003000 ... ${(0x3000 + data.length - 1).toString(16).padStart(8, '0')} ==> ${crc.toString(16)}`);
+    expect(lines).toContain(
+      `crc32 for 00003000 ... ${(0x3000 + data.length - 1).toString(16).padStart(8, '0')} ==> ${crc.toString(16)}`,
+    );
   });
 
   it('stores a native 64-bit ulong in the Pi builds, so setexpr.l reads the real value', async () => {
@@ -210,7 +246,16 @@ describe('tftpboot, source, mmc', () => {
 
   it('writes and reads blocks, failing past the end of the card', async () => {
     const card = Buffer.alloc(16 * 512);
-    const mmc = new Map([[0, { blockCount: 16, read: async (b: number, c: number) => Buffer.from(card.subarray(b * 512, (b + c) * 512)), write: async (b: number, d: Buffer) => (d.copy(card, b * 512), d.length / 512) }]]);
+    const mmc = new Map([
+      [
+        0,
+        {
+          blockCount: 16,
+          read: async (b: number, c: number) => Buffer.from(card.subarray(b * 512, (b + c) * 512)),
+          write: async (b: number, d: Buffer) => (d.copy(card, b * 512), d.length / 512),
+        },
+      ],
+    ]);
     const { sh } = shell({ mmc });
     sh.memory.write(0x10000, Buffer.alloc(1024, 0xab));
     expect(await sh.runCommand('mmc dev 0 && mmc write 0x10000 0x2 0x2')).toBe(0);

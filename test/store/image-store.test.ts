@@ -184,8 +184,14 @@ describe('storing an upload', () => {
     const store = await openStore();
     await expectCode(store.begin({ sha256: 'abc', size: 1, compression: 'none' }), 'BAD_REQUEST');
     await expectCode(store.begin({ sha256: 'a'.repeat(64), size: -1, compression: 'none' }), 'BAD_REQUEST');
-    await expectCode(store.begin({ sha256: 'a'.repeat(64), size: 10, compression: 'none', imageSize: 11 }), 'BAD_REQUEST');
-    await expectCode(store.begin({ sha256: 'a'.repeat(64), size: 10, compression: 'lz4' as Compression }), 'UNSUPPORTED_COMPRESSION');
+    await expectCode(
+      store.begin({ sha256: 'a'.repeat(64), size: 10, compression: 'none', imageSize: 11 }),
+      'BAD_REQUEST',
+    );
+    await expectCode(
+      store.begin({ sha256: 'a'.repeat(64), size: 10, compression: 'lz4' as Compression }),
+      'UNSUPPORTED_COMPRESSION',
+    );
   });
 });
 
@@ -322,10 +328,18 @@ describe('refusing bad uploads', () => {
   });
 
   it('names the Debian package when a decompression tool is missing', async () => {
-    const store = await openStore({ tools: { xz: path.join(tmp, 'no-such-xz'), zstd: path.join(tmp, 'no-such-zstd') } });
-    const xzErr = await expectCode(store.begin({ sha256: 'a'.repeat(64), size: 10, compression: 'xz' }), 'UNSUPPORTED_COMPRESSION');
+    const store = await openStore({
+      tools: { xz: path.join(tmp, 'no-such-xz'), zstd: path.join(tmp, 'no-such-zstd') },
+    });
+    const xzErr = await expectCode(
+      store.begin({ sha256: 'a'.repeat(64), size: 10, compression: 'xz' }),
+      'UNSUPPORTED_COMPRESSION',
+    );
     expect(xzErr.message).toContain('xz-utils');
-    const zstErr = await expectCode(store.begin({ sha256: 'b'.repeat(64), size: 10, compression: 'zst' }), 'UNSUPPORTED_COMPRESSION');
+    const zstErr = await expectCode(
+      store.begin({ sha256: 'b'.repeat(64), size: 10, compression: 'zst' }),
+      'UNSUPPORTED_COMPRESSION',
+    );
     expect(zstErr.message).toContain('zstd');
   });
 });

@@ -33,7 +33,8 @@ describe('WriteBehindFile', () => {
       const file = path.join(tmp, 'out.bin');
       const data = randomBytes(300_007);
       const writer = new WriteBehindFile(await openFile(file), 0, { batchBytes, maxInFlight });
-      for (let at = 0; at < data.length; at += 7_001) await writer.append(data.subarray(at, Math.min(at + 7_001, data.length)));
+      for (let at = 0; at < data.length; at += 7_001)
+        await writer.append(data.subarray(at, Math.min(at + 7_001, data.length)));
       expect(writer.appended).toBe(data.length);
       await writer.flush();
       expect(writer.written).toBe(data.length);
@@ -66,7 +67,8 @@ describe('WriteBehindFile', () => {
     // /dev/full fails every write with ENOSPC: a real disk-full error, no mock.
     const writer = new WriteBehindFile(await openFile('/dev/full', 'r+'), 0, { batchBytes: 1000, maxInFlight: 2 });
     const errors: unknown[] = [];
-    for (let i = 0; i < 10 && errors.length === 0; i++) await writer.append(Buffer.alloc(1000)).catch((e: unknown) => errors.push(e));
+    for (let i = 0; i < 10 && errors.length === 0; i++)
+      await writer.append(Buffer.alloc(1000)).catch((e: unknown) => errors.push(e));
     expect((errors[0] as NodeJS.ErrnoException).code).toBe('ENOSPC');
     await expect(writer.append(Buffer.alloc(10))).rejects.toMatchObject({ code: 'ENOSPC' });
     await expect(writer.flush()).rejects.toMatchObject({ code: 'ENOSPC' });

@@ -40,7 +40,11 @@ export async function sha256File(file: string): Promise<string> {
 }
 
 /** Rows are `name,mac,reset`; each board gets its own loopback IP. */
-export async function startLab(o: { boards: Array<{ name: string; mac: string; reset?: string }>; config?: Record<string, unknown>; start?: StartOptions }): Promise<Lab> {
+export async function startLab(o: {
+  boards: Array<{ name: string; mac: string; reset?: string }>;
+  config?: Record<string, unknown>;
+  start?: StartOptions;
+}): Promise<Lab> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'rpi-flash-lab-'));
   const rows = o.boards.map((b) => `${b.name},${b.mac},${loopbackIp()},${b.reset ?? 'sim'}`);
   await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset', ...rows].join('\n') + '\n');
@@ -63,14 +67,22 @@ export async function startLab(o: { boards: Array<{ name: string; mac: string; r
     dir,
   );
   const logs: LogRecord[] = [];
-  const agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => logs.push(r) }), ...o.start });
+  const agent = await startAgent(config, {
+    log: createLogger({ level: 'debug', sink: (r) => logs.push(r) }),
+    ...o.start,
+  });
   const conns: AgentConnection[] = [];
   return {
     dir,
     agent,
     logs,
     async connect(onEvent) {
-      const c = await connectAgent({ url: agent.url, token: LAB_TOKEN, client: 'lab-test', ...(onEvent ? { onEvent } : {}) });
+      const c = await connectAgent({
+        url: agent.url,
+        token: LAB_TOKEN,
+        client: 'lab-test',
+        ...(onEvent ? { onEvent } : {}),
+      });
       conns.push(c);
       return c;
     },

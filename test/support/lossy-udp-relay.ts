@@ -73,7 +73,10 @@ export class LossyUdpRelay {
     this.closed = true;
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
-    const sockets = [this.requestSocket, ...[...this.sessions.values()].flatMap((s) => [s.upstream, ...s.facing.values()])];
+    const sockets = [
+      this.requestSocket,
+      ...[...this.sessions.values()].flatMap((s) => [s.upstream, ...s.facing.values()]),
+    ];
     this.sessions.clear();
     await Promise.all(sockets.map((s) => s && new Promise<void>((resolve) => s.close(() => resolve()))));
   }
@@ -136,10 +139,13 @@ export class LossyUdpRelay {
     }
     if (r < drop + duplicate + reorder) {
       this.stats.reordered++;
-      const timer = setTimeout(() => {
-        this.timers.delete(timer);
-        deliver(msg);
-      }, 1 + Math.floor(this.random() * 4));
+      const timer = setTimeout(
+        () => {
+          this.timers.delete(timer);
+          deliver(msg);
+        },
+        1 + Math.floor(this.random() * 4),
+      );
       this.timers.add(timer);
       return;
     }

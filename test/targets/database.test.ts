@@ -31,7 +31,10 @@ describe('parseResetSpec', () => {
     expect(parseResetSpec(' GPIO:0 ')).toEqual({ kind: 'gpio', bcm: 0 });
     expect(parseResetSpec('gpiod:gpiochip0:17')).toEqual({ kind: 'gpiod', chip: 'gpiochip0', line: '17' });
     expect(parseResetSpec('gpiod:gpiochip4:GPIO17')).toEqual({ kind: 'gpiod', chip: 'gpiochip4', line: 'GPIO17' });
-    expect(parseResetSpec('cmd:uhubctl -l 1-1 -p 2 -a cycle')).toEqual({ kind: 'cmd', command: 'uhubctl -l 1-1 -p 2 -a cycle' });
+    expect(parseResetSpec('cmd:uhubctl -l 1-1 -p 2 -a cycle')).toEqual({
+      kind: 'cmd',
+      command: 'uhubctl -l 1-1 -p 2 -a cycle',
+    });
     expect(parseResetSpec('cmd:echo a:b')).toEqual({ kind: 'cmd', command: 'echo a:b' });
     expect(parseResetSpec('qmp:/tmp/q.sock')).toEqual({ kind: 'qmp', socket: '/tmp/q.sock' });
     expect(parseResetSpec('sim')).toEqual({ kind: 'sim', options: [] });
@@ -116,10 +119,18 @@ describe('parseTargets, native format', () => {
     ]);
     expect('console' in (targets[3] as Target)).toBe(false);
 
-    expect(problemsOf('name,mac,ip,reset,console\n\nx,b8:27:eb:00:00:05,10.0.0.5,gpio:5,serial:/dev/ttyUSB0@11520\n')).toEqual([
-      { line: 3, reason: 'bad console spec: serial console "serial:/dev/ttyUSB0@11520": 11520 is not a standard baud rate (e.g. 9600, 115200, 921600)' },
+    expect(
+      problemsOf('name,mac,ip,reset,console\n\nx,b8:27:eb:00:00:05,10.0.0.5,gpio:5,serial:/dev/ttyUSB0@11520\n'),
+    ).toEqual([
+      {
+        line: 3,
+        reason:
+          'bad console spec: serial console "serial:/dev/ttyUSB0@11520": 11520 is not a standard baud rate (e.g. 9600, 115200, 921600)',
+      },
     ]);
-    expect(problemsOf('name,mac,ip,reset,console\nx,b8:27:eb:00:00:05,10.0.0.5,gpio:5,com1\n')[0]?.reason).toMatch(/bad console spec: unknown console spec "com1"/);
+    expect(problemsOf('name,mac,ip,reset,console\nx,b8:27:eb:00:00:05,10.0.0.5,gpio:5,com1\n')[0]?.reason).toMatch(
+      /bad console spec: unknown console spec "com1"/,
+    );
   });
 
   it('accepts a database with a header and no targets', () => {
@@ -144,7 +155,9 @@ describe('parseTargets, native format', () => {
     expect(reasons[5]).toMatch(/duplicate ip 10\.0\.0\.1 .*line 3/);
     expect(reasons[6]).toMatch(/2 fields where the header has 4/);
     // The message lists every problem as file:line: reason.
-    expect((err as Error).message).toContain(`${path.join(fixtures, 'bad.csv')}:6: "10.0.0.256" is not a dotted IPv4 address`);
+    expect((err as Error).message).toContain(
+      `${path.join(fixtures, 'bad.csv')}:6: "10.0.0.256" is not a dotted IPv4 address`,
+    );
     expect((err as Error).message.split('\n')).toHaveLength(1 + problems.length);
   });
 
@@ -197,17 +210,53 @@ describe('parseTargets, native format', () => {
   });
 
   it('refuses an IPv4 with leading zeros (octal or decimal?)', () => {
-    expect(problemsOf('name,mac,ip,reset\na,02:00:00:00:00:01,10.0.0.010,sim\n')[0]?.reason).toMatch(/not a dotted IPv4/);
+    expect(problemsOf('name,mac,ip,reset\na,02:00:00:00:00:01,10.0.0.010,sim\n')[0]?.reason).toMatch(
+      /not a dotted IPv4/,
+    );
   });
 });
 
-describe('parseTargets, the seed system\'s file', () => {
+describe("parseTargets, the seed system's file", () => {
   it('maps wiringPi pins to BCM and names targets by MAC', async () => {
     const targets = await loadTargets(path.join(fixtures, 'seed.csv'));
-    expect(targets.map((t) => ({ name: t.name, mac: t.mac, ip: t.ip, reset: t.reset, resetText: t.resetText, layout: t.layout, line: t.source.line }))).toEqual([
-      { name: 'b8-27-eb-28-f6-6d', mac: 'b8:27:eb:28:f6:6d', ip: '192.168.1.101', reset: { kind: 'gpio', bcm: 17 }, resetText: 'gpio:17', layout: 'seed', line: 2 },
-      { name: 'b8-27-eb-28-f6-6e', mac: 'b8:27:eb:28:f6:6e', ip: '192.168.1.102', reset: { kind: 'gpio', bcm: 4 }, resetText: 'gpio:4', layout: 'seed', line: 3 },
-      { name: 'b8-27-eb-28-f6-6f', mac: 'b8:27:eb:28:f6:6f', ip: '192.168.1.103', reset: { kind: 'gpio', bcm: 21 }, resetText: 'gpio:21', layout: 'seed', line: 5 },
+    expect(
+      targets.map((t) => ({
+        name: t.name,
+        mac: t.mac,
+        ip: t.ip,
+        reset: t.reset,
+        resetText: t.resetText,
+        layout: t.layout,
+        line: t.source.line,
+      })),
+    ).toEqual([
+      {
+        name: 'b8-27-eb-28-f6-6d',
+        mac: 'b8:27:eb:28:f6:6d',
+        ip: '192.168.1.101',
+        reset: { kind: 'gpio', bcm: 17 },
+        resetText: 'gpio:17',
+        layout: 'seed',
+        line: 2,
+      },
+      {
+        name: 'b8-27-eb-28-f6-6e',
+        mac: 'b8:27:eb:28:f6:6e',
+        ip: '192.168.1.102',
+        reset: { kind: 'gpio', bcm: 4 },
+        resetText: 'gpio:4',
+        layout: 'seed',
+        line: 3,
+      },
+      {
+        name: 'b8-27-eb-28-f6-6f',
+        mac: 'b8:27:eb:28:f6:6f',
+        ip: '192.168.1.103',
+        reset: { kind: 'gpio', bcm: 21 },
+        resetText: 'gpio:21',
+        layout: 'seed',
+        line: 5,
+      },
     ]);
     expect(targets.every((t) => t.labels.length === 0 && t.model === undefined)).toBe(true);
   });
@@ -239,7 +288,9 @@ describe('parseTargets, the seed system\'s file', () => {
 
   it('refuses a seed header with extra or missing columns', () => {
     expect(problemsOf('mac address,ip address\n')[0]?.reason).toMatch(/seed-format header lacks resetgpio\(wiringpi\)/);
-    expect(problemsOf('mac address,ip address,reset gpio (wiring pi),name\n')[0]?.reason).toMatch(/unknown column\(s\) "name"/);
+    expect(problemsOf('mac address,ip address,reset gpio (wiring pi),name\n')[0]?.reason).toMatch(
+      /unknown column\(s\) "name"/,
+    );
   });
 });
 

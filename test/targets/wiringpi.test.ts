@@ -7,12 +7,38 @@ import { wiringPiTable, wiringPiToBcm } from '../../runner-agent/src/targets/wir
  * exactly one wiringPi number: an independent check of the table.
  */
 const HEADER_PIN_TO_BCM: Record<number, number> = {
-  3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23, 18: 24, 19: 10, 21: 9, 22: 25,
-  23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12, 33: 13, 35: 19, 36: 16, 37: 26, 38: 20, 40: 21,
+  3: 2,
+  5: 3,
+  7: 4,
+  8: 14,
+  10: 15,
+  11: 17,
+  12: 18,
+  13: 27,
+  15: 22,
+  16: 23,
+  18: 24,
+  19: 10,
+  21: 9,
+  22: 25,
+  23: 11,
+  24: 8,
+  26: 7,
+  27: 0,
+  28: 1,
+  29: 5,
+  31: 6,
+  32: 12,
+  33: 13,
+  35: 19,
+  36: 16,
+  37: 26,
+  38: 20,
+  40: 21,
 };
 
 describe('wiringPi → BCM', () => {
-  it('matches wiringPi\'s documented examples', () => {
+  it("matches wiringPi's documented examples", () => {
     expect(wiringPiToBcm(0)).toBe(17);
     expect(wiringPiToBcm(1)).toBe(18);
     expect(wiringPiToBcm(2)).toBe(27);

@@ -4,7 +4,13 @@ import { decodePacket } from '../../runner-agent/src/tftp/packets.js';
 import { patternedData } from './helpers.js';
 
 function fileOf(data: Buffer, reads: Array<[number, number]> = []) {
-  return { size: data.length, read: async (position: number, length: number) => (reads.push([position, length]), Buffer.from(data.subarray(position, position + length))) };
+  return {
+    size: data.length,
+    read: async (position: number, length: number) => (
+      reads.push([position, length]),
+      Buffer.from(data.subarray(position, position + length))
+    ),
+  };
 }
 
 async function packetOf(source: ReadAheadBlockSource, n: number, to = n): Promise<Buffer> {
@@ -23,12 +29,19 @@ describe('ReadAheadBlockSource', () => {
       await source.load(n, to);
       for (let k = n; k <= to; k++) {
         const packet = source.packet(k)!;
-        const ok = packet.readUInt16BE(0) === 3 && packet.readUInt16BE(2) === (k & 0xffff) && packet.subarray(4).equals(data.subarray((k - 1) * 8, Math.min(k * 8, data.length)));
+        const ok =
+          packet.readUInt16BE(0) === 3 &&
+          packet.readUInt16BE(2) === (k & 0xffff) &&
+          packet.subarray(4).equals(data.subarray((k - 1) * 8, Math.min(k * 8, data.length)));
         if (!ok) wrong.push(k);
       }
     }
     expect(wrong).toEqual([]);
-    expect(decodePacket(source.packet(source.blocks)!)).toEqual({ op: 3, block: source.blocks & 0xffff, data: data.subarray(-5) });
+    expect(decodePacket(source.packet(source.blocks)!)).toEqual({
+      op: 3,
+      block: source.blocks & 0xffff,
+      data: data.subarray(-5),
+    });
   });
 
   it('reads ahead: the next chunk is requested while the current one is sent', async () => {
@@ -36,7 +49,10 @@ describe('ReadAheadBlockSource', () => {
     const data = patternedData(1000);
     const source = new ReadAheadBlockSource(fileOf(data, reads), 10, 100);
     await source.load(1, 4);
-    expect(reads).toEqual([[0, 100], [100, 100]]);
+    expect(reads).toEqual([
+      [0, 100],
+      [100, 100],
+    ]);
     expect(source.load(5, 8)).toBeUndefined(); // in memory: no await needed
   });
 

@@ -34,12 +34,21 @@ function run(binary: string, args: string[]): Promise<{ code: number; output: st
   });
 }
 
-const FILES: Record<string, number> = { 'small.bin': 5000, 'exact.bin': 1468 * 20, 'dir/image.bin': 3 * 1024 * 1024 + 17 };
+const FILES: Record<string, number> = {
+  'small.bin': 5000,
+  'exact.bin': 1468 * 20,
+  'dir/image.bin': 3 * 1024 * 1024 + 17,
+};
 
 /** RRQ, OACK, ACK of block 0, ERROR: the packets around the start and end of a transfer. */
 function isOpening(packet: Buffer): boolean {
   const op = packet.readUInt16BE(0);
-  return op === Opcode.RRQ || op === Opcode.OACK || op === Opcode.ERROR || (op === Opcode.ACK && packet.readUInt16BE(2) === 0);
+  return (
+    op === Opcode.RRQ ||
+    op === Opcode.OACK ||
+    op === Opcode.ERROR ||
+    (op === Opcode.ACK && packet.readUInt16BE(2) === 0)
+  );
 }
 
 for (const client of Object.keys(CLIENTS) as Client[]) {
@@ -67,7 +76,12 @@ for (const client of Object.keys(CLIENTS) as Client[]) {
       // in CI. So atftp's server waits longer than atftp does; the others keep a short timeout,
       // with retries long enough to outlast their own 5 s timeouts.
       const serverTimeout = client === 'atftp' ? { timeoutMs: 5_500, retries: 8 } : { timeoutMs: 200, retries: 50 };
-      server = new TftpServer({ address: '127.0.0.1', port: 0, resolver: realFileResolver(join(tmp.dir, 'root')), ...serverTimeout });
+      server = new TftpServer({
+        address: '127.0.0.1',
+        port: 0,
+        resolver: realFileResolver(join(tmp.dir, 'root')),
+        ...serverTimeout,
+      });
       directPort = (await server.listen()).port;
       relay = new LossyUdpRelay({
         target: { address: '127.0.0.1', port: directPort },
@@ -88,16 +102,34 @@ for (const client of Object.keys(CLIENTS) as Client[]) {
     });
 
     /** Arguments that download `path` into `out` from `port`, for this client. */
-    function argsFor(path: string, out: string, port: number, opts: { blksize?: number; windowsize?: number }): string[] {
+    function argsFor(
+      path: string,
+      out: string,
+      port: number,
+      opts: { blksize?: number; windowsize?: number },
+    ): string[] {
       switch (client) {
         case 'curl':
-          return ['-sS', ...(opts.blksize ? ['--tftp-blksize', String(opts.blksize)] : []), '-o', out, `tftp://127.0.0.1:${port}/${path}`];
+          return [
+            '-sS',
+            ...(opts.blksize ? ['--tftp-blksize', String(opts.blksize)] : []),
+            '-o',
+            out,
+            `tftp://127.0.0.1:${port}/${path}`,
+          ];
         case 'atftp':
           return [
             ...(opts.blksize ? ['--option', `blksize ${opts.blksize}`] : []),
             ...(opts.windowsize ? ['--option', `windowsize ${opts.windowsize}`] : []),
-            '--option', 'tsize', // asks for the size, as U-Boot does
-            '-g', '-r', path, '-l', out, '127.0.0.1', String(port),
+            '--option',
+            'tsize', // asks for the size, as U-Boot does
+            '-g',
+            '-r',
+            path,
+            '-l',
+            out,
+            '127.0.0.1',
+            String(port),
           ];
         case 'tftp':
           // tftp-hpa's client has no option to ask for blksize or windows: plain RFC 1350.
@@ -106,7 +138,11 @@ for (const client of Object.keys(CLIENTS) as Client[]) {
     }
 
     const variants: Array<{ blksize?: number; windowsize?: number }> =
-      client === 'atftp' ? [{}, { blksize: 1468 }, { blksize: 1468, windowsize: 8 }, { blksize: 1468, windowsize: 16 }] : client === 'curl' ? [{}, { blksize: 1468 }] : [{}];
+      client === 'atftp'
+        ? [{}, { blksize: 1468 }, { blksize: 1468, windowsize: 8 }, { blksize: 1468, windowsize: 16 }]
+        : client === 'curl'
+          ? [{}, { blksize: 1468 }]
+          : [{}];
 
     for (const via of ['direct', 'lossy relay'] as const) {
       for (const v of variants) {
@@ -129,7 +165,8 @@ for (const client of Object.keys(CLIENTS) as Client[]) {
       if (!binary) throw new Error(missing);
       const out = join(tmp.dir, `missing-${client}`);
       const result = await run(binary, argsFor('no-such-file', out, directPort, {}));
-      if (client === 'tftp') expect(result.output).toMatch(/not found/i); // tftp-hpa exits 0 even on errors
+      if (client === 'tftp')
+        expect(result.output).toMatch(/not found/i); // tftp-hpa exits 0 even on errors
       else expect(result.code).not.toBe(0);
     });
   });

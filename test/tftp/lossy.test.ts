@@ -33,9 +33,22 @@ describe('TFTP through a lossy relay (3% drop, 2% duplicate, 3% reorder, both wa
   const ends: TransferEnd[] = [];
 
   beforeAll(async () => {
-    server = new TftpServer({ address: '127.0.0.1', port: 0, resolver, timeoutMs: 100, retries: 20, onTransferEnd: (t) => ends.push(t) });
+    server = new TftpServer({
+      address: '127.0.0.1',
+      port: 0,
+      resolver,
+      timeoutMs: 100,
+      retries: 20,
+      onTransferEnd: (t) => ends.push(t),
+    });
     serverPort = (await server.listen()).port;
-    relay = new LossyUdpRelay({ target: { address: '127.0.0.1', port: serverPort }, seed: 20261101, drop: 0.03, duplicate: 0.02, reorder: 0.03 });
+    relay = new LossyUdpRelay({
+      target: { address: '127.0.0.1', port: serverPort },
+      seed: 20261101,
+      drop: 0.03,
+      duplicate: 0.02,
+      reorder: 0.03,
+    });
     relayPort = (await relay.listen()).port;
   });
   afterAll(async () => {
@@ -46,7 +59,16 @@ describe('TFTP through a lossy relay (3% drop, 2% duplicate, 3% reorder, both wa
   for (const windowsize of [1, 8, 16]) {
     it(`downloads every file intact at windowsize ${windowsize}`, async () => {
       for (const [path, want] of Object.entries(files)) {
-        const got = await tftpGetWithInfo({ host: '127.0.0.1', port: relayPort, path, blksize: 1468, windowsize, tsize: true, timeoutMs: 100, retries: 20 });
+        const got = await tftpGetWithInfo({
+          host: '127.0.0.1',
+          port: relayPort,
+          path,
+          blksize: 1468,
+          windowsize,
+          tsize: true,
+          timeoutMs: 100,
+          retries: 20,
+        });
         expect(got, path).not.toBeNull();
         expect(got!.windowsize).toBe(windowsize);
         expect(got!.size).toBe(want.length);
@@ -57,12 +79,26 @@ describe('TFTP through a lossy relay (3% drop, 2% duplicate, 3% reorder, both wa
 
   it('wraps block numbers intact through (lighter) loss: blksize 16, > 65536 blocks', async () => {
     // 66 000 blocks at 3% loss would spend most of the test in timeouts; wrap-around is what matters.
-    const light = new LossyUdpRelay({ target: { address: '127.0.0.1', port: serverPort }, seed: 7, drop: 0.003, duplicate: 0.003, reorder: 0.003 });
+    const light = new LossyUdpRelay({
+      target: { address: '127.0.0.1', port: serverPort },
+      seed: 7,
+      drop: 0.003,
+      duplicate: 0.003,
+      reorder: 0.003,
+    });
     try {
       const { port } = await light.listen();
       const big = patternedData(16 * 66_000 + 5, 9);
       files['wrap.bin'] = big;
-      const got = await tftpGetWithInfo({ host: '127.0.0.1', port, path: 'wrap.bin', blksize: 16, windowsize: 16, timeoutMs: 100, retries: 20 });
+      const got = await tftpGetWithInfo({
+        host: '127.0.0.1',
+        port,
+        path: 'wrap.bin',
+        blksize: 16,
+        windowsize: 16,
+        timeoutMs: 100,
+        retries: 20,
+      });
       expect(sha256(got!.data)).toBe(sha256(big));
       expect(light.stats.dropped).toBeGreaterThan(0);
     } finally {
@@ -72,8 +108,25 @@ describe('TFTP through a lossy relay (3% drop, 2% duplicate, 3% reorder, both wa
 
   it('uploads intact at windowsize 1 and 8', async () => {
     const data = patternedData(200_000, 5);
-    await tftpPut({ host: '127.0.0.1', port: relayPort, path: 'up/1', data, blksize: 1000, timeoutMs: 100, retries: 20 });
-    await tftpPut({ host: '127.0.0.1', port: relayPort, path: 'up/8', data, blksize: 1000, windowsize: 8, timeoutMs: 100, retries: 20 });
+    await tftpPut({
+      host: '127.0.0.1',
+      port: relayPort,
+      path: 'up/1',
+      data,
+      blksize: 1000,
+      timeoutMs: 100,
+      retries: 20,
+    });
+    await tftpPut({
+      host: '127.0.0.1',
+      port: relayPort,
+      path: 'up/8',
+      data,
+      blksize: 1000,
+      windowsize: 8,
+      timeoutMs: 100,
+      retries: 20,
+    });
     expect(sha256(uploads.get('up/1')!)).toBe(sha256(data));
     expect(sha256(uploads.get('up/8')!)).toBe(sha256(data));
   });

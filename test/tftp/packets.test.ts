@@ -21,7 +21,12 @@ describe('TFTP packets', () => {
 
   it('decodes requests with options, lower-casing option names and the mode', () => {
     const raw = Buffer.from('\x00\x02up/OK\x00OCTET\x00BlkSize\x00512\x00windowsize\x008\x00', 'latin1');
-    expect(decodePacket(raw)).toEqual({ op: Opcode.WRQ, path: 'up/OK', mode: 'octet', options: { blksize: '512', windowsize: '8' } });
+    expect(decodePacket(raw)).toEqual({
+      op: Opcode.WRQ,
+      path: 'up/OK',
+      mode: 'octet',
+      options: { blksize: '512', windowsize: '8' },
+    });
   });
 
   it('tolerates NUL padding after a request', () => {
@@ -33,8 +38,15 @@ describe('TFTP packets', () => {
     const payload = Buffer.from([1, 2, 3, 0, 255]);
     expect(decodePacket(encodeData(65535, payload))).toEqual({ op: Opcode.DATA, block: 65535, data: payload });
     expect(decodePacket(encodeAck(65536 + 7))).toEqual({ op: Opcode.ACK, block: 7 });
-    expect(decodePacket(encodeError(1, 'File not found'))).toEqual({ op: Opcode.ERROR, code: 1, message: 'File not found' });
-    expect(decodePacket(encodeOack({ blksize: '1468', tsize: '42' }))).toEqual({ op: Opcode.OACK, options: { blksize: '1468', tsize: '42' } });
+    expect(decodePacket(encodeError(1, 'File not found'))).toEqual({
+      op: Opcode.ERROR,
+      code: 1,
+      message: 'File not found',
+    });
+    expect(decodePacket(encodeOack({ blksize: '1468', tsize: '42' }))).toEqual({
+      op: Opcode.OACK,
+      options: { blksize: '1468', tsize: '42' },
+    });
   });
 
   it('refuses malformed packets with a reason', () => {
@@ -57,16 +69,29 @@ describe('TFTP option negotiation', () => {
     const n = negotiateOptions('read', { blksize: '100000', windowsize: '1000' }, limits, 100);
     expect(n.accepted).toEqual({ blksize: '65464', windowsize: '64' });
     expect([n.blksize, n.windowsize]).toEqual([65464, 64]);
-    const small = negotiateOptions('read', { blksize: '9000', windowsize: '16' }, { maxBlksize: 1468, maxWindowsize: 8 }, 100);
+    const small = negotiateOptions(
+      'read',
+      { blksize: '9000', windowsize: '16' },
+      { maxBlksize: 1468, maxWindowsize: 8 },
+      100,
+    );
     expect(small.accepted).toEqual({ blksize: '1468', windowsize: '8' });
   });
 
   it('keeps values inside the limits as asked', () => {
-    expect(negotiateOptions('read', { blksize: '8', windowsize: '1' }, limits, 0).accepted).toEqual({ blksize: '8', windowsize: '1' });
+    expect(negotiateOptions('read', { blksize: '8', windowsize: '1' }, limits, 0).accepted).toEqual({
+      blksize: '8',
+      windowsize: '1',
+    });
   });
 
   it('ignores out-of-range, malformed and unknown options', () => {
-    const n = negotiateOptions('read', { blksize: '7', windowsize: '0', timeout: '300', tsize: 'x', multicast: '', foo: 'bar' }, limits, 5);
+    const n = negotiateOptions(
+      'read',
+      { blksize: '7', windowsize: '0', timeout: '300', tsize: 'x', multicast: '', foo: 'bar' },
+      limits,
+      5,
+    );
     expect(n.accepted).toEqual({});
     expect([n.blksize, n.windowsize, n.timeoutMs]).toEqual([512, 1, undefined]);
   });

@@ -23,7 +23,10 @@ function memoryResolver(files: Record<string, Buffer>): TftpResolver & { asked: 
       asked.push(req.path);
       const data = files[req.path];
       if (!data) return null;
-      return { size: data.length, read: async (position: number, length: number) => data.subarray(position, position + length) };
+      return {
+        size: data.length,
+        read: async (position: number, length: number) => data.subarray(position, position + length),
+      };
     },
   };
 }
@@ -75,7 +78,10 @@ describe('TftpServer', () => {
       const data = patternedData(100);
       await start({ resolver: memoryResolver({ f: data }), maxBlksize: 64, maxWindowsize: 4 });
       const peer = await raw();
-      peer.send(encodeRequest(Opcode.RRQ, 'f', 'octet', { blksize: '1468', windowsize: '16', tsize: '0', colour: 'blue' }), port);
+      peer.send(
+        encodeRequest(Opcode.RRQ, 'f', 'octet', { blksize: '1468', windowsize: '16', tsize: '0', colour: 'blue' }),
+        port,
+      );
       const oack = await peer.next();
       expect(oack.packet).toEqual({ op: Opcode.OACK, options: { blksize: '64', windowsize: '4', tsize: '100' } });
       peer.send(encodeAck(0), oack.port);
@@ -84,13 +90,28 @@ describe('TftpServer', () => {
       expect(d1.packet).toEqual({ op: Opcode.DATA, block: 1, data: data.subarray(0, 64) });
       expect(d2.packet).toEqual({ op: Opcode.DATA, block: 2, data: data.subarray(64) });
       peer.send(encodeAck(2), oack.port);
-      expect((await transfersEnded(1))[0]).toMatchObject({ ok: true, options: { blksize: '64', windowsize: '4', tsize: '100' } });
+      expect((await transfersEnded(1))[0]).toMatchObject({
+        ok: true,
+        options: { blksize: '64', windowsize: '4', tsize: '100' },
+      });
     });
 
     it('reports the negotiated options to the client', async () => {
       await start({ resolver: memoryResolver({ f: patternedData(5000) }) });
-      const got = await tftpGetWithInfo({ host: '127.0.0.1', port, path: 'f', blksize: 1468, windowsize: 8, tsize: true });
-      expect(got).toMatchObject({ blksize: 1468, windowsize: 8, size: 5000, options: { blksize: '1468', windowsize: '8', tsize: '5000' } });
+      const got = await tftpGetWithInfo({
+        host: '127.0.0.1',
+        port,
+        path: 'f',
+        blksize: 1468,
+        windowsize: 8,
+        tsize: true,
+      });
+      expect(got).toMatchObject({
+        blksize: 1468,
+        windowsize: 8,
+        size: 5000,
+        options: { blksize: '1468', windowsize: '8', tsize: '5000' },
+      });
       expect(got!.data.equals(patternedData(5000))).toBe(true);
     });
 
@@ -98,7 +119,11 @@ describe('TftpServer', () => {
       await start({ resolver: memoryResolver({ f: Buffer.from('x') }) });
       const peer = await raw();
       peer.send(encodeRequest(Opcode.RRQ, 'f', 'netascii'), port);
-      expect((await peer.next()).packet).toMatchObject({ op: Opcode.ERROR, code: 4, message: expect.stringMatching(/netascii/) });
+      expect((await peer.next()).packet).toMatchObject({
+        op: Opcode.ERROR,
+        code: 4,
+        message: expect.stringMatching(/netascii/),
+      });
     });
   });
 
@@ -109,17 +134,25 @@ describe('TftpServer', () => {
       peer.send(encodeRequest(Opcode.RRQ, 'nope', 'octet'), port);
       expect((await peer.next()).packet).toEqual({ op: Opcode.ERROR, code: 1, message: 'File not found' });
       expect(await tftpGet({ host: '127.0.0.1', port, path: 'nope' })).toBeNull();
-      expect((await transfersEnded(2))[0]).toMatchObject({ kind: 'read', path: 'nope', ok: false, error: 'File not found' });
+      expect((await transfersEnded(2))[0]).toMatchObject({
+        kind: 'read',
+        path: 'nope',
+        ok: false,
+        error: 'File not found',
+      });
     });
 
-    it.each(['../x', '/etc/passwd', 'a/../../b', 'a\\b', ''])('refuses %j with error 2 before asking the resolver', async (path) => {
-      const resolver = memoryResolver({ x: Buffer.from('x') });
-      await start({ resolver });
-      const peer = await raw();
-      peer.send(encodeRequest(Opcode.RRQ, path, 'octet'), port);
-      expect((await peer.next()).packet).toMatchObject({ op: Opcode.ERROR, code: 2 });
-      expect(resolver.asked).toEqual([]);
-    });
+    it.each(['../x', '/etc/passwd', 'a/../../b', 'a\\b', ''])(
+      'refuses %j with error 2 before asking the resolver',
+      async (path) => {
+        const resolver = memoryResolver({ x: Buffer.from('x') });
+        await start({ resolver });
+        const peer = await raw();
+        peer.send(encodeRequest(Opcode.RRQ, path, 'octet'), port);
+        expect((await peer.next()).packet).toMatchObject({ op: Opcode.ERROR, code: 2 });
+        expect(resolver.asked).toEqual([]);
+      },
+    );
 
     it('refuses a NUL inside the name (on the wire it ends the name, leaving a bogus mode)', async () => {
       const resolver = memoryResolver({ a: Buffer.from('x') });
@@ -145,7 +178,10 @@ describe('TftpServer', () => {
           },
         },
       });
-      await expect(tftpGet({ host: '127.0.0.1', port, path: 'x' })).rejects.toMatchObject({ code: 2, message: expect.stringMatching(/job is over/) });
+      await expect(tftpGet({ host: '127.0.0.1', port, path: 'x' })).rejects.toMatchObject({
+        code: 2,
+        message: expect.stringMatching(/job is over/),
+      });
     });
 
     it('realFileResolver serves files under its root, and refuses symlinks out of it and directories', async () => {
@@ -171,7 +207,9 @@ describe('TftpServer', () => {
   describe('writes', () => {
     it('refuses writes when the resolver has no resolveWrite', async () => {
       await start({ resolver: memoryResolver({}) });
-      await expect(tftpPut({ host: '127.0.0.1', port, path: 'up', data: Buffer.from('x') })).rejects.toMatchObject({ code: 2 });
+      await expect(tftpPut({ host: '127.0.0.1', port, path: 'up', data: Buffer.from('x') })).rejects.toMatchObject({
+        code: 2,
+      });
     });
 
     it('accepts writes the resolver allows, windowed or not, and enforces maxSize', async () => {
@@ -181,14 +219,21 @@ describe('TftpServer', () => {
         resolver: {
           ...memoryResolver({}),
           resolveWrite: async (req) =>
-            req.path.startsWith('report/') ? { maxSize: 3000, receive: async (data) => void received.push({ path: req.path, data }) } : null,
+            req.path.startsWith('report/')
+              ? { maxSize: 3000, receive: async (data) => void received.push({ path: req.path, data }) }
+              : null,
         },
       });
-      const put = (path: string, data: Buffer, more: object = {}) => tftpPut({ host: '127.0.0.1', port, path, data, timeoutMs: 200, ...more });
+      const put = (path: string, data: Buffer, more: object = {}) =>
+        tftpPut({ host: '127.0.0.1', port, path, data, timeoutMs: 200, ...more });
       await put('report/OK', Buffer.from([4, 3, 2, 1]));
       await put('report/big', patternedData(3000), { blksize: 100, windowsize: 4 });
       await put('report/exact', patternedData(1024), { tsize: false }); // ends with an empty block
-      expect(received.map((r) => [r.path, r.data.length])).toEqual([['report/OK', 4], ['report/big', 3000], ['report/exact', 1024]]);
+      expect(received.map((r) => [r.path, r.data.length])).toEqual([
+        ['report/OK', 4],
+        ['report/big', 3000],
+        ['report/exact', 1024],
+      ]);
       expect(received[1]!.data.equals(patternedData(3000))).toBe(true);
       // Announced too large (tsize) → refused at once; unannounced → refused when it grows past maxSize.
       await expect(put('report/huge', patternedData(3001))).rejects.toMatchObject({ code: 3 });
@@ -208,7 +253,11 @@ describe('TftpServer', () => {
       intruder.send(encodeAck(1), d1.port);
       expect((await intruder.next()).packet).toMatchObject({ op: Opcode.ERROR, code: 5 });
       peer.send(encodeAck(1), d1.port);
-      expect((await peer.next()).packet).toMatchObject({ op: Opcode.DATA, block: 2, data: patternedData(1000).subarray(512) });
+      expect((await peer.next()).packet).toMatchObject({
+        op: Opcode.DATA,
+        block: 2,
+        data: patternedData(1000).subarray(512),
+      });
       peer.send(encodeAck(2), d1.port);
       expect((await transfersEnded(1))[0]).toMatchObject({ ok: true, bytes: 1000 });
     });
@@ -249,7 +298,9 @@ describe('TftpServer', () => {
       const peer = await raw();
       peer.send(encodeRequest(Opcode.RRQ, 'f', 'octet'), port);
       const copies = [await peer.next(), await peer.next(), await peer.next()];
-      expect(copies.map((c) => c.packet)).toEqual(Array(3).fill({ op: Opcode.DATA, block: 1, data: patternedData(10) }));
+      expect(copies.map((c) => c.packet)).toEqual(
+        Array(3).fill({ op: Opcode.DATA, block: 1, data: patternedData(10) }),
+      );
       const [end] = await transfersEnded(1);
       expect(end).toMatchObject({ ok: false, bytes: 0, error: expect.stringMatching(/no ACK after 3 tries/) });
       expect((await peer.next()).packet).toMatchObject({ op: Opcode.ERROR });
@@ -261,7 +312,10 @@ describe('TftpServer', () => {
       await start({
         resolver: memoryResolver({ f: data }),
         timeoutMs: 50,
-        faults: { drop: (path, block) => (block === 5 || block === 9) && !dropped.has(`${path}:${block}`) && !!dropped.add(`${path}:${block}`) },
+        faults: {
+          drop: (path, block) =>
+            (block === 5 || block === 9) && !dropped.has(`${path}:${block}`) && !!dropped.add(`${path}:${block}`),
+        },
       });
       const got1 = await tftpGet({ host: '127.0.0.1', port, path: 'f', timeoutMs: 50 });
       expect(got1!.equals(data)).toBe(true);
@@ -273,7 +327,10 @@ describe('TftpServer', () => {
 
     it('delivers a corrupted block when the test fault hook asks for it', async () => {
       const data = patternedData(2000);
-      await start({ resolver: memoryResolver({ f: data }), faults: { corrupt: (_p, block, d) => (block === 2 ? Buffer.alloc(d.length, 0xee) : undefined) } });
+      await start({
+        resolver: memoryResolver({ f: data }),
+        faults: { corrupt: (_p, block, d) => (block === 2 ? Buffer.alloc(d.length, 0xee) : undefined) },
+      });
       const got = await tftpGet({ host: '127.0.0.1', port, path: 'f' });
       expect(got!.subarray(512, 1024).every((b) => b === 0xee)).toBe(true);
       expect(got!.subarray(0, 512).equals(data.subarray(0, 512))).toBe(true);
@@ -337,7 +394,14 @@ describe('TftpServer', () => {
     it('a client in flight sees a TftpError when the server closes', async () => {
       await start({ resolver: memoryResolver({ f: Buffer.alloc(200_000_000) }) });
       let bytes = 0;
-      const pending = tftpGet({ host: '127.0.0.1', port, path: 'f', blksize: 1468, windowsize: 8, onData: (c) => (bytes += c.length) });
+      const pending = tftpGet({
+        host: '127.0.0.1',
+        port,
+        path: 'f',
+        blksize: 1468,
+        windowsize: 8,
+        onData: (c) => (bytes += c.length),
+      });
       while (bytes === 0) await new Promise((r) => setTimeout(r, 5));
       await server!.close();
       server = undefined;

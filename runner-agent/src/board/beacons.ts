@@ -54,12 +54,18 @@ export function formatBeacon(b: Beacon): string {
     case 'too-large':
       return beaconText.tooLarge();
     case 'part-retry':
-      return beaconText.partRetry(String(b.part), String(b.attempt), b.reason === 'crc' ? beaconText.retryReasonCrc(b.crc ?? '0') : 'download');
+      return beaconText.partRetry(
+        String(b.part),
+        String(b.attempt),
+        b.reason === 'crc' ? beaconText.retryReasonCrc(b.crc ?? '0') : 'download',
+      );
     case 'part-ok':
       return beaconText.partOk(String(b.part), b.crc);
     case 'part-failed':
-      if (b.stage === 'verify') return beaconText.partFailed(String(b.part), beaconText.failedWithCrc('verify', b.crc ?? '0'));
-      if (b.stage === 'download' && b.crc !== undefined) return beaconText.partFailed(String(b.part), beaconText.failedWithCrc('download', b.crc));
+      if (b.stage === 'verify')
+        return beaconText.partFailed(String(b.part), beaconText.failedWithCrc('verify', b.crc ?? '0'));
+      if (b.stage === 'download' && b.crc !== undefined)
+        return beaconText.partFailed(String(b.part), beaconText.failedWithCrc('download', b.crc));
       return beaconText.partFailed(String(b.part), b.stage);
     case 'done':
       return beaconText.done(b.ok);
@@ -71,11 +77,23 @@ const CRC = '([0-9a-f]{1,8})';
 const PATTERNS: Array<[RegExp, (m: RegExpExecArray) => Beacon]> = [
   [/^start$/, () => ({ kind: 'start' })],
   [/^too-large$/, () => ({ kind: 'too-large' })],
-  [new RegExp(`^part-${N}-retry-${N}-download$`), (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'download' })],
-  [new RegExp(`^part-${N}-retry-${N}-crc-${CRC}$`), (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'crc', crc: m[3]! })],
+  [
+    new RegExp(`^part-${N}-retry-${N}-download$`),
+    (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'download' }),
+  ],
+  [
+    new RegExp(`^part-${N}-retry-${N}-crc-${CRC}$`),
+    (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'crc', crc: m[3]! }),
+  ],
   [new RegExp(`^part-${N}-ok-${CRC}$`), (m) => ({ kind: 'part-ok', part: Number(m[1]), crc: m[2]! })],
-  [new RegExp(`^part-${N}-failed-(download|write|readback)$`), (m) => ({ kind: 'part-failed', part: Number(m[1]), stage: m[2] as 'download' | 'write' | 'readback' })],
-  [new RegExp(`^part-${N}-failed-(download|verify)-${CRC}$`), (m) => ({ kind: 'part-failed', part: Number(m[1]), stage: m[2] as 'download' | 'verify', crc: m[3]! })],
+  [
+    new RegExp(`^part-${N}-failed-(download|write|readback)$`),
+    (m) => ({ kind: 'part-failed', part: Number(m[1]), stage: m[2] as 'download' | 'write' | 'readback' }),
+  ],
+  [
+    new RegExp(`^part-${N}-failed-(download|verify)-${CRC}$`),
+    (m) => ({ kind: 'part-failed', part: Number(m[1]), stage: m[2] as 'download' | 'verify', crc: m[3]! }),
+  ],
   [/^done-(ok|failed)$/, (m) => ({ kind: 'done', ok: m[1] === 'ok' })],
 ];
 

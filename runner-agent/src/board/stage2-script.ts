@@ -45,13 +45,22 @@ export interface PartPlan {
 
 /** Splits an image into parts of `partSize` bytes (the last one shorter), each written at its own offset. */
 export function planParts(imageSize: number, partSize: number): PartPlan[] {
-  if (!Number.isSafeInteger(imageSize) || imageSize <= 0) throw new RangeError(`image size must be a positive number of bytes, got ${imageSize}`);
-  if (!Number.isSafeInteger(partSize) || partSize <= 0 || partSize % SECTOR !== 0) throw new RangeError(`part size must be a positive multiple of ${SECTOR} bytes, got ${partSize}`);
+  if (!Number.isSafeInteger(imageSize) || imageSize <= 0)
+    throw new RangeError(`image size must be a positive number of bytes, got ${imageSize}`);
+  if (!Number.isSafeInteger(partSize) || partSize <= 0 || partSize % SECTOR !== 0)
+    throw new RangeError(`part size must be a positive multiple of ${SECTOR} bytes, got ${partSize}`);
   const parts: PartPlan[] = [];
   for (let offset = 0, index = 1; offset < imageSize; offset += partSize, index++) {
     const size = Math.min(partSize, imageSize - offset);
     const servedSize = Math.ceil(size / SECTOR) * SECTOR;
-    parts.push({ index, imageOffset: offset, size, servedSize, startBlock: offset / SECTOR, blockCount: servedSize / SECTOR });
+    parts.push({
+      index,
+      imageOffset: offset,
+      size,
+      servedSize,
+      startBlock: offset / SECTOR,
+      blockCount: servedSize / SECTOR,
+    });
   }
   return parts;
 }
@@ -120,23 +129,55 @@ function validate(o: Stage2Options): void {
   check(JOB_ID_PATTERN.test(o.jobId), `job id "${o.jobId}" must match ${JOB_ID_PATTERN}`);
   macDir(o.mac); // throws on a bad MAC
   check(o.parts.length > 0, 'a stage-2 script needs at least one part');
-  check(Number.isInteger(o.retries) && o.retries >= 0 && o.retries <= 20, `retries must be an integer 0..20, got ${o.retries}`);
-  check(Number.isInteger(o.mmcDev) && o.mmcDev >= 0 && o.mmcDev <= 9, `mmcDev must be an integer 0..9, got ${o.mmcDev}`);
-  if (o.tftpBlockSize !== undefined) check(Number.isInteger(o.tftpBlockSize) && o.tftpBlockSize >= 8 && o.tftpBlockSize <= 65464, `tftpBlockSize must be an integer 8..65464 (RFC 2348), got ${o.tftpBlockSize}`);
-  if (o.tftpWindowSize !== undefined) check(Number.isInteger(o.tftpWindowSize) && o.tftpWindowSize >= 1 && o.tftpWindowSize <= 65535, `tftpWindowSize must be an integer 1..65535 (RFC 7440), got ${o.tftpWindowSize}`);
+  check(
+    Number.isInteger(o.retries) && o.retries >= 0 && o.retries <= 20,
+    `retries must be an integer 0..20, got ${o.retries}`,
+  );
+  check(
+    Number.isInteger(o.mmcDev) && o.mmcDev >= 0 && o.mmcDev <= 9,
+    `mmcDev must be an integer 0..9, got ${o.mmcDev}`,
+  );
+  if (o.tftpBlockSize !== undefined)
+    check(
+      Number.isInteger(o.tftpBlockSize) && o.tftpBlockSize >= 8 && o.tftpBlockSize <= 65464,
+      `tftpBlockSize must be an integer 8..65464 (RFC 2348), got ${o.tftpBlockSize}`,
+    );
+  if (o.tftpWindowSize !== undefined)
+    check(
+      Number.isInteger(o.tftpWindowSize) && o.tftpWindowSize >= 1 && o.tftpWindowSize <= 65535,
+      `tftpWindowSize must be an integer 1..65535 (RFC 7440), got ${o.tftpWindowSize}`,
+    );
   const address = (name: string, value: number, align: number) =>
-    check(Number.isInteger(value) && value >= 0 && value <= 0xffff_ffff && value % align === 0, `${name} must be a 32-bit address aligned to ${align} bytes, got ${value}`);
+    check(
+      Number.isInteger(value) && value >= 0 && value <= 0xffff_ffff && value % align === 0,
+      `${name} must be a 32-bit address aligned to ${align} bytes, got ${value}`,
+    );
   address('loadAddr', o.loadAddr, 64);
   address('crcAddr', o.crcAddr, 8);
   address('beaconAddr', o.beaconAddr, 8);
   o.parts.forEach((p, i) => {
     const at = `part ${p.index}`;
     check(p.index === i + 1, `parts must be numbered 1..n in order; position ${i + 1} holds part ${p.index}`);
-    check(Number.isSafeInteger(p.servedSize) && p.servedSize > 0 && p.servedSize % SECTOR === 0, `${at}: servedSize must be a positive multiple of ${SECTOR}, got ${p.servedSize}`);
-    check(p.blockCount * SECTOR === p.servedSize, `${at}: blockCount ${p.blockCount} does not cover servedSize ${p.servedSize}`);
-    check(Number.isSafeInteger(p.startBlock) && p.startBlock >= 0 && p.startBlock + p.blockCount <= 0xffff_ffff, `${at}: startBlock ${p.startBlock} is out of range for mmc write`);
-    check(Number.isInteger(p.crc32) && p.crc32 >= 0 && p.crc32 <= 0xffff_ffff, `${at}: crc32 must be a 32-bit unsigned value, got ${p.crc32}`);
-    check(/^[A-Za-z0-9._/-]+$/.test(p.file) && p.file.length <= UBOOT_TFTP_NAME_MAX, `${at}: TFTP name "${p.file}" must be at most ${UBOOT_TFTP_NAME_MAX} path-safe characters without ':'`);
+    check(
+      Number.isSafeInteger(p.servedSize) && p.servedSize > 0 && p.servedSize % SECTOR === 0,
+      `${at}: servedSize must be a positive multiple of ${SECTOR}, got ${p.servedSize}`,
+    );
+    check(
+      p.blockCount * SECTOR === p.servedSize,
+      `${at}: blockCount ${p.blockCount} does not cover servedSize ${p.servedSize}`,
+    );
+    check(
+      Number.isSafeInteger(p.startBlock) && p.startBlock >= 0 && p.startBlock + p.blockCount <= 0xffff_ffff,
+      `${at}: startBlock ${p.startBlock} is out of range for mmc write`,
+    );
+    check(
+      Number.isInteger(p.crc32) && p.crc32 >= 0 && p.crc32 <= 0xffff_ffff,
+      `${at}: crc32 must be a 32-bit unsigned value, got ${p.crc32}`,
+    );
+    check(
+      /^[A-Za-z0-9._/-]+$/.test(p.file) && p.file.length <= UBOOT_TFTP_NAME_MAX,
+      `${at}: TFTP name "${p.file}" must be at most ${UBOOT_TFTP_NAME_MAX} path-safe characters without ':'`,
+    );
   });
   const largest = Math.max(...o.parts.map((p) => p.servedSize));
   const regions: Array<[string, number, number]> = [
@@ -144,7 +185,8 @@ function validate(o: Stage2Options): void {
     ['CRC slot', o.crcAddr, CRC_RESERVE],
     ['beacon buffer', o.beaconAddr, BEACON_RESERVE],
   ];
-  for (const [name, start, size] of regions) check(start + size <= 0x1_0000_0000, `${name} at ${hex(start)} (+${hex(size)}) runs past 4 GiB`);
+  for (const [name, start, size] of regions)
+    check(start + size <= 0x1_0000_0000, `${name} at ${hex(start)} (+${hex(size)}) runs past 4 GiB`);
   for (let i = 0; i < regions.length; i++) {
     for (let j = i + 1; j < regions.length; j++) {
       const [an, as, al] = regions[i]!;
@@ -152,8 +194,13 @@ function validate(o: Stage2Options): void {
       check(as + al <= bs || bs + bl <= as, `${an} (${hex(as)}+${hex(al)}) overlaps the ${bn} (${hex(bs)}+${hex(bl)})`);
     }
   }
-  const longest = reportPrefix(o.mac, o.jobId) + beaconText.partRetry(String(o.parts.length), String(o.retries), beaconText.retryReasonCrc('ffffffff'));
-  check(longest.length <= UBOOT_TFTP_NAME_MAX, `beacon names would reach ${longest.length} characters, over U-Boot's ${UBOOT_TFTP_NAME_MAX}: use a shorter job id`);
+  const longest =
+    reportPrefix(o.mac, o.jobId) +
+    beaconText.partRetry(String(o.parts.length), String(o.retries), beaconText.retryReasonCrc('ffffffff'));
+  check(
+    longest.length <= UBOOT_TFTP_NAME_MAX,
+    `beacon names would reach ${longest.length} characters, over U-Boot's ${UBOOT_TFTP_NAME_MAX}: use a shorter job id`,
+  );
 }
 
 export function generateStage2Script(o: Stage2Options): string {
@@ -195,9 +242,17 @@ export function generateStage2Script(o: Stage2Options): string {
       `setexpr rpf_crc ${v('rpf_s')} + ${v('rpf_b')}`,
     ]),
     '# rpf_crc := CRC32 of the rpf_len bytes at the load address.',
-    procedure('rpf_check', [`crc32 ${load} ${v('rpf_len')} ${crcSlot}`, `setexpr.l rpf_crc *${crcSlot}`, 'run rpf_fix']),
+    procedure('rpf_check', [
+      `crc32 ${load} ${v('rpf_len')} ${crcSlot}`,
+      `setexpr.l rpf_crc *${crcSlot}`,
+      'run rpf_fix',
+    ]),
     '# One download attempt; succeeds only if the CRC matches. rpf_why/rpf_fail say why it failed.',
-    procedure('rpf_get', ['setenv rpf_why download', 'setenv rpf_fail download', `tftpboot ${load} ${v('rpf_file')} && run rpf_dlcheck`]),
+    procedure('rpf_get', [
+      'setenv rpf_why download',
+      'setenv rpf_fail download',
+      `tftpboot ${load} ${v('rpf_file')} && run rpf_dlcheck`,
+    ]),
     procedure('rpf_dlcheck', [
       'run rpf_check',
       `setenv rpf_why ${beaconText.retryReasonCrc(v('rpf_crc'))}`,
@@ -206,15 +261,19 @@ export function generateStage2Script(o: Stage2Options): string {
     ]),
     procedure('rpf_retry', [...report(beaconText.partRetry(part, v('rpf_att'), v('rpf_why'))), 'run rpf_get']),
   );
-  for (let attempt = 1; attempt <= o.retries; attempt++) lines.push(procedure(`rpf_r${attempt}`, [`setenv rpf_att ${attempt}`, 'run rpf_retry']));
+  for (let attempt = 1; attempt <= o.retries; attempt++)
+    lines.push(procedure(`rpf_r${attempt}`, [`setenv rpf_att ${attempt}`, 'run rpf_retry']));
   lines.push(
     '# Failures: report the part, report the result, reset (stage 1 then finds no flash.scr).',
     procedure('rpf_abort', ['run rpf_beacon', ...report(beaconText.done(false)), 'reset']),
     procedure('rpf_dlfail', [`setenv rpf_msg ${beaconText.partFailed(part, v('rpf_fail'))}`, 'run rpf_abort']),
     procedure('rpf_wfail', [`setenv rpf_msg ${beaconText.partFailed(part, 'write')}`, 'run rpf_abort']),
     procedure('rpf_rfail', [`setenv rpf_msg ${beaconText.partFailed(part, 'readback')}`, 'run rpf_abort']),
-    procedure('rpf_vfail', [`setenv rpf_msg ${beaconText.partFailed(part, beaconText.failedWithCrc('verify', v('rpf_crc')))}`, 'run rpf_abort']),
-    '# The image\'s last block did not read: if block 0 does, the card is smaller than the image.',
+    procedure('rpf_vfail', [
+      `setenv rpf_msg ${beaconText.partFailed(part, beaconText.failedWithCrc('verify', v('rpf_crc')))}`,
+      'run rpf_abort',
+    ]),
+    "# The image's last block did not read: if block 0 does, the card is smaller than the image.",
     procedure('rpf_size', [`mmc read ${beaconBuf} 0x0 0x1 && run rpf_toolarge`]),
     procedure('rpf_toolarge', [`setenv rpf_msg ${beaconText.tooLarge()}`, 'run rpf_abort']),
     '# Write, poison the buffer, read back, verify, report.',
@@ -225,7 +284,12 @@ export function generateStage2Script(o: Stage2Options): string {
       'run rpf_check',
       `if itest.l ${v('rpf_crc')} == ${v('rpf_want')}; then ${report(beaconText.partOk(part, v('rpf_crc'))).join('; ')}; else run rpf_vfail; fi`,
     ]),
-    procedure('rpf_one', [[`run rpf_get`, ...Array.from({ length: o.retries }, (_, i) => `run rpf_r${i + 1}`), 'run rpf_dlfail'].join(' || '), 'run rpf_put']),
+    procedure('rpf_one', [
+      [`run rpf_get`, ...Array.from({ length: o.retries }, (_, i) => `run rpf_r${i + 1}`), 'run rpf_dlfail'].join(
+        ' || ',
+      ),
+      'run rpf_put',
+    ]),
     '# Calibrate: how does this build store crc32 results?',
     `mw.l ${beaconBuf} ${hex(CALIBRATION_WORD)}; crc32 ${beaconBuf} 0x4 ${crcSlot}; if itest.l *${crcSlot} == ${hex(calibration)}; then setenv rpf_fix true; else setenv rpf_fix run rpf_swap; fi`,
     report(beaconText.start()).join('; '),

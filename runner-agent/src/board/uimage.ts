@@ -20,7 +20,20 @@ export const IH_ARCH_ARM = 2;
 export const IH_TYPE_SCRIPT = 6;
 export const IH_COMP_NONE = 0;
 
-const OFFSET = { magic: 0, hcrc: 4, time: 8, size: 12, load: 16, ep: 20, dcrc: 24, os: 28, arch: 29, type: 30, comp: 31, name: 32 } as const;
+const OFFSET = {
+  magic: 0,
+  hcrc: 4,
+  time: 8,
+  size: 12,
+  load: 16,
+  ep: 20,
+  dcrc: 24,
+  os: 28,
+  arch: 29,
+  type: 30,
+  comp: 31,
+  name: 32,
+} as const;
 
 export interface ScriptImageOptions {
   /** Image name shown by `mkimage -l` and `iminfo`; at most 32 bytes are kept, like mkimage. */
@@ -38,7 +51,8 @@ export function buildScriptImage(script: string, o: ScriptImageOptions = {}): Bu
 
   const header = Buffer.alloc(UIMAGE_HEADER_SIZE);
   const timestamp = o.timestamp ?? Math.floor(Date.now() / 1000);
-  if (!Number.isInteger(timestamp) || timestamp < 0 || timestamp > 0xffff_ffff) throw new RangeError(`script image timestamp must be a 32-bit count of seconds, got ${timestamp}`);
+  if (!Number.isInteger(timestamp) || timestamp < 0 || timestamp > 0xffff_ffff)
+    throw new RangeError(`script image timestamp must be a 32-bit count of seconds, got ${timestamp}`);
   header.writeUInt32BE(UIMAGE_MAGIC, OFFSET.magic);
   header.writeUInt32BE(timestamp, OFFSET.time);
   header.writeUInt32BE(data.length, OFFSET.size);
@@ -49,7 +63,9 @@ export function buildScriptImage(script: string, o: ScriptImageOptions = {}): Bu
   header[OFFSET.arch] = IH_ARCH_ARM;
   header[OFFSET.type] = IH_TYPE_SCRIPT;
   header[OFFSET.comp] = IH_COMP_NONE;
-  Buffer.from(o.name ?? '', 'utf8').subarray(0, UIMAGE_NAME_LENGTH).copy(header, OFFSET.name);
+  Buffer.from(o.name ?? '', 'utf8')
+    .subarray(0, UIMAGE_NAME_LENGTH)
+    .copy(header, OFFSET.name);
   header.writeUInt32BE(crc32(header), OFFSET.hcrc); // computed with the hcrc field still zero
   return Buffer.concat([header, data]);
 }
@@ -67,14 +83,19 @@ export interface ScriptImageHeader {
 
 /** Reads and checks the 64-byte header only (magic and header CRC); `size` is what the data must be. */
 export function parseScriptImageHeader(buf: Buffer): ScriptImageHeader {
-  if (buf.length < UIMAGE_HEADER_SIZE) throw new Error(`script image too short: ${buf.length} bytes, a U-Boot image header alone is ${UIMAGE_HEADER_SIZE}`);
+  if (buf.length < UIMAGE_HEADER_SIZE)
+    throw new Error(
+      `script image too short: ${buf.length} bytes, a U-Boot image header alone is ${UIMAGE_HEADER_SIZE}`,
+    );
   const magic = buf.readUInt32BE(OFFSET.magic);
-  if (magic !== UIMAGE_MAGIC) throw new Error(`not a U-Boot image: bad magic 0x${hex8(magic)} (expected 0x${hex8(UIMAGE_MAGIC)})`);
+  if (magic !== UIMAGE_MAGIC)
+    throw new Error(`not a U-Boot image: bad magic 0x${hex8(magic)} (expected 0x${hex8(UIMAGE_MAGIC)})`);
   const header = Buffer.from(buf.subarray(0, UIMAGE_HEADER_SIZE));
   const hcrc = header.readUInt32BE(OFFSET.hcrc);
   header.writeUInt32BE(0, OFFSET.hcrc);
   const actual = crc32(header);
-  if (actual !== hcrc) throw new Error(`U-Boot image header CRC mismatch: header says 0x${hex8(hcrc)}, computed 0x${hex8(actual)}`);
+  if (actual !== hcrc)
+    throw new Error(`U-Boot image header CRC mismatch: header says 0x${hex8(hcrc)}, computed 0x${hex8(actual)}`);
   const nameBytes = header.subarray(OFFSET.name, OFFSET.name + UIMAGE_NAME_LENGTH);
   const nul = nameBytes.indexOf(0);
   return {
@@ -91,22 +112,36 @@ export function parseScriptImageHeader(buf: Buffer): ScriptImageHeader {
 /** Validates a script image like U-Boot's `source` does and returns its name and script text. */
 export function parseScriptImage(buf: Buffer): { name: string; script: string } {
   const h = parseScriptImageHeader(buf);
-  if (h.type !== IH_TYPE_SCRIPT) throw new Error(`U-Boot image "${h.name}" is not a script image (type ${h.type}, a script is ${IH_TYPE_SCRIPT})`);
-  if (h.comp !== IH_COMP_NONE) throw new Error(`U-Boot script image "${h.name}" is compressed (comp ${h.comp}); only uncompressed scripts are supported`);
+  if (h.type !== IH_TYPE_SCRIPT)
+    throw new Error(`U-Boot image "${h.name}" is not a script image (type ${h.type}, a script is ${IH_TYPE_SCRIPT})`);
+  if (h.comp !== IH_COMP_NONE)
+    throw new Error(
+      `U-Boot script image "${h.name}" is compressed (comp ${h.comp}); only uncompressed scripts are supported`,
+    );
   const end = UIMAGE_HEADER_SIZE + h.dataSize;
-  if (buf.length < end) throw new Error(`U-Boot script image "${h.name}" is truncated: header announces ${h.dataSize} data bytes, only ${buf.length - UIMAGE_HEADER_SIZE} present`);
+  if (buf.length < end)
+    throw new Error(
+      `U-Boot script image "${h.name}" is truncated: header announces ${h.dataSize} data bytes, only ${buf.length - UIMAGE_HEADER_SIZE} present`,
+    );
   const data = buf.subarray(UIMAGE_HEADER_SIZE, end);
   const dcrc = buf.readUInt32BE(OFFSET.dcrc);
   const actual = crc32(data);
-  if (actual !== dcrc) throw new Error(`U-Boot script image "${h.name}" data CRC mismatch: header says 0x${hex8(dcrc)}, computed 0x${hex8(actual)}`);
-  if (data.length < 8) throw new Error(`U-Boot script image "${h.name}" has no length table (${data.length} data bytes)`);
+  if (actual !== dcrc)
+    throw new Error(
+      `U-Boot script image "${h.name}" data CRC mismatch: header says 0x${hex8(dcrc)}, computed 0x${hex8(actual)}`,
+    );
+  if (data.length < 8)
+    throw new Error(`U-Boot script image "${h.name}" has no length table (${data.length} data bytes)`);
   const length = data.readUInt32BE(0);
   if (length === 0) throw new Error(`U-Boot script image "${h.name}" holds an empty script`);
   // Skip the zero-terminated length table, as U-Boot's source command does.
   let offset = 4;
   while (offset + 4 <= data.length && data.readUInt32BE(offset) !== 0) offset += 4;
   offset += 4;
-  if (offset + length > data.length) throw new Error(`U-Boot script image "${h.name}": script length ${length} runs past the data (${data.length - offset} bytes after the length table)`);
+  if (offset + length > data.length)
+    throw new Error(
+      `U-Boot script image "${h.name}": script length ${length} runs past the data (${data.length - offset} bytes after the length table)`,
+    );
   return { name: h.name, script: data.subarray(offset, offset + length).toString('utf8') };
 }
 

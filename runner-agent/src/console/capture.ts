@@ -131,7 +131,8 @@ export async function openConsole(spec: ConsoleSpec, o: ConsoleCaptureOptions): 
   const stopReconnect = new AbortController();
   let failedAttempts = 0;
 
-  const matcherOf = (re: RegExp) => (re.global || re.sticky ? new RegExp(re.source, re.flags.replace(/[gy]/g, '')) : re);
+  const matcherOf = (re: RegExp) =>
+    re.global || re.sticky ? new RegExp(re.source, re.flags.replace(/[gy]/g, '')) : re;
 
   const onLine = (line: string) => {
     const time = Date.now();
@@ -150,7 +151,8 @@ export async function openConsole(spec: ConsoleSpec, o: ConsoleCaptureOptions): 
       log.warn('console line handler threw', { error: (err as Error).message });
     }
     for (const w of [...waiters]) {
-      if (index >= w.since && w.re.test(line)) w.settle({ line, index, time, ms: Math.round(performance.now() - w.started) });
+      if (index >= w.since && w.re.test(line))
+        w.settle({ line, index, time, ms: Math.round(performance.now() - w.started) });
     }
   };
   const splitter = new LineSplitter(onLine);
@@ -193,7 +195,9 @@ export async function openConsole(spec: ConsoleSpec, o: ConsoleCaptureOptions): 
             return;
           }
           stats.reconnects++;
-          log.info(`console reconnected${failedAttempts ? ` after ${failedAttempts} failed attempt${failedAttempts === 1 ? '' : 's'}` : ''}`);
+          log.info(
+            `console reconnected${failedAttempts ? ` after ${failedAttempts} failed attempt${failedAttempts === 1 ? '' : 's'}` : ''}`,
+          );
           failedAttempts = 0;
           attach(s);
         },
@@ -202,7 +206,8 @@ export async function openConsole(spec: ConsoleSpec, o: ConsoleCaptureOptions): 
           if (closed) return;
           failedAttempts++;
           // One warning per outage, not one per attempt.
-          if (failedAttempts === 1) log.warn(`console still unavailable; retrying every ${reconnectMs} ms`, { error: (err as Error).message });
+          if (failedAttempts === 1)
+            log.warn(`console still unavailable; retrying every ${reconnectMs} ms`, { error: (err as Error).message });
           else log.debug('console reconnect failed', { attempt: failedAttempts, error: (err as Error).message });
           scheduleReconnect();
         },

@@ -24,7 +24,8 @@ export const DEFAULT_MAX_LINE_CHARS = 4096;
 
 // CSI (ESC [ … final byte), OSC (ESC ] … BEL or ESC \), the single-byte CSI (0x9b), and the
 // other escapes (ESC, intermediate bytes such as `(`, one final character), then every other C0 control but tab, and DEL.
-const ANSI_PATTERN = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x9b[0-?]*[ -/]*[@-~]|\x1b[ -/]+[0-~]|\x1b./g;
+const ANSI_PATTERN =
+  /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x9b[0-?]*[ -/]*[@-~]|\x1b[ -/]+[0-~]|\x1b./g;
 const CONTROL_PATTERN = /[\x00-\x08\x0a-\x1f\x7f]/g;
 
 /** A line as people read it: escape sequences and control characters (except tab) removed. */

@@ -28,9 +28,8 @@ export const DEFAULT_BAUD = 115200;
  * typo such as 11520 should fail when the database loads, not at the first job.
  */
 export const BAUD_RATES: readonly number[] = [
-  50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200, 38400, 57600, 115200,
-  230400, 460800, 500000, 576000, 921600, 1000000, 1152000, 1500000, 2000000, 2500000, 3000000,
-  3500000, 4000000,
+  50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800,
+  500000, 576000, 921600, 1000000, 1152000, 1500000, 2000000, 2500000, 3000000, 3500000, 4000000,
 ];
 
 /** sun_path holds 108 bytes including the terminating NUL. */
@@ -55,9 +54,13 @@ export function parseConsoleSpec(text: string): ConsoleSpec {
       // The last `@digits` is the rate; device names do not end in one (by-id names use `-port0`).
       const m = /^(.*?)(?:@(\d+))?$/.exec(rest);
       const device = (m?.[1] ?? '').trim();
-      if (!device) throw new Error(`serial console needs a device after "serial:" (serial:/dev/ttyUSB0@115200), got "${spec}"`);
+      if (!device)
+        throw new Error(`serial console needs a device after "serial:" (serial:/dev/ttyUSB0@115200), got "${spec}"`);
       if (!path.isAbsolute(device)) throw new Error(`serial console needs an absolute device path, got "${device}"`);
-      if (/@/.test(device)) throw new Error(`serial console "${spec}": the baud rate after "@" must be a number (serial:/dev/ttyUSB0@115200)`);
+      if (/@/.test(device))
+        throw new Error(
+          `serial console "${spec}": the baud rate after "@" must be a number (serial:/dev/ttyUSB0@115200)`,
+        );
       const baud = m?.[2] === undefined ? DEFAULT_BAUD : Number(m[2]);
       if (!BAUD_RATES.includes(baud)) {
         throw new Error(`serial console "${spec}": ${baud} is not a standard baud rate (e.g. 9600, 115200, 921600)`);
@@ -73,17 +76,22 @@ export function parseConsoleSpec(text: string): ConsoleSpec {
       }
       const parts = rest.split(':');
       if (parts.length !== 2) {
-        throw new Error(`console "${spec}": expected tcp:<host>:<port> (write an IPv6 host in brackets: tcp:[fd00::5]:2001)`);
+        throw new Error(
+          `console "${spec}": expected tcp:<host>:<port> (write an IPv6 host in brackets: tcp:[fd00::5]:2001)`,
+        );
       }
       const host = (parts[0] as string).trim();
-      if (!host || !/^[A-Za-z0-9.-]+$/.test(host)) throw new Error(`console "${spec}": "${host}" is not a host name or IPv4 address`);
+      if (!host || !/^[A-Za-z0-9.-]+$/.test(host))
+        throw new Error(`console "${spec}": "${host}" is not a host name or IPv4 address`);
       return { kind: 'tcp', host, port: parsePort((parts[1] as string).trim(), spec) };
     }
     case 'unix': {
       if (!rest) throw new Error('unix console needs the path of the serial socket after "unix:"');
       if (!path.isAbsolute(rest)) throw new Error(`unix console needs an absolute socket path, got "${rest}"`);
       if (Buffer.byteLength(rest) > UNIX_PATH_MAX) {
-        throw new Error(`unix console: the socket path is longer than a unix socket allows (${Buffer.byteLength(rest)} > ${UNIX_PATH_MAX} bytes)`);
+        throw new Error(
+          `unix console: the socket path is longer than a unix socket allows (${Buffer.byteLength(rest)} > ${UNIX_PATH_MAX} bytes)`,
+        );
       }
       return { kind: 'unix', path: rest };
     }

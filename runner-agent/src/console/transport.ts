@@ -67,7 +67,11 @@ function describeOpenError(err: NodeJS.ErrnoException, device: string): string {
   }
 }
 
-async function openSerial(spec: Extract<ConsoleSpec, { kind: 'serial' }>, text: string, signal: AbortSignal | undefined): Promise<net.Socket> {
+async function openSerial(
+  spec: Extract<ConsoleSpec, { kind: 'serial' }>,
+  text: string,
+  signal: AbortSignal | undefined,
+): Promise<net.Socket> {
   let fd: number;
   try {
     fd = await openAsync(spec.device, constants.O_RDONLY | constants.O_NOCTTY | constants.O_NONBLOCK);
@@ -76,7 +80,11 @@ async function openSerial(spec: Extract<ConsoleSpec, { kind: 'serial' }>, text: 
   }
   let handedOver = false;
   try {
-    if (!tty.isatty(fd)) throw new ConsoleError(text, `${spec.device} is not a terminal device (expected a serial port such as /dev/ttyUSB0)`);
+    if (!tty.isatty(fd))
+      throw new ConsoleError(
+        text,
+        `${spec.device} is not a terminal device (expected a serial port such as /dev/ttyUSB0)`,
+      );
     signal?.throwIfAborted();
     try {
       await execFileAsync('stty', ['-F', spec.device, String(spec.baud), 'raw', '-echo', 'clocal', '-crtscts'], {
@@ -87,7 +95,10 @@ async function openSerial(spec: Extract<ConsoleSpec, { kind: 'serial' }>, text: 
       signal?.throwIfAborted();
       const e = err as NodeJS.ErrnoException & { stderr?: string };
       if (e.code === 'ENOENT') throw new ConsoleError(text, 'the stty program is missing (Debian package coreutils)');
-      throw new ConsoleError(text, `stty could not set ${spec.device} to ${spec.baud} baud raw: ${(e.stderr ?? '').trim() || e.message}`);
+      throw new ConsoleError(
+        text,
+        `stty could not set ${spec.device} to ${spec.baud} baud raw: ${(e.stderr ?? '').trim() || e.message}`,
+      );
     }
     let stream: tty.ReadStream;
     try {
@@ -102,7 +113,14 @@ async function openSerial(spec: Extract<ConsoleSpec, { kind: 'serial' }>, text: 
   }
 }
 
-function connectSocket(options: net.NetConnectOpts, text: string, what: string, hint: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<net.Socket> {
+function connectSocket(
+  options: net.NetConnectOpts,
+  text: string,
+  what: string,
+  hint: string,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const socket = net.connect(options);
@@ -127,7 +145,10 @@ function connectSocket(options: net.NetConnectOpts, text: string, what: string, 
       finish(new ConsoleError(text, why));
     };
     const onAbort = () => finish(signal?.reason);
-    const timer = setTimeout(() => finish(new ConsoleError(text, `no connection to ${what} within ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(
+      () => finish(new ConsoleError(text, `no connection to ${what} within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     socket.once('connect', onConnect);
     socket.once('error', onError);
     signal?.addEventListener('abort', onAbort, { once: true });
@@ -147,8 +168,22 @@ export async function openConsoleStream(spec: ConsoleSpec, o: OpenStreamOptions 
     case 'serial':
       return openSerial(spec, text, o.signal);
     case 'tcp':
-      return connectSocket({ host: spec.host, port: spec.port }, text, `${spec.host}:${spec.port}`, 'is ser2net running, in raw mode, on that port?', timeoutMs, o.signal);
+      return connectSocket(
+        { host: spec.host, port: spec.port },
+        text,
+        `${spec.host}:${spec.port}`,
+        'is ser2net running, in raw mode, on that port?',
+        timeoutMs,
+        o.signal,
+      );
     case 'unix':
-      return connectSocket({ path: spec.path }, text, spec.path, 'is QEMU running with -serial unix:<path>,server=on,wait=off?', timeoutMs, o.signal);
+      return connectSocket(
+        { path: spec.path },
+        text,
+        spec.path,
+        'is QEMU running with -serial unix:<path>,server=on,wait=off?',
+        timeoutMs,
+        o.signal,
+      );
   }
 }

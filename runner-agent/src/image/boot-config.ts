@@ -44,7 +44,18 @@ const KNOWN_32 = new Set(['kernel.img', 'kernel7.img', 'kernel7l.img']);
 /** Directives whose lines are turned off in the rewritten config: U-Boot takes over their job. */
 const TURNED_OFF = new Set(['kernel', 'initramfs', 'ramfsfile', 'ramfsaddr']);
 /** Directives that decide what is loaded: they must be evaluable where they appear. */
-const BOOT_RELEVANT = new Set([...TURNED_OFF, 'arm_64bit', 'auto_initramfs', 'cmdline', 'os_prefix', 'kernel_address', 'kernel_old', 'device_tree', 'upstream_kernel', 'include']);
+const BOOT_RELEVANT = new Set([
+  ...TURNED_OFF,
+  'arm_64bit',
+  'auto_initramfs',
+  'cmdline',
+  'os_prefix',
+  'kernel_address',
+  'kernel_old',
+  'device_tree',
+  'upstream_kernel',
+  'include',
+]);
 const MAX_INCLUDE_DEPTH = 8;
 
 /** Access to the boot partition's files, by path relative to its root. */
@@ -135,7 +146,9 @@ export function rewriteConfigText(text: string, o: RewriteOptions): string {
       '[all]',
       'kernel=u-boot.bin',
       `arm_64bit=${b.arm64 ? 1 : 0}`,
-      ...(b.enableUart ? ['# U-Boot on the Pi needs the UART clock fixed, or stray input stops its autoboot.', 'enable_uart=1'] : []),
+      ...(b.enableUart
+        ? ['# U-Boot on the Pi needs the UART clock fixed, or stray input stops its autoboot.', 'enable_uart=1']
+        : []),
       INJECT_END,
     ];
     result += block.join(eol) + eol;
@@ -158,7 +171,10 @@ function combine(values: Tri[]): Tri {
 /** Reads config.txt (and its includes) and decides what the firmware would boot on `model`. */
 export async function selectBoot(files: BootFiles, model: PiModel | undefined): Promise<BootSelection> {
   if (await files.exists('autoboot.txt')) {
-    throw new InjectError('BOOT_CONFIG_UNSUPPORTED', 'the boot partition has autoboot.txt (A/B or tryboot partition switching): the firmware may boot another partition, which cannot carry U-Boot yet');
+    throw new InjectError(
+      'BOOT_CONFIG_UNSUPPORTED',
+      'the boot partition has autoboot.txt (A/B or tryboot partition switching): the firmware may boot another partition, which cannot carry U-Boot yet',
+    );
   }
   let modelTri: Tri | undefined;
   const others = new Map<string, Tri>();
@@ -242,10 +258,12 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
         case 'kernel_address':
           throw refuse(at, 'the firmware would load U-Boot at this address instead of where U-Boot expects to run');
         case 'kernel_old':
-          if (Number(d.value) !== 0) throw refuse(at, 'kernel_old loads the kernel at address 0, where U-Boot cannot run');
+          if (Number(d.value) !== 0)
+            throw refuse(at, 'kernel_old loads the kernel at address 0, where U-Boot cannot run');
           break;
         case 'device_tree':
-          if (!d.value) throw refuse(at, 'an empty device_tree= disables the device tree that U-Boot hands to the kernel');
+          if (!d.value)
+            throw refuse(at, 'an empty device_tree= disables the device tree that U-Boot hands to the kernel');
           break;
         case 'upstream_kernel':
           upstreamKernel = Number(d.value) !== 0;
@@ -256,7 +274,10 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
   await visit('config.txt', 0);
 
   if (upstreamKernel && (await files.exists('upstream'))) {
-    throw new InjectError('BOOT_CONFIG_UNSUPPORTED', 'config.txt sets upstream_kernel=1 and the boot partition has an upstream/ folder: the firmware then loads the kernel from there (an implied os_prefix), not supported yet');
+    throw new InjectError(
+      'BOOT_CONFIG_UNSUPPORTED',
+      'config.txt sets upstream_kernel=1 and the boot partition has an upstream/ folder: the firmware then loads the kernel from there (an implied os_prefix), not supported yet',
+    );
   }
 
   let kernelName: string;
@@ -264,18 +285,35 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
   if (kernel) {
     kernelName = kernel.value.replace(/^\/+/, '');
     if (/u-?boot/i.test(kernelName)) {
-      throw new InjectError('BOOT_CONFIG_UNSUPPORTED', `${kernel.at.file} line ${kernel.at.lineNo} boots "${kernelName}": the image already starts its own U-Boot, and chaining two is not supported`);
+      throw new InjectError(
+        'BOOT_CONFIG_UNSUPPORTED',
+        `${kernel.at.file} line ${kernel.at.lineNo} boots "${kernelName}": the image already starts its own U-Boot, and chaining two is not supported`,
+      );
     }
     if (!(await files.exists(kernelName))) {
-      throw new InjectError('BOOT_CONFIG_UNSUPPORTED', `${kernel.at.file} line ${kernel.at.lineNo} names kernel ${kernelName}, which is not on the boot partition`);
+      throw new InjectError(
+        'BOOT_CONFIG_UNSUPPORTED',
+        `${kernel.at.file} line ${kernel.at.lineNo} names kernel ${kernelName}, which is not on the boot partition`,
+      );
     }
-    arm64 = arm64Explicit ?? (KNOWN_64.has(kernelName) ? true : KNOWN_32.has(kernelName) ? false : (model?.firmwareDefault64 ?? model?.arm64 ?? false));
+    arm64 =
+      arm64Explicit ??
+      (KNOWN_64.has(kernelName)
+        ? true
+        : KNOWN_32.has(kernelName)
+          ? false
+          : (model?.firmwareDefault64 ?? model?.arm64 ?? false));
   } else {
     const want64 = arm64Explicit ?? model?.firmwareDefault64;
     const chain32 = model?.kernels32 ?? ['kernel7l.img', 'kernel7.img', 'kernel.img'];
     // Explicit arm_64bit=1 insists on kernel8.img; the Pi 4 default (and an unknown model) falls
     // back to 32-bit when kernel8.img is missing, as the firmware does.
-    const candidates = want64 === true && arm64Explicit === true ? ['kernel8.img'] : want64 === false ? chain32 : ['kernel8.img', ...chain32];
+    const candidates =
+      want64 === true && arm64Explicit === true
+        ? ['kernel8.img']
+        : want64 === false
+          ? chain32
+          : ['kernel8.img', ...chain32];
     let found: string | undefined;
     for (const c of candidates) {
       if (await files.exists(c)) {
@@ -284,7 +322,10 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
       }
     }
     if (!found) {
-      throw new InjectError('BOOT_CONFIG_UNSUPPORTED', `config.txt names no kernel and none of the firmware's default kernels for ${model ? `model ${model.name}` : 'this board'} is on the boot partition (looked for ${candidates.join(', ')})`);
+      throw new InjectError(
+        'BOOT_CONFIG_UNSUPPORTED',
+        `config.txt names no kernel and none of the firmware's default kernels for ${model ? `model ${model.name}` : 'this board'} is on the boot partition (looked for ${candidates.join(', ')})`,
+      );
     }
     kernelName = found;
     arm64 = KNOWN_64.has(found);
@@ -294,11 +335,21 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
   if (initramfs) {
     initramfsName = initramfs.value.replace(/^\/+/, '');
     if (!(await files.exists(initramfsName))) {
-      throw new InjectError('BOOT_CONFIG_UNSUPPORTED', `${initramfs.at.file} line ${initramfs.at.lineNo} names initramfs ${initramfsName}, which is not on the boot partition`);
+      throw new InjectError(
+        'BOOT_CONFIG_UNSUPPORTED',
+        `${initramfs.at.file} line ${initramfs.at.lineNo} names initramfs ${initramfsName}, which is not on the boot partition`,
+      );
     }
   } else if (autoInitramfs && AUTO_INITRAMFS[kernelName] && (await files.exists(AUTO_INITRAMFS[kernelName]!))) {
     initramfsName = AUTO_INITRAMFS[kernelName]!;
   }
 
-  return { kernel: kernelName, initramfs: initramfsName, arm64, cmdlineFile, filesToRewrite: [...filesToRewrite], setsEnableUart };
+  return {
+    kernel: kernelName,
+    initramfs: initramfsName,
+    arm64,
+    cmdlineFile,
+    filesToRewrite: [...filesToRewrite],
+    setsEnableUart,
+  };
 }

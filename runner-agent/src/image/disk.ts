@@ -35,14 +35,20 @@ export class FileImageReader implements ImageReader {
 
   async read(offset: number, length: number): Promise<Buffer> {
     if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new InjectError('IMAGE_TRUNCATED', `the image is ${this.size} bytes but bytes ${offset}..${offset + length} are needed: it is cut short`);
+      throw new InjectError(
+        'IMAGE_TRUNCATED',
+        `the image is ${this.size} bytes but bytes ${offset}..${offset + length} are needed: it is cut short`,
+      );
     }
     const buf = Buffer.alloc(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
       if (bytesRead === 0) {
-        throw new InjectError('IMAGE_TRUNCATED', `${this.path} ends at byte ${offset + done}, before byte ${offset + length} that the image needs (declared size ${this.size})`);
+        throw new InjectError(
+          'IMAGE_TRUNCATED',
+          `${this.path} ends at byte ${offset + done}, before byte ${offset + length} that the image needs (declared size ${this.size})`,
+        );
       }
       done += bytesRead;
     }
@@ -63,7 +69,10 @@ export class BufferImageReader implements ImageReader {
   }
   async read(offset: number, length: number): Promise<Buffer> {
     if (offset < 0 || length < 0 || offset + length > this.buf.length) {
-      throw new InjectError('IMAGE_TRUNCATED', `the image is ${this.buf.length} bytes but bytes ${offset}..${offset + length} are needed: it is cut short`);
+      throw new InjectError(
+        'IMAGE_TRUNCATED',
+        `the image is ${this.buf.length} bytes but bytes ${offset}..${offset + length} are needed: it is cut short`,
+      );
     }
     return Buffer.from(this.buf.subarray(offset, offset + length));
   }
@@ -105,7 +114,11 @@ export class SectorOverlay implements ImageReader {
     if (offset % this.sectorSize !== 0 || data.length % this.sectorSize !== 0) {
       throw new Error(`overlay writes whole ${this.sectorSize}-byte sectors; got ${data.length} bytes at ${offset}`);
     }
-    if (offset + data.length > this.size) throw new InjectError('IMAGE_TRUNCATED', `a write at ${offset}..${offset + data.length} runs past the end of the ${this.size}-byte image`);
+    if (offset + data.length > this.size)
+      throw new InjectError(
+        'IMAGE_TRUNCATED',
+        `a write at ${offset}..${offset + data.length} runs past the end of the ${this.size}-byte image`,
+      );
     for (let i = 0; i < data.length; i += this.sectorSize) {
       this.changed.set((offset + i) / this.sectorSize, Buffer.from(data.subarray(i, i + this.sectorSize)));
     }

@@ -113,8 +113,10 @@ export class FatVolume {
   static async open(dev: SectorOverlay, partOffset: number, partSize: number): Promise<FatVolume> {
     if (partSize < 512) throw corrupt(`the partition is only ${partSize} bytes`);
     const bs = await dev.read(partOffset, 512);
-    const notFat = (why: string) => new InjectError('IMAGE_NO_BOOT_PARTITION', `the first FAT partition holds no valid FAT file system: ${why}`);
-    if (bs[0] !== 0xeb && bs[0] !== 0xe9) throw notFat(`its boot sector starts with 0x${bs[0]!.toString(16)}, not a jump instruction (0xEB or 0xE9)`);
+    const notFat = (why: string) =>
+      new InjectError('IMAGE_NO_BOOT_PARTITION', `the first FAT partition holds no valid FAT file system: ${why}`);
+    if (bs[0] !== 0xeb && bs[0] !== 0xe9)
+      throw notFat(`its boot sector starts with 0x${bs[0]!.toString(16)}, not a jump instruction (0xEB or 0xE9)`);
     if (bs[510] !== 0x55 || bs[511] !== 0xaa) throw notFat('its boot sector lacks the 55 aa signature');
     const bps = bs.readUInt16LE(11);
     const spc = bs[13]!;
@@ -131,25 +133,46 @@ export class FatVolume {
     if (numFats === 0) throw notFat('no FAT copies');
     const fatSectors = fat16Size || fat32Size;
     const totalSectors = total16 || total32;
-    if (fatSectors === 0 || totalSectors === 0) throw notFat(`FAT size ${fatSectors} sectors, volume size ${totalSectors} sectors`);
+    if (fatSectors === 0 || totalSectors === 0)
+      throw notFat(`FAT size ${fatSectors} sectors, volume size ${totalSectors} sectors`);
     const rootDirSectors = Math.ceil((rootEntries * SLOT) / bps);
     const firstDataSector = reserved + numFats * fatSectors + rootDirSectors;
-    if (firstDataSector >= totalSectors) throw notFat(`the data area starts at sector ${firstDataSector}, past the volume's ${totalSectors} sectors`);
+    if (firstDataSector >= totalSectors)
+      throw notFat(`the data area starts at sector ${firstDataSector}, past the volume's ${totalSectors} sectors`);
     if (totalSectors * bps > partSize) {
       throw notFat(`the file system claims ${totalSectors * bps} bytes but its partition has ${partSize}`);
     }
     const clusterCount = Math.floor((totalSectors - firstDataSector) / spc);
     const type: FatType = clusterCount < 4085 ? 'FAT12' : clusterCount < 65525 ? 'FAT16' : 'FAT32';
-    if (type === 'FAT32' && (rootEntries !== 0 || fat16Size !== 0)) throw notFat('FAT32 by its cluster count but it has a FAT12/16 root directory or FAT size');
-    if (type !== 'FAT32' && rootEntries === 0) throw notFat(`${type} by its cluster count but it has no root directory entries`);
+    if (type === 'FAT32' && (rootEntries !== 0 || fat16Size !== 0))
+      throw notFat('FAT32 by its cluster count but it has a FAT12/16 root directory or FAT size');
+    if (type !== 'FAT32' && rootEntries === 0)
+      throw notFat(`${type} by its cluster count but it has no root directory entries`);
     const bitsPerEntry = type === 'FAT12' ? 12 : type === 'FAT16' ? 16 : 32;
-    if (Math.floor((fatSectors * bps * 8) / bitsPerEntry) < clusterCount + 2) throw notFat(`its FAT (${fatSectors} sectors) cannot map its ${clusterCount} clusters`);
+    if (Math.floor((fatSectors * bps * 8) / bitsPerEntry) < clusterCount + 2)
+      throw notFat(`its FAT (${fatSectors} sectors) cannot map its ${clusterCount} clusters`);
     const rootCluster = type === 'FAT32' ? bs.readUInt32LE(44) : 0;
-    if (type === 'FAT32' && (rootCluster < 2 || rootCluster >= clusterCount + 2)) throw notFat(`root directory cluster ${rootCluster} is out of range`);
+    if (type === 'FAT32' && (rootCluster < 2 || rootCluster >= clusterCount + 2))
+      throw notFat(`root directory cluster ${rootCluster} is out of range`);
     const fsInfoSector = type === 'FAT32' ? bs.readUInt16LE(48) : 0;
     // The whole FAT is read once: its size follows the boot partition, not the disk.
     const fat = await dev.read(partOffset + reserved * bps, fatSectors * bps);
-    return new FatVolume(dev, partOffset, type, bps, spc, reserved, numFats, fatSectors, rootEntries, firstDataSector, clusterCount, rootCluster, fsInfoSector, fat);
+    return new FatVolume(
+      dev,
+      partOffset,
+      type,
+      bps,
+      spc,
+      reserved,
+      numFats,
+      fatSectors,
+      rootEntries,
+      firstDataSector,
+      clusterCount,
+      rootCluster,
+      fsInfoSector,
+      fat,
+    );
   }
 
   // ---- FAT entries -------------------------------------------------------------------------
@@ -222,7 +245,11 @@ export class FatVolume {
       const c = 2 + ((this.nextFreeHint - 2 + i) % total);
       if (this.getEntry(c) === 0) out.push(c);
     }
-    if (out.length < count) throw new InjectError('BOOT_PARTITION_FULL', `the boot partition has ${out.length} free clusters, ${count} are needed`);
+    if (out.length < count)
+      throw new InjectError(
+        'BOOT_PARTITION_FULL',
+        `the boot partition has ${out.length} free clusters, ${count} are needed`,
+      );
     for (let i = 0; i < out.length; i++) this.setEntry(out[i]!, i + 1 < out.length ? out[i + 1]! : this.endOfChain);
     this.nextFreeHint = out.length ? out[out.length - 1]! + 1 : this.nextFreeHint;
     if (this.nextFreeHint >= total + 2) this.nextFreeHint = 2;
@@ -247,7 +274,12 @@ export class FatVolume {
     const start = this.partOffset + (this.reservedSectors + this.numFats * this.fatSectors) * this.bytesPerSector;
     const sectors = Math.ceil((this.rootEntries * SLOT) / this.bytesPerSector);
     const buf = await this.dev.read(start, sectors * this.bytesPerSector);
-    const dir = new Directory(buf, Array.from({ length: sectors }, (_, i) => start + i * this.bytesPerSector), null, '/');
+    const dir = new Directory(
+      buf,
+      Array.from({ length: sectors }, (_, i) => start + i * this.bytesPerSector),
+      null,
+      '/',
+    );
     this.directories.set(0, dir);
     return dir;
   }
@@ -304,7 +336,15 @@ export class FatVolume {
       lfn = null;
       if (attr & ATTR_VOLUME_ID) continue;
       const hi = this.type === 'FAT32' ? s.readUInt16LE(20) : 0;
-      out.push({ name, shortName, attr, firstCluster: (hi << 16) | s.readUInt16LE(26), size: s.readUInt32LE(28), firstSlot, slot: i });
+      out.push({
+        name,
+        shortName,
+        attr,
+        firstCluster: (hi << 16) | s.readUInt16LE(26),
+        size: s.readUInt32LE(28),
+        firstSlot,
+        slot: i,
+      });
     }
     return out;
   }
@@ -331,10 +371,15 @@ export class FatVolume {
 
   async readFile(entry: DirEntry, maxBytes: number): Promise<Buffer> {
     if (entry.attr & ATTR_DIRECTORY) throw corrupt(`${entry.name} is a directory, a file was expected`);
-    if (entry.size > maxBytes) throw new InjectError('BOOT_CONFIG_UNSUPPORTED', `${entry.name} is ${entry.size} bytes; more than ${maxBytes} is not a plausible boot configuration file`);
+    if (entry.size > maxBytes)
+      throw new InjectError(
+        'BOOT_CONFIG_UNSUPPORTED',
+        `${entry.name} is ${entry.size} bytes; more than ${maxBytes} is not a plausible boot configuration file`,
+      );
     if (entry.size === 0) return Buffer.alloc(0);
     const clusters = this.chain(entry.firstCluster, entry.name);
-    if (clusters.length * this.clusterBytes < entry.size) throw corrupt(`${entry.name} is ${entry.size} bytes but its chain holds only ${clusters.length} clusters`);
+    if (clusters.length * this.clusterBytes < entry.size)
+      throw corrupt(`${entry.name} is ${entry.size} bytes but its chain holds only ${clusters.length} clusters`);
     const parts: Buffer[] = [];
     let left = entry.size;
     for (const c of clusters) {
@@ -354,7 +399,8 @@ export class FatVolume {
     let left = want;
     let c = entry.firstCluster;
     for (let i = 0; left > 0; i++) {
-      if (c < 2 || c > this.clusterCount + 1 || i > this.clusterCount) throw corrupt(`${entry.name}: its cluster chain is broken`);
+      if (c < 2 || c > this.clusterCount + 1 || i > this.clusterCount)
+        throw corrupt(`${entry.name}: its cluster chain is broken`);
       const take = Math.min(left, this.clusterBytes);
       parts.push(await this.dev.read(this.clusterOffset(c), take));
       left -= take;
@@ -388,11 +434,19 @@ export class FatVolume {
       else slotsNeeded += 1 + (needsLongName(f.name) ? Math.ceil(f.name.length / LFN_CHARS) : 0);
     }
     const freeSlots = countFreeSlots(dir);
-    const dirGrowth = slotsNeeded > freeSlots ? (dir.clusters ? Math.ceil(((slotsNeeded - freeSlots) * SLOT) / this.clusterBytes) : Infinity) : 0;
+    const dirGrowth =
+      slotsNeeded > freeSlots
+        ? dir.clusters
+          ? Math.ceil(((slotsNeeded - freeSlots) * SLOT) / this.clusterBytes)
+          : Infinity
+        : 0;
     const free = this.countFreeClusters();
     const names = files.map((f) => `${f.name} ${formatBytes(f.data.length)}`).join(', ');
     if (dirGrowth === Infinity) {
-      throw new InjectError('BOOT_PARTITION_FULL', `the boot partition's ${this.type} root directory is full: ${slotsNeeded} entries are needed for ${names}, ${freeSlots} of ${dir.slotCount} are free`);
+      throw new InjectError(
+        'BOOT_PARTITION_FULL',
+        `the boot partition's ${this.type} root directory is full: ${slotsNeeded} entries are needed for ${names}, ${freeSlots} of ${dir.slotCount} are free`,
+      );
     }
     if (need + dirGrowth > free + freed) {
       throw new InjectError(
@@ -408,7 +462,11 @@ export class FatVolume {
   /** Creates `name` in `dir`, or replaces its content when it exists (its chain freed, a new one allocated). */
   writeFile(dir: Directory, name: string, data: Buffer, now: Date): void {
     const old = this.find(dir, name);
-    if (old && old.attr & ATTR_DIRECTORY) throw new InjectError('BOOT_PARTITION_FULL', `cannot write ${name}: the boot partition has a directory of that name`);
+    if (old && old.attr & ATTR_DIRECTORY)
+      throw new InjectError(
+        'BOOT_PARTITION_FULL',
+        `cannot write ${name}: the boot partition has a directory of that name`,
+      );
     if (old) this.freeChain(old.firstCluster, old.name);
     const clusters = data.length ? this.allocate(this.clustersFor(data.length)) : [];
     for (let i = 0; i < clusters.length; i++) {
@@ -435,7 +493,8 @@ export class FatVolume {
   }
 
   private createEntry(dir: Directory, name: string, first: number, size: number, now: Date): void {
-    if (name.length > 255 || /[\x00-\x1f"*/:<>?\\|]/.test(name) || /^[. ]*$/.test(name)) throw new Error(`"${name}" is not a valid FAT long file name`);
+    if (name.length > 255 || /[\x00-\x1f"*/:<>?\\|]/.test(name) || /^[. ]*$/.test(name))
+      throw new Error(`"${name}" is not a valid FAT long file name`);
     const existing = new Set(this.entries(dir).map((e) => e.shortName.toUpperCase()));
     const { short11, lossless } = makeShortName(name, existing);
     const longName = needsLongName(name) || !lossless;
@@ -443,7 +502,11 @@ export class FatVolume {
     const slots = lfnSlots + 1;
     let at = findFreeRun(dir, slots);
     if (at < 0) {
-      if (!dir.clusters) throw new InjectError('BOOT_PARTITION_FULL', `the boot partition's root directory is full (${dir.slotCount} entries)`);
+      if (!dir.clusters)
+        throw new InjectError(
+          'BOOT_PARTITION_FULL',
+          `the boot partition's root directory is full (${dir.slotCount} entries)`,
+        );
       this.growDirectory(dir, slots);
       at = findFreeRun(dir, slots);
       if (at < 0) throw new Error('directory growth left no free run');
@@ -489,7 +552,8 @@ export class FatVolume {
     const firstNewSector = dir.sectorOffsets.length;
     for (const c of added) {
       dir.clusters!.push(c);
-      for (let s = 0; s < this.sectorsPerCluster; s++) dir.sectorOffsets.push(this.clusterOffset(c) + s * this.bytesPerSector);
+      for (let s = 0; s < this.sectorsPerCluster; s++)
+        dir.sectorOffsets.push(this.clusterOffset(c) + s * this.bytesPerSector);
     }
     dir.buf = Buffer.concat([dir.buf, Buffer.alloc(extra * this.clusterBytes)]);
     for (let s = firstNewSector; s < dir.sectorOffsets.length; s++) dir.dirtySectors.add(s);
@@ -635,7 +699,8 @@ function findFreeRun(dir: Directory, n: number): number {
 
 function markSlots(dir: Directory, from: number, to: number): void {
   const sectorSize = dir.buf.length / dir.sectorOffsets.length;
-  for (let s = Math.floor((from * SLOT) / sectorSize); s <= Math.floor(((to + 1) * SLOT - 1) / sectorSize); s++) dir.dirtySectors.add(s);
+  for (let s = Math.floor((from * SLOT) / sectorSize); s <= Math.floor(((to + 1) * SLOT - 1) / sectorSize); s++)
+    dir.dirtySectors.add(s);
 }
 
 function writeTimes(s: Buffer, now: Date, created: boolean): void {

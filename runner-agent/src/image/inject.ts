@@ -127,7 +127,8 @@ export async function planInjectionFrom(image: ImageReader, o: InjectOptions): P
     rpf_bootargs: bootargs,
   };
   for (const [key, value] of Object.entries(o.extraEnv ?? {})) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new Error(`extra env key "${key}" is not a valid U-Boot variable name`);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key))
+      throw new Error(`extra env key "${key}" is not a valid U-Boot variable name`);
     env[key] = value;
   }
   // An absent key is how stage 1 learns "none" (`env exists`); `key=` would mean the same to
@@ -143,7 +144,9 @@ export async function planInjectionFrom(image: ImageReader, o: InjectOptions): P
   newFiles.push({
     name: 'config.txt',
     data: Buffer.from(
-      rewriteConfigText(restoreConfigText(mainConfig).text, { appendBlock: { arm64, enableUart: !selection.setsEnableUart, envName } }),
+      rewriteConfigText(restoreConfigText(mainConfig).text, {
+        appendBlock: { arm64, enableUart: !selection.setsEnableUart, envName },
+      }),
       'utf8',
     ),
     dir: root,
@@ -158,7 +161,12 @@ export async function planInjectionFrom(image: ImageReader, o: InjectOptions): P
   const dirs = [...new Set(newFiles.map((f) => f.dir))];
   // All room is checked before anything is written, so the error names every file and the shortfall.
   if (dirs.length === 1) vol.checkRoom(root, newFiles);
-  else for (const dir of dirs) vol.checkRoom(dir, newFiles.filter((f) => f.dir === dir));
+  else
+    for (const dir of dirs)
+      vol.checkRoom(
+        dir,
+        newFiles.filter((f) => f.dir === dir),
+      );
   for (const f of newFiles) vol.writeFile(f.dir, f.name, f.data, now);
   await vol.flush(dirs);
 
@@ -210,7 +218,9 @@ export function identifyKernel(head: Buffer): KernelInfo {
       inner = undefined;
     }
     const found = inner && plain(inner);
-    return found ? { arm64: found.arm64, format: `gzip-compressed ${found.format}`, compression: 'gzip' } : { arm64: undefined, format: 'gzip data', compression: 'gzip' };
+    return found
+      ? { arm64: found.arm64, format: `gzip-compressed ${found.format}`, compression: 'gzip' }
+      : { arm64: undefined, format: 'gzip data', compression: 'gzip' };
   }
   return { arm64: undefined, format: 'unrecognised', compression: 'none' };
 }

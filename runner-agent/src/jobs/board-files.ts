@@ -105,9 +105,17 @@ export class BoardFiles implements TftpResolver {
     const rel = req.path.slice(slash + 1);
     const job = this.jobs.get(macdir);
     if (!job) return null;
-    if (this.o.checkClientIp && !isLoopback(req.peer.address) && req.peer.address.replace(/^::ffff:/, '') !== job.targetIp) {
+    if (
+      this.o.checkClientIp &&
+      !isLoopback(req.peer.address) &&
+      req.peer.address.replace(/^::ffff:/, '') !== job.targetIp
+    ) {
       // Each board sees only its own folder: another host asking for it is refused and logged.
-      this.o.log.warn('tftp request for another target\'s folder refused', { path: req.path, peer: req.peer.address, expected: job.targetIp });
+      this.o.log.warn("tftp request for another target's folder refused", {
+        path: req.path,
+        peer: req.peer.address,
+        expected: job.targetIp,
+      });
       throw new TftpAccessError(`${macdir} is not served to ${req.peer.address}`);
     }
     return { macdir, job, rel };
@@ -154,7 +162,10 @@ function bufferFile(data: Buffer, progress?: (done: number, size: number) => voi
   };
 }
 
-function rangeFile(file: Extract<StagedFile, { kind: 'range' }>, progress: (done: number, size: number) => void): TftpFile {
+function rangeFile(
+  file: Extract<StagedFile, { kind: 'range' }>,
+  progress: (done: number, size: number) => void,
+): TftpFile {
   // One handle per transfer, opened on the first read and closed by the server when it ends.
   let opening: Promise<FileHandle> | undefined;
   return {

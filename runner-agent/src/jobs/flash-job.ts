@@ -9,7 +9,15 @@
  */
 import type { ErrorCode } from '../../../src/protocol/errors.js';
 import { isErrorCode } from '../../../src/protocol/errors.js';
-import type { JobResult, LogEvent, PartReport, Phase, PhaseEvent, ProgressEvent, TargetInfo } from '../../../src/protocol/messages.js';
+import type {
+  JobResult,
+  LogEvent,
+  PartReport,
+  Phase,
+  PhaseEvent,
+  ProgressEvent,
+  TargetInfo,
+} from '../../../src/protocol/messages.js';
 import { FLASH_SCRIPT, macDir, partFile, reportPrefix } from '../../../src/protocol/tftp-names.js';
 import type { Logger } from '../log.js';
 import type { AgentConfig } from '../config.js';
@@ -25,7 +33,14 @@ import { generateStage2Script, planParts, type Stage2Part } from '../board/stage
 import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
 import type { BoardFiles, StagedFile } from './board-files.js';
 import { ImageView, type Patch } from './image-view.js';
-import { interpretSeedResult, planSeedParts, SeedReports, seedFolder, type SeedOutcome, type SeedPlan } from '../layouts/seed.js';
+import {
+  interpretSeedResult,
+  planSeedParts,
+  SeedReports,
+  seedFolder,
+  type SeedOutcome,
+  type SeedPlan,
+} from '../layouts/seed.js';
 import type { TftpRequest, TransferEnd } from '../tftp/server.js';
 
 export type JobEvent = Omit<LogEvent, 're'> | Omit<PhaseEvent, 're'> | Omit<ProgressEvent, 're'>;
@@ -131,7 +146,11 @@ export class FlashJob {
     try {
       this.throwIfCancelled();
       const bootCheck = parseBootCheckOrFail(this.o.bootCheck);
-      if (bootCheck.kind === 'console' && !target.console) throw new JobFailure('BAD_REQUEST', `boot check ${this.o.bootCheck} needs a console, and ${target.name} has none in the targets database (console column)`);
+      if (bootCheck.kind === 'console' && !target.console)
+        throw new JobFailure(
+          'BAD_REQUEST',
+          `boot check ${this.o.bootCheck} needs a console, and ${target.name} has none in the targets database (console column)`,
+        );
       const seed = this.o.layout === 'seed';
       await this.inPhase('stage', () => (seed ? this.stageSeed() : this.stage()));
       await this.openConsole(bootCheck);
@@ -150,11 +169,23 @@ export class FlashJob {
             timeoutMs: this.o.timeouts.boot * 1000,
             signal: this.abort.signal,
             log: this.o.log,
-            ...(this.console ? { console: this.console, ...(this.consoleSince !== undefined ? { consoleSince: this.consoleSince } : {}) } : {}),
+            ...(this.console
+              ? {
+                  console: this.console,
+                  ...(this.consoleSince !== undefined ? { consoleSince: this.consoleSince } : {}),
+                }
+              : {}),
           });
           this.throwIfCancelled();
-          if (!boot.ok) throw new JobFailure('BOOT_TIMEOUT', `the new system did not answer ${this.o.bootCheck} on ${target.ip} within ${this.o.timeouts.boot} s`);
-          this.log('info', `booted: ${this.o.bootCheck} ${boot.line !== undefined ? `matched "${boot.line}"` : 'answered'} after ${(boot.ms / 1000).toFixed(1)} s`);
+          if (!boot.ok)
+            throw new JobFailure(
+              'BOOT_TIMEOUT',
+              `the new system did not answer ${this.o.bootCheck} on ${target.ip} within ${this.o.timeouts.boot} s`,
+            );
+          this.log(
+            'info',
+            `booted: ${this.o.bootCheck} ${boot.line !== undefined ? `matched "${boot.line}"` : 'answered'} after ${(boot.ms / 1000).toFixed(1)} s`,
+          );
         });
       }
     } catch (err) {
@@ -171,7 +202,9 @@ export class FlashJob {
       }
       this.log(code === 'CANCELLED' ? 'warn' : 'error', `${code}: ${message}`);
     } finally {
-      await this.o.files.unstage(this.seed ? this.seed.folder : this.macdir).catch((err: Error) => this.o.log.error('could not delete the staged folder', { error: err.message }));
+      await this.o.files
+        .unstage(this.seed ? this.seed.folder : this.macdir)
+        .catch((err: Error) => this.o.log.error('could not delete the staged folder', { error: err.message }));
       await this.console?.close().catch(() => {});
     }
     const result: JobResult = {
@@ -181,9 +214,20 @@ export class FlashJob {
       job: this.o.id,
       target: targetInfo(target),
       sha256: image.sha256,
-      bytesWritten: this.seed ? (this.seed.outcome?.code === 'OK' ? this.seed.plan.writtenBytes : (this.seed.outcome?.reportedCount ?? 0)) : this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
+      bytesWritten: this.seed
+        ? this.seed.outcome?.code === 'OK'
+          ? this.seed.plan.writtenBytes
+          : (this.seed.outcome?.reportedCount ?? 0)
+        : this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
       timings: this.timings,
-      parts: this.parts.map((p) => ({ part: p.index, offset: p.imageOffset, size: p.size, crc32: hex8(p.crc32), status: p.status, retries: p.retries })),
+      parts: this.parts.map((p) => ({
+        part: p.index,
+        offset: p.imageOffset,
+        size: p.size,
+        crc32: hex8(p.crc32),
+        status: p.status,
+        retries: p.retries,
+      })),
       ...(this.tftpOptions ? { tftpOptions: this.tftpOptions } : {}),
     };
     await this.keepRecord(result);
@@ -197,7 +241,16 @@ export class FlashJob {
     try {
       this.console = await openConsole(spec, {
         log: this.o.log,
-        onLine: (line, time) => this.o.emit({ type: 'log', job: this.o.id, level: 'info', source: 'console', phase: this.phase, message: line, time }),
+        onLine: (line, time) =>
+          this.o.emit({
+            type: 'log',
+            job: this.o.id,
+            level: 'info',
+            source: 'console',
+            phase: this.phase,
+            message: line,
+            time,
+          }),
       });
       this.o.log.info('console capture started', { console: this.o.target.console?.kind });
     } catch (err) {
@@ -212,7 +265,11 @@ export class FlashJob {
     if (!this.o.recordDir) return;
     try {
       await mkdir(this.o.recordDir, { recursive: true });
-      await writeFile(path.join(this.o.recordDir, `${this.o.id}.json`), JSON.stringify({ ...result, finishedAt: new Date().toISOString(), console: this.console?.stats() }, null, 2) + '\n');
+      await writeFile(
+        path.join(this.o.recordDir, `${this.o.id}.json`),
+        JSON.stringify({ ...result, finishedAt: new Date().toISOString(), console: this.console?.stats() }, null, 2) +
+          '\n',
+      );
       if (this.console) await writeFile(path.join(this.o.recordDir, `${this.o.id}.console.log`), this.console.text());
     } catch (err) {
       this.o.log.warn('could not keep the job record', { error: (err as Error).message });
@@ -235,12 +292,24 @@ export class FlashJob {
   private async stage(): Promise<void> {
     const { image, flash, target } = this.o;
     const plan = planParts(image.imageSize, flash.partSize);
-    if (plan.length !== this.o.partCrcs.length) throw new Error(`part CRCs (${this.o.partCrcs.length}) do not match the plan (${plan.length} parts)`);
+    if (plan.length !== this.o.partCrcs.length)
+      throw new Error(`part CRCs (${this.o.partCrcs.length}) do not match the plan (${plan.length} parts)`);
     const patches = (await this.o.planPatches?.()) ?? [];
     const view = new ImageView(image.path, image.imageSize, patches);
     const crcs = await view.partCrcs(plan, this.o.partCrcs);
-    if (patches.length) this.log('info', `layout ${this.o.layout}: ${patches.length} patch(es), ${patches.reduce((n, p) => n + p.data.length, 0)} bytes changed in ${plan.filter((p) => view.touches(p.imageOffset, p.servedSize)).length} part(s)`);
-    this.parts = plan.map((p, i) => ({ ...p, file: partFile(target.mac, this.o.id, p.index), crc32: crcs[i]!, status: 'missing', retries: 0, served: 0 }));
+    if (patches.length)
+      this.log(
+        'info',
+        `layout ${this.o.layout}: ${patches.length} patch(es), ${patches.reduce((n, p) => n + p.data.length, 0)} bytes changed in ${plan.filter((p) => view.touches(p.imageOffset, p.servedSize)).length} part(s)`,
+      );
+    this.parts = plan.map((p, i) => ({
+      ...p,
+      file: partFile(target.mac, this.o.id, p.index),
+      crc32: crcs[i]!,
+      status: 'missing',
+      retries: 0,
+      served: 0,
+    }));
     const script = generateStage2Script({
       jobId: this.o.id,
       mac: target.mac,
@@ -259,7 +328,13 @@ export class FlashJob {
     for (const p of this.parts) {
       files.set(p.file.slice(prefix.length), { kind: 'range', view, offset: p.imageOffset, size: p.servedSize });
     }
-    const manifest = { job: this.o.id, target: target.name, sha256: image.sha256, imageSize: image.imageSize, parts: this.parts.map((p) => ({ file: p.file, offset: p.imageOffset, size: p.servedSize, crc32: hex8(p.crc32) })) };
+    const manifest = {
+      job: this.o.id,
+      target: target.name,
+      sha256: image.sha256,
+      imageSize: image.imageSize,
+      parts: this.parts.map((p) => ({ file: p.file, offset: p.imageOffset, size: p.servedSize, crc32: hex8(p.crc32) })),
+    };
     await this.o.files.stage(
       this.macdir,
       {
@@ -274,7 +349,10 @@ export class FlashJob {
       },
       { [FLASH_SCRIPT]: scriptImage, 'job.json': Buffer.from(JSON.stringify(manifest, null, 2) + '\n') },
     );
-    this.log('info', `staged ${this.parts.length} part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ${this.macdir}/ (image ${image.sha256.slice(0, 12)}…)`);
+    this.log(
+      'info',
+      `staged ${this.parts.length} part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ${this.macdir}/ (image ${image.sha256.slice(0, 12)}…)`,
+    );
     this.throwIfCancelled();
   }
 
@@ -288,7 +366,9 @@ export class FlashJob {
     const view = new ImageView(image.path, image.imageSize);
     const seed = { folder: seedFolder(target.mac), plan, reports: new SeedReports(), part0Fetched: false };
     this.seed = seed;
-    const files = new Map<string, StagedFile>(plan.parts.map((p) => [p.name, { kind: 'range', view, offset: p.offset, size: p.size }]));
+    const files = new Map<string, StagedFile>(
+      plan.parts.map((p) => [p.name, { kind: 'range', view, offset: p.offset, size: p.size }]),
+    );
     await this.o.files.stage(
       seed.folder,
       {
@@ -323,16 +403,38 @@ export class FlashJob {
       },
       {},
     );
-    this.log('info', `staged ${plan.parts.length} seed part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ${seed.folder}/`);
+    this.log(
+      'info',
+      `staged ${plan.parts.length} seed part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ${seed.folder}/`,
+    );
   }
 
   private async watchSeed(): Promise<void> {
     const seed = this.seed!;
     const { boardShow, stall } = this.o.timeouts;
     this.lastActivity = Date.now();
-    this.log('info', `waiting for the seed card of ${this.o.target.name} to fetch ${seed.folder}/${seed.plan.parts[0]!.name} (up to ${boardShow} s)`);
-    await this.waitFor(() => seed.part0Fetched, boardShow, () => new JobFailure('BOARD_NO_SHOW', interpretSeedResult(seed.plan, undefined, { part0Fetched: false, waitedMs: boardShow * 1000 }).message));
-    await this.waitFor(() => this.done !== undefined, stall, () => new JobFailure('BOARD_TIMEOUT', interpretSeedResult(seed.plan, undefined, { part0Fetched: true }).message + ` (quiet for ${stall} s)`));
+    this.log(
+      'info',
+      `waiting for the seed card of ${this.o.target.name} to fetch ${seed.folder}/${seed.plan.parts[0]!.name} (up to ${boardShow} s)`,
+    );
+    await this.waitFor(
+      () => seed.part0Fetched,
+      boardShow,
+      () =>
+        new JobFailure(
+          'BOARD_NO_SHOW',
+          interpretSeedResult(seed.plan, undefined, { part0Fetched: false, waitedMs: boardShow * 1000 }).message,
+        ),
+    );
+    await this.waitFor(
+      () => this.done !== undefined,
+      stall,
+      () =>
+        new JobFailure(
+          'BOARD_TIMEOUT',
+          interpretSeedResult(seed.plan, undefined, { part0Fetched: true }).message + ` (quiet for ${stall} s)`,
+        ),
+    );
   }
 
   private verifySeed(): void {
@@ -356,8 +458,13 @@ export class FlashJob {
     } else {
       const part = this.parts.find((p) => p.file === `${this.macdir}/${rel}`);
       if (part) {
-        const opts = Object.entries(req.options).map(([k, v]) => `${k}=${v}`).join(' ');
-        this.log('info', `part ${part.index}/${this.parts.length}: download started${opts ? ` (board asked ${opts})` : ''}`);
+        const opts = Object.entries(req.options)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(' ');
+        this.log(
+          'info',
+          `part ${part.index}/${this.parts.length}: download started${opts ? ` (board asked ${opts})` : ''}`,
+        );
       }
     }
     this.notify();
@@ -366,13 +473,22 @@ export class FlashJob {
   private onTransferEnd(rel: string, t: TransferEnd): void {
     const part = this.parts.find((p) => p.file === `${this.macdir}/${rel}`);
     if (!part) return;
-    const options = Object.entries(t.options).map(([k, v]) => `${k}=${v}`).join(' ') || 'none (plain RFC 1350)';
+    const options =
+      Object.entries(t.options)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ') || 'none (plain RFC 1350)';
     if (t.ok) {
       this.tftpOptions = { ...t.options };
       const mbps = t.ms > 0 ? ` (${(t.bytes / 1e6 / (t.ms / 1000)).toFixed(1)} MB/s)` : '';
-      this.log('info', `part ${part.index}/${this.parts.length}: served ${t.bytes} bytes in ${(t.ms / 1000).toFixed(2)} s${mbps}; negotiated ${options}`);
+      this.log(
+        'info',
+        `part ${part.index}/${this.parts.length}: served ${t.bytes} bytes in ${(t.ms / 1000).toFixed(2)} s${mbps}; negotiated ${options}`,
+      );
     } else {
-      this.log('warn', `part ${part.index}/${this.parts.length}: transfer ended early after ${t.bytes} bytes: ${t.error ?? 'unknown error'}; negotiated ${options}`);
+      this.log(
+        'warn',
+        `part ${part.index}/${this.parts.length}: transfer ended early after ${t.bytes} bytes: ${t.error ?? 'unknown error'}; negotiated ${options}`,
+      );
     }
     this.notify();
   }
@@ -389,7 +505,15 @@ export class FlashJob {
     this.lastProgressEmit = now;
     const before = this.parts.filter((p) => p.index < part.index).reduce((s, p) => s + p.servedSize, 0);
     const total = this.parts.reduce((s, p) => s + p.servedSize, 0);
-    this.o.emit({ type: 'progress', job: this.o.id, phase: 'transfer', done: before + done, total, part: part.index, parts: this.parts.length });
+    this.o.emit({
+      type: 'progress',
+      job: this.o.id,
+      phase: 'transfer',
+      done: before + done,
+      total,
+      part: part.index,
+      parts: this.parts.length,
+    });
   }
 
   private onBeacon(message: string): void {
@@ -415,13 +539,24 @@ export class FlashJob {
         // resets next, and its stage 1 must find no flash.scr — and end the job with the code.
         this.o.files.withdraw(this.macdir);
         const size = this.o.image.imageSize;
-        this.log('error', `the card is smaller than the image: the board cannot read the image's last block (${size} bytes in)`, 'board');
-        this.cancel(`the image (${formatBytes(size)}, ${size} bytes) is larger than ${this.o.target.name}'s card: the board could not read the image's last block; nothing was written`, 'IMAGE_TOO_LARGE');
+        this.log(
+          'error',
+          `the card is smaller than the image: the board cannot read the image's last block (${size} bytes in)`,
+          'board',
+        );
+        this.cancel(
+          `the image (${formatBytes(size)}, ${size} bytes) is larger than ${this.o.target.name}'s card: the board could not read the image's last block; nothing was written`,
+          'IMAGE_TOO_LARGE',
+        );
         break;
       }
       case 'part-retry':
         if (part) part.retries += 1;
-        this.log('warn', `part ${b.part}: ${b.reason === 'crc' ? `CRC mismatch (board computed ${b.crc ?? '?'})` : 'download failed'}, retry ${b.attempt}`, 'board');
+        this.log(
+          'warn',
+          `part ${b.part}: ${b.reason === 'crc' ? `CRC mismatch (board computed ${b.crc ?? '?'})` : 'download failed'}, retry ${b.attempt}`,
+          'board',
+        );
         break;
       case 'part-ok':
         if (part) {
@@ -429,12 +564,24 @@ export class FlashJob {
           part.status = 'ok';
         }
         this.log('info', `part ${b.part}/${this.parts.length}: written and read back, CRC ${b.crc}`, 'board');
-        this.o.emit({ type: 'progress', job: this.o.id, phase: 'verify', done: this.parts.filter((p) => p.status === 'ok').length, total: this.parts.length, part: b.part, parts: this.parts.length });
+        this.o.emit({
+          type: 'progress',
+          job: this.o.id,
+          phase: 'verify',
+          done: this.parts.filter((p) => p.status === 'ok').length,
+          total: this.parts.length,
+          part: b.part,
+          parts: this.parts.length,
+        });
         break;
       case 'part-failed':
         if (part) part.status = 'failed';
         this.boardFailures.push(`part ${b.part} failed at ${b.stage}${b.crc ? ` (CRC ${b.crc})` : ''}`);
-        this.log('error', `part ${b.part}: failed at ${b.stage}${b.crc ? ` (board computed CRC ${b.crc})` : ''}`, 'board');
+        this.log(
+          'error',
+          `part ${b.part}: failed at ${b.stage}${b.crc ? ` (board computed CRC ${b.crc})` : ''}`,
+          'board',
+        );
         break;
       case 'done':
         // Withdraw the files before answering: the board resets right after this beacon and its
@@ -472,22 +619,45 @@ export class FlashJob {
   private async watchTransfer(): Promise<void> {
     const { boardShow, stall } = this.o.timeouts;
     this.lastActivity = Date.now();
-    if (!this.scriptFetched) this.log('info', `waiting for ${this.o.target.name} to fetch ${this.macdir}/${FLASH_SCRIPT} (up to ${boardShow} s)`);
-    await this.waitFor(() => this.scriptFetched, boardShow, () => new JobFailure('BOARD_NO_SHOW', `${this.o.target.name} did not fetch ${this.macdir}/${FLASH_SCRIPT} within ${boardShow} s of the reset (is it powered, wired, and running the recovery U-Boot?)`));
-    await this.waitFor(() => this.done !== undefined, stall, () => {
-      const where = this.parts.find((p) => p.status === 'missing');
-      return new JobFailure('BOARD_TIMEOUT', `${this.o.target.name} went quiet for ${stall} s${where ? ` during part ${where.index}/${this.parts.length}` : ''}`);
-    });
+    if (!this.scriptFetched)
+      this.log(
+        'info',
+        `waiting for ${this.o.target.name} to fetch ${this.macdir}/${FLASH_SCRIPT} (up to ${boardShow} s)`,
+      );
+    await this.waitFor(
+      () => this.scriptFetched,
+      boardShow,
+      () =>
+        new JobFailure(
+          'BOARD_NO_SHOW',
+          `${this.o.target.name} did not fetch ${this.macdir}/${FLASH_SCRIPT} within ${boardShow} s of the reset (is it powered, wired, and running the recovery U-Boot?)`,
+        ),
+    );
+    await this.waitFor(
+      () => this.done !== undefined,
+      stall,
+      () => {
+        const where = this.parts.find((p) => p.status === 'missing');
+        return new JobFailure(
+          'BOARD_TIMEOUT',
+          `${this.o.target.name} went quiet for ${stall} s${where ? ` during part ${where.index}/${this.parts.length}` : ''}`,
+        );
+      },
+    );
   }
 
   private verify(): void {
     if (!this.done?.ok || this.boardFailures.length) {
-      throw new JobFailure('BOARD_REPORTED_FAILURE', this.boardFailures.length ? this.boardFailures.join('; ') : 'the board reported failure');
+      throw new JobFailure(
+        'BOARD_REPORTED_FAILURE',
+        this.boardFailures.length ? this.boardFailures.join('; ') : 'the board reported failure',
+      );
     }
     const problems: string[] = [];
     for (const p of this.parts) {
       if (p.status !== 'ok') problems.push(`part ${p.index} was never reported written`);
-      else if (p.boardCrc?.toLowerCase() !== boardCrcText(p.crc32)) problems.push(`part ${p.index}: board read back CRC ${p.boardCrc}, expected ${boardCrcText(p.crc32)}`);
+      else if (p.boardCrc?.toLowerCase() !== boardCrcText(p.crc32))
+        problems.push(`part ${p.index}: board read back CRC ${p.boardCrc}, expected ${boardCrcText(p.crc32)}`);
     }
     if (problems.length) throw new JobFailure('VERIFY_MISMATCH', problems.join('; '));
     this.log('info', `all ${this.parts.length} part(s) written and verified by the board`);

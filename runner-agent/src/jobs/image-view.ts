@@ -23,9 +23,11 @@ export class ImageView {
   ) {
     const sorted = [...patches].filter((p) => p.data.length > 0).sort((a, b) => a.offset - b.offset);
     sorted.forEach((p, i) => {
-      if (p.offset < 0 || p.offset + p.data.length > size) throw new Error(`patch at ${p.offset} (+${p.data.length}) lies outside the ${size}-byte image`);
+      if (p.offset < 0 || p.offset + p.data.length > size)
+        throw new Error(`patch at ${p.offset} (+${p.data.length}) lies outside the ${size}-byte image`);
       const prev = sorted[i - 1];
-      if (prev && prev.offset + prev.data.length > p.offset) throw new Error(`patches at ${prev.offset} and ${p.offset} overlap`);
+      if (prev && prev.offset + prev.data.length > p.offset)
+        throw new Error(`patches at ${prev.offset} and ${p.offset} overlap`);
     });
     this.patches = sorted;
   }
@@ -65,7 +67,7 @@ export class ImageView {
     try {
       for (const part of touched) {
         let crc = 0;
-        for (let done = 0; done < part.servedSize; ) {
+        for (let done = 0; done < part.servedSize;) {
           const n = Math.min(4 * 1024 * 1024, part.servedSize - done);
           crc = crc32(await this.read(handle, part.imageOffset + done, n), crc);
           done += n;

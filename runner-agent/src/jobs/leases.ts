@@ -47,8 +47,13 @@ export class LeaseManager {
    * Wait for the target. `onPosition` is called with the queue position (1 = next) each time it
    * changes while waiting. Aborting the signal leaves the queue.
    */
-  acquire(target: string, holder: string, o: { signal?: AbortSignal; onPosition?: (position: number, holder: string | undefined) => void } = {}): Promise<Lease> {
-    if (this.closed) return Promise.reject(new AgentError('SHUTTING_DOWN', 'the agent is stopping and takes no new leases'));
+  acquire(
+    target: string,
+    holder: string,
+    o: { signal?: AbortSignal; onPosition?: (position: number, holder: string | undefined) => void } = {},
+  ): Promise<Lease> {
+    if (this.closed)
+      return Promise.reject(new AgentError('SHUTTING_DOWN', 'the agent is stopping and takes no new leases'));
     const place = this.place(target);
     if (!place.current && place.queue.length === 0) return Promise.resolve(this.grant(place, target, holder));
     return new Promise<Lease>((resolve, reject) => {

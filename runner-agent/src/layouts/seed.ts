@@ -64,7 +64,8 @@ export function seedFolder(mac: string): string {
 }
 
 export function seedPartName(index: number): string {
-  if (!Number.isInteger(index) || index < 0 || index >= SEED_MAX_PARTS) throw new Error(`seed part index ${index} is outside 0–${SEED_MAX_PARTS - 1}`);
+  if (!Number.isInteger(index) || index < 0 || index >= SEED_MAX_PARTS)
+    throw new Error(`seed part index ${index} is outside 0–${SEED_MAX_PARTS - 1}`);
   return `rpi_image_part_${index}`;
 }
 
@@ -114,7 +115,13 @@ export function planSeedParts(imageSize: number, o: { partBytes?: number } = {})
   for (let index = 0; index < count; index++) {
     const offset = index * partBytes;
     const size = Math.min(partBytes, imageSize - offset);
-    parts.push({ index, name: seedPartName(index), offset, size, written: index === 0 ? size - SEED_SKIP_BYTES : size });
+    parts.push({
+      index,
+      name: seedPartName(index),
+      offset,
+      size,
+      written: index === 0 ? size - SEED_SKIP_BYTES : size,
+    });
   }
   const writtenBytes = imageSize - SEED_SKIP_BYTES;
   return { imageSize, parts, writtenBytes, expectedCount: writtenBytes % 2 ** 32 };
@@ -199,12 +206,22 @@ export interface SeedOutcome {
  * What a seed job's end means. `report` is the first report, or undefined when none came before
  * the deadline; `part0Fetched` tells a board that never started from one that stopped.
  */
-export function interpretSeedResult(plan: SeedPlan, report: SeedReport | undefined, o: { part0Fetched: boolean; waitedMs?: number }): SeedOutcome {
+export function interpretSeedResult(
+  plan: SeedPlan,
+  report: SeedReport | undefined,
+  o: { part0Fetched: boolean; waitedMs?: number },
+): SeedOutcome {
   if (!report) {
     const waited = o.waitedMs !== undefined ? ` within ${Math.round(o.waitedMs / 1000)} s` : '';
     return o.part0Fetched
-      ? { code: 'BOARD_TIMEOUT', message: `the seed card fetched its image but uploaded no OK or FAILED report${waited}` }
-      : { code: 'BOARD_NO_SHOW', message: `the seed card never fetched ${seedPartName(0)}${waited} (is the board carrying the seed recovery card, and was it reset?)` };
+      ? {
+          code: 'BOARD_TIMEOUT',
+          message: `the seed card fetched its image but uploaded no OK or FAILED report${waited}`,
+        }
+      : {
+          code: 'BOARD_NO_SHOW',
+          message: `the seed card never fetched ${seedPartName(0)}${waited} (is the board carrying the seed recovery card, and was it reset?)`,
+        };
   }
   if (report.count === undefined) {
     return {
@@ -227,5 +244,9 @@ export function interpretSeedResult(plan: SeedPlan, report: SeedReport | undefin
       reportedCount: count,
     };
   }
-  return { code: 'OK', message: `the seed card wrote ${plan.writtenBytes} bytes and reported OK`, reportedCount: count };
+  return {
+    code: 'OK',
+    message: `the seed card wrote ${plan.writtenBytes} bytes and reported OK`,
+    reportedCount: count,
+  };
 }

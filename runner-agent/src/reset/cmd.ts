@@ -26,7 +26,9 @@ export function createCmdResetLine(target: Target, command: string, ctx: ResetCo
         });
         const stderr = outputTail(result.stderr);
         if (result.timedOut) {
-          throw new Error(`the reset command did not finish within ${timeoutMs} ms and was killed${stderr ? `; stderr: ${stderr}` : ''}`);
+          throw new Error(
+            `the reset command did not finish within ${timeoutMs} ms and was killed${stderr ? `; stderr: ${stderr}` : ''}`,
+          );
         }
         if (result.code !== 0) {
           const how = result.code === null ? `was killed by ${result.signal}` : `exited with status ${result.code}`;

@@ -55,7 +55,9 @@ export async function detectGpioBase(root: string): Promise<GpioChipInfo> {
   try {
     entries = await readdir(root);
   } catch (err) {
-    throw new Error(`no sysfs GPIO at ${root} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): the kernel lacks CONFIG_GPIO_SYSFS; use a gpiod:<chip>:<line> reset spec`);
+    throw new Error(
+      `no sysfs GPIO at ${root} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): the kernel lacks CONFIG_GPIO_SYSFS; use a gpiod:<chip>:<line> reset spec`,
+    );
   }
   const chips: Omit<GpioChipInfo, 'matchedBy'>[] = [];
   for (const chip of entries.filter((e) => /^gpiochip\d+$/.test(e))) {
@@ -89,9 +91,13 @@ export function explainGpioError(err: unknown, file: string, line: number): Erro
   switch (code) {
     case 'EACCES':
     case 'EPERM':
-      return new Error(`permission denied on ${file}: add the agent's user to the "gpio" group (and make sure udev gives that group ${path.dirname(file)})`);
+      return new Error(
+        `permission denied on ${file}: add the agent's user to the "gpio" group (and make sure udev gives that group ${path.dirname(file)})`,
+      );
     case 'EBUSY':
-      return new Error(`GPIO ${line} is busy: another driver, a device-tree overlay or a libgpiod user holds it (see "gpioinfo")`);
+      return new Error(
+        `GPIO ${line} is busy: another driver, a device-tree overlay or a libgpiod user holds it (see "gpioinfo")`,
+      );
     case 'EINVAL':
       return new Error(`the kernel refused GPIO ${line} at ${file}: no such line on this system`);
     case 'ENOENT':

@@ -37,9 +37,11 @@ export function createGpiodResetLine(target: Target, chip: string, line: string,
     if (result.code !== 0) {
       const stderr = outputTail(result.stderr);
       const v2 = /unrecognized option|invalid option|unknown option/i.test(stderr)
-        ? ' (these options are libgpiod 1.6\'s; libgpiod 2.x changed the command line)'
+        ? " (these options are libgpiod 1.6's; libgpiod 2.x changed the command line)"
         : '';
-      throw new Error(`${name} ${args.join(' ')} failed (status ${result.code ?? result.signal})${stderr ? `: ${stderr}` : ''}${v2}`);
+      throw new Error(
+        `${name} ${args.join(' ')} failed (status ${result.code ?? result.signal})${stderr ? `: ${stderr}` : ''}${v2}`,
+      );
     }
     return result;
   };
@@ -71,7 +73,11 @@ export function createGpiodResetLine(target: Target, chip: string, line: string,
         const offset = String(where.offset);
         log.debug('pulsing reset line', { chip: where.chip, offset, ms: ctx.pulseMs });
         try {
-          await tool('gpioset', [`--mode=time`, `--usec=${Math.round(ctx.pulseMs * 1000)}`, where.chip, `${offset}=0`], ctx.pulseMs + toolTimeoutMs);
+          await tool(
+            'gpioset',
+            [`--mode=time`, `--usec=${Math.round(ctx.pulseMs * 1000)}`, where.chip, `${offset}=0`],
+            ctx.pulseMs + toolTimeoutMs,
+          );
         } catch (err) {
           // Hand the line back to the pull-up even when gpioset failed midway (it may have driven
           // it); its own error is the one worth reporting.

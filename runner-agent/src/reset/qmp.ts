@@ -16,7 +16,11 @@ const DEFAULT_QMP_TIMEOUT_MS = 10_000;
 type QmpMessage = Record<string, unknown>;
 
 /** Opens the socket, runs `commands` in order and closes; rejects with a reason a human can act on. */
-export async function qmpExecute(socketPath: string, commands: readonly string[], timeoutMs: number): Promise<unknown[]> {
+export async function qmpExecute(
+  socketPath: string,
+  commands: readonly string[],
+  timeoutMs: number,
+): Promise<unknown[]> {
   const socket = net.createConnection({ path: socketPath });
   const inbox: QmpMessage[] = [];
   let failure: Error | undefined;
@@ -50,14 +54,23 @@ export async function qmpExecute(socketPath: string, commands: readonly string[]
     wake();
   });
   socket.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') fail(new Error(`no QMP socket at ${socketPath} (is QEMU running with -qmp unix:${socketPath},server=on,wait=off?)`));
-    else if (err.code === 'ECONNREFUSED') fail(new Error(`nothing accepts connections on ${socketPath} (QEMU has exited?)`));
+    if (err.code === 'ENOENT')
+      fail(
+        new Error(`no QMP socket at ${socketPath} (is QEMU running with -qmp unix:${socketPath},server=on,wait=off?)`),
+      );
+    else if (err.code === 'ECONNREFUSED')
+      fail(new Error(`nothing accepts connections on ${socketPath} (QEMU has exited?)`));
     else if (err.code === 'EACCES') fail(new Error(`permission denied on ${socketPath}`));
     else fail(new Error(`QMP socket ${socketPath}: ${err.message}`));
   });
   socket.on('close', () => fail(new Error(`QEMU closed the QMP connection while ${stage}`)));
   const timer = setTimeout(
-    () => fail(new Error(`QMP on ${socketPath} did not answer within ${timeoutMs} ms while ${stage}${stage === 'waiting for the greeting' ? ' (another client may hold the QMP monitor)' : ''}`)),
+    () =>
+      fail(
+        new Error(
+          `QMP on ${socketPath} did not answer within ${timeoutMs} ms while ${stage}${stage === 'waiting for the greeting' ? ' (another client may hold the QMP monitor)' : ''}`,
+        ),
+      ),
     timeoutMs,
   );
 
@@ -74,7 +87,8 @@ export async function qmpExecute(socketPath: string, commands: readonly string[]
   try {
     stage = 'waiting for the greeting';
     const greeting = await next();
-    if (!('QMP' in greeting)) throw new Error(`${socketPath} does not speak QMP (first line: ${JSON.stringify(greeting).slice(0, 200)})`);
+    if (!('QMP' in greeting))
+      throw new Error(`${socketPath} does not speak QMP (first line: ${JSON.stringify(greeting).slice(0, 200)})`);
     const results: unknown[] = [];
     for (const command of ['qmp_capabilities', ...commands]) {
       stage = `running ${command}`;
@@ -84,7 +98,8 @@ export async function qmpExecute(socketPath: string, commands: readonly string[]
         const e = answer.error as { class?: string; desc?: string };
         throw new Error(`QMP ${command} failed: ${e.class ?? 'error'}: ${e.desc ?? JSON.stringify(e)}`);
       }
-      if (!('return' in answer)) throw new Error(`QMP ${command}: unexpected answer ${JSON.stringify(answer).slice(0, 200)}`);
+      if (!('return' in answer))
+        throw new Error(`QMP ${command}: unexpected answer ${JSON.stringify(answer).slice(0, 200)}`);
       results.push(answer.return);
     }
     stage = 'closing';

@@ -28,7 +28,11 @@ function appendTail(buffer: string, chunk: Buffer): string {
 
 /** The last few lines of a command's output, on one line, for an error message. */
 export function outputTail(text: string, maxLines = 5): string {
-  const lines = text.trim().split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = text
+    .trim()
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   return lines.slice(-maxLines).join(' | ');
 }
 

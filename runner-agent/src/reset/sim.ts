@@ -11,7 +11,8 @@ export function createSimResetLine(target: Target, ctx: ResetContext): ResetLine
     describe: () => `${target.resetText} (simulated board)`,
     pulse: () =>
       asResetFailure(target, async () => {
-        if (!ctx.sim) throw new Error('no simulated lab is wired into this agent (sim targets work only in the demo and tests)');
+        if (!ctx.sim)
+          throw new Error('no simulated lab is wired into this agent (sim targets work only in the demo and tests)');
         await ctx.sim.reset(target.name);
       }),
     close: async () => {},

@@ -13,13 +13,24 @@ export class SparseMemory {
   constructor(readonly size: number) {}
 
   private checkRange(addr: number, length: number): void {
-    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(length) || addr < 0 || length < 0 || addr + length > this.size) {
-      throw new RangeError(`memory access 0x${addr.toString(16)}+0x${length.toString(16)} is outside the board's 0x${this.size.toString(16)} bytes of RAM`);
+    if (
+      !Number.isSafeInteger(addr) ||
+      !Number.isSafeInteger(length) ||
+      addr < 0 ||
+      length < 0 ||
+      addr + length > this.size
+    ) {
+      throw new RangeError(
+        `memory access 0x${addr.toString(16)}+0x${length.toString(16)} is outside the board's 0x${this.size.toString(16)} bytes of RAM`,
+      );
     }
   }
 
   /** Visits [addr, addr+length) page by page; `page` is undefined where nothing was written yet. */
-  private *chunks(addr: number, length: number): Generator<{ page: Buffer | undefined; pageIndex: number; offset: number; take: number; done: number }> {
+  private *chunks(
+    addr: number,
+    length: number,
+  ): Generator<{ page: Buffer | undefined; pageIndex: number; offset: number; take: number; done: number }> {
     let done = 0;
     while (done < length) {
       const at = addr + done;
@@ -49,17 +60,20 @@ export class SparseMemory {
 
   write(addr: number, data: Uint8Array): void {
     this.checkRange(addr, data.length);
-    for (const c of this.chunks(addr, data.length)) this.page(c.pageIndex).set(data.subarray(c.done, c.done + c.take), c.offset);
+    for (const c of this.chunks(addr, data.length))
+      this.page(c.pageIndex).set(data.subarray(c.done, c.done + c.take), c.offset);
   }
 
   /** Repeats `pattern` over [addr, addr+length) — `mw` with a count. */
   fill(addr: number, length: number, pattern: Uint8Array): void {
     this.checkRange(addr, length);
-    if (pattern.length === 0 || PAGE_SIZE % pattern.length !== 0) throw new Error(`fill pattern of ${pattern.length} bytes does not divide the page size`);
+    if (pattern.length === 0 || PAGE_SIZE % pattern.length !== 0)
+      throw new Error(`fill pattern of ${pattern.length} bytes does not divide the page size`);
     // Byte addr+k gets pattern[k % length]; a page-sized tile starting at any phase covers a chunk.
     const tile = Buffer.alloc(PAGE_SIZE + pattern.length);
     for (let i = 0; i < tile.length; i++) tile[i] = pattern[i % pattern.length]!;
-    for (const c of this.chunks(addr, length)) tile.copy(this.page(c.pageIndex), c.offset, c.done % pattern.length, (c.done % pattern.length) + c.take);
+    for (const c of this.chunks(addr, length))
+      tile.copy(this.page(c.pageIndex), c.offset, c.done % pattern.length, (c.done % pattern.length) + c.take);
   }
 
   crc32(addr: number, length: number): number {

@@ -33,7 +33,10 @@ export interface SimBoardOptions {
   bootPort: number;
   cardPath: string /* card image file, created (sparse) if missing */;
   cardSize: number;
-  fetch(path: string, opts: { blksize?: number; windowsize?: number }): Promise<Buffer | null> /* TFTP download; null = not found */;
+  fetch(
+    path: string,
+    opts: { blksize?: number; windowsize?: number },
+  ): Promise<Buffer | null> /* TFTP download; null = not found */;
   log: Logger;
   faults?: string[];
   /** RAM of the board (default 1 GiB, a Pi 3). */
@@ -55,24 +58,52 @@ interface Faults {
 
 /** Parse a `sim:` reset spec's fault flags; the targets database uses it to refuse unknown ones. */
 export function parseFaults(list: readonly string[], board: string): Faults {
-  const f: Faults = { noShow: false, noBoot: false, failWrite: false, failRead: false, corruptOnce: new Set(), corruptAlways: new Set(), bitrotWrite: new Set(), crcBe32: false };
+  const f: Faults = {
+    noShow: false,
+    noBoot: false,
+    failWrite: false,
+    failRead: false,
+    corruptOnce: new Set(),
+    corruptAlways: new Set(),
+    bitrotWrite: new Set(),
+    crcBe32: false,
+  };
   for (const raw of list) {
     const [name, arg] = raw.split(':', 2) as [string, string | undefined];
     const number = () => {
-      if (arg === undefined || !/^[1-9]\d*$/.test(arg)) throw new Error(`sim board ${board}: fault "${raw}" needs a positive number after ':'`);
+      if (arg === undefined || !/^[1-9]\d*$/.test(arg))
+        throw new Error(`sim board ${board}: fault "${raw}" needs a positive number after ':'`);
       return Number(arg);
     };
     switch (name) {
-      case 'no-show': f.noShow = true; break;
-      case 'no-boot': f.noBoot = true; break;
-      case 'fail-write': f.failWrite = arg === undefined ? true : number(); break;
-      case 'fail-read': f.failRead = true; break;
-      case 'corrupt-once': f.corruptOnce.add(number()); break;
-      case 'corrupt-always': f.corruptAlways.add(number()); break;
-      case 'bitrot-write': f.bitrotWrite.add(number()); break;
-      case 'crc-be32': f.crcBe32 = true; break;
+      case 'no-show':
+        f.noShow = true;
+        break;
+      case 'no-boot':
+        f.noBoot = true;
+        break;
+      case 'fail-write':
+        f.failWrite = arg === undefined ? true : number();
+        break;
+      case 'fail-read':
+        f.failRead = true;
+        break;
+      case 'corrupt-once':
+        f.corruptOnce.add(number());
+        break;
+      case 'corrupt-always':
+        f.corruptAlways.add(number());
+        break;
+      case 'bitrot-write':
+        f.bitrotWrite.add(number());
+        break;
+      case 'crc-be32':
+        f.crcBe32 = true;
+        break;
       default:
-        throw new Error(`sim board ${board}: unknown fault "${raw}" (known: no-show, no-boot, fail-write[:n], fail-read, corrupt-once:<part>, corrupt-always:<part>, bitrot-write:<n>, crc-be32)`);
+        throw new Error(
+          `sim board ${board}: unknown fault "${raw}" (known: no-show, no-boot, fail-write[:n], fail-read, corrupt-once:<part>, corrupt-always:<part>, bitrot-write:<n>, crc-be32)`,
+        );
     }
   }
   return f;
@@ -104,7 +135,8 @@ export class SimBoard {
   boots = 0;
 
   constructor(private readonly o: SimBoardOptions) {
-    if (!Number.isSafeInteger(o.cardSize) || o.cardSize <= 0 || o.cardSize % 512 !== 0) throw new Error(`sim board ${o.name}: cardSize must be a positive multiple of 512, got ${o.cardSize}`);
+    if (!Number.isSafeInteger(o.cardSize) || o.cardSize <= 0 || o.cardSize % 512 !== 0)
+      throw new Error(`sim board ${o.name}: cardSize must be a positive multiple of 512, got ${o.cardSize}`);
     normalizeMac(o.mac);
     this.faults = parseFaults(o.faults ?? [], o.name);
   }
@@ -246,7 +278,11 @@ export class SimBoard {
         });
       });
     } catch (err) {
-      this.o.log.error('booted system cannot listen', { board: this.o.name, address: `${this.o.ip}:${this.o.bootPort}`, error: (err as Error).message });
+      this.o.log.error('booted system cannot listen', {
+        board: this.o.name,
+        address: `${this.o.ip}:${this.o.bootPort}`,
+        error: (err as Error).message,
+      });
       return;
     }
     if (signal.aborted) {
@@ -255,7 +291,10 @@ export class SimBoard {
     }
     this.server = server;
     this.setState('booted');
-    this.o.log.info('sim board booted the installed system', { board: this.o.name, address: `${this.o.ip}:${this.o.bootPort}` });
+    this.o.log.info('sim board booted the installed system', {
+      board: this.o.name,
+      address: `${this.o.ip}:${this.o.bootPort}`,
+    });
   }
 
   private async shutdownOs(): Promise<void> {
@@ -267,7 +306,11 @@ export class SimBoard {
   }
 
   /** TFTP through the injected fetch, with the download faults applied. */
-  private async download(path: string, opts: { blksize: number; windowsize: number }, signal: AbortSignal): Promise<Buffer | null> {
+  private async download(
+    path: string,
+    opts: { blksize: number; windowsize: number },
+    signal: AbortSignal,
+  ): Promise<Buffer | null> {
     const data = await raceAbort(this.o.fetch(path, opts), signal);
     const part = /\/part-(\d+)$/.exec(path);
     if (!data || !part || data.length === 0) return data;

@@ -19,7 +19,10 @@ export class SimLab {
   /** Power-cycles the named board; rejects for a name the lab does not have. */
   async reset(targetName: string): Promise<void> {
     const board = this.boards.get(targetName);
-    if (!board) throw new Error(`simulated lab has no board named "${targetName}" (boards: ${[...this.boards.keys()].join(', ') || 'none'})`);
+    if (!board)
+      throw new Error(
+        `simulated lab has no board named "${targetName}" (boards: ${[...this.boards.keys()].join(', ') || 'none'})`,
+      );
     await board.reset();
   }
 

@@ -140,7 +140,8 @@ export class UBootShell {
       if (mode === 'elif' && !ifCode) break;
       if (!pipe.command) continue;
       this.throwIfAborted();
-      rcode = pipe.command.kind === 'group' ? await this.runList(pipe.command.list) : await this.runSimple(pipe.command);
+      rcode =
+        pipe.command.kind === 'group' ? await this.runList(pipe.command.list) : await this.runSimple(pipe.command);
       this.lastReturnCode = rcode === 0 ? 0 : 1;
       if (mode === 'if' || mode === 'elif') nextIfCode = rcode;
       if ((rcode === 0 && pipe.followup === 'or') || (rcode !== 0 && pipe.followup === 'and')) skipMode = mode;
@@ -245,7 +246,8 @@ export class UBootShell {
 
   private buildCommands(): Map<string, Command> {
     const c = new Map<string, Command>();
-    const add = (name: string, maxArgs: number, usage: string, run: Command['run']) => c.set(name, { maxArgs, usage, run });
+    const add = (name: string, maxArgs: number, usage: string, run: Command['run']) =>
+      c.set(name, { maxArgs, usage, run });
     add('setenv', 64, 'setenv name value ...', (a) => this.setenv(a));
     add('printenv', 64, 'printenv [name ...]', (a) => this.printenv(a));
     add('echo', 64, 'echo [-n] [args..]', (a) => {
@@ -262,11 +264,15 @@ export class UBootShell {
     });
     add('sleep', 2, 'sleep N', (a) => this.sleep(a));
     add('source', 2, 'source [addr]', (a) => this.source(a));
-    add('setexpr', 8, 'setexpr[.b, .w, .l, .q, .s] name [*]value1 <op> [*]value2\nsetexpr name [g]sub r s [t]', (a) => this.setexpr(a));
+    add('setexpr', 8, 'setexpr[.b, .w, .l, .q, .s] name [*]value1 <op> [*]value2\nsetexpr name [g]sub r s [t]', (a) =>
+      this.setexpr(a),
+    );
     add('itest', 4, 'itest[.b, .w, .l, .q, .s] [*]value1 <op> [*]value2', (a) => this.itest(a));
     add('crc32', 4, 'crc32 address count [addr]', (a) => this.crc32(a));
     add('mw', 4, 'mw [.b, .w, .l, .q] address value [count]', (a) => this.mw(a));
-    add('mmc', 6, 'mmc dev [dev] | rescan | info | list | read addr blk# cnt | write addr blk# cnt', (a) => this.mmc(a));
+    add('mmc', 6, 'mmc dev [dev] | rescan | info | list | read addr blk# cnt | write addr blk# cnt', (a) =>
+      this.mmc(a),
+    );
     add('tftpboot', 3, 'tftpboot [loadAddress] [[hostIPaddr:]bootfilename]', (a) => this.tftpboot(a));
     add('dhcp', 3, 'dhcp', () => this.dhcp());
     return c;
@@ -380,19 +386,34 @@ export class UBootShell {
         this.print('invalid op');
         return 1;
       }
-      this.env.set(name, this.readCString(Number(hextoul(a[2]!.slice(1)))) + this.readCString(Number(hextoul(a[4]!.slice(1)))));
+      this.env.set(
+        name,
+        this.readCString(Number(hextoul(a[2]!.slice(1)))) + this.readCString(Number(hextoul(a[4]!.slice(1)))),
+      );
       return 0;
     }
     const x = this.readOperand(a[2]!, w);
     const y = this.readOperand(a[4]!, w);
     let value: bigint;
     switch (op) {
-      case '|': value = x | y; break;
-      case '&': value = x & y; break;
-      case '+': value = x + y; break;
-      case '^': value = x ^ y; break;
-      case '-': value = x - y; break;
-      case '*': value = x * y; break;
+      case '|':
+        value = x | y;
+        break;
+      case '&':
+        value = x & y;
+        break;
+      case '+':
+        value = x + y;
+        break;
+      case '^':
+        value = x ^ y;
+        break;
+      case '-':
+        value = x - y;
+        break;
+      case '*':
+        value = x * y;
+        break;
       case '/':
       case '%':
         if (y === 0n) {
@@ -410,7 +431,13 @@ export class UBootShell {
   }
 
   /** `setexpr name [g]sub r s [t]`: U-Boot's SLRE patterns are a subset of JavaScript's. */
-  private regexSub(name: string, pattern: string, replacement: string | undefined, input: string | undefined, global: boolean): number {
+  private regexSub(
+    name: string,
+    pattern: string,
+    replacement: string | undefined,
+    input: string | undefined,
+    global: boolean,
+  ): number {
     if (replacement === undefined) return USAGE;
     let text = input;
     if (text === undefined) {
@@ -438,9 +465,19 @@ export class UBootShell {
     if (a.length !== 4) return USAGE;
     const w = dataSize(a[0]!, 4);
     const ops: Record<string, (c: number) => boolean> = {
-      '-lt': (c) => c < 0, '<': (c) => c < 0, '-gt': (c) => c > 0, '>': (c) => c > 0,
-      '-eq': (c) => c === 0, '==': (c) => c === 0, '-ne': (c) => c !== 0, '!=': (c) => c !== 0, '<>': (c) => c !== 0,
-      '-ge': (c) => c >= 0, '>=': (c) => c >= 0, '-le': (c) => c <= 0, '<=': (c) => c <= 0,
+      '-lt': (c) => c < 0,
+      '<': (c) => c < 0,
+      '-gt': (c) => c > 0,
+      '>': (c) => c > 0,
+      '-eq': (c) => c === 0,
+      '==': (c) => c === 0,
+      '-ne': (c) => c !== 0,
+      '!=': (c) => c !== 0,
+      '<>': (c) => c !== 0,
+      '-ge': (c) => c >= 0,
+      '>=': (c) => c >= 0,
+      '-le': (c) => c <= 0,
+      '<=': (c) => c <= 0,
     };
     const test = ops[a[2]!];
     let truth = false;
@@ -611,7 +648,9 @@ export class UBootShell {
     }
     const blksize = Number(dectoul(this.env.get('tftpblocksize') ?? '1468'));
     const windowsize = Number(dectoul(this.env.get('tftpwindowsize') ?? '1'));
-    this.print(`TFTP from server ${this.env.get('serverip')}; our IP address is ${this.env.get('ipaddr')}\nFilename '${path}'.\nLoad address: 0x${addr.toString(16)}\nLoading: `);
+    this.print(
+      `TFTP from server ${this.env.get('serverip')}; our IP address is ${this.env.get('ipaddr')}\nFilename '${path}'.\nLoad address: 0x${addr.toString(16)}\nLoading: `,
+    );
     let data: Buffer | null;
     try {
       data = await this.o.tftp(path, { blksize, windowsize });
@@ -676,12 +715,18 @@ function dataSize(command: string, fallback: number): number {
   const dot = command.indexOf('.');
   if (dot < 0) return fallback;
   switch (command.slice(dot + 1, dot + 2)) {
-    case 'b': return 1;
-    case 'w': return 2;
-    case 'l': return 4;
-    case 'q': return 8;
-    case 's': return SIZE_STR;
-    default: return SIZE_ERR;
+    case 'b':
+      return 1;
+    case 'w':
+      return 2;
+    case 'l':
+      return 4;
+    case 'q':
+      return 8;
+    case 's':
+      return SIZE_STR;
+    default:
+      return SIZE_ERR;
   }
 }
 

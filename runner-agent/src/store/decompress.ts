@@ -177,10 +177,7 @@ export function createDecompressor(
       // Waiting for 'drain' (an empty buffer) after every chunk would leave the decompressor idle
       // while the next chunk arrives; a few chunks of slack keep it busy and memory still bounded.
       if (input.writableLength <= INPUT_SLACK) return;
-      await Promise.race([
-        new Promise<void>((resolve) => input.once('drain', resolve)),
-        failed,
-      ]);
+      await Promise.race([new Promise<void>((resolve) => input.once('drain', resolve)), failed]);
     },
     async end() {
       if (failure) throw failure;

@@ -234,7 +234,8 @@ export class ImageStore {
       if (!match) continue;
       const stats = await fs.stat(file);
       if (this.images.has(match[1]!)) await this.removeLeftover(file, 'partial upload of an image already stored');
-      else if (now - stats.mtimeMs > this.partialMaxAgeMs) await this.removeLeftover(file, 'partial upload never resumed');
+      else if (now - stats.mtimeMs > this.partialMaxAgeMs)
+        await this.removeLeftover(file, 'partial upload never resumed');
       else partials++;
     }
 
@@ -346,7 +347,10 @@ export class ImageStore {
       throw new AgentError('BAD_REQUEST', `bad image size ${o.imageSize}`);
     }
     if (compression === 'none' && o.imageSize !== undefined && o.imageSize !== size) {
-      throw new AgentError('BAD_REQUEST', `an uncompressed upload of ${size} bytes cannot have an image size of ${o.imageSize}`);
+      throw new AgentError(
+        'BAD_REQUEST',
+        `an uncompressed upload of ${size} bytes cannot have an image size of ${o.imageSize}`,
+      );
     }
 
     const stored = this.images.get(sha256);
@@ -363,7 +367,10 @@ export class ImageStore {
       );
     }
 
-    const upload = new Upload(this, { ...o, partSize: this.defaultPartSize, maxImageBytes: this.maxBytes,
+    const upload = new Upload(this, {
+      ...o,
+      partSize: this.defaultPartSize,
+      maxImageBytes: this.maxBytes,
       writeBehind: this.writeBehind,
       hashOnWorker: size >= this.hashOnWorkerFromBytes,
     });
@@ -528,7 +535,11 @@ export class ImageStore {
     const held = await fileSize(this.partialPath(sha256));
     if (held === null) return 0;
     if (held > size) {
-      this.log.warn('partial upload is longer than the declared size; starting over', { sha256: short(sha256), held, size });
+      this.log.warn('partial upload is longer than the declared size; starting over', {
+        sha256: short(sha256),
+        held,
+        size,
+      });
       await fs.rm(this.partialPath(sha256), { force: true });
       return 0;
     }
@@ -540,7 +551,12 @@ export class ImageStore {
    * decompressed image (compressed uploads keep both until the end) and the reserve. Evicts
    * least-recently-used images to make room first, since they would go anyway.
    */
-  private async ensureSpace(self: Upload, wireBytes: number, imageBytes: number, imageEstimated: boolean): Promise<void> {
+  private async ensureSpace(
+    self: Upload,
+    wireBytes: number,
+    imageBytes: number,
+    imageEstimated: boolean,
+  ): Promise<void> {
     const need = wireBytes + imageBytes + this.minFreeBytes;
     // Other uploads in progress will still write what they announced: that space is taken.
     const promised = () => {
@@ -559,7 +575,8 @@ export class ImageStore {
     }
     if (free >= need) return;
     const parts = [`upload ${formatBytes(wireBytes)}`];
-    if (imageBytes > 0) parts.push(`image ${formatBytes(imageBytes)}${imageEstimated ? ' (estimated: 4× the compressed size)' : ''}`);
+    if (imageBytes > 0)
+      parts.push(`image ${formatBytes(imageBytes)}${imageEstimated ? ' (estimated: 4× the compressed size)' : ''}`);
     parts.push(`reserve ${formatBytes(this.minFreeBytes)}`);
     throw new AgentError(
       'NO_SPACE',
@@ -587,7 +604,11 @@ export class ImageStore {
         });
         return;
       }
-      this.log.info('evicting least recently used image', { sha256: short(victim), bytes: this.totalBytes(), maxBytes: limit });
+      this.log.info('evicting least recently used image', {
+        sha256: short(victim),
+        bytes: this.totalBytes(),
+        maxBytes: limit,
+      });
       await this.deleteImage(victim);
     }
   }
@@ -611,7 +632,8 @@ class CompletedUpload implements UploadSession {
   }
   async finish(): Promise<StoredImage> {
     const image = await this.getImage();
-    if (!image) throw new AgentError('IMAGE_NOT_FOUND', 'the image was evicted before the upload finished; upload it again');
+    if (!image)
+      throw new AgentError('IMAGE_NOT_FOUND', 'the image was evicted before the upload finished; upload it again');
     return image;
   }
   async suspend(): Promise<void> {}
@@ -725,7 +747,10 @@ class Upload implements UploadSession {
         const acc = crcs();
         if (acc.bytes + chunk.length > limit) {
           callback(
-            new AgentError('UPLOAD_TOO_LARGE', `the decompressed image grows past the store's limit of ${formatBytes(limit)}`),
+            new AgentError(
+              'UPLOAD_TOO_LARGE',
+              `the decompressed image grows past the store's limit of ${formatBytes(limit)}`,
+            ),
           );
           return;
         }
@@ -754,7 +779,8 @@ class Upload implements UploadSession {
   }
 
   private async writeNow(chunk: Buffer): Promise<void> {
-    if (this.state !== 'open') throw new AgentError('BAD_REQUEST', `the upload is ${this.state}; no more bytes are accepted`);
+    if (this.state !== 'open')
+      throw new AgentError('BAD_REQUEST', `the upload is ${this.state}; no more bytes are accepted`);
     if (this.received + chunk.length > this.plan.size) {
       const err = new AgentError(
         'UPLOAD_TOO_LARGE',

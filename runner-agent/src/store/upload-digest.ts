@@ -82,7 +82,8 @@ parentPort.on('message', (m) => {
 });
 `;
 
-type FromWorker = { type: 'progress'; bytes: number } | { type: 'result'; sha256: string; crcs?: number[]; bytes: number };
+type FromWorker =
+  { type: 'progress'; bytes: number } | { type: 'result'; sha256: string; crcs?: number[]; bytes: number };
 
 export interface WorkerDigestOptions {
   /** Also compute the CRC of each part of this size (a raw upload is its own image). */
@@ -100,7 +101,7 @@ export class WorkerDigest implements UploadDigest {
   private failure: Error | undefined;
   /** Woken on every message, error and exit. */
   private wake: (() => void) | undefined;
-  private result: FromWorker & { type: 'result' } | undefined;
+  private result: (FromWorker & { type: 'result' }) | undefined;
   private closed = false;
 
   constructor(o: WorkerDigestOptions = {}) {
@@ -140,7 +141,8 @@ export class WorkerDigest implements UploadDigest {
     const result = this.result;
     await this.close();
     if (!result) throw this.failure!;
-    if (result.bytes !== this.fed) throw new Error(`the hashing thread saw ${result.bytes} bytes, ${this.fed} were fed`);
+    if (result.bytes !== this.fed)
+      throw new Error(`the hashing thread saw ${result.bytes} bytes, ${this.fed} were fed`);
     return { sha256: result.sha256, ...(result.crcs ? { partCrcs: result.crcs } : {}) };
   }
 

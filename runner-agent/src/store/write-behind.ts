@@ -50,7 +50,9 @@ export class WriteBehindFile {
     private readonly o: WriteBehindOptions,
   ) {
     if (!(o.batchBytes > 0) || !Number.isSafeInteger(o.maxInFlight) || o.maxInFlight < 1) {
-      throw new RangeError(`write-behind needs batchBytes > 0 and maxInFlight ≥ 1, got ${o.batchBytes} and ${o.maxInFlight}`);
+      throw new RangeError(
+        `write-behind needs batchBytes > 0 and maxInFlight ≥ 1, got ${o.batchBytes} and ${o.maxInFlight}`,
+      );
     }
     this.position = start;
     this.writtenEnd = start;

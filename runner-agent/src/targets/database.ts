@@ -109,7 +109,9 @@ export function parseResetSpec(text: string): ResetSpec {
       const chip = sep < 0 ? '' : rest.slice(0, sep).trim();
       const line = sep < 0 ? '' : rest.slice(sep + 1).trim();
       if (!chip || !line) {
-        throw new Error(`gpiod reset needs a chip and a line (gpiod:gpiochip0:17 or gpiod:gpiochip0:GPIO17), got "${spec}"`);
+        throw new Error(
+          `gpiod reset needs a chip and a line (gpiod:gpiochip0:17 or gpiod:gpiochip0:GPIO17), got "${spec}"`,
+        );
       }
       return { kind: 'gpiod', chip, line };
     }
@@ -193,12 +195,16 @@ interface Candidate {
 }
 
 /** Header → a function that turns a row's cells into the fields of a target, or header problems. */
-function mapColumns(header: Row, file: string): { toCandidate: (row: Row) => Candidate; seed: boolean } | TargetProblem[] {
+function mapColumns(
+  header: Row,
+  file: string,
+): { toCandidate: (row: Row) => Candidate; seed: boolean } | TargetProblem[] {
   const keys = header.cells.map(headerKey);
   const problems: TargetProblem[] = [];
   const seen = new Map<string, number>();
   keys.forEach((key, i) => {
-    if (seen.has(key)) problems.push({ file, line: header.line, reason: `column "${header.cells[i]}" appears twice in the header` });
+    if (seen.has(key))
+      problems.push({ file, line: header.line, reason: `column "${header.cells[i]}" appears twice in the header` });
     seen.set(key, i);
   });
   const cell = (row: Row, key: string): string => {
@@ -236,8 +242,14 @@ function mapColumns(header: Row, file: string): { toCandidate: (row: Row) => Can
 
   const missing = NATIVE_REQUIRED.filter((c) => !seen.has(c));
   const unknown = header.cells.filter((_, i) => !NATIVE_COLUMNS.includes(keys[i] ?? ''));
-  if (missing.length) problems.push({ file, line: header.line, reason: `header lacks column(s) ${missing.join(', ')}: ${HEADER_HELP}` });
-  if (unknown.length) problems.push({ file, line: header.line, reason: `unknown column(s) ${unknown.map((u) => `"${u}"`).join(', ')}: ${HEADER_HELP}` });
+  if (missing.length)
+    problems.push({ file, line: header.line, reason: `header lacks column(s) ${missing.join(', ')}: ${HEADER_HELP}` });
+  if (unknown.length)
+    problems.push({
+      file,
+      line: header.line,
+      reason: `unknown column(s) ${unknown.map((u) => `"${u}"`).join(', ')}: ${HEADER_HELP}`,
+    });
   if (problems.length) return problems;
   return {
     seed: false,
@@ -311,7 +323,10 @@ export function parseTargets(csvText: string, file: string): Target[] {
     const name = mapping.seed ? mac.replaceAll(':', '-') : c.name;
     if (!mapping.seed) {
       if (!name) problem('name is empty');
-      else if (!NAME_PATTERN.test(name)) problem(`name "${name}" may hold only letters, digits, ".", "_" and "-" (at most 64, starting with a letter or digit)`);
+      else if (!NAME_PATTERN.test(name))
+        problem(
+          `name "${name}" may hold only letters, digits, ".", "_" and "-" (at most 64, starting with a letter or digit)`,
+        );
     }
 
     // Empty = the agent's default layout (config `defaultLayout`).
@@ -366,7 +381,12 @@ function findConflicts(targets: readonly Target[], file: string): TargetProblem[
   for (const t of targets) {
     const check = (what: 'name' | 'mac' | 'ip', key: string, shown: string) => {
       const earlier = first[what].get(key);
-      if (earlier) problems.push({ file, line: t.source.line, reason: `duplicate ${what} ${shown} (already used by "${earlier.name}" on line ${earlier.source.line})` });
+      if (earlier)
+        problems.push({
+          file,
+          line: t.source.line,
+          reason: `duplicate ${what} ${shown} (already used by "${earlier.name}" on line ${earlier.source.line})`,
+        });
       else first[what].set(key, t);
     };
     // Names are matched without case by findTarget, so "Pi4" and "pi4" would collide.
@@ -382,7 +402,11 @@ function findConflicts(targets: readonly Target[], file: string): TargetProblem[
         ? first.ip.get(t.name)
         : undefined;
     if (other && other !== t) {
-      problems.push({ file, line: t.source.line, reason: `name "${t.name}" is the MAC or IP of "${other.name}" (line ${other.source.line})` });
+      problems.push({
+        file,
+        line: t.source.line,
+        reason: `name "${t.name}" is the MAC or IP of "${other.name}" (line ${other.source.line})`,
+      });
     }
   }
   return problems;

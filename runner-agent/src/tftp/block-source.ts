@@ -106,7 +106,13 @@ export class ReadAheadBlockSource implements BlockSource {
     if (this.failure) return Promise.reject(this.failure);
     // Fast path, taken by almost every window: inside the current chunk, next chunk already asked for.
     const current = this.chunks[0];
-    if (current?.data && from >= current.first && to < current.end && (this.chunks.length === 2 || current.end > this.blocks)) return undefined;
+    if (
+      current?.data &&
+      from >= current.first &&
+      to < current.end &&
+      (this.chunks.length === 2 || current.end > this.blocks)
+    )
+      return undefined;
     let first = this.chunks.find((c) => from >= c.first && from < c.end);
     if (!first) {
       // A window outside the held chunks (the first one, or after a failed read): read afresh.
@@ -126,7 +132,8 @@ export class ReadAheadBlockSource implements BlockSource {
     // chunks can go; then read the next chunk while this one is sent.
     this.chunks = this.chunks.filter((c) => c.end > from);
     const last = this.chunks[this.chunks.length - 1]!;
-    if (this.chunks.length < 2 && last.end <= this.blocks) this.chunks.push(this.startChunk(last.end, this.blocksPerChunk));
+    if (this.chunks.length < 2 && last.end <= this.blocks)
+      this.chunks.push(this.startChunk(last.end, this.blocksPerChunk));
     const pending = [first.loading, second?.loading].filter((p): p is Promise<void> => p !== undefined);
     if (pending.length === 0) return undefined;
     return Promise.all(pending).then(() => {
@@ -160,18 +167,18 @@ export class ReadAheadBlockSource implements BlockSource {
     const chunk: Chunk = { first, end };
     const position = (first - 1) * this.blksize;
     const length = Math.min((end - first) * this.blksize, this.file.size - position);
-    chunk.loading = (length <= 0 ? Promise.resolve(Buffer.alloc(0)) : this.file.read(position, length)).then(
-      (data) => {
+    chunk.loading = (length <= 0 ? Promise.resolve(Buffer.alloc(0)) : this.file.read(position, length))
+      .then((data) => {
         if (data.length !== length) {
           throw new Error(`file read at ${position} returned ${data.length} bytes, expected ${length} (file shrank?)`);
         }
         chunk.data = this.framed(first, end - first, data);
         chunk.loading = undefined;
-      },
-    ).catch((err: unknown) => {
-      this.failure ??= err instanceof Error ? err : new Error(String(err));
-      chunk.loading = undefined;
-    });
+      })
+      .catch((err: unknown) => {
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
+        chunk.loading = undefined;
+      });
     return chunk;
   }
 }

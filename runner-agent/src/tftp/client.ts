@@ -81,13 +81,16 @@ function requestedOptions(o: CommonOptions, tsize: number | undefined): Record<s
 function acceptOack(asked: Record<string, string>, got: Record<string, string>): TftpTransferInfo {
   const info: TftpTransferInfo = { options: got, blksize: DEFAULT_BLKSIZE, windowsize: 1 };
   for (const [name, value] of Object.entries(got)) {
-    if (!(name in asked)) throw new TftpError(`server acknowledged option "${name}" that was not requested`, TftpErrorCode.OPTION_REFUSED);
+    if (!(name in asked))
+      throw new TftpError(`server acknowledged option "${name}" that was not requested`, TftpErrorCode.OPTION_REFUSED);
     const n = Number(value);
     if (name === 'blksize') {
-      if (!Number.isInteger(n) || n < MIN_BLKSIZE || n > Number(asked.blksize)) throw new TftpError(`server answered blksize ${value} to ${asked.blksize}`, TftpErrorCode.OPTION_REFUSED);
+      if (!Number.isInteger(n) || n < MIN_BLKSIZE || n > Number(asked.blksize))
+        throw new TftpError(`server answered blksize ${value} to ${asked.blksize}`, TftpErrorCode.OPTION_REFUSED);
       info.blksize = n;
     } else if (name === 'windowsize') {
-      if (!Number.isInteger(n) || n < 1 || n > Number(asked.windowsize)) throw new TftpError(`server answered windowsize ${value} to ${asked.windowsize}`, TftpErrorCode.OPTION_REFUSED);
+      if (!Number.isInteger(n) || n < 1 || n > Number(asked.windowsize))
+        throw new TftpError(`server answered windowsize ${value} to ${asked.windowsize}`, TftpErrorCode.OPTION_REFUSED);
       info.windowsize = n;
     }
   }
@@ -158,7 +161,9 @@ async function resolveHost(host: string): Promise<string> {
 
 function errorFromPacket(msg: Buffer): TftpError {
   const p = decodePacket(msg);
-  return p.op === Opcode.ERROR ? new TftpError(`server error ${p.code}: ${p.message}`, p.code) : new TftpError('malformed error packet', 0);
+  return p.op === Opcode.ERROR
+    ? new TftpError(`server error ${p.code}: ${p.message}`, p.code)
+    : new TftpError('malformed error packet', 0);
 }
 
 function abortError(signal: AbortSignal): Error {
@@ -200,7 +205,8 @@ export async function tftpGetWithInfo(o: TftpGetOptions): Promise<TftpGetResult 
           const p = decodePacket(msg);
           info = acceptOack(asked, p.op === Opcode.OACK ? p.options : {});
         } catch (err) {
-          const e = err instanceof TftpError ? err : new TftpError((err as Error).message, TftpErrorCode.OPTION_REFUSED);
+          const e =
+            err instanceof TftpError ? err : new TftpError((err as Error).message, TftpErrorCode.OPTION_REFUSED);
           link.send(encodeError(e.code, e.message));
           receiver.fail(e);
           return;
@@ -260,7 +266,8 @@ export async function tftpPutWithInfo(o: TftpPutOptions): Promise<TftpTransferIn
       };
       // Until the server answers, re-send the request; the sender has its own timer afterwards.
       const opening = setTimeout(function resend() {
-        if (attempts++ >= retries) return fail(new TftpError(`no answer to the write request after ${attempts} tries`, 0));
+        if (attempts++ >= retries)
+          return fail(new TftpError(`no answer to the write request after ${attempts} tries`, 0));
         link.send(request);
         opening.refresh();
       }, timeoutMs);
@@ -288,7 +295,8 @@ export async function tftpPutWithInfo(o: TftpPutOptions): Promise<TftpTransferIn
             const p = decodePacket(msg);
             start(acceptOack(asked, p.op === Opcode.OACK ? p.options : {}));
           } catch (err) {
-            const e = err instanceof TftpError ? err : new TftpError((err as Error).message, TftpErrorCode.OPTION_REFUSED);
+            const e =
+              err instanceof TftpError ? err : new TftpError((err as Error).message, TftpErrorCode.OPTION_REFUSED);
             link.send(encodeError(e.code, e.message));
             fail(e);
           }

@@ -35,7 +35,12 @@ function parseCount(value: string | undefined): number | undefined {
  * since the server may only answer a value at or below the client's.
  * `fileSize` is the real size for a read request (its `tsize` is answered with it).
  */
-export function negotiateOptions(kind: 'read' | 'write', requested: Record<string, string>, limits: OptionLimits, fileSize?: number): Negotiated {
+export function negotiateOptions(
+  kind: 'read' | 'write',
+  requested: Record<string, string>,
+  limits: OptionLimits,
+  fileSize?: number,
+): Negotiated {
   const accepted: Record<string, string> = {};
   const result: Negotiated = { accepted, blksize: DEFAULT_BLKSIZE, windowsize: 1 };
 

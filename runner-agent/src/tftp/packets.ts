@@ -112,7 +112,12 @@ function encodeStrings(op: number, strings: string[]): Buffer {
   return buf;
 }
 
-export function encodeRequest(op: typeof Opcode.RRQ | typeof Opcode.WRQ, path: string, mode: string, options: Record<string, string> = {}): Buffer {
+export function encodeRequest(
+  op: typeof Opcode.RRQ | typeof Opcode.WRQ,
+  path: string,
+  mode: string,
+  options: Record<string, string> = {},
+): Buffer {
   return encodeStrings(op, [path, mode, ...Object.entries(options).flat()]);
 }
 

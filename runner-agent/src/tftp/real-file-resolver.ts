@@ -26,7 +26,8 @@ export function realFileResolver(root: string): TftpResolver {
         throw err;
       }
       // The request path is already free of "..", but a symlink inside the root may point out of it.
-      if (real !== base && !real.startsWith(base + sep)) throw new TftpAccessError(`${req.path} leads outside the TFTP root`);
+      if (real !== base && !real.startsWith(base + sep))
+        throw new TftpAccessError(`${req.path} leads outside the TFTP root`);
       const handle = await open(real, 'r');
       try {
         const stats = await handle.stat();

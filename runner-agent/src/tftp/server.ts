@@ -9,7 +9,15 @@ import type { Logger } from '../log.js';
 import { ReadAheadBlockSource } from './block-source.js';
 import { TftpAccessError, TftpError } from './errors.js';
 import { negotiateOptions, MAX_BLKSIZE, type Negotiated } from './options.js';
-import { decodePacket, encodeAck, encodeError, encodeOack, Opcode, TftpErrorCode, type RequestPacket } from './packets.js';
+import {
+  decodePacket,
+  encodeAck,
+  encodeError,
+  encodeOack,
+  Opcode,
+  TftpErrorCode,
+  type RequestPacket,
+} from './packets.js';
 import { normaliseRequestPath } from './request-path.js';
 import { fastLookup } from './udp.js';
 import { WindowReceiver } from './window-receiver.js';
@@ -117,7 +125,10 @@ export class TftpServer {
   constructor(private readonly o: TftpServerOptions) {
     this.timeoutMs = o.timeoutMs ?? 1000;
     this.retries = o.retries ?? 5;
-    this.limits = { maxBlksize: Math.min(o.maxBlksize ?? MAX_BLKSIZE, MAX_BLKSIZE), maxWindowsize: o.maxWindowsize ?? 64 };
+    this.limits = {
+      maxBlksize: Math.min(o.maxBlksize ?? MAX_BLKSIZE, MAX_BLKSIZE),
+      maxWindowsize: o.maxWindowsize ?? 64,
+    };
   }
 
   async listen(): Promise<{ address: string; port: number }> {
@@ -149,12 +160,20 @@ export class TftpServer {
     try {
       const packet = decodePacket(msg);
       if (packet.op !== Opcode.RRQ && packet.op !== Opcode.WRQ) {
-        this.socket?.send(encodeError(TftpErrorCode.ILLEGAL_OPERATION, 'expected a read or write request'), peer.port, peer.address);
+        this.socket?.send(
+          encodeError(TftpErrorCode.ILLEGAL_OPERATION, 'expected a read or write request'),
+          peer.port,
+          peer.address,
+        );
         return;
       }
       request = packet;
     } catch (err) {
-      this.socket?.send(encodeError(TftpErrorCode.ILLEGAL_OPERATION, `malformed request: ${(err as Error).message}`), peer.port, peer.address);
+      this.socket?.send(
+        encodeError(TftpErrorCode.ILLEGAL_OPERATION, `malformed request: ${(err as Error).message}`),
+        peer.port,
+        peer.address,
+      );
       return;
     }
     // A client that resends its request (our first answer was lost or slow) must not get a second transfer.
@@ -167,13 +186,19 @@ export class TftpServer {
       finished: Promise.resolve(),
     };
     entry.finished = this.serve(request, peer, (fn) => (abort = fn))
-      .catch((err: unknown) => this.o.log?.error('TFTP transfer crashed', { error: (err as Error).message ?? String(err) }))
+      .catch((err: unknown) =>
+        this.o.log?.error('TFTP transfer crashed', { error: (err as Error).message ?? String(err) }),
+      )
       .finally(() => this.transfers.delete(key));
     this.transfers.set(key, entry);
   }
 
   /** One whole transfer, from the request to the report. Never throws. */
-  private async serve(request: RequestPacket, peer: TftpPeer, setAbort: (fn: (reason: Error) => void) => void): Promise<void> {
+  private async serve(
+    request: RequestPacket,
+    peer: TftpPeer,
+    setAbort: (fn: (reason: Error) => void) => void,
+  ): Promise<void> {
     const started = performance.now();
     const kind = request.op === Opcode.RRQ ? 'read' : 'write';
     const log = this.o.log?.child({ peer: `${peer.address}:${peer.port}`, kind });
@@ -193,7 +218,10 @@ export class TftpServer {
       link = await PeerLink.open(this.socket?.address().address ?? '0.0.0.0', peer);
       if (aborted) throw aborted;
       if (request.mode !== 'octet') {
-        sendError(TftpErrorCode.ILLEGAL_OPERATION, `transfer mode "${request.mode}" is not supported; use octet (binary)`);
+        sendError(
+          TftpErrorCode.ILLEGAL_OPERATION,
+          `transfer mode "${request.mode}" is not supported; use octet (binary)`,
+        );
         return;
       }
       let path: string;
@@ -219,7 +247,13 @@ export class TftpServer {
     } finally {
       end.ms = performance.now() - started;
       await link?.close();
-      if (end.ok) log?.info('TFTP transfer done', { path: end.path, bytes: end.bytes, ms: Math.round(end.ms), timeouts: end.timeouts });
+      if (end.ok)
+        log?.info('TFTP transfer done', {
+          path: end.path,
+          bytes: end.bytes,
+          ms: Math.round(end.ms),
+          timeouts: end.timeouts,
+        });
       else log?.warn('TFTP transfer failed', { path: end.path, bytes: end.bytes, error: end.error });
       try {
         this.o.onTransferEnd?.(end);
@@ -229,7 +263,13 @@ export class TftpServer {
     }
   }
 
-  private async serveRead(req: TftpRequest, link: PeerLink, end: TransferEnd, aborted: () => Error | undefined, sendError: (code: number, message: string) => void): Promise<void> {
+  private async serveRead(
+    req: TftpRequest,
+    link: PeerLink,
+    end: TransferEnd,
+    aborted: () => Error | undefined,
+    sendError: (code: number, message: string) => void,
+  ): Promise<void> {
     let file: TftpFile | null;
     try {
       file = await this.o.resolver.resolveRead(req);
@@ -249,7 +289,10 @@ export class TftpServer {
       const corrupt = this.o.faults?.corrupt;
       const sender = new WindowSender({
         source: new ReadAheadBlockSource(file, n.blksize, Math.max(4 * 1024 * 1024, 2 * n.blksize * n.windowsize)),
-        link: { sendData: (block, packet) => link.sendData(block, packet), resendOpening: () => oack && link.send(oack) },
+        link: {
+          sendData: (block, packet) => link.sendData(block, packet),
+          resendOpening: () => oack && link.send(oack),
+        },
         windowsize: n.windowsize,
         timeoutMs: n.timeoutMs ?? this.timeoutMs,
         retries: this.retries,
@@ -280,7 +323,13 @@ export class TftpServer {
     }
   }
 
-  private async serveWrite(req: TftpRequest, link: PeerLink, end: TransferEnd, aborted: () => Error | undefined, sendError: (code: number, message: string) => void): Promise<void> {
+  private async serveWrite(
+    req: TftpRequest,
+    link: PeerLink,
+    end: TransferEnd,
+    aborted: () => Error | undefined,
+    sendError: (code: number, message: string) => void,
+  ): Promise<void> {
     let target: TftpWriteTarget | null | undefined;
     try {
       target = await this.o.resolver.resolveWrite?.(req);
@@ -294,13 +343,18 @@ export class TftpServer {
     end.options = n.accepted;
     end.size = n.uploadSize;
     if (n.uploadSize !== undefined && n.uploadSize > target.maxSize) {
-      return sendError(TftpErrorCode.DISK_FULL, `upload of ${n.uploadSize} bytes is larger than the ${target.maxSize} allowed`);
+      return sendError(
+        TftpErrorCode.DISK_FULL,
+        `upload of ${n.uploadSize} bytes is larger than the ${target.maxSize} allowed`,
+      );
     }
     const oack = Object.keys(n.accepted).length > 0 ? encodeOack(n.accepted) : undefined;
     const chunks: Buffer[] = [];
     const receiver = new WindowReceiver({
       // ACK 0 from a timeout means "we are still waiting for block 1": re-send the OACK if there was one.
-      link: { sendAck: (block) => (block === 0 && oack && !receiver.finished ? link.send(oack) : link.send(encodeAck(block))) },
+      link: {
+        sendAck: (block) => (block === 0 && oack && !receiver.finished ? link.send(oack) : link.send(encodeAck(block))),
+      },
       blksize: n.blksize,
       windowsize: n.windowsize,
       timeoutMs: n.timeoutMs ?? this.timeoutMs,
@@ -349,7 +403,8 @@ class PeerLink {
   ) {
     data.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
     strays.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
-    const failed = (err: Error) => this.stop(new TftpError(`transfer socket failed: ${err.message}`, TftpErrorCode.NOT_DEFINED));
+    const failed = (err: Error) =>
+      this.stop(new TftpError(`transfer socket failed: ${err.message}`, TftpErrorCode.NOT_DEFINED));
     data.on('error', failed);
     strays.on('error', failed);
   }
@@ -413,7 +468,8 @@ class PeerLink {
       this.onData(msg.readUInt16BE(2), msg.subarray(4));
     } else if (op === Opcode.ERROR) {
       const packet = decodePacket(msg);
-      const text = packet.op === Opcode.ERROR ? `client sent error ${packet.code}: ${packet.message}` : 'client sent an error';
+      const text =
+        packet.op === Opcode.ERROR ? `client sent error ${packet.code}: ${packet.message}` : 'client sent an error';
       this.stop(new PeerError(text, packet.op === Opcode.ERROR ? packet.code : 0));
       this.dallyEnd?.();
     }

@@ -71,7 +71,12 @@ export class WindowReceiver {
       return;
     }
     if (data.length > this.blksize) {
-      this.fail(new TftpError(`block ${block} carries ${data.length} bytes, more than blksize ${this.blksize}`, TftpErrorCode.ILLEGAL_OPERATION));
+      this.fail(
+        new TftpError(
+          `block ${block} carries ${data.length} bytes, more than blksize ${this.blksize}`,
+          TftpErrorCode.ILLEGAL_OPERATION,
+        ),
+      );
       return;
     }
     if (this.o.maxSize !== undefined && this.bytes + data.length > this.o.maxSize) {
@@ -81,7 +86,9 @@ export class WindowReceiver {
     try {
       this.o.onData(data, this.bytes);
     } catch (err) {
-      this.fail(new TftpError(`storing block ${block} failed: ${(err as Error).message ?? err}`, TftpErrorCode.NOT_DEFINED));
+      this.fail(
+        new TftpError(`storing block ${block} failed: ${(err as Error).message ?? err}`, TftpErrorCode.NOT_DEFINED),
+      );
       return;
     }
     this.bytes += data.length;
@@ -132,7 +139,12 @@ export class WindowReceiver {
   private onTimeout(): void {
     if (this.settled) return;
     if (this.attempts >= this.o.retries) {
-      this.fail(new TftpError(`no data after ${this.attempts + 1} waits of ${this.timeoutMs} ms (last block received: ${this.expected - 1})`, TftpErrorCode.NOT_DEFINED));
+      this.fail(
+        new TftpError(
+          `no data after ${this.attempts + 1} waits of ${this.timeoutMs} ms (last block received: ${this.expected - 1})`,
+          TftpErrorCode.NOT_DEFINED,
+        ),
+      );
       return;
     }
     this.attempts++;

@@ -105,7 +105,12 @@ export class WindowSender {
       return;
     }
     if (this.attempts >= this.o.retries) {
-      this.abort(new TftpError(`no ACK after ${this.attempts + 1} tries of ${this.o.timeoutMs} ms (last ACK: block ${this.acked})`, TftpErrorCode.NOT_DEFINED));
+      this.abort(
+        new TftpError(
+          `no ACK after ${this.attempts + 1} tries of ${this.o.timeoutMs} ms (last ACK: block ${this.acked})`,
+          TftpErrorCode.NOT_DEFINED,
+        ),
+      );
       return;
     }
     this.attempts++;
@@ -134,7 +139,10 @@ export class WindowSender {
         this.readingDisk = false;
         if (!this.settled && generation === this.generation) this.transmit(from, to);
       },
-      (err: unknown) => this.abort(new TftpError(`reading the file failed: ${(err as Error).message ?? err}`, TftpErrorCode.NOT_DEFINED)),
+      (err: unknown) =>
+        this.abort(
+          new TftpError(`reading the file failed: ${(err as Error).message ?? err}`, TftpErrorCode.NOT_DEFINED),
+        ),
     );
   }
 

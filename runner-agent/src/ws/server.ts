@@ -12,7 +12,14 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import { AgentError } from '../../../src/protocol/errors.js';
 import { parseClientMessage } from '../../../src/protocol/guards.js';
-import { DEFAULT_CHUNK_SIZE, MAX_PAYLOAD_MARGIN, PROTOCOL_VERSION, WS_PATH, type AgentMessage, type ClientMessage } from '../../../src/protocol/messages.js';
+import {
+  DEFAULT_CHUNK_SIZE,
+  MAX_PAYLOAD_MARGIN,
+  PROTOCOL_VERSION,
+  WS_PATH,
+  type AgentMessage,
+  type ClientMessage,
+} from '../../../src/protocol/messages.js';
 import type { Logger } from '../log.js';
 
 export const AGENT_VERSION = '0.1.0';
@@ -63,7 +70,9 @@ function bearer(header: string | undefined): string | undefined {
 }
 
 function refuse(socket: Duplex, status: number, reason: string, body: string): void {
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
 }
 
 let connectionCounter = 0;
@@ -89,7 +98,11 @@ export class WsServer {
       res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' });
       res.end(`rpi-flash agent ${AGENT_VERSION}: connect with a WebSocket to ${WS_PATH}\n`);
     });
-    this.wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: chunkSize + MAX_PAYLOAD_MARGIN });
+    this.wss = new WebSocketServer({
+      noServer: true,
+      perMessageDeflate: false,
+      maxPayload: chunkSize + MAX_PAYLOAD_MARGIN,
+    });
     this.server.on('upgrade', (req, socket, head) => {
       const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
       const url = new URL(req.url ?? '/', 'http://agent');
@@ -181,21 +194,44 @@ export class WsServer {
         return conn.send({ type: 'error', code: e.code, message: e.message });
       }
       if (!hello) {
-        if (message.type !== 'hello') return this.fatal(conn, ws, new AgentError('BAD_MESSAGE', `the first message must be "hello", got "${message.type}"`), message.id);
+        if (message.type !== 'hello')
+          return this.fatal(
+            conn,
+            ws,
+            new AgentError('BAD_MESSAGE', `the first message must be "hello", got "${message.type}"`),
+            message.id,
+          );
         if (message.protocol !== PROTOCOL_VERSION) {
-          return this.fatal(conn, ws, new AgentError('PROTOCOL_VERSION_MISMATCH', `client speaks protocol version ${message.protocol}, this agent (${AGENT_VERSION}) speaks version ${PROTOCOL_VERSION}; update the ${message.protocol < PROTOCOL_VERSION ? 'action' : 'agent'}`), message.id);
+          return this.fatal(
+            conn,
+            ws,
+            new AgentError(
+              'PROTOCOL_VERSION_MISMATCH',
+              `client speaks protocol version ${message.protocol}, this agent (${AGENT_VERSION}) speaks version ${PROTOCOL_VERSION}; update the ${message.protocol < PROTOCOL_VERSION ? 'action' : 'agent'}`,
+            ),
+            message.id,
+          );
         }
         hello = true;
         clearTimeout(helloTimer);
         clientName = message.client ?? 'unknown';
         log.info('client connected', { remote, client: clientName });
-        conn.send({ type: 'welcome', re: message.id, protocol: PROTOCOL_VERSION, agent: AGENT_VERSION, chunkSize, maxPayload: chunkSize + MAX_PAYLOAD_MARGIN });
+        conn.send({
+          type: 'welcome',
+          re: message.id,
+          protocol: PROTOCOL_VERSION,
+          agent: AGENT_VERSION,
+          chunkSize,
+          maxPayload: chunkSize + MAX_PAYLOAD_MARGIN,
+        });
         return;
       }
-      if (message.type === 'hello') return conn.send({ type: 'error', re: message.id, code: 'BAD_REQUEST', message: 'hello was already done' });
+      if (message.type === 'hello')
+        return conn.send({ type: 'error', re: message.id, code: 'BAD_REQUEST', message: 'hello was already done' });
       Promise.resolve(this.o.handler.onMessage(conn, message)).catch((err: unknown) => {
         const e = err instanceof AgentError ? err : new AgentError('INTERNAL', (err as Error)?.message ?? String(err));
-        if (e.code === 'INTERNAL') log.error('request failed', { type: message.type, error: (err as Error)?.stack ?? String(err) });
+        if (e.code === 'INTERNAL')
+          log.error('request failed', { type: message.type, error: (err as Error)?.stack ?? String(err) });
         conn.send({ type: 'error', re: message.id, code: e.code, message: e.message });
       });
     });
