@@ -40937,11 +40937,13 @@ var websocket_server = __nccwpck_require__(129);
 
 ;// CONCATENATED MODULE: ./src/protocol/errors.js
 /**
- * Stable error and result codes shared by the agent and the action.
- * Code across process boundaries matches on `code`, never on message text.
- * The README's error table is generated from nothing: keep it in sync by hand (a test checks).
+ * The one table of stable result and error codes, shared by the agent and the action, and the one
+ * coded-error class every layer throws. Code across process boundaries matches on `code`, never on
+ * message text. The README's "Result codes" table is written by hand from this one (a test checks
+ * that they agree, code for code and word for word).
  */
-const ErrorCodes = {
+/** Codes the agent sends, in `error` messages and in job results. */
+const AgentCodes = {
     OK: 'The job finished: every part written and verified, and the boot check passed.',
     AUTH_FAILED: 'The token was missing or wrong (HTTP 401 at the WebSocket upgrade).',
     PROTOCOL_VERSION_MISMATCH: 'Client and agent speak different protocol versions.',
@@ -40977,17 +40979,46 @@ const ErrorCodes = {
     CANCELLED: 'The client cancelled the job.',
     INTERNAL: 'An unexpected error in the agent; its log has the details.',
 };
+/**
+ * Codes the action gives for what goes wrong on the runner's side, before or around talking to the
+ * agent. The agent never sends them.
+ */
+const ActionCodes = {
+    INPUT_INVALID: 'An input is missing or malformed (checked before connecting).',
+    IMAGE_INVALID: 'The image could not be found, downloaded or read, or its compression is not supported.',
+    CONNECT_FAILED: 'The agent could not be reached, refused the connection, or the connection was lost for good.',
+    CONNECTION_LOST: 'The connection to the agent dropped while a request was open (the action reconnects and resumes; it reports CONNECT_FAILED only when that fails).',
+    PROTOCOL_ERROR: 'The agent sent a message the action cannot read: the two speak different versions of the protocol.',
+    QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
+    JOB_TIMEOUT: 'The job did not finish within job-timeout.',
+};
+const ErrorCodes = { ...AgentCodes, ...ActionCodes };
 function isErrorCode(value) {
     return typeof value === 'string' && Object.hasOwn(ErrorCodes, value);
 }
-/** An error that carries a stable code; what crosses the wire is `{ code, message }`. */
-class errors_AgentError extends Error {
+function isAgentCode(value) {
+    return typeof value === 'string' && Object.hasOwn(AgentCodes, value);
+}
+/**
+ * An error that carries a stable code; what crosses the wire is `{ code, message }`. Every layer
+ * throws this one class (or a subclass that adds data), so every handler reads the code one way.
+ */
+class errors_CodedError extends Error {
     code;
-    constructor(code, message) {
-        super(message);
+    constructor(code, message, options) {
+        super(message, options);
         this.code = code;
-        this.name = 'AgentError';
+        this.name = 'CodedError';
     }
+}
+/** The stable code of any thrown value: its own when it carries one from the table, else INTERNAL. */
+function codeOf(err) {
+    const code = err?.code;
+    return isErrorCode(code) ? code : 'INTERNAL';
+}
+/** The message of any thrown value (a thrown string included). */
+function messageOf(err) {
+    return err instanceof Error ? err.message : String(err);
 }
 
 ;// CONCATENATED MODULE: ./src/protocol/guards.js
@@ -41001,7 +41032,7 @@ class errors_AgentError extends Error {
 /** Longest text frame either side accepts; control messages are small. */
 const MAX_CONTROL_MESSAGE = 64 * 1024;
 function fail(message) {
-    throw new errors_AgentError('BAD_MESSAGE', message);
+    throw new errors_CodedError('BAD_MESSAGE', message);
 }
 function parseObject(text) {
     if (text.length > MAX_CONTROL_MESSAGE)
@@ -41037,7 +41068,7 @@ function guards_int(m, key, opts = {}) {
     }
 }
 const ID = /^[\w.:-]{1,64}$/;
-/** Parse and validate a text frame from a client. Throws AgentError(BAD_MESSAGE). */
+/** Parse and validate a text frame from a client. Throws CodedError(BAD_MESSAGE). */
 function parseClientMessage(text) {
     const m = parseObject(text);
     str(m, 'type', { max: 32 });
@@ -41057,7 +41088,7 @@ function parseClientMessage(text) {
             guards_int(m, 'size', { min: 1 });
             str(m, 'compression');
             if (!COMPRESSIONS.includes(m.compression)) {
-                throw new AgentError('UNSUPPORTED_COMPRESSION', `compression "${String(m.compression)}" is not one of ${COMPRESSIONS.join(', ')}`);
+                throw new CodedError('UNSUPPORTED_COMPRESSION', `compression "${String(m.compression)}" is not one of ${COMPRESSIONS.join(', ')}`);
             }
             guards_int(m, 'imageSize', { optional: true, min: 1 });
             str(m, 'name', { optional: true, max: 256 });
@@ -41216,7 +41247,7 @@ class AgentConnection {
                 res.on('data', (c) => (body += c.toString()));
                 res.on('end', () => {
                     if (res.statusCode === 401)
-                        fail(new errors_AgentError('AUTH_FAILED', `the agent refused the token (HTTP 401): ${body.trim()}`));
+                        fail(new errors_CodedError('AUTH_FAILED', `the agent refused the token (HTTP 401): ${body.trim()}`));
                     else
                         fail(new ConnectionLostError(`the agent answered HTTP ${res.statusCode} at ${url}: ${body.trim()}`));
                 });
@@ -41256,7 +41287,7 @@ class AgentConnection {
             this.o.onEvent?.(m);
             for (const [id, q] of this.pending) {
                 this.pending.delete(id);
-                q.reject(new errors_AgentError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
+                q.reject(new errors_CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
             }
             return;
         }
@@ -41265,7 +41296,7 @@ class AgentConnection {
             return;
         if (m.type === 'error') {
             this.pending.delete(re);
-            p.reject(new errors_AgentError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
+            p.reject(new errors_CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
             this.uploadAcks.get(re)?.wake?.();
         }
         else if (p.final(m)) {
@@ -42086,7 +42117,7 @@ class JobStory {
  * Result codes the action adds to the agent's (src/protocol/errors.ts) for failures that happen on
  * the runner's side, before or around talking to the agent.
  */
-const ActionCodes = {
+const outputs_ActionCodes = {
     INPUT_INVALID: 'An input is missing or malformed (checked before connecting).',
     IMAGE_INVALID: 'The image could not be found, downloaded or read, or its compression is not supported.',
     CONNECT_FAILED: 'The agent could not be reached or refused the connection.',
@@ -42447,7 +42478,7 @@ class ReportedFailure extends Error {
     }
 }
 /** A failure with a result code of the action's own (see `ActionCodes`) or the agent's. */
-class CodedError extends Error {
+class main_CodedError extends Error {
     code;
     constructor(code, message) {
         super(message);
@@ -42463,19 +42494,19 @@ const RECONNECT_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 8_000];
 const UPLOAD_BUSY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 15_000];
 /** How often a wait for the job's result checks that the connection is still up. */
 const RESULT_POLL_MS = 250;
-function codeOf(err) {
+function main_codeOf(err) {
     const code = err?.code;
     return typeof code === 'string' && /^[A-Z_]+$/.test(code) ? code : 'INTERNAL';
 }
-function messageOf(err) {
+function main_messageOf(err) {
     return `${err?.message ?? err}`;
 }
 function isConnectionLost(err) {
-    return codeOf(err) === 'CONNECTION_LOST';
+    return main_codeOf(err) === 'CONNECTION_LOST';
 }
 /** The agent refuses a second upload of a sha256 while another client's is in progress. */
 function isUploadInProgressElsewhere(err) {
-    return codeOf(err) === 'UPLOAD_IN_PROGRESS';
+    return main_codeOf(err) === 'UPLOAD_IN_PROGRESS';
 }
 /** Resolves or rejects with `promise`, or rejects with the signal's reason as soon as it aborts. */
 function unlessAborted(promise, signal) {
@@ -42546,13 +42577,13 @@ class FlashRun {
             // protocol client's internal signal to retry, not a result code users look up.
             const code = this.cancelledBySignal
                 ? 'CANCELLED'
-                : codeOf(err) === 'CONNECTION_LOST'
+                : main_codeOf(err) === 'CONNECTION_LOST'
                     ? 'CONNECT_FAILED'
-                    : codeOf(err);
+                    : main_codeOf(err);
             const result = this.cancelledBySignal || code === 'CANCELLED' ? 'cancelled' : 'failure';
             if (this.leased && !this.lastResult && !this.abortedForCancel)
-                await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
-            return this.outcome(result, code, messageOf(err));
+                await this.cancelOnAgent(`the action failed: ${main_messageOf(err)}`);
+            return this.outcome(result, code, main_messageOf(err));
         }
         finally {
             this.d.signals.removeListener('SIGINT', onSignal);
@@ -42570,7 +42601,7 @@ class FlashRun {
         }
         catch (err) {
             if (err instanceof InputError)
-                throw new CodedError('INPUT_INVALID', err.message);
+                throw new main_CodedError('INPUT_INVALID', err.message);
             throw err;
         }
         this.settings = settings;
@@ -42584,7 +42615,7 @@ class FlashRun {
                 });
             }
             catch (err) {
-                throw new CodedError('IMAGE_INVALID', messageOf(err));
+                throw new main_CodedError('IMAGE_INVALID', main_messageOf(err));
             }
         });
         const image = this.image;
@@ -42594,13 +42625,13 @@ class FlashRun {
         await this.connect(false);
         await this.leaseTarget();
         // From the lease on, the whole job has one deadline.
-        const jobTimer = setTimeout(() => this.abort.abort(new CodedError('JOB_TIMEOUT', `the job did not finish within job-timeout (${settings.jobTimeoutMs / 1000} s)`)), settings.jobTimeoutMs);
+        const jobTimer = setTimeout(() => this.abort.abort(new main_CodedError('JOB_TIMEOUT', `the job did not finish within job-timeout (${settings.jobTimeoutMs / 1000} s)`)), settings.jobTimeoutMs);
         try {
             await this.uploadImage();
             return await this.flashImage();
         }
         catch (err) {
-            if (this.abort.signal.aborted && codeOf(this.abort.signal.reason) === 'JOB_TIMEOUT' && !this.lastResult) {
+            if (this.abort.signal.aborted && main_codeOf(this.abort.signal.reason) === 'JOB_TIMEOUT' && !this.lastResult) {
                 this.abortedForCancel = true;
                 await this.cancelOnAgent('job-timeout passed');
             }
@@ -42651,14 +42682,14 @@ class FlashRun {
             onEvent: (m) => this.onEvent(m),
         });
         try {
-            this.conn = await unlessAborted(withTimer(attempt, settings.connectTimeoutMs, () => new CodedError('CONNECT_FAILED', `no answer from the agent at ${url} within connect-timeout (${settings.connectTimeoutMs / 1000} s)`)), this.abort.signal);
+            this.conn = await unlessAborted(withTimer(attempt, settings.connectTimeoutMs, () => new main_CodedError('CONNECT_FAILED', `no answer from the agent at ${url} within connect-timeout (${settings.connectTimeoutMs / 1000} s)`)), this.abort.signal);
         }
         catch (err) {
             attempt.then((late) => late.close(), () => { });
             if (reconnecting)
                 throw err;
-            const code = codeOf(err);
-            throw new CodedError(code === 'CONNECTION_LOST' || code === 'INTERNAL' ? 'CONNECT_FAILED' : code, messageOf(err));
+            const code = main_codeOf(err);
+            throw new main_CodedError(code === 'CONNECTION_LOST' || code === 'INTERNAL' ? 'CONNECT_FAILED' : code, main_messageOf(err));
         }
         this.story.line(`Connected to ${url}${reconnecting ? ' again' : ''}`);
         if (!reconnecting)
@@ -42670,7 +42701,7 @@ class FlashRun {
         this.story.line(`Leasing ${settings.target} as "${settings.holder}"`);
         const leasing = this.conn.lease(settings.target, { holder: settings.holder });
         leasing.catch(() => { });
-        const queueTimer = setTimeout(() => this.abort.abort(new CodedError('QUEUE_TIMEOUT', `${settings.target} stayed busy past queue-timeout (${settings.queueTimeoutMs / 1000} s)`)), settings.queueTimeoutMs);
+        const queueTimer = setTimeout(() => this.abort.abort(new main_CodedError('QUEUE_TIMEOUT', `${settings.target} stayed busy past queue-timeout (${settings.queueTimeoutMs / 1000} s)`)), settings.queueTimeoutMs);
         try {
             this.leased = await unlessAborted(leasing, this.abort.signal);
         }
@@ -42686,7 +42717,7 @@ class FlashRun {
     async resume(cause) {
         this.conn?.close();
         for (const wait of RECONNECT_DELAYS_MS) {
-            this.story.line(`Connection lost (${messageOf(cause)}); reconnecting in ${wait / 1000} s`);
+            this.story.line(`Connection lost (${main_messageOf(cause)}); reconnecting in ${wait / 1000} s`);
             await delay(wait, this.abort.signal);
             try {
                 await this.connect(true);
@@ -42701,7 +42732,7 @@ class FlashRun {
                 cause = err;
             }
         }
-        throw new CodedError('CONNECT_FAILED', `lost the connection to the agent and could not resume in ${RECONNECT_DELAYS_MS.length} attempts: ${messageOf(cause)}`);
+        throw new main_CodedError('CONNECT_FAILED', `lost the connection to the agent and could not resume in ${RECONNECT_DELAYS_MS.length} attempts: ${main_messageOf(cause)}`);
     }
     async uploadImage() {
         const image = this.image;
@@ -42761,7 +42792,7 @@ class FlashRun {
                     return this.lastResult;
                 if (this.abort.signal.aborted)
                     throw err;
-                if (resent && codeOf(err) === 'BAD_REQUEST') {
+                if (resent && main_codeOf(err) === 'BAD_REQUEST') {
                     // The re-sent flash was refused because this lease already runs a job: the first flash
                     // reached the agent, which kept the job going through the outage. Its events and result
                     // come to this connection.
@@ -42824,7 +42855,7 @@ class FlashRun {
             this.story.line(`Cancelled on the agent (lease ${this.leased.lease})`);
         }
         catch (err) {
-            this.story.line(`Could not cancel on the agent: ${messageOf(err)} (the post step tries again)`);
+            this.story.line(`Could not cancel on the agent: ${main_messageOf(err)} (the post step tries again)`);
         }
     }
     onSignal(signal) {
@@ -42836,7 +42867,7 @@ class FlashRun {
         setTimeout(() => this.d.exit(1), CANCEL_GRACE_MS).unref();
         this.abortedForCancel = true;
         const cancelled = this.cancelOnAgent(`${signal} on the runner`);
-        void cancelled.finally(() => this.abort.abort(new CodedError('CANCELLED', `cancelled by ${signal}`)));
+        void cancelled.finally(() => this.abort.abort(new main_CodedError('CANCELLED', `cancelled by ${signal}`)));
     }
     outcome(result, code, message, jobResult) {
         const image = this.image;
@@ -42849,7 +42880,7 @@ class FlashRun {
         return {
             result,
             code,
-            message: message || ActionCodes[code] || code,
+            message: message || outputs_ActionCodes[code] || code,
             ...(failedPhase !== undefined && { phase: failedPhase }),
             targetSpec: this.settings?.target ?? this.d.getInput('target'),
             ...(target !== undefined && { target }),

@@ -7,7 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AgentError, type ErrorCode } from '../../src/protocol/errors.js';
+import { CodedError, type ErrorCode } from '../../src/protocol/errors.js';
 import type {
   ClientMessage,
   FlashRequest,
@@ -38,7 +38,7 @@ interface ActiveUpload {
   lastAck: number;
   /** Writes run one after another; a failure poisons the rest. */
   chain: Promise<void>;
-  failed?: AgentError;
+  failed?: CodedError;
 }
 
 interface LeaseSession {
@@ -79,7 +79,7 @@ export class AgentService implements ConnectionHandler {
 
   onMessage(conn: ClientConnection, m: ClientMessage): Promise<void> | void {
     if (this.stopping && m.type !== 'cancel')
-      throw new AgentError('SHUTTING_DOWN', 'the agent is stopping and takes no new work');
+      throw new CodedError('SHUTTING_DOWN', 'the agent is stopping and takes no new work');
     switch (m.type) {
       case 'lease':
         return this.lease(conn, m);
@@ -98,7 +98,7 @@ export class AgentService implements ConnectionHandler {
 
   private sessionOf(conn: ClientConnection): LeaseSession {
     const s = this.byConnection.get(conn.id);
-    if (!s) throw new AgentError('NOT_LEASED', 'lease a target first');
+    if (!s) throw new CodedError('NOT_LEASED', 'lease a target first');
     return s;
   }
 
@@ -112,11 +112,11 @@ export class AgentService implements ConnectionHandler {
 
   private async lease(conn: ClientConnection, m: LeaseRequest): Promise<void> {
     if (this.byConnection.has(conn.id) || this.waiting.has(conn.id))
-      throw new AgentError('BAD_REQUEST', 'this connection already holds or waits for a lease');
+      throw new CodedError('BAD_REQUEST', 'this connection already holds or waits for a lease');
     if (m.lease) {
       const s = this.sessions.get(m.lease);
       if (!s)
-        throw new AgentError('LEASE_LOST', `lease ${m.lease} is no longer held (it ended or its grace period passed)`);
+        throw new CodedError('LEASE_LOST', `lease ${m.lease} is no longer held (it ended or its grace period passed)`);
       if (s.conn && s.conn.id !== conn.id) s.conn.close(4000, 'lease taken over by a new connection');
       this.attach(s, conn);
       this.d.log.info('lease resumed', { target: s.target.name, lease: s.lease.id, conn: conn.id });
@@ -129,7 +129,7 @@ export class AgentService implements ConnectionHandler {
     }
     const target = findTarget(this.d.targets(), m.target);
     if (!target)
-      throw new AgentError(
+      throw new CodedError(
         'UNKNOWN_TARGET',
         `no target "${m.target}" in the agent's database (give a name, MAC or IP)`,
       );
@@ -157,7 +157,7 @@ export class AgentService implements ConnectionHandler {
 
   private async uploadBegin(conn: ClientConnection, m: UploadBeginRequest): Promise<void> {
     const s = this.sessionOf(conn);
-    if (s.job) throw new AgentError('BAD_REQUEST', 'a job is running on this lease');
+    if (s.job) throw new CodedError('BAD_REQUEST', 'a job is running on this lease');
     await this.dropUpload(s, 'suspend');
     const held = await this.d.store.get(m.sha256);
     if (held) {
@@ -226,7 +226,7 @@ export class AgentService implements ConnectionHandler {
           s.conn?.send({ type: 'upload-progress', re: up.requestId, received: up.received });
         }
       } catch (err) {
-        up.failed = err instanceof AgentError ? err : new AgentError('INTERNAL', (err as Error).message);
+        up.failed = err instanceof CodedError ? err : new CodedError('INTERNAL', (err as Error).message);
         s.conn?.send({ type: 'error', re: up.requestId, code: up.failed.code, message: up.failed.message });
         this.d.log.warn('upload failed', { target: s.target.name, code: up.failed.code, error: up.failed.message });
         // Too large / no space keep the bytes for a resume; anything else is not worth keeping.
@@ -240,7 +240,7 @@ export class AgentService implements ConnectionHandler {
   private async uploadEnd(conn: ClientConnection, id: string): Promise<void> {
     const s = this.sessionOf(conn);
     const up = s.upload;
-    if (!up) throw new AgentError('BAD_REQUEST', 'no upload in progress');
+    if (!up) throw new CodedError('BAD_REQUEST', 'no upload in progress');
     await up.chain;
     if (up.failed) throw up.failed;
     s.upload = undefined;
@@ -277,8 +277,8 @@ export class AgentService implements ConnectionHandler {
 
   private async flash(conn: ClientConnection, m: FlashRequest): Promise<void> {
     const s = this.sessionOf(conn);
-    if (s.job || s.starting) throw new AgentError('BAD_REQUEST', 'a job is already running on this lease');
-    if (s.upload) throw new AgentError('BAD_REQUEST', 'an upload is still in progress (send upload-end first)');
+    if (s.job || s.starting) throw new CodedError('BAD_REQUEST', 'a job is already running on this lease');
+    if (s.upload) throw new CodedError('BAD_REQUEST', 'an upload is still in progress (send upload-end first)');
     // Claim the lease for this job before the first await: a repeated flash (a client resending
     // after a reconnect) must not start a second job.
     s.starting = true;
@@ -295,7 +295,7 @@ export class AgentService implements ConnectionHandler {
     const image = await this.d.store.get(m.sha256);
     if (!image) {
       unpin();
-      throw new AgentError('IMAGE_NOT_FOUND', `the agent holds no image with sha256 ${m.sha256}; upload it first`);
+      throw new CodedError('IMAGE_NOT_FOUND', `the agent holds no image with sha256 ${m.sha256}; upload it first`);
     }
     const { config } = this.d;
     const jobId = newId(6);
@@ -363,7 +363,7 @@ export class AgentService implements ConnectionHandler {
     try {
       model = getPiModel(modelName);
     } catch (err) {
-      throw new AgentError(
+      throw new CodedError(
         'LAB_MISCONFIGURED',
         `${target.name}: ${(err as Error).message} (set the model column, or use layout whole)`,
       );
@@ -373,7 +373,7 @@ export class AgentService implements ConnectionHandler {
       try {
         return await readFile(file);
       } catch (err) {
-        throw new AgentError(
+        throw new CodedError(
           'LAB_MISCONFIGURED',
           `cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} (install Debian's u-boot-rpi or set uboot.binaries.${model.name} / uboot.bootScr in the config)`,
         );
@@ -395,7 +395,7 @@ export class AgentService implements ConnectionHandler {
   ): Promise<void> {
     const waiting = this.waiting.get(conn.id);
     if (!leaseId && waiting) {
-      waiting.abort.abort(new AgentError('CANCELLED', 'lease request cancelled by the client'));
+      waiting.abort.abort(new CodedError('CANCELLED', 'lease request cancelled by the client'));
       conn.send({ type: 'released', re: id, lease: '' });
       return;
     }
@@ -434,7 +434,7 @@ export class AgentService implements ConnectionHandler {
   }
 
   onClose(conn: ClientConnection, silent: boolean): void {
-    this.waiting.get(conn.id)?.abort.abort(new AgentError('CANCELLED', 'client disconnected while queued'));
+    this.waiting.get(conn.id)?.abort.abort(new CodedError('CANCELLED', 'client disconnected while queued'));
     const s = this.byConnection.get(conn.id);
     if (!s) return;
     this.byConnection.delete(conn.id);

@@ -7,7 +7,7 @@
  */
 import { open } from 'node:fs/promises';
 import WebSocket from 'ws';
-import { AgentError, isErrorCode } from './errors.js';
+import { CodedError, isErrorCode } from './errors.js';
 import { parseAgentMessage } from './guards.js';
 import {
   DEFAULT_CHUNK_SIZE,
@@ -141,7 +141,7 @@ export class AgentConnection {
         res.on('data', (c: Buffer) => (body += c.toString()));
         res.on('end', () => {
           if (res.statusCode === 401)
-            fail(new AgentError('AUTH_FAILED', `the agent refused the token (HTTP 401): ${body.trim()}`));
+            fail(new CodedError('AUTH_FAILED', `the agent refused the token (HTTP 401): ${body.trim()}`));
           else fail(new ConnectionLostError(`the agent answered HTTP ${res.statusCode} at ${url}: ${body.trim()}`));
         });
       });
@@ -182,7 +182,7 @@ export class AgentConnection {
       this.o.onEvent?.(m);
       for (const [id, q] of this.pending) {
         this.pending.delete(id);
-        q.reject(new AgentError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
+        q.reject(new CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
       }
       return;
     }
@@ -190,7 +190,7 @@ export class AgentConnection {
     if (!p || !re) return;
     if (m.type === 'error') {
       this.pending.delete(re);
-      p.reject(new AgentError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
+      p.reject(new CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
       this.uploadAcks.get(re)?.wake?.();
     } else if (p.final(m)) {
       this.pending.delete(re);

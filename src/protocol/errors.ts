@@ -1,9 +1,12 @@
 /**
- * Stable error and result codes shared by the agent and the action.
- * Code across process boundaries matches on `code`, never on message text.
- * The README's error table is generated from nothing: keep it in sync by hand (a test checks).
+ * The one table of stable result and error codes, shared by the agent and the action, and the one
+ * coded-error class every layer throws. Code across process boundaries matches on `code`, never on
+ * message text. The README's "Result codes" table is written by hand from this one (a test checks
+ * that they agree, code for code and word for word).
  */
-export const ErrorCodes = {
+
+/** Codes the agent sends, in `error` messages and in job results. */
+export const AgentCodes = {
   OK: 'The job finished: every part written and verified, and the boot check passed.',
   AUTH_FAILED: 'The token was missing or wrong (HTTP 401 at the WebSocket upgrade).',
   PROTOCOL_VERSION_MISMATCH: 'Client and agent speak different protocol versions.',
@@ -47,19 +50,57 @@ export const ErrorCodes = {
   INTERNAL: 'An unexpected error in the agent; its log has the details.',
 } as const;
 
+/**
+ * Codes the action gives for what goes wrong on the runner's side, before or around talking to the
+ * agent. The agent never sends them.
+ */
+export const ActionCodes = {
+  INPUT_INVALID: 'An input is missing or malformed (checked before connecting).',
+  IMAGE_INVALID: 'The image could not be found, downloaded or read, or its compression is not supported.',
+  CONNECT_FAILED: 'The agent could not be reached, refused the connection, or the connection was lost for good.',
+  CONNECTION_LOST:
+    'The connection to the agent dropped while a request was open (the action reconnects and resumes; it reports CONNECT_FAILED only when that fails).',
+  PROTOCOL_ERROR: 'The agent sent a message the action cannot read: the two speak different versions of the protocol.',
+  QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
+  JOB_TIMEOUT: 'The job did not finish within job-timeout.',
+} as const;
+
+export const ErrorCodes = { ...AgentCodes, ...ActionCodes } as const;
+
+export type AgentCode = keyof typeof AgentCodes;
+export type ActionCode = keyof typeof ActionCodes;
 export type ErrorCode = keyof typeof ErrorCodes;
 
 export function isErrorCode(value: unknown): value is ErrorCode {
   return typeof value === 'string' && Object.hasOwn(ErrorCodes, value);
 }
 
-/** An error that carries a stable code; what crosses the wire is `{ code, message }`. */
-export class AgentError extends Error {
+export function isAgentCode(value: unknown): value is AgentCode {
+  return typeof value === 'string' && Object.hasOwn(AgentCodes, value);
+}
+
+/**
+ * An error that carries a stable code; what crosses the wire is `{ code, message }`. Every layer
+ * throws this one class (or a subclass that adds data), so every handler reads the code one way.
+ */
+export class CodedError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    options?: ErrorOptions,
   ) {
-    super(message);
-    this.name = 'AgentError';
+    super(message, options);
+    this.name = 'CodedError';
   }
+}
+
+/** The stable code of any thrown value: its own when it carries one from the table, else INTERNAL. */
+export function codeOf(err: unknown): ErrorCode {
+  const code = (err as { code?: unknown } | null | undefined)?.code;
+  return isErrorCode(code) ? code : 'INTERNAL';
+}
+
+/** The message of any thrown value (a thrown string included). */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }

@@ -3,7 +3,7 @@
  * message that does not match its type is refused with BAD_MESSAGE naming the field, never
  * half-processed.
  */
-import { AgentError } from './errors.js';
+import { CodedError } from './errors.js';
 import { COMPRESSIONS, SHA256_PATTERN, type AgentMessage, type ClientMessage } from './messages.js';
 
 type Json = Record<string, unknown>;
@@ -12,7 +12,7 @@ type Json = Record<string, unknown>;
 export const MAX_CONTROL_MESSAGE = 64 * 1024;
 
 function fail(message: string): never {
-  throw new AgentError('BAD_MESSAGE', message);
+  throw new CodedError('BAD_MESSAGE', message);
 }
 
 function parseObject(text: string): Json {
@@ -46,7 +46,7 @@ function int(m: Json, key: string, opts: { optional?: boolean; min?: number } = 
 
 const ID = /^[\w.:-]{1,64}$/;
 
-/** Parse and validate a text frame from a client. Throws AgentError(BAD_MESSAGE). */
+/** Parse and validate a text frame from a client. Throws CodedError(BAD_MESSAGE). */
 export function parseClientMessage(text: string): ClientMessage {
   const m = parseObject(text);
   str(m, 'type', { max: 32 });
@@ -66,7 +66,7 @@ export function parseClientMessage(text: string): ClientMessage {
       int(m, 'size', { min: 1 });
       str(m, 'compression');
       if (!COMPRESSIONS.includes(m.compression as never)) {
-        throw new AgentError(
+        throw new CodedError(
           'UNSUPPORTED_COMPRESSION',
           `compression "${String(m.compression)}" is not one of ${COMPRESSIONS.join(', ')}`,
         );

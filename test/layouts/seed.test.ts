@@ -10,10 +10,10 @@ import {
   SEED_SKIP_BYTES,
   seedFolder,
   seedPartName,
-  SeedLayoutError,
   SeedReports,
   type SeedReport,
 } from '../../runner-agent/src/layouts/seed.js';
+import { CodedError } from '../../src/protocol/errors.js';
 import { silentLogger } from '../../runner-agent/src/log.js';
 import { tftpGet, tftpPut } from '../../runner-agent/src/tftp/client.js';
 import { TftpServer } from '../../runner-agent/src/tftp/server.js';
@@ -74,7 +74,7 @@ describe('planSeedParts', () => {
         return e;
       }
     })();
-    expect(tiny).toBeInstanceOf(SeedLayoutError);
+    expect(tiny).toBeInstanceOf(CodedError);
     expect(tiny).toMatchObject({
       code: 'BAD_REQUEST',
       message: expect.stringMatching(/skips the image's first 4194304 bytes/),

@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AgentError } from '../../src/protocol/errors.js';
+import { CodedError } from '../../src/protocol/errors.js';
 import { createResetLine } from '../../runner-agent/src/reset/index.js';
 import { rejectionOf, targetWith, testContext } from './helpers.js';
 
@@ -39,7 +39,7 @@ describe('cmd reset', () => {
   it('fails with RESET_FAILED naming the target, the spec, the status and the end of stderr', async () => {
     const target = targetWith('cmd:for i in 1 2 3 4 5 6 7; do echo "line $i" >&2; done; exit 3');
     const err = await rejectionOf(createResetLine(target, testContext()).pulse());
-    expect(err).toBeInstanceOf(AgentError);
+    expect(err).toBeInstanceOf(CodedError);
     expect(err.code).toBe('RESET_FAILED');
     expect(err.message).toMatch(
       /^cannot reset board-1 \(cmd:for i in .*exit 3\): the reset command exited with status 3; stderr: line 3 \| line 4 \| line 5 \| line 6 \| line 7$/,

@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AgentError } from '../../src/protocol/errors.js';
+import { CodedError } from '../../src/protocol/errors.js';
 import { createResetLine } from '../../runner-agent/src/reset/index.js';
 import { qmpExecute } from '../../runner-agent/src/reset/qmp.js';
 import { rejectionOf, targetWith, testContext } from './helpers.js';
@@ -116,7 +116,7 @@ describe('qmp reset', () => {
   it('names a missing socket', async () => {
     const socket = path.join(dir, 'absent.sock');
     const err = await rejectionOf(createResetLine(targetWith(`qmp:${socket}`), testContext()).pulse());
-    expect(err).toBeInstanceOf(AgentError);
+    expect(err).toBeInstanceOf(CodedError);
     expect(err.code).toBe('RESET_FAILED');
     expect(err.message).toBe(
       `cannot reset board-1 (qmp:${socket}): no QMP socket at ${socket} (is QEMU running with -qmp unix:${socket},server=on,wait=off?)`,

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { AgentError, type ErrorCode } from '../../src/protocol/errors.js';
+import { CodedError, type ErrorCode } from '../../src/protocol/errors.js';
 import type { Compression } from '../../src/protocol/messages.js';
 import { createLogger, silentLogger, type LogRecord } from '../../runner-agent/src/log.js';
 import { ImageStore, type ImageStoreOptions, type UploadSession } from '../../runner-agent/src/store/image-store.js';
@@ -53,16 +53,16 @@ async function send(session: UploadSession, wire: Buffer, chunk = 100_000, upTo 
   }
 }
 
-async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<AgentError> {
+async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<CodedError> {
   const err = await promise.then(
     () => {
-      throw new Error(`expected AgentError ${code}, but it succeeded`);
+      throw new Error(`expected CodedError ${code}, but it succeeded`);
     },
     (e: unknown) => e,
   );
-  expect(err).toBeInstanceOf(AgentError);
-  expect((err as AgentError).code, (err as AgentError).message).toBe(code);
-  return err as AgentError;
+  expect(err).toBeInstanceOf(CodedError);
+  expect((err as CodedError).code, (err as CodedError).message).toBe(code);
+  return err as CodedError;
 }
 
 async function exists(file: string): Promise<boolean> {
@@ -295,8 +295,8 @@ describe('refusing bad uploads', () => {
       const err = await send(session, wire, 4096).then(
         () => expectCode(session.finish(), 'DECOMPRESS_FAILED'),
         (e: unknown) => {
-          expect((e as AgentError).code).toBe('DECOMPRESS_FAILED');
-          return e as AgentError;
+          expect((e as CodedError).code).toBe('DECOMPRESS_FAILED');
+          return e as CodedError;
         },
       );
       expect(err.message.length).toBeGreaterThan(10);
@@ -322,8 +322,8 @@ describe('refusing bad uploads', () => {
     const outcome = await send(session, wire, 1024)
       .then(() => session.finish())
       .catch((e: unknown) => e);
-    expect(outcome).toBeInstanceOf(AgentError);
-    expect((outcome as AgentError).code).toBe('UPLOAD_TOO_LARGE');
+    expect(outcome).toBeInstanceOf(CodedError);
+    expect((outcome as CodedError).code).toBe('UPLOAD_TOO_LARGE');
     expect(store.list()).toEqual([]);
   });
 

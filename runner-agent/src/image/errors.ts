@@ -1,4 +1,4 @@
-import type { ErrorCode } from '../../../src/protocol/errors.js';
+import { CodedError, type ErrorCode } from '../../../src/protocol/errors.js';
 
 /**
  * Why an image cannot carry U-Boot. Each code is one of the stable codes of src/protocol/errors.ts
@@ -15,12 +15,11 @@ export type InjectErrorCode = Extract<
   | 'IMAGE_TRUNCATED' // the partition table or the file system points past the end of the image
 >;
 
-export class InjectError extends Error {
-  constructor(
-    readonly code: InjectErrorCode,
-    message: string,
-  ) {
-    super(message);
+/** A coded error whose code is one of the injection's; `instanceof InjectError` tells the layer. */
+export class InjectError extends CodedError {
+  declare readonly code: InjectErrorCode;
+  constructor(code: InjectErrorCode, message: string) {
+    super(code, message);
     this.name = 'InjectError';
   }
 }

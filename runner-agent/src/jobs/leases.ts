@@ -3,7 +3,7 @@
  * position whenever it changes (labgrid's "places are leased").
  */
 import { randomBytes } from 'node:crypto';
-import { AgentError } from '../../../src/protocol/errors.js';
+import { CodedError } from '../../../src/protocol/errors.js';
 
 export interface Lease {
   readonly id: string;
@@ -53,7 +53,7 @@ export class LeaseManager {
     o: { signal?: AbortSignal; onPosition?: (position: number, holder: string | undefined) => void } = {},
   ): Promise<Lease> {
     if (this.closed)
-      return Promise.reject(new AgentError('SHUTTING_DOWN', 'the agent is stopping and takes no new leases'));
+      return Promise.reject(new CodedError('SHUTTING_DOWN', 'the agent is stopping and takes no new leases'));
     const place = this.place(target);
     if (!place.current && place.queue.length === 0) return Promise.resolve(this.grant(place, target, holder));
     return new Promise<Lease>((resolve, reject) => {
@@ -66,7 +66,7 @@ export class LeaseManager {
           const i = place.queue.indexOf(waiter);
           if (i < 0) return;
           place.queue.splice(i, 1);
-          reject(o.signal!.reason ?? new AgentError('CANCELLED', 'left the queue'));
+          reject(o.signal!.reason ?? new CodedError('CANCELLED', 'left the queue'));
           this.announce(place);
         },
         { once: true },
@@ -116,7 +116,7 @@ export class LeaseManager {
   close(): void {
     this.closed = true;
     for (const place of this.places.values()) {
-      for (const w of place.queue.splice(0)) w.reject(new AgentError('SHUTTING_DOWN', 'the agent is stopping'));
+      for (const w of place.queue.splice(0)) w.reject(new CodedError('SHUTTING_DOWN', 'the agent is stopping'));
     }
   }
 

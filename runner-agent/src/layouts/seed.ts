@@ -32,7 +32,7 @@
  *   FAILED (any count; it says how far)    → BOARD_REPORTED_FAILURE
  *   no report before the deadline          → BOARD_NO_SHOW if part 0 was never fetched, else BOARD_TIMEOUT
  */
-import type { ErrorCode } from '../../../src/protocol/errors.js';
+import { CodedError, type ErrorCode } from '../../../src/protocol/errors.js';
 import { seedMacDir } from '../../../src/protocol/tftp-names.js';
 import type { TftpRequest, TftpWriteTarget } from '../tftp/server.js';
 
@@ -46,17 +46,6 @@ export const SEED_MAX_PARTS = 10;
 export const SEED_REPORT_BYTES = 4;
 export const SEED_REPORT_NAMES = ['OK', 'FAILED'] as const;
 export type SeedReportName = (typeof SEED_REPORT_NAMES)[number];
-
-/** An error with a stable code, for the job to pass on as is. */
-export class SeedLayoutError extends Error {
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'SeedLayoutError';
-  }
-}
 
 /** The folder the seed card looks in: the MAC with `:`. */
 export function seedFolder(mac: string): string {
@@ -99,14 +88,14 @@ export function planSeedParts(imageSize: number, o: { partBytes?: number } = {})
     throw new Error(`seed part size ${partBytes} must be a multiple of 512 larger than ${SEED_SKIP_BYTES}`);
   }
   if (!Number.isSafeInteger(imageSize) || imageSize <= SEED_SKIP_BYTES) {
-    throw new SeedLayoutError(
+    throw new CodedError(
       'BAD_REQUEST',
       `a seed card skips the image's first ${SEED_SKIP_BYTES} bytes (its partition table), so an image of ${imageSize} bytes leaves nothing to write`,
     );
   }
   const count = Math.ceil(imageSize / partBytes);
   if (count > SEED_MAX_PARTS) {
-    throw new SeedLayoutError(
+    throw new CodedError(
       'IMAGE_TOO_LARGE',
       `a seed card takes at most ${SEED_MAX_PARTS} parts of ${partBytes} bytes (${SEED_MAX_PARTS * partBytes} bytes); the image has ${imageSize}`,
     );

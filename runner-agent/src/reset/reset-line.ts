@@ -3,7 +3,7 @@
  * interface with a driver per kind of reset spec, so a job resets a real Pi, a relay, an emulated
  * board and the simulated board the same way.
  */
-import { AgentError } from '../../../src/protocol/errors.js';
+import { CodedError } from '../../../src/protocol/errors.js';
 import type { Logger } from '../log.js';
 import type { Target } from '../targets/database.js';
 
@@ -33,8 +33,8 @@ export const DEFAULT_CMD_TIMEOUT_MS = 30_000;
 export const DEFAULT_GPIO_ROOT = '/sys/class/gpio';
 
 /** Every pulse failure crosses the wire as RESET_FAILED and names the target and its spec. */
-export function resetFailed(target: Target, reason: string): AgentError {
-  return new AgentError('RESET_FAILED', `cannot reset ${target.name} (${target.resetText}): ${reason}`);
+export function resetFailed(target: Target, reason: string): CodedError {
+  return new CodedError('RESET_FAILED', `cannot reset ${target.name} (${target.resetText}): ${reason}`);
 }
 
 /** Runs a pulse body and turns any failure into RESET_FAILED. */
@@ -42,7 +42,7 @@ export async function asResetFailure(target: Target, body: () => Promise<void>):
   try {
     await body();
   } catch (err) {
-    if (err instanceof AgentError && err.code === 'RESET_FAILED') throw err;
+    if (err instanceof CodedError && err.code === 'RESET_FAILED') throw err;
     throw resetFailed(target, err instanceof Error ? err.message : String(err));
   }
 }

@@ -17,7 +17,7 @@ import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
-import { AgentError } from '../../../src/protocol/errors.js';
+import { CodedError } from '../../../src/protocol/errors.js';
 import type { Compression } from '../../../src/protocol/messages.js';
 import { isDiskFull } from './disk-space.js';
 
@@ -61,7 +61,7 @@ function probe(command: string): Promise<string | null> {
 }
 
 /**
- * Throws AgentError UNSUPPORTED_COMPRESSION when this agent cannot decompress `format`: called
+ * Throws CodedError UNSUPPORTED_COMPRESSION when this agent cannot decompress `format`: called
  * before an upload is accepted, so the client learns it before sending a byte.
  */
 export async function checkDecompressor(format: CompressedFormat, tools: DecompressTools = {}): Promise<void> {
@@ -69,7 +69,7 @@ export async function checkDecompressor(format: CompressedFormat, tools: Decompr
   const tool = toolFor(format, tools);
   const problem = await probe(tool.command);
   if (problem) {
-    throw new AgentError(
+    throw new CodedError(
       'UNSUPPORTED_COMPRESSION',
       `this agent cannot decompress .${format} images: the \`${tool.command}\` command is missing ` +
         `(install the Debian package ${tool.debianPackage}): ${problem}`,
@@ -96,7 +96,7 @@ const INPUT_SLACK = 4 * 1024 * 1024;
 
 /**
  * Starts a decompressor whose output is piped through `sinks` (transforms then a final writable).
- * Errors thrown by the sinks as AgentError (e.g. NO_SPACE) keep their code; anything else is
+ * Errors thrown by the sinks as CodedError (e.g. NO_SPACE) keep their code; anything else is
  * DECOMPRESS_FAILED with the decompressor's own message.
  */
 export function createDecompressor(
@@ -140,8 +140,8 @@ export function createDecompressor(
     });
   }
 
-  let failure: AgentError | undefined;
-  let rejectFailed: (err: AgentError) => void = () => {};
+  let failure: CodedError | undefined;
+  let rejectFailed: (err: CodedError) => void = () => {};
   const failed = new Promise<never>((_, reject) => {
     rejectFailed = reject;
   });
@@ -150,11 +150,11 @@ export function createDecompressor(
     if (failure) return;
     const message = err instanceof Error ? err.message : String(err);
     failure =
-      err instanceof AgentError
+      err instanceof CodedError
         ? err
         : isDiskFull(err)
-          ? new AgentError('NO_SPACE', `the disk filled up while storing the decompressed image: ${message}`)
-          : new AgentError('DECOMPRESS_FAILED', `${describe} failed: ${message}`);
+          ? new CodedError('NO_SPACE', `the disk filled up while storing the decompressed image: ${message}`)
+          : new CodedError('DECOMPRESS_FAILED', `${describe} failed: ${message}`);
     rejectFailed(failure);
   };
 
@@ -185,7 +185,7 @@ export function createDecompressor(
       await done;
     },
     abort() {
-      fail(new AgentError('DECOMPRESS_FAILED', `${describe} was stopped`));
+      fail(new CodedError('DECOMPRESS_FAILED', `${describe} was stopped`));
       if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       input.destroy();
       output.destroy();

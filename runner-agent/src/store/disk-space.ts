@@ -3,7 +3,7 @@
  * the store takes it as an option and tests can stand in a small disk.
  */
 import fs from 'node:fs/promises';
-import { AgentError } from '../../../src/protocol/errors.js';
+import { CodedError } from '../../../src/protocol/errors.js';
 
 /** Bytes an unprivileged process may still write on the file system holding `dir`. */
 export type FreeSpaceProbe = (dir: string) => Promise<number>;
@@ -32,5 +32,5 @@ export function isDiskFull(err: unknown): boolean {
 /** A disk-full error as NO_SPACE naming the directory; other errors pass through unchanged. */
 export function asNoSpace(err: unknown, dir: string, doing: string): unknown {
   if (!isDiskFull(err)) return err;
-  return new AgentError('NO_SPACE', `the disk holding ${dir} filled up while ${doing}: ${(err as Error).message}`);
+  return new CodedError('NO_SPACE', `the disk holding ${dir} filled up while ${doing}: ${(err as Error).message}`);
 }

@@ -38,7 +38,7 @@ import fs, { type FileHandle } from 'node:fs/promises';
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
 import path from 'node:path';
 import { Transform } from 'node:stream';
-import { AgentError } from '../../../src/protocol/errors.js';
+import { CodedError } from '../../../src/protocol/errors.js';
 import { COMPRESSIONS, SHA256_PATTERN, type Compression } from '../../../src/protocol/messages.js';
 import type { Logger } from '../log.js';
 import { checkDecompressor, createDecompressor, type Decompressor, type DecompressTools } from './decompress.js';
@@ -296,10 +296,10 @@ export class ImageStore {
     try {
       checkPartSize(partSize);
     } catch (err) {
-      throw new AgentError('BAD_REQUEST', (err as Error).message);
+      throw new CodedError('BAD_REQUEST', (err as Error).message);
     }
     const meta = this.images.get(sha256);
-    if (!meta) throw new AgentError('IMAGE_NOT_FOUND', `the store holds no image with sha256 ${sha256}`);
+    if (!meta) throw new CodedError('IMAGE_NOT_FOUND', `the store holds no image with sha256 ${sha256}`);
     const cached = meta.partCrcs[String(partSize)];
     if (cached) return [...cached];
     const release = this.pin(sha256);
@@ -331,23 +331,23 @@ export class ImageStore {
    */
   async begin(o: BeginUpload): Promise<UploadSession> {
     this.assertReady();
-    if (this.closed) throw new AgentError('SHUTTING_DOWN', 'the image store is closing');
+    if (this.closed) throw new CodedError('SHUTTING_DOWN', 'the image store is closing');
     const { sha256, size, compression } = o;
     if (typeof sha256 !== 'string' || !SHA256_PATTERN.test(sha256)) {
-      throw new AgentError('BAD_REQUEST', `sha256 must be 64 lower-case hex digits, got ${JSON.stringify(sha256)}`);
+      throw new CodedError('BAD_REQUEST', `sha256 must be 64 lower-case hex digits, got ${JSON.stringify(sha256)}`);
     }
     if (!COMPRESSIONS.includes(compression)) {
-      throw new AgentError(
+      throw new CodedError(
         'UNSUPPORTED_COMPRESSION',
         `compression ${JSON.stringify(compression)} is not one of ${COMPRESSIONS.join(', ')}`,
       );
     }
-    if (!Number.isSafeInteger(size) || size < 0) throw new AgentError('BAD_REQUEST', `bad upload size ${size}`);
+    if (!Number.isSafeInteger(size) || size < 0) throw new CodedError('BAD_REQUEST', `bad upload size ${size}`);
     if (o.imageSize !== undefined && (!Number.isSafeInteger(o.imageSize) || o.imageSize < 0)) {
-      throw new AgentError('BAD_REQUEST', `bad image size ${o.imageSize}`);
+      throw new CodedError('BAD_REQUEST', `bad image size ${o.imageSize}`);
     }
     if (compression === 'none' && o.imageSize !== undefined && o.imageSize !== size) {
-      throw new AgentError(
+      throw new CodedError(
         'BAD_REQUEST',
         `an uncompressed upload of ${size} bytes cannot have an image size of ${o.imageSize}`,
       );
@@ -357,11 +357,11 @@ export class ImageStore {
     if (stored) return new CompletedUpload(stored.wireSize, () => this.get(sha256));
 
     if (this.sessions.has(sha256)) {
-      throw new AgentError('UPLOAD_IN_PROGRESS', `an upload of ${sha256} is already in progress on another connection`);
+      throw new CodedError('UPLOAD_IN_PROGRESS', `an upload of ${sha256} is already in progress on another connection`);
     }
     const knownImageSize = compression === 'none' ? size : o.imageSize;
     if (knownImageSize !== undefined && knownImageSize > this.maxBytes) {
-      throw new AgentError(
+      throw new CodedError(
         'UPLOAD_TOO_LARGE',
         `the image is ${formatBytes(knownImageSize)}, more than this agent's store holds (${formatBytes(this.maxBytes)})`,
       );
@@ -578,7 +578,7 @@ export class ImageStore {
     if (imageBytes > 0)
       parts.push(`image ${formatBytes(imageBytes)}${imageEstimated ? ' (estimated: 4× the compressed size)' : ''}`);
     parts.push(`reserve ${formatBytes(this.minFreeBytes)}`);
-    throw new AgentError(
+    throw new CodedError(
       'NO_SPACE',
       `not enough disk space in ${this.dir} for this upload: it needs ${formatBytes(need)} (${parts.join(' + ')}), ` +
         `${formatBytes(free)} is free`,
@@ -628,12 +628,12 @@ class CompletedUpload implements UploadSession {
     private readonly getImage: () => Promise<StoredImage | null>,
   ) {}
   async write(): Promise<void> {
-    throw new AgentError('UPLOAD_TOO_LARGE', 'the agent already holds this image; no bytes are expected');
+    throw new CodedError('UPLOAD_TOO_LARGE', 'the agent already holds this image; no bytes are expected');
   }
   async finish(): Promise<StoredImage> {
     const image = await this.getImage();
     if (!image)
-      throw new AgentError('IMAGE_NOT_FOUND', 'the image was evicted before the upload finished; upload it again');
+      throw new CodedError('IMAGE_NOT_FOUND', 'the image was evicted before the upload finished; upload it again');
     return image;
   }
   async suspend(): Promise<void> {}
@@ -707,7 +707,7 @@ class Upload implements UploadSession {
       await this.start(held);
     } catch (err) {
       await this.teardown(false);
-      if (!(err instanceof AgentError && err.code === 'DECOMPRESS_FAILED') || held === 0) throw err;
+      if (!(err instanceof CodedError && err.code === 'DECOMPRESS_FAILED') || held === 0) throw err;
       this.log.warn('partial upload does not decompress; starting over', { held, error: err.message });
       await fs.rm(this.store.partialPath(this.sha256), { force: true });
       this.crcs = new PartCrcAccumulator(this.plan.partSize);
@@ -747,7 +747,7 @@ class Upload implements UploadSession {
         const acc = crcs();
         if (acc.bytes + chunk.length > limit) {
           callback(
-            new AgentError(
+            new CodedError(
               'UPLOAD_TOO_LARGE',
               `the decompressed image grows past the store's limit of ${formatBytes(limit)}`,
             ),
@@ -780,9 +780,9 @@ class Upload implements UploadSession {
 
   private async writeNow(chunk: Buffer): Promise<void> {
     if (this.state !== 'open')
-      throw new AgentError('BAD_REQUEST', `the upload is ${this.state}; no more bytes are accepted`);
+      throw new CodedError('BAD_REQUEST', `the upload is ${this.state}; no more bytes are accepted`);
     if (this.received + chunk.length > this.plan.size) {
-      const err = new AgentError(
+      const err = new CodedError(
         'UPLOAD_TOO_LARGE',
         `the upload declared ${this.plan.size} bytes but ${this.received + chunk.length} arrived; ` +
           `the first ${this.received} are kept for a resume`,
@@ -809,7 +809,7 @@ class Upload implements UploadSession {
 
   /** After a failed write: corrupt data cannot be resumed, anything else can. */
   private async closeAfter(err: unknown): Promise<void> {
-    const corrupt = err instanceof AgentError && err.code === 'DECOMPRESS_FAILED';
+    const corrupt = err instanceof CodedError && err.code === 'DECOMPRESS_FAILED';
     if (corrupt) this.log.warn('upload does not decompress; discarded', { error: err.message });
     await this.end(corrupt ? 'discarded' : 'suspended');
   }
@@ -821,7 +821,7 @@ class Upload implements UploadSession {
 
   private async finishNow(): Promise<StoredImage> {
     await this.queue;
-    if (this.state !== 'open') throw new AgentError('BAD_REQUEST', `the upload is ${this.state}; it cannot finish`);
+    if (this.state !== 'open') throw new CodedError('BAD_REQUEST', `the upload is ${this.state}; it cannot finish`);
     try {
       await this.writer!.flush();
     } catch (err) {
@@ -832,7 +832,7 @@ class Upload implements UploadSession {
     this.state = 'finishing';
     if (this.received < this.plan.size) {
       await this.end('suspended');
-      throw new AgentError(
+      throw new CodedError(
         'UPLOAD_TRUNCATED',
         `the upload ended after ${this.received} of ${this.plan.size} bytes; the agent keeps them and the upload can resume at ${this.received}`,
       );
@@ -849,13 +849,13 @@ class Upload implements UploadSession {
     } catch (err) {
       // The bytes are on disk; a resume hashes them again.
       await this.end('suspended');
-      throw new AgentError('INTERNAL', `hashing the upload failed: ${(err as Error).message}`);
+      throw new CodedError('INTERNAL', `hashing the upload failed: ${(err as Error).message}`);
     }
     // The sha256 is checked first: if the bytes are not the declared file, that is what to report.
     const actual = digest.sha256;
     if (actual !== this.sha256) {
       await this.end('discarded');
-      throw new AgentError(
+      throw new CodedError(
         'SHA256_MISMATCH',
         `the ${this.received} bytes received hash to ${actual}, not the declared ${this.sha256}; the upload was discarded, send it again`,
       );

@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
-import { AgentError } from '../../../src/protocol/errors.js';
+import { CodedError } from '../../../src/protocol/errors.js';
 import { parseClientMessage } from '../../../src/protocol/guards.js';
 import {
   DEFAULT_CHUNK_SIZE,
@@ -179,7 +179,7 @@ export class WsServer {
       seen();
       const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
       if (isBinary) {
-        if (!hello) return this.fatal(conn, ws, new AgentError('BAD_MESSAGE', 'binary data before hello'));
+        if (!hello) return this.fatal(conn, ws, new CodedError('BAD_MESSAGE', 'binary data before hello'));
         this.o.handler.onBinary(conn, buf);
         return;
       }
@@ -187,7 +187,7 @@ export class WsServer {
       try {
         message = parseClientMessage(buf.toString('utf8'));
       } catch (err) {
-        const e = err instanceof AgentError ? err : new AgentError('BAD_MESSAGE', String(err));
+        const e = err instanceof CodedError ? err : new CodedError('BAD_MESSAGE', String(err));
         log.warn('bad message from client', { code: e.code, error: e.message });
         // A garbage frame before the handshake is fatal; after it, the client is told and may go on.
         if (!hello) return this.fatal(conn, ws, e);
@@ -198,14 +198,14 @@ export class WsServer {
           return this.fatal(
             conn,
             ws,
-            new AgentError('BAD_MESSAGE', `the first message must be "hello", got "${message.type}"`),
+            new CodedError('BAD_MESSAGE', `the first message must be "hello", got "${message.type}"`),
             message.id,
           );
         if (message.protocol !== PROTOCOL_VERSION) {
           return this.fatal(
             conn,
             ws,
-            new AgentError(
+            new CodedError(
               'PROTOCOL_VERSION_MISMATCH',
               `client speaks protocol version ${message.protocol}, this agent (${AGENT_VERSION}) speaks version ${PROTOCOL_VERSION}; update the ${message.protocol < PROTOCOL_VERSION ? 'action' : 'agent'}`,
             ),
@@ -229,7 +229,7 @@ export class WsServer {
       if (message.type === 'hello')
         return conn.send({ type: 'error', re: message.id, code: 'BAD_REQUEST', message: 'hello was already done' });
       Promise.resolve(this.o.handler.onMessage(conn, message)).catch((err: unknown) => {
-        const e = err instanceof AgentError ? err : new AgentError('INTERNAL', (err as Error)?.message ?? String(err));
+        const e = err instanceof CodedError ? err : new CodedError('INTERNAL', (err as Error)?.message ?? String(err));
         if (e.code === 'INTERNAL')
           log.error('request failed', { type: message.type, error: (err as Error)?.stack ?? String(err) });
         conn.send({ type: 'error', re: message.id, code: e.code, message: e.message });
@@ -245,7 +245,7 @@ export class WsServer {
     });
   }
 
-  private fatal(conn: ClientConnection, ws: WebSocket, err: AgentError, re?: string): void {
+  private fatal(conn: ClientConnection, ws: WebSocket, err: CodedError, re?: string): void {
     conn.send({ type: 'error', ...(re ? { re } : {}), code: err.code, message: err.message, fatal: true });
     ws.close(1008, err.code);
   }
