@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { buildScriptImage, parseScriptImage } from './board/uimage.js';
 import { applyPatchesToFile, createPatchTransform, type Patch } from './image/disk.js';
-import { formatBytes } from './image/fat.js';
+import { formatBytes } from '../../src/protocol/units.js';
 import { InjectError, planInjection, type InjectResult } from './image/inject.js';
 import { findBootPartition, parseMbr } from './image/mbr.js';
 import { debianUbootPath, getPiModel, PI_MODELS, type PiModel } from './image/models.js';

@@ -10,6 +10,7 @@ import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { formatBytes } from '../protocol/units.js';
 import type { Compression } from '../protocol/messages.js';
 import { decompressedSize, detectCompression, MAGIC_LENGTH } from './compression.js';
 import { Inputs } from './constants.js';
@@ -177,14 +178,3 @@ export async function hashFile(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
-export function formatBytes(bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes / 1024;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
-}

@@ -5,7 +5,7 @@
 import * as core from '@actions/core';
 import type { PartReport, TargetInfo } from '../protocol/messages.js';
 import { Outputs, type OutputName } from './constants.js';
-import { formatBytes } from './image.js';
+import { formatBytes } from '../protocol/units.js';
 import { PHASE_TITLES, type StoryPhase } from './story.js';
 
 /**

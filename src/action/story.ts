@@ -5,7 +5,7 @@
  * writer are injected, so tests replay events and read the lines.
  */
 import type { LogEvent, Phase, PhaseEvent, ProgressEvent, QueuedMessage } from '../protocol/messages.js';
-import { formatBytes } from './image.js';
+import { formatBytes } from '../protocol/units.js';
 
 /** The agent's phases plus the action's own first step. */
 export type StoryPhase = 'connect' | Phase;

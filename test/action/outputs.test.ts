@@ -122,7 +122,7 @@ describe('outputs', () => {
     expect(html).toContain('<td>Upload the image</td><td>3.0 s, 104.9 MB/s</td>');
     expect(html).toContain('<td>Transfer and write (board)</td><td>40.0 s, 53.7 MB/s</td>');
     expect(html).toContain('<td>Parts</td><td>2/2 verified, 1 retries</td>');
-    expect(html).toContain('out/sdcard.img.xz (300.0 MiB, xz, 2.00 GiB unpacked)');
+    expect(html).toContain('out/sdcard.img.xz (300.0 MiB, xz, 2.0 GiB unpacked)');
   });
 
   it('escapes what the agent said before putting it in HTML', () => {

@@ -8,6 +8,7 @@
  * `source` checks the magic, the header CRC, the data CRC (unless `verify=no`) and the type.
  */
 import { crc32 } from 'node:zlib';
+import { hex8 } from '../../../src/protocol/units.js';
 
 export const UIMAGE_MAGIC = 0x27051956;
 export const UIMAGE_HEADER_SIZE = 64;
@@ -145,6 +146,3 @@ export function parseScriptImage(buf: Buffer): { name: string; script: string } 
   return { name: h.name, script: data.subarray(offset, offset + length).toString('utf8') };
 }
 
-function hex8(n: number): string {
-  return n.toString(16).padStart(8, '0');
-}

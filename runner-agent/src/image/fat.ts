@@ -9,6 +9,7 @@
  * Layout facts follow Microsoft's FAT specification ("FAT: General Overview of On-Disk Format"):
  * the FAT type comes from the cluster count alone (< 4085 FAT12, < 65525 FAT16, else FAT32).
  */
+import { formatBytes } from '../../../src/protocol/units.js';
 import { InjectError } from './errors.js';
 import type { SectorOverlay } from './disk.js';
 
@@ -64,12 +65,6 @@ function corrupt(msg: string): InjectError {
   return new InjectError('IMAGE_NO_BOOT_PARTITION', `the boot partition's FAT file system is damaged: ${msg}`);
 }
 
-const MiB = 1024 * 1024;
-export function formatBytes(n: number): string {
-  if (n >= MiB) return `${(n / MiB).toFixed(1)} MiB`;
-  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${n} bytes`;
-}
 
 export class FatVolume {
   private nextFreeHint = 2;

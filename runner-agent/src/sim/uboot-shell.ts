@@ -14,6 +14,7 @@
  *   QEMU test build) or a native little-endian ulong, 8 bytes (Debian's Pi builds): `crcStore`.
  * Anything else is "Unknown command 'x' - try 'help'" with status 1, as on a board.
  */
+import { hex8 } from '../../../src/protocol/units.js';
 import { setTimeout as delay } from 'node:timers/promises';
 import { parseScriptImage, parseScriptImageHeader, UIMAGE_HEADER_SIZE } from '../board/uimage.js';
 import { parseHush, VAR_MARK, type ParseMode, type Pipe, type SimpleCommand } from './hush-parser.js';
@@ -730,6 +731,3 @@ function dataSize(command: string, fallback: number): number {
   }
 }
 
-function hex8(n: number): string {
-  return (n >>> 0).toString(16).padStart(8, '0');
-}

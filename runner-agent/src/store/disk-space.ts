@@ -13,16 +13,6 @@ export const statfsFreeBytes: FreeSpaceProbe = async (dir) => {
   return stats.bavail * stats.bsize;
 };
 
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (Math.abs(value) >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${units[unit]}`;
-}
 
 export function isDiskFull(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | null)?.code;
