@@ -27,8 +27,15 @@ afterEach(async () => {
   dir = undefined;
 });
 
-function run(args: string[]): { proc: ChildProcess; out: () => string; err: () => string } {
-  const proc = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Fork the CLI. `uid` makes the child's process.getuid() answer that number, so the root check
+ * runs the same whoever runs the tests (CI and this lab's sessions are root; a laptop is not).
+ */
+function run(args: string[], o: { uid?: number } = {}): { proc: ChildProcess; out: () => string; err: () => string } {
+  const fakeUid = o.uid === undefined ? [] : ['--import', `data:text/javascript,process.getuid=()=>${o.uid}`];
+  const proc = spawn(process.execPath, ['--import', 'tsx', ...fakeUid, CLI, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
   proc.stdout!.on('data', (d: Buffer) => (out += d));
@@ -143,11 +150,24 @@ describe('rpi-flash-agent process', () => {
   });
 
   it('refuses to run as root without --allow-root', async () => {
-    if (process.getuid?.() !== 0) return;
     const config = await makeLab(['one,02:00:00:00:03:01,127.0.0.81,sim']);
-    const r = run(['--config', config]);
+    const r = run(['--config', config, '--check'], { uid: 0 });
     const [code] = await once(r.proc, 'exit');
     expect(code).toBe(2);
     expect(r.err()).toContain('refusing to run as root');
+    expect(r.out()).toBe('');
+  });
+
+  it('runs as root with --allow-root, and as another user without it', async () => {
+    const config = await makeLab(['one,02:00:00:00:03:01,127.0.0.81,sim']);
+    for (const [uid, args] of [
+      [0, ['--allow-root']],
+      [1000, []],
+    ] as const) {
+      const r = run(['--config', config, '--check', ...args], { uid });
+      const [code] = await once(r.proc, 'exit');
+      expect(code, `uid ${uid}: ${r.err()}`).toBe(0);
+      expect(r.out()).toContain('configuration OK; 1 target(s): one');
+    }
   });
 });
