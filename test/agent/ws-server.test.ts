@@ -1,4 +1,5 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import * as crypto from 'node:crypto';
 import WebSocket from 'ws';
 import {
   WsServer,
@@ -11,6 +12,12 @@ import { PROTOCOL_VERSION, WS_PATH, type AgentMessage, type ClientMessage } from
 import { connectAgent } from '../../src/protocol/client.js';
 
 const token = 'token-for-the-ws-server-tests';
+
+// The real timingSafeEqual, watched: the token test checks what the agent hands it.
+vi.mock('node:crypto', async (importOriginal) => {
+  const real = await importOriginal<typeof import('node:crypto')>();
+  return { ...real, timingSafeEqual: vi.fn(real.timingSafeEqual) };
+});
 
 class RecordingHandler implements ConnectionHandler {
   messages: ClientMessage[] = [];
@@ -67,11 +74,35 @@ function nextMessage(ws: WebSocket): Promise<AgentMessage> {
 }
 
 describe('agent WebSocket server', () => {
-  it('compares tokens in constant time and exactly', () => {
-    expect(tokenMatches(token, token)).toBe(true);
-    expect(tokenMatches(token + 'x', token)).toBe(false);
-    expect(tokenMatches('', token)).toBe(false);
+  it('compares tokens in constant time: timingSafeEqual over SHA-256 digests, whatever the length', () => {
+    const compare = vi.mocked(crypto.timingSafeEqual);
+    const sha = (text: string) => crypto.createHash('sha256').update(text).digest();
+    // A length check or an early exit on the first differing byte would tell an attacker how
+    // much of a guess is right; every guess must go through one compare of two 32-byte digests.
+    const guesses: Array<[string, boolean]> = [
+      [token, true],
+      ['', false],
+      ['t', false],
+      [token.slice(0, -1), false],
+      [token + 'x', false],
+      ['X' + token.slice(1), false],
+      [token.slice(0, -1) + 'X', false],
+      [token.repeat(40), false],
+    ];
+    for (const [guess, expected] of guesses) {
+      compare.mockClear();
+      expect(tokenMatches(guess, token), JSON.stringify(guess)).toBe(expected);
+      expect(compare, JSON.stringify(guess)).toHaveBeenCalledTimes(1);
+      const [a, b] = compare.mock.calls[0]! as [Buffer, Buffer];
+      expect([a.length, b.length]).toEqual([32, 32]);
+      expect(a.equals(sha(guess))).toBe(true);
+      expect(b.equals(sha(token))).toBe(true);
+      expect(compare).toHaveReturnedWith(expected);
+    }
+    // No token at all (no Authorization header) says nothing about the token.
+    compare.mockClear();
     expect(tokenMatches(undefined, token)).toBe(false);
+    expect(compare).not.toHaveBeenCalled();
   });
 
   it('refuses a wrong or missing token with 401 before any WebSocket exists', async () => {
