@@ -1,33 +1,17 @@
 /**
  * The bundled action (node dist/index.js, as GitHub runs it) against the real agent on the
  * simulated lab (test/support/lab.ts): real WebSocket protocol, real TFTP, the simulated board.
- *
- * The lab needs the agent's simulator; until it exists this file skips locally, and fails in CI.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { ROOT, runAction, type RunOptions } from './run-action.js';
-
-type LabModule = typeof import('../support/lab.js');
-type Lab = Awaited<ReturnType<LabModule['startLab']>>;
-
-let labModule: LabModule | undefined;
-const simulatorMissing = !existsSync(path.join(ROOT, 'runner-agent/src/sim/index.ts'));
-
-beforeAll(async () => {
-  if (simulatorMissing) {
-    if (process.env.CI)
-      throw new Error('the simulated lab (runner-agent/src/sim) is missing: the action end-to-end tests cannot run');
-    return;
-  }
-  labModule = await import('../support/lab.js');
-});
+import { runAction, type RunOptions } from './run-action.js';
+import { LAB_TOKEN, startLab, type Lab } from '../support/lab.js';
 
 let lab: Lab | undefined;
 let workspace: string | undefined;
@@ -53,14 +37,14 @@ async function start(
   boards: Array<{ name: string; mac: string; reset?: string }>,
   config?: Record<string, unknown>,
 ): Promise<Lab> {
-  lab = await labModule!.startLab({ boards, ...(config && { config }) });
+  lab = await startLab({ boards, ...(config && { config }) });
   return lab;
 }
 
 function act(l: Lab, dir: string, inputs: Record<string, string>, extra: Partial<RunOptions> = {}) {
   return runAction({
     workspace: dir,
-    inputs: { 'agent-url': l.agent.url, token: labModule!.LAB_TOKEN, image: 'sdcard.img', ...inputs },
+    inputs: { 'agent-url': l.agent.url, token: LAB_TOKEN, image: 'sdcard.img', ...inputs },
     timeoutMs: 60_000,
     ...extra,
   });
@@ -186,7 +170,7 @@ async function startFrameRelay(
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
-describe.skipIf(simulatorMissing && !process.env.CI)('the action against the agent (simulated lab)', () => {
+describe('the action against the agent (simulated lab)', () => {
   it(
     'flashes and boots: exit 0, outputs, summary, groups per phase, nothing left for the post step',
     { timeout: 90_000 },
@@ -497,7 +481,7 @@ describe.skipIf(simulatorMissing && !process.env.CI)('the action against the age
       const { dir, data } = await makeWorkspace(l, 4 * MiB);
       // Another job (as a matrix leg would) has begun uploading the same bytes and holds them half sent.
       const other = new WebSocket(new URL('/v1/ws', l.agent.url), {
-        headers: { Authorization: `Bearer ${labModule!.LAB_TOKEN}` },
+        headers: { Authorization: `Bearer ${LAB_TOKEN}` },
         perMessageDeflate: false,
       });
       const answers: Array<{ type: string; re?: string }> = [];
