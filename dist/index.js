@@ -41511,6 +41511,27 @@ const external_node_os_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import
 const external_node_path_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:path");
 ;// CONCATENATED MODULE: external "node:stream/promises"
 const external_node_stream_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
+;// CONCATENATED MODULE: ./src/protocol/units.js
+/**
+ * How both sides print sizes and CRCs, so a log line from the agent and one from the action name
+ * the same number the same way.
+ */
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+/** `512 B`, `1.5 KiB`, `100.0 MiB`, `2.0 GiB`: binary units, one decimal above bytes. */
+function formatBytes(bytes) {
+    let value = bytes;
+    let unit = 0;
+    while (Math.abs(value) >= 1024 && unit < BYTE_UNITS.length - 1) {
+        value /= 1024;
+        unit++;
+    }
+    return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${BYTE_UNITS[unit]}`;
+}
+/** A 32-bit value (a CRC32) as 8 lower-case hex digits, as the agent's records and U-Boot print it. */
+function hex8(n) {
+    return (n >>> 0).toString(16).padStart(8, '0');
+}
+
 ;// CONCATENATED MODULE: ./src/action/compression.js
 /** Formats we name in errors even though the agent cannot decompress them. */
 const MAGICS = [
@@ -41813,6 +41834,7 @@ async function statOrUndefined(file) {
 
 
 
+
 const MAX_LISTED_MATCHES = 20;
 /** Thrown for every problem with the image; the message starts with the input's name. */
 class ImageError extends Error {
@@ -41941,18 +41963,6 @@ async function hashFile(file) {
     const hash = (0,external_node_crypto_.createHash)('sha256');
     await (0,external_node_stream_promises_namespaceObject.pipeline)((0,external_node_fs_namespaceObject.createReadStream)(file, { highWaterMark: 1024 * 1024 }), hash);
     return hash.digest('hex');
-}
-function formatBytes(bytes) {
-    if (bytes < 1024)
-        return `${bytes} B`;
-    const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-    let value = bytes / 1024;
-    let unit = 0;
-    while (value >= 1024 && unit < units.length - 1) {
-        value /= 1024;
-        unit++;
-    }
-    return `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
 }
 
 ;// CONCATENATED MODULE: ./src/action/story.js
@@ -42238,11 +42248,141 @@ function escapeHtml(text) {
     return text.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]);
 }
 
+// EXTERNAL MODULE: external "node:net"
+var external_node_net_ = __nccwpck_require__(7030);
+;// CONCATENATED MODULE: ./src/protocol/boot-check.js
+/**
+ * The boot-check grammar (DESIGN §3.1), the one both sides parse: the action checks its
+ * `boot-check` input with it before it connects, the agent checks its `bootCheck` setting and each
+ * job's spec with it. One parser, so that a spec the agent would refuse after the lease and the
+ * whole upload is refused by the action at once.
+ *
+ *   none               skip the check
+ *   tcp:<port>         a TCP connection to the target's IP on that port succeeds (tcp:22: sshd is up)
+ *   tcp:<host>:<port>  the same against another host
+ *   console:<regex>    a line of the board's console matches the regular expression (JavaScript
+ *                      syntax, no flags; write [Ll]ogin for either case)
+ *
+ * The rules: the spec is trimmed at its ends; `none`, `tcp:` and `console:` are case-insensitive;
+ * a port is 1–65535 in decimal; a host is an IPv4 address (dotted quad), an IPv6 address in
+ * brackets (tcp:[fd00::5]:22), or a host name as RFC 1123 has it: labels of letters, digits and
+ * inner hyphens, at most 63 characters each. An IPv6 address may carry a zone (fe80::1%eth0), as
+ * Node's net.isIPv6 takes it. An underscore is refused: host names have none (RFC 1123), and DHCP
+ * servers such as dnsmasq will not register one, so such a name is a typo rather than a board. The
+ * pattern of a console check is everything after `console:`, colons and spaces included.
+ */
+
+/** Longest spec either side takes: the protocol's limit for a job's `bootCheck` field. */
+const BOOT_CHECK_MAX_LENGTH = 256;
+const FORMS = 'tcp:<port>, tcp:<host>:<port>, console:<regex> or none';
+/**
+ * A spec that is not in the grammar. `problem` starts with the spec in quotes and says what is
+ * wrong; each side puts its own name for the setting in front of it.
+ */
+class BootCheckError extends Error {
+    spec;
+    name = 'BootCheckError';
+    problem;
+    /** `detail` says what is wrong; without it the spec is none of the forms. */
+    constructor(spec, detail) {
+        const problem = detail === undefined ? `"${spec}" is not ${FORMS}` : `"${spec}": ${detail}`;
+        super(detail === undefined ? `unknown boot check ${problem}` : `boot check ${problem}`);
+        this.spec = spec;
+        this.problem = problem;
+    }
+}
+function parseBootCheck(text) {
+    const spec = text.trim();
+    if (spec.length > BOOT_CHECK_MAX_LENGTH)
+        throw new BootCheckError(`${spec.slice(0, 40)}…`, `${spec.length} characters long, more than the ${BOOT_CHECK_MAX_LENGTH} a boot check may have`);
+    if (spec.toLowerCase() === 'none')
+        return { kind: 'none' };
+    const consoleCheck = /^console:(.*)$/is.exec(spec);
+    if (consoleCheck)
+        return { kind: 'console', pattern: parsePattern(consoleCheck[1], spec) };
+    const tcp = /^tcp:(.*)$/is.exec(spec);
+    if (!tcp)
+        throw new BootCheckError(spec);
+    return { kind: 'tcp', ...parseTcpTarget(tcp[1], spec) };
+}
+function parsePattern(source, spec) {
+    if (!source)
+        throw new BootCheckError(spec, 'console: needs a regular expression, e.g. console:login:');
+    try {
+        return new RegExp(source);
+    }
+    catch (err) {
+        throw new BootCheckError(spec, `not a valid regular expression: ${err.message}`);
+    }
+}
+function parseTcpTarget(rest, spec) {
+    if (!rest)
+        throw new BootCheckError(spec, 'tcp: needs a port, e.g. tcp:22');
+    const bracketed = /^\[([^\]]*)\](.*)$/.exec(rest);
+    if (bracketed) {
+        const host = bracketed[1];
+        if (!external_node_net_.isIPv6(host))
+            throw new BootCheckError(spec, `"${host}" is not an IPv6 address`);
+        const port = /^:(.*)$/s.exec(bracketed[2]);
+        if (!port)
+            throw new BootCheckError(spec, `the host [${host}] needs a port after it, e.g. tcp:[${host}]:22`);
+        return { host, port: parsePort(port[1], spec) };
+    }
+    const parts = rest.split(':');
+    if (parts.length === 1) {
+        if (!isPortText(rest) && hostProblem(rest) === undefined)
+            throw new BootCheckError(spec, `"${rest}" is a host without a port; write tcp:${rest}:<port>`);
+        return { port: parsePort(rest, spec) };
+    }
+    if (parts.length === 2) {
+        const [host, port] = parts;
+        const problem = hostProblem(host);
+        if (problem !== undefined)
+            throw new BootCheckError(spec, problem);
+        return { host, port: parsePort(port, spec) };
+    }
+    throw new BootCheckError(spec, `write an IPv6 host in brackets, e.g. tcp:[::1]:22`);
+}
+function isPortText(text) {
+    return /^\d{1,5}$/.test(text) && Number(text) >= 1 && Number(text) <= 65535;
+}
+function parsePort(text, spec) {
+    if (!isPortText(text))
+        throw new BootCheckError(spec, `"${text}" is not a TCP port (1–65535)`);
+    return Number(text);
+}
+const LABEL = /^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$/;
+/**
+ * What keeps `host` from being an IPv4 address or an RFC 1123 host name; undefined when it is one.
+ * Its 253-character limit needs no check: the spec's own limit leaves no room for a longer host.
+ */
+function hostProblem(host) {
+    if (host === '')
+        return 'the host before the port is empty';
+    const notHost = `"${host}" is not a host name`;
+    const stray = /[^A-Za-z0-9.-]/.exec(host)?.[0];
+    if (stray !== undefined)
+        return `${notHost}: "${stray}" is not allowed in one (letters, digits, "-" and "." only)`;
+    const labels = host.split('.');
+    if (labels.every((label) => /^\d+$/.test(label)))
+        return external_node_net_.isIPv4(host) ? undefined : `"${host}" is not an IPv4 address`;
+    for (const label of labels) {
+        if (label === '')
+            return `${notHost}: it has an empty label (".." or a "." at an end)`;
+        if (label.length > 63)
+            return `${notHost}: the label "${label}" is longer than 63 characters`;
+        if (!LABEL.test(label))
+            return `${notHost}: the label "${label}" starts or ends with "-"`;
+    }
+    return undefined;
+}
+
 ;// CONCATENATED MODULE: ./src/action/settings.js
 /**
  * The action's inputs, parsed once into typed settings (DESIGN §3.1). Every check that can fail
  * without the network happens here, before anything connects, and every problem names its input.
  */
+
 
 
 
@@ -42283,7 +42423,7 @@ function parseSettings(getInput, options = {}) {
     const image = required(Inputs.image);
     if (image !== '')
         checkImageSpec(image, problems, options.registerSecret);
-    const bootCheck = parseBootCheck(input(Inputs.bootCheck), problems);
+    const bootCheck = checkBootCheck(input(Inputs.bootCheck), problems);
     const seconds = (name, fallback) => {
         const raw = input(name);
         if (raw === '')
@@ -42373,32 +42513,19 @@ function checkImageSpec(image, problems, registerSecret) {
     if (url.password !== '')
         registerSecret?.(decodeURIComponent(url.password));
 }
-function parseBootCheck(raw, problems) {
+/** The agent's own grammar, so a spec it would refuse after the lease and the upload is refused here. */
+function checkBootCheck(raw, problems) {
     if (raw === '')
         return undefined;
-    const value = raw.toLowerCase() === 'none' ? 'none' : raw;
-    if (value === 'none')
-        return value;
-    if (/^console:/i.test(value)) {
-        // A regular expression the agent matches against the board's console (its target needs a console).
-        try {
-            new RegExp(value.slice('console:'.length));
-            if (value.length > 'console:'.length)
-                return value;
-        }
-        catch {
-            // reported below
-        }
-        problems.push(`${Inputs.bootCheck}: "${raw}" is not console:<regular expression>`);
+    try {
+        return parseBootCheck(raw).kind === 'none' ? 'none' : raw;
+    }
+    catch (err) {
+        if (!(err instanceof BootCheckError))
+            throw err;
+        problems.push(`${Inputs.bootCheck}: ${err.problem}`);
         return undefined;
     }
-    const match = /^tcp:(?:([^\s:]+|\[[0-9a-f:.]+\]):)?(\d{1,5})$/i.exec(value);
-    const port = Number(match?.[2]);
-    if (!match || port < 1 || port > 65535) {
-        problems.push(`${Inputs.bootCheck}: "${raw}" is not tcp:<port>, tcp:<host>:<port>, console:<regex> or none`);
-        return undefined;
-    }
-    return value;
 }
 function parseCaCert(raw, problems, env) {
     if (raw === '')

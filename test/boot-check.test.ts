@@ -2,7 +2,8 @@ import { createHook } from 'node:async_hooks';
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { parseBootCheck, waitForBoot } from '../runner-agent/src/boot-check.js';
+import { waitForBoot } from '../runner-agent/src/boot-check.js';
+import { BOOT_CHECK_MAX_LENGTH, BootCheckError, parseBootCheck } from '../src/protocol/boot-check.js';
 import { openConsole } from '../runner-agent/src/console/capture.js';
 import { createLogger, silentLogger, type LogRecord } from '../runner-agent/src/log.js';
 
@@ -12,28 +13,78 @@ describe('parseBootCheck', () => {
     [' NONE ', { kind: 'none' }],
     ['tcp:22', { kind: 'tcp', port: 22 }],
     ['TCP:65535', { kind: 'tcp', port: 65535 }],
+    ['tcp:1', { kind: 'tcp', port: 1 }],
     ['tcp:127.0.0.1:8022', { kind: 'tcp', host: '127.0.0.1', port: 8022 }],
     ['tcp:pi4-a.lab:22', { kind: 'tcp', host: 'pi4-a.lab', port: 22 }],
+    ['tcp:PI4-A:22', { kind: 'tcp', host: 'PI4-A', port: 22 }],
+    ['tcp:3com.example:22', { kind: 'tcp', host: '3com.example', port: 22 }],
+    [`tcp:${'a'.repeat(63)}.lab:22`, { kind: 'tcp', host: `${'a'.repeat(63)}.lab`, port: 22 }],
     ['tcp:[::1]:22', { kind: 'tcp', host: '::1', port: 22 }],
+    ['tcp:[fd00::5]:2222', { kind: 'tcp', host: 'fd00::5', port: 2222 }],
+    ['tcp:[fe80::1%eth0]:22', { kind: 'tcp', host: 'fe80::1%eth0', port: 22 }],
   ])('parses %j', (text, check) => {
     expect(parseBootCheck(text)).toEqual(check);
   });
 
   it.each([
-    ['', /unknown boot check "": expected none, tcp:<port>, tcp:<host>:<port> or console:<regex>/],
-    ['ssh', /unknown boot check "ssh"/],
-    ['tcp:', /unknown boot check/],
-    ['tcp:0', /"0" is not a TCP port/],
+    ['', /^unknown boot check "" is not tcp:<port>, tcp:<host>:<port>, console:<regex> or none$/],
+    ['ssh', /^unknown boot check "ssh" is not tcp:<port>/],
+    ['http:80', /^unknown boot check "http:80"/],
+    ['tcp:', /^boot check "tcp:": tcp: needs a port, e.g. tcp:22$/],
+    ['tcp:0', /"0" is not a TCP port \(1–65535\)/],
     ['tcp:65536', /"65536" is not a TCP port/],
-    ['tcp:ssh', /"ssh" is not a TCP port/],
-    ['tcp::22', /"" is not a host name/],
-    ['tcp:a b:22', /"a b" is not a host name/],
-    ['tcp:::1:22', /write an IPv6 host in brackets/],
+    ['tcp:-1', /"-1" is not a TCP port/],
+    ['tcp:22x', /"22x" is a host without a port; write tcp:22x:<port>/],
+    ['tcp:ssh', /"ssh" is a host without a port; write tcp:ssh:<port>/],
+    ['tcp:host:', /"" is not a TCP port/],
+    ['tcp:host:0x16', /"0x16" is not a TCP port/],
+    ['tcp::22', /the host before the port is empty/],
+    [
+      'tcp:my_host:22',
+      /"my_host" is not a host name: "_" is not allowed in one \(letters, digits, "-" and "\." only\)/,
+    ],
+    ['tcp:a b:22', /"a b" is not a host name: " " is not allowed/],
+    ['tcp:pi..lab:22', /"pi\.\.lab" is not a host name: it has an empty label/],
+    ['tcp:pi.lab.:22', /it has an empty label/],
+    ['tcp:-pi.lab:22', /the label "-pi" starts or ends with "-"/],
+    ['tcp:pi-:22', /the label "pi-" starts or ends with "-"/],
+    [`tcp:${'a'.repeat(64)}.lab:22`, /the label "a{64}" is longer than 63 characters/],
+    ['tcp:10.0.0.256:22', /"10\.0\.0\.256" is not an IPv4 address/],
+    ['tcp:10.0.0:22', /"10\.0\.0" is not an IPv4 address/],
+    // A leading zero reads as octal to some resolvers (010 = 8): not a dotted quad both sides agree on.
+    ['tcp:010.0.0.1:22', /"010\.0\.0\.1" is not an IPv4 address/],
+    ['tcp:::1:22', /write an IPv6 host in brackets, e.g. tcp:\[::1\]:22/],
+    ['tcp:fd00::5:22', /write an IPv6 host in brackets/],
     ['tcp:[nope]:22', /"nope" is not an IPv6 address/],
+    ['tcp:[10.0.0.1]:22', /"10\.0\.0\.1" is not an IPv6 address/],
+    ['tcp:[::1]', /the host \[::1\] needs a port after it, e.g. tcp:\[::1\]:22/],
+    ['tcp:[::1]22', /the host \[::1\] needs a port after it/],
     ['console:', /console: needs a regular expression/],
-    ['console:login(', /boot check "console:login\(": not a valid regular expression: .*/],
-  ])('refuses %j', (text, reason) => {
+    ['console:login(', /^boot check "console:login\(": not a valid regular expression: .*/],
+    [`console:${'x'.repeat(300)}`, /"console:x{32}…": 308 characters long, more than the 256 a boot check may have/],
+  ])('refuses %j, saying what is wrong', (text, reason) => {
+    expect(() => parseBootCheck(text)).toThrow(BootCheckError);
     expect(() => parseBootCheck(text)).toThrow(reason);
+  });
+
+  it('gives the spec and the problem apart, for each side to name its own setting', () => {
+    const err = (() => {
+      try {
+        parseBootCheck(' tcp:my_host:22 ');
+      } catch (e) {
+        return e as BootCheckError;
+      }
+      throw new Error('accepted');
+    })();
+    expect(err.spec).toBe('tcp:my_host:22');
+    expect(err.problem).toMatch(/^"tcp:my_host:22": "my_host" is not a host name/);
+    expect(err.message).toBe(`boot check ${err.problem}`);
+  });
+
+  it('takes a spec of exactly the protocol limit', () => {
+    const spec = `console:${'x'.repeat(BOOT_CHECK_MAX_LENGTH - 'console:'.length)}`;
+    expect(parseBootCheck(spec).kind).toBe('console');
+    expect(() => parseBootCheck(`${spec}x`)).toThrow(/257 characters long/);
   });
 
   it.each([
@@ -295,7 +346,7 @@ describe('waitForBoot with console:<regex>', () => {
     expect(await waiting).toMatchObject({ ok: true, attempts: 1, line: 'pi login: ' });
   });
 
-  it('counts a marker printed before the boot phase began when consoleSince covers it, never a line before that mark', async () => {
+  it('counts a marker printed before the boot phase began when consoleSince covers it, never one before', async () => {
     const { capture, board } = await consoleBoard();
     board.write('IMAGE-MARKER-old\r\n'); // the old system, before the reset
     await capture.waitFor(/IMAGE-MARKER-old/, { timeoutMs: 10_000, since: 0 });

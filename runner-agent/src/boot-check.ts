@@ -1,62 +1,16 @@
 /**
- * The boot check (DESIGN §3.1): after the flash, how the agent decides the new system is up.
- *   none          skip the check
- *   tcp:<port>    a TCP connection to the target's IP on that port succeeds (tcp:22 — sshd is up)
- *   tcp:<host>:<port>  the same against another host (a name, an IPv4 or a bracketed IPv6 address)
- *   console:<regex>  a line of the board's console matches the regular expression (JavaScript
- *                 syntax, no flags; write [Ll]ogin for either case), e.g. console:login:\s*$ or
- *                 console:^IMAGE-MARKER-1234$ — the target needs a `console` in the database.
+ * Waiting for the boot check (DESIGN §3.1): after the flash, how the agent decides the new system
+ * is up. The grammar of a check is src/protocol/boot-check.ts, shared with the action.
  * A connection that is accepted is all it takes: nothing is sent, the socket is closed at once.
  * Console lines are those of console/capture.ts: escape codes removed, a prompt without a line end
  * becomes a line once the console is quiet.
  */
 import net from 'node:net';
+import type { BootCheck } from '../../src/protocol/boot-check.js';
 import type { Logger } from './log.js';
 
-export type BootCheck =
-  { kind: 'none' } | { kind: 'tcp'; host?: string; port: number } | { kind: 'console'; pattern: RegExp };
-
-const FORMS = 'none, tcp:<port>, tcp:<host>:<port> or console:<regex>';
-
-function parsePort(text: string, spec: string): number {
-  if (!/^\d{1,5}$/.test(text) || Number(text) < 1 || Number(text) > 65535) {
-    throw new Error(`boot check "${spec}": "${text}" is not a TCP port (1–65535)`);
-  }
-  return Number(text);
-}
-
-export function parseBootCheck(text: string): BootCheck {
-  const spec = text.trim();
-  if (spec.toLowerCase() === 'none') return { kind: 'none' };
-  const consoleCheck = /^console:(.*)$/is.exec(spec);
-  if (consoleCheck) {
-    const source = consoleCheck[1] as string;
-    if (!source) throw new Error(`boot check "${spec}": console: needs a regular expression, e.g. console:login:`);
-    try {
-      return { kind: 'console', pattern: new RegExp(source) };
-    } catch (err) {
-      throw new Error(`boot check "${spec}": not a valid regular expression: ${(err as Error).message}`);
-    }
-  }
-  const m = /^tcp:(.+)$/i.exec(spec);
-  if (!m) throw new Error(`unknown boot check "${spec}": expected ${FORMS}`);
-  const rest = m[1] as string;
-  const bracketed = /^\[([^\]]+)\]:([^:]*)$/.exec(rest);
-  if (bracketed) {
-    const host = bracketed[1] as string;
-    if (!net.isIPv6(host)) throw new Error(`boot check "${spec}": "${host}" is not an IPv6 address`);
-    return { kind: 'tcp', host, port: parsePort(bracketed[2] as string, spec) };
-  }
-  const parts = rest.split(':');
-  if (parts.length === 1) return { kind: 'tcp', port: parsePort(parts[0] as string, spec) };
-  if (parts.length === 2) {
-    const host = (parts[0] as string).trim();
-    if (!host || !/^[A-Za-z0-9.-]+$/.test(host))
-      throw new Error(`boot check "${spec}": "${host}" is not a host name or IPv4 address`);
-    return { kind: 'tcp', host, port: parsePort(parts[1] as string, spec) };
-  }
-  throw new Error(`boot check "${spec}": expected ${FORMS} (write an IPv6 host in brackets: tcp:[::1]:22)`);
-}
+// TEMP re-export until flash-job moves: jobs/flash-job.ts and config.ts still import these from here.
+export { parseBootCheck, type BootCheck } from '../../src/protocol/boot-check.js';
 
 /**
  * What a `console:` check reads: the job's console capture (console/capture.ts's ConsoleCapture
@@ -102,7 +56,10 @@ export interface BootResult {
 const DEFAULT_INTERVAL_MS = 1000;
 const DEFAULT_ATTEMPT_TIMEOUT_MS = 3000;
 
-/** One connection attempt: true when accepted, false on refusal, error or timeout; rejects with the signal's reason on abort. */
+/**
+ * One connection attempt: true when accepted, false on refusal, error or timeout; rejects with the
+ * signal's reason on abort.
+ */
 function tryConnect(
   host: string,
   port: number,
@@ -157,7 +114,8 @@ export async function waitForBoot(check: BootCheck, targetIp: string, o: WaitFor
   if (check.kind === 'console') {
     if (!o.console)
       throw new Error(
-        `boot check console:${check.pattern.source} needs the target's console, and none is open (give the target a console in the targets database)`,
+        `boot check console:${check.pattern.source} needs the target's console, and none is open ` +
+          '(give the target a console in the targets database)',
       );
     const match = await o.console.waitFor(check.pattern, {
       timeoutMs: o.timeoutMs,

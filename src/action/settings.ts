@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
+import { BootCheckError, parseBootCheck } from '../protocol/boot-check.js';
 import { Inputs } from './constants.js';
 
 export interface ActionSettings {
@@ -16,7 +17,7 @@ export interface ActionSettings {
   target: string;
   /** The `image` input as given: a path, a glob or an http(s) URL. `image.ts` resolves it. */
   image: string;
-  /** `tcp:<port>`, `tcp:<host>:<port>` or `none`; undefined lets the agent use its default (`tcp:22`). */
+  /** A spec in the grammar of protocol/boot-check.ts; undefined lets the agent use its default (`tcp:22`). */
   bootCheck?: string;
   /** Milliseconds to open the WebSocket and finish the hello exchange. */
   connectTimeoutMs: number;
@@ -82,7 +83,7 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
   const image = required(Inputs.image);
   if (image !== '') checkImageSpec(image, problems, options.registerSecret);
 
-  const bootCheck = parseBootCheck(input(Inputs.bootCheck), problems);
+  const bootCheck = checkBootCheck(input(Inputs.bootCheck), problems);
 
   const seconds = (name: string, fallback?: number): number | undefined => {
     const raw = input(name);
@@ -172,28 +173,16 @@ function checkImageSpec(image: string, problems: string[], registerSecret?: (sec
   if (url.password !== '') registerSecret?.(decodeURIComponent(url.password));
 }
 
-function parseBootCheck(raw: string, problems: string[]): string | undefined {
+/** The agent's own grammar, so a spec it would refuse after the lease and the upload is refused here. */
+function checkBootCheck(raw: string, problems: string[]): string | undefined {
   if (raw === '') return undefined;
-  const value = raw.toLowerCase() === 'none' ? 'none' : raw;
-  if (value === 'none') return value;
-  if (/^console:/i.test(value)) {
-    // A regular expression the agent matches against the board's console (its target needs a console).
-    try {
-      new RegExp(value.slice('console:'.length));
-      if (value.length > 'console:'.length) return value;
-    } catch {
-      // reported below
-    }
-    problems.push(`${Inputs.bootCheck}: "${raw}" is not console:<regular expression>`);
+  try {
+    return parseBootCheck(raw).kind === 'none' ? 'none' : raw;
+  } catch (err) {
+    if (!(err instanceof BootCheckError)) throw err;
+    problems.push(`${Inputs.bootCheck}: ${err.problem}`);
     return undefined;
   }
-  const match = /^tcp:(?:([^\s:]+|\[[0-9a-f:.]+\]):)?(\d{1,5})$/i.exec(value);
-  const port = Number(match?.[2]);
-  if (!match || port < 1 || port > 65535) {
-    problems.push(`${Inputs.bootCheck}: "${raw}" is not tcp:<port>, tcp:<host>:<port>, console:<regex> or none`);
-    return undefined;
-  }
-  return value;
 }
 
 function parseCaCert(raw: string, problems: string[], env: NodeJS.ProcessEnv): string | undefined {

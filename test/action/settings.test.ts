@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InputError, parseSettings } from '../../src/action/settings.js';
+import { BOOT_CHECK_MAX_LENGTH } from '../../src/protocol/boot-check.js';
+import { ConfigError, validateConfig } from '../../runner-agent/src/config.js';
 
 const PEM = '-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ\n-----END CERTIFICATE-----\n';
 
@@ -87,8 +89,10 @@ describe('parseSettings', () => {
     [{ image: '' }, 'image: required'],
     [{ image: 'ftp://host/a.img' }, 'image: URL scheme "ftp" is not supported'],
     [{ image: 's3://bucket/a.img' }, 'image: URL scheme "s3" is not supported'],
-    [{ 'boot-check': 'ssh' }, 'boot-check: "ssh" is not tcp:<port>'],
-    [{ 'boot-check': 'tcp:70000' }, 'boot-check: "tcp:70000"'],
+    [{ 'boot-check': 'ssh' }, 'boot-check: "ssh" is not tcp:<port>, tcp:<host>:<port>, console:<regex> or none'],
+    [{ 'boot-check': 'tcp:70000' }, 'boot-check: "tcp:70000": "70000" is not a TCP port (1–65535)'],
+    [{ 'boot-check': 'tcp:my_host:22' }, 'boot-check: "tcp:my_host:22": "my_host" is not a host name: "_"'],
+    [{ 'boot-check': 'console:(' }, 'boot-check: "console:(": not a valid regular expression'],
     [{ 'connect-timeout': 'soon' }, 'connect-timeout: "soon" is not a number'],
     [{ 'queue-timeout': '-5' }, 'queue-timeout: "-5" is not a number'],
     [{ 'job-timeout': '0' }, 'job-timeout: must be more than 0'],
@@ -101,6 +105,62 @@ describe('parseSettings', () => {
     const problems = problemsOf(values, { GITHUB_WORKSPACE: tmpdir() });
     expect(problems).toHaveLength(1);
     expect(problems[0]).toContain(expected);
+  });
+
+  describe("boot-check: the agent's grammar, refused before connecting", () => {
+    // Specs the two sides once parsed differently, and the edges of each rule.
+    const specs = [
+      'tcp:22',
+      'http:80',
+      'tcp:my_host:22',
+      'tcp:[::1]:22',
+      'tcp:::1:22',
+      'tcp:[nope]:22',
+      'tcp:a b:22',
+      'tcp:-pi:22',
+      'tcp:10.0.0.256:22',
+      'tcp:pi4-a.lab:22',
+      'tcp:[fe80::1%eth0]:22',
+      'console:login:',
+      'console:',
+      `console:${'x'.repeat(BOOT_CHECK_MAX_LENGTH)}`,
+    ];
+
+    /** What the agent makes of the spec as its bootCheck setting: the same words, or undefined when taken. */
+    async function agentProblem(spec: string): Promise<string | undefined> {
+      const err = await validateConfig(
+        { token: 'a-token-of-sufficient-length', targets: 't.csv', bootCheck: spec },
+        '/',
+      )
+        .then(() => undefined)
+        .catch((e: unknown) => e);
+      if (err === undefined) return undefined;
+      expect(err).toBeInstanceOf(ConfigError);
+      const problems = (err as ConfigError).problems.filter((p) => p.startsWith('"bootCheck"'));
+      expect(problems).toHaveLength(1);
+      return problems[0]!.replace(/^"bootCheck": (unknown )?boot check /, '');
+    }
+
+    it.each(specs)('%j: the action refuses it, with the same problem, exactly when the agent does', async (spec) => {
+      const agent = await agentProblem(spec);
+      let action: string | undefined;
+      try {
+        parseSettings(inputs({ 'boot-check': spec }), { env: {} });
+      } catch (err) {
+        expect(err).toBeInstanceOf(InputError);
+        const problems = (err as InputError).problems;
+        expect(problems).toHaveLength(1);
+        action = problems[0]!.replace(/^boot-check: /, '');
+      }
+      expect(action).toBe(agent);
+    });
+
+    it('refuses tcp:my_host:22 among the inputs (what main.ts reports as INPUT_INVALID), before connecting', () => {
+      expect(problemsOf({ 'boot-check': 'tcp:my_host:22' })).toEqual([
+        'boot-check: "tcp:my_host:22": "my_host" is not a host name: "_" is not allowed in one ' +
+          '(letters, digits, "-" and "." only)',
+      ]);
+    });
   });
 
   it('reports every bad input at once, each by name', () => {
