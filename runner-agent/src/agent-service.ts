@@ -5,7 +5,6 @@
  * reconnect and resume (`lease` with the old lease id). A client that goes silent, or stays away
  * past the grace period, loses the lease; its running job is cancelled and the staged files go.
  */
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { CodedError, type ErrorCode } from '../../src/protocol/errors.js';
 import type {
@@ -19,15 +18,14 @@ import type {
 import type { Logger } from './log.js';
 import type { AgentConfig } from './config.js';
 import { findTarget, type Target } from './targets/database.js';
-import { createResetLine, type ResetContext } from './reset/index.js';
+import type { ResetContext } from './reset/index.js';
+import type { LayoutRegistry } from './layouts/registry.js';
 import type { ImageStore, UploadSession } from './store/image-store.js';
 import { LeaseManager, newId, type Lease } from './jobs/leases.js';
-import { FlashJob, formatBytes, targetInfo } from './jobs/flash-job.js';
+import { FlashJob, targetInfo } from './jobs/flash-job.js';
+import { formatBytes } from '../../src/protocol/units.js';
 import type { BoardFiles } from './jobs/board-files.js';
 import type { ClientConnection, ConnectionHandler } from './ws/server.js';
-import { planInjection } from './image/inject.js';
-import { debianUbootPath, getPiModel } from './image/models.js';
-import type { Patch } from './jobs/image-view.js';
 
 interface ActiveUpload {
   requestId: string;
@@ -64,6 +62,8 @@ export interface AgentServiceDeps {
   store: ImageStore;
   files: BoardFiles;
   resetContext: Omit<ResetContext, 'log'>;
+  /** The layouts a job may use, by name (layouts/registry.ts). */
+  layouts: LayoutRegistry;
   targets: () => readonly Target[];
 }
 
@@ -292,51 +292,48 @@ export class AgentService implements ConnectionHandler {
   private async runFlash(s: LeaseSession, m: FlashRequest): Promise<void> {
     // Pin before looking up, so no eviction slips in between.
     const unpin = this.d.store.pin(m.sha256);
-    const image = await this.d.store.get(m.sha256);
-    if (!image) {
-      unpin();
-      throw new CodedError('IMAGE_NOT_FOUND', `the agent holds no image with sha256 ${m.sha256}; upload it first`);
-    }
-    const { config } = this.d;
-    const jobId = newId(6);
-    const log = this.d.log.child({ target: s.target.name, job: jobId });
-    const resetLine = createResetLine(s.target, { ...this.d.resetContext, log });
     try {
-      const partCrcs = await this.d.store.partCrcs(image.sha256, config.flash.partSize);
-      const layout = s.target.layout ?? config.defaultLayout;
+      const image = await this.d.store.get(m.sha256);
+      if (!image)
+        throw new CodedError('IMAGE_NOT_FOUND', `the agent holds no image with sha256 ${m.sha256}; upload it first`);
+      const { config } = this.d;
+      const layoutName = s.target.layout ?? config.defaultLayout;
+      const layout = this.d.layouts[layoutName];
+      if (!layout)
+        throw new CodedError('LAB_MISCONFIGURED', `${s.target.name}: the agent has no layout "${layoutName}"`);
+      const jobId = newId(6);
+      const log = this.d.log.child({ target: s.target.name, job: jobId });
       const job = new FlashJob({
         id: jobId,
         target: s.target,
-        layout,
         image,
-        partCrcs,
+        config,
+        layout,
+        layoutName,
+        files: this.d.files,
+        storedPartCrcs: (partSize) => this.d.store.storedPartCrcs(image.sha256, partSize),
         recordDir: path.join(config.stateDir, 'jobs'),
-        ...(layout === 'inject'
-          ? { planPatches: () => this.injectionPatches(s.target, image.path, image.imageSize) }
-          : {}),
         bootCheck: m.bootCheck ?? config.bootCheck,
         timeouts: {
           boardShow: m.timeouts?.boardShow ?? config.timeouts.boardShow,
           stall: m.timeouts?.stall ?? config.timeouts.stall,
           boot: m.timeouts?.boot ?? config.timeouts.boot,
         },
-        flash: config.flash,
-        files: this.d.files,
-        resetLine,
+        reset: this.d.resetContext,
         log,
         emit: (event) => s.conn?.send({ ...event, re: m.id } as never),
       });
       s.job = job;
       if (s.cancelRequested) job.cancel(s.cancelRequested.reason, s.cancelRequested.code);
-      log.info('job started', { image: image.sha256, size: formatBytes(image.imageSize), holder: s.lease.holder });
-      const result: JobResult = await job.run();
-      log.info('job ended', {
-        code: result.code,
-        ok: result.ok,
-        seconds: Object.values(result.timings)
-          .reduce((a, b) => a + (b ?? 0), 0)
-          .toFixed(1),
+      log.info('job started', {
+        image: image.sha256,
+        size: formatBytes(image.imageSize),
+        layout: layoutName,
+        holder: s.lease.holder,
       });
+      const result: JobResult = await job.run();
+      const seconds = Object.values(result.timings).reduce((a, b) => a + (b ?? 0), 0);
+      log.info('job ended', { code: result.code, ok: result.ok, seconds: seconds.toFixed(1) });
       const message: ResultMessage = { type: 'result', re: m.id, ...result };
       if (s.conn) {
         s.conn.send(message);
@@ -349,42 +346,7 @@ export class AgentService implements ConnectionHandler {
       }
     } finally {
       unpin();
-      await resetLine
-        .close()
-        .catch((err: Error) => log.warn('could not release the reset line', { error: err.message }));
     }
-  }
-
-  /** The inject layout: U-Boot for the target's model, stage 1 and an env file into the boot partition. */
-  private async injectionPatches(target: Target, imagePath: string, imageSize: number): Promise<Patch[]> {
-    const { uboot } = this.d.config;
-    const modelName = (target.model ?? uboot.defaultModel).toLowerCase();
-    let model;
-    try {
-      model = getPiModel(modelName);
-    } catch (err) {
-      throw new CodedError(
-        'LAB_MISCONFIGURED',
-        `${target.name}: ${(err as Error).message} (set the model column, or use layout whole)`,
-      );
-    }
-    const ubootPath = uboot.binaries[model.name] ?? debianUbootPath(model);
-    const read = async (file: string, what: string) => {
-      try {
-        return await readFile(file);
-      } catch (err) {
-        throw new CodedError(
-          'LAB_MISCONFIGURED',
-          `cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} (install Debian's u-boot-rpi or set uboot.binaries.${model.name} / uboot.bootScr in the config)`,
-        );
-      }
-    };
-    const [ubootBin, bootScr] = await Promise.all([
-      read(ubootPath, `the U-Boot build for ${model.name}`),
-      read(uboot.bootScr, 'the stage-1 script'),
-    ]);
-    const result = await planInjection(imagePath, imageSize, { ubootBin, bootScr, model });
-    return result.patches;
   }
 
   private async cancel(

@@ -15,6 +15,7 @@ import { BoardFiles } from './jobs/board-files.js';
 import { AgentService } from './agent-service.js';
 import { WsServer } from './ws/server.js';
 import { SimBoard, SimLab } from './sim/index.js';
+import { builtinLayouts, type LayoutRegistry } from './layouts/registry.js';
 
 export interface RunningAgent {
   config: AgentConfig;
@@ -35,13 +36,16 @@ export interface RunningAgent {
 
 export interface StartOptions {
   log?: Logger;
+  /** The layouts jobs may use, by name; the built-in ones unless given (tests add their own). */
+  layouts?: LayoutRegistry;
   /** Test-only hooks passed to the TFTP server (e.g. corrupt a block once). */
   tftpFaults?: ConstructorParameters<typeof TftpServer>[0]['faults'];
 }
 
 export async function startAgent(config: AgentConfig, o: StartOptions = {}): Promise<RunningAgent> {
   const log = o.log ?? createLogger({ level: config.logLevel });
-  let targets = await loadTargets(config.targets);
+  const layouts = o.layouts ?? builtinLayouts;
+  let targets = await loadTargets(config.targets, Object.keys(layouts));
   log.info('targets loaded', { file: config.targets, count: targets.length });
 
   await mkdir(config.stateDir, { recursive: true });
@@ -111,6 +115,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     store,
     files,
     targets: () => targets,
+    layouts,
     resetContext: {
       pulseMs: config.flash.resetPulseMs,
       sim: {
@@ -148,20 +153,27 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     },
     targets: () => targets,
     async reloadTargets() {
-      const next = await loadTargets(config.targets);
+      const next = await loadTargets(config.targets, Object.keys(layouts));
       targets = next;
       await buildSimLab(next);
       log.info('targets reloaded', { file: config.targets, count: next.length });
     },
     stop() {
+      // One line per step, as it begins: an operator (and the CLI test) can see where a stop hangs.
       stopping ??= (async () => {
         log.info('stopping: refusing new work');
         ws.stopListening();
+        log.info('stopping: ending jobs and leases', { jobs: service.activeJobs() });
         await service.shutdown();
+        log.info('stopping: closing client connections');
         await ws.close();
+        log.info('stopping: closing the TFTP server');
         await tftpServer.close();
+        if (simLab) log.info('stopping: closing the simulated lab');
         await simLab?.close();
+        log.info('stopping: deleting staged target folders');
         await files.removeLeftovers();
+        log.info('stopping: closing the image store');
         await store.close();
         log.info('stopped');
       })();

@@ -8,6 +8,8 @@ import path from 'node:path';
 import { isIP } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { parseBootCheck } from './boot-check.js';
+import type { Stage2Settings } from './board/stage2-script.js';
+import { builtinLayouts } from './layouts/registry.js';
 
 export interface AgentConfig {
   listen: { host: string; port: number; tls?: { cert: string; key: string } };
@@ -25,18 +27,10 @@ export interface AgentConfig {
   };
   stateDir: string;
   store: { maxBytes: number };
-  flash: {
+  /** Stage 2's settings (U-Boot memory map in hex; the defaults suit every Pi with ≥ 1 GiB) and the parts. */
+  flash: Stage2Settings & {
     partSize: number;
-    retries: number;
     resetPulseMs: number;
-    /** U-Boot memory map for stage 2 (hex addresses; defaults suit every Pi with ≥ 1 GiB). */
-    loadAddr: number;
-    crcAddr: number;
-    beaconAddr: number;
-    mmcDev: number;
-    /** Sent to U-Boot as `tftpblocksize` / `tftpwindowsize` when set. */
-    tftpBlockSize?: number;
-    tftpWindowSize?: number;
     /** Layout seed: the seed card's part size (750 MiB); change it only for tests. */
     seedPartSize: number;
   };
@@ -57,8 +51,8 @@ export interface AgentConfig {
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** The simulated lab: boards with reset spec `sim`. */
   sim: { bootPort: number; cardSize: number };
-  /** Layout for targets whose CSV row names none: `inject` keeps boards network-flashable. */
-  defaultLayout: 'inject' | 'whole';
+  /** Layout for targets whose CSV row names none (layouts/registry.ts): `inject` keeps boards network-flashable. */
+  defaultLayout: string;
   /** What the inject layout carries into each image. */
   uboot: {
     /** Stage 1 script image; default: the agent's own `uboot/boot.scr`. */
@@ -325,13 +319,10 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   const simRaw = obj('sim');
   known(simRaw, 'sim.', ['bootPort', 'cardSize']);
 
-  const defaultLayout = string(
-    'defaultLayout',
-    raw.defaultLayout,
-    DEFAULTS.defaultLayout,
-  ) as AgentConfig['defaultLayout'];
-  if (!['inject', 'whole'].includes(defaultLayout))
-    problems.push(`"defaultLayout" must be inject or whole, got "${defaultLayout}"`);
+  const defaultLayout = string('defaultLayout', raw.defaultLayout, DEFAULTS.defaultLayout);
+  const layoutNames = Object.keys(builtinLayouts);
+  if (!layoutNames.includes(defaultLayout))
+    problems.push(`"defaultLayout" must be one of ${layoutNames.join(', ')}, got "${defaultLayout}"`);
   const ubootRaw = obj('uboot');
   known(ubootRaw, 'uboot.', ['bootScr', 'binaries', 'defaultModel']);
   const binaries: Record<string, string> = {};

@@ -18,7 +18,7 @@ import {
   seedFolder,
   SeedReports,
   type SeedPlan,
-} from '../../runner-agent/src/layouts/seed.js';
+} from '../../runner-agent/src/board/seed-card.js';
 import { silentLogger } from '../../runner-agent/src/log.js';
 import { patternBytes } from '../../runner-agent/src/sample-image.js';
 import { TftpServer } from '../../runner-agent/src/tftp/server.js';

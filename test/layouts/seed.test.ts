@@ -12,7 +12,7 @@ import {
   seedPartName,
   SeedReports,
   type SeedReport,
-} from '../../runner-agent/src/layouts/seed.js';
+} from '../../runner-agent/src/board/seed-card.js';
 import { CodedError } from '../../src/protocol/errors.js';
 import { silentLogger } from '../../runner-agent/src/log.js';
 import { tftpGet, tftpPut } from '../../runner-agent/src/tftp/client.js';

@@ -1,7 +1,8 @@
 /**
- * Layout `seed` (DESIGN §3.5, seed compatibility; issue 5 item 6): flashing a board that still
- * carries the seed system's recovery card, as that card expects. The card is never changed, so
- * everything here follows it; nothing of stage 1/stage 2 is involved.
+ * What a board carrying the seed system's recovery card speaks (DESIGN §3.5, seed compatibility):
+ * its folder and part names, how it cuts the image, its `OK`/`FAILED` report and what each report
+ * means. The card is never changed, so everything here follows it; the layout that drives a job
+ * with it is `layouts/seed.ts`.
  *
  * What the seed card does (my reading of DESIGN §3.5 and of the seed system's own description:
  * its server script splits the image with `split -d -a 1 --bytes=786432000`, its card's U-Boot

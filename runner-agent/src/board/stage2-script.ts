@@ -70,10 +70,8 @@ export interface Stage2Part extends PartPlan {
   crc32: number /* CRC32 of the servedSize bytes (padded) */;
 }
 
-export interface Stage2Options {
-  jobId: string;
-  mac: string;
-  parts: Stage2Part[];
+/** How stage 2 runs on a board: the agent's `flash` settings (config.ts) are these and a few more. */
+export interface Stage2Settings {
   /** Extra download attempts per part on CRC mismatch or TFTP failure (the agent's default is 2). */
   retries: number;
   /** Where each part is downloaded and read back; needs the largest part's servedSize of free RAM. */
@@ -83,8 +81,15 @@ export interface Stage2Options {
   /** Where beacon answers and the size probe's block land; BEACON_RESERVE bytes. */
   beaconAddr: number;
   mmcDev: number;
+  /** Sent to U-Boot as `tftpblocksize` / `tftpwindowsize` when set. */
   tftpBlockSize?: number;
   tftpWindowSize?: number;
+}
+
+export interface Stage2Options extends Stage2Settings {
+  jobId: string;
+  mac: string;
+  parts: Stage2Part[];
 }
 
 /** RAM the script may touch at beaconAddr: the agent's beacon answers must stay below this. */

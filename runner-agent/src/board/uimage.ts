@@ -145,4 +145,3 @@ export function parseScriptImage(buf: Buffer): { name: string; script: string } 
     );
   return { name: h.name, script: data.subarray(offset, offset + length).toString('utf8') };
 }
-

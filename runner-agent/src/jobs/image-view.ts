@@ -7,11 +7,8 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
 import type { PartPlan } from '../board/stage2-script.js';
+import type { Patch } from '../image/disk.js';
 
-export interface Patch {
-  offset: number;
-  data: Buffer;
-}
 
 export class ImageView {
   readonly patches: readonly Patch[];
@@ -59,7 +56,7 @@ export class ImageView {
    * CRC32 of every part as served (zero-padded to `servedSize`): the stored image's CRCs where no
    * patch touches the part, recomputed through the view where one does.
    */
-  async partCrcs(plan: readonly PartPlan[], storedCrcs: readonly number[]): Promise<number[]> {
+  async servedPartCrcs(plan: readonly PartPlan[], storedCrcs: readonly number[]): Promise<number[]> {
     const crcs = [...storedCrcs];
     const touched = plan.filter((p) => this.touches(p.imageOffset, p.servedSize));
     if (!touched.length) return crcs;

@@ -39,6 +39,7 @@ import path from 'node:path';
 import { CsvError, parse } from 'csv-parse/sync';
 import { isMac, normalizeMac } from '../../../src/protocol/tftp-names.js';
 import { wiringPiToBcm } from './wiringpi.js';
+import { builtinLayouts } from '../layouts/registry.js';
 import { parseConsoleSpec, type ConsoleSpec } from '../console/spec.js';
 
 export type ResetSpec =
@@ -47,8 +48,6 @@ export type ResetSpec =
   | { kind: 'cmd'; command: string }
   | { kind: 'qmp'; socket: string }
   | { kind: 'sim'; options: string[] /* e.g. sim:no-show,fail-write — free-form fault flags */ };
-
-export type Layout = 'whole' | 'seed' | 'inject';
 
 export interface Target {
   name: string;
@@ -61,8 +60,8 @@ export interface Target {
   model?: string;
   serial?: string;
   labels: string[];
-  /** How the image lands on the card; undefined = the agent's default (`defaultLayout`). */
-  layout?: Layout;
+  /** How the image lands on the card (a name in layouts/registry.ts); undefined = the agent's `defaultLayout`. */
+  layout?: string;
   /** The board's serial console, when the database names one. */
   console?: ConsoleSpec;
   source: { file: string; line: number };
@@ -268,8 +267,15 @@ function mapColumns(
   };
 }
 
-/** Parses a targets CSV. Throws TargetsError listing every problem in the file. */
-export function parseTargets(csvText: string, file: string): Target[] {
+/**
+ * Parses a targets CSV. Throws TargetsError listing every problem in the file. `layouts` are the
+ * names a `layout` cell may hold: the agent's registry (the built-in layouts unless given).
+ */
+export function parseTargets(
+  csvText: string,
+  file: string,
+  layouts: readonly string[] = Object.keys(builtinLayouts),
+): Target[] {
   const rows = readRows(csvText, file);
   const header = rows[0];
   if (!header) throw new TargetsError([{ file, line: 1, reason: `the file is empty: ${HEADER_HELP}` }]);
@@ -330,11 +336,11 @@ export function parseTargets(csvText: string, file: string): Target[] {
     }
 
     // Empty = the agent's default layout (config `defaultLayout`).
-    let layout: Layout | undefined;
+    let layout: string | undefined;
     if (c.layout) {
       const l = c.layout.toLowerCase();
-      if (l === 'whole' || l === 'seed' || l === 'inject') layout = l;
-      else problem(`unknown layout "${c.layout}" (expected inject, whole or seed)`);
+      if (layouts.includes(l)) layout = l;
+      else problem(`unknown layout "${c.layout}" (expected ${layouts.join(', ')})`);
     }
 
     let consoleSpec: ConsoleSpec | undefined;
@@ -412,14 +418,14 @@ function findConflicts(targets: readonly Target[], file: string): TargetProblem[
   return problems;
 }
 
-export async function loadTargets(file: string): Promise<Target[]> {
+export async function loadTargets(file: string, layouts?: readonly string[]): Promise<Target[]> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
     throw new TargetsError([{ file, line: 0, reason: `cannot read the targets database: ${(err as Error).message}` }]);
   }
-  return parseTargets(text, file);
+  return parseTargets(text, file, layouts);
 }
 
 /** The target a workflow means by `target`: its name (any case), its MAC (any separator or case) or its IP. */

@@ -1,0 +1,16 @@
+/**
+ * The layouts the agent knows, by the name the targets database's `layout` column (and the
+ * config's `defaultLayout`) gives. Adding a layout is one file in this folder and one line here.
+ */
+import { inject } from './inject.js';
+import type { Layout } from './layout.js';
+import { seed } from './seed.js';
+import { whole } from './whole.js';
+
+export type LayoutRegistry = Readonly<Record<string, Layout>>;
+
+export const builtinLayouts: LayoutRegistry = {
+  inject,
+  whole,
+  seed,
+};

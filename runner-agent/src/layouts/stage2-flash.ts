@@ -1,0 +1,321 @@
+/**
+ * The flash method of every layout whose board runs stage 1 (uboot/boot.cmd): the agent serves a
+ * per-job stage-2 script (`flash.scr`) and the image's parts as byte ranges of the stored image,
+ * and the board reports each step by reading beacons (board/beacons.ts). Layouts differ only in
+ * what they change in the image on the way (patches) and which parts they have written; they build
+ * this method with their choices (whole.ts, inject.ts).
+ */
+import { FLASH_SCRIPT, macDir, partFile, reportPrefix } from '../../../src/protocol/tftp-names.js';
+import { formatBytes, hex8 } from '../../../src/protocol/units.js';
+import { CodedError } from '../../../src/protocol/errors.js';
+import type { PartReport } from '../../../src/protocol/messages.js';
+import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
+import { generateStage2Script, planParts, type PartPlan, type Stage2Part } from '../board/stage2-script.js';
+import { buildScriptImage } from '../board/uimage.js';
+import type { Patch } from '../image/disk.js';
+import type { StagedFile } from '../jobs/board-files.js';
+import { ImageView } from '../jobs/image-view.js';
+import type { TftpRequest, TransferEnd } from '../tftp/server.js';
+import type { BoardWatch, FlashMethod, FlashOutcome, LayoutJob } from './layout.js';
+
+export interface Stage2Choices {
+  /** The layout's name, for the job's log. */
+  layout: string;
+  /** What the layout changes in the image (e.g. U-Boot injected into the boot partition); none = as stored. */
+  patches?: () => Promise<Patch[]>;
+  /** Which of the image's parts the board writes; all unless given. */
+  selectParts?: (plan: readonly PartPlan[]) => PartPlan[];
+}
+
+interface PartState extends Stage2Part {
+  status: PartReport['status'];
+  retries: number;
+  boardCrc?: string;
+}
+
+/** Builds the stage-2 flash method of one job with a layout's choices. */
+export function stage2Flash(job: LayoutJob, board: BoardWatch, choices: Stage2Choices): FlashMethod {
+  return new Stage2Flash(job, board, choices);
+}
+
+/** Milliseconds between two transfer progress events of one part. */
+const PROGRESS_EVERY_MS = 250;
+
+class Stage2Flash implements FlashMethod {
+  private readonly macdir: string;
+  private parts: PartState[] = [];
+  private scriptFetched = false;
+  private done?: { ok: boolean };
+  private readonly boardFailures: string[] = [];
+  private tftpOptions: Record<string, string> | undefined;
+  private lastProgressEmit = 0;
+
+  constructor(
+    private readonly job: LayoutJob,
+    private readonly board: BoardWatch,
+    private readonly choices: Stage2Choices,
+  ) {
+    this.macdir = macDir(job.target.mac);
+  }
+
+  async stage(): Promise<void> {
+    const { image, target, config, id } = this.job;
+    const flash = config.flash;
+    const plan = planParts(image.imageSize, flash.partSize);
+    const stored = await this.job.storedPartCrcs(flash.partSize);
+    if (plan.length !== stored.length)
+      throw new Error(`stored part CRCs (${stored.length}) do not match the plan (${plan.length} parts)`);
+    const patches = (await this.choices.patches?.()) ?? [];
+    const view = new ImageView(image.path, image.imageSize, patches);
+    const selected = this.choices.selectParts?.(plan) ?? plan;
+    const crcs = await view.servedPartCrcs(selected, stored);
+    if (patches.length) {
+      const changed = patches.reduce((n, p) => n + p.data.length, 0);
+      const touched = selected.filter((p) => view.touches(p.imageOffset, p.servedSize)).length;
+      this.board.log(
+        'info',
+        `layout ${this.choices.layout}: ${patches.length} patch(es), ${changed} bytes changed in ${touched} part(s)`,
+      );
+    }
+    this.parts = selected.map((p) => ({
+      ...p,
+      file: partFile(target.mac, id, p.index),
+      crc32: crcs[p.index - 1]!,
+      status: 'missing',
+      retries: 0,
+    }));
+    const script = generateStage2Script({ ...flash, jobId: id, mac: target.mac, parts: this.parts });
+    const scriptImage = buildScriptImage(script, { name: `rpi-flash ${id}` });
+    const files = new Map<string, StagedFile>([[FLASH_SCRIPT, { kind: 'buffer', data: scriptImage }]]);
+    for (const p of this.parts) {
+      files.set(this.relative(p.file), { kind: 'range', view, offset: p.imageOffset, size: p.servedSize });
+    }
+    const manifest = {
+      job: id,
+      target: target.name,
+      layout: this.choices.layout,
+      sha256: image.sha256,
+      imageSize: image.imageSize,
+      parts: this.parts.map((p) => ({ file: p.file, offset: p.imageOffset, size: p.servedSize, crc32: hex8(p.crc32) })),
+    };
+    await this.job.files.stage(
+      this.macdir,
+      {
+        jobId: id,
+        targetIp: target.ip,
+        files,
+        beaconPrefix: this.relative(reportPrefix(target.mac, id)),
+        onRead: (rel, req) => this.onRead(rel, req),
+        onProgress: (rel, done, size) => this.onProgress(rel, done, size),
+        onBeacon: (message) => this.onBeacon(message),
+        onTransferEnd: (rel, t) => this.onTransferEnd(rel, t),
+      },
+      { [FLASH_SCRIPT]: scriptImage, 'job.json': Buffer.from(JSON.stringify(manifest, null, 2) + '\n') },
+    );
+    this.board.log(
+      'info',
+      `staged ${this.parts.length} part(s) of ${formatBytes(image.imageSize)} for ${target.name} ` +
+        `under ${this.macdir}/ (image ${image.sha256.slice(0, 12)}…)`,
+    );
+  }
+
+  async watch(): Promise<void> {
+    const { boardShow, stall } = this.job.timeouts;
+    const name = this.job.target.name;
+    if (!this.scriptFetched)
+      this.board.log('info', `waiting for ${name} to fetch ${this.macdir}/${FLASH_SCRIPT} (up to ${boardShow} s)`);
+    await this.board.until(
+      () => this.scriptFetched,
+      boardShow,
+      () =>
+        new CodedError(
+          'BOARD_NO_SHOW',
+          `${name} did not fetch ${this.macdir}/${FLASH_SCRIPT} within ${boardShow} s of the reset ` +
+            '(is it powered, wired, and running the recovery U-Boot?)',
+        ),
+    );
+    await this.board.until(
+      () => this.done !== undefined,
+      stall,
+      () => {
+        const where = this.parts.find((p) => p.status === 'missing');
+        const during = where ? ` during part ${where.index}/${this.parts.length}` : '';
+        return new CodedError('BOARD_TIMEOUT', `${name} went quiet for ${stall} s${during}`);
+      },
+    );
+  }
+
+  verify(): void {
+    if (!this.done?.ok || this.boardFailures.length) {
+      const why = this.boardFailures.length ? this.boardFailures.join('; ') : 'the board reported failure';
+      throw new CodedError('BOARD_REPORTED_FAILURE', why);
+    }
+    const problems: string[] = [];
+    for (const p of this.parts) {
+      const expected = boardCrcText(p.crc32);
+      if (p.status !== 'ok') problems.push(`part ${p.index} was never reported written`);
+      else if (p.boardCrc?.toLowerCase() !== expected)
+        problems.push(`part ${p.index}: board read back CRC ${p.boardCrc}, expected ${expected}`);
+    }
+    if (problems.length) throw new CodedError('VERIFY_MISMATCH', problems.join('; '));
+    this.board.log('info', `all ${this.parts.length} part(s) written and verified by the board`);
+  }
+
+  outcome(): FlashOutcome {
+    return {
+      bytesWritten: this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
+      parts: this.parts.map((p) => ({
+        part: p.index,
+        offset: p.imageOffset,
+        size: p.size,
+        crc32: hex8(p.crc32),
+        status: p.status,
+        retries: p.retries,
+      })),
+      ...(this.tftpOptions ? { tftpOptions: this.tftpOptions } : {}),
+    };
+  }
+
+  unstage(): Promise<void> {
+    return this.job.files.unstage(this.macdir);
+  }
+
+  /** A TFTP path under the target's folder, relative to it. */
+  private relative(file: string): string {
+    return file.slice(this.macdir.length + 1);
+  }
+
+  private partOf(rel: string): PartState | undefined {
+    return this.parts.find((p) => this.relative(p.file) === rel);
+  }
+
+  private onRead(rel: string, req: TftpRequest): void {
+    if (rel === FLASH_SCRIPT) {
+      if (!this.scriptFetched) this.board.log('info', `board fetched ${FLASH_SCRIPT} from ${req.peer.address}`);
+      this.scriptFetched = true;
+    } else {
+      const part = this.partOf(rel);
+      if (part) {
+        const asked = optionsText(req.options);
+        this.board.log(
+          'info',
+          `part ${part.index}/${this.parts.length}: download started${asked ? ` (board asked ${asked})` : ''}`,
+        );
+      }
+    }
+    this.board.activity();
+  }
+
+  private onTransferEnd(rel: string, t: TransferEnd): void {
+    const part = this.partOf(rel);
+    if (!part) return;
+    const negotiated = optionsText(t.options) || 'none (plain RFC 1350)';
+    const which = `part ${part.index}/${this.parts.length}`;
+    if (t.ok) {
+      this.tftpOptions = { ...t.options };
+      const rate = t.ms > 0 ? ` (${(t.bytes / 1e6 / (t.ms / 1000)).toFixed(1)} MB/s)` : '';
+      const secs = (t.ms / 1000).toFixed(2);
+      this.board.log('info', `${which}: served ${t.bytes} bytes in ${secs} s${rate}; negotiated ${negotiated}`);
+    } else {
+      const why = t.error ?? 'unknown error';
+      this.board.log('warn', `${which}: transfer ended early after ${t.bytes} bytes: ${why}; negotiated ${negotiated}`);
+    }
+    this.board.activity();
+  }
+
+  private onProgress(rel: string, done: number, size: number): void {
+    const part = this.partOf(rel);
+    if (!part) return;
+    this.board.activity();
+    const now = Date.now();
+    if (done < size && now - this.lastProgressEmit < PROGRESS_EVERY_MS) return;
+    this.lastProgressEmit = now;
+    const before = this.parts.filter((p) => p.index < part.index).reduce((s, p) => s + p.servedSize, 0);
+    const total = this.parts.reduce((s, p) => s + p.servedSize, 0);
+    this.board.progress({ phase: 'transfer', done: before + done, total, part: part.index, parts: this.parts.length });
+  }
+
+  private onBeacon(message: string): void {
+    const beacon = parseBeacon(message);
+    if (beacon) this.apply(beacon, message);
+    else this.board.log('warn', `board sent a report the agent does not understand: ${message}`, 'board');
+    this.board.activity();
+  }
+
+  private apply(b: Beacon, raw: string): void {
+    const part = 'part' in b ? this.parts.find((p) => p.index === b.part) : undefined;
+    const count = this.parts.length;
+    switch (b.kind) {
+      case 'start':
+        this.board.log('info', 'stage 2 started on the board', 'board');
+        break;
+      case 'too-large': {
+        // Only the board knows its card's size: its probe (reading the image's last block) failed
+        // before anything was written. Hide the files now — the board reports done-failed and
+        // resets next, and its stage 1 must find no flash.scr — and end the job with the code.
+        this.job.files.withdraw(this.macdir);
+        const size = this.job.image.imageSize;
+        this.board.log(
+          'error',
+          `the card is smaller than the image: the board cannot read the image's last block (${size} bytes in)`,
+          'board',
+        );
+        this.board.fail(
+          'IMAGE_TOO_LARGE',
+          `the image (${formatBytes(size)}, ${size} bytes) is larger than ${this.job.target.name}'s card: ` +
+            "the board could not read the image's last block; nothing was written",
+        );
+        break;
+      }
+      case 'part-retry': {
+        if (part) part.retries += 1;
+        const why = b.reason === 'crc' ? `CRC mismatch (board computed ${b.crc ?? '?'})` : 'download failed';
+        this.board.log('warn', `part ${b.part}: ${why}, retry ${b.attempt}`, 'board');
+        break;
+      }
+      case 'part-ok':
+        if (part) {
+          part.boardCrc = b.crc;
+          part.status = 'ok';
+        }
+        this.board.log('info', `part ${b.part}/${count}: written and read back, CRC ${b.crc}`, 'board');
+        this.board.progress({
+          phase: 'verify',
+          done: this.parts.filter((p) => p.status === 'ok').length,
+          total: count,
+          part: b.part,
+          parts: count,
+        });
+        break;
+      case 'part-failed': {
+        if (part) part.status = 'failed';
+        const crc = b.crc ? ` (CRC ${b.crc})` : '';
+        this.boardFailures.push(`part ${b.part} failed at ${b.stage}${crc}`);
+        this.board.log(
+          'error',
+          `part ${b.part}: failed at ${b.stage}${b.crc ? ` (board computed CRC ${b.crc})` : ''}`,
+          'board',
+        );
+        break;
+      }
+      case 'done':
+        // Withdraw the files before answering: the board resets right after this beacon and its
+        // stage 1 must find no flash.scr, or it would flash again.
+        this.job.files.withdraw(this.macdir);
+        this.done = { ok: b.ok };
+        this.board.flashDone();
+        this.board.log(
+          b.ok ? 'info' : 'error',
+          `board reports the flash ${b.ok ? 'succeeded' : 'failed'} (${raw})`,
+          'board',
+        );
+        break;
+    }
+  }
+}
+
+function optionsText(options: Record<string, string>): string {
+  return Object.entries(options)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(' ');
+}
