@@ -39,15 +39,15 @@ export async function sha256File(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
-/** Rows are `name,mac,reset`; each board gets its own loopback IP. */
+/** Rows are `name,mac,reset[,layout]`; each board gets its own loopback IP. */
 export async function startLab(o: {
-  boards: Array<{ name: string; mac: string; reset?: string }>;
+  boards: Array<{ name: string; mac: string; reset?: string; layout?: string }>;
   config?: Record<string, unknown>;
   start?: StartOptions;
 }): Promise<Lab> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'rpi-flash-lab-'));
-  const rows = o.boards.map((b) => `${b.name},${b.mac},${loopbackIp()},${b.reset ?? 'sim'}`);
-  await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset', ...rows].join('\n') + '\n');
+  const rows = o.boards.map((b) => `${b.name},${b.mac},${loopbackIp()},${b.reset ?? 'sim'},${b.layout ?? ''}`);
+  await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset,layout', ...rows].join('\n') + '\n');
   const config = await validateConfig(
     {
       listen: { host: '127.0.0.1', port: 0 },
