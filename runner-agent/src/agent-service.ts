@@ -24,7 +24,7 @@ import type { ImageStore, UploadSession } from './store/image-store.js';
 import { LeaseManager, newId, type Lease } from './jobs/leases.js';
 import { FlashJob, targetInfo } from './jobs/flash-job.js';
 import { formatBytes } from '../../src/protocol/units.js';
-import type { BoardFiles } from './jobs/board-files.js';
+import type { BoardFiles } from './staging/board-files.js';
 import type { ClientConnection, ConnectionHandler } from './ws/server.js';
 
 interface ActiveUpload {

@@ -11,7 +11,7 @@ import { loadTargets, type Target } from './targets/database.js';
 import { ImageStore } from './store/image-store.js';
 import { TftpServer } from './tftp/server.js';
 import { tftpGet } from './tftp/client.js';
-import { BoardFiles } from './jobs/board-files.js';
+import { BoardFiles } from './staging/board-files.js';
 import { AgentService } from './agent-service.js';
 import { WsServer } from './ws/server.js';
 import { SimBoard, SimLab } from './sim/index.js';

@@ -10,8 +10,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { BoardFiles, type StagedFile } from '../../runner-agent/src/jobs/board-files.js';
-import { ImageView } from '../../runner-agent/src/jobs/image-view.js';
+import { BoardFiles, type StagedFile } from '../../runner-agent/src/staging/board-files.js';
+import { ImageView } from '../../runner-agent/src/staging/image-view.js';
 import {
   interpretSeedResult,
   planSeedParts,

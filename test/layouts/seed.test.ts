@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BoardFiles, type StagedJob } from '../../runner-agent/src/jobs/board-files.js';
+import { BoardFiles, type StagedJob } from '../../runner-agent/src/staging/board-files.js';
 import {
   interpretSeedResult,
   planSeedParts,

@@ -8,7 +8,7 @@
 import type { LogEvent, PartReport, ProgressEvent } from '../../../src/protocol/messages.js';
 import type { ErrorCode } from '../../../src/protocol/errors.js';
 import type { AgentConfig } from '../config.js';
-import type { BoardFiles } from '../jobs/board-files.js';
+import type { BoardFiles } from '../staging/board-files.js';
 import type { StoredImage } from '../store/image-store.js';
 import type { Target } from '../targets/database.js';
 

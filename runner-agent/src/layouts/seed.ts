@@ -14,8 +14,8 @@ import {
   type SeedOutcome,
   type SeedPlan,
 } from '../board/seed-card.js';
-import type { StagedFile } from '../jobs/board-files.js';
-import { ImageView } from '../jobs/image-view.js';
+import type { StagedFile } from '../staging/board-files.js';
+import { ImageView } from '../staging/image-view.js';
 import type { BoardWatch, FlashMethod, FlashOutcome, Layout, LayoutJob } from './layout.js';
 
 export const seed: Layout = (job, board) => new SeedFlash(job, board);

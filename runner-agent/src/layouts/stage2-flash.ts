@@ -13,8 +13,8 @@ import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
 import { generateStage2Script, planParts, type PartPlan, type Stage2Part } from '../board/stage2-script.js';
 import { buildScriptImage } from '../board/uimage.js';
 import type { Patch } from '../image/disk.js';
-import type { StagedFile } from '../jobs/board-files.js';
-import { ImageView } from '../jobs/image-view.js';
+import type { StagedFile } from '../staging/board-files.js';
+import { ImageView } from '../staging/image-view.js';
 import type { TftpRequest, TransferEnd } from '../tftp/server.js';
 import type { BoardWatch, FlashMethod, FlashOutcome, LayoutJob } from './layout.js';
 

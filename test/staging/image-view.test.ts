@@ -3,7 +3,7 @@ import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
 import os from 'node:os';
 import path from 'node:path';
-import { ImageView } from '../../runner-agent/src/jobs/image-view.js';
+import { ImageView } from '../../runner-agent/src/staging/image-view.js';
 import { planParts } from '../../runner-agent/src/board/stage2-script.js';
 import { patternBytes } from '../../runner-agent/src/sample-image.js';
 
