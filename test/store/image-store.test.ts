@@ -138,7 +138,7 @@ describe('storing an upload', () => {
     const store = await openStore();
     const image = makeImage(5 * PART + 777);
     const { stored } = await upload(store, image, 'zst');
-    const crcs = await store.partCrcs(stored.sha256, PART);
+    const crcs = await store.storedPartCrcs(stored.sha256, PART);
     expect(crcs).toHaveLength(6);
     expect(crcs).toEqual(expectedCrcs(image, PART));
     // They are in the record written at publish time, not read back from the image.
@@ -150,18 +150,18 @@ describe('storing an upload', () => {
     const store = await openStore();
     const image = makeImage(3 * 4096 + 100);
     const { stored } = await upload(store, image);
-    expect(await store.partCrcs(stored.sha256, 4096)).toEqual(expectedCrcs(image, 4096));
+    expect(await store.storedPartCrcs(stored.sha256, 4096)).toEqual(expectedCrcs(image, 4096));
     const meta = JSON.parse(await fs.readFile(stored.path.replace(/\.img$/, '.json'), 'utf8'));
     expect(meta.partCrcs['4096']).toEqual(expectedCrcs(image, 4096));
-    await expectCode(store.partCrcs(stored.sha256, 1000), 'BAD_REQUEST');
-    await expectCode(store.partCrcs('0'.repeat(64), 4096), 'IMAGE_NOT_FOUND');
+    await expectCode(store.storedPartCrcs(stored.sha256, 1000), 'BAD_REQUEST');
+    await expectCode(store.storedPartCrcs('0'.repeat(64), 4096), 'IMAGE_NOT_FOUND');
   });
 
   it('stores an empty image', async () => {
     const store = await openStore();
     const { stored } = await upload(store, Buffer.alloc(0));
     expect(stored.imageSize).toBe(0);
-    expect(await store.partCrcs(stored.sha256, PART)).toEqual([]);
+    expect(await store.storedPartCrcs(stored.sha256, PART)).toEqual([]);
   });
 
   it('answers begin() for an image it holds with everything already received', async () => {
@@ -224,7 +224,7 @@ describe('resuming', () => {
       await send(third_, wire, 10_000);
       const stored = await third_.finish();
       expect(Buffer.compare(await fs.readFile(stored.path), image)).toBe(0);
-      expect(await store.partCrcs(stored.sha256, PART)).toEqual(expectedCrcs(image, PART));
+      expect(await store.storedPartCrcs(stored.sha256, PART)).toEqual(expectedCrcs(image, PART));
     });
   }
 
@@ -485,7 +485,7 @@ describe('write-behind and hashing on a worker thread', () => {
       const image = makeImage(5 * PART + 777, 4);
       const { stored } = await upload(store, image, compression);
       expect(Buffer.compare(await fs.readFile(stored.path), image)).toBe(0);
-      expect(await store.partCrcs(stored.sha256, PART)).toEqual(expectedCrcs(image, PART));
+      expect(await store.storedPartCrcs(stored.sha256, PART)).toEqual(expectedCrcs(image, PART));
     });
   }
 
@@ -501,7 +501,10 @@ describe('write-behind and hashing on a worker thread', () => {
   });
 
   for (const hashOnWorkerFromBytes of [0, Number.POSITIVE_INFINITY]) {
-    it(`a suspend in the middle of a batch keeps every accepted byte, and the resume goes on from there (worker: ${hashOnWorkerFromBytes === 0})`, async () => {
+    const name =
+      'a suspend in the middle of a batch keeps every accepted byte, and the resume goes on from there ' +
+      `(worker: ${hashOnWorkerFromBytes === 0})`;
+    it(name, async () => {
       // Batches of 30 000 bytes, chunks of 7 000: the suspend lands inside a batch not yet written.
       const o = { writeBatchBytes: 30_000, writesInFlight: 2, hashOnWorkerFromBytes };
       let store = await openStore(o);
@@ -519,7 +522,7 @@ describe('write-behind and hashing on a worker thread', () => {
       await send(second, image, 7_000);
       const stored = await second.finish();
       expect(Buffer.compare(await fs.readFile(stored.path), image)).toBe(0);
-      expect(await store.partCrcs(stored.sha256, PART)).toEqual(expectedCrcs(image, PART));
+      expect(await store.storedPartCrcs(stored.sha256, PART)).toEqual(expectedCrcs(image, PART));
     });
   }
 });

@@ -13,7 +13,6 @@ export const statfsFreeBytes: FreeSpaceProbe = async (dir) => {
   return stats.bavail * stats.bsize;
 };
 
-
 export function isDiskFull(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | null)?.code;
   return code === 'ENOSPC' || code === 'EDQUOT';

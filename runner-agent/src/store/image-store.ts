@@ -1,5 +1,9 @@
 /**
- * The agent's content-addressed image store (DESIGN §3.6, §3.4).
+ * The agent's content-addressed image store (DESIGN §3.6, §3.4): which images it holds, and the
+ * disk they take. Looks images up, pins them, evicts the least recently used past `maxBytes`,
+ * admits an upload only when it fits, and publishes a received image by rename. Receiving the
+ * bytes is upload-session.ts: the store hands each upload a plan (its files and limits) and gets
+ * back a verified image through `UploadHost.publish`.
  *
  * Images are named by the sha256 of the bytes the client uploaded (the compressed file when
  * compressed) and kept decompressed, so staging serves parts as byte ranges of one file.
@@ -11,43 +15,30 @@
  *   partial/<sha256>.upload  bytes received so far of an upload (the wire bytes): the resume point
  *   *.tmp                    anything in progress (decompressed output, records being written);
  *                            always safe to delete, and `init()` does
- *
- * Resuming and the hash: Node's Hash cannot be saved and restored, so a resumed upload re-reads
- * its partial file from disk through the hash (and the decompressor, and the part CRCs) before
- * accepting more bytes. That is one code path for every case (same process or after a restart),
- * needs no trust in state kept elsewhere, and runs at disk speed, far above the network's.
- *
- * Decompression runs while the upload arrives: each chunk goes to the partial file and to the
- * decompressor, whose output goes to a temp image. The wire bytes are kept until `finish()`
- * because a decompressor's state cannot be saved either: a resume replays them. The disk check
- * counts both copies for that reason. A raw upload is its own image: its partial file is renamed
- * into place, no second copy.
- *
- * Memory: `write()` resolves once a chunk is hashed, accepted by the decompressor and queued for
- * the disk; the write-behind (write-behind.ts) holds at most (writesInFlight + 1) batches
- * (12 MiB by default) per session. Nothing ever holds a whole image.
- *
- * Durability: bytes are written without fsync while they arrive. A suspend (disconnect, error,
- * close) waits for every write, cuts the partial file back to the unbroken run of bytes on disk,
- * and fsyncs it: that length is the resume offset, and only bytes fsync'd so are promised to
- * survive. After a crash instead, the partial file may end in bytes that never reached the disk
- * or (two batch writes in flight) a hole; the sha256 at finish() catches either, the upload is
- * discarded and sent again — never published wrong.
  */
-import fs, { type FileHandle } from 'node:fs/promises';
-import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Transform } from 'node:stream';
 import { CodedError } from '../../../src/protocol/errors.js';
-import { COMPRESSIONS, SHA256_PATTERN, type Compression } from '../../../src/protocol/messages.js';
-import type { Logger } from '../log.js';
-import { checkDecompressor, createDecompressor, type Decompressor, type DecompressTools } from './decompress.js';
+import type { Compression } from '../../../src/protocol/messages.js';
 import { formatBytes } from '../../../src/protocol/units.js';
-import { asNoSpace, statfsFreeBytes, type FreeSpaceProbe } from './disk-space.js';
+import type { Logger } from '../log.js';
+import { checkDecompressor, type DecompressTools } from './decompress.js';
+import { statfsFreeBytes, type FreeSpaceProbe } from './disk-space.js';
+import { fileSize, syncDir } from './files.js';
 import { META_VERSION, parseMeta, TEMP_SUFFIX, writeMeta, type ImageMeta } from './image-meta.js';
-import { checkPartSize, PartCrcAccumulator, partCrcsOfFile } from './part-crc.js';
-import { WriteBehindFile, type WriteBehindOptions } from './write-behind.js';
-import { InlineDigest, WorkerDigest, type DigestResult, type UploadDigest } from './upload-digest.js';
+import { checkPartSize, partCrcsOfFile } from './part-crc.js';
+import {
+  checkBeginUpload,
+  CompletedUpload,
+  Upload,
+  type BeginUpload,
+  type ReceivedImage,
+  type UploadPlan,
+  type UploadSession,
+} from './upload-session.js';
+import type { WriteBehindOptions } from './write-behind.js';
+
+export type { BeginUpload, UploadSession } from './upload-session.js';
 
 export interface StoredImage {
   sha256: string;
@@ -93,39 +84,6 @@ export interface ImageStoreOptions {
   hashOnWorkerFromBytes?: number;
 }
 
-export interface UploadSession {
-  /** Bytes already held (the resume point): the client sends from here on. */
-  readonly offset: number;
-  /**
-   * Appends a chunk; resolves when the next one may be written (backpressure): the chunk is hashed
-   * and queued for the disk, not necessarily on it (write-behind; the store holds a few MiB at
-   * most). The store keeps a reference to the chunk until it is written: never modify it. Throws UPLOAD_TOO_LARGE past the declared size (the bytes before it
-   * are kept for a resume), NO_SPACE when the disk fills, DECOMPRESS_FAILED on corrupt data
-   * (the partial upload is discarded). A failed disk write surfaces at the
-   * next write() or finish(). After a throw the session is closed.
-   */
-  write(chunk: Buffer): Promise<void>;
-  /**
-   * Completes the upload: UPLOAD_TRUNCATED when bytes are missing (kept for a resume),
-   * SHA256_MISMATCH (discarded), DECOMPRESS_FAILED (discarded); otherwise publishes the image
-   * atomically and evicts least-recently-used images past `maxBytes`.
-   */
-  finish(): Promise<StoredImage>;
-  /** The connection dropped: keep the bytes received for a resume. Idempotent. */
-  suspend(): Promise<void>;
-  /** Forget the upload and its bytes. Idempotent. */
-  discard(): Promise<void>;
-}
-
-export interface BeginUpload {
-  sha256: string;
-  /** Bytes on the wire. */
-  size: number;
-  compression: Compression;
-  /** Decompressed size when the client knows it: sharpens the disk-space check. */
-  imageSize?: number;
-}
-
 const MiB = 1024 * 1024;
 const DEFAULTS = {
   minFreeBytes: 256 * MiB,
@@ -137,7 +95,6 @@ const DEFAULTS = {
 };
 /** Guess of the decompressed size when the client does not say (disk images compress ~3–4×). */
 const COMPRESSION_RATIO_ESTIMATE = 4;
-const READ_CHUNK = MiB;
 
 const short = (sha256: string) => sha256.slice(0, 12);
 
@@ -157,7 +114,8 @@ export class ImageStore {
 
   private readonly images = new Map<string, ImageMeta>();
   private readonly pins = new Map<string, number>();
-  private readonly sessions = new Map<string, Upload>();
+  /** Uploads in progress, by sha256: one at a time per image, and their disk space is promised. */
+  private readonly uploads = new Map<string, Upload>();
   /** Per-image chain of record writes, so they land in order. */
   private readonly metaWrites = new Map<string, Promise<void>>();
   private lastClock = 0;
@@ -188,7 +146,21 @@ export class ImageStore {
   async init(): Promise<void> {
     await fs.mkdir(this.imagesDir, { recursive: true });
     await fs.mkdir(this.partialDir, { recursive: true });
+    await this.loadRecords();
+    const partials = await this.sweepPartialUploads();
+    this.initialized = true;
+    this.log.info('image store ready', {
+      dir: this.dir,
+      images: this.images.size,
+      bytes: this.totalBytes(),
+      maxBytes: this.maxBytes,
+      resumableUploads: partials,
+    });
+    await this.evictPast(this.maxBytes);
+  }
 
+  /** Loads every image whose record and file agree; removes the rest (a crash's leftovers). */
+  private async loadRecords(): Promise<void> {
     const names = new Set(await fs.readdir(this.imagesDir));
     for (const name of names) {
       if (name.endsWith(TEMP_SUFFIX)) {
@@ -221,7 +193,10 @@ export class ImageStore {
         await this.removeLeftover(path.join(this.imagesDir, name), 'image without a record');
       }
     }
+  }
 
+  /** Removes partial uploads that can never be resumed; returns how many are left to resume. */
+  private async sweepPartialUploads(): Promise<number> {
     let partials = 0;
     const now = Date.now();
     for (const name of await fs.readdir(this.partialDir)) {
@@ -239,16 +214,7 @@ export class ImageStore {
         await this.removeLeftover(file, 'partial upload never resumed');
       else partials++;
     }
-
-    this.initialized = true;
-    this.log.info('image store ready', {
-      dir: this.dir,
-      images: this.images.size,
-      bytes: this.totalBytes(),
-      maxBytes: this.maxBytes,
-      resumableUploads: partials,
-    });
-    await this.evictPast(this.maxBytes);
+    return partials;
   }
 
   /** The stored image, marked as just used (LRU); null when the store does not hold it. */
@@ -289,10 +255,11 @@ export class ImageStore {
   }
 
   /**
-   * CRC32 of each part of the decompressed image (the last part zero-padded to a multiple of 512).
-   * Computed while storing for `defaultPartSize`; other sizes read the image once and are cached.
+   * CRC32 of each part of the image as stored, i.e. decompressed (the last part zero-padded to a
+   * multiple of 512). Computed while storing for `defaultPartSize`; other sizes read the image
+   * once and are cached in its record.
    */
-  async partCrcs(sha256: string, partSize: number): Promise<number[]> {
+  async storedPartCrcs(sha256: string, partSize: number): Promise<number[]> {
     this.assertReady();
     try {
       checkPartSize(partSize);
@@ -314,6 +281,11 @@ export class ImageStore {
     }
   }
 
+  /** @deprecated The old name of `storedPartCrcs`; goes once agent-service.ts has switched. */
+  partCrcs(sha256: string, partSize: number): Promise<number[]> {
+    return this.storedPartCrcs(sha256, partSize);
+  }
+
   /** Every stored image, most recently used first. */
   list(): StoredImage[] {
     return [...this.images.values()].sort((a, b) => b.lastUsed - a.lastUsed).map((m) => this.toStored(m));
@@ -333,58 +305,39 @@ export class ImageStore {
   async begin(o: BeginUpload): Promise<UploadSession> {
     this.assertReady();
     if (this.closed) throw new CodedError('SHUTTING_DOWN', 'the image store is closing');
+    checkBeginUpload(o);
     const { sha256, size, compression } = o;
-    if (typeof sha256 !== 'string' || !SHA256_PATTERN.test(sha256)) {
-      throw new CodedError('BAD_REQUEST', `sha256 must be 64 lower-case hex digits, got ${JSON.stringify(sha256)}`);
-    }
-    if (!COMPRESSIONS.includes(compression)) {
-      throw new CodedError(
-        'UNSUPPORTED_COMPRESSION',
-        `compression ${JSON.stringify(compression)} is not one of ${COMPRESSIONS.join(', ')}`,
-      );
-    }
-    if (!Number.isSafeInteger(size) || size < 0) throw new CodedError('BAD_REQUEST', `bad upload size ${size}`);
-    if (o.imageSize !== undefined && (!Number.isSafeInteger(o.imageSize) || o.imageSize < 0)) {
-      throw new CodedError('BAD_REQUEST', `bad image size ${o.imageSize}`);
-    }
-    if (compression === 'none' && o.imageSize !== undefined && o.imageSize !== size) {
-      throw new CodedError(
-        'BAD_REQUEST',
-        `an uncompressed upload of ${size} bytes cannot have an image size of ${o.imageSize}`,
-      );
-    }
 
     const stored = this.images.get(sha256);
     if (stored) return new CompletedUpload(stored.wireSize, () => this.get(sha256));
 
-    if (this.sessions.has(sha256)) {
+    if (this.uploads.has(sha256)) {
       throw new CodedError('UPLOAD_IN_PROGRESS', `an upload of ${sha256} is already in progress on another connection`);
     }
     const knownImageSize = compression === 'none' ? size : o.imageSize;
     if (knownImageSize !== undefined && knownImageSize > this.maxBytes) {
       throw new CodedError(
         'UPLOAD_TOO_LARGE',
-        `the image is ${formatBytes(knownImageSize)}, more than this agent's store holds (${formatBytes(this.maxBytes)})`,
+        `the image is ${formatBytes(knownImageSize)}, ` +
+          `more than this agent's store holds (${formatBytes(this.maxBytes)})`,
       );
     }
 
-    const upload = new Upload(this, {
-      ...o,
-      partSize: this.defaultPartSize,
-      maxImageBytes: this.maxBytes,
-      writeBehind: this.writeBehind,
-      hashOnWorker: size >= this.hashOnWorkerFromBytes,
+    const imageBytes = compression === 'none' ? 0 : (o.imageSize ?? size * COMPRESSION_RATIO_ESTIMATE);
+    const upload: Upload = new Upload(this.uploadPlan(o, imageBytes), {
+      publish: (image) => this.publish(image),
+      ended: () => {
+        if (this.uploads.get(sha256) === upload) this.uploads.delete(sha256);
+      },
     });
-    this.sessions.set(sha256, upload); // claimed before any await: a second begin() sees it
+    this.uploads.set(sha256, upload); // claimed before any await: a second begin() sees it
     try {
       if (compression !== 'none') await checkDecompressor(compression, this.tools);
-      const held = await this.resumableBytes(sha256, size);
-      const imageBytes = compression === 'none' ? 0 : (o.imageSize ?? size * COMPRESSION_RATIO_ESTIMATE);
-      upload.plannedImageBytes = imageBytes;
+      const held = await upload.heldBytes();
       await this.ensureSpace(upload, size - held, imageBytes, o.imageSize === undefined && compression !== 'none');
       await upload.open(held);
     } catch (err) {
-      this.sessions.delete(sha256);
+      this.uploads.delete(sha256);
       throw err;
     }
     this.log.info(upload.offset > 0 ? 'upload resumed' : 'upload started', {
@@ -399,55 +352,37 @@ export class ImageStore {
   /** Suspends every upload in progress and waits for pending record writes. */
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.allSettled([...this.sessions.values()].map((s) => s.suspend()));
+    await Promise.allSettled([...this.uploads.values()].map((upload) => upload.suspend()));
     await Promise.allSettled([...this.metaWrites.values()]);
   }
 
-  // ---- used by Upload -------------------------------------------------------------------------
+  // ---- internals --------------------------------------------------------------------------------
 
-  /** @internal */
-  partialPath(sha256: string): string {
-    return path.join(this.partialDir, `${sha256}.upload`);
-  }
-
-  /** @internal Decompressed output being built; ends in `.tmp` so `init()` clears it after a crash. */
-  decompressedTempPath(sha256: string): string {
-    return path.join(this.partialDir, `${sha256}.img${TEMP_SUFFIX}`);
-  }
-
-  /** @internal */
-  get logger(): Logger {
-    return this.log;
-  }
-
-  /** @internal */
-  get toolCommands(): DecompressTools {
-    return this.tools;
-  }
-
-  /** @internal */
-  get storeDir(): string {
-    return this.dir;
-  }
-
-  /** @internal The session is over (finished, suspended or discarded). */
-  released(upload: Upload): void {
-    if (this.sessions.get(upload.sha256) === upload) this.sessions.delete(upload.sha256);
+  /** What an upload is told: where its bytes go and the limits the store holds it to. */
+  private uploadPlan(o: BeginUpload, plannedImageBytes: number): UploadPlan {
+    return {
+      ...o,
+      files: {
+        partial: path.join(this.partialDir, `${o.sha256}.upload`),
+        // Ends in `.tmp` so that init() clears it after a crash: a resume rebuilds it.
+        decompressedTemp: path.join(this.partialDir, `${o.sha256}.img${TEMP_SUFFIX}`),
+      },
+      storeDir: this.dir,
+      partSize: this.defaultPartSize,
+      maxImageBytes: this.maxBytes,
+      plannedImageBytes,
+      writeBehind: this.writeBehind,
+      hashOnWorker: o.size >= this.hashOnWorkerFromBytes,
+      tools: this.tools,
+      log: this.log.child({ sha256: short(o.sha256) }),
+    };
   }
 
   /**
-   * @internal Publishes a fully received, verified image: record first, then the image renamed
-   * into place (the commit point), then the directory synced. Then eviction past the limit.
+   * Publishes a fully received, verified image: record first, then the image renamed into place
+   * (the commit point), then the directory synced. Then eviction past the limit.
    */
-  async publish(o: {
-    sha256: string;
-    file: string;
-    imageSize: number;
-    wireSize: number;
-    compression: Compression;
-    partSize: number;
-    crcs: number[];
-  }): Promise<StoredImage> {
+  private async publish(o: ReceivedImage): Promise<StoredImage> {
     const now = this.tick();
     const meta: ImageMeta = {
       version: META_VERSION,
@@ -475,8 +410,6 @@ export class ImageStore {
     );
     return this.toStored(meta);
   }
-
-  // ---- internals --------------------------------------------------------------------------------
 
   private assertReady(): void {
     if (!this.initialized) throw new Error('ImageStore.init() must be called first');
@@ -531,22 +464,6 @@ export class ImageStore {
     }
   }
 
-  /** Bytes of `sha256` a partial upload holds, or 0 (a partial longer than declared is dropped). */
-  private async resumableBytes(sha256: string, size: number): Promise<number> {
-    const held = await fileSize(this.partialPath(sha256));
-    if (held === null) return 0;
-    if (held > size) {
-      this.log.warn('partial upload is longer than the declared size; starting over', {
-        sha256: short(sha256),
-        held,
-        size,
-      });
-      await fs.rm(this.partialPath(sha256), { force: true });
-      return 0;
-    }
-    return held;
-  }
-
   /**
    * Refuses an upload that would not fit, before it starts. Needs the rest of the wire bytes, the
    * decompressed image (compressed uploads keep both until the end) and the reserve. Evicts
@@ -562,7 +479,7 @@ export class ImageStore {
     // Other uploads in progress will still write what they announced: that space is taken.
     const promised = () => {
       let total = 0;
-      for (const upload of this.sessions.values()) if (upload !== self) total += upload.outstandingBytes();
+      for (const upload of this.uploads.values()) if (upload !== self) total += upload.outstandingBytes();
       return total;
     };
     const measure = async () => (await this.freeBytes(this.dir)) - promised();
@@ -619,388 +536,5 @@ export class ImageStore {
     this.images.delete(sha256);
     await fs.rm(this.imagePath(sha256), { force: true });
     await fs.rm(this.metaPath(sha256), { force: true });
-  }
-}
-
-/** begin() for an image already stored: nothing to send, finish() returns the image. */
-class CompletedUpload implements UploadSession {
-  constructor(
-    readonly offset: number,
-    private readonly getImage: () => Promise<StoredImage | null>,
-  ) {}
-  async write(): Promise<void> {
-    throw new CodedError('UPLOAD_TOO_LARGE', 'the agent already holds this image; no bytes are expected');
-  }
-  async finish(): Promise<StoredImage> {
-    const image = await this.getImage();
-    if (!image)
-      throw new CodedError('IMAGE_NOT_FOUND', 'the image was evicted before the upload finished; upload it again');
-    return image;
-  }
-  async suspend(): Promise<void> {}
-  async discard(): Promise<void> {}
-}
-
-type UploadState = 'new' | 'open' | 'finishing' | 'done' | 'suspended' | 'discarded';
-
-interface UploadPlan extends BeginUpload {
-  partSize: number;
-  /** The decompressed output may not exceed this (a decompression bomb fills no disk). */
-  maxImageBytes: number;
-  writeBehind: WriteBehindOptions;
-  /** sha256 (and a raw upload's part CRCs) on a worker thread. */
-  hashOnWorker: boolean;
-}
-
-/** One upload in progress. Its bytes land in `partial/<sha256>.upload`. */
-class Upload implements UploadSession {
-  readonly sha256: string;
-  private state: UploadState = 'new';
-  private received = 0;
-  private digest: UploadDigest = new InlineDigest();
-  /** The digest computes the part CRCs too (a raw upload hashed on a worker); `crcs` stays unused. */
-  private crcsInDigest = false;
-  private crcs: PartCrcAccumulator;
-  private file: FileHandle | undefined;
-  /** The partial file's writer: chunks go to disk in batches behind the hash. */
-  private writer: WriteBehindFile | undefined;
-  private decompressor: Decompressor | undefined;
-  private imageOut: WriteStream | undefined;
-  private finishing: Promise<StoredImage> | undefined;
-  /** Decompressed bytes this upload was allowed for at begin() (0 for raw: the upload is the image). */
-  plannedImageBytes = 0;
-  /** Serialises write() calls even if a caller does not wait. */
-  private queue: Promise<void> = Promise.resolve();
-  private readonly log: Logger;
-
-  constructor(
-    private readonly store: ImageStore,
-    private readonly plan: UploadPlan,
-  ) {
-    this.sha256 = plan.sha256;
-    this.crcs = new PartCrcAccumulator(plan.partSize);
-    this.log = store.logger.child({ sha256: short(plan.sha256) });
-  }
-
-  get offset(): number {
-    return this.received;
-  }
-
-  /** Disk space this upload was granted and has not used yet (other begin() calls count it as taken). */
-  outstandingBytes(): number {
-    if (this.state !== 'new' && this.state !== 'open' && this.state !== 'finishing') return 0;
-    const wire = Math.max(0, this.plan.size - this.received);
-    const image = Math.max(0, this.plannedImageBytes - (this.compressed ? this.crcs.bytes : 0));
-    return wire + image;
-  }
-
-  private get compressed(): boolean {
-    return this.plan.compression !== 'none';
-  }
-
-  /**
-   * Opens the partial file and replays the `held` bytes already in it through the hash, the part
-   * CRCs and the decompressor. A partial that does not decompress is dropped and the upload
-   * starts over (its bytes cannot belong to a valid file of this sha256).
-   */
-  async open(held: number): Promise<void> {
-    try {
-      await this.start(held);
-    } catch (err) {
-      await this.teardown(false);
-      if (!(err instanceof CodedError && err.code === 'DECOMPRESS_FAILED') || held === 0) throw err;
-      this.log.warn('partial upload does not decompress; starting over', { held, error: err.message });
-      await fs.rm(this.store.partialPath(this.sha256), { force: true });
-      this.crcs = new PartCrcAccumulator(this.plan.partSize);
-      try {
-        await this.start(0);
-      } catch (again) {
-        await this.teardown(false);
-        throw again;
-      }
-    }
-    this.state = 'open';
-  }
-
-  private async start(held: number): Promise<void> {
-    this.received = 0;
-    const partial = this.store.partialPath(this.sha256);
-    this.file = await fs.open(partial, held > 0 ? 'r+' : 'w');
-    if (held > 0) await this.file.truncate(held);
-    this.writer = new WriteBehindFile(this.file, held, this.plan.writeBehind);
-    this.crcsInDigest = this.plan.hashOnWorker && !this.compressed;
-    this.digest = this.plan.hashOnWorker
-      ? new WorkerDigest(this.crcsInDigest ? { partSize: this.plan.partSize } : {})
-      : new InlineDigest();
-    if (this.compressed) this.decompressor = this.startDecompressor();
-    if (held === 0) return;
-    for await (const chunk of createReadStream(partial, { start: 0, end: held - 1, highWaterMark: READ_CHUNK })) {
-      await this.consume(chunk as Buffer);
-    }
-    this.received = held;
-  }
-
-  private startDecompressor(): Decompressor {
-    const limit = this.plan.maxImageBytes;
-    const crcs = () => this.crcs;
-    const tap = new Transform({
-      transform(chunk: Buffer, _encoding, callback) {
-        const acc = crcs();
-        if (acc.bytes + chunk.length > limit) {
-          callback(
-            new CodedError(
-              'UPLOAD_TOO_LARGE',
-              `the decompressed image grows past the store's limit of ${formatBytes(limit)}`,
-            ),
-          );
-          return;
-        }
-        acc.update(chunk);
-        callback(null, chunk);
-      },
-    });
-    // A large buffer lets the stream batch the decompressor's 64 KiB pipe reads into few writes.
-    const out = createWriteStream(this.store.decompressedTempPath(this.sha256), { highWaterMark: READ_CHUNK });
-    this.imageOut = out;
-    return createDecompressor(this.plan.compression as 'gz' | 'xz' | 'zst', [tap, out], this.store.toolCommands);
-  }
-
-  /** The bytes go to everything that follows the stream except the partial file. */
-  private async consume(chunk: Buffer): Promise<void> {
-    const digested = this.digest.update(chunk);
-    if (this.decompressor) await this.decompressor.write(chunk);
-    else if (!this.crcsInDigest) this.crcs.update(chunk);
-    await digested;
-  }
-
-  write(chunk: Buffer): Promise<void> {
-    const run = this.queue.then(() => this.writeNow(chunk));
-    this.queue = run.catch(() => {});
-    return run;
-  }
-
-  private async writeNow(chunk: Buffer): Promise<void> {
-    if (this.state !== 'open')
-      throw new CodedError('BAD_REQUEST', `the upload is ${this.state}; no more bytes are accepted`);
-    if (this.received + chunk.length > this.plan.size) {
-      const err = new CodedError(
-        'UPLOAD_TOO_LARGE',
-        `the upload declared ${this.plan.size} bytes but ${this.received + chunk.length} arrived; ` +
-          `the first ${this.received} are kept for a resume`,
-      );
-      await this.closeAfter(err);
-      throw err;
-    }
-    // The disk write runs on the thread pool while the hash and decompressor work on this thread.
-    const written = this.writer!.append(chunk);
-    const consumed = this.consume(chunk);
-    const [w, c] = await Promise.allSettled([written, consumed]);
-    const failure =
-      w.status === 'rejected'
-        ? asNoSpace(w.reason, this.store.storeDir, 'receiving an upload')
-        : c.status === 'rejected'
-          ? c.reason
-          : undefined;
-    if (failure !== undefined) {
-      await this.closeAfter(failure);
-      throw failure;
-    }
-    this.received += chunk.length;
-  }
-
-  /** After a failed write: corrupt data cannot be resumed, anything else can. */
-  private async closeAfter(err: unknown): Promise<void> {
-    const corrupt = err instanceof CodedError && err.code === 'DECOMPRESS_FAILED';
-    if (corrupt) this.log.warn('upload does not decompress; discarded', { error: err.message });
-    await this.end(corrupt ? 'discarded' : 'suspended');
-  }
-
-  finish(): Promise<StoredImage> {
-    this.finishing ??= this.finishNow();
-    return this.finishing;
-  }
-
-  private async finishNow(): Promise<StoredImage> {
-    await this.queue;
-    if (this.state !== 'open') throw new CodedError('BAD_REQUEST', `the upload is ${this.state}; it cannot finish`);
-    try {
-      await this.writer!.flush();
-    } catch (err) {
-      const failure = asNoSpace(err, this.store.storeDir, 'receiving an upload');
-      await this.closeAfter(failure);
-      throw failure;
-    }
-    this.state = 'finishing';
-    if (this.received < this.plan.size) {
-      await this.end('suspended');
-      throw new CodedError(
-        'UPLOAD_TRUNCATED',
-        `the upload ended after ${this.received} of ${this.plan.size} bytes; the agent keeps them and the upload can resume at ${this.received}`,
-      );
-    }
-    let decompressError: unknown;
-    try {
-      await this.decompressor?.end();
-    } catch (err) {
-      decompressError = err;
-    }
-    let digest: DigestResult;
-    try {
-      digest = await this.digest.finish();
-    } catch (err) {
-      // The bytes are on disk; a resume hashes them again.
-      await this.end('suspended');
-      throw new CodedError('INTERNAL', `hashing the upload failed: ${(err as Error).message}`);
-    }
-    // The sha256 is checked first: if the bytes are not the declared file, that is what to report.
-    const actual = digest.sha256;
-    if (actual !== this.sha256) {
-      await this.end('discarded');
-      throw new CodedError(
-        'SHA256_MISMATCH',
-        `the ${this.received} bytes received hash to ${actual}, not the declared ${this.sha256}; the upload was discarded, send it again`,
-      );
-    }
-    if (decompressError !== undefined) {
-      await this.end('discarded');
-      throw decompressError;
-    }
-    try {
-      const crcs = this.crcsInDigest ? digest.partCrcs! : this.crcs.finish();
-      const imageSize = this.crcsInDigest ? this.received : this.crcs.bytes;
-      const partial = this.store.partialPath(this.sha256);
-      let file: string;
-      if (this.compressed) {
-        await this.file!.close();
-        this.file = undefined;
-        file = this.store.decompressedTempPath(this.sha256);
-        await syncFile(file);
-      } else {
-        await this.file!.sync();
-        await this.file!.close();
-        this.file = undefined;
-        file = partial;
-      }
-      if (this.plan.imageSize !== undefined && this.plan.imageSize !== imageSize) {
-        this.log.warn('decompressed size differs from the size the client announced', {
-          announced: this.plan.imageSize,
-          actual: imageSize,
-        });
-      }
-      const image = await this.store.publish({
-        sha256: this.sha256,
-        file,
-        imageSize,
-        wireSize: this.received,
-        compression: this.plan.compression,
-        partSize: this.plan.partSize,
-        crcs,
-      });
-      if (this.compressed) await fs.rm(partial, { force: true });
-      this.state = 'done';
-      this.store.released(this);
-      return image;
-    } catch (err) {
-      await this.end('discarded');
-      throw asNoSpace(err, this.store.storeDir, 'publishing an image');
-    }
-  }
-
-  async suspend(): Promise<void> {
-    if (this.state === 'finishing') {
-      // finish() is past the point of no return (publishing or failing): let it complete.
-      await this.finishing?.catch(() => {});
-      return;
-    }
-    if (this.state !== 'new' && this.state !== 'open') return;
-    await this.decompressor?.abort(); // unblocks a write waiting on the decompressor
-    await this.queue;
-    await this.end('suspended');
-  }
-
-  async discard(): Promise<void> {
-    if (this.state === 'finishing') await this.finishing?.catch(() => {});
-    if (this.state === 'done' || this.state === 'discarded') return;
-    await this.decompressor?.abort();
-    await this.queue;
-    await this.end('discarded');
-  }
-
-  /**
-   * Ends the session: the partial file is cut back to the bytes on disk without a gap and synced
-   * (suspended) — that is the resume point, and the only bytes the store promises to keep — or
-   * deleted (discarded); the decompressed temp always goes — a resume rebuilds it.
-   */
-  private async end(state: 'suspended' | 'discarded'): Promise<void> {
-    if (this.state === 'done' || this.state === 'discarded') return;
-    const wasOpen = this.state !== 'suspended';
-    this.state = state;
-    if (wasOpen) await this.teardown(state === 'suspended');
-    if (state === 'discarded') await fs.rm(this.store.partialPath(this.sha256), { force: true });
-    this.store.released(this);
-    if (wasOpen || state === 'discarded') {
-      this.log.info(state === 'suspended' ? 'upload suspended' : 'upload discarded', {
-        received: this.received,
-        size: this.plan.size,
-      });
-    }
-  }
-
-  private async teardown(keepPartial: boolean): Promise<void> {
-    await this.digest.close();
-    const decompressor = this.decompressor;
-    this.decompressor = undefined;
-    await decompressor?.abort();
-    const out = this.imageOut;
-    this.imageOut = undefined;
-    // Wait for the temp file's descriptor to close, or the stream could re-create it after the rm.
-    if (out && !out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
-    if (this.file) {
-      const file = this.file;
-      const writer = this.writer;
-      this.file = undefined;
-      this.writer = undefined;
-      try {
-        // Every write must settle before the descriptor closes; a failed one ends the kept bytes.
-        if (keepPartial) await writer?.flush().catch(() => {});
-        else await writer?.abandon();
-        if (keepPartial) {
-          this.received = Math.min(this.received, writer?.written ?? this.received);
-          await file.truncate(this.received);
-          await file.sync();
-        }
-      } finally {
-        await file.close();
-      }
-    }
-    await fs.rm(this.store.decompressedTempPath(this.sha256), { force: true });
-  }
-}
-
-async function fileSize(file: string): Promise<number | null> {
-  try {
-    return (await fs.stat(file)).size;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
-  }
-}
-
-async function syncFile(file: string): Promise<void> {
-  const handle = await fs.open(file, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Makes a rename in `dir` durable. */
-async function syncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }

@@ -77,7 +77,8 @@ parentPort.on('message', (m) => {
       if (pad > 0) crc = zlib.crc32(Buffer.alloc(pad), crc);
       crcs.push(crc >>> 0);
     }
-    parentPort.postMessage({ type: 'result', sha256: hash.digest('hex'), crcs: partSize > 0 ? crcs : undefined, bytes: total });
+    const sha256 = hash.digest('hex');
+    parentPort.postMessage({ type: 'result', sha256, crcs: partSize > 0 ? crcs : undefined, bytes: total });
   }
 });
 `;
