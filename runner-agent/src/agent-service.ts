@@ -6,7 +6,7 @@
  * past the grace period, loses the lease; its running job is cancelled and the staged files go.
  */
 import path from 'node:path';
-import { CodedError, type ErrorCode } from '../../src/protocol/errors.js';
+import { CodedError, codeOf, messageOf, type ErrorCode } from '../../src/protocol/errors.js';
 import type {
   ClientMessage,
   FlashRequest,
@@ -20,7 +20,8 @@ import type { AgentConfig } from './config.js';
 import { findTarget, type Target } from './targets/database.js';
 import type { ResetContext } from './reset/index.js';
 import type { LayoutRegistry } from './layouts/registry.js';
-import type { ImageStore, UploadSession } from './store/image-store.js';
+import type { ImageStore } from './store/image-store.js';
+import type { UploadSession } from './store/upload-session.js';
 import { LeaseManager, newId, type Lease } from './jobs/leases.js';
 import { FlashJob, targetInfo } from './jobs/flash-job.js';
 import { formatBytes } from '../../src/protocol/units.js';
@@ -49,6 +50,8 @@ interface LeaseSession {
   job?: FlashJob;
   /** Set from the moment a flash request is accepted until its job ends. */
   starting?: boolean;
+  /** The id of that flash request, while `starting`: the `re` of its job's events and result. */
+  flashRequest?: string;
   /** A cancel that arrived while the job was still being set up. */
   cancelRequested?: { reason: string; code: ErrorCode };
   /** A result that finished while the client was away, delivered when it reattaches. */
@@ -277,15 +280,27 @@ export class AgentService implements ConnectionHandler {
 
   private async flash(conn: ClientConnection, m: FlashRequest): Promise<void> {
     const s = this.sessionOf(conn);
-    if (s.job || s.starting) throw new CodedError('BAD_REQUEST', 'a job is already running on this lease');
+    if (s.flashRequest !== undefined) {
+      // A client that lost its connection sends its flash again after the resume, not knowing
+      // whether the first one arrived. It did: no second job; the running one answers both.
+      conn.send({ type: 'job-running', re: m.id, flash: s.flashRequest, ...(s.job && { job: s.job.id }) });
+      return;
+    }
     if (s.upload) throw new CodedError('BAD_REQUEST', 'an upload is still in progress (send upload-end first)');
-    // Claim the lease for this job before the first await: a repeated flash (a client resending
-    // after a reconnect) must not start a second job.
+    // Claim the lease for this job before the first await: a repeated flash must not start a second job.
     s.starting = true;
+    s.flashRequest = m.id;
     try {
       await this.runFlash(s, m);
+    } catch (err) {
+      // The error answers this request on the connection it came from. A client that has resumed on
+      // another one since was told `job-running` and waits there, under this request's id.
+      if (s.conn && s.conn.id !== conn.id)
+        s.conn.send({ type: 'error', re: m.id, code: codeOf(err), message: messageOf(err) });
+      throw err;
     } finally {
       s.starting = false;
+      s.flashRequest = undefined;
     }
   }
 

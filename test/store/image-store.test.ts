@@ -8,7 +8,8 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { CodedError, type ErrorCode } from '../../src/protocol/errors.js';
 import type { Compression } from '../../src/protocol/messages.js';
 import { createLogger, silentLogger, type LogRecord } from '../../runner-agent/src/log.js';
-import { ImageStore, type ImageStoreOptions, type UploadSession } from '../../runner-agent/src/store/image-store.js';
+import { ImageStore, type ImageStoreOptions } from '../../runner-agent/src/store/image-store.js';
+import type { UploadSession } from '../../runner-agent/src/store/upload-session.js';
 
 const PART = 64 * 1024;
 

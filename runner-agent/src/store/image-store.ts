@@ -38,8 +38,6 @@ import {
 } from './upload-session.js';
 import type { WriteBehindOptions } from './write-behind.js';
 
-export type { BeginUpload, UploadSession } from './upload-session.js';
-
 export interface StoredImage {
   sha256: string;
   /** The decompressed image file. */
@@ -279,11 +277,6 @@ export class ImageStore {
     } finally {
       release();
     }
-  }
-
-  /** @deprecated The old name of `storedPartCrcs`; goes once agent-service.ts has switched. */
-  partCrcs(sha256: string, partSize: number): Promise<number[]> {
-    return this.storedPartCrcs(sha256, partSize);
   }
 
   /** Every stored image, most recently used first. */

@@ -12,12 +12,9 @@
  *      model   optional  free text, e.g. `pi4b`
  *      serial  optional  free text
  *      labels  optional  separated by spaces or `;`
- *      layout  optional  how an image lands on the card (empty: the agent's `defaultLayout`):
- *                          inject — U-Boot and stage 1 are carried into the image's boot
- *                                   partition, so the flashed board stays network-flashable;
- *                          whole  — the image is written from block 0 exactly as uploaded;
- *                          seed   — the board still carries the seed system's recovery card
- *                                   (DESIGN §3.5, seed compatibility).
+ *      layout  optional  how an image lands on the card: a name in layouts/registry.ts (inject,
+ *                        whole, seed…; the README's "Layouts" says what each does); empty: the
+ *                        agent's `defaultLayout`
  *      console optional  where the board's serial console is read during a job (see
  *                        console/spec.ts): serial:/dev/ttyUSB0@115200, tcp:<host>:<port>
  *                        (ser2net, raw mode) or unix:<socket path> (QEMU's -serial unix:…)
