@@ -41532,12 +41532,17 @@ function hex8(n) {
     return (n >>> 0).toString(16).padStart(8, '0');
 }
 
-;// CONCATENATED MODULE: ./src/action/compression.js
-/** Formats we name in errors even though the agent cannot decompress them. */
-const MAGICS = [
-    { name: 'gzip', bytes: [0x1f, 0x8b], compression: 'gz' },
-    { name: 'xz', bytes: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], compression: 'xz' },
-    { name: 'zstd', bytes: [0x28, 0xb5, 0x2f, 0xfd], compression: 'zst' },
+;// CONCATENATED MODULE: ./src/protocol/compression.js
+/** The magic numbers of the formats the agent decompresses (a zstd frame's is 0xfd2fb528, little-endian). */
+const MAGIC = {
+    gz: [0x1f, 0x8b],
+    xz: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00],
+    zst: [0x28, 0xb5, 0x2f, 0xfd],
+};
+const FORMATS = [
+    { name: 'gzip', bytes: MAGIC.gz, compression: 'gz' },
+    { name: 'xz', bytes: MAGIC.xz, compression: 'xz' },
+    { name: 'zstd', bytes: MAGIC.zst, compression: 'zst' },
     { name: 'bzip2', bytes: [0x42, 0x5a, 0x68] },
     { name: 'zip', bytes: [0x50, 0x4b, 0x03, 0x04] },
     { name: 'lz4', bytes: [0x04, 0x22, 0x4d, 0x18] },
@@ -41556,11 +41561,16 @@ const EXTENSIONS = {
     '.lzma': 'lzma',
     '.lz': 'lzip',
 };
-const MAGIC_LENGTH = 6;
+/** How many leading bytes `detectCompression` looks at: the longest magic number. */
+const MAGIC_LENGTH = Math.max(...FORMATS.map((f) => f.bytes.length));
 const SUPPORTED = 'raw, .gz, .xz or .zst';
-/** The format named by the file's content: `none` when no known compression magic is found. */
+/** Thrown when a file's compression is one the agent cannot decompress, or its name and content disagree. */
+class CompressionError extends Error {
+    name = 'CompressionError';
+}
+/** The format named by the file's content; undefined when no known compression magic is found. */
 function formatFromMagic(head) {
-    return MAGICS.find((m) => m.bytes.every((b, i) => head[i] === b));
+    return FORMATS.find((f) => f.bytes.every((b, i) => head[i] === b));
 }
 /** The format the name promises, if its last extension names a compression format. */
 function formatFromName(name) {
@@ -41568,23 +41578,26 @@ function formatFromName(name) {
     return ext === undefined ? undefined : EXTENSIONS[ext];
 }
 /**
- * The compression of a file from its first bytes, cross-checked against its name. Throws (naming the
- * file) when the format is one the agent cannot decompress, or when the name and content disagree —
- * that usually means a truncated download or an HTML error page saved under the image's name.
+ * The compression of a file from its first `MAGIC_LENGTH` bytes (fewer for a shorter file), by
+ * content so that a renamed file still decompresses, cross-checked with its name. Throws
+ * CompressionError (naming the file) when the format is one the agent cannot decompress, or when the
+ * name and content disagree: that usually means a truncated download or an HTML error page saved
+ * under the image's name.
  */
 function detectCompression(head, name) {
     const magic = formatFromMagic(head);
     const named = formatFromName(name);
     if (magic && magic.compression === undefined) {
-        throw new Error(`${name} is ${magic.name}-compressed; supported images are ${SUPPORTED}`);
+        throw new CompressionError(`${name} is ${magic.name}-compressed; supported images are ${SUPPORTED}`);
     }
-    if (named !== undefined && !MAGICS.some((m) => m.name === named && m.compression)) {
-        throw new Error(`${name}: ${named} compression is not supported; supported images are ${SUPPORTED}`);
+    if (named !== undefined && !FORMATS.some((f) => f.name === named && f.compression)) {
+        throw new CompressionError(`${name}: ${named} compression is not supported; supported images are ${SUPPORTED}`);
     }
     if (named !== undefined && named !== magic?.name) {
         const seen = Array.from(head.subarray(0, MAGIC_LENGTH), (b) => b.toString(16).padStart(2, '0')).join(' ');
         const what = magic ? `${magic.name} data` : 'not compressed';
-        throw new Error(`${name}: the name says ${named} but the content is ${what} (first bytes: ${seen}); is the file truncated or not the image?`);
+        throw new CompressionError(`${name}: the name says ${named} but the content is ${what} (first bytes: ${seen}); ` +
+            'is the file truncated or not the image?');
     }
     if (magic?.compression === undefined)
         return { compression: 'none' };
@@ -41593,6 +41606,10 @@ function detectCompression(head, name) {
         ...(named === undefined && { note: `${name} is ${magic.name}-compressed although its name does not say so` }),
     };
 }
+
+;// CONCATENATED MODULE: ./src/action/compression.js
+
+
 /**
  * The decompressed size when the file records it exactly, else undefined:
  * - xz: the stream index lists every block's uncompressed size (exact, read from the end of the file);
@@ -41645,7 +41662,8 @@ function readVarint(buffer, at) {
     }
     throw new RangeError('xz integer too long');
 }
-const XZ_HEADER = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
+/** Every xz stream starts with the format's magic; walking backwards must land on one. */
+const XZ_HEADER = Buffer.from(MAGIC.xz);
 async function xzSize(file, size) {
     let end = size;
     let total = 0;
@@ -41672,11 +41690,13 @@ async function xzSize(file, size) {
             blocks += Math.ceil(unpadded / 4) * 4;
         }
         end = indexStart - blocks - 12;
-        if (!(await readAt(file, end, 6)).equals(XZ_HEADER))
+        if (!(await readAt(file, end, XZ_HEADER.length)).equals(XZ_HEADER))
             return undefined;
     }
     return total;
 }
+/** A zstd frame's magic as the little-endian word the walk reads. */
+const ZSTD_FRAME_MAGIC = Buffer.from(MAGIC.zst).readUInt32LE(0);
 async function zstdSize(file, size) {
     let pos = 0;
     let total = 0;
@@ -41686,7 +41706,7 @@ async function zstdSize(file, size) {
             pos += 8 + (await readAt(file, pos + 4, 4)).readUInt32LE(0); // skippable frame
             continue;
         }
-        if (magic !== 0xfd2fb528)
+        if (magic !== ZSTD_FRAME_MAGIC)
             return undefined;
         const descriptor = (await readAt(file, pos + 4, 1))[0];
         const fcsFlag = descriptor >> 6;

@@ -1,89 +1,13 @@
 /**
- * What compression an image file uses, from its first bytes (the name is only cross-checked), and
- * its decompressed size when the container records it exactly. The agent decompresses; the action
- * only has to tell it which format and, for the disk-space check, how big the result will be.
+ * The action's side of image compression: which format a file uses is the shared rule of
+ * protocol/compression.ts (re-exported here for image.ts); what only the action needs is the
+ * decompressed size, when the container records it exactly, for the agent's disk-space check.
  */
 import type { FileHandle } from 'node:fs/promises';
+import { MAGIC } from '../protocol/compression.js';
 import type { Compression } from '../protocol/messages.js';
 
-interface Magic {
-  name: string;
-  bytes: number[];
-  compression?: Compression;
-}
-
-/** Formats we name in errors even though the agent cannot decompress them. */
-const MAGICS: Magic[] = [
-  { name: 'gzip', bytes: [0x1f, 0x8b], compression: 'gz' },
-  { name: 'xz', bytes: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], compression: 'xz' },
-  { name: 'zstd', bytes: [0x28, 0xb5, 0x2f, 0xfd], compression: 'zst' },
-  { name: 'bzip2', bytes: [0x42, 0x5a, 0x68] },
-  { name: 'zip', bytes: [0x50, 0x4b, 0x03, 0x04] },
-  { name: 'lz4', bytes: [0x04, 0x22, 0x4d, 0x18] },
-  { name: '7z', bytes: [0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c] },
-];
-
-const EXTENSIONS: Record<string, string> = {
-  '.gz': 'gzip',
-  '.gzip': 'gzip',
-  '.xz': 'xz',
-  '.zst': 'zstd',
-  '.zstd': 'zstd',
-  '.bz2': 'bzip2',
-  '.zip': 'zip',
-  '.lz4': 'lz4',
-  '.7z': '7z',
-  '.lzma': 'lzma',
-  '.lz': 'lzip',
-};
-
-export const MAGIC_LENGTH = 6;
-const SUPPORTED = 'raw, .gz, .xz or .zst';
-
-/** The format named by the file's content: `none` when no known compression magic is found. */
-export function formatFromMagic(head: Uint8Array): Magic | undefined {
-  return MAGICS.find((m) => m.bytes.every((b, i) => head[i] === b));
-}
-
-/** The format the name promises, if its last extension names a compression format. */
-export function formatFromName(name: string): string | undefined {
-  const ext = /\.[a-z0-9]+$/i.exec(name)?.[0]?.toLowerCase();
-  return ext === undefined ? undefined : EXTENSIONS[ext];
-}
-
-export interface DetectedCompression {
-  compression: Compression;
-  /** Set when the content is compressed but the name does not say so (worth a log line, not an error). */
-  note?: string;
-}
-
-/**
- * The compression of a file from its first bytes, cross-checked against its name. Throws (naming the
- * file) when the format is one the agent cannot decompress, or when the name and content disagree —
- * that usually means a truncated download or an HTML error page saved under the image's name.
- */
-export function detectCompression(head: Uint8Array, name: string): DetectedCompression {
-  const magic = formatFromMagic(head);
-  const named = formatFromName(name);
-  if (magic && magic.compression === undefined) {
-    throw new Error(`${name} is ${magic.name}-compressed; supported images are ${SUPPORTED}`);
-  }
-  if (named !== undefined && !MAGICS.some((m) => m.name === named && m.compression)) {
-    throw new Error(`${name}: ${named} compression is not supported; supported images are ${SUPPORTED}`);
-  }
-  if (named !== undefined && named !== magic?.name) {
-    const seen = Array.from(head.subarray(0, MAGIC_LENGTH), (b) => b.toString(16).padStart(2, '0')).join(' ');
-    const what = magic ? `${magic.name} data` : 'not compressed';
-    throw new Error(
-      `${name}: the name says ${named} but the content is ${what} (first bytes: ${seen}); is the file truncated or not the image?`,
-    );
-  }
-  if (magic?.compression === undefined) return { compression: 'none' };
-  return {
-    compression: magic.compression,
-    ...(named === undefined && { note: `${name} is ${magic.name}-compressed although its name does not say so` }),
-  };
-}
+export { detectCompression, MAGIC_LENGTH } from '../protocol/compression.js';
 
 /**
  * The decompressed size when the file records it exactly, else undefined:
@@ -140,7 +64,8 @@ function readVarint(buffer: Buffer, at: { pos: number }): number {
   throw new RangeError('xz integer too long');
 }
 
-const XZ_HEADER = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
+/** Every xz stream starts with the format's magic; walking backwards must land on one. */
+const XZ_HEADER = Buffer.from(MAGIC.xz);
 
 async function xzSize(file: FileHandle, size: number): Promise<number | undefined> {
   let end = size;
@@ -164,10 +89,13 @@ async function xzSize(file: FileHandle, size: number): Promise<number | undefine
       blocks += Math.ceil(unpadded / 4) * 4;
     }
     end = indexStart - blocks - 12;
-    if (!(await readAt(file, end, 6)).equals(XZ_HEADER)) return undefined;
+    if (!(await readAt(file, end, XZ_HEADER.length)).equals(XZ_HEADER)) return undefined;
   }
   return total;
 }
+
+/** A zstd frame's magic as the little-endian word the walk reads. */
+const ZSTD_FRAME_MAGIC = Buffer.from(MAGIC.zst).readUInt32LE(0);
 
 async function zstdSize(file: FileHandle, size: number): Promise<number | undefined> {
   let pos = 0;
@@ -178,7 +106,7 @@ async function zstdSize(file: FileHandle, size: number): Promise<number | undefi
       pos += 8 + (await readAt(file, pos + 4, 4)).readUInt32LE(0); // skippable frame
       continue;
     }
-    if (magic !== 0xfd2fb528) return undefined;
+    if (magic !== ZSTD_FRAME_MAGIC) return undefined;
     const descriptor = (await readAt(file, pos + 4, 1))[0]!;
     const fcsFlag = descriptor >> 6;
     const singleSegment = (descriptor & 0x20) !== 0;

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { downloadTool } from '@actions/tool-cache';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { detectCompression } from '../../src/action/compression.js';
+import { detectCompression } from '../../src/protocol/compression.js';
 import { globFiles, segmentRegExp } from '../../src/action/glob.js';
 import { redactUrl, resolveImage } from '../../src/action/image.js';
 
@@ -173,7 +173,8 @@ describe('resolveImage: compression', () => {
   it('refuses a name that promises a compression the content does not have', async () => {
     put('sdcard.img.xz', '<html>502 Bad Gateway</html>');
     await expect(resolve('sdcard.img.xz')).rejects.toThrow(
-      'image: sdcard.img.xz: the name says xz but the content is not compressed (first bytes: 3c 68 74 6d 6c 3e); is the file truncated or not the image?',
+      'image: sdcard.img.xz: the name says xz but the content is not compressed (first bytes: 3c 68 74 6d 6c 3e); ' +
+        'is the file truncated or not the image?',
     );
     put('other.img.zst', gzipSync(Buffer.from('x')));
     await expect(resolve('other.img.zst')).rejects.toThrow('the name says zstd but the content is gzip data');
