@@ -86,38 +86,14 @@ if [[ $CACHED_ONLY == 0 ]]; then
   flock 9
 fi
 
-# --- private apt configuration (deb-src only, state under .cache/) ---------------------------
-APT_OPTS=(
-  -o "Dir::Etc::SourceList=$APT_DIR/sources.list"
-  -o "Dir::Etc::SourceParts=$APT_DIR/sources.list.d"
-  -o "Dir::State::Lists=$APT_DIR/lists"
-  -o "Dir::Cache=$APT_DIR/cache"
-  -o "Dir::Etc::Preferences=$APT_DIR/preferences"
-  -o "Dir::Etc::PreferencesParts=$APT_DIR/preferences.d"
-  # The downloads land in our own folder, which the unprivileged _apt user may not be able to
-  # enter; fetching as the caller avoids apt's "download is performed unsandboxed" warning.
-  -o "APT::Sandbox::User=$(id -un)"
-)
-mkdir -p "$APT_DIR"/{lists/partial,cache/archives/partial,sources.list.d,preferences.d}
-touch "$APT_DIR/preferences"
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-cat >"$APT_DIR/sources.list" <<EOF
-deb-src [signed-by=$KEYRING] http://deb.debian.org/debian bookworm main
-deb-src [signed-by=$KEYRING] http://deb.debian.org/debian bookworm-updates main
-deb-src [signed-by=$KEYRING] http://deb.debian.org/debian-security bookworm-security main
-EOF
-
-lists_present() { compgen -G "$APT_DIR/lists/*Sources*" >/dev/null; }
-lists_fresh() { [[ -n "$(find "$APT_DIR/lists" -maxdepth 1 -name '*Sources*' -mtime -7 -print -quit)" ]]; }
-
-if [[ $CACHED_ONLY == 0 ]] && { [[ $REFRESH == 1 ]] || ! lists_fresh; }; then
-  say "refreshing the private deb-src lists in $APT_DIR"
-  if ! apt-get "${APT_OPTS[@]}" -qq update >&2; then
-    lists_present || die "apt-get update failed and there are no lists from an earlier run"
-    say "apt-get update failed; using the lists from an earlier run"
-  fi
+# A private apt with Debian's deb-src lists, state under .cache/ (scripts/lib/private-apt.sh).
+source "$REPO_ROOT/scripts/lib/private-apt.sh"
+private_apt_init "$APT_DIR" deb-src
+if [[ $CACHED_ONLY == 1 ]]; then
+  private_apt_lists_present '*Sources*' || { say "no private apt lists yet (never built here)"; exit 3; }
+else
+  private_apt_refresh '*Sources*' "$REFRESH" || { say "no private apt lists yet (never built here)"; exit 3; }
 fi
-lists_present || { say "no private apt lists yet (never built here)"; exit 3; }
 
 # The newest u-boot source version of the 2023.01 series the lists know.
 VERSION=""

@@ -57,39 +57,10 @@ fi
 exec 9>"$CACHE/.lock"
 flock 9
 
-APT_OPTS=(
-  -o "Dir::Etc::SourceList=$APT_DIR/sources.list"
-  -o "Dir::Etc::SourceParts=$APT_DIR/sources.list.d"
-  -o "Dir::Etc::Preferences=$APT_DIR/preferences"
-  -o "Dir::Etc::PreferencesParts=$APT_DIR/preferences.d"
-  -o "Dir::State::Lists=$APT_DIR/lists"
-  -o "Dir::Cache=$APT_DIR/cache"
-  -o "Dir::State::status=/dev/null"
-  -o "APT::Architecture=arm64"
-  -o "APT::Architectures::=arm64"
-  -o "Debug::NoLocking=1"
-  # Downloads land in our own folder; fetching as the caller avoids the _apt sandbox warning.
-  -o "APT::Sandbox::User=$(id -un)"
-)
-mkdir -p "$APT_DIR"/{lists/partial,cache/archives/partial,sources.list.d,preferences.d}
-touch "$APT_DIR/preferences"
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-cat >"$APT_DIR/sources.list" <<EOF
-deb [arch=arm64 signed-by=$KEYRING] http://deb.debian.org/debian bookworm main
-deb [arch=arm64 signed-by=$KEYRING] http://deb.debian.org/debian bookworm-updates main
-deb [arch=arm64 signed-by=$KEYRING] http://deb.debian.org/debian-security bookworm-security main
-EOF
-
-lists_present() { compgen -G "$APT_DIR/lists/*Packages*" >/dev/null; }
-lists_fresh() { [[ -n "$(find "$APT_DIR/lists" -maxdepth 1 -name '*Packages*' -mtime -7 -print -quit)" ]]; }
-if [[ $REFRESH == 1 ]] || ! lists_fresh; then
-  say "refreshing the private arm64 package lists in $APT_DIR"
-  if ! apt-get "${APT_OPTS[@]}" -qq update >&2; then
-    lists_present || die "apt-get update failed and there are no lists from an earlier run"
-    say "apt-get update failed; using the lists from an earlier run"
-  fi
-fi
-lists_present || die "no package lists in $APT_DIR"
+# A private apt with Debian's arm64 binary lists, state under .cache/ (scripts/lib/private-apt.sh).
+source "$REPO_ROOT/scripts/lib/private-apt.sh"
+private_apt_init "$APT_DIR" "deb [arch=arm64]" arm64
+private_apt_refresh '*Packages*' "$REFRESH" || die "no package lists in $APT_DIR"
 
 # The metapackage names the current ABI package, e.g. linux-image-6.1.0-31-arm64.
 PKG="$(apt-cache "${APT_OPTS[@]}" depends linux-image-arm64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-arm64\)$/\1/p' | head -1)"
