@@ -63,7 +63,8 @@ private_apt_init "$APT_DIR" "deb [arch=arm64]" arm64
 private_apt_refresh '*Packages*' "$REFRESH" || die "no package lists in $APT_DIR"
 
 # The metapackage names the current ABI package, e.g. linux-image-6.1.0-31-arm64.
-PKG="$(apt-cache "${APT_OPTS[@]}" depends linux-image-arm64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-arm64\)$/\1/p' | head -1)"
+PKG="$(apt-cache "${APT_OPTS[@]}" depends linux-image-arm64 2>/dev/null |
+  sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-arm64\)$/\1/p' | head -1)"
 [[ -n $PKG ]] || die "linux-image-arm64 names no linux-image-<abi>-arm64 package in the lists"
 VERSION="$(apt-cache "${APT_OPTS[@]}" show "$PKG" 2>/dev/null | sed -n 's/^Version: //p' | head -1)"
 [[ -n $VERSION ]] || die "no version for $PKG"

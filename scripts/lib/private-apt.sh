@@ -35,7 +35,12 @@ private_apt_init() {
   mkdir -p "$dir"/{lists/partial,cache/archives/partial,sources.list.d,preferences.d}
   touch "$dir/preferences"
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg opts
-  if [[ $prefix == *"["*"]" ]]; then opts="${prefix%]} signed-by=$keyring]"; else opts="$prefix [signed-by=$keyring]"; fi
+  # "deb [arch=arm64]" gains the keyring inside its brackets; a bare "deb-src" gets brackets of its own.
+  if [[ $prefix == *"["*"]" ]]; then
+    opts="${prefix%]} signed-by=$keyring]"
+  else
+    opts="$prefix [signed-by=$keyring]"
+  fi
   cat >"$dir/sources.list" <<SOURCES
 $opts http://deb.debian.org/debian bookworm main
 $opts http://deb.debian.org/debian bookworm-updates main
