@@ -69,11 +69,19 @@ afterAll(async () => {
 });
 
 describe('make-card to a file', () => {
-  for (const compression of ['none', 'gz', 'xz', 'zst'] as const) {
-    it(`from a ${compression === 'none' ? 'raw' : `.${compression}`} image: the image plus exactly the injection`, async () => {
+  const cases = [
+    { compression: 'none', name: 'os.img' },
+    { compression: 'gz', name: 'os.img.gz' },
+    { compression: 'xz', name: 'os.img.xz' },
+    { compression: 'zst', name: 'os.img.zst' },
+    // By content: a compressed image under a neutral name still decompresses.
+    { compression: 'gz', name: 'packed-os.img' },
+  ] as const;
+  for (const { compression, name } of cases) {
+    it(`from ${name} (${compression}): the image plus exactly the injection`, async () => {
       let source = image.path;
       if (compression !== 'none') {
-        source = `${image.path}.${compression}`;
+        source = path.join(dir, name);
         const raw = await readFile(image.path);
         const packed =
           compression === 'gz'
@@ -84,7 +92,7 @@ describe('make-card to a file', () => {
               });
         await writeFile(source, packed);
       }
-      const out = path.join(dir, `card-${compression}.img`);
+      const out = path.join(dir, `card-${name}`);
       const result = await makeCard({
         image: source,
         model: getPiModel('pi4'),
@@ -110,7 +118,10 @@ describe('make-card to a file', () => {
     expect(c.text().stderr).toBe('');
     expect(code).toBe(0);
     expect(c.text().stdout).toMatch(
-      /wrote .*card-cli\.img: .*boot partition 1 \(FAT16\) now starts U-Boot \(rpi_4\) and stage 1, which boots kernel8\.img/,
+      new RegExp(
+        String.raw`wrote .*card-cli\.img: .*boot partition 1 \(FAT16\) ` +
+          String.raw`now starts U-Boot \(rpi_4\) and stage 1, which boots kernel8\.img`,
+      ),
     );
     const projectScr = await readFile(new URL('../../uboot/boot.scr', import.meta.url)).catch(() => undefined);
     const cardScr = await mtoolsRead(out, image.bootOffset, 'boot.scr');
@@ -134,6 +145,29 @@ describe('make-card to a file', () => {
     ).toBe(1);
     expect(c.text().stderr).toMatch(/no MBR signature.*\[IMAGE_NOT_DISK\]/);
     expect((await readdir(dir)).filter((f) => f.startsWith('card-junk'))).toEqual([]);
+  });
+
+  it('refuses, as the action does, an image whose name and content disagree or that it cannot decompress', async () => {
+    const run = async (name: string, content: Buffer) => {
+      await writeFile(path.join(dir, name), content);
+      const c = capture();
+      const out = path.join(dir, `card-${name}`);
+      const code = await makeCardMain(
+        ['--image', path.join(dir, name), '--model', 'pi4', '--out', out, '--uboot', ubootFile, '--boot-scr', scrFile],
+        c.io,
+      );
+      expect(existsSync(out)).toBe(false);
+      return { code, stderr: c.text().stderr };
+    };
+    // A raw image saved under a compressed name: what a failed download looks like.
+    expect(await run('os-raw.img.xz', await readFile(image.path))).toEqual({
+      code: 1,
+      stderr: expect.stringMatching(/os-raw\.img\.xz: the name says xz but the content is not compressed/),
+    });
+    expect(await run('os.img.bz2', Buffer.from('BZh91AY&SY'))).toEqual({
+      code: 1,
+      stderr: expect.stringMatching(/os\.img\.bz2 is bzip2-compressed; supported images are raw, \.gz, \.xz or \.zst/),
+    });
   });
 
   it('usage: --help, missing options, unknown model, missing default U-Boot', async () => {
@@ -190,7 +224,7 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
   const devPath = `/dev/${loop}`;
 
   /** A sysfs tree describing the device as a 1 GiB card with one partition, and a mount table. */
-  async function fakeSystem(o: { sizeBytes?: number; mounted?: boolean }) {
+  async function fakeSystem(o: { sizeBytes?: number; mounted?: boolean; partition?: boolean }) {
     const sysRoot = await mkdtemp(path.join(dir, 'sys-'));
     const block = path.join(sysRoot, 'block', loop!);
     await mkdir(path.join(block, 'device'), { recursive: true });
@@ -198,6 +232,7 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     await mkdir(path.join(sysRoot, 'class', 'block', loop!), { recursive: true });
     const sectors = String((o.sizeBytes ?? 1024 * 1024 * 1024) / 512);
     await writeFile(path.join(sysRoot, 'class', 'block', loop!, 'size'), sectors);
+    if (o.partition) await writeFile(path.join(sysRoot, 'class', 'block', loop!, 'partition'), '1');
     await writeFile(path.join(block, 'size'), sectors);
     await writeFile(path.join(block, 'removable'), '1');
     await writeFile(path.join(block, 'device', 'model'), 'Test Card Reader  \n');
@@ -214,9 +249,9 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     io = { sysRoot, mountsFile, swapsFile };
   }
 
-  const args = (extra: string[] = []) => [
+  const args = (extra: string[] = [], source = image.path) => [
     '--image',
-    image.path,
+    source,
     '--model',
     'pi4',
     '--out',
@@ -235,7 +270,7 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     expect(await makeCardMain(args(), { ...io, ...c.io, stdin })).toBe(1);
     const { stdout, stderr } = c.text();
     expect(stdout).toContain(
-      `Device ${devPath} (${loop}): 1024.0 MiB, Acme Test Card Reader, removable\n  ${loop}p1: 256.0 MiB\n`,
+      `Device ${devPath} (${loop}): 1.0 GiB, Acme Test Card Reader, removable\n  ${loop}p1: 256.0 MiB\n`,
     );
     expect(stdout).toMatch(/Write os\.img \(28\.0 MiB, U-Boot rpi_4\) to \/dev\/loop\d\? Everything on it is lost/);
     expect(stderr).toMatch(/not confirmed: standard input is not a terminal.*--yes.*Nothing was written/);
@@ -260,6 +295,15 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     );
   });
 
+  it('refuses a partition, even with --yes', async () => {
+    await fakeSystem({ partition: true });
+    const c = capture();
+    expect(await makeCardMain(args(['--yes']), { ...io, ...c.io, stdin: new PassThrough() })).toBe(1);
+    expect(c.text().stderr).toMatch(
+      new RegExp(`/dev/${loop} is a partition \\(${loop}\\); give the whole card, e\\.g\\. /dev/sdX`),
+    );
+  });
+
   it('refuses a device smaller than the image, even with --yes', async () => {
     await fakeSystem({ sizeBytes: 16 * 1024 * 1024 });
     const c = capture();
@@ -276,24 +320,7 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     });
     await writeFile(`${bad}.zst`, execFileSync('zstd', ['-c', '-q', bad], { maxBuffer: 16 * 1024 * 1024 }));
     const c = capture();
-    expect(
-      await makeCardMain(
-        [
-          '--image',
-          `${bad}.zst`,
-          '--model',
-          'pi4',
-          '--out',
-          devPath,
-          '--uboot',
-          ubootFile,
-          '--boot-scr',
-          scrFile,
-          '--yes',
-        ],
-        { ...io, ...c.io, stdin: new PassThrough() },
-      ),
-    ).toBe(1);
+    expect(await makeCardMain(args(['--yes'], `${bad}.zst`), { ...io, ...c.io, stdin: new PassThrough() })).toBe(1);
     expect(c.text().stderr).toMatch(/GPT images are not supported yet.*\[IMAGE_GPT_UNSUPPORTED\]/);
     expect(c.text().stdout).toBe('');
   });
@@ -303,12 +330,7 @@ describe.skipIf(!loop)(`make-card to a block device (the idle ${loop ?? 'loop'} 
     const xz = `${image.path}.dev.xz`;
     await writeFile(xz, execFileSync('xz', ['-c', '-T1', '-1', image.path], { maxBuffer: 64 * 1024 * 1024 }));
     const c = capture();
-    expect(
-      await makeCardMain(
-        ['--image', xz, '--model', 'pi4', '--out', devPath, '--uboot', ubootFile, '--boot-scr', scrFile],
-        { ...io, ...c.io, stdin: new PassThrough() },
-      ),
-    ).toBe(1);
+    expect(await makeCardMain(args([], xz), { ...io, ...c.io, stdin: new PassThrough() })).toBe(1);
     expect(c.text().stdout).toMatch(/Write os\.img\.dev\.xz \(28\.0 MiB, U-Boot rpi_4\)/);
   });
 });
