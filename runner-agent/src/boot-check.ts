@@ -9,9 +9,6 @@ import net from 'node:net';
 import type { BootCheck } from '../../src/protocol/boot-check.js';
 import type { Logger } from './log.js';
 
-// TEMP re-export until flash-job moves: jobs/flash-job.ts and config.ts still import these from here.
-export { parseBootCheck, type BootCheck } from '../../src/protocol/boot-check.js';
-
 /**
  * What a `console:` check reads: the job's console capture (console/capture.ts's ConsoleCapture
  * fits). `waitFor` resolves with the first line numbered `since` or later that matches, or null

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { isIP } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { parseBootCheck } from './boot-check.js';
+import { parseBootCheck } from '../../src/protocol/boot-check.js';
 import type { Stage2Settings } from './board/stage2-script.js';
 import { builtinLayouts } from './layouts/registry.js';
 

@@ -18,7 +18,8 @@ import type {
   ProgressEvent,
   TargetInfo,
 } from '../../../src/protocol/messages.js';
-import { parseBootCheck, waitForBoot, type BootCheck } from '../boot-check.js';
+import { parseBootCheck, type BootCheck } from '../../../src/protocol/boot-check.js';
+import { waitForBoot } from '../boot-check.js';
 import { openConsole, type ConsoleCapture } from '../console/capture.js';
 import type { BoardWatch, FlashMethod, Layout, LayoutJob } from '../layouts/layout.js';
 import type { Logger } from '../log.js';
