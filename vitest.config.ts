@@ -7,6 +7,8 @@ export default defineConfig({
     hookTimeout: 30_000,
     // Network tests bind real sockets; run files in parallel processes, tests in a file in order.
     pool: 'forks',
-    reporters: process.env.CI ? ['default'] : ['default'],
+    // One reporter everywhere, named so vitest does not pick another by environment (its terse
+    // 'agent' reporter when it detects a coding agent): CI logs read like a local run.
+    reporters: ['default'],
   },
 });
