@@ -133,8 +133,8 @@ describe('explainGpioError', () => {
 /** Root, or a user namespace we may create: what `unshare -rm` needs. */
 const canUnshare = spawnSync('unshare', ['-rm', 'true']).status === 0;
 const runNamespaced = canUnshare || Boolean(process.env.CI);
-if (!runNamespaced)
-  console.warn('skipping the onoff tests in a private mount namespace: "unshare -rm" is not permitted here');
+/** Said in the name of each namespaced test, when it skips (in CI it runs, and fails without unshare). */
+const needsUnshare = runNamespaced ? '' : ' (skipped: "unshare -rm" is not permitted here)';
 
 /** Runs gpio-sysfs-child.ts in a private mount namespace with a fake /sys/class/gpio. */
 function pulseInNamespace(scenario: string, pulseMs: number) {
@@ -152,22 +152,28 @@ function pulseInNamespace(scenario: string, pulseMs: number) {
 }
 
 describe('gpio reset through onoff, in a private mount namespace', () => {
-  it.runIf(runNamespaced)('exports base+bcm, holds it low, releases it to input and unexports it', () => {
-    const seen = pulseInNamespace('fresh', 150);
-    expect(seen.error).toBeUndefined();
-    // BCM 17 on a chip based at 512 is sysfs line 529.
-    expect(seen.events).toEqual(['export 529', 'direction=low', 'value=0', 'direction=in', 'unexport 529']);
-    expect(seen.linesLeft).toEqual([]);
-    // The low level lasted for the pulse (not a timing benchmark: only that it was held at all).
-    expect(seen.heldMs).toBeGreaterThan(50);
-  });
+  it.runIf(runNamespaced)(
+    `exports base+bcm, holds it low, releases it to input and unexports it${needsUnshare}`,
+    () => {
+      const seen = pulseInNamespace('fresh', 150);
+      expect(seen.error).toBeUndefined();
+      // BCM 17 on a chip based at 512 is sysfs line 529.
+      expect(seen.events).toEqual(['export 529', 'direction=low', 'value=0', 'direction=in', 'unexport 529']);
+      expect(seen.linesLeft).toEqual([]);
+      // The low level lasted for the pulse (not a timing benchmark: only that it was held at all).
+      expect(seen.heldMs).toBeGreaterThan(50);
+    },
+  );
 
-  it.runIf(runNamespaced)('takes over a line left exported, clearing active_low, and still unexports it', () => {
-    const seen = pulseInNamespace('pre-exported', 50);
-    expect(seen.error).toBeUndefined();
-    // The leftover line already read out/0: only active_low and the release show as changes.
-    expect(seen.events).toEqual(['active_low=0', 'direction=low', 'direction=in', 'unexport 529']);
-    expect(seen.events).not.toContain('export 529');
-    expect(seen.linesLeft).toEqual([]);
-  });
+  it.runIf(runNamespaced)(
+    `takes over a line left exported, clearing active_low, and still unexports it${needsUnshare}`,
+    () => {
+      const seen = pulseInNamespace('pre-exported', 50);
+      expect(seen.error).toBeUndefined();
+      // The leftover line already read out/0: only active_low and the release show as changes.
+      expect(seen.events).toEqual(['active_low=0', 'direction=low', 'direction=in', 'unexport 529']);
+      expect(seen.events).not.toContain('export 529');
+      expect(seen.linesLeft).toEqual([]);
+    },
+  );
 });

@@ -14,7 +14,8 @@ const QEMU = 'qemu-system-aarch64';
 const haveQemu = spawnSync(QEMU, ['--version']).status === 0;
 // CI installs QEMU (DESIGN §5): there a missing QEMU fails these tests instead of skipping them.
 const runQemu = haveQemu || Boolean(process.env.CI);
-if (!runQemu) console.warn(`skipping the QMP tests against a real QEMU: ${QEMU} is not installed`);
+/** Said in the name of each test that needs QEMU, when it skips. */
+const needsQemu = runQemu ? '' : ` (skipped: ${QEMU} is not installed; apt-get install qemu-system-arm)`;
 
 describe('qmp reset', () => {
   let dir: string;
@@ -74,7 +75,7 @@ describe('qmp reset', () => {
     return { socket, child, exited };
   }
 
-  it.runIf(runQemu)('delivers system_reset to a real QEMU', async () => {
+  it.runIf(runQemu)(`delivers system_reset to a real QEMU${needsQemu}`, async () => {
     // With -no-reboot QEMU exits on a reset request: its exit proves the reset arrived.
     const { socket, exited } = await startQemu(['-no-reboot']);
     const line = createResetLine(targetWith(`qmp:${socket}`), testContext());
@@ -83,7 +84,7 @@ describe('qmp reset', () => {
     expect(await exited).toBe(0);
   });
 
-  it.runIf(runQemu)('resets the same QEMU again and again, one connection each', async () => {
+  it.runIf(runQemu)(`resets the same QEMU again and again, one connection each${needsQemu}`, async () => {
     const { socket, child } = await startQemu();
     const line = createResetLine(targetWith(`qmp:${socket}`), testContext());
     for (let i = 0; i < 3; i++) await line.pulse();
@@ -93,7 +94,7 @@ describe('qmp reset', () => {
     expect(status).toMatchObject({ running: true, status: 'running' });
   });
 
-  it.runIf(runQemu)('reports QMP errors with their class', async () => {
+  it.runIf(runQemu)(`reports QMP errors with their class${needsQemu}`, async () => {
     const { socket } = await startQemu();
     const err = await rejectionOf(qmpExecute(socket, ['no-such-command'], 5000));
     expect(err.message).toMatch(
@@ -101,7 +102,7 @@ describe('qmp reset', () => {
     );
   });
 
-  it.runIf(runQemu)('says QEMU has gone when nothing accepts on the socket', async () => {
+  it.runIf(runQemu)(`says QEMU has gone when nothing accepts on the socket${needsQemu}`, async () => {
     const { socket, child, exited } = await startQemu();
     child.kill('SIGKILL');
     await exited;
