@@ -1,13 +1,14 @@
 /**
  * The README's usage section (between `<!-- action:begin -->` and `<!-- action:end -->`) and
  * `action.yml` describe the same action: the same inputs (required, default), the same outputs, the
- * action's own result codes with their meanings, and names that agree with src/action/constants.ts.
+ * codes `result-code` can hold with their meanings, and names that agree with src/action/constants.ts.
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Inputs, Outputs } from '../../src/action/constants.js';
-import { ActionCodes } from '../../src/action/outputs.js';
+import { ActionCodes, AgentCodes } from '../../src/protocol/errors.js';
+import { README, tableUnder, unquote, usageSection } from '../support/readme.js';
 import { ROOT } from './run-action.js';
 
 interface Declared {
@@ -44,40 +45,8 @@ export function declaredIn(yml: string, section: 'inputs' | 'outputs'): Declared
   return out;
 }
 
-/** The section between the markers; exactly one pair must exist. */
-function usageSection(readme: string): string {
-  const begin = readme.split('<!-- action:begin -->');
-  const end = readme.split('<!-- action:end -->');
-  if (begin.length !== 2 || end.length !== 2)
-    throw new Error('README.md must hold exactly one <!-- action:begin --> … <!-- action:end --> pair');
-  return begin[1]!.split('<!-- action:end -->')[0]!;
-}
-
-/** Rows of the first Markdown table after the `### <heading>` line, as arrays of trimmed cells. */
-function tableUnder(section: string, heading: string): string[][] {
-  const at = section.indexOf(`\n### ${heading}\n`);
-  if (at < 0) throw new Error(`the usage section has no "### ${heading}"`);
-  const rest = section.slice(at + heading.length + 6).split('\n');
-  const first = rest.findIndex((l) => l.startsWith('|'));
-  const rows: string[][] = [];
-  for (const line of rest.slice(first)) {
-    if (!line.startsWith('|')) break;
-    if (/^\|[-|: ]+\|$/.test(line)) continue; // the header separator
-    rows.push(
-      line
-        .slice(1, -1)
-        .split(' | ')
-        .map((c) => c.trim()),
-    );
-  }
-  return rows.slice(1); // without the header row
-}
-
-const unquote = (cell: string) => /^`([^`]*)`$/.exec(cell)?.[1];
-
 const yml = readFileSync(path.join(ROOT, 'action.yml'), 'utf8');
-const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
-const section = usageSection(readme);
+const section = usageSection(README);
 
 describe('action.yml', () => {
   it('declares exactly the inputs and outputs the code reads and writes', () => {
@@ -107,9 +76,17 @@ describe('README usage section', () => {
     expect(rows).toEqual(declaredIn(yml, 'outputs').map((o) => o.name));
   });
 
-  it("lists the action's own result codes with the meanings the code gives them", () => {
-    const rows = tableUnder(section, 'Result codes').map(([code, meaning]) => [unquote(code!), meaning]);
-    expect(Object.fromEntries(rows)).toEqual(ActionCodes);
+  it("lists every result code with its meaning, the action's own as raised by the action", () => {
+    const rows = tableUnder(section, 'Result codes').map(([code, by, meaning]) => ({
+      code: unquote(code!),
+      by,
+      meaning,
+    }));
+    const raisedBy = (who: string) =>
+      Object.fromEntries(rows.filter((r) => r.by === who).map((r) => [String(r.code), r.meaning]));
+    expect(raisedBy('action')).toEqual(ActionCodes);
+    expect(raisedBy('agent')).toEqual(AgentCodes);
+    expect(rows.filter((r) => r.by !== 'action' && r.by !== 'agent')).toEqual([]);
   });
 
   it('shows three complete workflows that use the action with every required input', () => {
@@ -131,11 +108,5 @@ describe('README usage section', () => {
     }
     expect(workflows.some((w) => /matrix:/.test(w) && /target: \$\{\{ matrix\.target \}\}/.test(w))).toBe(true);
     expect(workflows.some((w) => /image: https:\/\//.test(w))).toBe(true);
-  });
-
-  it('stays out of the agent error table (its parser reads from the first "## Error codes")', () => {
-    expect(section).not.toContain('## Error codes');
-    expect(section).not.toContain('## Development');
-    expect(readme.indexOf('<!-- action:end -->')).toBeLessThan(readme.indexOf('## Error codes'));
   });
 });
