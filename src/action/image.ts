@@ -10,6 +10,7 @@ import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { CodedError, codeOf, messageOf } from '../protocol/errors.js';
 import { formatBytes } from '../protocol/units.js';
 import type { Compression } from '../protocol/messages.js';
 import { decompressedSize, detectCompression, MAGIC_LENGTH } from './compression.js';
@@ -50,30 +51,32 @@ export interface ResolveOptions {
 
 const MAX_LISTED_MATCHES = 20;
 
-/** Thrown for every problem with the image; the message starts with the input's name. */
-export class ImageError extends Error {
-  constructor(message: string) {
-    super(`${Inputs.image}: ${message}`);
-    this.name = 'ImageError';
-  }
+/** A problem with the image the user can act on; the message starts with the input's name. */
+function imageError(message: string): CodedError {
+  return new CodedError('IMAGE_INVALID', `${Inputs.image}: ${message}`);
 }
 
+/** Every failure is IMAGE_INVALID: the ones foreseen name the input, others keep their own message. */
 export async function resolveImage(spec: string, options: ResolveOptions): Promise<ResolvedImage> {
-  const log = options.log ?? (() => {});
-  if (/^https?:\/\//i.test(spec)) return resolveUrl(spec, options, log);
-  const file = await locateFile(spec, options.workspace);
-  const source = path.relative(options.workspace, file) || file;
-  return describe(file, path.basename(file), source, false, async () => {}, log);
+  try {
+    const log = options.log ?? (() => {});
+    if (/^https?:\/\//i.test(spec)) return await resolveUrl(spec, options, log);
+    const file = await locateFile(spec, options.workspace);
+    const source = path.relative(options.workspace, file) || file;
+    return await describe(file, path.basename(file), source, false, async () => {}, log);
+  } catch (err) {
+    throw codeOf(err) === 'IMAGE_INVALID' ? err : new CodedError('IMAGE_INVALID', messageOf(err), { cause: err });
+  }
 }
 
 async function locateFile(spec: string, workspace: string): Promise<string> {
   if (!hasGlobMagic(spec)) return path.resolve(workspace, spec);
   const matches = await globFiles(spec, workspace);
   if (matches.length === 1) return matches[0]!;
-  if (matches.length === 0) throw new ImageError(`no file matches "${spec}" (searched from ${workspace})`);
+  if (matches.length === 0) throw imageError(`no file matches "${spec}" (searched from ${workspace})`);
   const listed = matches.slice(0, MAX_LISTED_MATCHES).map((m) => `  ${path.relative(workspace, m) || m}`);
   if (matches.length > MAX_LISTED_MATCHES) listed.push(`  … and ${matches.length - MAX_LISTED_MATCHES} more`);
-  throw new ImageError(`"${spec}" matches ${matches.length} files; make it match exactly one:\n${listed.join('\n')}`);
+  throw imageError(`"${spec}" matches ${matches.length} files; make it match exactly one:\n${listed.join('\n')}`);
 }
 
 /** The URL without query or fragment: signed URLs carry secrets there, and logs are public. */
@@ -92,7 +95,7 @@ export function redactUrl(url: string): string {
 }
 
 async function resolveUrl(url: string, options: ResolveOptions, log: (line: string) => void): Promise<ResolvedImage> {
-  if (!options.download) throw new ImageError('downloading URLs is not available here');
+  if (!options.download) throw imageError('downloading URLs is not available here');
   const shown = redactUrl(url);
   const name = decodeURIComponent(new URL(url).pathname.split('/').pop() ?? '') || 'image';
   const dir = await mkdtemp(path.join(options.tempDir ?? tmpdir(), 'rpi-flash-image-'));
@@ -104,7 +107,7 @@ async function resolveUrl(url: string, options: ResolveOptions, log: (line: stri
     try {
       file = await options.download(url, path.join(dir, 'download'));
     } catch (err) {
-      throw new ImageError(`download of ${shown} failed: ${(err as Error)?.message ?? err}`);
+      throw imageError(`download of ${shown} failed: ${messageOf(err)}`);
     }
     const { size } = await stat(file);
     log(`Downloaded ${formatBytes(size)} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
@@ -136,19 +139,19 @@ async function describe(
           : code === 'EACCES'
             ? 'not readable (permission denied)'
             : String(code ?? err);
-    throw new ImageError(`${source}: ${why}`);
+    throw imageError(`${source}: ${why}`);
   }
   try {
     const info = await handle.stat();
-    if (!info.isFile()) throw new ImageError(`${source}: not a regular file`);
-    if (info.size === 0) throw new ImageError(`${source}: the file is empty (0 bytes)`);
+    if (!info.isFile()) throw imageError(`${source}: not a regular file`);
+    if (info.size === 0) throw imageError(`${source}: the file is empty (0 bytes)`);
     const head = Buffer.alloc(MAGIC_LENGTH);
     await handle.read(head, 0, MAGIC_LENGTH, 0);
     let detected;
     try {
       detected = detectCompression(head, name);
     } catch (err) {
-      throw new ImageError((err as Error).message);
+      throw imageError(messageOf(err));
     }
     if (detected.note) log(detected.note);
     const imageSize = await decompressedSize(handle, info.size, detected.compression);
@@ -177,4 +180,3 @@ export async function hashFile(file: string): Promise<string> {
   await pipeline(createReadStream(file, { highWaterMark: 1024 * 1024 }), hash);
   return hash.digest('hex');
 }
-

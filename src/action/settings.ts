@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { BootCheckError, parseBootCheck } from '../protocol/boot-check.js';
+import { CodedError } from '../protocol/errors.js';
 import { Inputs } from './constants.js';
 
 export interface ActionSettings {
@@ -45,10 +46,13 @@ export const DEFAULT_JOB_TIMEOUT_SECONDS = 1800;
 /** setTimeout holds at most 2^31-1 ms; anything longer would fire at once. */
 const MAX_TIMEOUT_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 
-/** Thrown with every problem found in the inputs, one per line, each naming its input. */
-export class InputError extends Error {
+/** INPUT_INVALID with every problem found in the inputs, one per line, each naming its input. */
+export class InputError extends CodedError {
   constructor(readonly problems: string[]) {
-    super(problems.length === 1 ? `Invalid input: ${problems[0]}` : `Invalid inputs:\n- ${problems.join('\n- ')}`);
+    super(
+      'INPUT_INVALID',
+      problems.length === 1 ? `Invalid input: ${problems[0]}` : `Invalid inputs:\n- ${problems.join('\n- ')}`,
+    );
     this.name = 'InputError';
   }
 }

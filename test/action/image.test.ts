@@ -102,6 +102,8 @@ describe('resolveImage: locating the file', () => {
 
   it('refuses a missing file, a directory and an empty file', async () => {
     await expect(resolve('missing.img')).rejects.toThrow('image: missing.img: no such file');
+    // Coded as the step reports it, from the image module itself.
+    await expect(resolve('missing.img')).rejects.toMatchObject({ code: 'IMAGE_INVALID' });
     mkdirSync(path.join(ws, 'dir.img'));
     await expect(resolve('dir.img')).rejects.toThrow(/image: dir\.img: (is a directory|not a regular file)/);
     put('empty.img', '');

@@ -24,6 +24,7 @@ function problemsOf(values: Record<string, string>, env: NodeJS.ProcessEnv = {})
     parseSettings(inputs(values), { env });
   } catch (err) {
     expect(err).toBeInstanceOf(InputError);
+    expect(err).toMatchObject({ code: 'INPUT_INVALID' });
     return (err as InputError).problems;
   }
   throw new Error('parseSettings accepted the inputs');
