@@ -6,9 +6,11 @@
  */
 import * as core from '@actions/core';
 import { connectAgent } from './protocol/client.js';
+import { messageOf } from './protocol/errors.js';
+import type { Connect } from './action/agent-link.js';
 import { State } from './action/constants.js';
-import type { Connect } from './action/main.js';
 import { parseSettings } from './action/settings.js';
+import { withTimer } from './action/waits.js';
 
 const POST_TIMEOUT_MS = 10_000;
 
@@ -34,7 +36,6 @@ export async function runPost(overrides: Partial<PostDeps> = {}): Promise<void> 
     return;
   }
   core.info(`The main step ended holding lease ${lease} on ${d.getState(State.target)}: cancelling it on the agent.`);
-  let timer: NodeJS.Timeout | undefined;
   let conn: Awaited<ReturnType<Connect>> | undefined;
   try {
     const settings = parseSettings(d.getInput, { env: d.env, registerSecret: (s) => core.setSecret(s) });
@@ -48,17 +49,14 @@ export async function runPost(overrides: Partial<PostDeps> = {}): Promise<void> 
       });
       await conn.cancel({ lease, reason: 'post step: the main step ended without releasing its lease' });
     })();
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${POST_TIMEOUT_MS / 1000} s`)), POST_TIMEOUT_MS);
-    });
-    await Promise.race([work, timeout]);
+    await withTimer(work, POST_TIMEOUT_MS, () => new Error(`no answer within ${POST_TIMEOUT_MS / 1000} s`));
     core.info(`Lease ${lease} released.`);
   } catch (err) {
     core.warning(
-      `Could not cancel lease ${lease} on the agent: ${(err as Error)?.message ?? err}. The agent frees it after its grace period.`,
+      `Could not cancel lease ${lease} on the agent: ${messageOf(err)}. ` +
+        'The agent frees it after its grace period.',
     );
   } finally {
-    clearTimeout(timer);
     conn?.close();
   }
 }

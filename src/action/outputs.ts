@@ -3,29 +3,18 @@
  * failure one titled error annotation naming the phase and the code.
  */
 import * as core from '@actions/core';
+import { messageOf, type ErrorCode } from '../protocol/errors.js';
 import type { PartReport, TargetInfo } from '../protocol/messages.js';
 import { Outputs, type OutputName } from './constants.js';
 import { formatBytes } from '../protocol/units.js';
 import { PHASE_TITLES, type StoryPhase } from './story.js';
 
-/**
- * Result codes the action adds to the agent's (src/protocol/errors.ts) for failures that happen on
- * the runner's side, before or around talking to the agent.
- */
-export const ActionCodes = {
-  INPUT_INVALID: 'An input is missing or malformed (checked before connecting).',
-  IMAGE_INVALID: 'The image could not be found, downloaded or read, or its compression is not supported.',
-  CONNECT_FAILED: 'The agent could not be reached or refused the connection.',
-  QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
-  JOB_TIMEOUT: 'The job did not finish within job-timeout.',
-} as const;
-
 export type ResultWord = 'success' | 'failure' | 'cancelled';
 
 export interface JobOutcome {
   result: ResultWord;
-  /** `OK`, one of the agent's error codes, or one of `ActionCodes`. */
-  code: string;
+  /** `OK` or the failure's code, from the one table in src/protocol/errors.ts. */
+  code: ErrorCode;
   message: string;
   /** The phase that was running when the job failed. */
   phase?: StoryPhase;
@@ -63,7 +52,7 @@ export function outputValues(outcome: JobOutcome): Record<OutputName, string> {
     [Outputs.bytesWritten]: outcome.bytesWritten === undefined ? '' : String(outcome.bytesWritten),
     [Outputs.flashSeconds]: flashRan ? seconds(flashSeconds) : '',
     [Outputs.bootSeconds]: seconds(outcome.timings.boot),
-  } as Record<OutputName, string>;
+  };
 }
 
 export function setJobOutputs(
@@ -158,7 +147,7 @@ export async function writeJobSummary(
     return true;
   } catch (err) {
     summary.emptyBuffer();
-    core.info(`(job summary not written: ${(err as Error)?.message ?? err})`);
+    core.info(`(job summary not written: ${messageOf(err)})`);
     return false;
   }
 }

@@ -4,11 +4,14 @@
  * It offers the protocol's requests as promises and hands every event to `onEvent`. It does not
  * retry: reconnecting and resuming is the caller's policy (the action reconnects with backoff and
  * resumes the upload from the offset the agent reports).
+ *
+ * Every failure is a `CodedError`: CONNECTION_LOST when the socket goes (the caller may resume),
+ * the agent's own code for its `error` answers, PROTOCOL_ERROR for an answer this client cannot read.
  */
 import { open } from 'node:fs/promises';
 import WebSocket from 'ws';
-import { CodedError, isErrorCode } from './errors.js';
-import { parseAgentMessage } from './guards.js';
+import { CodedError, isErrorCode, messageOf } from './errors.js';
+import { parseAgentMessage, UnreadableAgentMessage } from './guards.js';
 import {
   DEFAULT_CHUNK_SIZE,
   PROTOCOL_VERSION,
@@ -17,19 +20,16 @@ import {
   type ClientMessage,
   type Compression,
   type FlashRequest,
+  type ErrorMessage,
   type JobResult,
   type LeasedMessage,
+  type ResultMessage,
   type UploadDoneMessage,
+  type WelcomeMessage,
 } from './messages.js';
 
 /** The connection broke (network, agent restart): the caller may reconnect and resume. */
-export class ConnectionLostError extends Error {
-  readonly code = 'CONNECTION_LOST';
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConnectionLostError';
-  }
-}
+const connectionLost = (message: string) => new CodedError('CONNECTION_LOST', message);
 
 export interface ConnectOptions {
   /** ws:// or wss:// base URL of the agent; the protocol path is appended when absent. */
@@ -42,6 +42,8 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** Every message from the agent, after the request it answers saw it. */
   onEvent?: (message: AgentMessage) => void;
+  /** Lines worth a human's eye, e.g. an agent message this client cannot read; stderr by default. */
+  log?: (line: string) => void;
   /** Hang up when the agent answers no ping for this long. */
   silenceMs?: number;
 }
@@ -59,28 +61,55 @@ export interface UploadOptions {
   windowBytes?: number;
 }
 
-interface Pending {
-  resolve: (m: AgentMessage) => void;
-  reject: (e: unknown) => void;
-  /** Decides whether a message ends the request (true) or is an intermediate event (false). */
-  final: (m: AgentMessage) => boolean;
+type AgentType = AgentMessage['type'];
+
+/** The answers a request expects, besides `error`: any other type about it is protocol drift. */
+interface Expected {
+  /** Types that end the request. */
+  final: readonly AgentType[];
+  /** Types that come while it is open. */
+  events?: readonly AgentType[];
 }
+
+interface Pending extends Expected {
+  /** What the request was, for messages about it. */
+  type: ClientMessage['type'];
+  resolve: (m: AgentMessage) => void;
+  reject: (e: CodedError) => void;
+}
+
+const JOB_EVENTS: readonly AgentType[] = ['log', 'phase', 'progress'];
+/** How much of an unreadable message goes into the log. */
+const SHOWN_TEXT = 300;
 
 let requestCounter = 0;
 const nextId = () => `r${++requestCounter}`;
 
+/** An agent's `error` answer as a thrown error; a code outside the table (a newer agent's) reads as INTERNAL. */
+function agentError(m: ErrorMessage): CodedError {
+  return new CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message);
+}
+
 export function endpointUrl(base: string): string {
   const url = new URL(base);
   if (url.protocol !== 'ws:' && url.protocol !== 'wss:')
-    throw new Error(`agent URL must start with ws:// or wss://, got ${url.protocol}//`);
+    throw new CodedError('INPUT_INVALID', `agent URL must start with ws:// or wss://, got ${url.protocol}//`);
   if (url.pathname === '/' || url.pathname === '') url.pathname = WS_PATH;
   return url.toString();
 }
 
 export class AgentConnection {
   private readonly pending = new Map<string, Pending>();
-  private closedError?: Error;
+  private closedError?: CodedError;
   private heartbeat?: NodeJS.Timeout;
+  private readonly log: (line: string) => void;
+  private markClosed!: (reason: CodedError) => void;
+  /**
+   * Settles once, when the connection ends for any reason (socket closed or failed, the agent silent,
+   * or `close()`), with why: a CONNECTION_LOST error. It resolves rather than rejects, so nobody
+   * has to listen to it.
+   */
+  readonly closed = new Promise<CodedError>((resolve) => (this.markClosed = resolve));
   private lastSeen = Date.now();
   /** Set by the agent's welcome. */
   chunkSize = DEFAULT_CHUNK_SIZE;
@@ -92,21 +121,20 @@ export class AgentConnection {
     private readonly ws: WebSocket,
     private readonly o: ConnectOptions,
   ) {
+    this.log = o.log ?? ((line) => process.stderr.write(`${line}\n`));
     ws.on('message', (data, isBinary) => this.onFrame(data as Buffer, isBinary));
     ws.on('pong', () => (this.lastSeen = Date.now()));
     ws.on('close', (code, reason) =>
       this.onClosed(
-        new ConnectionLostError(
-          `connection to the agent closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`,
-        ),
+        connectionLost(`connection to the agent closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`),
       ),
     );
-    ws.on('error', (err) => this.onClosed(new ConnectionLostError(`connection to the agent failed: ${err.message}`)));
+    ws.on('error', (err) => this.onClosed(connectionLost(`connection to the agent failed: ${err.message}`)));
     const silenceMs = o.silenceMs ?? 45_000;
     this.heartbeat = setInterval(
       () => {
         if (Date.now() - this.lastSeen > silenceMs) {
-          this.onClosed(new ConnectionLostError(`the agent answered no ping for ${Math.round(silenceMs / 1000)} s`));
+          this.onClosed(connectionLost(`the agent answered no ping for ${Math.round(silenceMs / 1000)} s`));
           ws.terminate();
         } else if (ws.readyState === WebSocket.OPEN) ws.ping();
       },
@@ -142,31 +170,39 @@ export class AgentConnection {
         res.on('end', () => {
           if (res.statusCode === 401)
             fail(new CodedError('AUTH_FAILED', `the agent refused the token (HTTP 401): ${body.trim()}`));
-          else fail(new ConnectionLostError(`the agent answered HTTP ${res.statusCode} at ${url}: ${body.trim()}`));
+          else fail(connectionLost(`the agent answered HTTP ${res.statusCode} at ${url}: ${body.trim()}`));
         });
       });
-      ws.once('error', (err) => fail(new ConnectionLostError(`cannot connect to the agent at ${url}: ${err.message}`)));
+      ws.once('error', (err) => fail(connectionLost(`cannot connect to the agent at ${url}: ${err.message}`)));
     });
     const conn = new AgentConnection(ws, o);
-    const welcome = await conn.request(
-      { type: 'hello', id: nextId(), protocol: PROTOCOL_VERSION, client: o.client ?? 'rpi-flash-client' },
-      (m) => m.type === 'welcome',
-    );
-    if (welcome.type === 'welcome') {
-      conn.chunkSize = welcome.chunkSize;
-      conn.agentVersion = welcome.agent;
+    let welcome: WelcomeMessage;
+    try {
+      welcome = (await conn.request(
+        { type: 'hello', id: nextId(), protocol: PROTOCOL_VERSION, client: o.client ?? 'rpi-flash-client' },
+        { final: ['welcome'] },
+      )) as WelcomeMessage;
+    } catch (err) {
+      // Nobody gets this connection: an agent that answered the hello badly must not keep it open.
+      conn.close();
+      throw err;
     }
+    conn.chunkSize = welcome.chunkSize;
+    conn.agentVersion = welcome.agent;
     return conn;
   }
 
   private onFrame(data: Buffer, isBinary: boolean): void {
     this.lastSeen = Date.now();
-    if (isBinary) return;
+    // The agent sends no binary frames: one is as unreadable as a text frame of another version.
+    if (isBinary) return this.onUnreadable(`${data.length} bytes`, 'a binary frame', undefined);
+    const text = data.toString('utf8');
     let m: AgentMessage;
     try {
-      m = parseAgentMessage(data.toString('utf8'));
-    } catch {
-      return;
+      m = parseAgentMessage(text);
+    } catch (err) {
+      const shown = text.length > SHOWN_TEXT ? `${text.slice(0, SHOWN_TEXT)}… (${text.length} characters)` : text;
+      return this.onUnreadable(shown, messageOf(err), err instanceof UnreadableAgentMessage ? err.re : undefined);
     }
     if (m.type === 'upload-progress') {
       const ack = this.uploadAcks.get(m.re);
@@ -175,41 +211,73 @@ export class AgentConnection {
         ack.wake?.();
       }
     }
-    const re = 're' in m ? m.re : undefined;
-    const p = re ? this.pending.get(re) : undefined;
-    if (m.type === 'error' && (!p || m.fatal) && !re) {
+    this.o.onEvent?.(m);
+    if (m.re === undefined) {
       // An error about no particular request: fail everything still waiting.
-      this.o.onEvent?.(m);
-      for (const [id, q] of this.pending) {
-        this.pending.delete(id);
-        q.reject(new CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
-      }
+      if (m.type === 'error') this.failAll(agentError(m));
       return;
     }
-    this.o.onEvent?.(m);
-    if (!p || !re) return;
+    const p = this.pending.get(m.re);
+    if (!p) return;
     if (m.type === 'error') {
-      this.pending.delete(re);
-      p.reject(new CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
-      this.uploadAcks.get(re)?.wake?.();
-    } else if (p.final(m)) {
-      this.pending.delete(re);
-      p.resolve(m);
+      this.settle(m.re, p).reject(agentError(m));
+    } else if (p.final.includes(m.type)) {
+      this.settle(m.re, p).resolve(m);
+    } else if (m.type === 'job-running' && p.type === 'flash') {
+      // The job this flash asks for already runs: from now on this request waits for that job's
+      // result, which comes with the first flash's id.
+      this.pending.delete(m.re);
+      this.pending.set(m.flash, p);
+    } else if (!p.events?.includes(m.type)) {
+      this.settle(m.re, p).reject(
+        new CodedError(
+          'PROTOCOL_ERROR',
+          `the agent answered a "${p.type}" request with "${m.type}", which does not answer it: ` +
+            'the agent and this client speak different versions of the protocol',
+        ),
+      );
     }
   }
 
-  private onClosed(err: Error): void {
+  /**
+   * A frame that does not parse is logged, never silently dropped. It fails the request it names,
+   * which would otherwise wait for an answer that came and was not understood; one that names no
+   * request fails them all (its answer may be any of them), and one about a request no longer open
+   * fails nothing.
+   */
+  private onUnreadable(shown: string, why: string, re: string | undefined): void {
+    this.log(`unreadable message from the agent (${why}): ${shown}`);
+    const failure = new CodedError(
+      'PROTOCOL_ERROR',
+      `the agent sent a message this client cannot read (${why}): ` +
+        'the agent and this client speak different versions of the protocol',
+    );
+    if (re === undefined) return this.failAll(failure);
+    const p = this.pending.get(re);
+    if (p) this.settle(re, p).reject(failure);
+  }
+
+  /** Takes the request off the open list, to resolve or reject it. */
+  private settle(id: string, p: Pending): Pending {
+    this.pending.delete(id);
+    return p;
+  }
+
+  private failAll(err: CodedError): void {
+    for (const [id, p] of this.pending) this.settle(id, p).reject(err);
+  }
+
+  private onClosed(err: CodedError): void {
     if (this.closedError) return;
     this.closedError = err;
     clearInterval(this.heartbeat);
-    for (const [id, p] of this.pending) {
-      this.pending.delete(id);
-      p.reject(err);
-    }
+    this.failAll(err);
     for (const ack of this.uploadAcks.values()) ack.wake?.();
+    this.markClosed(err);
   }
 
-  get closed(): boolean {
+  /** True once the connection ended (`closed` has settled). */
+  get isClosed(): boolean {
     return this.closedError !== undefined;
   }
 
@@ -218,15 +286,15 @@ export class AgentConnection {
     this.ws.send(JSON.stringify(message));
   }
 
-  private request(message: ClientMessage, final: (m: AgentMessage) => boolean): Promise<AgentMessage> {
+  private request(message: ClientMessage, expected: Expected): Promise<AgentMessage> {
     return new Promise<AgentMessage>((resolve, reject) => {
       if (this.closedError) return reject(this.closedError);
-      this.pending.set(message.id, { resolve, reject, final });
+      this.pending.set(message.id, { ...expected, type: message.type, resolve, reject });
       try {
         this.send(message);
       } catch (err) {
         this.pending.delete(message.id);
-        reject(err);
+        reject(err instanceof CodedError ? err : connectionLost(`sending to the agent failed: ${messageOf(err)}`));
       }
     });
   }
@@ -241,7 +309,7 @@ export class AgentConnection {
         ...(o.holder ? { holder: o.holder } : {}),
         ...(o.lease ? { lease: o.lease } : {}),
       },
-      (x) => x.type === 'leased',
+      { final: ['leased'], events: ['queued'] },
     );
     return m as LeasedMessage;
   }
@@ -269,10 +337,10 @@ export class AgentConnection {
         ...(o.imageSize ? { imageSize: o.imageSize } : {}),
         ...(o.name ? { name: o.name } : {}),
       },
-      (m) => m.type === 'upload-ready' || m.type === 'upload-done',
+      { final: ['upload-ready', 'upload-done'] },
     );
     if (first.type === 'upload-done') return first;
-    if (first.type !== 'upload-ready') throw new Error(`unexpected answer ${first.type}`);
+    if (first.type !== 'upload-ready') throw new CodedError('INTERNAL', `not an expected answer: ${first.type}`);
     const windowBytes = o.windowBytes ?? 16 * 1024 * 1024;
     const chunkSize = this.chunkSize;
     const maxBufferedBytes = 4 * chunkSize;
@@ -291,17 +359,19 @@ export class AgentConnection {
     const ack = { received: first.offset, wake };
     this.uploadAcks.set(begin, ack);
     // Errors about this upload (e.g. NO_SPACE mid-way) arrive as `error{re: begin}`.
-    let uploadError: unknown;
-    let sendError: ConnectionLostError | undefined;
+    let uploadError: CodedError | undefined;
+    let sendError: CodedError | undefined;
     this.pending.set(begin, {
+      type: 'upload-begin',
+      final: [],
+      events: ['upload-progress'],
       resolve: () => {},
       reject: (e) => {
         uploadError = e;
         wake();
       },
-      final: () => false,
     });
-    const failure = (): unknown => this.closedError ?? uploadError ?? sendError;
+    const failure = (): CodedError | undefined => this.closedError ?? uploadError ?? sendError;
     const waitUntil = async (ready: () => boolean): Promise<void> => {
       for (;;) {
         const err = failure();
@@ -335,7 +405,7 @@ export class AgentConnection {
       nextReadAt += length;
       const read = file.read(buf, 0, length, at).then(({ bytesRead }): Block => {
         if (bytesRead !== length)
-          throw new Error(`${o.path} changed while uploading (short read at ${at + bytesRead})`);
+          throw new CodedError('IMAGE_INVALID', `${o.path} changed while uploading (short read at ${at + bytesRead})`);
         return { buf, at, length, sent: 0, unconfirmed: 0 };
       });
       // Awaited later, or dropped when the loop fails first: never an unhandled rejection.
@@ -364,7 +434,7 @@ export class AgentConnection {
         sending.sent += length;
         sending.unconfirmed++;
         this.ws.send(sending.buf.subarray(start, start + length), { binary: true }, (err) => {
-          if (err) sendError ??= new ConnectionLostError(`sending to the agent failed: ${err.message}`);
+          if (err) sendError ??= connectionLost(`sending to the agent failed: ${err.message}`);
           if (--sending.unconfirmed === 0 && sending.sent === sending.length) freeBuffers.push(sending.buf);
           wake();
         });
@@ -379,27 +449,33 @@ export class AgentConnection {
       this.uploadAcks.delete(begin);
     }
     if (uploadError) throw uploadError;
-    const done = await this.request({ type: 'upload-end', id: nextId() }, (m) => m.type === 'upload-done');
+    const done = await this.request({ type: 'upload-end', id: nextId() }, { final: ['upload-done'] });
     o.onProgress?.(o.size, o.size);
     return done as UploadDoneMessage;
   }
 
-  /** Flash a held image; resolves with the job's result (events go to onEvent meanwhile). */
+  /**
+   * Flash a held image; resolves with the job's result (events go to onEvent meanwhile). Sent again
+   * after a resume, it resolves with the result of the job the first one started, if that job runs
+   * (the agent answers `job-running`, also given to onEvent).
+   */
   async flash(o: Omit<FlashRequest, 'type' | 'id'>): Promise<JobResult> {
-    const m = await this.request({ type: 'flash', id: nextId(), ...o }, (x) => x.type === 'result');
-    if (m.type !== 'result') throw new Error(`unexpected answer ${m.type}`);
+    const m = (await this.request(
+      { type: 'flash', id: nextId(), ...o },
+      { final: ['result'], events: [...JOB_EVENTS, 'job-running'] },
+    )) as ResultMessage;
     const { type: _type, re: _re, ...result } = m;
     return result;
   }
 
   /** Cancel this connection's lease or job (or another lease by id, from a new connection). */
   async cancel(o: { lease?: string; reason?: string } = {}): Promise<void> {
-    await this.request({ type: 'cancel', id: nextId(), ...o }, (m) => m.type === 'released');
+    await this.request({ type: 'cancel', id: nextId(), ...o }, { final: ['released'] });
   }
 
   close(): void {
     clearInterval(this.heartbeat);
-    this.onClosed(new ConnectionLostError('connection closed by the client'));
+    this.onClosed(connectionLost('connection closed by the client'));
     if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) this.ws.close(1000);
     setTimeout(() => this.ws.terminate(), 1000).unref();
   }

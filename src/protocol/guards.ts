@@ -101,29 +101,95 @@ export function parseClientMessage(text: string): ClientMessage {
   return m as unknown as ClientMessage;
 }
 
-const AGENT_TYPES = new Set<AgentMessage['type']>([
-  'welcome',
-  'queued',
-  'leased',
-  'upload-ready',
-  'upload-progress',
-  'upload-done',
-  'log',
-  'phase',
-  'progress',
-  'result',
-  'released',
-  'error',
-]);
+type FieldKind = 'string' | 'integer' | 'number' | 'boolean' | 'object' | 'array';
+/** A field the client reads: its kind, and `?` when it may be absent. */
+type FieldSpec = FieldKind | `${FieldKind}?`;
 
 /**
- * Parse a text frame from the agent. The client checks the shape it relies on (type and the
- * correlation id); the agent is trusted more than a client but still never crashes the client.
+ * The fields the client reads from each agent message, beyond `type` and `re`. Only their presence
+ * and JSON kind are checked: enough that a drifted agent is told apart from a message the client
+ * misreads, without refusing what it would have read fine (a longer log line, a new phase name).
+ */
+const AGENT_FIELDS = {
+  welcome: { protocol: 'integer', agent: 'string', chunkSize: 'integer', maxPayload: 'integer' },
+  queued: { position: 'integer', holder: 'string?' },
+  leased: { lease: 'string', target: 'object' },
+  'upload-ready': { offset: 'integer' },
+  'upload-progress': { received: 'integer' },
+  'upload-done': { sha256: 'string', size: 'integer', imageSize: 'integer', skipped: 'boolean' },
+  log: { job: 'string', level: 'string', source: 'string', phase: 'string?', message: 'string', time: 'number' },
+  phase: { job: 'string', phase: 'string', state: 'string', seconds: 'number?' },
+  progress: { job: 'string', phase: 'string', done: 'number', total: 'number?', part: 'integer?', parts: 'integer?' },
+  'job-running': { flash: 'string', job: 'string?' },
+  result: {
+    ok: 'boolean',
+    code: 'string',
+    message: 'string',
+    job: 'string',
+    target: 'object',
+    sha256: 'string',
+    bytesWritten: 'integer',
+    timings: 'object',
+    parts: 'array',
+    tftpOptions: 'object?',
+  },
+  released: { lease: 'string' },
+  error: { code: 'string', message: 'string', fatal: 'boolean?' },
+} as const satisfies Record<AgentMessage['type'], Record<string, FieldSpec>>;
+
+/** Target fields inside `leased` and `result`. */
+const TARGET_FIELDS = { name: 'string', mac: 'string', ip: 'string', model: 'string?' } as const;
+
+function kindOf(value: unknown): FieldKind | 'null' | 'undefined' {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'array';
+  if (typeof value === 'number') return Number.isSafeInteger(value) ? 'integer' : 'number';
+  return typeof value as FieldKind | 'undefined';
+}
+
+function checkFields(m: Json, fields: Record<string, FieldSpec>, where: string): void {
+  for (const [key, spec] of Object.entries(fields)) {
+    const optional = spec.endsWith('?');
+    const want = (optional ? spec.slice(0, -1) : spec) as FieldKind;
+    const got = kindOf(m[key]);
+    if (got === 'undefined' && optional) continue;
+    if (got === want || (want === 'number' && got === 'integer')) continue;
+    fail(got === 'undefined' ? `${where} has no "${key}"` : `"${key}" in ${where} is ${got}, not ${want}`);
+  }
+}
+
+/**
+ * An agent message the client cannot read. `re` is the request it answers, when that much could be
+ * read, so the client can fail that request instead of leaving it waiting for an answer it dropped.
+ */
+export class UnreadableAgentMessage extends CodedError {
+  constructor(
+    message: string,
+    readonly re?: string,
+  ) {
+    super('PROTOCOL_ERROR', message);
+    this.name = 'UnreadableAgentMessage';
+  }
+}
+
+/**
+ * Parse a text frame from the agent, checking every field the client reads. The agent is trusted
+ * more than a client, but a message that does not match its type is the sign of two protocol
+ * versions apart, and is refused with PROTOCOL_ERROR naming the field rather than half-read.
  */
 export function parseAgentMessage(text: string): AgentMessage {
-  const m = parseObject(text);
-  if (typeof m.type !== 'string' || !AGENT_TYPES.has(m.type as AgentMessage['type']))
-    fail(`unknown message type "${String(m.type).slice(0, 32)}" from the agent`);
-  if (m.type !== 'error' && typeof m.re !== 'string') fail(`"${m.type}" message from the agent has no "re"`);
-  return m as unknown as AgentMessage;
+  let re: string | undefined;
+  try {
+    const m = parseObject(text);
+    if (typeof m.re === 'string') re = m.re;
+    const type = String(m.type);
+    if (!Object.hasOwn(AGENT_FIELDS, type)) fail(`unknown message type "${type.slice(0, 32)}"`);
+    if (type !== 'error' && re === undefined) fail(`"${type}" message has no "re"`);
+    if (m.re !== undefined && re === undefined) fail(`"re" in a "${type}" message is not a string`);
+    checkFields(m, AGENT_FIELDS[type as AgentMessage['type']], `a "${type}" message`);
+    if (type === 'leased' || type === 'result') checkFields(m.target as Json, TARGET_FIELDS, `the target of "${type}"`);
+    return m as unknown as AgentMessage;
+  } catch (err) {
+    throw new UnreadableAgentMessage((err as Error).message, re);
+  }
 }

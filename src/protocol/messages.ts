@@ -12,12 +12,21 @@
  *     (upload-begin answers upload-done{skipped:true} at once when the agent holds that sha256)
  *   flash → log* / progress* / phase* → result
  *   cancel (any time after lease) → result{code: CANCELLED}
+ * After a lost connection the client resumes with `lease{lease}` and sends its flash again, since it
+ * cannot know whether the first one arrived. When it did, the job runs on: the agent answers
+ *   flash → job-running{flash} → the job's log* / progress* / phase* → result, all with re = flash
+ * and starts no second job.
  * Errors come as `error{re, code, message}`; a fatal one is followed by the agent closing the socket.
  */
 import type { ErrorCode } from './errors.js';
 
-/** Bumped on any incompatible change. The hello exchange refuses a mismatch naming both versions. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * Bumped on any incompatible change. The hello exchange refuses a mismatch naming both versions.
+ * 2: a repeated flash on a lease whose job runs is answered with `job-running` (1 answered it with
+ * error BAD_REQUEST, which a client had to read as "still running"); a client of version 1 would
+ * not read the new message and wait for a result that never comes for its request.
+ */
+export const PROTOCOL_VERSION = 2;
 
 /** Path of the WebSocket endpoint on the agent. */
 export const WS_PATH = '/v1/ws';
@@ -223,6 +232,21 @@ export interface ResultMessage extends JobResult {
   re: string;
 }
 
+/**
+ * Answer to a `flash` on a lease whose job is already running or being set up: a client that lost its
+ * connection sends its flash again after the resume, and the first one may have arrived. No second
+ * job starts; the running one goes on, and its events and its `result` keep coming with `re` = `flash`.
+ */
+export interface JobRunningMessage {
+  type: 'job-running';
+  /** The repeated `flash` request this answers. */
+  re: string;
+  /** The `id` of the flash request that started the job: the `re` of its events and its result. */
+  flash: string;
+  /** The job's id; absent while the job is still being set up (its first event names it). */
+  job?: string;
+}
+
 /** Answer to `cancel` when the lease had no running job (a running job answers with its `result`). */
 export interface ReleasedMessage {
   type: 'released';
@@ -250,6 +274,7 @@ export type AgentMessage =
   | LogEvent
   | PhaseEvent
   | ProgressEvent
+  | JobRunningMessage
   | ResultMessage
   | ReleasedMessage
   | ErrorMessage;
