@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
+import { PROTOCOL_VERSION } from '../../src/protocol/messages.js';
 import { runAction, type RunOptions } from './run-action.js';
 import { LAB_TOKEN, startLab, type Lab } from '../support/lab.js';
 
@@ -493,7 +494,7 @@ describe('the action against the agent (simulated lab)', () => {
       other.on('message', (d: Buffer, binary: boolean) => !binary && answers.push(JSON.parse(d.toString())));
       await new Promise((r) => other.once('open', r));
       try {
-        other.send(JSON.stringify({ type: 'hello', id: 'h', protocol: 1, client: 'other job' }));
+        other.send(JSON.stringify({ type: 'hello', id: 'h', protocol: PROTOCOL_VERSION, client: 'other job' }));
         await next('welcome');
         other.send(JSON.stringify({ type: 'lease', id: 'l', target: 'pi-b' }));
         await next('leased');
