@@ -1,7 +1,7 @@
 import { createRequire as __WEBPACK_EXTERNAL_createRequire } from "module";
 /******/ var __webpack_modules__ = ({
 
-/***/ 798:
+/***/ 462:
 /***/ ((module) => {
 
 
@@ -42,7 +42,7 @@ module.exports = { mask, unmask };
 
 /***/ }),
 
-/***/ 1486:
+/***/ 3246:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -50,13 +50,13 @@ module.exports = { mask, unmask };
 try {
   module.exports = __WEBPACK_EXTERNAL_createRequire(import.meta.url)(__nccwpck_require__.ab + "prebuilds/linux-x64/bufferutil.node");
 } catch (e) {
-  module.exports = __nccwpck_require__(798);
+  module.exports = __nccwpck_require__(462);
 }
 
 
 /***/ }),
 
-/***/ 9379:
+/***/ 2019:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -196,17 +196,17 @@ class Comparator {
 
 module.exports = Comparator
 
-const parseOptions = __nccwpck_require__(356)
-const { safeRe: re, t } = __nccwpck_require__(5471)
-const cmp = __nccwpck_require__(8646)
-const debug = __nccwpck_require__(1159)
-const SemVer = __nccwpck_require__(7163)
-const Range = __nccwpck_require__(6782)
+const parseOptions = __nccwpck_require__(7124)
+const { safeRe: re, t } = __nccwpck_require__(5916)
+const cmp = __nccwpck_require__(9814)
+const debug = __nccwpck_require__(1911)
+const SemVer = __nccwpck_require__(1515)
+const Range = __nccwpck_require__(7054)
 
 
 /***/ }),
 
-/***/ 6782:
+/***/ 7054:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -428,22 +428,22 @@ class Range {
 
 module.exports = Range
 
-const LRU = __nccwpck_require__(1383)
+const LRU = __nccwpck_require__(6807)
 const cache = new LRU()
 
-const parseOptions = __nccwpck_require__(356)
-const Comparator = __nccwpck_require__(9379)
-const debug = __nccwpck_require__(1159)
-const SemVer = __nccwpck_require__(7163)
-const trimComparatorWhitespace = __nccwpck_require__(9737)
+const parseOptions = __nccwpck_require__(7124)
+const Comparator = __nccwpck_require__(2019)
+const debug = __nccwpck_require__(1911)
+const SemVer = __nccwpck_require__(1515)
+const trimComparatorWhitespace = __nccwpck_require__(9785)
 const {
   safeRe: re,
   src,
   t,
   tildeTrimReplace,
   caretTrimReplace,
-} = __nccwpck_require__(5471)
-const { FLAG_INCLUDE_PRERELEASE, FLAG_LOOSE } = __nccwpck_require__(5101)
+} = __nccwpck_require__(5916)
+const { FLAG_INCLUDE_PRERELEASE, FLAG_LOOSE } = __nccwpck_require__(5165)
 
 // unbounded global build-metadata stripper used by parseRange
 const BUILDSTRIPRE = new RegExp(src[t.BUILD], 'g')
@@ -790,17 +790,17 @@ const testSet = (set, version, options) => {
 
 /***/ }),
 
-/***/ 7163:
+/***/ 1515:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const debug = __nccwpck_require__(1159)
-const { MAX_LENGTH, MAX_SAFE_INTEGER } = __nccwpck_require__(5101)
-const { safeRe: re, t } = __nccwpck_require__(5471)
+const debug = __nccwpck_require__(1911)
+const { MAX_LENGTH, MAX_SAFE_INTEGER } = __nccwpck_require__(5165)
+const { safeRe: re, t } = __nccwpck_require__(5916)
 
-const parseOptions = __nccwpck_require__(356)
-const { compareIdentifiers } = __nccwpck_require__(3348)
+const parseOptions = __nccwpck_require__(7124)
+const { compareIdentifiers } = __nccwpck_require__(8612)
 
 const isPrereleaseIdentifier = (prerelease, identifier) => {
   const identifiers = identifier.split('.')
@@ -1147,12 +1147,12 @@ module.exports = SemVer
 
 /***/ }),
 
-/***/ 1799:
+/***/ 4775:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const parse = __nccwpck_require__(6353)
+const parse = __nccwpck_require__(641)
 const clean = (version, options) => {
   const s = parse(version.trim().replace(/^[=v]+/, ''), options)
   return s ? s.version : null
@@ -1162,17 +1162,17 @@ module.exports = clean
 
 /***/ }),
 
-/***/ 8646:
+/***/ 9814:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const eq = __nccwpck_require__(5082)
-const neq = __nccwpck_require__(4974)
-const gt = __nccwpck_require__(6599)
-const gte = __nccwpck_require__(1236)
-const lt = __nccwpck_require__(3872)
-const lte = __nccwpck_require__(6717)
+const eq = __nccwpck_require__(7002)
+const neq = __nccwpck_require__(6046)
+const gt = __nccwpck_require__(8167)
+const gte = __nccwpck_require__(1204)
+const lt = __nccwpck_require__(1616)
+const lte = __nccwpck_require__(5770)
 
 const cmp = (a, op, b, loose) => {
   switch (op) {
@@ -1223,14 +1223,14 @@ module.exports = cmp
 
 /***/ }),
 
-/***/ 5385:
+/***/ 9449:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
-const parse = __nccwpck_require__(6353)
-const { safeRe: re, t } = __nccwpck_require__(5471)
+const SemVer = __nccwpck_require__(1515)
+const parse = __nccwpck_require__(641)
+const { safeRe: re, t } = __nccwpck_require__(5916)
 
 const coerce = (version, options) => {
   if (version instanceof SemVer) {
@@ -1292,12 +1292,12 @@ module.exports = coerce
 
 /***/ }),
 
-/***/ 7648:
+/***/ 1696:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
+const SemVer = __nccwpck_require__(1515)
 const compareBuild = (a, b, loose) => {
   const versionA = new SemVer(a, loose)
   const versionB = new SemVer(b, loose)
@@ -1308,24 +1308,24 @@ module.exports = compareBuild
 
 /***/ }),
 
-/***/ 6874:
+/***/ 4250:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compare = __nccwpck_require__(8469)
+const compare = __nccwpck_require__(4373)
 const compareLoose = (a, b) => compare(a, b, true)
 module.exports = compareLoose
 
 
 /***/ }),
 
-/***/ 8469:
+/***/ 4373:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
+const SemVer = __nccwpck_require__(1515)
 const compare = (a, b, loose) =>
   new SemVer(a, loose).compare(new SemVer(b, loose))
 
@@ -1334,12 +1334,12 @@ module.exports = compare
 
 /***/ }),
 
-/***/ 711:
+/***/ 5479:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const parse = __nccwpck_require__(6353)
+const parse = __nccwpck_require__(641)
 
 const diff = (version1, version2) => {
   const v1 = parse(version1, null, true)
@@ -1401,48 +1401,48 @@ module.exports = diff
 
 /***/ }),
 
-/***/ 5082:
+/***/ 7002:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compare = __nccwpck_require__(8469)
+const compare = __nccwpck_require__(4373)
 const eq = (a, b, loose) => compare(a, b, loose) === 0
 module.exports = eq
 
 
 /***/ }),
 
-/***/ 6599:
+/***/ 8167:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compare = __nccwpck_require__(8469)
+const compare = __nccwpck_require__(4373)
 const gt = (a, b, loose) => compare(a, b, loose) > 0
 module.exports = gt
 
 
 /***/ }),
 
-/***/ 1236:
+/***/ 1204:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compare = __nccwpck_require__(8469)
+const compare = __nccwpck_require__(4373)
 const gte = (a, b, loose) => compare(a, b, loose) >= 0
 module.exports = gte
 
 
 /***/ }),
 
-/***/ 2338:
+/***/ 3154:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
+const SemVer = __nccwpck_require__(1515)
 
 const inc = (version, release, options, identifier, identifierBase) => {
   if (typeof (options) === 'string') {
@@ -1465,72 +1465,72 @@ module.exports = inc
 
 /***/ }),
 
-/***/ 3872:
+/***/ 1616:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compare = __nccwpck_require__(8469)
+const compare = __nccwpck_require__(4373)
 const lt = (a, b, loose) => compare(a, b, loose) < 0
 module.exports = lt
 
 
 /***/ }),
 
-/***/ 6717:
+/***/ 5770:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compare = __nccwpck_require__(8469)
+const compare = __nccwpck_require__(4373)
 const lte = (a, b, loose) => compare(a, b, loose) <= 0
 module.exports = lte
 
 
 /***/ }),
 
-/***/ 8511:
+/***/ 4095:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
+const SemVer = __nccwpck_require__(1515)
 const major = (a, loose) => new SemVer(a, loose).major
 module.exports = major
 
 
 /***/ }),
 
-/***/ 2603:
+/***/ 7419:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
+const SemVer = __nccwpck_require__(1515)
 const minor = (a, loose) => new SemVer(a, loose).minor
 module.exports = minor
 
 
 /***/ }),
 
-/***/ 4974:
+/***/ 6046:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compare = __nccwpck_require__(8469)
+const compare = __nccwpck_require__(4373)
 const neq = (a, b, loose) => compare(a, b, loose) !== 0
 module.exports = neq
 
 
 /***/ }),
 
-/***/ 6353:
+/***/ 641:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
+const SemVer = __nccwpck_require__(1515)
 const parse = (version, options, throwErrors = false) => {
   if (version instanceof SemVer) {
     return version
@@ -1550,24 +1550,24 @@ module.exports = parse
 
 /***/ }),
 
-/***/ 8756:
+/***/ 9764:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
+const SemVer = __nccwpck_require__(1515)
 const patch = (a, loose) => new SemVer(a, loose).patch
 module.exports = patch
 
 
 /***/ }),
 
-/***/ 5714:
+/***/ 6482:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const parse = __nccwpck_require__(6353)
+const parse = __nccwpck_require__(641)
 const prerelease = (version, options) => {
   const parsed = parse(version, options)
   return (parsed && parsed.prerelease.length) ? parsed.prerelease : null
@@ -1577,36 +1577,36 @@ module.exports = prerelease
 
 /***/ }),
 
-/***/ 2173:
+/***/ 5005:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compare = __nccwpck_require__(8469)
+const compare = __nccwpck_require__(4373)
 const rcompare = (a, b, loose) => compare(b, a, loose)
 module.exports = rcompare
 
 
 /***/ }),
 
-/***/ 7192:
+/***/ 1176:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compareBuild = __nccwpck_require__(7648)
+const compareBuild = __nccwpck_require__(1696)
 const rsort = (list, loose) => list.sort((a, b) => compareBuild(b, a, loose))
 module.exports = rsort
 
 
 /***/ }),
 
-/***/ 8011:
+/***/ 9448:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const Range = __nccwpck_require__(6782)
+const Range = __nccwpck_require__(7054)
 const satisfies = (version, range, options) => {
   try {
     range = new Range(range, options)
@@ -1620,26 +1620,26 @@ module.exports = satisfies
 
 /***/ }),
 
-/***/ 9872:
+/***/ 256:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const compareBuild = __nccwpck_require__(7648)
+const compareBuild = __nccwpck_require__(1696)
 const sort = (list, loose) => list.sort((a, b) => compareBuild(a, b, loose))
 module.exports = sort
 
 
 /***/ }),
 
-/***/ 6114:
+/***/ 4290:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const parse = __nccwpck_require__(6353)
-const constants = __nccwpck_require__(5101)
-const SemVer = __nccwpck_require__(7163)
+const parse = __nccwpck_require__(641)
+const constants = __nccwpck_require__(5165)
+const SemVer = __nccwpck_require__(1515)
 
 const truncate = (version, truncation, options) => {
   if (!constants.RELEASE_TYPES.includes(truncation)) {
@@ -1687,12 +1687,12 @@ module.exports = truncate
 
 /***/ }),
 
-/***/ 8780:
+/***/ 9020:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const parse = __nccwpck_require__(6353)
+const parse = __nccwpck_require__(641)
 const valid = (version, options) => {
   const v = parse(version, options)
   return v ? v.version : null
@@ -1702,54 +1702,54 @@ module.exports = valid
 
 /***/ }),
 
-/***/ 2088:
+/***/ 776:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 // just pre-load all the stuff that index.js lazily exports
-const internalRe = __nccwpck_require__(5471)
-const constants = __nccwpck_require__(5101)
-const SemVer = __nccwpck_require__(7163)
-const identifiers = __nccwpck_require__(3348)
-const parse = __nccwpck_require__(6353)
-const valid = __nccwpck_require__(8780)
-const clean = __nccwpck_require__(1799)
-const inc = __nccwpck_require__(2338)
-const diff = __nccwpck_require__(711)
-const major = __nccwpck_require__(8511)
-const minor = __nccwpck_require__(2603)
-const patch = __nccwpck_require__(8756)
-const prerelease = __nccwpck_require__(5714)
-const compare = __nccwpck_require__(8469)
-const rcompare = __nccwpck_require__(2173)
-const compareLoose = __nccwpck_require__(6874)
-const compareBuild = __nccwpck_require__(7648)
-const sort = __nccwpck_require__(9872)
-const rsort = __nccwpck_require__(7192)
-const gt = __nccwpck_require__(6599)
-const lt = __nccwpck_require__(3872)
-const eq = __nccwpck_require__(5082)
-const neq = __nccwpck_require__(4974)
-const gte = __nccwpck_require__(1236)
-const lte = __nccwpck_require__(6717)
-const cmp = __nccwpck_require__(8646)
-const coerce = __nccwpck_require__(5385)
-const truncate = __nccwpck_require__(6114)
-const Comparator = __nccwpck_require__(9379)
-const Range = __nccwpck_require__(6782)
-const satisfies = __nccwpck_require__(8011)
-const toComparators = __nccwpck_require__(4750)
-const maxSatisfying = __nccwpck_require__(5574)
-const minSatisfying = __nccwpck_require__(8595)
-const minVersion = __nccwpck_require__(1866)
-const validRange = __nccwpck_require__(4737)
-const outside = __nccwpck_require__(280)
-const gtr = __nccwpck_require__(2276)
-const ltr = __nccwpck_require__(5213)
-const intersects = __nccwpck_require__(3465)
-const simplifyRange = __nccwpck_require__(2028)
-const subset = __nccwpck_require__(1489)
+const internalRe = __nccwpck_require__(5916)
+const constants = __nccwpck_require__(5165)
+const SemVer = __nccwpck_require__(1515)
+const identifiers = __nccwpck_require__(8612)
+const parse = __nccwpck_require__(641)
+const valid = __nccwpck_require__(9020)
+const clean = __nccwpck_require__(4775)
+const inc = __nccwpck_require__(3154)
+const diff = __nccwpck_require__(5479)
+const major = __nccwpck_require__(4095)
+const minor = __nccwpck_require__(7419)
+const patch = __nccwpck_require__(9764)
+const prerelease = __nccwpck_require__(6482)
+const compare = __nccwpck_require__(4373)
+const rcompare = __nccwpck_require__(5005)
+const compareLoose = __nccwpck_require__(4250)
+const compareBuild = __nccwpck_require__(1696)
+const sort = __nccwpck_require__(256)
+const rsort = __nccwpck_require__(1176)
+const gt = __nccwpck_require__(8167)
+const lt = __nccwpck_require__(1616)
+const eq = __nccwpck_require__(7002)
+const neq = __nccwpck_require__(6046)
+const gte = __nccwpck_require__(1204)
+const lte = __nccwpck_require__(5770)
+const cmp = __nccwpck_require__(9814)
+const coerce = __nccwpck_require__(9449)
+const truncate = __nccwpck_require__(4290)
+const Comparator = __nccwpck_require__(2019)
+const Range = __nccwpck_require__(7054)
+const satisfies = __nccwpck_require__(9448)
+const toComparators = __nccwpck_require__(2190)
+const maxSatisfying = __nccwpck_require__(1081)
+const minSatisfying = __nccwpck_require__(83)
+const minVersion = __nccwpck_require__(3130)
+const validRange = __nccwpck_require__(4881)
+const outside = __nccwpck_require__(9816)
+const gtr = __nccwpck_require__(692)
+const ltr = __nccwpck_require__(6701)
+const intersects = __nccwpck_require__(7049)
+const simplifyRange = __nccwpck_require__(7471)
+const subset = __nccwpck_require__(769)
 module.exports = {
   parse,
   valid,
@@ -1802,7 +1802,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 5101:
+/***/ 5165:
 /***/ ((module) => {
 
 
@@ -1876,7 +1876,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 1159:
+/***/ 1911:
 /***/ ((module) => {
 
 
@@ -1894,7 +1894,7 @@ module.exports = debug
 
 /***/ }),
 
-/***/ 3348:
+/***/ 8612:
 /***/ ((module) => {
 
 
@@ -1930,7 +1930,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 1383:
+/***/ 6807:
 /***/ ((module) => {
 
 
@@ -1979,7 +1979,7 @@ module.exports = LRUCache
 
 /***/ }),
 
-/***/ 356:
+/***/ 7124:
 /***/ ((module) => {
 
 
@@ -2003,7 +2003,7 @@ module.exports = parseOptions
 
 /***/ }),
 
-/***/ 5471:
+/***/ 5916:
 /***/ ((module, exports, __nccwpck_require__) => {
 
 
@@ -2012,8 +2012,8 @@ const {
   MAX_SAFE_COMPONENT_LENGTH,
   MAX_SAFE_BUILD_LENGTH,
   MAX_LENGTH,
-} = __nccwpck_require__(5101)
-const debug = __nccwpck_require__(1159)
+} = __nccwpck_require__(5165)
+const debug = __nccwpck_require__(1911)
 exports = module.exports = {}
 
 // The actual regexps go on exports.re
@@ -2233,7 +2233,7 @@ createToken('GTE0PRE', '^\\s*>=\\s*0\\.0\\.0-0\\s*$')
 
 /***/ }),
 
-/***/ 9737:
+/***/ 9785:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 // @ts-check
@@ -2248,7 +2248,7 @@ const {
   MAX_LENGTH,
   MAX_SAFE_BUILD_LENGTH,
   WHITESPACE_CHARACTERS,
-} = __nccwpck_require__(5101)
+} = __nccwpck_require__(5165)
 
 /**
  * Remembers the last two rows of digits so their characters need not be reread.
@@ -2678,25 +2678,25 @@ module.exports = trimComparatorWhitespace
 
 /***/ }),
 
-/***/ 2276:
+/***/ 692:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 // Determine if version is greater than all the versions possible in the range.
-const outside = __nccwpck_require__(280)
+const outside = __nccwpck_require__(9816)
 const gtr = (version, range, options) => outside(version, range, '>', options)
 module.exports = gtr
 
 
 /***/ }),
 
-/***/ 3465:
+/***/ 7049:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const Range = __nccwpck_require__(6782)
+const Range = __nccwpck_require__(7054)
 const intersects = (r1, r2, options) => {
   r1 = new Range(r1, options)
   r2 = new Range(r2, options)
@@ -2707,12 +2707,12 @@ module.exports = intersects
 
 /***/ }),
 
-/***/ 5213:
+/***/ 6701:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const outside = __nccwpck_require__(280)
+const outside = __nccwpck_require__(9816)
 // Determine if version is less than all the versions possible in the range
 const ltr = (version, range, options) => outside(version, range, '<', options)
 module.exports = ltr
@@ -2720,13 +2720,13 @@ module.exports = ltr
 
 /***/ }),
 
-/***/ 5574:
+/***/ 1081:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
-const Range = __nccwpck_require__(6782)
+const SemVer = __nccwpck_require__(1515)
+const Range = __nccwpck_require__(7054)
 
 const maxSatisfying = (versions, range, options) => {
   let max = null
@@ -2754,13 +2754,13 @@ module.exports = maxSatisfying
 
 /***/ }),
 
-/***/ 8595:
+/***/ 83:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
-const Range = __nccwpck_require__(6782)
+const SemVer = __nccwpck_require__(1515)
+const Range = __nccwpck_require__(7054)
 const minSatisfying = (versions, range, options) => {
   let min = null
   let minSV = null
@@ -2787,14 +2787,14 @@ module.exports = minSatisfying
 
 /***/ }),
 
-/***/ 1866:
+/***/ 3130:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
-const Range = __nccwpck_require__(6782)
-const gt = __nccwpck_require__(6599)
+const SemVer = __nccwpck_require__(1515)
+const Range = __nccwpck_require__(7054)
+const gt = __nccwpck_require__(8167)
 
 const minVersion = (range, loose) => {
   range = new Range(range, loose)
@@ -2857,20 +2857,20 @@ module.exports = minVersion
 
 /***/ }),
 
-/***/ 280:
+/***/ 9816:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const SemVer = __nccwpck_require__(7163)
-const Comparator = __nccwpck_require__(9379)
+const SemVer = __nccwpck_require__(1515)
+const Comparator = __nccwpck_require__(2019)
 const { ANY } = Comparator
-const Range = __nccwpck_require__(6782)
-const satisfies = __nccwpck_require__(8011)
-const gt = __nccwpck_require__(6599)
-const lt = __nccwpck_require__(3872)
-const lte = __nccwpck_require__(6717)
-const gte = __nccwpck_require__(1236)
+const Range = __nccwpck_require__(7054)
+const satisfies = __nccwpck_require__(9448)
+const gt = __nccwpck_require__(8167)
+const lt = __nccwpck_require__(1616)
+const lte = __nccwpck_require__(5770)
+const gte = __nccwpck_require__(1204)
 
 const outside = (version, range, hilo, options) => {
   version = new SemVer(version, options)
@@ -2946,7 +2946,7 @@ module.exports = outside
 
 /***/ }),
 
-/***/ 2028:
+/***/ 7471:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -2954,8 +2954,8 @@ module.exports = outside
 // given a set of versions and a range, create a "simplified" range
 // that includes the same versions that the original range does
 // If the original range is shorter than the simplified one, return that.
-const satisfies = __nccwpck_require__(8011)
-const compare = __nccwpck_require__(8469)
+const satisfies = __nccwpck_require__(9448)
+const compare = __nccwpck_require__(4373)
 module.exports = (versions, range, options) => {
   const set = []
   let first = null
@@ -3002,16 +3002,16 @@ module.exports = (versions, range, options) => {
 
 /***/ }),
 
-/***/ 1489:
+/***/ 769:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const Range = __nccwpck_require__(6782)
-const Comparator = __nccwpck_require__(9379)
+const Range = __nccwpck_require__(7054)
+const Comparator = __nccwpck_require__(2019)
 const { ANY } = Comparator
-const satisfies = __nccwpck_require__(8011)
-const compare = __nccwpck_require__(8469)
+const satisfies = __nccwpck_require__(9448)
+const compare = __nccwpck_require__(4373)
 
 // Complex range `r1 || r2 || ...` is a subset of `R1 || R2 || ...` iff:
 // - Every simple range `r1, r2, ...` is a null set, OR
@@ -3258,12 +3258,12 @@ module.exports = subset
 
 /***/ }),
 
-/***/ 4750:
+/***/ 2190:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const Range = __nccwpck_require__(6782)
+const Range = __nccwpck_require__(7054)
 
 // Mostly just for testing and legacy API reasons
 const toComparators = (range, options) =>
@@ -3275,12 +3275,12 @@ module.exports = toComparators
 
 /***/ }),
 
-/***/ 4737:
+/***/ 4881:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const Range = __nccwpck_require__(6782)
+const Range = __nccwpck_require__(7054)
 const validRange = (range, options) => {
   try {
     // Return '*' instead of '' so that truthiness works.
@@ -3295,15 +3295,15 @@ module.exports = validRange
 
 /***/ }),
 
-/***/ 770:
+/***/ 8258:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
-module.exports = __nccwpck_require__(218);
+module.exports = __nccwpck_require__(5258);
 
 
 /***/ }),
 
-/***/ 218:
+/***/ 5258:
 /***/ ((__unused_webpack_module, exports, __nccwpck_require__) => {
 
 var __webpack_unused_export__;
@@ -3575,34 +3575,34 @@ __webpack_unused_export__ = debug; // for test
 
 /***/ }),
 
-/***/ 6752:
+/***/ 576:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 var __webpack_unused_export__;
 
 
-const Client = __nccwpck_require__(3701)
-const Dispatcher = __nccwpck_require__(883)
-const Pool = __nccwpck_require__(628)
-const BalancedPool = __nccwpck_require__(837)
-const Agent = __nccwpck_require__(7405)
-const ProxyAgent = __nccwpck_require__(6672)
-const EnvHttpProxyAgent = __nccwpck_require__(3137)
-const RetryAgent = __nccwpck_require__(50)
-const errors = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
+const Client = __nccwpck_require__(5061)
+const Dispatcher = __nccwpck_require__(2243)
+const Pool = __nccwpck_require__(20)
+const BalancedPool = __nccwpck_require__(9989)
+const Agent = __nccwpck_require__(3389)
+const ProxyAgent = __nccwpck_require__(7408)
+const EnvHttpProxyAgent = __nccwpck_require__(2785)
+const RetryAgent = __nccwpck_require__(8610)
+const errors = __nccwpck_require__(1059)
+const util = __nccwpck_require__(2272)
 const { InvalidArgumentError } = errors
-const api = __nccwpck_require__(6615)
-const buildConnector = __nccwpck_require__(9136)
-const MockClient = __nccwpck_require__(7365)
-const MockAgent = __nccwpck_require__(7501)
-const MockPool = __nccwpck_require__(4004)
-const mockErrors = __nccwpck_require__(2429)
-const RetryHandler = __nccwpck_require__(7816)
-const { getGlobalDispatcher, setGlobalDispatcher } = __nccwpck_require__(2581)
-const DecoratorHandler = __nccwpck_require__(8155)
-const RedirectHandler = __nccwpck_require__(8754)
-const createRedirectInterceptor = __nccwpck_require__(5092)
+const api = __nccwpck_require__(6135)
+const buildConnector = __nccwpck_require__(1952)
+const MockClient = __nccwpck_require__(6197)
+const MockAgent = __nccwpck_require__(2781)
+const MockPool = __nccwpck_require__(9396)
+const mockErrors = __nccwpck_require__(9037)
+const RetryHandler = __nccwpck_require__(1131)
+const { getGlobalDispatcher, setGlobalDispatcher } = __nccwpck_require__(8085)
+const DecoratorHandler = __nccwpck_require__(5579)
+const RedirectHandler = __nccwpck_require__(9714)
+const createRedirectInterceptor = __nccwpck_require__(2276)
 
 Object.assign(Dispatcher.prototype, api)
 
@@ -3620,10 +3620,10 @@ __webpack_unused_export__ = DecoratorHandler
 __webpack_unused_export__ = RedirectHandler
 __webpack_unused_export__ = createRedirectInterceptor
 __webpack_unused_export__ = {
-  redirect: __nccwpck_require__(1514),
-  retry: __nccwpck_require__(2026),
-  dump: __nccwpck_require__(8060),
-  dns: __nccwpck_require__(379)
+  redirect: __nccwpck_require__(1530),
+  retry: __nccwpck_require__(7114),
+  dump: __nccwpck_require__(5596),
+  dns: __nccwpck_require__(1643)
 }
 
 __webpack_unused_export__ = buildConnector
@@ -3685,7 +3685,7 @@ function makeDispatcher (fn) {
 __webpack_unused_export__ = setGlobalDispatcher
 __webpack_unused_export__ = getGlobalDispatcher
 
-const fetchImpl = (__nccwpck_require__(4398).fetch)
+const fetchImpl = (__nccwpck_require__(3345).fetch)
 __webpack_unused_export__ = async function fetch (init, options = undefined) {
   try {
     return await fetchImpl(init, options)
@@ -3697,39 +3697,39 @@ __webpack_unused_export__ = async function fetch (init, options = undefined) {
     throw err
   }
 }
-/* unused reexport */ __nccwpck_require__(660).Headers
-/* unused reexport */ __nccwpck_require__(9051).Response
-/* unused reexport */ __nccwpck_require__(9967).Request
-/* unused reexport */ __nccwpck_require__(5910).FormData
+/* unused reexport */ __nccwpck_require__(548).Headers
+/* unused reexport */ __nccwpck_require__(1627).Response
+/* unused reexport */ __nccwpck_require__(268).Request
+/* unused reexport */ __nccwpck_require__(2134).FormData
 __webpack_unused_export__ = globalThis.File ?? (__nccwpck_require__(4573).File)
-/* unused reexport */ __nccwpck_require__(8355).FileReader
+/* unused reexport */ __nccwpck_require__(8755).FileReader
 
-const { setGlobalOrigin, getGlobalOrigin } = __nccwpck_require__(1059)
+const { setGlobalOrigin, getGlobalOrigin } = __nccwpck_require__(5779)
 
 __webpack_unused_export__ = setGlobalOrigin
 __webpack_unused_export__ = getGlobalOrigin
 
-const { CacheStorage } = __nccwpck_require__(3245)
-const { kConstruct } = __nccwpck_require__(109)
+const { CacheStorage } = __nccwpck_require__(4045)
+const { kConstruct } = __nccwpck_require__(3165)
 
 // Cache & CacheStorage are tightly coupled with fetch. Even if it may run
 // in an older version of Node, it doesn't have any use without fetch.
 __webpack_unused_export__ = new CacheStorage(kConstruct)
 
-const { deleteCookie, getCookies, getSetCookies, setCookie } = __nccwpck_require__(9061)
+const { deleteCookie, getCookies, getSetCookies, setCookie } = __nccwpck_require__(6693)
 
 __webpack_unused_export__ = deleteCookie
 __webpack_unused_export__ = getCookies
 __webpack_unused_export__ = getSetCookies
 __webpack_unused_export__ = setCookie
 
-const { parseMIMEType, serializeAMimeType } = __nccwpck_require__(1900)
+const { parseMIMEType, serializeAMimeType } = __nccwpck_require__(428)
 
 __webpack_unused_export__ = parseMIMEType
 __webpack_unused_export__ = serializeAMimeType
 
-const { CloseEvent, ErrorEvent, MessageEvent } = __nccwpck_require__(5188)
-/* unused reexport */ __nccwpck_require__(3726).WebSocket
+const { CloseEvent, ErrorEvent, MessageEvent } = __nccwpck_require__(5924)
+/* unused reexport */ __nccwpck_require__(5358).WebSocket
 __webpack_unused_export__ = CloseEvent
 __webpack_unused_export__ = ErrorEvent
 __webpack_unused_export__ = MessageEvent
@@ -3745,18 +3745,18 @@ __webpack_unused_export__ = MockPool
 __webpack_unused_export__ = MockAgent
 __webpack_unused_export__ = mockErrors
 
-const { EventSource } = __nccwpck_require__(1238)
+const { EventSource } = __nccwpck_require__(8742)
 
 __webpack_unused_export__ = EventSource
 
 
 /***/ }),
 
-/***/ 158:
+/***/ 3134:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
-const { addAbortListener } = __nccwpck_require__(3440)
-const { RequestAbortedError } = __nccwpck_require__(8707)
+const { addAbortListener } = __nccwpck_require__(2272)
+const { RequestAbortedError } = __nccwpck_require__(1059)
 
 const kListener = Symbol('kListener')
 const kSignal = Symbol('kSignal')
@@ -3816,16 +3816,16 @@ module.exports = {
 
 /***/ }),
 
-/***/ 2279:
+/***/ 6900:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const assert = __nccwpck_require__(4589)
 const { AsyncResource } = __nccwpck_require__(6698)
-const { InvalidArgumentError, SocketError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
-const { addSignal, removeSignal } = __nccwpck_require__(158)
+const { InvalidArgumentError, SocketError } = __nccwpck_require__(1059)
+const util = __nccwpck_require__(2272)
+const { addSignal, removeSignal } = __nccwpck_require__(3134)
 
 class ConnectHandler extends AsyncResource {
   constructor (opts, callback) {
@@ -3931,7 +3931,7 @@ module.exports = connect
 
 /***/ }),
 
-/***/ 6862:
+/***/ 9294:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -3945,10 +3945,10 @@ const {
   InvalidArgumentError,
   InvalidReturnValueError,
   RequestAbortedError
-} = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
+} = __nccwpck_require__(1059)
+const util = __nccwpck_require__(2272)
 const { AsyncResource } = __nccwpck_require__(6698)
-const { addSignal, removeSignal } = __nccwpck_require__(158)
+const { addSignal, removeSignal } = __nccwpck_require__(3134)
 const assert = __nccwpck_require__(4589)
 
 const kResume = Symbol('resume')
@@ -4189,16 +4189,16 @@ module.exports = pipeline
 
 /***/ }),
 
-/***/ 4043:
+/***/ 5259:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const assert = __nccwpck_require__(4589)
-const { Readable } = __nccwpck_require__(9927)
-const { InvalidArgumentError, RequestAbortedError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
-const { getResolveErrorBodyCallback } = __nccwpck_require__(7655)
+const { Readable } = __nccwpck_require__(2519)
+const { InvalidArgumentError, RequestAbortedError } = __nccwpck_require__(1059)
+const util = __nccwpck_require__(2272)
+const { getResolveErrorBodyCallback } = __nccwpck_require__(7863)
 const { AsyncResource } = __nccwpck_require__(6698)
 
 class RequestHandler extends AsyncResource {
@@ -4410,18 +4410,18 @@ module.exports.RequestHandler = RequestHandler
 
 /***/ }),
 
-/***/ 3560:
+/***/ 792:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const assert = __nccwpck_require__(4589)
 const { finished, PassThrough } = __nccwpck_require__(7075)
-const { InvalidArgumentError, InvalidReturnValueError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
-const { getResolveErrorBodyCallback } = __nccwpck_require__(7655)
+const { InvalidArgumentError, InvalidReturnValueError } = __nccwpck_require__(1059)
+const util = __nccwpck_require__(2272)
+const { getResolveErrorBodyCallback } = __nccwpck_require__(7863)
 const { AsyncResource } = __nccwpck_require__(6698)
-const { addSignal, removeSignal } = __nccwpck_require__(158)
+const { addSignal, removeSignal } = __nccwpck_require__(3134)
 
 class StreamHandler extends AsyncResource {
   constructor (opts, factory, callback) {
@@ -4637,15 +4637,15 @@ module.exports = stream
 
 /***/ }),
 
-/***/ 1882:
+/***/ 1098:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { InvalidArgumentError, SocketError } = __nccwpck_require__(8707)
+const { InvalidArgumentError, SocketError } = __nccwpck_require__(1059)
 const { AsyncResource } = __nccwpck_require__(6698)
-const util = __nccwpck_require__(3440)
-const { addSignal, removeSignal } = __nccwpck_require__(158)
+const util = __nccwpck_require__(2272)
+const { addSignal, removeSignal } = __nccwpck_require__(3134)
 const assert = __nccwpck_require__(4589)
 
 class UpgradeHandler extends AsyncResource {
@@ -4752,21 +4752,21 @@ module.exports = upgrade
 
 /***/ }),
 
-/***/ 6615:
+/***/ 6135:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-module.exports.request = __nccwpck_require__(4043)
-module.exports.stream = __nccwpck_require__(3560)
-module.exports.pipeline = __nccwpck_require__(6862)
-module.exports.upgrade = __nccwpck_require__(1882)
-module.exports.connect = __nccwpck_require__(2279)
+module.exports.request = __nccwpck_require__(5259)
+module.exports.stream = __nccwpck_require__(792)
+module.exports.pipeline = __nccwpck_require__(9294)
+module.exports.upgrade = __nccwpck_require__(1098)
+module.exports.connect = __nccwpck_require__(6900)
 
 
 /***/ }),
 
-/***/ 9927:
+/***/ 2519:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 // Ported from https://github.com/nodejs/undici/pull/907
@@ -4775,9 +4775,9 @@ module.exports.connect = __nccwpck_require__(2279)
 
 const assert = __nccwpck_require__(4589)
 const { Readable } = __nccwpck_require__(7075)
-const { RequestAbortedError, NotSupportedError, InvalidArgumentError, AbortError } = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
-const { ReadableStreamFrom } = __nccwpck_require__(3440)
+const { RequestAbortedError, NotSupportedError, InvalidArgumentError, AbortError } = __nccwpck_require__(1059)
+const util = __nccwpck_require__(2272)
+const { ReadableStreamFrom } = __nccwpck_require__(2272)
 
 const kConsume = Symbol('kConsume')
 const kReading = Symbol('kReading')
@@ -5158,15 +5158,15 @@ module.exports = { Readable: BodyReadable, chunksDecode }
 
 /***/ }),
 
-/***/ 7655:
+/***/ 7863:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 const assert = __nccwpck_require__(4589)
 const {
   ResponseStatusCodeError
-} = __nccwpck_require__(8707)
+} = __nccwpck_require__(1059)
 
-const { chunksDecode } = __nccwpck_require__(9927)
+const { chunksDecode } = __nccwpck_require__(2519)
 const CHUNK_LIMIT = 128 * 1024
 
 async function getResolveErrorBodyCallback ({ callback, body, contentType, statusCode, statusMessage, headers }) {
@@ -5258,16 +5258,16 @@ module.exports = {
 
 /***/ }),
 
-/***/ 9136:
+/***/ 1952:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const net = __nccwpck_require__(7030)
 const assert = __nccwpck_require__(4589)
-const util = __nccwpck_require__(3440)
-const { InvalidArgumentError, ConnectTimeoutError } = __nccwpck_require__(8707)
-const timers = __nccwpck_require__(6603)
+const util = __nccwpck_require__(2272)
+const { InvalidArgumentError, ConnectTimeoutError } = __nccwpck_require__(1059)
+const timers = __nccwpck_require__(7787)
 
 function noop () {}
 
@@ -5505,7 +5505,7 @@ module.exports = buildConnector
 
 /***/ }),
 
-/***/ 735:
+/***/ 7887:
 /***/ ((module) => {
 
 
@@ -5630,7 +5630,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 2414:
+/***/ 5726:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -5839,7 +5839,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 8707:
+/***/ 1059:
 /***/ ((module) => {
 
 
@@ -6271,7 +6271,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 4655:
+/***/ 2543:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -6279,7 +6279,7 @@ module.exports = {
 const {
   InvalidArgumentError,
   NotSupportedError
-} = __nccwpck_require__(8707)
+} = __nccwpck_require__(1059)
 const assert = __nccwpck_require__(4589)
 const {
   isValidHTTPToken,
@@ -6294,9 +6294,9 @@ const {
   validateHandler,
   getServerName,
   normalizedMethodRecords
-} = __nccwpck_require__(3440)
-const { channels } = __nccwpck_require__(2414)
-const { headerNameLowerCasedRecord } = __nccwpck_require__(735)
+} = __nccwpck_require__(2272)
+const { channels } = __nccwpck_require__(5726)
+const { headerNameLowerCasedRecord } = __nccwpck_require__(7887)
 
 // Verifies that a given path is valid does not contain control chars \x00 to \x20
 const invalidPathRegex = /[^\u0021-\u00ff]/
@@ -6760,7 +6760,7 @@ module.exports = Request
 
 /***/ }),
 
-/***/ 6443:
+/***/ 1003:
 /***/ ((module) => {
 
 module.exports = {
@@ -6834,7 +6834,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 7752:
+/***/ 9112:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -6842,7 +6842,7 @@ module.exports = {
 const {
   wellknownHeaderNames,
   headerNameLowerCasedRecord
-} = __nccwpck_require__(735)
+} = __nccwpck_require__(7887)
 
 class TstNode {
   /** @type {any} */
@@ -6993,13 +6993,13 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3440:
+/***/ 2272:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const assert = __nccwpck_require__(4589)
-const { kDestroyed, kBodyUsed, kListeners, kBody } = __nccwpck_require__(6443)
+const { kDestroyed, kBodyUsed, kListeners, kBody } = __nccwpck_require__(1003)
 const { IncomingMessage } = __nccwpck_require__(7067)
 const stream = __nccwpck_require__(7075)
 const net = __nccwpck_require__(7030)
@@ -7007,9 +7007,9 @@ const { Blob } = __nccwpck_require__(4573)
 const nodeUtil = __nccwpck_require__(7975)
 const { stringify } = __nccwpck_require__(1792)
 const { EventEmitter: EE } = __nccwpck_require__(8474)
-const { InvalidArgumentError } = __nccwpck_require__(8707)
-const { headerNameLowerCasedRecord } = __nccwpck_require__(735)
-const { tree } = __nccwpck_require__(7752)
+const { InvalidArgumentError } = __nccwpck_require__(1059)
+const { headerNameLowerCasedRecord } = __nccwpck_require__(7887)
+const { tree } = __nccwpck_require__(9112)
 
 const [nodeMajor, nodeMinor] = process.versions.node.split('.').map(v => Number(v))
 
@@ -7719,18 +7719,18 @@ module.exports = {
 
 /***/ }),
 
-/***/ 7405:
+/***/ 3389:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { InvalidArgumentError } = __nccwpck_require__(8707)
-const { kClients, kRunning, kClose, kDestroy, kDispatch, kInterceptors } = __nccwpck_require__(6443)
-const DispatcherBase = __nccwpck_require__(1841)
-const Pool = __nccwpck_require__(628)
-const Client = __nccwpck_require__(3701)
-const util = __nccwpck_require__(3440)
-const createRedirectInterceptor = __nccwpck_require__(5092)
+const { InvalidArgumentError } = __nccwpck_require__(1059)
+const { kClients, kRunning, kClose, kDestroy, kDispatch, kInterceptors } = __nccwpck_require__(1003)
+const DispatcherBase = __nccwpck_require__(8641)
+const Pool = __nccwpck_require__(20)
+const Client = __nccwpck_require__(5061)
+const util = __nccwpck_require__(2272)
+const createRedirectInterceptor = __nccwpck_require__(2276)
 
 const kOnConnect = Symbol('onConnect')
 const kOnDisconnect = Symbol('onDisconnect')
@@ -7859,7 +7859,7 @@ module.exports = Agent
 
 /***/ }),
 
-/***/ 837:
+/***/ 9989:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -7867,7 +7867,7 @@ module.exports = Agent
 const {
   BalancedPoolMissingUpstreamError,
   InvalidArgumentError
-} = __nccwpck_require__(8707)
+} = __nccwpck_require__(1059)
 const {
   PoolBase,
   kClients,
@@ -7875,10 +7875,10 @@ const {
   kAddClient,
   kRemoveClient,
   kGetDispatcher
-} = __nccwpck_require__(2128)
-const Pool = __nccwpck_require__(628)
-const { kUrl, kInterceptors } = __nccwpck_require__(6443)
-const { parseOrigin } = __nccwpck_require__(3440)
+} = __nccwpck_require__(7632)
+const Pool = __nccwpck_require__(20)
+const { kUrl, kInterceptors } = __nccwpck_require__(1003)
+const { parseOrigin } = __nccwpck_require__(2272)
 const kFactory = Symbol('factory')
 
 const kOptions = Symbol('options')
@@ -8075,7 +8075,7 @@ module.exports = BalancedPool
 
 /***/ }),
 
-/***/ 637:
+/***/ 1021:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -8083,9 +8083,9 @@ module.exports = BalancedPool
 /* global WebAssembly */
 
 const assert = __nccwpck_require__(4589)
-const util = __nccwpck_require__(3440)
-const { channels } = __nccwpck_require__(2414)
-const timers = __nccwpck_require__(6603)
+const util = __nccwpck_require__(2272)
+const { channels } = __nccwpck_require__(5726)
+const timers = __nccwpck_require__(7787)
 const {
   RequestContentLengthMismatchError,
   ResponseContentLengthMismatchError,
@@ -8098,7 +8098,7 @@ const {
   BodyTimeoutError,
   HTTPParserError,
   ResponseExceededMaxSizeError
-} = __nccwpck_require__(8707)
+} = __nccwpck_require__(1059)
 const {
   kUrl,
   kReset,
@@ -8131,9 +8131,9 @@ const {
   kOnError,
   kResume,
   kHTTPContext
-} = __nccwpck_require__(6443)
+} = __nccwpck_require__(1003)
 
-const constants = __nccwpck_require__(2824)
+const constants = __nccwpck_require__(3512)
 const EMPTY_BUF = Buffer.alloc(0)
 const FastBuffer = Buffer[Symbol.species]
 const addListener = util.addListener
@@ -8145,11 +8145,11 @@ const kSocketUsed = Symbol('kSocketUsed')
 let extractBody
 
 async function lazyllhttp () {
-  const llhttpWasmData = process.env.JEST_WORKER_ID ? __nccwpck_require__(3870) : undefined
+  const llhttpWasmData = process.env.JEST_WORKER_ID ? __nccwpck_require__(1630) : undefined
 
   let mod
   try {
-    mod = await WebAssembly.compile(__nccwpck_require__(3434))
+    mod = await WebAssembly.compile(__nccwpck_require__(4826))
   } catch (e) {
     /* istanbul ignore next */
 
@@ -8157,7 +8157,7 @@ async function lazyllhttp () {
     // being enabled, but the occurring of this other error
     // * https://github.com/emscripten-core/emscripten/issues/11495
     // got me to remove that check to avoid breaking Node 12.
-    mod = await WebAssembly.compile(llhttpWasmData || __nccwpck_require__(3870))
+    mod = await WebAssembly.compile(llhttpWasmData || __nccwpck_require__(1630))
   }
 
   return await WebAssembly.instantiate(mod, {
@@ -9072,7 +9072,7 @@ function writeH1 (client, request) {
 
   if (util.isFormDataLike(body)) {
     if (!extractBody) {
-      extractBody = (__nccwpck_require__(4492).extractBody)
+      extractBody = (__nccwpck_require__(9852).extractBody)
     }
 
     const [bodyStream, contentType] = extractBody(body)
@@ -9595,7 +9595,7 @@ module.exports = connectH1
 
 /***/ }),
 
-/***/ 8788:
+/***/ 2820:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -9603,13 +9603,13 @@ module.exports = connectH1
 const assert = __nccwpck_require__(4589)
 const { errorMonitor } = __nccwpck_require__(8474)
 const { pipeline } = __nccwpck_require__(7075)
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(2272)
 const {
   RequestContentLengthMismatchError,
   RequestAbortedError,
   SocketError,
   InformationalError
-} = __nccwpck_require__(8707)
+} = __nccwpck_require__(1059)
 const {
   kUrl,
   kReset,
@@ -9628,7 +9628,7 @@ const {
   kResume,
   kSize,
   kHTTPContext
-} = __nccwpck_require__(6443)
+} = __nccwpck_require__(1003)
 
 const kOpenStreams = Symbol('open streams')
 
@@ -10034,7 +10034,7 @@ function writeH2 (client, request) {
   let contentLength = util.bodyLength(body)
 
   if (util.isFormDataLike(body)) {
-    extractBody ??= (__nccwpck_require__(4492).extractBody)
+    extractBody ??= (__nccwpck_require__(9852).extractBody)
 
     const [bodyStream, contentType] = extractBody(body)
     headers['content-type'] = contentType
@@ -10394,7 +10394,7 @@ module.exports = connectH2
 
 /***/ }),
 
-/***/ 3701:
+/***/ 5061:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 // @ts-check
@@ -10404,16 +10404,16 @@ module.exports = connectH2
 const assert = __nccwpck_require__(4589)
 const net = __nccwpck_require__(7030)
 const http = __nccwpck_require__(7067)
-const util = __nccwpck_require__(3440)
-const { channels } = __nccwpck_require__(2414)
-const Request = __nccwpck_require__(4655)
-const DispatcherBase = __nccwpck_require__(1841)
+const util = __nccwpck_require__(2272)
+const { channels } = __nccwpck_require__(5726)
+const Request = __nccwpck_require__(2543)
+const DispatcherBase = __nccwpck_require__(8641)
 const {
   InvalidArgumentError,
   InformationalError,
   ClientDestroyedError
-} = __nccwpck_require__(8707)
-const buildConnector = __nccwpck_require__(9136)
+} = __nccwpck_require__(1059)
+const buildConnector = __nccwpck_require__(1952)
 const {
   kUrl,
   kServerName,
@@ -10455,9 +10455,9 @@ const {
   kHTTPContext,
   kMaxConcurrentStreams,
   kResume
-} = __nccwpck_require__(6443)
-const connectH1 = __nccwpck_require__(637)
-const connectH2 = __nccwpck_require__(8788)
+} = __nccwpck_require__(1003)
+const connectH1 = __nccwpck_require__(1021)
+const connectH2 = __nccwpck_require__(2820)
 let deprecatedInterceptorWarned = false
 
 const kClosedResolve = Symbol('kClosedResolve')
@@ -10765,7 +10765,7 @@ class Client extends DispatcherBase {
   }
 }
 
-const createRedirectInterceptor = __nccwpck_require__(5092)
+const createRedirectInterceptor = __nccwpck_require__(2276)
 
 function onError (client, err) {
   if (
@@ -11025,19 +11025,19 @@ module.exports = Client
 
 /***/ }),
 
-/***/ 1841:
+/***/ 8641:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const buffer = __nccwpck_require__(4573)
-const Dispatcher = __nccwpck_require__(883)
+const Dispatcher = __nccwpck_require__(2243)
 const {
   ClientDestroyedError,
   ClientClosedError,
   InvalidArgumentError
-} = __nccwpck_require__(8707)
-const { kDestroy, kClose, kClosed, kDestroyed, kDispatch, kInterceptors } = __nccwpck_require__(6443)
+} = __nccwpck_require__(1059)
+const { kDestroy, kClose, kClosed, kDestroyed, kDispatch, kInterceptors } = __nccwpck_require__(1003)
 
 const kOnDestroyed = Symbol('onDestroyed')
 const kOnClosed = Symbol('onClosed')
@@ -11240,7 +11240,7 @@ module.exports = DispatcherBase
 
 /***/ }),
 
-/***/ 883:
+/***/ 2243:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -11312,15 +11312,15 @@ module.exports = Dispatcher
 
 /***/ }),
 
-/***/ 3137:
+/***/ 2785:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const DispatcherBase = __nccwpck_require__(1841)
-const { kClose, kDestroy, kClosed, kDestroyed, kDispatch, kNoProxyAgent, kHttpProxyAgent, kHttpsProxyAgent } = __nccwpck_require__(6443)
-const ProxyAgent = __nccwpck_require__(6672)
-const Agent = __nccwpck_require__(7405)
+const DispatcherBase = __nccwpck_require__(8641)
+const { kClose, kDestroy, kClosed, kDestroyed, kDispatch, kNoProxyAgent, kHttpProxyAgent, kHttpsProxyAgent } = __nccwpck_require__(1003)
+const ProxyAgent = __nccwpck_require__(7408)
+const Agent = __nccwpck_require__(3389)
 
 const DEFAULT_PORTS = {
   'http:': 80,
@@ -11479,7 +11479,7 @@ module.exports = EnvHttpProxyAgent
 
 /***/ }),
 
-/***/ 4660:
+/***/ 9220:
 /***/ ((module) => {
 
 /* eslint-disable */
@@ -11603,15 +11603,15 @@ module.exports = class FixedQueue {
 
 /***/ }),
 
-/***/ 2128:
+/***/ 7632:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const DispatcherBase = __nccwpck_require__(1841)
-const FixedQueue = __nccwpck_require__(4660)
-const { kConnected, kSize, kRunning, kPending, kQueued, kBusy, kFree, kUrl, kClose, kDestroy, kDispatch } = __nccwpck_require__(6443)
-const PoolStats = __nccwpck_require__(3246)
+const DispatcherBase = __nccwpck_require__(8641)
+const FixedQueue = __nccwpck_require__(9220)
+const { kConnected, kSize, kRunning, kPending, kQueued, kBusy, kFree, kUrl, kClose, kDestroy, kDispatch } = __nccwpck_require__(1003)
+const PoolStats = __nccwpck_require__(398)
 
 const kClients = Symbol('clients')
 const kNeedDrain = Symbol('needDrain')
@@ -11804,10 +11804,10 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3246:
+/***/ 398:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
-const { kFree, kConnected, kPending, kQueued, kRunning, kSize } = __nccwpck_require__(6443)
+const { kFree, kConnected, kPending, kQueued, kRunning, kSize } = __nccwpck_require__(1003)
 const kPool = Symbol('pool')
 
 class PoolStats {
@@ -11845,7 +11845,7 @@ module.exports = PoolStats
 
 /***/ }),
 
-/***/ 628:
+/***/ 20:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -11856,14 +11856,14 @@ const {
   kNeedDrain,
   kAddClient,
   kGetDispatcher
-} = __nccwpck_require__(2128)
-const Client = __nccwpck_require__(3701)
+} = __nccwpck_require__(7632)
+const Client = __nccwpck_require__(5061)
 const {
   InvalidArgumentError
-} = __nccwpck_require__(8707)
-const util = __nccwpck_require__(3440)
-const { kUrl, kInterceptors } = __nccwpck_require__(6443)
-const buildConnector = __nccwpck_require__(9136)
+} = __nccwpck_require__(1059)
+const util = __nccwpck_require__(2272)
+const { kUrl, kInterceptors } = __nccwpck_require__(1003)
+const buildConnector = __nccwpck_require__(1952)
 
 const kOptions = Symbol('options')
 const kConnections = Symbol('connections')
@@ -11959,19 +11959,19 @@ module.exports = Pool
 
 /***/ }),
 
-/***/ 6672:
+/***/ 7408:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { kProxy, kClose, kDestroy, kDispatch, kInterceptors } = __nccwpck_require__(6443)
+const { kProxy, kClose, kDestroy, kDispatch, kInterceptors } = __nccwpck_require__(1003)
 const { URL } = __nccwpck_require__(3136)
-const Agent = __nccwpck_require__(7405)
-const Pool = __nccwpck_require__(628)
-const DispatcherBase = __nccwpck_require__(1841)
-const { InvalidArgumentError, RequestAbortedError, SecureProxyConnectionError } = __nccwpck_require__(8707)
-const buildConnector = __nccwpck_require__(9136)
-const Client = __nccwpck_require__(3701)
+const Agent = __nccwpck_require__(3389)
+const Pool = __nccwpck_require__(20)
+const DispatcherBase = __nccwpck_require__(8641)
+const { InvalidArgumentError, RequestAbortedError, SecureProxyConnectionError } = __nccwpck_require__(1059)
+const buildConnector = __nccwpck_require__(1952)
+const Client = __nccwpck_require__(5061)
 
 const kAgent = Symbol('proxy agent')
 const kClient = Symbol('proxy client')
@@ -12240,13 +12240,13 @@ module.exports = ProxyAgent
 
 /***/ }),
 
-/***/ 50:
+/***/ 8610:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const Dispatcher = __nccwpck_require__(883)
-const RetryHandler = __nccwpck_require__(7816)
+const Dispatcher = __nccwpck_require__(2243)
+const RetryHandler = __nccwpck_require__(1131)
 
 class RetryAgent extends Dispatcher {
   #agent = null
@@ -12282,7 +12282,7 @@ module.exports = RetryAgent
 
 /***/ }),
 
-/***/ 2581:
+/***/ 8085:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -12290,8 +12290,8 @@ module.exports = RetryAgent
 // We include a version number for the Dispatcher API. In case of breaking changes,
 // this version number must be increased to avoid conflicts.
 const globalDispatcher = Symbol.for('undici.globalDispatcher.1')
-const { InvalidArgumentError } = __nccwpck_require__(8707)
-const Agent = __nccwpck_require__(7405)
+const { InvalidArgumentError } = __nccwpck_require__(1059)
+const Agent = __nccwpck_require__(3389)
 
 if (getGlobalDispatcher() === undefined) {
   setGlobalDispatcher(new Agent())
@@ -12321,7 +12321,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 8155:
+/***/ 5579:
 /***/ ((module) => {
 
 
@@ -12372,15 +12372,15 @@ module.exports = class DecoratorHandler {
 
 /***/ }),
 
-/***/ 8754:
+/***/ 9714:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const util = __nccwpck_require__(3440)
-const { kBodyUsed } = __nccwpck_require__(6443)
+const util = __nccwpck_require__(2272)
+const { kBodyUsed } = __nccwpck_require__(1003)
 const assert = __nccwpck_require__(4589)
-const { InvalidArgumentError } = __nccwpck_require__(8707)
+const { InvalidArgumentError } = __nccwpck_require__(1059)
 const EE = __nccwpck_require__(8474)
 
 const redirectableStatusCodes = [300, 301, 302, 303, 307, 308]
@@ -12611,20 +12611,20 @@ module.exports = RedirectHandler
 
 /***/ }),
 
-/***/ 7816:
+/***/ 1131:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 const assert = __nccwpck_require__(4589)
 
-const { kRetryHandlerDefaultRetry } = __nccwpck_require__(6443)
-const { RequestRetryError } = __nccwpck_require__(8707)
+const { kRetryHandlerDefaultRetry } = __nccwpck_require__(1003)
+const { RequestRetryError } = __nccwpck_require__(1059)
 const {
   isDisturbed,
   parseHeaders,
   parseRangeHeader,
   wrapRequestBody
-} = __nccwpck_require__(3440)
+} = __nccwpck_require__(2272)
 
 function calculateRetryAfterHeader (retryAfter) {
   const current = Date.now()
@@ -13055,14 +13055,14 @@ module.exports = RetryHandler
 
 /***/ }),
 
-/***/ 379:
+/***/ 1643:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 const { isIP } = __nccwpck_require__(7030)
 const { lookup } = __nccwpck_require__(610)
-const DecoratorHandler = __nccwpck_require__(8155)
-const { InvalidArgumentError, InformationalError } = __nccwpck_require__(8707)
+const DecoratorHandler = __nccwpck_require__(5579)
+const { InvalidArgumentError, InformationalError } = __nccwpck_require__(1059)
 const maxInt = Math.pow(2, 31) - 1
 
 class DNSInstance {
@@ -13437,14 +13437,14 @@ module.exports = interceptorOpts => {
 
 /***/ }),
 
-/***/ 8060:
+/***/ 5596:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const util = __nccwpck_require__(3440)
-const { InvalidArgumentError, RequestAbortedError } = __nccwpck_require__(8707)
-const DecoratorHandler = __nccwpck_require__(8155)
+const util = __nccwpck_require__(2272)
+const { InvalidArgumentError, RequestAbortedError } = __nccwpck_require__(1059)
+const DecoratorHandler = __nccwpck_require__(5579)
 
 class DumpHandler extends DecoratorHandler {
   #maxSize = 1024 * 1024
@@ -13567,12 +13567,12 @@ module.exports = createDumpInterceptor
 
 /***/ }),
 
-/***/ 5092:
+/***/ 2276:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const RedirectHandler = __nccwpck_require__(8754)
+const RedirectHandler = __nccwpck_require__(9714)
 
 function createRedirectInterceptor ({ maxRedirections: defaultMaxRedirections }) {
   return (dispatch) => {
@@ -13595,11 +13595,11 @@ module.exports = createRedirectInterceptor
 
 /***/ }),
 
-/***/ 1514:
+/***/ 1530:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
-const RedirectHandler = __nccwpck_require__(8754)
+const RedirectHandler = __nccwpck_require__(9714)
 
 module.exports = opts => {
   const globalMaxRedirections = opts?.maxRedirections
@@ -13626,11 +13626,11 @@ module.exports = opts => {
 
 /***/ }),
 
-/***/ 2026:
+/***/ 7114:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
-const RetryHandler = __nccwpck_require__(7816)
+const RetryHandler = __nccwpck_require__(1131)
 
 module.exports = globalOpts => {
   return dispatch => {
@@ -13652,13 +13652,13 @@ module.exports = globalOpts => {
 
 /***/ }),
 
-/***/ 2824:
+/***/ 3512:
 /***/ ((__unused_webpack_module, exports, __nccwpck_require__) => {
 
 
 Object.defineProperty(exports, "__esModule", ({ value: true }));
 exports.SPECIAL_HEADERS = exports.HEADER_STATE = exports.MINOR = exports.MAJOR = exports.CONNECTION_TOKEN_CHARS = exports.HEADER_CHARS = exports.TOKEN = exports.STRICT_TOKEN = exports.HEX = exports.URL_CHAR = exports.STRICT_URL_CHAR = exports.USERINFO_CHARS = exports.MARK = exports.ALPHANUM = exports.NUM = exports.HEX_MAP = exports.NUM_MAP = exports.ALPHA = exports.FINISH = exports.H_METHOD_MAP = exports.METHOD_MAP = exports.METHODS_RTSP = exports.METHODS_ICE = exports.METHODS_HTTP = exports.METHODS = exports.LENIENT_FLAGS = exports.FLAGS = exports.TYPE = exports.ERROR = void 0;
-const utils_1 = __nccwpck_require__(172);
+const utils_1 = __nccwpck_require__(6972);
 // C headers
 var ERROR;
 (function (ERROR) {
@@ -13936,7 +13936,7 @@ exports.SPECIAL_HEADERS = {
 
 /***/ }),
 
-/***/ 3870:
+/***/ 1630:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -13948,7 +13948,7 @@ module.exports = Buffer.from('AGFzbQEAAAABJwdgAX8Bf2ADf39/AX9gAX8AYAJ/fwBgBH9/f3
 
 /***/ }),
 
-/***/ 3434:
+/***/ 4826:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -13960,7 +13960,7 @@ module.exports = Buffer.from('AGFzbQEAAAABJwdgAX8Bf2ADf39/AX9gAX8AYAJ/fwBgBH9/f3
 
 /***/ }),
 
-/***/ 172:
+/***/ 6972:
 /***/ ((__unused_webpack_module, exports) => {
 
 
@@ -13981,13 +13981,13 @@ exports.enumToMap = enumToMap;
 
 /***/ }),
 
-/***/ 7501:
+/***/ 2781:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { kClients } = __nccwpck_require__(6443)
-const Agent = __nccwpck_require__(7405)
+const { kClients } = __nccwpck_require__(1003)
+const Agent = __nccwpck_require__(3389)
 const {
   kAgent,
   kMockAgentSet,
@@ -13998,14 +13998,14 @@ const {
   kGetNetConnect,
   kOptions,
   kFactory
-} = __nccwpck_require__(1117)
-const MockClient = __nccwpck_require__(7365)
-const MockPool = __nccwpck_require__(4004)
-const { matchValue, buildMockOptions } = __nccwpck_require__(3397)
-const { InvalidArgumentError, UndiciError } = __nccwpck_require__(8707)
-const Dispatcher = __nccwpck_require__(883)
-const Pluralizer = __nccwpck_require__(1529)
-const PendingInterceptorsFormatter = __nccwpck_require__(6142)
+} = __nccwpck_require__(1501)
+const MockClient = __nccwpck_require__(6197)
+const MockPool = __nccwpck_require__(9396)
+const { matchValue, buildMockOptions } = __nccwpck_require__(1205)
+const { InvalidArgumentError, UndiciError } = __nccwpck_require__(1059)
+const Dispatcher = __nccwpck_require__(2243)
+const Pluralizer = __nccwpck_require__(8233)
+const PendingInterceptorsFormatter = __nccwpck_require__(6110)
 
 class MockAgent extends Dispatcher {
   constructor (opts) {
@@ -14148,14 +14148,14 @@ module.exports = MockAgent
 
 /***/ }),
 
-/***/ 7365:
+/***/ 6197:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { promisify } = __nccwpck_require__(7975)
-const Client = __nccwpck_require__(3701)
-const { buildMockDispatch } = __nccwpck_require__(3397)
+const Client = __nccwpck_require__(5061)
+const { buildMockDispatch } = __nccwpck_require__(1205)
 const {
   kDispatches,
   kMockAgent,
@@ -14164,10 +14164,10 @@ const {
   kOrigin,
   kOriginalDispatch,
   kConnected
-} = __nccwpck_require__(1117)
-const { MockInterceptor } = __nccwpck_require__(1511)
-const Symbols = __nccwpck_require__(6443)
-const { InvalidArgumentError } = __nccwpck_require__(8707)
+} = __nccwpck_require__(1501)
+const { MockInterceptor } = __nccwpck_require__(3319)
+const Symbols = __nccwpck_require__(1003)
+const { InvalidArgumentError } = __nccwpck_require__(1059)
 
 /**
  * MockClient provides an API that extends the Client to influence the mockDispatches.
@@ -14214,12 +14214,12 @@ module.exports = MockClient
 
 /***/ }),
 
-/***/ 2429:
+/***/ 9037:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { UndiciError } = __nccwpck_require__(8707)
+const { UndiciError } = __nccwpck_require__(1059)
 
 const kMockNotMatchedError = Symbol.for('undici.error.UND_MOCK_ERR_MOCK_NOT_MATCHED')
 
@@ -14249,12 +14249,12 @@ module.exports = {
 
 /***/ }),
 
-/***/ 1511:
+/***/ 3319:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { getResponseData, buildKey, addMockDispatch } = __nccwpck_require__(3397)
+const { getResponseData, buildKey, addMockDispatch } = __nccwpck_require__(1205)
 const {
   kDispatches,
   kDispatchKey,
@@ -14262,9 +14262,9 @@ const {
   kDefaultTrailers,
   kContentLength,
   kMockDispatch
-} = __nccwpck_require__(1117)
-const { InvalidArgumentError } = __nccwpck_require__(8707)
-const { buildURL } = __nccwpck_require__(3440)
+} = __nccwpck_require__(1501)
+const { InvalidArgumentError } = __nccwpck_require__(1059)
+const { buildURL } = __nccwpck_require__(2272)
 
 /**
  * Defines the scope API for an interceptor reply
@@ -14463,14 +14463,14 @@ module.exports.MockScope = MockScope
 
 /***/ }),
 
-/***/ 4004:
+/***/ 9396:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { promisify } = __nccwpck_require__(7975)
-const Pool = __nccwpck_require__(628)
-const { buildMockDispatch } = __nccwpck_require__(3397)
+const Pool = __nccwpck_require__(20)
+const { buildMockDispatch } = __nccwpck_require__(1205)
 const {
   kDispatches,
   kMockAgent,
@@ -14479,10 +14479,10 @@ const {
   kOrigin,
   kOriginalDispatch,
   kConnected
-} = __nccwpck_require__(1117)
-const { MockInterceptor } = __nccwpck_require__(1511)
-const Symbols = __nccwpck_require__(6443)
-const { InvalidArgumentError } = __nccwpck_require__(8707)
+} = __nccwpck_require__(1501)
+const { MockInterceptor } = __nccwpck_require__(3319)
+const Symbols = __nccwpck_require__(1003)
+const { InvalidArgumentError } = __nccwpck_require__(1059)
 
 /**
  * MockPool provides an API that extends the Pool to influence the mockDispatches.
@@ -14529,7 +14529,7 @@ module.exports = MockPool
 
 /***/ }),
 
-/***/ 1117:
+/***/ 1501:
 /***/ ((module) => {
 
 
@@ -14559,20 +14559,20 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3397:
+/***/ 1205:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { MockNotMatchedError } = __nccwpck_require__(2429)
+const { MockNotMatchedError } = __nccwpck_require__(9037)
 const {
   kDispatches,
   kMockAgent,
   kOriginalDispatch,
   kOrigin,
   kGetNetConnect
-} = __nccwpck_require__(1117)
-const { buildURL } = __nccwpck_require__(3440)
+} = __nccwpck_require__(1501)
+const { buildURL } = __nccwpck_require__(2272)
 const { STATUS_CODES } = __nccwpck_require__(7067)
 const {
   types: {
@@ -14933,7 +14933,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 6142:
+/***/ 6110:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -14983,7 +14983,7 @@ module.exports = class PendingInterceptorsFormatter {
 
 /***/ }),
 
-/***/ 1529:
+/***/ 8233:
 /***/ ((module) => {
 
 
@@ -15019,7 +15019,7 @@ module.exports = class Pluralizer {
 
 /***/ }),
 
-/***/ 6603:
+/***/ 7787:
 /***/ ((module) => {
 
 
@@ -15449,20 +15449,20 @@ module.exports = {
 
 /***/ }),
 
-/***/ 9634:
+/***/ 3186:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { kConstruct } = __nccwpck_require__(109)
-const { urlEquals, getFieldValues } = __nccwpck_require__(6798)
-const { kEnumerableProperty, isDisturbed } = __nccwpck_require__(3440)
-const { webidl } = __nccwpck_require__(5893)
-const { Response, cloneResponse, fromInnerResponse } = __nccwpck_require__(9051)
-const { Request, fromInnerRequest } = __nccwpck_require__(9967)
-const { kState } = __nccwpck_require__(3627)
-const { fetching } = __nccwpck_require__(4398)
-const { urlIsHttpHttpsScheme, createDeferredPromise, readAllBytes } = __nccwpck_require__(3168)
+const { kConstruct } = __nccwpck_require__(3165)
+const { urlEquals, getFieldValues } = __nccwpck_require__(7406)
+const { kEnumerableProperty, isDisturbed } = __nccwpck_require__(2272)
+const { webidl } = __nccwpck_require__(1861)
+const { Response, cloneResponse, fromInnerResponse } = __nccwpck_require__(1627)
+const { Request, fromInnerRequest } = __nccwpck_require__(268)
+const { kState } = __nccwpck_require__(907)
+const { fetching } = __nccwpck_require__(3345)
+const { urlIsHttpHttpsScheme, createDeferredPromise, readAllBytes } = __nccwpck_require__(1168)
 const assert = __nccwpck_require__(4589)
 
 /**
@@ -16315,15 +16315,15 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3245:
+/***/ 4045:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { kConstruct } = __nccwpck_require__(109)
-const { Cache } = __nccwpck_require__(9634)
-const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+const { kConstruct } = __nccwpck_require__(3165)
+const { Cache } = __nccwpck_require__(3186)
+const { webidl } = __nccwpck_require__(1861)
+const { kEnumerableProperty } = __nccwpck_require__(2272)
 
 class CacheStorage {
   /**
@@ -16474,26 +16474,26 @@ module.exports = {
 
 /***/ }),
 
-/***/ 109:
+/***/ 3165:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 module.exports = {
-  kConstruct: (__nccwpck_require__(6443).kConstruct)
+  kConstruct: (__nccwpck_require__(1003).kConstruct)
 }
 
 
 /***/ }),
 
-/***/ 6798:
+/***/ 7406:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const assert = __nccwpck_require__(4589)
-const { URLSerializer } = __nccwpck_require__(1900)
-const { isValidHeaderName } = __nccwpck_require__(3168)
+const { URLSerializer } = __nccwpck_require__(428)
+const { isValidHeaderName } = __nccwpck_require__(1168)
 
 /**
  * @see https://url.spec.whatwg.org/#concept-url-equals
@@ -16538,7 +16538,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 1276:
+/***/ 2044:
 /***/ ((module) => {
 
 
@@ -16557,15 +16557,15 @@ module.exports = {
 
 /***/ }),
 
-/***/ 9061:
+/***/ 6693:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { parseSetCookie } = __nccwpck_require__(1978)
-const { stringify } = __nccwpck_require__(7797)
-const { webidl } = __nccwpck_require__(5893)
-const { Headers } = __nccwpck_require__(660)
+const { parseSetCookie } = __nccwpck_require__(7818)
+const { stringify } = __nccwpck_require__(1061)
+const { webidl } = __nccwpck_require__(1861)
+const { Headers } = __nccwpck_require__(548)
 
 /**
  * @typedef {Object} Cookie
@@ -16748,14 +16748,14 @@ module.exports = {
 
 /***/ }),
 
-/***/ 1978:
+/***/ 7818:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { maxNameValuePairSize, maxAttributeValueSize } = __nccwpck_require__(1276)
-const { isCTLExcludingHtab } = __nccwpck_require__(7797)
-const { collectASequenceOfCodePointsFast } = __nccwpck_require__(1900)
+const { maxNameValuePairSize, maxAttributeValueSize } = __nccwpck_require__(2044)
+const { isCTLExcludingHtab } = __nccwpck_require__(1061)
+const { collectASequenceOfCodePointsFast } = __nccwpck_require__(428)
 const assert = __nccwpck_require__(4589)
 
 /**
@@ -17065,7 +17065,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 7797:
+/***/ 1061:
 /***/ ((module) => {
 
 
@@ -17424,13 +17424,13 @@ module.exports = {
 
 /***/ }),
 
-/***/ 4031:
+/***/ 3535:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 const buffer = __nccwpck_require__(4573)
 const { Transform } = __nccwpck_require__(7075)
-const { isASCIINumber, isValidLastEventId } = __nccwpck_require__(4811)
+const { isASCIINumber, isValidLastEventId } = __nccwpck_require__(9003)
 
 /**
  * @type {number[]} BOM
@@ -18005,23 +18005,23 @@ module.exports = {
 
 /***/ }),
 
-/***/ 1238:
+/***/ 8742:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { pipeline } = __nccwpck_require__(7075)
-const { fetching } = __nccwpck_require__(4398)
-const { makeRequest } = __nccwpck_require__(9967)
-const { webidl } = __nccwpck_require__(5893)
-const { EventSourceStream } = __nccwpck_require__(4031)
-const { parseMIMEType } = __nccwpck_require__(1900)
-const { createFastMessageEvent } = __nccwpck_require__(5188)
-const { isNetworkError } = __nccwpck_require__(9051)
-const { delay } = __nccwpck_require__(4811)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
-const { environmentSettingsObject } = __nccwpck_require__(3168)
-const { getGlobalDispatcher } = __nccwpck_require__(2581)
+const { fetching } = __nccwpck_require__(3345)
+const { makeRequest } = __nccwpck_require__(268)
+const { webidl } = __nccwpck_require__(1861)
+const { EventSourceStream } = __nccwpck_require__(3535)
+const { parseMIMEType } = __nccwpck_require__(428)
+const { createFastMessageEvent } = __nccwpck_require__(5924)
+const { isNetworkError } = __nccwpck_require__(1627)
+const { delay } = __nccwpck_require__(9003)
+const { kEnumerableProperty } = __nccwpck_require__(2272)
+const { environmentSettingsObject } = __nccwpck_require__(1168)
+const { getGlobalDispatcher } = __nccwpck_require__(8085)
 
 let experimentalWarned = false
 
@@ -18495,7 +18495,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 4811:
+/***/ 9003:
 /***/ ((module) => {
 
 
@@ -18539,12 +18539,12 @@ module.exports = {
 
 /***/ }),
 
-/***/ 4492:
+/***/ 9852:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const util = __nccwpck_require__(3440)
+const util = __nccwpck_require__(2272)
 const {
   ReadableStreamFrom,
   isBlobLike,
@@ -18554,16 +18554,16 @@ const {
   fullyReadBody,
   extractMimeType,
   utf8DecodeBytes
-} = __nccwpck_require__(3168)
-const { FormData } = __nccwpck_require__(5910)
-const { kState } = __nccwpck_require__(3627)
-const { webidl } = __nccwpck_require__(5893)
+} = __nccwpck_require__(1168)
+const { FormData } = __nccwpck_require__(2134)
+const { kState } = __nccwpck_require__(907)
+const { webidl } = __nccwpck_require__(1861)
 const { Blob } = __nccwpck_require__(4573)
 const assert = __nccwpck_require__(4589)
 const { isErrored, isDisturbed } = __nccwpck_require__(7075)
 const { isArrayBuffer } = __nccwpck_require__(3429)
-const { serializeAMimeType } = __nccwpck_require__(1900)
-const { multipartFormDataParser } = __nccwpck_require__(116)
+const { serializeAMimeType } = __nccwpck_require__(428)
+const { multipartFormDataParser } = __nccwpck_require__(948)
 let random
 
 try {
@@ -19075,7 +19075,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 4495:
+/***/ 5055:
 /***/ ((module) => {
 
 
@@ -19206,7 +19206,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 1900:
+/***/ 428:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -19957,12 +19957,12 @@ module.exports = {
 
 /***/ }),
 
-/***/ 6653:
+/***/ 8701:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { kConnected, kSize } = __nccwpck_require__(6443)
+const { kConnected, kSize } = __nccwpck_require__(1003)
 
 class CompatWeakRef {
   constructor (value) {
@@ -20010,14 +20010,14 @@ module.exports = function () {
 
 /***/ }),
 
-/***/ 7114:
+/***/ 5114:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { Blob, File } = __nccwpck_require__(4573)
-const { kState } = __nccwpck_require__(3627)
-const { webidl } = __nccwpck_require__(5893)
+const { kState } = __nccwpck_require__(907)
+const { webidl } = __nccwpck_require__(1861)
 
 // TODO(@KhafraDev): remove
 class FileLike {
@@ -20143,16 +20143,16 @@ module.exports = { FileLike, isFileLike }
 
 /***/ }),
 
-/***/ 116:
+/***/ 948:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { isUSVString, bufferToLowerCasedHeaderName } = __nccwpck_require__(3440)
-const { utf8DecodeBytes } = __nccwpck_require__(3168)
-const { HTTP_TOKEN_CODEPOINTS, isomorphicDecode } = __nccwpck_require__(1900)
-const { isFileLike } = __nccwpck_require__(7114)
-const { makeEntry } = __nccwpck_require__(5910)
+const { isUSVString, bufferToLowerCasedHeaderName } = __nccwpck_require__(2272)
+const { utf8DecodeBytes } = __nccwpck_require__(1168)
+const { HTTP_TOKEN_CODEPOINTS, isomorphicDecode } = __nccwpck_require__(428)
+const { isFileLike } = __nccwpck_require__(5114)
+const { makeEntry } = __nccwpck_require__(2134)
 const assert = __nccwpck_require__(4589)
 const { File: NodeFile } = __nccwpck_require__(4573)
 
@@ -20624,16 +20624,16 @@ module.exports = {
 
 /***/ }),
 
-/***/ 5910:
+/***/ 2134:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { isBlobLike, iteratorMixin } = __nccwpck_require__(3168)
-const { kState } = __nccwpck_require__(3627)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
-const { FileLike, isFileLike } = __nccwpck_require__(7114)
-const { webidl } = __nccwpck_require__(5893)
+const { isBlobLike, iteratorMixin } = __nccwpck_require__(1168)
+const { kState } = __nccwpck_require__(907)
+const { kEnumerableProperty } = __nccwpck_require__(2272)
+const { FileLike, isFileLike } = __nccwpck_require__(5114)
+const { webidl } = __nccwpck_require__(1861)
 const { File: NativeFile } = __nccwpck_require__(4573)
 const nodeUtil = __nccwpck_require__(7975)
 
@@ -20883,7 +20883,7 @@ module.exports = { FormData, makeEntry }
 
 /***/ }),
 
-/***/ 1059:
+/***/ 5779:
 /***/ ((module) => {
 
 
@@ -20930,21 +20930,21 @@ module.exports = {
 
 /***/ }),
 
-/***/ 660:
+/***/ 548:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 // https://github.com/Ethan-Arrowood/undici-fetch
 
 
 
-const { kConstruct } = __nccwpck_require__(6443)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+const { kConstruct } = __nccwpck_require__(1003)
+const { kEnumerableProperty } = __nccwpck_require__(2272)
 const {
   iteratorMixin,
   isValidHeaderName,
   isValidHeaderValue
-} = __nccwpck_require__(3168)
-const { webidl } = __nccwpck_require__(5893)
+} = __nccwpck_require__(1168)
+const { webidl } = __nccwpck_require__(1861)
 const assert = __nccwpck_require__(4589)
 const util = __nccwpck_require__(7975)
 
@@ -21624,7 +21624,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 4398:
+/***/ 3345:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 // https://github.com/Ethan-Arrowood/undici-fetch
@@ -21637,9 +21637,9 @@ const {
   filterResponse,
   makeResponse,
   fromInnerResponse
-} = __nccwpck_require__(9051)
-const { HeadersList } = __nccwpck_require__(660)
-const { Request, cloneRequest } = __nccwpck_require__(9967)
+} = __nccwpck_require__(1627)
+const { HeadersList } = __nccwpck_require__(548)
+const { Request, cloneRequest } = __nccwpck_require__(268)
 const zlib = __nccwpck_require__(8522)
 const {
   bytesMatch,
@@ -21675,23 +21675,23 @@ const {
   buildContentRange,
   createInflate,
   extractMimeType
-} = __nccwpck_require__(3168)
-const { kState, kDispatcher } = __nccwpck_require__(3627)
+} = __nccwpck_require__(1168)
+const { kState, kDispatcher } = __nccwpck_require__(907)
 const assert = __nccwpck_require__(4589)
-const { safelyExtractBody, extractBody } = __nccwpck_require__(4492)
+const { safelyExtractBody, extractBody } = __nccwpck_require__(9852)
 const {
   redirectStatusSet,
   nullBodyStatus,
   safeMethodsSet,
   requestBodyHeader,
   subresourceSet
-} = __nccwpck_require__(4495)
+} = __nccwpck_require__(5055)
 const EE = __nccwpck_require__(8474)
 const { Readable, pipeline, finished } = __nccwpck_require__(7075)
-const { addAbortListener, isErrored, isReadable, bufferToLowerCasedHeaderName } = __nccwpck_require__(3440)
-const { dataURLProcessor, serializeAMimeType, minimizeSupportedMimeType } = __nccwpck_require__(1900)
-const { getGlobalDispatcher } = __nccwpck_require__(2581)
-const { webidl } = __nccwpck_require__(5893)
+const { addAbortListener, isErrored, isReadable, bufferToLowerCasedHeaderName } = __nccwpck_require__(2272)
+const { dataURLProcessor, serializeAMimeType, minimizeSupportedMimeType } = __nccwpck_require__(428)
+const { getGlobalDispatcher } = __nccwpck_require__(8085)
+const { webidl } = __nccwpck_require__(1861)
 const { STATUS_CODES } = __nccwpck_require__(7067)
 const GET_OR_HEAD = ['GET', 'HEAD']
 
@@ -23901,23 +23901,23 @@ module.exports = {
 
 /***/ }),
 
-/***/ 9967:
+/***/ 268:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 /* globals AbortController */
 
 
 
-const { extractBody, mixinBody, cloneBody, bodyUnusable } = __nccwpck_require__(4492)
-const { Headers, fill: fillHeaders, HeadersList, setHeadersGuard, getHeadersGuard, setHeadersList, getHeadersList } = __nccwpck_require__(660)
-const { FinalizationRegistry } = __nccwpck_require__(6653)()
-const util = __nccwpck_require__(3440)
+const { extractBody, mixinBody, cloneBody, bodyUnusable } = __nccwpck_require__(9852)
+const { Headers, fill: fillHeaders, HeadersList, setHeadersGuard, getHeadersGuard, setHeadersList, getHeadersList } = __nccwpck_require__(548)
+const { FinalizationRegistry } = __nccwpck_require__(8701)()
+const util = __nccwpck_require__(2272)
 const nodeUtil = __nccwpck_require__(7975)
 const {
   isValidHTTPToken,
   sameOrigin,
   environmentSettingsObject
-} = __nccwpck_require__(3168)
+} = __nccwpck_require__(1168)
 const {
   forbiddenMethodsSet,
   corsSafeListedMethodsSet,
@@ -23927,12 +23927,12 @@ const {
   requestCredentials,
   requestCache,
   requestDuplex
-} = __nccwpck_require__(4495)
+} = __nccwpck_require__(5055)
 const { kEnumerableProperty, normalizedMethodRecordsBase, normalizedMethodRecords } = util
-const { kHeaders, kSignal, kState, kDispatcher } = __nccwpck_require__(3627)
-const { webidl } = __nccwpck_require__(5893)
-const { URLSerializer } = __nccwpck_require__(1900)
-const { kConstruct } = __nccwpck_require__(6443)
+const { kHeaders, kSignal, kState, kDispatcher } = __nccwpck_require__(907)
+const { webidl } = __nccwpck_require__(1861)
+const { URLSerializer } = __nccwpck_require__(428)
+const { kConstruct } = __nccwpck_require__(1003)
 const assert = __nccwpck_require__(4589)
 const { getMaxListeners, setMaxListeners, getEventListeners, defaultMaxListeners } = __nccwpck_require__(8474)
 
@@ -24945,14 +24945,14 @@ module.exports = { Request, makeRequest, fromInnerRequest, cloneRequest }
 
 /***/ }),
 
-/***/ 9051:
+/***/ 1627:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { Headers, HeadersList, fill, getHeadersGuard, setHeadersGuard, setHeadersList } = __nccwpck_require__(660)
-const { extractBody, cloneBody, mixinBody, hasFinalizationRegistry, streamRegistry, bodyUnusable } = __nccwpck_require__(4492)
-const util = __nccwpck_require__(3440)
+const { Headers, HeadersList, fill, getHeadersGuard, setHeadersGuard, setHeadersList } = __nccwpck_require__(548)
+const { extractBody, cloneBody, mixinBody, hasFinalizationRegistry, streamRegistry, bodyUnusable } = __nccwpck_require__(9852)
+const util = __nccwpck_require__(2272)
 const nodeUtil = __nccwpck_require__(7975)
 const { kEnumerableProperty } = util
 const {
@@ -24964,16 +24964,16 @@ const {
   isErrorLike,
   isomorphicEncode,
   environmentSettingsObject: relevantRealm
-} = __nccwpck_require__(3168)
+} = __nccwpck_require__(1168)
 const {
   redirectStatusSet,
   nullBodyStatus
-} = __nccwpck_require__(4495)
-const { kState, kHeaders } = __nccwpck_require__(3627)
-const { webidl } = __nccwpck_require__(5893)
-const { FormData } = __nccwpck_require__(5910)
-const { URLSerializer } = __nccwpck_require__(1900)
-const { kConstruct } = __nccwpck_require__(6443)
+} = __nccwpck_require__(5055)
+const { kState, kHeaders } = __nccwpck_require__(907)
+const { webidl } = __nccwpck_require__(1861)
+const { FormData } = __nccwpck_require__(2134)
+const { URLSerializer } = __nccwpck_require__(428)
+const { kConstruct } = __nccwpck_require__(1003)
 const assert = __nccwpck_require__(4589)
 const { types } = __nccwpck_require__(7975)
 
@@ -25562,7 +25562,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3627:
+/***/ 907:
 /***/ ((module) => {
 
 
@@ -25578,21 +25578,21 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3168:
+/***/ 1168:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { Transform } = __nccwpck_require__(7075)
 const zlib = __nccwpck_require__(8522)
-const { redirectStatusSet, referrerPolicySet: referrerPolicyTokens, badPortsSet } = __nccwpck_require__(4495)
-const { getGlobalOrigin } = __nccwpck_require__(1059)
-const { collectASequenceOfCodePoints, collectAnHTTPQuotedString, removeChars, parseMIMEType } = __nccwpck_require__(1900)
+const { redirectStatusSet, referrerPolicySet: referrerPolicyTokens, badPortsSet } = __nccwpck_require__(5055)
+const { getGlobalOrigin } = __nccwpck_require__(5779)
+const { collectASequenceOfCodePoints, collectAnHTTPQuotedString, removeChars, parseMIMEType } = __nccwpck_require__(428)
 const { performance } = __nccwpck_require__(643)
-const { isBlobLike, ReadableStreamFrom, isValidHTTPToken, normalizedMethodRecordsBase } = __nccwpck_require__(3440)
+const { isBlobLike, ReadableStreamFrom, isValidHTTPToken, normalizedMethodRecordsBase } = __nccwpck_require__(2272)
 const assert = __nccwpck_require__(4589)
 const { isUint8Array } = __nccwpck_require__(3429)
-const { webidl } = __nccwpck_require__(5893)
+const { webidl } = __nccwpck_require__(1861)
 
 let supportedHashes = []
 
@@ -27217,14 +27217,14 @@ module.exports = {
 
 /***/ }),
 
-/***/ 5893:
+/***/ 1861:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { types, inspect } = __nccwpck_require__(7975)
 const { markAsUncloneable } = __nccwpck_require__(5919)
-const { toUSVString } = __nccwpck_require__(3440)
+const { toUSVString } = __nccwpck_require__(2272)
 
 /** @type {import('../../../types/webidl').Webidl} */
 const webidl = {}
@@ -27919,7 +27919,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 2607:
+/***/ 1727:
 /***/ ((module) => {
 
 
@@ -28216,7 +28216,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 8355:
+/***/ 8755:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -28225,16 +28225,16 @@ const {
   staticPropertyDescriptors,
   readOperation,
   fireAProgressEvent
-} = __nccwpck_require__(3610)
+} = __nccwpck_require__(234)
 const {
   kState,
   kError,
   kResult,
   kEvents,
   kAborted
-} = __nccwpck_require__(961)
-const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
+} = __nccwpck_require__(9521)
+const { webidl } = __nccwpck_require__(1861)
+const { kEnumerableProperty } = __nccwpck_require__(2272)
 
 class FileReader extends EventTarget {
   constructor () {
@@ -28567,12 +28567,12 @@ module.exports = {
 
 /***/ }),
 
-/***/ 8573:
+/***/ 7309:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { webidl } = __nccwpck_require__(5893)
+const { webidl } = __nccwpck_require__(1861)
 
 const kState = Symbol('ProgressEvent state')
 
@@ -28652,7 +28652,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 961:
+/***/ 9521:
 /***/ ((module) => {
 
 
@@ -28669,7 +28669,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3610:
+/***/ 234:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
@@ -28680,10 +28680,10 @@ const {
   kResult,
   kAborted,
   kLastProgressEventFired
-} = __nccwpck_require__(961)
-const { ProgressEvent } = __nccwpck_require__(8573)
-const { getEncoding } = __nccwpck_require__(2607)
-const { serializeAMimeType, parseMIMEType } = __nccwpck_require__(1900)
+} = __nccwpck_require__(9521)
+const { ProgressEvent } = __nccwpck_require__(7309)
+const { getEncoding } = __nccwpck_require__(1727)
+const { serializeAMimeType, parseMIMEType } = __nccwpck_require__(428)
 const { types } = __nccwpck_require__(7975)
 const { StringDecoder } = __nccwpck_require__(3193)
 const { btoa } = __nccwpck_require__(4573)
@@ -29067,27 +29067,27 @@ module.exports = {
 
 /***/ }),
 
-/***/ 6897:
+/***/ 3969:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { uid, states, sentCloseFrameState, emptyBuffer, opcodes } = __nccwpck_require__(736)
+const { uid, states, sentCloseFrameState, emptyBuffer, opcodes } = __nccwpck_require__(6976)
 const {
   kReadyState,
   kSentClose,
   kByteParser,
   kReceivedClose,
   kResponse
-} = __nccwpck_require__(1216)
-const { fireEvent, failWebsocketConnection, isClosing, isClosed, isEstablished, parseExtensions } = __nccwpck_require__(8625)
-const { channels } = __nccwpck_require__(2414)
-const { CloseEvent } = __nccwpck_require__(5188)
-const { makeRequest } = __nccwpck_require__(9967)
-const { fetching } = __nccwpck_require__(4398)
-const { Headers, getHeadersList } = __nccwpck_require__(660)
-const { getDecodeSplit } = __nccwpck_require__(3168)
-const { WebsocketFrameSend } = __nccwpck_require__(3264)
+} = __nccwpck_require__(4896)
+const { fireEvent, failWebsocketConnection, isClosing, isClosed, isEstablished, parseExtensions } = __nccwpck_require__(3105)
+const { channels } = __nccwpck_require__(5726)
+const { CloseEvent } = __nccwpck_require__(5924)
+const { makeRequest } = __nccwpck_require__(268)
+const { fetching } = __nccwpck_require__(3345)
+const { Headers, getHeadersList } = __nccwpck_require__(548)
+const { getDecodeSplit } = __nccwpck_require__(1168)
+const { WebsocketFrameSend } = __nccwpck_require__(9104)
 
 /** @type {import('crypto')} */
 let crypto
@@ -29445,7 +29445,7 @@ module.exports = {
 
 /***/ }),
 
-/***/ 736:
+/***/ 6976:
 /***/ ((module) => {
 
 
@@ -29518,14 +29518,14 @@ module.exports = {
 
 /***/ }),
 
-/***/ 5188:
+/***/ 5924:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { webidl } = __nccwpck_require__(5893)
-const { kEnumerableProperty } = __nccwpck_require__(3440)
-const { kConstruct } = __nccwpck_require__(6443)
+const { webidl } = __nccwpck_require__(1861)
+const { kEnumerableProperty } = __nccwpck_require__(2272)
+const { kConstruct } = __nccwpck_require__(1003)
 const { MessagePort } = __nccwpck_require__(5919)
 
 /**
@@ -29854,12 +29854,12 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3264:
+/***/ 9104:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { maxUnsigned16Bit } = __nccwpck_require__(736)
+const { maxUnsigned16Bit } = __nccwpck_require__(6976)
 
 const BUFFER_SIZE = 16386
 
@@ -29957,14 +29957,14 @@ module.exports = {
 
 /***/ }),
 
-/***/ 9469:
+/***/ 8029:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { createInflateRaw, Z_DEFAULT_WINDOWBITS } = __nccwpck_require__(8522)
-const { isValidClientWindowBits } = __nccwpck_require__(8625)
-const { MessageSizeExceededError } = __nccwpck_require__(8707)
+const { isValidClientWindowBits } = __nccwpck_require__(3105)
+const { MessageSizeExceededError } = __nccwpck_require__(1059)
 
 const tail = Buffer.from([0x00, 0x00, 0xff, 0xff])
 const kBuffer = Symbol('kBuffer')
@@ -30069,16 +30069,16 @@ module.exports = { PerMessageDeflate }
 
 /***/ }),
 
-/***/ 1652:
+/***/ 276:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { Writable } = __nccwpck_require__(7075)
 const assert = __nccwpck_require__(4589)
-const { parserStates, opcodes, states, emptyBuffer, sentCloseFrameState } = __nccwpck_require__(736)
-const { kReadyState, kSentClose, kResponse, kReceivedClose } = __nccwpck_require__(1216)
-const { channels } = __nccwpck_require__(2414)
+const { parserStates, opcodes, states, emptyBuffer, sentCloseFrameState } = __nccwpck_require__(6976)
+const { kReadyState, kSentClose, kResponse, kReceivedClose } = __nccwpck_require__(4896)
+const { channels } = __nccwpck_require__(5726)
 const {
   isValidStatusCode,
   isValidOpcode,
@@ -30088,11 +30088,11 @@ const {
   isControlFrame,
   isTextBinaryFrame,
   isContinuationFrame
-} = __nccwpck_require__(8625)
-const { WebsocketFrameSend } = __nccwpck_require__(3264)
-const { closeWebSocketConnection } = __nccwpck_require__(6897)
-const { PerMessageDeflate } = __nccwpck_require__(9469)
-const { MessageSizeExceededError } = __nccwpck_require__(8707)
+} = __nccwpck_require__(3105)
+const { WebsocketFrameSend } = __nccwpck_require__(9104)
+const { closeWebSocketConnection } = __nccwpck_require__(3969)
+const { PerMessageDeflate } = __nccwpck_require__(8029)
+const { MessageSizeExceededError } = __nccwpck_require__(1059)
 
 function failWebsocketConnectionWithCode (ws, code, reason) {
   closeWebSocketConnection(ws, code, reason, Buffer.byteLength(reason))
@@ -30603,14 +30603,14 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3900:
+/***/ 5388:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { WebsocketFrameSend } = __nccwpck_require__(3264)
-const { opcodes, sendHints } = __nccwpck_require__(736)
-const FixedQueue = __nccwpck_require__(4660)
+const { WebsocketFrameSend } = __nccwpck_require__(9104)
+const { opcodes, sendHints } = __nccwpck_require__(6976)
+const FixedQueue = __nccwpck_require__(9220)
 
 /** @type {typeof Uint8Array} */
 const FastBuffer = Buffer[Symbol.species]
@@ -30714,7 +30714,7 @@ module.exports = { SendQueue }
 
 /***/ }),
 
-/***/ 1216:
+/***/ 4896:
 /***/ ((module) => {
 
 
@@ -30733,16 +30733,16 @@ module.exports = {
 
 /***/ }),
 
-/***/ 8625:
+/***/ 3105:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { kReadyState, kController, kResponse, kBinaryType, kWebSocketURL } = __nccwpck_require__(1216)
-const { states, opcodes } = __nccwpck_require__(736)
-const { ErrorEvent, createFastMessageEvent } = __nccwpck_require__(5188)
+const { kReadyState, kController, kResponse, kBinaryType, kWebSocketURL } = __nccwpck_require__(4896)
+const { states, opcodes } = __nccwpck_require__(6976)
+const { ErrorEvent, createFastMessageEvent } = __nccwpck_require__(5924)
 const { isUtf8 } = __nccwpck_require__(4573)
-const { collectASequenceOfCodePointsFast, removeHTTPWhitespace } = __nccwpck_require__(1900)
+const { collectASequenceOfCodePointsFast, removeHTTPWhitespace } = __nccwpck_require__(428)
 
 /* globals Blob */
 
@@ -31062,15 +31062,15 @@ module.exports = {
 
 /***/ }),
 
-/***/ 3726:
+/***/ 5358:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { webidl } = __nccwpck_require__(5893)
-const { URLSerializer } = __nccwpck_require__(1900)
-const { environmentSettingsObject } = __nccwpck_require__(3168)
-const { staticPropertyDescriptors, states, sentCloseFrameState, sendHints } = __nccwpck_require__(736)
+const { webidl } = __nccwpck_require__(1861)
+const { URLSerializer } = __nccwpck_require__(428)
+const { environmentSettingsObject } = __nccwpck_require__(1168)
+const { staticPropertyDescriptors, states, sentCloseFrameState, sendHints } = __nccwpck_require__(6976)
 const {
   kWebSocketURL,
   kReadyState,
@@ -31079,21 +31079,21 @@ const {
   kResponse,
   kSentClose,
   kByteParser
-} = __nccwpck_require__(1216)
+} = __nccwpck_require__(4896)
 const {
   isConnecting,
   isEstablished,
   isClosing,
   isValidSubprotocol,
   fireEvent
-} = __nccwpck_require__(8625)
-const { establishWebSocketConnection, closeWebSocketConnection } = __nccwpck_require__(6897)
-const { ByteParser } = __nccwpck_require__(1652)
-const { kEnumerableProperty, isBlobLike } = __nccwpck_require__(3440)
-const { getGlobalDispatcher } = __nccwpck_require__(2581)
+} = __nccwpck_require__(3105)
+const { establishWebSocketConnection, closeWebSocketConnection } = __nccwpck_require__(3969)
+const { ByteParser } = __nccwpck_require__(276)
+const { kEnumerableProperty, isBlobLike } = __nccwpck_require__(2272)
+const { getGlobalDispatcher } = __nccwpck_require__(8085)
 const { types } = __nccwpck_require__(7975)
-const { ErrorEvent, CloseEvent } = __nccwpck_require__(5188)
-const { SendQueue } = __nccwpck_require__(3900)
+const { ErrorEvent, CloseEvent } = __nccwpck_require__(5924)
+const { SendQueue } = __nccwpck_require__(5388)
 
 // https://websockets.spec.whatwg.org/#interface-definition
 class WebSocket extends EventTarget {
@@ -31664,14 +31664,14 @@ module.exports = {
 
 /***/ }),
 
-/***/ 5803:
+/***/ 4587:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { websocketMask, websocketUnmask } = __nccwpck_require__(8611);
 
-const { EMPTY_BUFFER } = __nccwpck_require__(1791);
+const { EMPTY_BUFFER } = __nccwpck_require__(7663);
 
 const FastBuffer = Buffer[Symbol.species];
 
@@ -31794,7 +31794,7 @@ if (websocketMask) {
   };
 } /* istanbul ignore else  */ else if (!process.env.WS_NO_BUFFER_UTIL) {
   try {
-    const bufferUtil = __nccwpck_require__(1486);
+    const bufferUtil = __nccwpck_require__(3246);
 
     module.exports.mask = function (source, mask, output, offset, length) {
       if (length < 48) _mask(source, mask, output, offset, length);
@@ -31813,7 +31813,7 @@ if (websocketMask) {
 
 /***/ }),
 
-/***/ 1791:
+/***/ 7663:
 /***/ ((module) => {
 
 
@@ -31839,12 +31839,12 @@ module.exports = {
 
 /***/ }),
 
-/***/ 4634:
+/***/ 4474:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { kForOnEventAttribute, kListener } = __nccwpck_require__(1791);
+const { kForOnEventAttribute, kListener } = __nccwpck_require__(7663);
 
 const kCode = Symbol('kCode');
 const kData = Symbol('kData');
@@ -32138,12 +32138,12 @@ function callListener(listener, thisArg, event) {
 
 /***/ }),
 
-/***/ 1335:
+/***/ 8183:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { tokenChars } = __nccwpck_require__(8996);
+const { tokenChars } = __nccwpck_require__(4583);
 
 /**
  * Adds an offer to the map of extension offers or a parameter to the map of
@@ -32348,7 +32348,7 @@ module.exports = { format, parse };
 
 /***/ }),
 
-/***/ 958:
+/***/ 5025:
 /***/ ((module) => {
 
 
@@ -32410,16 +32410,16 @@ module.exports = Limiter;
 
 /***/ }),
 
-/***/ 4376:
+/***/ 600:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const zlib = __nccwpck_require__(3106);
 
-const bufferUtil = __nccwpck_require__(5803);
-const Limiter = __nccwpck_require__(958);
-const { kStatusCode } = __nccwpck_require__(1791);
+const bufferUtil = __nccwpck_require__(4587);
+const Limiter = __nccwpck_require__(5025);
+const { kStatusCode } = __nccwpck_require__(7663);
 
 const FastBuffer = Buffer[Symbol.species];
 const TRAILER = Buffer.from([0x00, 0x00, 0xff, 0xff]);
@@ -32947,22 +32947,22 @@ function inflateOnError(err) {
 
 /***/ }),
 
-/***/ 893:
+/***/ 1949:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { Writable } = __nccwpck_require__(2203);
 
-const PerMessageDeflate = __nccwpck_require__(4376);
+const PerMessageDeflate = __nccwpck_require__(600);
 const {
   BINARY_TYPES,
   EMPTY_BUFFER,
   kStatusCode,
   kWebSocket
-} = __nccwpck_require__(1791);
-const { concat, toArrayBuffer, unmask } = __nccwpck_require__(5803);
-const { isValidStatusCode, isValidUTF8 } = __nccwpck_require__(8996);
+} = __nccwpck_require__(7663);
+const { concat, toArrayBuffer, unmask } = __nccwpck_require__(4587);
+const { isValidStatusCode, isValidUTF8 } = __nccwpck_require__(4583);
 
 const FastBuffer = Buffer[Symbol.species];
 
@@ -33705,7 +33705,7 @@ module.exports = Receiver;
 
 /***/ }),
 
-/***/ 7389:
+/***/ 2429:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 /* eslint no-unused-vars: ["error", { "varsIgnorePattern": "^Duplex" }] */
@@ -33718,10 +33718,10 @@ const {
   types: { isUint8Array }
 } = __nccwpck_require__(9023);
 
-const PerMessageDeflate = __nccwpck_require__(4376);
-const { EMPTY_BUFFER, kWebSocket, NOOP } = __nccwpck_require__(1791);
-const { isBlob, isValidStatusCode } = __nccwpck_require__(8996);
-const { mask: applyMask, toBuffer } = __nccwpck_require__(5803);
+const PerMessageDeflate = __nccwpck_require__(600);
+const { EMPTY_BUFFER, kWebSocket, NOOP } = __nccwpck_require__(7663);
+const { isBlob, isValidStatusCode } = __nccwpck_require__(4583);
+const { mask: applyMask, toBuffer } = __nccwpck_require__(4587);
 
 const kByteLength = Symbol('kByteLength');
 const maskBuffer = Buffer.alloc(4);
@@ -34322,13 +34322,13 @@ function onError(sender, err, cb) {
 
 /***/ }),
 
-/***/ 6412:
+/***/ 6876:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 /* eslint no-unused-vars: ["error", { "varsIgnorePattern": "^WebSocket$" }] */
 
 
-const WebSocket = __nccwpck_require__(6681);
+const WebSocket = __nccwpck_require__(2537);
 const { Duplex } = __nccwpck_require__(2203);
 
 /**
@@ -34490,12 +34490,12 @@ module.exports = createWebSocketStream;
 
 /***/ }),
 
-/***/ 3332:
+/***/ 2356:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
-const { tokenChars } = __nccwpck_require__(8996);
+const { tokenChars } = __nccwpck_require__(4583);
 
 /**
  * Parses the `Sec-WebSocket-Protocol` header into a set of subprotocol names.
@@ -34559,14 +34559,14 @@ module.exports = { parse };
 
 /***/ }),
 
-/***/ 8996:
+/***/ 4583:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 
 
 const { isUtf8 } = __nccwpck_require__(181);
 
-const { hasBlob } = __nccwpck_require__(1791);
+const { hasBlob } = __nccwpck_require__(7663);
 
 //
 // Allowed token characters:
@@ -34705,7 +34705,7 @@ if (isUtf8) {
   };
 } /* istanbul ignore else  */ else if (!process.env.WS_NO_UTF_8_VALIDATE) {
   try {
-    const isValidUTF8 = __nccwpck_require__(33);
+    const isValidUTF8 = __nccwpck_require__(8101);
 
     module.exports.isValidUTF8 = function (buf) {
       return buf.length < 32 ? _isValidUTF8(buf) : isValidUTF8(buf);
@@ -34718,7 +34718,7 @@ if (isUtf8) {
 
 /***/ }),
 
-/***/ 129:
+/***/ 6241:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 /* eslint no-unused-vars: ["error", { "varsIgnorePattern": "^Duplex$", "caughtErrors": "none" }] */
@@ -34730,11 +34730,11 @@ const http = __nccwpck_require__(8611);
 const { Duplex } = __nccwpck_require__(2203);
 const { createHash } = __nccwpck_require__(6982);
 
-const extension = __nccwpck_require__(1335);
-const PerMessageDeflate = __nccwpck_require__(4376);
-const subprotocol = __nccwpck_require__(3332);
-const WebSocket = __nccwpck_require__(6681);
-const { CLOSE_TIMEOUT, GUID, kWebSocket } = __nccwpck_require__(1791);
+const extension = __nccwpck_require__(8183);
+const PerMessageDeflate = __nccwpck_require__(600);
+const subprotocol = __nccwpck_require__(2356);
+const WebSocket = __nccwpck_require__(2537);
+const { CLOSE_TIMEOUT, GUID, kWebSocket } = __nccwpck_require__(7663);
 
 const keyRegex = /^[+/0-9A-Za-z]{22}==$/;
 
@@ -35290,7 +35290,7 @@ function abortHandshakeOrEmitwsClientError(
 
 /***/ }),
 
-/***/ 6681:
+/***/ 2537:
 /***/ ((module, __unused_webpack_exports, __nccwpck_require__) => {
 
 /* eslint no-unused-vars: ["error", { "varsIgnorePattern": "^Duplex|Readable$", "caughtErrors": "none" }] */
@@ -35307,10 +35307,10 @@ const { randomBytes, createHash } = __nccwpck_require__(6982);
 const { Duplex, Readable } = __nccwpck_require__(2203);
 const { URL } = __nccwpck_require__(7016);
 
-const PerMessageDeflate = __nccwpck_require__(4376);
-const Receiver = __nccwpck_require__(893);
-const Sender = __nccwpck_require__(7389);
-const { isBlob } = __nccwpck_require__(8996);
+const PerMessageDeflate = __nccwpck_require__(600);
+const Receiver = __nccwpck_require__(1949);
+const Sender = __nccwpck_require__(2429);
+const { isBlob } = __nccwpck_require__(4583);
 
 const {
   BINARY_TYPES,
@@ -35322,12 +35322,12 @@ const {
   kStatusCode,
   kWebSocket,
   NOOP
-} = __nccwpck_require__(1791);
+} = __nccwpck_require__(7663);
 const {
   EventTarget: { addEventListener, removeEventListener }
-} = __nccwpck_require__(4634);
-const { format, parse } = __nccwpck_require__(1335);
-const { toBuffer } = __nccwpck_require__(5803);
+} = __nccwpck_require__(4474);
+const { format, parse } = __nccwpck_require__(8183);
+const { toBuffer } = __nccwpck_require__(4587);
 
 const kAborted = Symbol('kAborted');
 const protocolVersions = [8, 13];
@@ -36768,7 +36768,7 @@ function socketOnError() {
 
 /***/ }),
 
-/***/ 33:
+/***/ 8101:
 /***/ ((module) => {
 
 module.exports = eval("require")("utf-8-validate");
@@ -37113,7 +37113,7 @@ var __webpack_exports__ = {};
 
 ;// CONCATENATED MODULE: external "os"
 const external_os_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("os");
-;// CONCATENATED MODULE: ./node_modules/@actions/core/lib/utils.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/core/lib/utils.js
 // We use any as a valid input type
 /* eslint-disable @typescript-eslint/no-explicit-any */
 /**
@@ -37149,7 +37149,7 @@ function utils_toCommandProperties(annotationProperties) {
     };
 }
 //# sourceMappingURL=utils.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/core/lib/command.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/core/lib/command.js
 
 
 /**
@@ -37245,7 +37245,7 @@ function escapeProperty(s) {
 var external_crypto_ = __nccwpck_require__(6982);
 ;// CONCATENATED MODULE: external "fs"
 const external_fs_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("fs");
-;// CONCATENATED MODULE: ./node_modules/@actions/core/lib/file-command.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/core/lib/file-command.js
 // For internal use, subject to change.
 // We use any as a valid input type
 /* eslint-disable @typescript-eslint/no-explicit-any */
@@ -37288,7 +37288,7 @@ var external_http_namespaceObject = /*#__PURE__*/__nccwpck_require__.t(external_
 // EXTERNAL MODULE: external "https"
 var external_https_ = __nccwpck_require__(5692);
 var external_https_namespaceObject = /*#__PURE__*/__nccwpck_require__.t(external_https_, 2);
-;// CONCATENATED MODULE: ./node_modules/@actions/http-client/lib/proxy.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/http-client/lib/proxy.js
 function getProxyUrl(reqUrl) {
     const usingSsl = reqUrl.protocol === 'https:';
     if (checkBypass(reqUrl)) {
@@ -37379,11 +37379,11 @@ class DecodedURL extends URL {
     }
 }
 //# sourceMappingURL=proxy.js.map
-// EXTERNAL MODULE: ./node_modules/tunnel/index.js
-var tunnel = __nccwpck_require__(770);
-// EXTERNAL MODULE: ./node_modules/undici/index.js
-var undici = __nccwpck_require__(6752);
-;// CONCATENATED MODULE: ./node_modules/@actions/http-client/lib/index.js
+// EXTERNAL MODULE: ../../work/main/node_modules/tunnel/index.js
+var tunnel = __nccwpck_require__(8258);
+// EXTERNAL MODULE: ../../work/main/node_modules/undici/index.js
+var undici = __nccwpck_require__(576);
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/http-client/lib/index.js
 /* eslint-disable @typescript-eslint/no-explicit-any */
 var __awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
@@ -38080,7 +38080,7 @@ class lib_HttpClient {
 }
 const lowercaseKeys = (obj) => Object.keys(obj).reduce((c, k) => ((c[k.toLowerCase()] = obj[k]), c), {});
 //# sourceMappingURL=index.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/http-client/lib/auth.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/http-client/lib/auth.js
 var auth_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -38156,7 +38156,7 @@ class PersonalAccessTokenCredentialHandler {
     }
 }
 //# sourceMappingURL=auth.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/core/lib/oidc-utils.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/core/lib/oidc-utils.js
 var oidc_utils_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -38230,7 +38230,7 @@ class oidc_utils_OidcClient {
     }
 }
 //# sourceMappingURL=oidc-utils.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/core/lib/summary.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/core/lib/summary.js
 var summary_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -38511,7 +38511,7 @@ const _summary = new Summary();
 const markdownSummary = (/* unused pure expression or super */ null && (_summary));
 const summary_summary = _summary;
 //# sourceMappingURL=summary.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/core/lib/path-utils.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/core/lib/path-utils.js
 
 /**
  * toPosixPath converts the given path to the posix form. On Windows, \\ will be
@@ -38553,7 +38553,7 @@ var external_events_ = __nccwpck_require__(4434);
 const external_child_process_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("child_process");
 // EXTERNAL MODULE: external "assert"
 var external_assert_ = __nccwpck_require__(2613);
-;// CONCATENATED MODULE: ./node_modules/@actions/io/lib/io-util.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/io/lib/io-util.js
 var io_util_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -38733,7 +38733,7 @@ function getCmdPath() {
     return (_a = process.env['COMSPEC']) !== null && _a !== void 0 ? _a : `cmd.exe`;
 }
 //# sourceMappingURL=io-util.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/io/lib/io.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/io/lib/io.js
 var io_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -39007,7 +39007,7 @@ function io_copyFile(srcFile, destFile, force) {
 //# sourceMappingURL=io.js.map
 ;// CONCATENATED MODULE: external "timers"
 const external_timers_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("timers");
-;// CONCATENATED MODULE: ./node_modules/@actions/exec/lib/toolrunner.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/exec/lib/toolrunner.js
 var toolrunner_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -39595,7 +39595,7 @@ class ExecState extends external_events_.EventEmitter {
     }
 }
 //# sourceMappingURL=toolrunner.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/exec/lib/exec.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/exec/lib/exec.js
 var exec_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -39675,7 +39675,7 @@ function getExecOutput(commandLine, args, options) {
     });
 }
 //# sourceMappingURL=exec.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/core/lib/platform.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/core/lib/platform.js
 var platform_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -39740,7 +39740,7 @@ function getDetails() {
     });
 }
 //# sourceMappingURL=platform.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/core/lib/core.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/core/lib/core.js
 var core_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -40103,9 +40103,9 @@ const State = {
     job: 'job',
 };
 
-// EXTERNAL MODULE: ./node_modules/semver/index.js
-var node_modules_semver = __nccwpck_require__(2088);
-;// CONCATENATED MODULE: ./node_modules/@actions/tool-cache/lib/manifest.js
+// EXTERNAL MODULE: ../../work/main/node_modules/semver/index.js
+var node_modules_semver = __nccwpck_require__(776);
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/tool-cache/lib/manifest.js
 var manifest_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -40215,7 +40215,7 @@ function _readLinuxVersionFile() {
 var external_stream_ = __nccwpck_require__(2203);
 // EXTERNAL MODULE: external "util"
 var external_util_ = __nccwpck_require__(9023);
-;// CONCATENATED MODULE: ./node_modules/@actions/tool-cache/lib/retry-helper.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/tool-cache/lib/retry-helper.js
 var retry_helper_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -40276,7 +40276,7 @@ class RetryHelper {
     }
 }
 //# sourceMappingURL=retry-helper.js.map
-;// CONCATENATED MODULE: ./node_modules/@actions/tool-cache/lib/tool-cache.js
+;// CONCATENATED MODULE: ../../work/main/node_modules/@actions/tool-cache/lib/tool-cache.js
 var tool_cache_awaiter = (undefined && undefined.__awaiter) || function (thisArg, _arguments, P, generator) {
     function adopt(value) { return value instanceof P ? value : new P(function (resolve) { resolve(value); }); }
     return new (P || (P = Promise))(function (resolve, reject) {
@@ -40905,23 +40905,23 @@ function _unique(values) {
 //# sourceMappingURL=tool-cache.js.map
 ;// CONCATENATED MODULE: external "node:fs/promises"
 const promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:fs/promises");
-// EXTERNAL MODULE: ./node_modules/ws/lib/stream.js
-var stream = __nccwpck_require__(6412);
-// EXTERNAL MODULE: ./node_modules/ws/lib/extension.js
-var extension = __nccwpck_require__(1335);
-// EXTERNAL MODULE: ./node_modules/ws/lib/permessage-deflate.js
-var permessage_deflate = __nccwpck_require__(4376);
-// EXTERNAL MODULE: ./node_modules/ws/lib/receiver.js
-var receiver = __nccwpck_require__(893);
-// EXTERNAL MODULE: ./node_modules/ws/lib/sender.js
-var sender = __nccwpck_require__(7389);
-// EXTERNAL MODULE: ./node_modules/ws/lib/subprotocol.js
-var subprotocol = __nccwpck_require__(3332);
-// EXTERNAL MODULE: ./node_modules/ws/lib/websocket.js
-var websocket = __nccwpck_require__(6681);
-// EXTERNAL MODULE: ./node_modules/ws/lib/websocket-server.js
-var websocket_server = __nccwpck_require__(129);
-;// CONCATENATED MODULE: ./node_modules/ws/wrapper.mjs
+// EXTERNAL MODULE: ../../work/main/node_modules/ws/lib/stream.js
+var stream = __nccwpck_require__(6876);
+// EXTERNAL MODULE: ../../work/main/node_modules/ws/lib/extension.js
+var extension = __nccwpck_require__(8183);
+// EXTERNAL MODULE: ../../work/main/node_modules/ws/lib/permessage-deflate.js
+var permessage_deflate = __nccwpck_require__(600);
+// EXTERNAL MODULE: ../../work/main/node_modules/ws/lib/receiver.js
+var receiver = __nccwpck_require__(1949);
+// EXTERNAL MODULE: ../../work/main/node_modules/ws/lib/sender.js
+var sender = __nccwpck_require__(2429);
+// EXTERNAL MODULE: ../../work/main/node_modules/ws/lib/subprotocol.js
+var subprotocol = __nccwpck_require__(2356);
+// EXTERNAL MODULE: ../../work/main/node_modules/ws/lib/websocket.js
+var websocket = __nccwpck_require__(2537);
+// EXTERNAL MODULE: ../../work/main/node_modules/ws/lib/websocket-server.js
+var websocket_server = __nccwpck_require__(6241);
+;// CONCATENATED MODULE: ../../work/main/node_modules/ws/wrapper.mjs
 
 
 
@@ -41120,36 +41120,108 @@ function parseClientMessage(text) {
     }
     return m;
 }
-const AGENT_TYPES = new Set([
-    'welcome',
-    'queued',
-    'leased',
-    'upload-ready',
-    'upload-progress',
-    'upload-done',
-    'log',
-    'phase',
-    'progress',
-    'result',
-    'released',
-    'error',
-]);
 /**
- * Parse a text frame from the agent. The client checks the shape it relies on (type and the
- * correlation id); the agent is trusted more than a client but still never crashes the client.
+ * The fields the client reads from each agent message, beyond `type` and `re`. Only their presence
+ * and JSON kind are checked: enough that a drifted agent is told apart from a message the client
+ * misreads, without refusing what it would have read fine (a longer log line, a new phase name).
+ */
+const AGENT_FIELDS = {
+    welcome: { protocol: 'integer', agent: 'string', chunkSize: 'integer', maxPayload: 'integer' },
+    queued: { position: 'integer', holder: 'string?' },
+    leased: { lease: 'string', target: 'object' },
+    'upload-ready': { offset: 'integer' },
+    'upload-progress': { received: 'integer' },
+    'upload-done': { sha256: 'string', size: 'integer', imageSize: 'integer', skipped: 'boolean' },
+    log: { job: 'string', level: 'string', source: 'string', phase: 'string?', message: 'string', time: 'number' },
+    phase: { job: 'string', phase: 'string', state: 'string', seconds: 'number?' },
+    progress: { job: 'string', phase: 'string', done: 'number', total: 'number?', part: 'integer?', parts: 'integer?' },
+    'job-running': { flash: 'string', job: 'string?' },
+    result: {
+        ok: 'boolean',
+        code: 'string',
+        message: 'string',
+        job: 'string',
+        target: 'object',
+        sha256: 'string',
+        bytesWritten: 'integer',
+        timings: 'object',
+        parts: 'array',
+        tftpOptions: 'object?',
+    },
+    released: { lease: 'string' },
+    error: { code: 'string', message: 'string', fatal: 'boolean?' },
+};
+/** Target fields inside `leased` and `result`. */
+const TARGET_FIELDS = { name: 'string', mac: 'string', ip: 'string', model: 'string?' };
+function kindOf(value) {
+    if (value === null)
+        return 'null';
+    if (Array.isArray(value))
+        return 'array';
+    if (typeof value === 'number')
+        return Number.isSafeInteger(value) ? 'integer' : 'number';
+    return typeof value;
+}
+function checkFields(m, fields, where) {
+    for (const [key, spec] of Object.entries(fields)) {
+        const optional = spec.endsWith('?');
+        const want = (optional ? spec.slice(0, -1) : spec);
+        const got = kindOf(m[key]);
+        if (got === 'undefined' && optional)
+            continue;
+        if (got === want || (want === 'number' && got === 'integer'))
+            continue;
+        fail(got === 'undefined' ? `${where} has no "${key}"` : `"${key}" in ${where} is ${got}, not ${want}`);
+    }
+}
+/**
+ * An agent message the client cannot read. `re` is the request it answers, when that much could be
+ * read, so the client can fail that request instead of leaving it waiting for an answer it dropped.
+ */
+class UnreadableAgentMessage extends errors_CodedError {
+    re;
+    constructor(message, re) {
+        super('PROTOCOL_ERROR', message);
+        this.re = re;
+        this.name = 'UnreadableAgentMessage';
+    }
+}
+/**
+ * Parse a text frame from the agent, checking every field the client reads. The agent is trusted
+ * more than a client, but a message that does not match its type is the sign of two protocol
+ * versions apart, and is refused with PROTOCOL_ERROR naming the field rather than half-read.
  */
 function parseAgentMessage(text) {
-    const m = parseObject(text);
-    if (typeof m.type !== 'string' || !AGENT_TYPES.has(m.type))
-        fail(`unknown message type "${String(m.type).slice(0, 32)}" from the agent`);
-    if (m.type !== 'error' && typeof m.re !== 'string')
-        fail(`"${m.type}" message from the agent has no "re"`);
-    return m;
+    let re;
+    try {
+        const m = parseObject(text);
+        if (typeof m.re === 'string')
+            re = m.re;
+        const type = String(m.type);
+        if (!Object.hasOwn(AGENT_FIELDS, type))
+            fail(`unknown message type "${type.slice(0, 32)}"`);
+        if (type !== 'error' && re === undefined)
+            fail(`"${type}" message has no "re"`);
+        if (m.re !== undefined && re === undefined)
+            fail(`"re" in a "${type}" message is not a string`);
+        checkFields(m, AGENT_FIELDS[type], `a "${type}" message`);
+        if (type === 'leased' || type === 'result')
+            checkFields(m.target, TARGET_FIELDS, `the target of "${type}"`);
+        return m;
+    }
+    catch (err) {
+        throw new UnreadableAgentMessage(err.message, re);
+    }
 }
 
 ;// CONCATENATED MODULE: ./src/protocol/messages.js
-/** Bumped on any incompatible change. The hello exchange refuses a mismatch naming both versions. */
-const PROTOCOL_VERSION = 1;
+/**
+ * Bumped on any incompatible change. The hello exchange refuses a mismatch naming both versions.
+ * 2: a repeated flash on a lease whose job runs is answered with `job-running` (1 answered it with
+ * error BAD_REQUEST, which a client had to read as "still running"); a client of version 1 would
+ * not read the new message and wait for a result that never comes for its request.
+ */
+const PROTOCOL_VERSION = 2;
 /** Path of the WebSocket endpoint on the agent. */
 const WS_PATH = '/v1/ws';
 /** Upload chunk size the agent advertises (and the client uses); `maxPayload` is this plus margin. */
@@ -41167,6 +41239,9 @@ const messages_SHA256_PATTERN = /^[0-9a-f]{64}$/;
  * It offers the protocol's requests as promises and hands every event to `onEvent`. It does not
  * retry: reconnecting and resuming is the caller's policy (the action reconnects with backoff and
  * resumes the upload from the offset the agent reports).
+ *
+ * Every failure is a `CodedError`: CONNECTION_LOST when the socket goes (the caller may resume),
+ * the agent's own code for its `error` answers, PROTOCOL_ERROR for an answer this client cannot read.
  */
 
 
@@ -41174,19 +41249,20 @@ const messages_SHA256_PATTERN = /^[0-9a-f]{64}$/;
 
 
 /** The connection broke (network, agent restart): the caller may reconnect and resume. */
-class ConnectionLostError extends Error {
-    code = 'CONNECTION_LOST';
-    constructor(message) {
-        super(message);
-        this.name = 'ConnectionLostError';
-    }
-}
+const connectionLost = (message) => new errors_CodedError('CONNECTION_LOST', message);
+const JOB_EVENTS = ['log', 'phase', 'progress'];
+/** How much of an unreadable message goes into the log. */
+const SHOWN_TEXT = 300;
 let requestCounter = 0;
 const nextId = () => `r${++requestCounter}`;
+/** An agent's `error` answer as a thrown error; a code outside the table (a newer agent's) reads as INTERNAL. */
+function agentError(m) {
+    return new errors_CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message);
+}
 function endpointUrl(base) {
     const url = new URL(base);
     if (url.protocol !== 'ws:' && url.protocol !== 'wss:')
-        throw new Error(`agent URL must start with ws:// or wss://, got ${url.protocol}//`);
+        throw new errors_CodedError('INPUT_INVALID', `agent URL must start with ws:// or wss://, got ${url.protocol}//`);
     if (url.pathname === '/' || url.pathname === '')
         url.pathname = WS_PATH;
     return url.toString();
@@ -41197,6 +41273,14 @@ class AgentConnection {
     pending = new Map();
     closedError;
     heartbeat;
+    log;
+    markClosed;
+    /**
+     * Settles once, when the connection ends for any reason (socket closed or failed, the agent silent,
+     * or `close()`), with why: a CONNECTION_LOST error. It resolves rather than rejects, so nobody
+     * has to listen to it.
+     */
+    closed = new Promise((resolve) => (this.markClosed = resolve));
     lastSeen = Date.now();
     /** Set by the agent's welcome. */
     chunkSize = DEFAULT_CHUNK_SIZE;
@@ -41206,14 +41290,15 @@ class AgentConnection {
     constructor(ws, o) {
         this.ws = ws;
         this.o = o;
+        this.log = o.log ?? ((line) => process.stderr.write(`${line}\n`));
         ws.on('message', (data, isBinary) => this.onFrame(data, isBinary));
         ws.on('pong', () => (this.lastSeen = Date.now()));
-        ws.on('close', (code, reason) => this.onClosed(new ConnectionLostError(`connection to the agent closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`)));
-        ws.on('error', (err) => this.onClosed(new ConnectionLostError(`connection to the agent failed: ${err.message}`)));
+        ws.on('close', (code, reason) => this.onClosed(connectionLost(`connection to the agent closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`)));
+        ws.on('error', (err) => this.onClosed(connectionLost(`connection to the agent failed: ${err.message}`)));
         const silenceMs = o.silenceMs ?? 45_000;
         this.heartbeat = setInterval(() => {
             if (Date.now() - this.lastSeen > silenceMs) {
-                this.onClosed(new ConnectionLostError(`the agent answered no ping for ${Math.round(silenceMs / 1000)} s`));
+                this.onClosed(connectionLost(`the agent answered no ping for ${Math.round(silenceMs / 1000)} s`));
                 ws.terminate();
             }
             else if (ws.readyState === wrapper.OPEN)
@@ -41249,29 +41334,38 @@ class AgentConnection {
                     if (res.statusCode === 401)
                         fail(new errors_CodedError('AUTH_FAILED', `the agent refused the token (HTTP 401): ${body.trim()}`));
                     else
-                        fail(new ConnectionLostError(`the agent answered HTTP ${res.statusCode} at ${url}: ${body.trim()}`));
+                        fail(connectionLost(`the agent answered HTTP ${res.statusCode} at ${url}: ${body.trim()}`));
                 });
             });
-            ws.once('error', (err) => fail(new ConnectionLostError(`cannot connect to the agent at ${url}: ${err.message}`)));
+            ws.once('error', (err) => fail(connectionLost(`cannot connect to the agent at ${url}: ${err.message}`)));
         });
         const conn = new AgentConnection(ws, o);
-        const welcome = await conn.request({ type: 'hello', id: nextId(), protocol: PROTOCOL_VERSION, client: o.client ?? 'rpi-flash-client' }, (m) => m.type === 'welcome');
-        if (welcome.type === 'welcome') {
-            conn.chunkSize = welcome.chunkSize;
-            conn.agentVersion = welcome.agent;
+        let welcome;
+        try {
+            welcome = (await conn.request({ type: 'hello', id: nextId(), protocol: PROTOCOL_VERSION, client: o.client ?? 'rpi-flash-client' }, { final: ['welcome'] }));
         }
+        catch (err) {
+            // Nobody gets this connection: an agent that answered the hello badly must not keep it open.
+            conn.close();
+            throw err;
+        }
+        conn.chunkSize = welcome.chunkSize;
+        conn.agentVersion = welcome.agent;
         return conn;
     }
     onFrame(data, isBinary) {
         this.lastSeen = Date.now();
+        // The agent sends no binary frames: one is as unreadable as a text frame of another version.
         if (isBinary)
-            return;
+            return this.onUnreadable(`${data.length} bytes`, 'a binary frame', undefined);
+        const text = data.toString('utf8');
         let m;
         try {
-            m = parseAgentMessage(data.toString('utf8'));
+            m = parseAgentMessage(text);
         }
-        catch {
-            return;
+        catch (err) {
+            const shown = text.length > SHOWN_TEXT ? `${text.slice(0, SHOWN_TEXT)}… (${text.length} characters)` : text;
+            return this.onUnreadable(shown, messageOf(err), err instanceof UnreadableAgentMessage ? err.re : undefined);
         }
         if (m.type === 'upload-progress') {
             const ack = this.uploadAcks.get(m.re);
@@ -41280,43 +41374,70 @@ class AgentConnection {
                 ack.wake?.();
             }
         }
-        const re = 're' in m ? m.re : undefined;
-        const p = re ? this.pending.get(re) : undefined;
-        if (m.type === 'error' && (!p || m.fatal) && !re) {
+        this.o.onEvent?.(m);
+        if (m.re === undefined) {
             // An error about no particular request: fail everything still waiting.
-            this.o.onEvent?.(m);
-            for (const [id, q] of this.pending) {
-                this.pending.delete(id);
-                q.reject(new errors_CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
-            }
+            if (m.type === 'error')
+                this.failAll(agentError(m));
             return;
         }
-        this.o.onEvent?.(m);
-        if (!p || !re)
+        const p = this.pending.get(m.re);
+        if (!p)
             return;
         if (m.type === 'error') {
-            this.pending.delete(re);
-            p.reject(new errors_CodedError(isErrorCode(m.code) ? m.code : 'INTERNAL', m.message));
-            this.uploadAcks.get(re)?.wake?.();
+            this.settle(m.re, p).reject(agentError(m));
         }
-        else if (p.final(m)) {
-            this.pending.delete(re);
-            p.resolve(m);
+        else if (p.final.includes(m.type)) {
+            this.settle(m.re, p).resolve(m);
         }
+        else if (m.type === 'job-running' && p.type === 'flash') {
+            // The job this flash asks for already runs: from now on this request waits for that job's
+            // result, which comes with the first flash's id.
+            this.pending.delete(m.re);
+            this.pending.set(m.flash, p);
+        }
+        else if (!p.events?.includes(m.type)) {
+            this.settle(m.re, p).reject(new errors_CodedError('PROTOCOL_ERROR', `the agent answered a "${p.type}" request with "${m.type}", which does not answer it: ` +
+                'the agent and this client speak different versions of the protocol'));
+        }
+    }
+    /**
+     * A frame that does not parse is logged, never silently dropped. It fails the request it names,
+     * which would otherwise wait for an answer that came and was not understood; one that names no
+     * request fails them all (its answer may be any of them), and one about a request no longer open
+     * fails nothing.
+     */
+    onUnreadable(shown, why, re) {
+        this.log(`unreadable message from the agent (${why}): ${shown}`);
+        const failure = new errors_CodedError('PROTOCOL_ERROR', `the agent sent a message this client cannot read (${why}): ` +
+            'the agent and this client speak different versions of the protocol');
+        if (re === undefined)
+            return this.failAll(failure);
+        const p = this.pending.get(re);
+        if (p)
+            this.settle(re, p).reject(failure);
+    }
+    /** Takes the request off the open list, to resolve or reject it. */
+    settle(id, p) {
+        this.pending.delete(id);
+        return p;
+    }
+    failAll(err) {
+        for (const [id, p] of this.pending)
+            this.settle(id, p).reject(err);
     }
     onClosed(err) {
         if (this.closedError)
             return;
         this.closedError = err;
         clearInterval(this.heartbeat);
-        for (const [id, p] of this.pending) {
-            this.pending.delete(id);
-            p.reject(err);
-        }
+        this.failAll(err);
         for (const ack of this.uploadAcks.values())
             ack.wake?.();
+        this.markClosed(err);
     }
-    get closed() {
+    /** True once the connection ended (`closed` has settled). */
+    get isClosed() {
         return this.closedError !== undefined;
     }
     send(message) {
@@ -41324,17 +41445,17 @@ class AgentConnection {
             throw this.closedError;
         this.ws.send(JSON.stringify(message));
     }
-    request(message, final) {
+    request(message, expected) {
         return new Promise((resolve, reject) => {
             if (this.closedError)
                 return reject(this.closedError);
-            this.pending.set(message.id, { resolve, reject, final });
+            this.pending.set(message.id, { ...expected, type: message.type, resolve, reject });
             try {
                 this.send(message);
             }
             catch (err) {
                 this.pending.delete(message.id);
-                reject(err);
+                reject(err instanceof errors_CodedError ? err : connectionLost(`sending to the agent failed: ${messageOf(err)}`));
             }
         });
     }
@@ -41346,7 +41467,7 @@ class AgentConnection {
             target,
             ...(o.holder ? { holder: o.holder } : {}),
             ...(o.lease ? { lease: o.lease } : {}),
-        }, (x) => x.type === 'leased');
+        }, { final: ['leased'], events: ['queued'] });
         return m;
     }
     /**
@@ -41370,11 +41491,11 @@ class AgentConnection {
             compression: o.compression,
             ...(o.imageSize ? { imageSize: o.imageSize } : {}),
             ...(o.name ? { name: o.name } : {}),
-        }, (m) => m.type === 'upload-ready' || m.type === 'upload-done');
+        }, { final: ['upload-ready', 'upload-done'] });
         if (first.type === 'upload-done')
             return first;
         if (first.type !== 'upload-ready')
-            throw new Error(`unexpected answer ${first.type}`);
+            throw new errors_CodedError('INTERNAL', `not an expected answer: ${first.type}`);
         const windowBytes = o.windowBytes ?? 16 * 1024 * 1024;
         const chunkSize = this.chunkSize;
         const maxBufferedBytes = 4 * chunkSize;
@@ -41395,12 +41516,14 @@ class AgentConnection {
         let uploadError;
         let sendError;
         this.pending.set(begin, {
+            type: 'upload-begin',
+            final: [],
+            events: ['upload-progress'],
             resolve: () => { },
             reject: (e) => {
                 uploadError = e;
                 wake();
             },
-            final: () => false,
         });
         const failure = () => this.closedError ?? uploadError ?? sendError;
         const waitUntil = async (ready) => {
@@ -41426,7 +41549,7 @@ class AgentConnection {
             nextReadAt += length;
             const read = file.read(buf, 0, length, at).then(({ bytesRead }) => {
                 if (bytesRead !== length)
-                    throw new Error(`${o.path} changed while uploading (short read at ${at + bytesRead})`);
+                    throw new errors_CodedError('IMAGE_INVALID', `${o.path} changed while uploading (short read at ${at + bytesRead})`);
                 return { buf, at, length, sent: 0, unconfirmed: 0 };
             });
             // Awaited later, or dropped when the loop fails first: never an unhandled rejection.
@@ -41457,7 +41580,7 @@ class AgentConnection {
                 sending.unconfirmed++;
                 this.ws.send(sending.buf.subarray(start, start + length), { binary: true }, (err) => {
                     if (err)
-                        sendError ??= new ConnectionLostError(`sending to the agent failed: ${err.message}`);
+                        sendError ??= connectionLost(`sending to the agent failed: ${err.message}`);
                     if (--sending.unconfirmed === 0 && sending.sent === sending.length)
                         freeBuffers.push(sending.buf);
                     wake();
@@ -41475,31 +41598,185 @@ class AgentConnection {
         }
         if (uploadError)
             throw uploadError;
-        const done = await this.request({ type: 'upload-end', id: nextId() }, (m) => m.type === 'upload-done');
+        const done = await this.request({ type: 'upload-end', id: nextId() }, { final: ['upload-done'] });
         o.onProgress?.(o.size, o.size);
         return done;
     }
-    /** Flash a held image; resolves with the job's result (events go to onEvent meanwhile). */
+    /**
+     * Flash a held image; resolves with the job's result (events go to onEvent meanwhile). Sent again
+     * after a resume, it resolves with the result of the job the first one started, if that job runs
+     * (the agent answers `job-running`, also given to onEvent).
+     */
     async flash(o) {
-        const m = await this.request({ type: 'flash', id: nextId(), ...o }, (x) => x.type === 'result');
-        if (m.type !== 'result')
-            throw new Error(`unexpected answer ${m.type}`);
+        const m = (await this.request({ type: 'flash', id: nextId(), ...o }, { final: ['result'], events: [...JOB_EVENTS, 'job-running'] }));
         const { type: _type, re: _re, ...result } = m;
         return result;
     }
     /** Cancel this connection's lease or job (or another lease by id, from a new connection). */
     async cancel(o = {}) {
-        await this.request({ type: 'cancel', id: nextId(), ...o }, (m) => m.type === 'released');
+        await this.request({ type: 'cancel', id: nextId(), ...o }, { final: ['released'] });
     }
     close() {
         clearInterval(this.heartbeat);
-        this.onClosed(new ConnectionLostError('connection closed by the client'));
+        this.onClosed(connectionLost('connection closed by the client'));
         if (this.ws.readyState === wrapper.OPEN || this.ws.readyState === wrapper.CONNECTING)
             this.ws.close(1000);
         setTimeout(() => this.ws.terminate(), 1000).unref();
     }
 }
 const connectAgent = (o) => AgentConnection.connect(o);
+
+;// CONCATENATED MODULE: ./src/action/waits.js
+/**
+ * Waits of the main step that end early. Every await gives way at once when the run is aborted (a
+ * signal, queue-timeout or job-timeout passing), and some have a deadline of their own.
+ */
+/** Resolves or rejects with `promise`, or rejects with the signal's reason as soon as it aborts. */
+function unlessAborted(promise, signal) {
+    if (signal.aborted) {
+        // Nobody waits for `promise` now: its own failure must not surface as an unhandled rejection.
+        promise.catch(() => { });
+        return Promise.reject(signal.reason);
+    }
+    return new Promise((resolve, reject) => {
+        const onAbort = () => reject(signal.reason);
+        signal.addEventListener('abort', onAbort, { once: true });
+        promise.then((value) => {
+            signal.removeEventListener('abort', onAbort);
+            resolve(value);
+        }, (err) => {
+            signal.removeEventListener('abort', onAbort);
+            reject(err);
+        });
+    });
+}
+/** Sleeps `ms`, or less when the signal aborts (then rejects with its reason). */
+function delay(ms, signal) {
+    return unlessAborted(new Promise((resolve) => setTimeout(resolve, ms).unref()), signal);
+}
+/** `promise`, or a rejection with `onTimeout()` when it has not settled within `ms`. */
+function withTimer(promise, ms, onTimeout) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(onTimeout()), ms);
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+/**
+ * Aborts `controller` with `reason()` once `ms` have passed: a deadline over several awaits, each
+ * of which gives way through `unlessAborted`. Returns what stops the timer.
+ */
+function abortAfter(controller, ms, reason) {
+    const timer = setTimeout(() => controller.abort(reason()), ms);
+    return () => clearTimeout(timer);
+}
+
+;// CONCATENATED MODULE: ./src/action/agent-link.js
+
+
+/** Waits before each attempt to reconnect; one attempt each. */
+const RECONNECT_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 8_000];
+class AgentLink {
+    o;
+    conn;
+    held;
+    constructor(o) {
+        this.o = o;
+    }
+    /** The connection now, if any (it may have closed since). */
+    get session() {
+        return this.conn;
+    }
+    /** The lease, once granted (after a resume, as the agent confirmed it). */
+    get leased() {
+        return this.held;
+    }
+    /**
+     * The first connection. Failing to reach the agent is CONNECT_FAILED; what the agent itself
+     * refused (AUTH_FAILED, PROTOCOL_VERSION_MISMATCH) keeps its code.
+     */
+    async connect() {
+        try {
+            await this.open(false);
+        }
+        catch (err) {
+            const code = codeOf(err);
+            if (code !== 'CONNECTION_LOST' && code !== 'INTERNAL')
+                throw err;
+            throw new errors_CodedError('CONNECT_FAILED', messageOf(err), { cause: err });
+        }
+    }
+    /** Leases the target; `queued` events come meanwhile while someone else holds it. */
+    async lease() {
+        const { target, holder } = this.o.settings;
+        this.held = await unlessAborted(this.conn.lease(target, { holder }), this.o.signal);
+        return this.held;
+    }
+    /**
+     * Runs `op` on the connection. When the connection is lost meanwhile, reconnects, takes the lease
+     * back and runs `op` again on the new connection, with `retry` set: what a retry means (resume an
+     * upload, ask for the job again) is the operation's to say.
+     */
+    async run(op) {
+        for (let retry = false;; retry = true) {
+            try {
+                return await unlessAborted(op(this.conn, retry), this.o.signal);
+            }
+            catch (err) {
+                if (this.o.signal.aborted || codeOf(err) !== 'CONNECTION_LOST')
+                    throw err;
+                await this.resume(err);
+            }
+        }
+    }
+    close() {
+        this.conn?.close();
+    }
+    /** Reconnects with back-off and takes the lease back. Throws when it cannot. */
+    async resume(cause) {
+        this.conn?.close();
+        for (const wait of RECONNECT_DELAYS_MS) {
+            this.o.log(`Connection lost (${messageOf(cause)}); reconnecting in ${wait / 1000} s`);
+            await delay(wait, this.o.signal);
+            try {
+                await this.open(true);
+                this.held = await unlessAborted(this.conn.lease(this.o.settings.target, { lease: this.held.lease }), this.o.signal);
+                this.o.log(`Lease ${this.held.lease} resumed`);
+                return;
+            }
+            catch (err) {
+                if (this.o.signal.aborted || codeOf(err) !== 'CONNECTION_LOST')
+                    throw err;
+                this.conn?.close();
+                cause = err;
+            }
+        }
+        throw new errors_CodedError('CONNECT_FAILED', `lost the connection to the agent and could not resume in ${RECONNECT_DELAYS_MS.length} attempts: ` +
+            messageOf(cause));
+    }
+    async open(again) {
+        const { settings } = this.o;
+        const url = settings.agentUrl.toString();
+        const attempt = this.o.connect({
+            url,
+            token: settings.token,
+            ...(settings.caCert !== undefined && { ca: settings.caCert }),
+            client: `rpi-flash-action (${settings.holder})`,
+            connectTimeoutMs: settings.connectTimeoutMs,
+            onEvent: this.o.onEvent,
+            log: this.o.log,
+        });
+        try {
+            this.conn = await unlessAborted(withTimer(attempt, settings.connectTimeoutMs, () => new errors_CodedError('CONNECT_FAILED', `no answer from the agent at ${url} within connect-timeout (${settings.connectTimeoutMs / 1000} s)`)), this.o.signal);
+        }
+        catch (err) {
+            // A connection that opens after all is nobody's: close it.
+            attempt.then((late) => late.close(), () => { });
+            throw err;
+        }
+        this.o.log(`Connected to ${url}${again ? ' again' : ''}`);
+    }
+}
 
 // EXTERNAL MODULE: external "node:crypto"
 var external_node_crypto_ = __nccwpck_require__(7598);
@@ -41855,21 +42132,25 @@ async function statOrUndefined(file) {
 
 
 
+
 const MAX_LISTED_MATCHES = 20;
-/** Thrown for every problem with the image; the message starts with the input's name. */
-class ImageError extends Error {
-    constructor(message) {
-        super(`${Inputs.image}: ${message}`);
-        this.name = 'ImageError';
-    }
+/** A problem with the image the user can act on; the message starts with the input's name. */
+function imageError(message) {
+    return new errors_CodedError('IMAGE_INVALID', `${Inputs.image}: ${message}`);
 }
+/** Every failure is IMAGE_INVALID: the ones foreseen name the input, others keep their own message. */
 async function resolveImage(spec, options) {
-    const log = options.log ?? (() => { });
-    if (/^https?:\/\//i.test(spec))
-        return resolveUrl(spec, options, log);
-    const file = await locateFile(spec, options.workspace);
-    const source = external_node_path_namespaceObject.relative(options.workspace, file) || file;
-    return describe(file, external_node_path_namespaceObject.basename(file), source, false, async () => { }, log);
+    try {
+        const log = options.log ?? (() => { });
+        if (/^https?:\/\//i.test(spec))
+            return await resolveUrl(spec, options, log);
+        const file = await locateFile(spec, options.workspace);
+        const source = external_node_path_namespaceObject.relative(options.workspace, file) || file;
+        return await describe(file, external_node_path_namespaceObject.basename(file), source, false, async () => { }, log);
+    }
+    catch (err) {
+        throw codeOf(err) === 'IMAGE_INVALID' ? err : new errors_CodedError('IMAGE_INVALID', messageOf(err), { cause: err });
+    }
 }
 async function locateFile(spec, workspace) {
     if (!hasGlobMagic(spec))
@@ -41878,11 +42159,11 @@ async function locateFile(spec, workspace) {
     if (matches.length === 1)
         return matches[0];
     if (matches.length === 0)
-        throw new ImageError(`no file matches "${spec}" (searched from ${workspace})`);
+        throw imageError(`no file matches "${spec}" (searched from ${workspace})`);
     const listed = matches.slice(0, MAX_LISTED_MATCHES).map((m) => `  ${external_node_path_namespaceObject.relative(workspace, m) || m}`);
     if (matches.length > MAX_LISTED_MATCHES)
         listed.push(`  … and ${matches.length - MAX_LISTED_MATCHES} more`);
-    throw new ImageError(`"${spec}" matches ${matches.length} files; make it match exactly one:\n${listed.join('\n')}`);
+    throw imageError(`"${spec}" matches ${matches.length} files; make it match exactly one:\n${listed.join('\n')}`);
 }
 /** The URL without query or fragment: signed URLs carry secrets there, and logs are public. */
 function redactUrl(url) {
@@ -41901,7 +42182,7 @@ function redactUrl(url) {
 }
 async function resolveUrl(url, options, log) {
     if (!options.download)
-        throw new ImageError('downloading URLs is not available here');
+        throw imageError('downloading URLs is not available here');
     const shown = redactUrl(url);
     const name = decodeURIComponent(new URL(url).pathname.split('/').pop() ?? '') || 'image';
     const dir = await (0,promises_namespaceObject.mkdtemp)(external_node_path_namespaceObject.join(options.tempDir ?? (0,external_node_os_namespaceObject.tmpdir)(), 'rpi-flash-image-'));
@@ -41914,7 +42195,7 @@ async function resolveUrl(url, options, log) {
             file = await options.download(url, external_node_path_namespaceObject.join(dir, 'download'));
         }
         catch (err) {
-            throw new ImageError(`download of ${shown} failed: ${err?.message ?? err}`);
+            throw imageError(`download of ${shown} failed: ${messageOf(err)}`);
         }
         const { size } = await (0,promises_namespaceObject.stat)(file);
         log(`Downloaded ${formatBytes(size)} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
@@ -41939,14 +42220,14 @@ async function describe(file, name, source, downloaded, cleanup, log) {
                 : code === 'EACCES'
                     ? 'not readable (permission denied)'
                     : String(code ?? err);
-        throw new ImageError(`${source}: ${why}`);
+        throw imageError(`${source}: ${why}`);
     }
     try {
         const info = await handle.stat();
         if (!info.isFile())
-            throw new ImageError(`${source}: not a regular file`);
+            throw imageError(`${source}: not a regular file`);
         if (info.size === 0)
-            throw new ImageError(`${source}: the file is empty (0 bytes)`);
+            throw imageError(`${source}: the file is empty (0 bytes)`);
         const head = Buffer.alloc(MAGIC_LENGTH);
         await handle.read(head, 0, MAGIC_LENGTH, 0);
         let detected;
@@ -41954,7 +42235,7 @@ async function describe(file, name, source, downloaded, cleanup, log) {
             detected = detectCompression(head, name);
         }
         catch (err) {
-            throw new ImageError(err.message);
+            throw imageError(messageOf(err));
         }
         if (detected.note)
             log(detected.note);
@@ -41983,6 +42264,59 @@ async function hashFile(file) {
     const hash = (0,external_node_crypto_.createHash)('sha256');
     await (0,external_node_stream_promises_namespaceObject.pipeline)((0,external_node_fs_namespaceObject.createReadStream)(file, { highWaterMark: 1024 * 1024 }), hash);
     return hash.digest('hex');
+}
+
+;// CONCATENATED MODULE: ./src/action/outcome.js
+/**
+ * The outcome of one run of the main step, put together from what the run got to: the agent's result
+ * when the job ended, else the error that ended the run. Outputs, summary and annotation
+ * (outputs.ts) are all written from it.
+ */
+
+
+function outcomeOfResult(run, result) {
+    const word = result.ok ? 'success' : result.code === 'CANCELLED' ? 'cancelled' : 'failure';
+    return assemble(run, word, result.code, result.message, result);
+}
+/**
+ * The run ended with `err`, before the agent's result. A lost connection is reported as the action's
+ * CONNECT_FAILED: CONNECTION_LOST is the protocol client's signal to resume, not a result code
+ * users look up.
+ */
+function outcomeOfError(run, err, cancelledBySignal) {
+    const code = cancelledBySignal ? 'CANCELLED' : codeOf(err) === 'CONNECTION_LOST' ? 'CONNECT_FAILED' : codeOf(err);
+    return assemble(run, code === 'CANCELLED' ? 'cancelled' : 'failure', code, messageOf(err));
+}
+function assemble(run, result, code, message, job) {
+    const { image } = run;
+    const target = job?.target ?? run.target;
+    const jobId = job?.job ?? run.jobId;
+    // Where it failed: the last phase the agent timed (events may have been lost in an outage), else the log's.
+    const agentPhases = job ? PHASES.filter((p) => job.timings[p] !== undefined) : [];
+    const failedPhase = result === 'success' ? undefined : (agentPhases[agentPhases.length - 1] ?? run.lastPhase);
+    return {
+        result,
+        code,
+        // A code from a newer agent has no meaning here; the code itself is the best there is.
+        message: message || ErrorCodes[code] || code,
+        ...(failedPhase !== undefined && { phase: failedPhase }),
+        targetSpec: run.targetSpec,
+        ...(target !== undefined && { target }),
+        ...(image !== undefined && {
+            image: {
+                name: image.name,
+                source: image.source,
+                sha256: image.sha256,
+                size: image.size,
+                compression: image.compression,
+                ...(image.imageSize !== undefined && { imageSize: image.imageSize }),
+            },
+        }),
+        ...(jobId !== undefined && { jobId }),
+        ...(job !== undefined && { bytesWritten: job.bytesWritten, parts: job.parts }),
+        ...(run.upload !== undefined && { uploadSkipped: run.upload.skipped }),
+        timings: { ...run.timings, ...job?.timings },
+    };
 }
 
 ;// CONCATENATED MODULE: ./src/action/story.js
@@ -42143,17 +42477,7 @@ class JobStory {
 
 
 
-/**
- * Result codes the action adds to the agent's (src/protocol/errors.ts) for failures that happen on
- * the runner's side, before or around talking to the agent.
- */
-const outputs_ActionCodes = {
-    INPUT_INVALID: 'An input is missing or malformed (checked before connecting).',
-    IMAGE_INVALID: 'The image could not be found, downloaded or read, or its compression is not supported.',
-    CONNECT_FAILED: 'The agent could not be reached or refused the connection.',
-    QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
-    JOB_TIMEOUT: 'The job did not finish within job-timeout.',
-};
+
 /** The phases that make up "flashing": from staging the job to the verified card. */
 const FLASH_PHASES = ['stage', 'reset', 'transfer', 'verify'];
 function seconds(value) {
@@ -42260,7 +42584,7 @@ async function writeJobSummary(outcome, summary = summary_summary) {
     }
     catch (err) {
         summary.emptyBuffer();
-        info(`(job summary not written: ${err?.message ?? err})`);
+        info(`(job summary not written: ${messageOf(err)})`);
         return false;
     }
 }
@@ -42407,16 +42731,17 @@ function hostProblem(host) {
 
 
 
+
 const DEFAULT_CONNECT_TIMEOUT_SECONDS = 30;
 const DEFAULT_QUEUE_TIMEOUT_SECONDS = 1800;
 const DEFAULT_JOB_TIMEOUT_SECONDS = 1800;
 /** setTimeout holds at most 2^31-1 ms; anything longer would fire at once. */
 const MAX_TIMEOUT_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
-/** Thrown with every problem found in the inputs, one per line, each naming its input. */
-class InputError extends Error {
+/** INPUT_INVALID with every problem found in the inputs, one per line, each naming its input. */
+class InputError extends errors_CodedError {
     problems;
     constructor(problems) {
-        super(problems.length === 1 ? `Invalid input: ${problems[0]}` : `Invalid inputs:\n- ${problems.join('\n- ')}`);
+        super('INPUT_INVALID', problems.length === 1 ? `Invalid input: ${problems[0]}` : `Invalid inputs:\n- ${problems.join('\n- ')}`);
         this.problems = problems;
         this.name = 'InputError';
     }
@@ -42585,8 +42910,13 @@ function describeHolder(env) {
  *
  * Everything here throws; `src/index.ts` owns the one handler that fails the step. A job failure is
  * reported here (outputs, summary, a titled annotation) and then thrown as `ReportedFailure` so the
- * handler does not annotate it twice.
+ * handler does not annotate it twice. Keeping the connection through outages is `agent-link.ts`'s
+ * job, the waits that give way to an abort are `waits.ts`'s, and the outcome is put together in
+ * `outcome.ts`.
  */
+
+
+
 
 
 
@@ -42624,63 +42954,12 @@ class ReportedFailure extends Error {
         this.name = 'ReportedFailure';
     }
 }
-/** A failure with a result code of the action's own (see `ActionCodes`) or the agent's. */
-class main_CodedError extends Error {
-    code;
-    constructor(code, message) {
-        super(message);
-        this.code = code;
-    }
-}
 /** After SIGINT/SIGTERM the runner kills the step within ~10 s; cancel on the agent well before. */
 const CANCEL_GRACE_MS = 5_000;
 /** How long a cancel may wait for the agent's answer. */
 const CANCEL_ANSWER_MS = 3_000;
-const RECONNECT_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 8_000];
 /** Waits between upload attempts while another connection uploads the same image. */
 const UPLOAD_BUSY_DELAYS_MS = [1_000, 2_000, 4_000, 8_000, 15_000];
-/** How often a wait for the job's result checks that the connection is still up. */
-const RESULT_POLL_MS = 250;
-function main_codeOf(err) {
-    const code = err?.code;
-    return typeof code === 'string' && /^[A-Z_]+$/.test(code) ? code : 'INTERNAL';
-}
-function main_messageOf(err) {
-    return `${err?.message ?? err}`;
-}
-function isConnectionLost(err) {
-    return main_codeOf(err) === 'CONNECTION_LOST';
-}
-/** The agent refuses a second upload of a sha256 while another client's is in progress. */
-function isUploadInProgressElsewhere(err) {
-    return main_codeOf(err) === 'UPLOAD_IN_PROGRESS';
-}
-/** Resolves or rejects with `promise`, or rejects with the signal's reason as soon as it aborts. */
-function unlessAborted(promise, signal) {
-    if (signal.aborted)
-        return Promise.reject(signal.reason);
-    return new Promise((resolve, reject) => {
-        const onAbort = () => reject(signal.reason);
-        signal.addEventListener('abort', onAbort, { once: true });
-        promise.then((value) => {
-            signal.removeEventListener('abort', onAbort);
-            resolve(value);
-        }, (err) => {
-            signal.removeEventListener('abort', onAbort);
-            reject(err);
-        });
-    });
-}
-function delay(ms, signal) {
-    return unlessAborted(new Promise((resolve) => setTimeout(resolve, ms).unref()), signal);
-}
-function withTimer(promise, ms, onTimeout) {
-    let timer;
-    const timeout = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(onTimeout()), ms);
-    });
-    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 async function run(overrides = {}) {
     const deps = { ...defaultDeps(), ...overrides };
     const job = new FlashRun(deps);
@@ -42692,21 +42971,21 @@ async function run(overrides = {}) {
         throw new ReportedFailure(outcome);
     }
 }
-/** One run of the main step; holds the connection and state that cleanup and cancel need. */
+/** One run of the main step; holds what cleanup, cancel and the outcome need. */
 class FlashRun {
     d;
     story;
     settings;
     image;
-    conn;
-    leased;
+    link;
     jobId;
     upload;
     lastResult;
-    resultArrived;
     /** Aborts whatever is awaited: a signal, the queue timeout or the job timeout. */
     abort = new AbortController();
     cancelledBySignal = false;
+    /** The agent was already asked to cancel (signal, job-timeout): the failure path does not ask again. */
+    cancelAsked = false;
     constructor(d) {
         this.d = d;
         this.story = new JobStory({ writer: d.writer, clock: d.clock });
@@ -42717,76 +42996,144 @@ class FlashRun {
         this.d.signals.once('SIGTERM', onSignal);
         try {
             const result = await this.flow();
-            return this.outcome(result.ok ? 'success' : result.code === 'CANCELLED' ? 'cancelled' : 'failure', result.code, result.message, result);
+            return outcomeOfResult(this.record(), result);
         }
         catch (err) {
-            // A lost connection is reported as the action's CONNECT_FAILED: CONNECTION_LOST is the
-            // protocol client's internal signal to retry, not a result code users look up.
-            const code = this.cancelledBySignal
-                ? 'CANCELLED'
-                : main_codeOf(err) === 'CONNECTION_LOST'
-                    ? 'CONNECT_FAILED'
-                    : main_codeOf(err);
-            const result = this.cancelledBySignal || code === 'CANCELLED' ? 'cancelled' : 'failure';
-            if (this.leased && !this.lastResult && !this.abortedForCancel)
-                await this.cancelOnAgent(`the action failed: ${main_messageOf(err)}`);
-            return this.outcome(result, code, main_messageOf(err));
+            if (this.link?.leased && !this.lastResult && !this.cancelAsked)
+                await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
+            return outcomeOfError(this.record(), err, this.cancelledBySignal);
         }
         finally {
             this.d.signals.removeListener('SIGINT', onSignal);
             this.d.signals.removeListener('SIGTERM', onSignal);
             this.story.close();
-            this.conn?.close();
+            this.link?.close();
             await this.image?.cleanup();
         }
     }
-    abortedForCancel = false;
     async flow() {
-        let settings;
-        try {
-            settings = parseSettings(this.d.getInput, { env: this.d.env, registerSecret: (s) => core_setSecret(s) });
-        }
-        catch (err) {
-            if (err instanceof InputError)
-                throw new main_CodedError('INPUT_INVALID', err.message);
-            throw err;
-        }
+        const settings = parseSettings(this.d.getInput, { env: this.d.env, registerSecret: (s) => core_setSecret(s) });
         this.settings = settings;
-        this.image = await group('Resolve the image', async () => {
-            try {
-                return await resolveImage(settings.image, {
-                    workspace: settings.workspace,
-                    tempDir: this.d.env.RUNNER_TEMP || undefined,
-                    download: this.d.download,
-                    log: (line) => this.story.line(line),
-                });
-            }
-            catch (err) {
-                throw new main_CodedError('IMAGE_INVALID', main_messageOf(err));
-            }
-        });
-        const image = this.image;
-        this.story.line(`Image ${image.source}: ${image.compression}, ${image.size} bytes, sha256 ${image.sha256}`);
+        const image = await group('Resolve the image', () => this.resolveImage(settings));
         this.d.saveState(State.agentUrl, settings.agentUrl.toString());
         this.d.saveState(State.target, settings.target);
-        await this.connect(false);
-        await this.leaseTarget();
+        const link = new AgentLink({
+            settings,
+            connect: this.d.connect,
+            signal: this.abort.signal,
+            onEvent: (m) => this.onEvent(m),
+            log: (line) => this.story.line(line),
+        });
+        this.link = link;
+        this.story.phaseStart('connect');
+        await link.connect();
+        this.story.phaseEnd('connect');
+        await this.leaseTarget(link, settings);
         // From the lease on, the whole job has one deadline.
-        const jobTimer = setTimeout(() => this.abort.abort(new main_CodedError('JOB_TIMEOUT', `the job did not finish within job-timeout (${settings.jobTimeoutMs / 1000} s)`)), settings.jobTimeoutMs);
+        const stopJobTimer = abortAfter(this.abort, settings.jobTimeoutMs, () => new errors_CodedError('JOB_TIMEOUT', `the job did not finish within job-timeout (${settings.jobTimeoutMs / 1000} s)`));
         try {
-            await this.uploadImage();
-            return await this.flashImage();
+            this.upload = await this.uploadImage(link, image);
+            return await this.flashImage(link, settings, image);
         }
         catch (err) {
-            if (this.abort.signal.aborted && main_codeOf(this.abort.signal.reason) === 'JOB_TIMEOUT' && !this.lastResult) {
-                this.abortedForCancel = true;
+            if (codeOf(this.abort.signal.reason) === 'JOB_TIMEOUT' && !this.lastResult) {
+                this.cancelAsked = true;
                 await this.cancelOnAgent('job-timeout passed');
             }
             throw err;
         }
         finally {
-            clearTimeout(jobTimer);
+            stopJobTimer();
         }
+    }
+    async resolveImage(settings) {
+        this.image = await resolveImage(settings.image, {
+            workspace: settings.workspace,
+            tempDir: this.d.env.RUNNER_TEMP || undefined,
+            download: this.d.download,
+            log: (line) => this.story.line(line),
+        });
+        const image = this.image;
+        this.story.line(`Image ${image.source}: ${image.compression}, ${image.size} bytes, sha256 ${image.sha256}`);
+        return image;
+    }
+    async leaseTarget(link, settings) {
+        this.story.phaseStart('queue');
+        this.story.line(`Leasing ${settings.target} as "${settings.holder}"`);
+        const stopQueueTimer = abortAfter(this.abort, settings.queueTimeoutMs, () => new errors_CodedError('QUEUE_TIMEOUT', `${settings.target} stayed busy past queue-timeout (${settings.queueTimeoutMs / 1000} s)`));
+        try {
+            const leased = await link.lease();
+            this.d.saveState(State.lease, leased.lease);
+            const t = leased.target;
+            this.story.line(`Leased ${t.name} (${t.ip}, ${t.mac}${t.model ? `, ${t.model}` : ''})`);
+        }
+        finally {
+            stopQueueTimer();
+        }
+        this.story.phaseEnd('queue');
+    }
+    async uploadImage(link, image) {
+        this.story.phaseStart('upload');
+        let busyRetries = 0;
+        // A retry after a resume needs nothing special: the agent says from which offset to go on.
+        const upload = await link.run(async (conn) => {
+            for (;;) {
+                try {
+                    return await conn.upload({
+                        path: image.path,
+                        sha256: image.sha256,
+                        size: image.size,
+                        compression: image.compression,
+                        ...(image.imageSize !== undefined && { imageSize: image.imageSize }),
+                        name: image.name,
+                        onProgress: (received, total) => this.story.progress('upload', received, total),
+                    });
+                }
+                catch (err) {
+                    if (codeOf(err) !== 'UPLOAD_IN_PROGRESS')
+                        throw err;
+                    // Another job (e.g. the next matrix leg) is uploading the same image. When it is done the
+                    // agent holds the image and this upload is skipped; if it is abandoned, this one resumes
+                    // from its bytes. job-timeout bounds the wait.
+                    const wait = UPLOAD_BUSY_DELAYS_MS[Math.min(busyRetries++, UPLOAD_BUSY_DELAYS_MS.length - 1)];
+                    this.story.line(`Another connection is uploading this image to the agent; trying again in ${wait / 1000} s`);
+                    await delay(wait, this.abort.signal);
+                }
+            }
+        });
+        if (upload.skipped)
+            this.story.line('The agent already holds this image: nothing to upload');
+        this.story.phaseEnd('upload');
+        return upload;
+    }
+    async flashImage(link, settings, image) {
+        const timeouts = {
+            ...(settings.boardTimeoutSeconds !== undefined && { boardShow: settings.boardTimeoutSeconds }),
+            ...(settings.bootTimeoutSeconds !== undefined && { boot: settings.bootTimeoutSeconds }),
+        };
+        const request = {
+            sha256: image.sha256,
+            ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
+            ...(Object.keys(timeouts).length > 0 && { timeouts }),
+        };
+        return link.run(async (conn, retry) => {
+            // A result that arrived on its own (the job ended while the connection was down) wins.
+            if (this.lastResult)
+                return this.lastResult;
+            // After a resume nobody knows whether the first flash reached the agent. Sending it again
+            // settles it: a job starts only if none runs on this lease; a running one answers `job-running`
+            // and then this request with its result.
+            if (retry)
+                this.story.line('Asking the agent for the job again (it starts one only if the first request never arrived)');
+            try {
+                return await conn.flash(request);
+            }
+            catch (err) {
+                if (this.lastResult)
+                    return this.lastResult;
+                throw err;
+            }
+        });
     }
     onEvent(message) {
         if ('job' in message && typeof message.job === 'string' && message.job !== this.jobId) {
@@ -42800,209 +43147,33 @@ class FlashRun {
             case 'progress':
                 this.story.handle(message);
                 break;
-            case 'result': {
-                const { type: _t, re: _r, ...result } = message;
-                this.lastResult = result;
+            case 'job-running':
+                this.story.line('The agent is still running the job: waiting for its result');
+                break;
+            case 'result':
+                this.lastResult = message;
                 // The agent ended the lease with the result: nothing is left for the post step to cancel.
                 this.d.saveState(State.lease, '');
-                this.resultArrived?.();
                 break;
-            }
             case 'error':
                 if (message.re === undefined)
                     this.story.line(`agent: ${message.code}: ${message.message}`);
                 break;
         }
     }
-    async connect(reconnecting) {
-        const settings = this.settings;
-        // A reconnect happens inside another phase (upload, transfer…): it stays in that phase's group.
-        if (!reconnecting)
-            this.story.phaseStart('connect');
-        const url = settings.agentUrl.toString();
-        const attempt = this.d.connect({
-            url,
-            token: settings.token,
-            ...(settings.caCert !== undefined && { ca: settings.caCert }),
-            client: `rpi-flash-action (${settings.holder})`,
-            connectTimeoutMs: settings.connectTimeoutMs,
-            onEvent: (m) => this.onEvent(m),
-        });
-        try {
-            this.conn = await unlessAborted(withTimer(attempt, settings.connectTimeoutMs, () => new main_CodedError('CONNECT_FAILED', `no answer from the agent at ${url} within connect-timeout (${settings.connectTimeoutMs / 1000} s)`)), this.abort.signal);
-        }
-        catch (err) {
-            attempt.then((late) => late.close(), () => { });
-            if (reconnecting)
-                throw err;
-            const code = main_codeOf(err);
-            throw new main_CodedError(code === 'CONNECTION_LOST' || code === 'INTERNAL' ? 'CONNECT_FAILED' : code, main_messageOf(err));
-        }
-        this.story.line(`Connected to ${url}${reconnecting ? ' again' : ''}`);
-        if (!reconnecting)
-            this.story.phaseEnd('connect');
-    }
-    async leaseTarget() {
-        const settings = this.settings;
-        this.story.phaseStart('queue');
-        this.story.line(`Leasing ${settings.target} as "${settings.holder}"`);
-        const leasing = this.conn.lease(settings.target, { holder: settings.holder });
-        leasing.catch(() => { });
-        const queueTimer = setTimeout(() => this.abort.abort(new main_CodedError('QUEUE_TIMEOUT', `${settings.target} stayed busy past queue-timeout (${settings.queueTimeoutMs / 1000} s)`)), settings.queueTimeoutMs);
-        try {
-            this.leased = await unlessAborted(leasing, this.abort.signal);
-        }
-        finally {
-            clearTimeout(queueTimer);
-        }
-        this.d.saveState(State.lease, this.leased.lease);
-        const t = this.leased.target;
-        this.story.line(`Leased ${t.name} (${t.ip}, ${t.mac}${t.model ? `, ${t.model}` : ''})`);
-        this.story.phaseEnd('queue');
-    }
-    /** After a lost connection: reconnect with backoff and take the lease back. Throws when it cannot. */
-    async resume(cause) {
-        this.conn?.close();
-        for (const wait of RECONNECT_DELAYS_MS) {
-            this.story.line(`Connection lost (${main_messageOf(cause)}); reconnecting in ${wait / 1000} s`);
-            await delay(wait, this.abort.signal);
-            try {
-                await this.connect(true);
-                this.leased = await unlessAborted(this.conn.lease(this.settings.target, { lease: this.leased.lease }), this.abort.signal);
-                this.story.line(`Lease ${this.leased.lease} resumed`);
-                return;
-            }
-            catch (err) {
-                if (this.abort.signal.aborted || !isConnectionLost(err))
-                    throw err;
-                this.conn?.close();
-                cause = err;
-            }
-        }
-        throw new main_CodedError('CONNECT_FAILED', `lost the connection to the agent and could not resume in ${RECONNECT_DELAYS_MS.length} attempts: ${main_messageOf(cause)}`);
-    }
-    async uploadImage() {
-        const image = this.image;
-        this.story.phaseStart('upload');
-        let busyRetries = 0;
-        for (;;) {
-            try {
-                this.upload = await unlessAborted(this.conn.upload({
-                    path: image.path,
-                    sha256: image.sha256,
-                    size: image.size,
-                    compression: image.compression,
-                    ...(image.imageSize !== undefined && { imageSize: image.imageSize }),
-                    name: image.name,
-                    onProgress: (received, total) => this.story.progress('upload', received, total),
-                }), this.abort.signal);
-                break;
-            }
-            catch (err) {
-                if (!this.abort.signal.aborted && isUploadInProgressElsewhere(err)) {
-                    // Another job (e.g. the next matrix leg) is uploading the same image. When it is done the
-                    // agent holds the image and this upload is skipped; if it is abandoned, this one resumes
-                    // from its bytes. job-timeout bounds the wait.
-                    const wait = UPLOAD_BUSY_DELAYS_MS[Math.min(busyRetries++, UPLOAD_BUSY_DELAYS_MS.length - 1)];
-                    this.story.line(`Another connection is uploading this image to the agent; trying again in ${wait / 1000} s`);
-                    await delay(wait, this.abort.signal);
-                    continue;
-                }
-                if (this.abort.signal.aborted || !isConnectionLost(err))
-                    throw err;
-                await this.resume(err);
-            }
-        }
-        if (this.upload.skipped)
-            this.story.line('The agent already holds this image: nothing to upload');
-        this.story.phaseEnd('upload');
-    }
-    async flashImage() {
-        const settings = this.settings;
-        const timeouts = {
-            ...(settings.boardTimeoutSeconds !== undefined && { boardShow: settings.boardTimeoutSeconds }),
-            ...(settings.bootTimeoutSeconds !== undefined && { boot: settings.bootTimeoutSeconds }),
-        };
-        const request = {
-            sha256: this.image.sha256,
-            ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
-            ...(Object.keys(timeouts).length > 0 && { timeouts }),
-        };
-        let resent = false;
-        for (;;) {
-            try {
-                return await unlessAborted(this.conn.flash(request), this.abort.signal);
-            }
-            catch (err) {
-                // A result that arrived on its own (the job ended while the connection was down) wins.
-                if (this.lastResult)
-                    return this.lastResult;
-                if (this.abort.signal.aborted)
-                    throw err;
-                if (resent && main_codeOf(err) === 'BAD_REQUEST') {
-                    // The re-sent flash was refused because this lease already runs a job: the first flash
-                    // reached the agent, which kept the job going through the outage. Its events and result
-                    // come to this connection.
-                    this.story.line('The agent is still running the job: waiting for its result');
-                    try {
-                        return await unlessAborted(this.resultOrLostConnection(), this.abort.signal);
-                    }
-                    catch (lost) {
-                        if (this.abort.signal.aborted || !isConnectionLost(lost))
-                            throw lost;
-                        err = lost;
-                    }
-                }
-                else if (!isConnectionLost(err)) {
-                    throw err;
-                }
-                await this.resume(err);
-                if (this.lastResult)
-                    return this.lastResult;
-                // The `leased` answer does not say whether the flash reached the agent before the cut
-                // (protocol 1). Sending it again settles it: it starts the job only if none runs on this
-                // lease, and is refused with BAD_REQUEST if one does; a job that ended meanwhile has
-                // already delivered its result on resume (handled above).
-                this.story.line('Asking the agent for the job again (it starts one only if the first request never arrived)');
-                resent = true;
-            }
-        }
-    }
-    /** The job's result, delivered as an event; rejects when the connection drops while waiting. */
-    resultOrLostConnection() {
-        if (this.lastResult)
-            return Promise.resolve(this.lastResult);
-        return new Promise((resolve, reject) => {
-            // The session offers no close event, so poll it; the result itself arrives as an event.
-            const poll = setInterval(() => {
-                if (this.conn?.closed) {
-                    finish();
-                    reject(new ConnectionLostError('the connection to the agent closed while waiting for the result'));
-                }
-            }, RESULT_POLL_MS);
-            const finish = () => {
-                clearInterval(poll);
-                this.resultArrived = undefined;
-            };
-            this.resultArrived = () => {
-                finish();
-                resolve(this.lastResult);
-            };
-            this.abort.signal.addEventListener('abort', finish, { once: true });
-        });
-    }
     /** Asks the agent to cancel this lease's job; bounded, never throws (a failing cancel is only logged). */
     async cancelOnAgent(reason) {
-        const conn = this.conn;
-        if (!conn || conn.closed || !this.leased)
+        const conn = this.link?.session;
+        const leased = this.link?.leased;
+        if (!conn || conn.isClosed || !leased)
             return;
         try {
             await withTimer(conn.cancel({ reason }), CANCEL_ANSWER_MS, () => new Error(`no answer within ${CANCEL_ANSWER_MS / 1000} s`));
             this.d.saveState(State.lease, '');
-            this.story.line(`Cancelled on the agent (lease ${this.leased.lease})`);
+            this.story.line(`Cancelled on the agent (lease ${leased.lease})`);
         }
         catch (err) {
-            this.story.line(`Could not cancel on the agent: ${main_messageOf(err)} (the post step tries again)`);
+            this.story.line(`Could not cancel on the agent: ${messageOf(err)} (the post step tries again)`);
         }
     }
     onSignal(signal) {
@@ -43012,39 +43183,20 @@ class FlashRun {
         this.story.line(`${signal} received: cancelling the job`);
         // A hard stop in case something hangs; unref'd so a clean finish is not delayed by it.
         setTimeout(() => this.d.exit(1), CANCEL_GRACE_MS).unref();
-        this.abortedForCancel = true;
+        this.cancelAsked = true;
         const cancelled = this.cancelOnAgent(`${signal} on the runner`);
-        void cancelled.finally(() => this.abort.abort(new main_CodedError('CANCELLED', `cancelled by ${signal}`)));
+        void cancelled.finally(() => this.abort.abort(new errors_CodedError('CANCELLED', `cancelled by ${signal}`)));
     }
-    outcome(result, code, message, jobResult) {
-        const image = this.image;
-        const timings = { ...this.story.timings(), ...jobResult?.timings };
-        const target = jobResult?.target ?? this.leased?.target;
-        const jobId = jobResult?.job ?? this.jobId;
-        // Where it failed: the last phase the agent timed (events may have been lost in an outage), else the story's.
-        const agentPhases = jobResult ? PHASES.filter((p) => jobResult.timings[p] !== undefined) : [];
-        const failedPhase = result === 'success' ? undefined : (agentPhases[agentPhases.length - 1] ?? this.story.lastPhase);
+    /** What the run got to, for the outcome. */
+    record() {
         return {
-            result,
-            code,
-            message: message || outputs_ActionCodes[code] || code,
-            ...(failedPhase !== undefined && { phase: failedPhase }),
             targetSpec: this.settings?.target ?? this.d.getInput('target'),
-            ...(target !== undefined && { target }),
-            ...(image !== undefined && {
-                image: {
-                    name: image.name,
-                    source: image.source,
-                    sha256: image.sha256,
-                    size: image.size,
-                    compression: image.compression,
-                    ...(image.imageSize !== undefined && { imageSize: image.imageSize }),
-                },
-            }),
-            ...(jobId !== undefined && { jobId }),
-            ...(jobResult !== undefined && { bytesWritten: jobResult.bytesWritten, parts: jobResult.parts }),
-            ...(this.upload !== undefined && { uploadSkipped: this.upload.skipped }),
-            timings,
+            image: this.image,
+            target: this.link?.leased?.target,
+            jobId: this.jobId,
+            upload: this.upload,
+            timings: this.story.timings(),
+            lastPhase: this.story.lastPhase,
         };
     }
 }
@@ -43056,6 +43208,8 @@ class FlashRun {
  * connection so the board and its staged files are freed now rather than after the agent's grace
  * period. It never fails the job: the main step already decided the result.
  */
+
+
 
 
 
@@ -43076,7 +43230,6 @@ async function runPost(overrides = {}) {
         return;
     }
     info(`The main step ended holding lease ${lease} on ${d.getState(State.target)}: cancelling it on the agent.`);
-    let timer;
     let conn;
     try {
         const settings = parseSettings(d.getInput, { env: d.env, registerSecret: (s) => core_setSecret(s) });
@@ -43090,17 +43243,14 @@ async function runPost(overrides = {}) {
             });
             await conn.cancel({ lease, reason: 'post step: the main step ended without releasing its lease' });
         })();
-        const timeout = new Promise((_, reject) => {
-            timer = setTimeout(() => reject(new Error(`no answer within ${POST_TIMEOUT_MS / 1000} s`)), POST_TIMEOUT_MS);
-        });
-        await Promise.race([work, timeout]);
+        await withTimer(work, POST_TIMEOUT_MS, () => new Error(`no answer within ${POST_TIMEOUT_MS / 1000} s`));
         info(`Lease ${lease} released.`);
     }
     catch (err) {
-        warning(`Could not cancel lease ${lease} on the agent: ${err?.message ?? err}. The agent frees it after its grace period.`);
+        warning(`Could not cancel lease ${lease} on the agent: ${messageOf(err)}. ` +
+            'The agent frees it after its grace period.');
     }
     finally {
-        clearTimeout(timer);
         conn?.close();
     }
 }
@@ -43115,13 +43265,36 @@ async function runPost(overrides = {}) {
 
 
 
-const isPost = getState(State.isPost) === 'true';
-if (!isPost)
-    saveState(State.isPost, 'true');
-(isPost ? runPost() : run()).catch((err) => {
+
+/** Any thrown value, an Error or not, coded or not, fails the step with a message that says what it was. */
+function src_fail(err) {
     // Already reported with outputs, summary and a titled annotation: only the exit code is left to set.
-    if (err instanceof ReportedFailure)
+    if (err instanceof ReportedFailure) {
         process.exitCode = 1;
-    else
-        setFailed(`${err?.message ?? err}`);
-});
+        return;
+    }
+    let message;
+    try {
+        message = messageOf(err) || String(err);
+    }
+    catch {
+        message = 'a thrown value that cannot be turned into text';
+    }
+    setFailed(`${codeOf(err)}: ${message || 'failed without a message'}`);
+}
+// A throw outside the awaited chain (a callback, a promise nobody awaits) would crash Node with a
+// stack trace and no failed step: it fails the step like any other, then ends the process as the
+// crash would have.
+for (const event of ['uncaughtException', 'unhandledRejection']) {
+    process.on(event, (err) => {
+        src_fail(err);
+        process.exit(1);
+    });
+}
+// Inside an async function, so that a throw while deciding which step this is fails the step too.
+void (async () => {
+    const isPost = getState(State.isPost) === 'true';
+    if (!isPost)
+        saveState(State.isPost, 'true');
+    await (isPost ? runPost() : run());
+})().catch(src_fail);
