@@ -294,7 +294,7 @@ export class AgentService implements ConnectionHandler {
       await this.runFlash(s, m);
     } catch (err) {
       // The error answers this request on the connection it came from. A client that has resumed on
-      // another one since was told `job-running` and waits there, under this request's id.
+      // another connection since may wait there for it, having been told `job-running`.
       if (s.conn && s.conn.id !== conn.id)
         s.conn.send({ type: 'error', re: m.id, code: codeOf(err), message: messageOf(err) });
       throw err;
