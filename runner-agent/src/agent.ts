@@ -76,6 +76,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     ...(o.tftpFaults ? { faults: o.tftpFaults } : {}),
     // The server logs each transfer itself; the job that owns the file reports it in its story.
     onTransferEnd: (t) => files.transferEnded(t),
+    onProgress: (p) => files.transferProgress(p),
   });
   const tftpAddress = await tftpServer.listen();
   log.info('tftp listening', { address: tftpAddress.address, port: tftpAddress.port, root: config.tftp.root });
@@ -100,7 +101,8 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
           cardSize: config.sim.cardSize,
           faults: t.reset.kind === 'sim' ? t.reset.options : [],
           log: log.child({ target: t.name, part: 'sim-board' }),
-          fetch: (p, opts) => tftpGet({ host, port: tftpAddress.port, path: p, ...opts }),
+          // Each simulated board sends from its own address, as a real one does.
+          fetch: (p, opts) => tftpGet({ host, port: tftpAddress.port, path: p, localAddress: t.ip, ...opts }),
         }),
       );
     }

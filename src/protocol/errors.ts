@@ -44,6 +44,8 @@ export const AgentCodes = {
   BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
   BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
   BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
+  REPORT_REJECTED:
+    "A board report was refused: it named a part the agent had not served in full to the board's address, or came out of order; the card may hold anything.",
   VERIFY_MISMATCH: "The board's reports do not match what the agent expected (CRC, order, or missing parts).",
   BOOT_TIMEOUT: 'The new system did not pass the boot check in time.',
   CANCELLED: 'The client cancelled the job.',

@@ -36,7 +36,14 @@ export function partFile(mac: string, jobId: string, index: number): string {
   return `${macDir(mac)}/${jobId}/part-${String(index).padStart(3, '0')}`;
 }
 
-/** Prefix of every beacon a board reads to report (`<macdir>/<job>/report/<message>`). */
-export function reportPrefix(mac: string, jobId: string): string {
-  return `${macDir(mac)}/${jobId}/report/`;
+/** The per-job secret in report names (hex): only the job's `flash.scr` holds it. */
+export const REPORT_SECRET_PATTERN = /^[0-9a-f]{16,64}$/;
+
+/**
+ * Prefix of every beacon a board reads to report: `<macdir>/<job>/<secret>/<message>`. A name
+ * without the job's secret is no report, so no one who has not read the board's script can report.
+ */
+export function reportPrefix(mac: string, jobId: string, secret: string): string {
+  if (!REPORT_SECRET_PATTERN.test(secret)) throw new Error('report secret must be 16 to 64 lower-case hex digits');
+  return `${macDir(mac)}/${jobId}/${secret}/`;
 }

@@ -17,6 +17,8 @@ import { BoardResetRequest, UBootShell } from '../../runner-agent/src/sim/uboot-
 
 export const MAC = 'b8:27:eb:28:f6:6d';
 export const JOB = 'job0001';
+/** The job's report secret in these scripts. */
+export const SECRET = '0123456789abcdef';
 export const CARD_FILL = 0xee;
 
 export function testImage(size: number, seed = 1): Buffer {
@@ -61,6 +63,7 @@ export async function runStage2(h: HarnessOptions) {
   const script = generateStage2Script({
     jobId: JOB,
     mac: MAC,
+    reportSecret: SECRET,
     parts,
     retries: h.retries ?? 2,
     loadAddr: 0x1000_0000,
@@ -73,7 +76,7 @@ export async function runStage2(h: HarnessOptions) {
   const messages: string[] = [];
   const attempts = new Map<string, number>();
   const tftpRequests: Array<{ path: string; blksize: number; windowsize: number }> = [];
-  const prefix = reportPrefix(MAC, JOB);
+  const prefix = reportPrefix(MAC, JOB, SECRET);
   let writes = 0;
   const console: string[] = [];
   const shell = new UBootShell({

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { boardCrcText, type Beacon } from '../../runner-agent/src/board/beacons.js';
 import { generateStage2Script, planParts, SECTOR } from '../../runner-agent/src/board/stage2-script.js';
 import { parseHush, simpleCommands, VAR_MARK } from '../../runner-agent/src/sim/hush-parser.js';
-import { CARD_FILL, JOB, MAC, runStage2, stageParts, testImage } from './flash-harness.js';
+import { CARD_FILL, JOB, MAC, runStage2, SECRET, stageParts, testImage } from './flash-harness.js';
 
 const RPI_COMMANDS = new Set(
   readFileSync(new URL('../fixtures/uboot-commands-rpi.txt', import.meta.url), 'utf8')
@@ -99,6 +99,7 @@ describe('generateStage2Script', () => {
   const base = {
     jobId: JOB,
     mac: MAC,
+    reportSecret: SECRET,
     parts,
     retries: 2,
     loadAddr: 0x1000_0000,

@@ -9,7 +9,7 @@ import { generateStage2Script } from '../../runner-agent/src/board/stage2-script
 import { buildScriptImage } from '../../runner-agent/src/board/uimage.js';
 import { silentLogger } from '../../runner-agent/src/log.js';
 import { SimBoard, SimLab, type SimBoardOptions } from '../../runner-agent/src/sim/index.js';
-import { JOB, MAC, stageParts, testImage } from '../board/flash-harness.js';
+import { JOB, MAC, SECRET, stageParts, testImage } from '../board/flash-harness.js';
 
 const CARD_SIZE = 1024 * 1024;
 let dir: string;
@@ -38,6 +38,7 @@ function stagedServer(image: Buffer, partSize: number, scriptOptions: { retries?
   const script = generateStage2Script({
     jobId: JOB,
     mac: MAC,
+    reportSecret: SECRET,
     parts,
     retries: scriptOptions.retries ?? 2,
     loadAddr: 0x1000_0000,
@@ -49,7 +50,7 @@ function stagedServer(image: Buffer, partSize: number, scriptOptions: { retries?
   files.set(flashScr, buildScriptImage(script, { name: `rpi-flash ${JOB}` }));
   const beacons: Array<Beacon | null> = [];
   const fetched: string[] = [];
-  const prefix = reportPrefix(MAC, JOB);
+  const prefix = reportPrefix(MAC, JOB, SECRET);
   const fetch: SimBoardOptions['fetch'] = async (p) => {
     fetched.push(p);
     if (p.startsWith(prefix)) {

@@ -58,6 +58,8 @@ export class FlashJob {
   /** Resolves whatever the job is waiting for from the board. */
   private wake: (() => void) | undefined;
   private lastActivity = Date.now();
+  /** Texts the job's log and console lines never show (a layout's report secret). */
+  private readonly secrets: string[] = [];
 
   constructor(private readonly o: FlashJobOptions) {
     this.method = o.layout(o, this.boardWatch());
@@ -137,6 +139,9 @@ export class FlashJob {
         // From here on, console lines are the new system's: only they may pass a console: check.
         this.consoleSince = this.console?.mark();
       },
+      redact: (secret) => {
+        if (secret) this.secrets.push(secret);
+      },
     };
   }
 
@@ -190,7 +195,13 @@ export class FlashJob {
     });
   }
 
-  private log(level: LogEvent['level'], message: string, source: LogEvent['source'] = 'agent'): void {
+  /** The text as the job may show it: every secret replaced. */
+  private redacted(text: string): string {
+    return this.secrets.reduce((t, secret) => t.replaceAll(secret, '<secret>'), text);
+  }
+
+  private log(level: LogEvent['level'], text: string, source: LogEvent['source'] = 'agent'): void {
+    const message = this.redacted(text);
     this.o.log[level](message, { phase: this.phase, ...(source !== 'agent' ? { source } : {}) });
     this.o.emit({ type: 'log', job: this.o.id, level, source, phase: this.phase, message, time: Date.now() });
   }
@@ -222,7 +233,7 @@ export class FlashJob {
             level: 'info',
             source: 'console',
             phase: this.phase,
-            message: line,
+            message: this.redacted(line),
             time,
           }),
       });
@@ -246,7 +257,8 @@ export class FlashJob {
         console: this.console?.stats(),
       };
       await writeFile(path.join(this.o.recordDir, `${this.o.id}.json`), JSON.stringify(record, null, 2) + '\n');
-      if (this.console) await writeFile(path.join(this.o.recordDir, `${this.o.id}.console.log`), this.console.text());
+      if (this.console)
+        await writeFile(path.join(this.o.recordDir, `${this.o.id}.console.log`), this.redacted(this.console.text()));
     } catch (err) {
       this.o.log.warn('could not keep the job record', { error: (err as Error).message });
     }

@@ -41,6 +41,8 @@ export interface BoardWatch {
   fail(code: ErrorCode, message: string): void;
   /** The board says it is done writing: from here on its console is the new system's. */
   flashDone(): void;
+  /** Never show this text (a secret the board holds) in the job's log or console lines. */
+  redact(secret: string): void;
 }
 
 /** One job's flash, as a layout runs it. Called in this order; `unstage` always, whatever failed. */

@@ -4,7 +4,14 @@
  * and the board reports each step by reading beacons (board/beacons.ts). Layouts differ only in
  * what they change in the image on the way (patches) and which parts they have written; they build
  * this method with their choices (whole.ts, inject.ts).
+ *
+ * A report counts only when the board earned it: beacon names carry a per-job secret that only
+ * the board's flash.scr holds (and the folder is served to the board's address only), a part's
+ * success is believed only once the board has acknowledged that part's download in full (all
+ * but the last window: U-Boot does not resend a lost final ACK), and reports must come in order.
+ * Anything else fails the job with REPORT_REJECTED.
  */
+import { randomBytes } from 'node:crypto';
 import { FLASH_SCRIPT, macDir, partFile, reportPrefix } from '../../../src/protocol/tftp-names.js';
 import { formatBytes, hex8 } from '../../../src/protocol/units.js';
 import { CodedError } from '../../../src/protocol/errors.js';
@@ -15,7 +22,7 @@ import { buildScriptImage } from '../board/uimage.js';
 import type { Patch } from '../image/disk.js';
 import type { StagedFile } from '../staging/board-files.js';
 import { ImageView } from '../staging/image-view.js';
-import type { TftpRequest, TransferEnd } from '../tftp/server.js';
+import type { TftpProgress, TftpRequest, TransferEnd } from '../tftp/server.js';
 import type { BoardWatch, FlashMethod, FlashOutcome, LayoutJob } from './layout.js';
 
 export interface Stage2Choices {
@@ -31,6 +38,9 @@ interface PartState extends Stage2Part {
   status: PartReport['status'];
   retries: number;
   boardCrc?: string;
+  /** Of the part's latest download: bytes the board acknowledged, and the bytes of one window. */
+  acked: number;
+  windowBytes: number;
 }
 
 /** Builds the stage-2 flash method of one job with a layout's choices. */
@@ -49,6 +59,8 @@ class Stage2Flash implements FlashMethod {
   private readonly boardFailures: string[] = [];
   private tftpOptions: Record<string, string> | undefined;
   private lastProgressEmit = 0;
+  /** In every report name; known to the agent and the board's flash.scr only. */
+  private readonly secret = randomBytes(8).toString('hex');
 
   constructor(
     private readonly job: LayoutJob,
@@ -56,6 +68,7 @@ class Stage2Flash implements FlashMethod {
     private readonly choices: Stage2Choices,
   ) {
     this.macdir = macDir(job.target.mac);
+    board.redact(this.secret);
   }
 
   async stage(): Promise<void> {
@@ -83,8 +96,16 @@ class Stage2Flash implements FlashMethod {
       crc32: crcs[p.index - 1]!,
       status: 'missing',
       retries: 0,
+      acked: 0,
+      windowBytes: 0,
     }));
-    const script = generateStage2Script({ ...flash, jobId: id, mac: target.mac, parts: this.parts });
+    const script = generateStage2Script({
+      ...flash,
+      jobId: id,
+      mac: target.mac,
+      reportSecret: this.secret,
+      parts: this.parts,
+    });
     const scriptImage = buildScriptImage(script, { name: `rpi-flash ${id}` });
     const files = new Map<string, StagedFile>([[FLASH_SCRIPT, { kind: 'buffer', data: scriptImage }]]);
     for (const p of this.parts) {
@@ -104,9 +125,9 @@ class Stage2Flash implements FlashMethod {
         jobId: id,
         targetIp: target.ip,
         files,
-        beaconPrefix: this.relative(reportPrefix(target.mac, id)),
+        beaconPrefix: this.relative(reportPrefix(target.mac, id, this.secret)),
         onRead: (rel, req) => this.onRead(rel, req),
-        onProgress: (rel, done, size) => this.onProgress(rel, done, size),
+        onProgress: (rel, p) => this.onProgress(rel, p),
         onBeacon: (message) => this.onBeacon(message),
         onTransferEnd: (rel, t) => this.onTransferEnd(rel, t),
       },
@@ -196,6 +217,8 @@ class Stage2Flash implements FlashMethod {
     } else {
       const part = this.partOf(rel);
       if (part) {
+        // A new download of the part: what counts is what the board acknowledges of this one.
+        part.acked = 0;
         const asked = optionsText(req.options);
         this.board.log(
           'info',
@@ -212,6 +235,7 @@ class Stage2Flash implements FlashMethod {
     const negotiated = optionsText(t.options) || 'none (plain RFC 1350)';
     const which = `part ${part.index}/${this.parts.length}`;
     if (t.ok) {
+      part.acked = part.servedSize;
       this.tftpOptions = { ...t.options };
       const rate = t.ms > 0 ? ` (${(t.bytes / 1e6 / (t.ms / 1000)).toFixed(1)} MB/s)` : '';
       const secs = (t.ms / 1000).toFixed(2);
@@ -223,16 +247,43 @@ class Stage2Flash implements FlashMethod {
     this.board.activity();
   }
 
-  private onProgress(rel: string, done: number, size: number): void {
+  private onProgress(rel: string, p: TftpProgress): void {
     const part = this.partOf(rel);
     if (!part) return;
+    part.acked = Math.max(part.acked, p.sent);
+    part.windowBytes = p.windowBytes;
     this.board.activity();
     const now = Date.now();
-    if (done < size && now - this.lastProgressEmit < PROGRESS_EVERY_MS) return;
+    if (p.sent < p.size && now - this.lastProgressEmit < PROGRESS_EVERY_MS) return;
     this.lastProgressEmit = now;
-    const before = this.parts.filter((p) => p.index < part.index).reduce((s, p) => s + p.servedSize, 0);
-    const total = this.parts.reduce((s, p) => s + p.servedSize, 0);
-    this.board.progress({ phase: 'transfer', done: before + done, total, part: part.index, parts: this.parts.length });
+    const before = this.parts.filter((q) => q.index < part.index).reduce((s, q) => s + q.servedSize, 0);
+    const total = this.parts.reduce((s, q) => s + q.servedSize, 0);
+    this.board.progress({
+      phase: 'transfer',
+      done: before + p.sent,
+      total,
+      part: part.index,
+      parts: this.parts.length,
+    });
+  }
+
+  /** Why a success report cannot be believed (not served in full, or out of order), or undefined. */
+  private unearned(b: Extract<Beacon, { kind: 'part-ok' } | { kind: 'done' }>): string | undefined {
+    if (b.kind === 'done') {
+      if (!b.ok) return undefined;
+      const open = this.parts.find((p) => p.status !== 'ok');
+      return open && `the board reported done-ok before part ${open.index}/${this.parts.length} was reported written`;
+    }
+    const part = this.parts.find((p) => p.index === b.part);
+    if (!part) return `the board reported part ${b.part}, which this job does not have`;
+    const earlier = this.parts.find((p) => p.index < part.index && p.status !== 'ok');
+    if (earlier) return `the board reported part ${part.index} before part ${earlier.index} (out of order)`;
+    if (part.acked < part.servedSize - part.windowBytes || part.acked === 0)
+      return (
+        `the board reported part ${part.index} written, but acknowledged only ${part.acked} of its ` +
+        `${part.servedSize} bytes (the agent had not served it in full to ${this.job.target.ip})`
+      );
+    return undefined;
   }
 
   private onBeacon(message: string): void {
@@ -245,6 +296,15 @@ class Stage2Flash implements FlashMethod {
   private apply(b: Beacon, raw: string): void {
     const part = 'part' in b ? this.parts.find((p) => p.index === b.part) : undefined;
     const count = this.parts.length;
+    const refused = b.kind === 'part-ok' || b.kind === 'done' ? this.unearned(b) : undefined;
+    if (refused) {
+      // A success nobody earned: the card may hold anything. Hide the files so nothing more is
+      // fetched, and end the job with the code that says so.
+      this.job.files.withdraw(this.macdir);
+      this.board.log('error', `report refused: ${raw}: ${refused}`, 'board');
+      this.board.fail('REPORT_REJECTED', refused);
+      return;
+    }
     switch (b.kind) {
       case 'start':
         this.board.log('info', 'stage 2 started on the board', 'board');

@@ -5,13 +5,21 @@
  * holds the generated `flash.scr` and a `job.json` manifest so an operator can see what is staged;
  * the parts are never copied — they are served as byte ranges of the stored image. A folder exists
  * only while its target has a job: `unstage` removes it, and start-up removes any left by a crash.
+ * The folder is the agent's alone (mode 0700): `flash.scr` holds the job's report secret, which no
+ * other local user may read; over TFTP a folder is served only to its target's address.
  */
 import { open, mkdir, rm, readdir, writeFile, rename, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { isIPv4 } from 'node:net';
 import type { Logger } from '../log.js';
 import type { ImageView } from './image-view.js';
-import type { TftpFile, TftpRequest, TftpResolver, TftpWriteTarget, TransferEnd } from '../tftp/server.js';
+import type {
+  TftpFile,
+  TftpProgress,
+  TftpRequest,
+  TftpResolver,
+  TftpWriteTarget,
+  TransferEnd,
+} from '../tftp/server.js';
 import { TftpAccessError } from '../tftp/server.js';
 
 /** A file a staged job offers, relative to its macdir. */
@@ -22,15 +30,18 @@ export type StagedFile =
 
 export interface StagedJob {
   jobId: string;
-  /** The target's IP: requests from any other non-loopback address are refused. */
+  /** The target's IP: requests from any other address are refused (unless checkClientIp is off). */
   targetIp: string;
   files: Map<string, StagedFile>;
-  /** The prefix (relative to macdir) under which any name is a beacon, e.g. `<job>/report/`; none = no beacons. */
+  /**
+   * The prefix (relative to macdir) under which any name is a beacon, `<job>/<secret>/`; none = no
+   * beacons. It is never written to a log: the secret in it is what makes a report the board's.
+   */
   beaconPrefix?: string;
   /** Called for every read request of this job's files, before it is served. */
   onRead(relPath: string, req: TftpRequest): void;
-  /** Bytes of a file handed to the TFTP server so far. */
-  onProgress(relPath: string, done: number, size: number): void;
+  /** A transfer of one of this job's files moved on: what the board acknowledged so far. */
+  onProgress(relPath: string, p: TftpProgress): void;
   /** A beacon was read; the message is what follows the prefix. */
   onBeacon(message: string, req: TftpRequest): void;
   /** A transfer of one of this job's files ended (with the options actually negotiated). */
@@ -43,10 +54,8 @@ const MACDIR = /^[0-9a-f]{2}(-[0-9a-f]{2}){5}$/;
 const SEED_MACDIR = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const BEACON_ANSWER = Buffer.from('ok\n');
 
-function isLoopback(address: string): boolean {
-  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
-  return (isIPv4(v4) && v4.startsWith('127.')) || address === '::1';
-}
+/** How the TFTP server's log names a beacon: the secret part of its path left out. */
+const BEACON_LOG_PREFIX = '<report>/';
 
 export class BoardFiles implements TftpResolver {
   private readonly jobs = new Map<string, StagedJob>();
@@ -77,8 +86,8 @@ export class BoardFiles implements TftpResolver {
     if (this.jobs.has(macdir)) throw new Error(`target folder ${macdir} is already staged`);
     const tmp = path.join(this.o.root, `.staging-${macdir}-${job.jobId}`);
     await rm(tmp, { recursive: true, force: true });
-    await mkdir(tmp, { recursive: true });
-    for (const [name, data] of Object.entries(onDisk)) await writeFile(path.join(tmp, name), data);
+    await mkdir(tmp, { recursive: true, mode: 0o700 });
+    for (const [name, data] of Object.entries(onDisk)) await writeFile(path.join(tmp, name), data, { mode: 0o600 });
     const dir = path.join(this.o.root, macdir);
     await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
@@ -105,11 +114,7 @@ export class BoardFiles implements TftpResolver {
     const rel = req.path.slice(slash + 1);
     const job = this.jobs.get(macdir);
     if (!job) return null;
-    if (
-      this.o.checkClientIp &&
-      !isLoopback(req.peer.address) &&
-      req.peer.address.replace(/^::ffff:/, '') !== job.targetIp
-    ) {
+    if (this.o.checkClientIp && req.peer.address.replace(/^::ffff:/, '') !== job.targetIp) {
       // Each board sees only its own folder: another host asking for it is refused and logged.
       this.o.log.warn("tftp request for another target's folder refused", {
         path: req.path,
@@ -126,22 +131,33 @@ export class BoardFiles implements TftpResolver {
     if (!found) return null;
     const { job, rel } = found;
     if (job.beaconPrefix && rel.startsWith(job.beaconPrefix) && rel.length > job.beaconPrefix.length) {
-      job.onBeacon(rel.slice(job.beaconPrefix.length), req);
-      return bufferFile(BEACON_ANSWER);
+      const message = rel.slice(job.beaconPrefix.length);
+      job.onBeacon(message, req);
+      return { ...bufferFile(BEACON_ANSWER), logPath: `${found.macdir}/${BEACON_LOG_PREFIX}${message}` };
     }
     const file = job.files.get(rel);
     if (!file) return null;
     job.onRead(rel, req);
-    const progress = (done: number, size: number) => job.onProgress(rel, done, size);
-    return file.kind === 'buffer' ? bufferFile(file.data, progress) : rangeFile(file, progress);
+    return file.kind === 'buffer' ? bufferFile(file.data) : rangeFile(file);
+  }
+
+  /** Route the TFTP server's progress report (bytes acknowledged) to the job that owns the file. */
+  transferProgress(p: TftpProgress): void {
+    const owner = this.owner(p.path);
+    owner?.job.onProgress(owner.rel, p);
   }
 
   /** Route the TFTP server's end-of-transfer report to the job that owns the file. */
   transferEnded(t: TransferEnd): void {
-    const slash = t.path.indexOf('/');
-    if (slash <= 0) return;
-    const job = this.jobs.get(t.path.slice(0, slash).toLowerCase());
-    job?.onTransferEnd?.(t.path.slice(slash + 1), t);
+    const owner = this.owner(t.path);
+    owner?.job.onTransferEnd?.(owner.rel, t);
+  }
+
+  private owner(tftpPath: string): { job: StagedJob; rel: string } | undefined {
+    const slash = tftpPath.indexOf('/');
+    if (slash <= 0) return undefined;
+    const job = this.jobs.get(tftpPath.slice(0, slash).toLowerCase());
+    return job && { job, rel: tftpPath.slice(slash + 1) };
   }
 
   async resolveWrite(req: TftpRequest): Promise<TftpWriteTarget | null> {
@@ -151,21 +167,16 @@ export class BoardFiles implements TftpResolver {
   }
 }
 
-function bufferFile(data: Buffer, progress?: (done: number, size: number) => void): TftpFile {
+function bufferFile(data: Buffer): TftpFile {
   return {
     size: data.length,
-    async read(position, length) {
-      const chunk = data.subarray(position, Math.min(data.length, position + length));
-      progress?.(position + chunk.length, data.length);
-      return chunk;
+    read(position, length) {
+      return Promise.resolve(data.subarray(position, Math.min(data.length, position + length)));
     },
   };
 }
 
-function rangeFile(
-  file: Extract<StagedFile, { kind: 'range' }>,
-  progress: (done: number, size: number) => void,
-): TftpFile {
+function rangeFile(file: Extract<StagedFile, { kind: 'range' }>): TftpFile {
   // One handle per transfer, opened on the first read and closed by the server when it ends.
   let opening: Promise<FileHandle> | undefined;
   return {
@@ -173,9 +184,7 @@ function rangeFile(
     async read(position, length) {
       const end = Math.min(file.size, position + length);
       const handle = await (opening ??= open(file.view.path, 'r'));
-      const out = await file.view.read(handle, file.offset + position, Math.max(0, end - position));
-      progress(end, file.size);
-      return out;
+      return file.view.read(handle, file.offset + position, Math.max(0, end - position));
     },
     async close() {
       const h = await opening?.catch(() => undefined);

@@ -30,6 +30,8 @@ interface CommonOptions {
   /** Retransmissions in a row before giving up. Default 5. */
   retries?: number;
   signal?: AbortSignal;
+  /** The address to send from (a board's own, for a client that plays one); any unless given. */
+  localAddress?: string;
 }
 
 export interface TftpGetOptions extends CommonOptions {
@@ -106,6 +108,7 @@ class ClientLink {
   constructor(
     private readonly serverAddress: string,
     private readonly serverPort: number,
+    private readonly localAddress?: string,
   ) {
     this.socket = dgram.createSocket({ type: isIP(serverAddress) === 6 ? 'udp6' : 'udp4', lookup: fastLookup });
     this.socket.on('message', (msg, rinfo) => {
@@ -122,7 +125,7 @@ class ClientLink {
   async bind(): Promise<void> {
     await new Promise<void>((resolve, reject) => {
       this.socket.once('error', reject);
-      this.socket.bind(0, () => {
+      this.socket.bind({ port: 0, ...(this.localAddress ? { address: this.localAddress } : {}) }, () => {
         this.socket.off('error', reject);
         resolve();
       });
@@ -173,7 +176,7 @@ function abortError(signal: AbortSignal): Error {
 export async function tftpGetWithInfo(o: TftpGetOptions): Promise<TftpGetResult | null> {
   o.signal?.throwIfAborted();
   const timeoutMs = o.timeoutMs ?? 1000;
-  const link = new ClientLink(await resolveHost(o.host), o.port);
+  const link = new ClientLink(await resolveHost(o.host), o.port, o.localAddress);
   await link.bind();
   const asked = requestedOptions(o, o.tsize ? 0 : undefined);
   const request = encodeRequest(Opcode.RRQ, o.path, 'octet', asked);
@@ -250,7 +253,7 @@ export async function tftpPutWithInfo(o: TftpPutOptions): Promise<TftpTransferIn
   o.signal?.throwIfAborted();
   const timeoutMs = o.timeoutMs ?? 1000;
   const retries = o.retries ?? 5;
-  const link = new ClientLink(await resolveHost(o.host), o.port);
+  const link = new ClientLink(await resolveHost(o.host), o.port, o.localAddress);
   await link.bind();
   const asked = requestedOptions(o, o.tsize === false ? undefined : o.data.length);
   const request = encodeRequest(Opcode.WRQ, o.path, 'octet', asked);

@@ -28,6 +28,8 @@ export { realFileResolver } from './real-file-resolver.js';
 
 export interface TftpFile {
   readonly size: number;
+  /** How the server's log names the transfer, when the path holds what must not be written down. */
+  readonly logPath?: string;
   read(position: number, length: number): Promise<Buffer>;
   close?(): Promise<void>;
 }
@@ -56,6 +58,8 @@ export interface TftpResolver {
 export interface TransferEnd {
   kind: 'read' | 'write';
   path: string;
+  /** The name the log gives the transfer (TftpFile.logPath), when not the path. */
+  logPath?: string;
   peer: TftpPeer;
   /** Bytes acknowledged by the client (read) or received (write). */
   bytes: number;
@@ -72,8 +76,11 @@ export interface TransferEnd {
 export interface TftpProgress {
   path: string;
   peer: TftpPeer;
+  /** Bytes the client acknowledged: what it demonstrably holds. */
   sent: number;
   size: number;
+  /** Bytes of one window (blksize × windowsize negotiated): what may be in flight unacknowledged. */
+  windowBytes: number;
 }
 export interface TftpServerOptions {
   /** Default '0.0.0.0'. */
@@ -249,12 +256,12 @@ export class TftpServer {
       await link?.close();
       if (end.ok)
         log?.info('TFTP transfer done', {
-          path: end.path,
+          path: end.logPath ?? end.path,
           bytes: end.bytes,
           ms: Math.round(end.ms),
           timeouts: end.timeouts,
         });
-      else log?.warn('TFTP transfer failed', { path: end.path, bytes: end.bytes, error: end.error });
+      else log?.warn('TFTP transfer failed', { path: end.logPath ?? end.path, bytes: end.bytes, error: end.error });
       try {
         this.o.onTransferEnd?.(end);
       } catch (err) {
@@ -278,6 +285,7 @@ export class TftpServer {
       throw err;
     }
     if (!file) return sendError(TftpErrorCode.FILE_NOT_FOUND, 'File not found');
+    if (file.logPath) end.logPath = file.logPath;
     try {
       if (aborted()) throw aborted();
       end.size = file.size;
@@ -301,9 +309,13 @@ export class TftpServer {
           end.bytes = bytes;
           if (!onProgress) return;
           const now = performance.now();
-          if (bytes - lastReport.bytes >= PROGRESS_BYTES || now - lastReport.at >= PROGRESS_MS || bytes === file.size) {
+          // Every ACK of the last window is reported: whoever judges a transfer by its ACKs must
+          // see the last one that came (the final ACK itself may be lost on the way).
+          const windowBytes = n.blksize * n.windowsize;
+          const lastWindow = bytes >= file.size - windowBytes;
+          if (bytes - lastReport.bytes >= PROGRESS_BYTES || now - lastReport.at >= PROGRESS_MS || lastWindow) {
             lastReport = { bytes, at: now };
-            onProgress({ path: req.path, peer: req.peer, sent: bytes, size: file.size });
+            onProgress({ path: req.path, peer: req.peer, sent: bytes, size: file.size, windowBytes });
           }
         },
         corrupt: corrupt && ((block, data) => corrupt(req.path, block, data)),
