@@ -65,7 +65,6 @@ function corrupt(msg: string): InjectError {
   return new InjectError('IMAGE_NO_BOOT_PARTITION', `the boot partition's FAT file system is damaged: ${msg}`);
 }
 
-
 export class FatVolume {
   private nextFreeHint = 2;
   /**

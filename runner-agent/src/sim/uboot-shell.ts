@@ -730,4 +730,3 @@ function dataSize(command: string, fallback: number): number {
       return SIZE_ERR;
   }
 }
-
