@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { BootCheckError, parseBootCheck } from '../protocol/boot-check.js';
-import { CodedError } from '../protocol/errors.js';
+import { CodedError, messageOf } from '../protocol/errors.js';
 import { Inputs } from './constants.js';
 
 export interface ActionSettings {
@@ -79,8 +79,7 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
   const token = required(Inputs.token);
   if (token !== '') {
     options.registerSecret?.(token);
-    if (/[\s\u0000-\u001f\u007f]/.test(token))
-      problems.push(`${Inputs.token}: contains whitespace or control characters`);
+    if (/[\s\p{Cc}]/u.test(token)) problems.push(`${Inputs.token}: contains whitespace or control characters`);
   }
 
   const target = required(Inputs.target);
@@ -199,7 +198,8 @@ function parseCaCert(raw: string, problems: string[], env: NodeJS.ProcessEnv): s
       pem = readFileSync(file, 'utf8');
     } catch (err) {
       problems.push(
-        `${Inputs.caCert}: neither PEM text nor a readable file (${file}: ${(err as NodeJS.ErrnoException).code ?? err})`,
+        `${Inputs.caCert}: neither PEM text nor a readable file ` +
+          `(${file}: ${(err as NodeJS.ErrnoException).code ?? messageOf(err)})`,
       );
       return undefined;
     }

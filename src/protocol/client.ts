@@ -464,7 +464,10 @@ export class AgentConnection {
       { type: 'flash', id: nextId(), ...o },
       { final: ['result'], events: [...JOB_EVENTS, 'job-running'] },
     )) as ResultMessage;
-    const { type: _type, re: _re, ...result } = m;
+    // The result without its envelope, which callers have no use for.
+    const result: JobResult & Partial<Pick<ResultMessage, 'type' | 're'>> = { ...m };
+    delete result.type;
+    delete result.re;
     return result;
   }
 
