@@ -40974,6 +40974,7 @@ const AgentCodes = {
     BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
     BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
     BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
+    REPORT_REJECTED: "A board report was refused: it named a part the agent had not served in full to the board's address, or came out of order; the card may hold anything.",
     VERIFY_MISMATCH: "The board's reports do not match what the agent expected (CRC, order, or missing parts).",
     BOOT_TIMEOUT: 'The new system did not pass the boot check in time.',
     CANCELLED: 'The client cancelled the job.',
@@ -41609,7 +41610,10 @@ class AgentConnection {
      */
     async flash(o) {
         const m = (await this.request({ type: 'flash', id: nextId(), ...o }, { final: ['result'], events: [...JOB_EVENTS, 'job-running'] }));
-        const { type: _type, re: _re, ...result } = m;
+        // The result without its envelope, which callers have no use for.
+        const result = { ...m };
+        delete result.type;
+        delete result.re;
         return result;
     }
     /** Cancel this connection's lease or job (or another lease by id, from a new connection). */
@@ -42761,7 +42765,7 @@ function parseSettings(getInput, options = {}) {
     const token = required(Inputs.token);
     if (token !== '') {
         options.registerSecret?.(token);
-        if (/[\s\u0000-\u001f\u007f]/.test(token))
+        if (/[\s\p{Cc}]/u.test(token))
             problems.push(`${Inputs.token}: contains whitespace or control characters`);
     }
     const target = required(Inputs.target);
@@ -42883,7 +42887,8 @@ function parseCaCert(raw, problems, env) {
             pem = (0,external_node_fs_namespaceObject.readFileSync)(file, 'utf8');
         }
         catch (err) {
-            problems.push(`${Inputs.caCert}: neither PEM text nor a readable file (${file}: ${err.code ?? err})`);
+            problems.push(`${Inputs.caCert}: neither PEM text nor a readable file ` +
+                `(${file}: ${err.code ?? messageOf(err)})`);
             return undefined;
         }
     }
