@@ -33,6 +33,11 @@ export interface AgentConfig {
     resetPulseMs: number;
     /** Layout seed: the seed card's part size (750 MiB); change it only for tests. */
     seedPartSize: number;
+    /**
+     * The slowest a board's card may write, bytes per second: a board is silent while it writes a
+     * part and reads it back, and that silence is no stall.
+     */
+    cardWriteRate: number;
   };
   timeouts: {
     /** Seconds from reset until the board must fetch its script. */
@@ -87,6 +92,8 @@ export const DEFAULTS = {
     beaconAddr: 0x0f10_0000,
     mmcDev: 0,
     seedPartSize: 750 * 1024 ** 2,
+    // SD speed class 2, the slowest the SD specification names.
+    cardWriteRate: 2 * 1024 ** 2,
   },
   timeouts: { boardShow: 90, stall: 120, boot: 300, leaseGrace: 60, shutdown: 10 },
   bootCheck: 'tcp:22',
@@ -267,6 +274,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     'tftpBlockSize',
     'tftpWindowSize',
     'seedPartSize',
+    'cardWriteRate',
   ]);
   const hex = (name: string, v: unknown, dflt: number): number => {
     if (v === undefined) return dflt;
@@ -289,7 +297,10 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     beaconAddr: hex('flash.beaconAddr', flashRaw.beaconAddr, DEFAULTS.flash.beaconAddr),
     mmcDev: int('flash.mmcDev', flashRaw.mmcDev, DEFAULTS.flash.mmcDev, 0, 15),
     seedPartSize: size('flash.seedPartSize', flashRaw.seedPartSize, DEFAULTS.flash.seedPartSize),
+    cardWriteRate: size('flash.cardWriteRate', flashRaw.cardWriteRate, DEFAULTS.flash.cardWriteRate),
   };
+  if (flash.cardWriteRate < 64 * 1024)
+    problems.push(`"flash.cardWriteRate" must be at least 64KiB (per second), got ${flash.cardWriteRate}`);
   if (flashRaw.tftpBlockSize !== undefined)
     flash.tftpBlockSize = int('flash.tftpBlockSize', flashRaw.tftpBlockSize, undefined, 512, 65464);
   if (flashRaw.tftpWindowSize !== undefined)
