@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import dgram from 'node:dgram';
 import WebSocket from 'ws';
 import { startLab, LAB_TOKEN, type Lab } from '../support/lab.js';
+import { WAIT_MS, waitUntil } from '../support/wait.js';
 import { PROTOCOL_VERSION, WS_PATH, type AgentMessage } from '../../src/protocol/messages.js';
 
 let lab: Lab | undefined;
@@ -27,11 +28,22 @@ async function rawSession(url: string) {
     waiters.splice(0).forEach((w) => w());
   });
   await new Promise((r) => ws.once('open', r));
+  /** The first message `pred` takes; after WAIT_MS an error naming it (its source) and what came instead. */
   const next = async (pred: (m: AgentMessage) => boolean): Promise<AgentMessage> => {
+    const deadline = Date.now() + WAIT_MS;
     for (;;) {
       const i = inbox.findIndex(pred);
       if (i >= 0) return inbox.splice(i, 1)[0]!;
-      await new Promise<void>((r) => waiters.push(r));
+      const left = deadline - Date.now();
+      if (left <= 0)
+        throw new Error(`waited ${WAIT_MS} ms for a message ${String(pred)}; unclaimed: ${JSON.stringify(inbox)}`);
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, left);
+        waiters.push(() => {
+          clearTimeout(timer);
+          r();
+        });
+      });
     }
   };
   const send = (m: object) => ws.send(JSON.stringify(m));
@@ -111,9 +123,12 @@ describe('bad input while another job runs', () => {
     await send(Buffer.concat([Buffer.from([0, 1]), Buffer.from('../../etc/passwd\0octet\0')]));
     await send(Buffer.concat([Buffer.from([0, 1]), Buffer.from('02-00-00-00-01-01/../../secret\0octet\0')]));
     await send(Buffer.concat([Buffer.from([0, 2]), Buffer.from('02-00-00-00-01-01/flash.scr\0octet\0')]));
-    await new Promise((r) => setTimeout(r, 300));
+    const tftpErrors = () => answers.filter((a) => a.readUInt16BE(0) === 5);
+    await waitUntil(() => tftpErrors().length >= 3, 'TFTP errors for the traversals and the write', {
+      detail: () => `${answers.length} answer(s) so far`,
+    });
     udp.close();
-    const errors = answers.filter((a) => a.readUInt16BE(0) === 5).map((a) => a.readUInt16BE(2));
+    const errors = tftpErrors().map((a) => a.readUInt16BE(2));
     expect(errors.length).toBeGreaterThanOrEqual(3);
     expect(errors.every((code) => code === 2 || code === 4)).toBe(true);
 

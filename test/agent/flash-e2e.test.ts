@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { startLab, type Lab } from '../support/lab.js';
+import { waitUntil } from '../support/wait.js';
 import type { AgentMessage } from '../../src/protocol/messages.js';
 
 let lab: Lab | undefined;
@@ -144,7 +145,7 @@ describe('a flash job on the simulated lab', () => {
   it('fails with BOOT_TIMEOUT when the new system never answers the boot check', async () => {
     lab = await startLab({
       boards: [{ name: 'mute', mac: '02:00:00:00:00:6a', reset: 'sim:no-boot' }],
-      config: { timeouts: { boardShow: 5, stall: 5, boot: 1, leaseGrace: 2 } },
+      config: { timeouts: { boardShow: 30, stall: 30, boot: 1, leaseGrace: 2 } },
     });
     const conn = await lab.connect();
     const img = await lab.image('f.img', MiB, 6);
@@ -162,7 +163,7 @@ describe('a flash job on the simulated lab', () => {
     const second = await lab.connect((m) => m.type === 'queued' && queued.push(m));
     await first.lease('pi-a', { holder: 'first' });
     const waiting = second.lease('pi-a', { holder: 'second' });
-    await new Promise((r) => setTimeout(r, 200));
+    await waitUntil(() => queued.length > 0, 'the second client to be told it is queued');
     expect(queued).toMatchObject([{ type: 'queued', position: 1, holder: 'first' }]);
     await first.cancel();
     await expect(waiting).resolves.toMatchObject({ target: { name: 'pi-a' } });
@@ -178,7 +179,7 @@ describe('a flash job on the simulated lab', () => {
     await conn.lease('slow');
     await conn.upload({ path: img.path, sha256: img.sha256, size: img.size, compression: 'none' });
     const job = conn.flash({ sha256: img.sha256 });
-    await new Promise((r) => setTimeout(r, 300));
+    await waitUntil(async () => (await lab!.tftpFolders()).length > 0, 'the job to stage its folder');
     expect(await lab.tftpFolders()).toEqual(['02-00-00-00-00-8a']);
     const asked = Date.now();
     await conn.cancel({ reason: 'workflow cancelled' });
@@ -193,7 +194,7 @@ describe('a flash job on the simulated lab', () => {
   it('a client that drops mid-upload resumes from what the agent holds', async () => {
     lab = await startLab({
       boards: [{ name: 'pi-a', mac: '02:00:00:00:00:9a' }],
-      config: { timeouts: { boardShow: 5, stall: 5, boot: 5, leaseGrace: 10 } },
+      config: { timeouts: { boardShow: 30, stall: 30, boot: 30, leaseGrace: 10 } },
     });
     const img = await lab.image('h.img', 24 * MiB, 8);
     const conn = await lab.connect();
@@ -241,12 +242,13 @@ describe('a flash job on the simulated lab', () => {
     await conn.lease('pi-a');
     await conn.upload({ path: img.path, sha256: img.sha256, size: img.size, compression: 'none' });
     void conn.flash({ sha256: img.sha256 }).catch(() => {});
-    await new Promise((r) => setTimeout(r, 200));
+    await waitUntil(() => lab!.logs.some((r) => r.msg === 'job started'), 'the job to start');
     conn.close();
     const other = await lab.connect();
     const start = Date.now();
     await other.lease('pi-a');
-    expect(Date.now() - start).toBeLessThan(5000);
+    // Freed by the 1 s grace, not by the job's end at its 60 s board-show timeout: well under that.
+    expect(Date.now() - start).toBeLessThan(30_000);
     expect(await lab.tftpFolders()).toEqual([]);
     expect(lab.logs.some((r) => r.msg === 'lease lost')).toBe(true);
   });

@@ -10,6 +10,7 @@ import {
 import { silentLogger } from '../../runner-agent/src/log.js';
 import { PROTOCOL_VERSION, WS_PATH, type AgentMessage, type ClientMessage } from '../../src/protocol/messages.js';
 import { connectAgent } from '../../src/protocol/client.js';
+import { waitUntil } from '../support/wait.js';
 
 const token = 'token-for-the-ws-server-tests';
 
@@ -174,7 +175,7 @@ describe('agent WebSocket server', () => {
     await welcome;
     // Stop answering pings: ws answers them automatically, so pause the socket instead.
     (ws as unknown as { _socket: { pause(): void } })._socket.pause();
-    await new Promise((r) => setTimeout(r, 1500));
+    await waitUntil(() => handler.closes.length > 0, 'the server to cut off the silent client');
     expect(handler.closes).toEqual([true]);
     ws!.terminate();
   });

@@ -140,7 +140,8 @@ const needsUnshare = runNamespaced ? '' : ' (skipped: "unshare -rm" is not permi
 function pulseInNamespace(scenario: string, pulseMs: number) {
   const child = path.join(here, 'gpio-sysfs-child.ts');
   const script = `mount -t tmpfs none /sys/class && mkdir /sys/class/gpio && exec node --import tsx "${child}" ${scenario} ${pulseMs}`;
-  const run = spawnSync('unshare', ['-rm', 'sh', '-c', script], { cwd: repoRoot, encoding: 'utf8', timeout: 20_000 });
+  // A hang guard: node with tsx starts in about a second, several on a loaded machine.
+  const run = spawnSync('unshare', ['-rm', 'sh', '-c', script], { cwd: repoRoot, encoding: 'utf8', timeout: 60_000 });
   if (run.status !== 0)
     throw new Error(`namespace child failed (status ${run.status}, signal ${run.signal}): ${run.stderr}`);
   return JSON.parse(run.stdout.trim().split('\n').pop() ?? '') as {

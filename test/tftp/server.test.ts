@@ -13,6 +13,7 @@ import {
   type TransferEnd,
 } from '../../runner-agent/src/tftp/server.js';
 import { makeTempDir, patternedData, RawPeer } from './helpers.js';
+import { waitUntil } from '../support/wait.js';
 
 /** Files served from memory, with a log of what the resolver was asked. */
 function memoryResolver(files: Record<string, Buffer>): TftpResolver & { asked: string[] } {
@@ -48,7 +49,9 @@ describe('TftpServer', () => {
   }
   /** Waits until the server reported `count` finished transfers. */
   async function transfersEnded(count: number): Promise<TransferEnd[]> {
-    for (let i = 0; i < 500 && ends.length < count; i++) await new Promise((r) => setTimeout(r, 10));
+    await waitUntil(() => ends.length >= count, `${count} finished transfer(s)`, {
+      detail: () => `${ends.length} so far`,
+    });
     expect(ends.length).toBe(count);
     return ends;
   }
