@@ -11,8 +11,9 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { PROTOCOL_VERSION } from '../../src/protocol/messages.js';
-import { runAction, type RunOptions } from './run-action.js';
+import { runAction, TEST_TIMEOUT_MS, type RunOptions } from './run-action.js';
 import { LAB_TOKEN, startLab, type Lab } from '../support/lab.js';
+import { waitUntil } from '../support/wait.js';
 
 let lab: Lab | undefined;
 let workspace: string | undefined;
@@ -46,7 +47,6 @@ function act(l: Lab, dir: string, inputs: Record<string, string>, extra: Partial
   return runAction({
     workspace: dir,
     inputs: { 'agent-url': l.agent.url, token: LAB_TOKEN, image: 'sdcard.img', ...inputs },
-    timeoutMs: 60_000,
     ...extra,
   });
 }
@@ -174,7 +174,7 @@ const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
 describe('the action against the agent (simulated lab)', () => {
   it(
     'flashes and boots: exit 0, outputs, summary, groups per phase, nothing left for the post step',
-    { timeout: 90_000 },
+    { timeout: TEST_TIMEOUT_MS },
     async () => {
       const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:0a' }]);
       const { dir, data } = await makeWorkspace(l);
@@ -216,7 +216,7 @@ describe('the action against the agent (simulated lab)', () => {
     ['gzip', ['-c'], '.gz'],
     ['xz', ['-c', '-T1'], '.xz'],
     ['zstd', ['-c', '-q'], '.zst'],
-  ])('flashes a %s-compressed image byte for byte', { timeout: 90_000 }, async (tool, args, ext) => {
+  ])('flashes a %s-compressed image byte for byte', { timeout: TEST_TIMEOUT_MS }, async (tool, args, ext) => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:1a' }]);
     const { dir, data } = await makeWorkspace(l, 2 * MiB);
     writeFileSync(
@@ -231,7 +231,7 @@ describe('the action against the agent (simulated lab)', () => {
     expect(card.subarray(0, data.length).equals(data)).toBe(true);
   });
 
-  it('names an unknown target (UNKNOWN_TARGET, during queue)', { timeout: 60_000 }, async () => {
+  it('names an unknown target (UNKNOWN_TARGET, during queue)', { timeout: TEST_TIMEOUT_MS }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:2a' }]);
     const { dir } = await makeWorkspace(l, 64 * 1024);
     const r = await act(l, dir, { target: 'pi-zz' });
@@ -240,22 +240,26 @@ describe('the action against the agent (simulated lab)', () => {
     expect(r.outputs['result-code']).toBe('UNKNOWN_TARGET');
   });
 
-  it('refuses a wrong token (AUTH_FAILED, during connect) without echoing it', { timeout: 60_000 }, async () => {
-    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:3a' }]);
-    const { dir } = await makeWorkspace(l, 64 * 1024);
-    const r = await act(l, dir, { target: 'pi-a', token: 'wrong-token-value' });
-    expect(r.code, r.stdout + r.stderr).toBe(1);
-    expect(r.stdout).toMatch(/::error title=rpi-flash failed during connect%3A AUTH_FAILED::/);
-    expect(r.stdout).toContain('::add-mask::wrong-token-value');
-  });
+  it(
+    'refuses a wrong token (AUTH_FAILED, during connect) without echoing it',
+    { timeout: TEST_TIMEOUT_MS },
+    async () => {
+      const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:3a' }]);
+      const { dir } = await makeWorkspace(l, 64 * 1024);
+      const r = await act(l, dir, { target: 'pi-a', token: 'wrong-token-value' });
+      expect(r.code, r.stdout + r.stderr).toBe(1);
+      expect(r.stdout).toMatch(/::error title=rpi-flash failed during connect%3A AUTH_FAILED::/);
+      expect(r.stdout).toContain('::add-mask::wrong-token-value');
+    },
+  );
 
   it.each([
     ['sim:no-show', 'BOARD_NO_SHOW', { timeouts: { boardShow: 1, stall: 5, boot: 5, leaseGrace: 2 } }],
     ['sim:fail-write', 'BOARD_REPORTED_FAILURE', undefined],
-    ['sim:no-boot', 'BOOT_TIMEOUT', { timeouts: { boardShow: 5, stall: 5, boot: 1, leaseGrace: 2 } }],
+    ['sim:no-boot', 'BOOT_TIMEOUT', { timeouts: { boardShow: 30, stall: 30, boot: 1, leaseGrace: 2 } }],
   ] as const)(
     'reports a board failure (%s → %s) with a titled annotation and cleans up',
-    { timeout: 90_000 },
+    { timeout: TEST_TIMEOUT_MS },
     async (reset, code, config) => {
       const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:4a', reset }], config);
       const { dir } = await makeWorkspace(l, 2 * MiB);
@@ -269,30 +273,34 @@ describe('the action against the agent (simulated lab)', () => {
     },
   );
 
-  it('waits in line for a busy target, shows its position, and runs when it frees', { timeout: 90_000 }, async () => {
-    const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:5a' }]);
-    const { dir } = await makeWorkspace(l, 1 * MiB);
-    const other = await l.connect();
-    await other.lease('pi-a', { holder: 'someone else' });
-    let freed = false;
-    const r = await act(
-      l,
-      dir,
-      { target: 'pi-a' },
-      {
-        onStdout: (out) => {
-          if (!freed && out.includes('Target busy: position 1 in line (held by someone else)')) {
-            freed = true;
-            void other.cancel();
-          }
+  it(
+    'waits in line for a busy target, shows its position, and runs when it frees',
+    { timeout: TEST_TIMEOUT_MS },
+    async () => {
+      const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:5a' }]);
+      const { dir } = await makeWorkspace(l, 1 * MiB);
+      const other = await l.connect();
+      await other.lease('pi-a', { holder: 'someone else' });
+      let freed = false;
+      const r = await act(
+        l,
+        dir,
+        { target: 'pi-a' },
+        {
+          onStdout: (out) => {
+            if (!freed && out.includes('Target busy: position 1 in line (held by someone else)')) {
+              freed = true;
+              void other.cancel();
+            }
+          },
         },
-      },
-    );
-    expect(freed).toBe(true);
-    expect(r.code, r.stdout + r.stderr).toBe(0);
-  });
+      );
+      expect(freed).toBe(true);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+    },
+  );
 
-  it('gives up waiting after queue-timeout (QUEUE_TIMEOUT)', { timeout: 60_000 }, async () => {
+  it('gives up waiting after queue-timeout (QUEUE_TIMEOUT)', { timeout: TEST_TIMEOUT_MS }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:6a' }]);
     const { dir } = await makeWorkspace(l, 64 * 1024);
     const other = await l.connect();
@@ -302,7 +310,7 @@ describe('the action against the agent (simulated lab)', () => {
     expect(r.outputs['result-code']).toBe('QUEUE_TIMEOUT');
   });
 
-  it('SIGINT mid-flash cancels the job on the agent and exits within 5 s', { timeout: 90_000 }, async () => {
+  it('SIGINT mid-flash cancels the job on the agent and exits within 5 s', { timeout: TEST_TIMEOUT_MS }, async () => {
     const l = await start([{ name: 'slow', mac: '02:00:00:00:01:7a', reset: 'sim:no-show' }], {
       timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 },
     });
@@ -323,7 +331,7 @@ describe('the action against the agent (simulated lab)', () => {
     await expect(next.lease('slow')).resolves.toMatchObject({ target: { name: 'slow' } });
   });
 
-  it('SIGTERM mid-upload cancels, exits within 5 s and frees the target', { timeout: 90_000 }, async () => {
+  it('SIGTERM mid-upload cancels, exits within 5 s and frees the target', { timeout: TEST_TIMEOUT_MS }, async () => {
     const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:ba' }], {
       timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 30 },
     });
@@ -342,34 +350,38 @@ describe('the action against the agent (simulated lab)', () => {
     await expect(next.lease('pi-a')).resolves.toMatchObject({ target: { name: 'pi-a' } });
   });
 
-  it('the post step cancels a lease the main step left behind (main killed hard)', { timeout: 90_000 }, async () => {
-    const l = await start([{ name: 'slow', mac: '02:00:00:00:01:8a', reset: 'sim:no-show' }], {
-      timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 60 },
-    });
-    const { dir } = await makeWorkspace(l, 1 * MiB);
-    const main = await act(
-      l,
-      dir,
-      { target: 'slow' },
-      { signalWhen: { text: '::group::Reset the board', signal: 'SIGKILL' } },
-    );
-    expect(main.state.lease).toMatch(/.+/);
-    const post = await act(l, dir, { target: 'slow' }, { state: { ...main.state } });
-    expect(post.code, post.stdout).toBe(0);
-    expect(post.stdout).toContain(`Lease ${main.state.lease} released.`);
-    const next = await l.connect();
-    await expect(next.lease('slow')).resolves.toMatchObject({ target: { name: 'slow' } });
-  });
+  it(
+    'the post step cancels a lease the main step left behind (main killed hard)',
+    { timeout: 2 * TEST_TIMEOUT_MS },
+    async () => {
+      const l = await start([{ name: 'slow', mac: '02:00:00:00:01:8a', reset: 'sim:no-show' }], {
+        timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 60 },
+      });
+      const { dir } = await makeWorkspace(l, 1 * MiB);
+      const main = await act(
+        l,
+        dir,
+        { target: 'slow' },
+        { signalWhen: { text: '::group::Reset the board', signal: 'SIGKILL' } },
+      );
+      expect(main.state.lease).toMatch(/.+/);
+      const post = await act(l, dir, { target: 'slow' }, { state: { ...main.state } });
+      expect(post.code, post.stdout).toBe(0);
+      expect(post.stdout).toContain(`Lease ${main.state.lease} released.`);
+      const next = await l.connect();
+      await expect(next.lease('slow')).resolves.toMatchObject({ target: { name: 'slow' } });
+    },
+  );
 
   it.each([
     ['mid-upload', '::group::Upload the image', 32 * MiB],
     ['mid-flash', '::group::Transfer and write (board)', 2 * MiB],
   ])(
     'a connection cut %s is resumed: reconnect, take the lease back, finish',
-    { timeout: 90_000 },
+    { timeout: TEST_TIMEOUT_MS },
     async (_when, text, size) => {
       const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:9a' }], {
-        timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 },
+        timeouts: { boardShow: 30, stall: 30, boot: 30, leaseGrace: 30 },
       });
       const relay = await startRelay(new URL(l.agent.url));
       try {
@@ -396,10 +408,10 @@ describe('the action against the agent (simulated lab)', () => {
   );
   it(
     'a flash request lost in a cut connection is sent again after the reconnect, and the job runs once',
-    { timeout: 90_000 },
+    { timeout: TEST_TIMEOUT_MS },
     async () => {
       const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:ca' }], {
-        timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 },
+        timeouts: { boardShow: 30, stall: 30, boot: 30, leaseGrace: 30 },
       });
       const relay = await startFrameRelay(new URL(l.agent.url), { cutBefore: (m) => m.type === 'flash' });
       try {
@@ -420,10 +432,10 @@ describe('the action against the agent (simulated lab)', () => {
 
   it(
     'a connection cut mid-flash with the job running on the agent waits for that job (not a second one)',
-    { timeout: 90_000 },
+    { timeout: TEST_TIMEOUT_MS },
     async () => {
       const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:cb' }], {
-        timeouts: { boardShow: 10, stall: 10, boot: 10, leaseGrace: 30 },
+        timeouts: { boardShow: 30, stall: 30, boot: 30, leaseGrace: 30 },
       });
       const relay = await startRelay(new URL(l.agent.url));
       try {
@@ -447,33 +459,37 @@ describe('the action against the agent (simulated lab)', () => {
     },
   );
 
-  it('a connection cut late in the upload resends only what the agent does not hold', { timeout: 90_000 }, async () => {
-    const size = 64 * MiB;
-    const l = await start([{ name: 'ghost', mac: '02:00:00:00:01:cc', reset: 'sim:no-show' }], {
-      timeouts: { boardShow: 1, stall: 10, boot: 10, leaseGrace: 30 },
-    });
-    const relay = await startFrameRelay(new URL(l.agent.url), { cutAfterBinaryBytes: 56 * MiB });
-    try {
-      const { dir } = await makeWorkspace(l, size);
-      const r = await act(l, dir, { target: 'ghost', 'agent-url': relay.url, 'board-timeout': '1' });
-      expect(relay.counts.cuts).toBe(1);
-      expect(r.outputs['result-code'], r.stdout).toBe('BOARD_NO_SHOW'); // the upload completed; the board is a no-show
-      expect(relay.counts.binaryBefore + relay.counts.binaryAfter).toBeGreaterThanOrEqual(size);
-      // Without the resume the whole 64 MiB would go again; the agent held all but its write window.
-      expect(relay.counts.binaryAfter).toBeLessThan(size / 2);
-      const resumedAt = l.logs
-        .filter((rec) => rec.msg === 'upload started' && rec.fields.resumeAt !== undefined)
-        .map((rec) => Number(rec.fields.resumeAt));
-      expect(resumedAt).toHaveLength(2);
-      expect(resumedAt[1]).toBe(size - relay.counts.binaryAfter);
-    } finally {
-      await relay.close();
-    }
-  });
+  it(
+    'a connection cut late in the upload resends only what the agent does not hold',
+    { timeout: TEST_TIMEOUT_MS },
+    async () => {
+      const size = 64 * MiB;
+      const l = await start([{ name: 'ghost', mac: '02:00:00:00:01:cc', reset: 'sim:no-show' }], {
+        timeouts: { boardShow: 1, stall: 10, boot: 10, leaseGrace: 30 },
+      });
+      const relay = await startFrameRelay(new URL(l.agent.url), { cutAfterBinaryBytes: 56 * MiB });
+      try {
+        const { dir } = await makeWorkspace(l, size);
+        const r = await act(l, dir, { target: 'ghost', 'agent-url': relay.url, 'board-timeout': '1' });
+        expect(relay.counts.cuts).toBe(1);
+        expect(r.outputs['result-code'], r.stdout).toBe('BOARD_NO_SHOW'); // the upload completed; the board is a no-show
+        expect(relay.counts.binaryBefore + relay.counts.binaryAfter).toBeGreaterThanOrEqual(size);
+        // Without the resume the whole 64 MiB would go again; the agent held all but its write window.
+        expect(relay.counts.binaryAfter).toBeLessThan(size / 2);
+        const resumedAt = l.logs
+          .filter((rec) => rec.msg === 'upload started' && rec.fields.resumeAt !== undefined)
+          .map((rec) => Number(rec.fields.resumeAt));
+        expect(resumedAt).toHaveLength(2);
+        expect(resumedAt[1]).toBe(size - relay.counts.binaryAfter);
+      } finally {
+        await relay.close();
+      }
+    },
+  );
 
   it(
     'waits while another connection uploads the same image, then skips its own upload',
-    { timeout: 90_000 },
+    { timeout: TEST_TIMEOUT_MS },
     async () => {
       const l = await start([
         { name: 'pi-a', mac: '02:00:00:00:01:cd' },
@@ -487,9 +503,8 @@ describe('the action against the agent (simulated lab)', () => {
       });
       const answers: Array<{ type: string; re?: string }> = [];
       const next = (type: string) =>
-        new Promise<void>((resolve) => {
-          const check = () => (answers.some((a) => a.type === type) ? resolve() : setTimeout(check, 10));
-          check();
+        waitUntil(() => answers.some((a) => a.type === type), `the other connection's ${type}`, {
+          detail: () => JSON.stringify(answers),
         });
       other.on('message', (d: Buffer, binary: boolean) => !binary && answers.push(JSON.parse(d.toString())));
       await new Promise((r) => other.once('open', r));

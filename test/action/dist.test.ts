@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BUNDLE, ensureNode24, ROOT, runAction } from './run-action.js';
+import { BUNDLE, ensureNode24, ROOT, runAction, TEST_TIMEOUT_MS } from './run-action.js';
 
 const run = promisify(execFile);
 
@@ -61,10 +61,11 @@ describe('dist/ is what the sources build', () => {
   });
 });
 
+// Each test runs the action once: its vitest limit is above the run's deadline, which names the step.
 describe.each([
   ['Node 20 (this machine)', async () => process.execPath],
   ['Node 24 (runs.using)', ensureNode24],
-])('the bundle run as GitHub runs it, on %s', (_name, findNode) => {
+])('the bundle run as GitHub runs it, on %s', { timeout: TEST_TIMEOUT_MS }, (_name, findNode) => {
   let node: string | undefined;
   let workspace: string;
   const image = 'sdcard.img';
@@ -158,7 +159,7 @@ describe.each([
   });
 });
 
-describe('the bundle outside the repository', () => {
+describe('the bundle outside the repository', { timeout: TEST_TIMEOUT_MS }, () => {
   it('runs from a copy with no node_modules and no native bufferutil (other platforms fall back to JS)', async () => {
     const copy = mkdtempSync(path.join(tmpdir(), 'dist-copy-'));
     const workspace = mkdtempSync(path.join(tmpdir(), 'action-ws-'));

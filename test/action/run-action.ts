@@ -50,6 +50,26 @@ export async function ensureNode24(): Promise<string | undefined> {
   return NODE24_BIN;
 }
 
+/**
+ * How long a run may take before the harness kills it: a safety net for a hung action, far above
+ * a whole job on the simulated lab (seconds) so a loaded machine does not turn a pass into a kill.
+ * A test that waits on a run needs a vitest timeout above it (TEST_TIMEOUT_MS per run).
+ */
+export const ACTION_DEADLINE_MS = 150_000;
+/** A vitest timeout for a test with one action run: the deadline, plus time around it. */
+export const TEST_TIMEOUT_MS = ACTION_DEADLINE_MS + 60_000;
+
+/**
+ * Where a run stood: the last `::group::` it opened (the step it was in) and its last line.
+ * For the error of a run killed at its deadline.
+ */
+export function lastStep(stdout: string): string {
+  const lines = stdout.split('\n').filter((l) => l.trim() !== '');
+  const group = lines.findLast((l) => l.startsWith('::group::'))?.slice('::group::'.length);
+  const last = lines.at(-1);
+  return `${group ? `in step "${group}"` : 'before its first step'}; its last line: ${last ? JSON.stringify(last) : '(none)'}`;
+}
+
 export interface ActionRun {
   code: number | null;
   /** Milliseconds from the signal (signalWhen) to the child's exit. */
@@ -92,6 +112,7 @@ export interface RunOptions {
   onStdout?: (stdout: string) => void;
   /** Called once the child is spawned (e.g. to watch its memory in /proc/<pid>/status). */
   onSpawn?: (pid: number) => void;
+  /** The run is killed after this long and runAction throws, naming its step (ACTION_DEADLINE_MS). */
   timeoutMs?: number;
 }
 
@@ -135,9 +156,20 @@ export async function runAction(o: RunOptions): Promise<ActionRun> {
       }
     });
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 20_000);
+    const deadlineMs = o.timeoutMs ?? ACTION_DEADLINE_MS;
+    let killedAtDeadline = false;
+    const timer = setTimeout(() => {
+      killedAtDeadline = true;
+      child.kill('SIGKILL');
+    }, deadlineMs);
     const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
     clearTimeout(timer);
+    // Not a result to assert on: a failure that says where the run stood, not a puzzling exit code.
+    if (killedAtDeadline)
+      throw new Error(
+        `the action was killed at its ${deadlineMs / 1000} s deadline ${lastStep(stdout)}\n` +
+          `--- stdout ---\n${stdout}--- stderr ---\n${stderr}`,
+      );
     const exitedAfterSignalMs = signalledAt === undefined ? undefined : Date.now() - signalledAt;
     return {
       code,
