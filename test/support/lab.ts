@@ -56,7 +56,9 @@ export async function startLab(o: {
       tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
       stateDir: 'state',
       flash: { partSize: '1MiB', retries: 2 },
-      timeouts: { boardShow: 5, stall: 10, boot: 5, leaseGrace: 2, shutdown: 5 },
+      // Safety nets for a loaded machine: a sim board shows, writes and boots in well under a
+      // second. A test that wants one of these to expire sets its own, short.
+      timeouts: { boardShow: 30, stall: 30, boot: 30, leaseGrace: 2, shutdown: 5 },
       bootCheck: 'tcp:2222',
       sim: { bootPort: 2222, cardSize: '64MiB' },
       logLevel: 'debug',
