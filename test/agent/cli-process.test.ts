@@ -231,7 +231,9 @@ describe('rpi-flash-agent process', { timeout: 4 * DEADLINE_MS }, () => {
       /INFO  "shutting down" signal=SIGTERM$/,
       /INFO  "stopping: refusing new work"$/,
       /INFO  "stopping: ending jobs and leases" jobs=1$/,
-      // The job is cancelled and awaited: its end and the lease's release come before the sockets close.
+      // The job is cancelled and awaited (its staged folder and reset line released before it
+      // ends): its end and the lease's release come before the sockets close.
+      /ERROR "SHUTTING_DOWN: the agent is stopping" target=mute job=\w+ phase=transfer$/,
       /INFO  "job ended" target=mute job=\w+ code=SHUTTING_DOWN ok=false/,
       /INFO  "lease released" target=mute/,
       /INFO  "stopping: closing client connections"$/,
