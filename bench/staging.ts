@@ -54,7 +54,7 @@ export async function runStagingBench(o: { rounds?: number } = {}): Promise<void
         seconds[label].push(result.timings.stage ?? NaN);
         c.close();
       }
-      const sorted = [...seconds[label]!].sort((a, b) => a - b);
+      const sorted = [...seconds[label]].sort((a, b) => a - b);
       rows.push(
         `| ${label} | ${Math.ceil(size / (64 * MiB))} | ${(sorted[Math.floor(sorted.length / 2)]! * 1000).toFixed(0)} ms | (store ingest ${uploadSeconds.toFixed(1)} s, not staging) |`,
       );

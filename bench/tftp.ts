@@ -89,7 +89,7 @@ async function startAtftpd(root: string, port: number): Promise<ChildProcess> {
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   // Ready when it serves a file.
   for (let i = 0; i < 50; i++) {
     if (child.exitCode !== null) throw new Error(`atftpd exited ${child.exitCode}: ${stderr.trim()}`);

@@ -336,7 +336,7 @@ export class AgentService implements ConnectionHandler {
         },
         reset: this.d.resetContext,
         log,
-        emit: (event) => s.conn?.send({ ...event, re: m.id } as never),
+        emit: (event) => s.conn?.send({ ...event, re: m.id }),
       });
       s.job = job;
       if (s.cancelRequested) job.cancel(s.cancelRequested.reason, s.cancelRequested.code);

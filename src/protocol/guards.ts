@@ -129,6 +129,7 @@ const AGENT_FIELDS = {
     target: 'object',
     sha256: 'string',
     bytesWritten: 'integer',
+    card: 'string',
     timings: 'object',
     parts: 'array',
     tftpOptions: 'object?',

@@ -212,6 +212,8 @@ export interface PartReport {
   retries: number;
 }
 
+export type CardState = 'untouched' | 'partial' | 'written';
+
 export interface JobResult {
   ok: boolean;
   code: ErrorCode;
@@ -220,6 +222,11 @@ export interface JobResult {
   target: TargetInfo;
   sha256: string;
   bytesWritten: number;
+  /**
+   * What the board's card holds now: `untouched` (nothing was written), `partial` (some of the
+   * image: the board may not boot until it is flashed again) or `written` (all of it, verified).
+   */
+  card: CardState;
   /** Seconds per phase that ran. */
   timings: Partial<Record<Phase, number>>;
   parts: PartReport[];

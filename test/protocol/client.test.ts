@@ -26,6 +26,7 @@ const RESULT: JobResult = {
   target: TARGET,
   sha256: SHA,
   bytesWritten: 1024,
+  card: 'written',
   timings: { transfer: 1 },
   parts: [],
 };

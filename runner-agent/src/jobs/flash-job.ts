@@ -58,6 +58,8 @@ export class FlashJob {
   /** Resolves whatever the job is waiting for from the board. */
   private wake: (() => void) | undefined;
   private lastActivity = Date.now();
+  /** Until when the board may be silent because it is writing (epoch ms). */
+  private busyUntil = 0;
   /** Texts the job's log and console lines never show (a layout's report secret). */
   private readonly secrets: string[] = [];
 
@@ -77,7 +79,7 @@ export class FlashJob {
   async run(): Promise<JobResult> {
     const { target, image } = this.o;
     let code: ErrorCode = 'OK';
-    let message = 'flashed, verified and booted';
+    let message = '';
     try {
       this.throwIfCancelled();
       const bootCheck = this.parseBootCheck();
@@ -93,7 +95,8 @@ export class FlashJob {
         return this.method.watch();
       });
       await this.inPhase('verify', async () => this.method.verify());
-      await this.checkBoot(bootCheck);
+      const booted = await this.checkBoot(bootCheck);
+      message = booted ? 'flashed, verified and booted' : 'flashed and verified; no boot check ran (boot check none)';
     } catch (err) {
       const failure: unknown = this.abort.signal.aborted ? this.abort.signal.reason : err;
       code = codeOf(failure);
@@ -103,6 +106,9 @@ export class FlashJob {
       } else {
         message = (failure as Error).message;
       }
+      // Said once the job knows where the board got to: a card cut short may not boot.
+      if (this.method.outcome().card === 'partial')
+        message += '; the card holds a partly written image and may not boot until it is flashed again';
       this.log(code === 'CANCELLED' ? 'warn' : 'error', `${code}: ${message}`);
     } finally {
       await this.method
@@ -133,6 +139,10 @@ export class FlashJob {
       log: (level, message, source) => this.log(level, message, source),
       progress: (event) => this.o.emit({ type: 'progress', job: this.o.id, ...event }),
       activity: () => this.notify(),
+      busyFor: (seconds, what) => {
+        this.busyUntil = Math.max(this.busyUntil, Date.now() + seconds * 1000);
+        this.log('info', `${what}: allowing ${Math.ceil(seconds)} s of silence`);
+      },
       until: (ready, quietSeconds, onQuiet) => this.waitFor(ready, quietSeconds, onQuiet),
       fail: (code, message) => this.cancel(message, code),
       flashDone: () => {
@@ -168,10 +178,11 @@ export class FlashJob {
     await this.raceAbort(line.pulse());
   }
 
-  private async checkBoot(check: BootCheck): Promise<void> {
+  /** Runs the boot check; false when there is none to run. */
+  private async checkBoot(check: BootCheck): Promise<boolean> {
     if (check.kind === 'none') {
       this.log('info', 'boot check skipped (none)');
-      return;
+      return false;
     }
     const { target, timeouts } = this.o;
     const spec = this.o.bootCheck;
@@ -193,6 +204,7 @@ export class FlashJob {
       const how = boot.line !== undefined ? `matched "${boot.line}"` : 'answered';
       this.log('info', `booted: ${spec} ${how} after ${(boot.ms / 1000).toFixed(1)} s`);
     });
+    return true;
   }
 
   /** The text as the job may show it: every secret replaced. */
@@ -288,7 +300,7 @@ export class FlashJob {
   private async waitFor(ready: () => boolean, quietSeconds: number, onQuiet: () => Error): Promise<void> {
     while (!ready()) {
       this.throwIfCancelled();
-      const left = this.lastActivity + quietSeconds * 1000 - Date.now();
+      const left = Math.max(this.lastActivity, this.busyUntil) + quietSeconds * 1000 - Date.now();
       if (left <= 0) throw onQuiet();
       await new Promise<void>((resolve) => {
         // Whichever comes first (board activity, the 1 s tick, abort) removes the other two.

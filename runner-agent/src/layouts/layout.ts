@@ -5,7 +5,7 @@
  * record; it asks its layout for the rest through this one interface. Each layout is one file in
  * this folder and one line in registry.ts (docs/architecture.md has the recipe).
  */
-import type { LogEvent, PartReport, ProgressEvent } from '../../../src/protocol/messages.js';
+import type { CardState, LogEvent, PartReport, ProgressEvent } from '../../../src/protocol/messages.js';
 import type { ErrorCode } from '../../../src/protocol/errors.js';
 import type { AgentConfig } from '../config.js';
 import type { BoardFiles } from '../staging/board-files.js';
@@ -33,8 +33,14 @@ export interface BoardWatch {
   /** The board did something: restarts the quiet timer and wakes a pending `until`. */
   activity(): void;
   /**
+   * The board will work in silence for up to `seconds` from now (writing and reading back a part):
+   * the quiet timer starts only after that. `what` says why, in the job's log.
+   */
+  busyFor(seconds: number, what: string): void;
+  /**
    * Resolves once `ready()` holds (checked after each `activity()` and every second); rejects with
-   * `onQuiet()` when the board stays quiet for `quietSeconds`, or with the job's reason on cancel.
+   * `onQuiet()` when the board stays quiet for `quietSeconds` (beyond any `busyFor`), or with the
+   * job's reason on cancel.
    */
   until(ready: () => boolean, quietSeconds: number, onQuiet: () => Error): Promise<void>;
   /** Ends the job at once with a code (a report that settles it, e.g. a card too small). */
@@ -60,6 +66,7 @@ export interface FlashMethod {
 }
 
 export interface FlashOutcome {
+  card: CardState;
   /** Bytes the board wrote and verified (what it claimed, for a layout whose board only counts). */
   bytesWritten: number;
   parts: PartReport[];

@@ -59,6 +59,18 @@ class SeedFlash implements FlashMethod {
         },
         onProgress: () => this.board.activity(),
         onBeacon: () => {},
+        onTransferEnd: (rel, t) => {
+          const part = plan.parts.find((p) => p.name === rel);
+          // The card writes what it fetched before it fetches the next part: a silence, no stall.
+          if (part && t.ok) {
+            const rate = config.flash.cardWriteRate;
+            this.board.busyFor(
+              part.written / rate,
+              `seed part ${part.index}: the card writes ${formatBytes(part.written)} (at ${formatBytes(rate)}/s, the slowest card)`,
+            );
+          }
+          this.board.activity();
+        },
         onWrite: (rel, req) => {
           const report = this.reports.onWrite(rel, req);
           if (!report) return null;
@@ -119,8 +131,9 @@ class SeedFlash implements FlashMethod {
 
   outcome(): FlashOutcome {
     // The card only counts: what it claimed is all there is to report.
-    const claimed = this.result?.code === 'OK' ? this.plan!.writtenBytes : (this.result?.reportedCount ?? 0);
-    return { bytesWritten: claimed, parts: [] };
+    const ok = this.result?.code === 'OK';
+    const claimed = ok ? this.plan!.writtenBytes : (this.result?.reportedCount ?? 0);
+    return { card: ok ? 'written' : this.part0Fetched ? 'partial' : 'untouched', bytesWritten: claimed, parts: [] };
   }
 
   unstage(): Promise<void> {

@@ -41,6 +41,9 @@ interface PartState extends Stage2Part {
   /** Of the part's latest download: bytes the board acknowledged, and the bytes of one window. */
   acked: number;
   windowBytes: number;
+  /** Downloads of the part started, and the one whose silent write the job was told of. */
+  downloads: number;
+  writingExpected?: number;
 }
 
 /** Builds the stage-2 flash method of one job with a layout's choices. */
@@ -98,6 +101,7 @@ class Stage2Flash implements FlashMethod {
       retries: 0,
       acked: 0,
       windowBytes: 0,
+      downloads: 0,
     }));
     const script = generateStage2Script({
       ...flash,
@@ -183,7 +187,11 @@ class Stage2Flash implements FlashMethod {
   }
 
   outcome(): FlashOutcome {
+    const written = this.parts.filter((p) => p.status === 'ok').length;
+    // A part the board holds in full may be on its way to the card even before its report.
+    const touched = written > 0 || this.parts.some((p) => this.heldInFull(p));
     return {
+      card: written === this.parts.length && this.done?.ok ? 'written' : touched ? 'partial' : 'untouched',
       bytesWritten: this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
       parts: this.parts.map((p) => ({
         part: p.index,
@@ -199,6 +207,21 @@ class Stage2Flash implements FlashMethod {
 
   unstage(): Promise<void> {
     return this.job.files.unstage(this.macdir);
+  }
+
+  /**
+   * The board now writes the part and reads it back, silent until its report: that is no stall
+   * as long as a card at `flash.cardWriteRate` would still be at it. Once per download.
+   */
+  private expectWriting(part: PartState): void {
+    if (part.writingExpected === part.downloads) return;
+    part.writingExpected = part.downloads;
+    const rate = this.job.config.flash.cardWriteRate;
+    this.board.busyFor(
+      (2 * part.servedSize) / rate,
+      `part ${part.index}/${this.parts.length}: the board writes and reads back ${formatBytes(part.servedSize)} ` +
+        `(at ${formatBytes(rate)}/s, the slowest card)`,
+    );
   }
 
   /** A TFTP path under the target's folder, relative to it. */
@@ -219,6 +242,7 @@ class Stage2Flash implements FlashMethod {
       if (part) {
         // A new download of the part: what counts is what the board acknowledges of this one.
         part.acked = 0;
+        part.downloads += 1;
         const asked = optionsText(req.options);
         this.board.log(
           'info',
@@ -236,6 +260,7 @@ class Stage2Flash implements FlashMethod {
     const which = `part ${part.index}/${this.parts.length}`;
     if (t.ok) {
       part.acked = part.servedSize;
+      this.expectWriting(part);
       this.tftpOptions = { ...t.options };
       const rate = t.ms > 0 ? ` (${(t.bytes / 1e6 / (t.ms / 1000)).toFixed(1)} MB/s)` : '';
       const secs = (t.ms / 1000).toFixed(2);
@@ -252,6 +277,8 @@ class Stage2Flash implements FlashMethod {
     if (!part) return;
     part.acked = Math.max(part.acked, p.sent);
     part.windowBytes = p.windowBytes;
+    // U-Boot never resends a lost final ACK: holding all but the last window, the board may be writing.
+    if (this.heldInFull(part)) this.expectWriting(part);
     this.board.activity();
     const now = Date.now();
     if (p.sent < p.size && now - this.lastProgressEmit < PROGRESS_EVERY_MS) return;
@@ -267,6 +294,11 @@ class Stage2Flash implements FlashMethod {
     });
   }
 
+  /** The board acknowledged the part's latest download in full (all but a lost last window). */
+  private heldInFull(part: PartState): boolean {
+    return part.acked > 0 && part.acked >= part.servedSize - part.windowBytes;
+  }
+
   /** Why a success report cannot be believed (not served in full, or out of order), or undefined. */
   private unearned(b: Extract<Beacon, { kind: 'part-ok' } | { kind: 'done' }>): string | undefined {
     if (b.kind === 'done') {
@@ -278,7 +310,7 @@ class Stage2Flash implements FlashMethod {
     if (!part) return `the board reported part ${b.part}, which this job does not have`;
     const earlier = this.parts.find((p) => p.index < part.index && p.status !== 'ok');
     if (earlier) return `the board reported part ${part.index} before part ${earlier.index} (out of order)`;
-    if (part.acked < part.servedSize - part.windowBytes || part.acked === 0)
+    if (!this.heldInFull(part))
       return (
         `the board reported part ${part.index} written, but acknowledged only ${part.acked} of its ` +
         `${part.servedSize} bytes (the agent had not served it in full to ${this.job.target.ip})`

@@ -18,7 +18,10 @@
  *   bitrot-write:<n>     the n-th `mmc write` stores one byte flipped (read-back verify fails)
  *   crc-be32             `crc32` stores big-endian, like U-Boot builds with the multi-hash code
  *                        (the QEMU test build); the default is the Pi builds' native ulong
+ *   slow-card:<KiB/s>    `mmc write` takes as long as a card writing at that rate (the board is
+ *                        silent meanwhile, as a real one is)
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { open, type FileHandle } from 'node:fs/promises';
 import net from 'node:net';
 import type { Logger } from '../log.js';
@@ -54,6 +57,8 @@ interface Faults {
   corruptAlways: Set<number>;
   bitrotWrite: Set<number>;
   crcBe32: boolean;
+  /** Bytes per second `mmc write` stores; 0 = at once. */
+  cardWriteRate: number;
 }
 
 /** Parse a `sim:` reset spec's fault flags; the targets database uses it to refuse unknown ones. */
@@ -67,6 +72,7 @@ export function parseFaults(list: readonly string[], board: string): Faults {
     corruptAlways: new Set(),
     bitrotWrite: new Set(),
     crcBe32: false,
+    cardWriteRate: 0,
   };
   for (const raw of list) {
     const [name, arg] = raw.split(':', 2) as [string, string | undefined];
@@ -100,9 +106,13 @@ export function parseFaults(list: readonly string[], board: string): Faults {
       case 'crc-be32':
         f.crcBe32 = true;
         break;
+      case 'slow-card':
+        f.cardWriteRate = number() * 1024;
+        break;
       default:
         throw new Error(
-          `sim board ${board}: unknown fault "${raw}" (known: no-show, no-boot, fail-write[:n], fail-read, corrupt-once:<part>, corrupt-always:<part>, bitrot-write:<n>, crc-be32)`,
+          `sim board ${board}: unknown fault "${raw}" (known: no-show, no-boot, fail-write[:n], fail-read, ` +
+            'corrupt-once:<part>, corrupt-always:<part>, bitrot-write:<n>, crc-be32, slow-card:<KiB/s>)',
         );
     }
   }
@@ -343,6 +353,10 @@ export class SimBoard {
           stored[0]! ^= 0x01;
         }
         await (await this.cardFile()).write(stored, 0, stored.length, block * 512);
+        if (this.faults.cardWriteRate)
+          await sleep((data.length / this.faults.cardWriteRate) * 1000, undefined, { signal }).catch(() => {
+            throw new ShellAborted();
+          });
         return data.length / 512;
       },
     };

@@ -9,7 +9,6 @@ import { crc32 } from 'node:zlib';
 import type { PartPlan } from '../board/stage2-script.js';
 import type { Patch } from '../image/disk.js';
 
-
 export class ImageView {
   readonly patches: readonly Patch[];
 
