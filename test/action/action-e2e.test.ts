@@ -472,7 +472,8 @@ describe('the action against the agent (simulated lab)', () => {
         const { dir } = await makeWorkspace(l, size);
         const r = await act(l, dir, { target: 'ghost', 'agent-url': relay.url, 'board-timeout': '1' });
         expect(relay.counts.cuts).toBe(1);
-        expect(r.outputs['result-code'], r.stdout).toBe('BOARD_NO_SHOW'); // the upload completed; the board is a no-show
+        // The upload completed; the board is a no-show.
+        expect(r.outputs['result-code'], r.stdout).toBe('BOARD_NO_SHOW');
         expect(relay.counts.binaryBefore + relay.counts.binaryAfter).toBeGreaterThanOrEqual(size);
         // Without the resume the whole 64 MiB would go again; the agent held all but its write window.
         expect(relay.counts.binaryAfter).toBeLessThan(size / 2);

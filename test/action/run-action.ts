@@ -41,7 +41,9 @@ export async function ensureNode24(): Promise<string | undefined> {
       );
     } catch (err) {
       if (process.env.CI)
-        throw new Error(`Node 24 is required in CI and could not be installed: ${(err as Error).message}`);
+        throw new Error(`Node 24 is required in CI and could not be installed: ${(err as Error).message}`, {
+          cause: err,
+        });
       return undefined;
     }
   }
@@ -67,7 +69,8 @@ export function lastStep(stdout: string): string {
   const lines = stdout.split('\n').filter((l) => l.trim() !== '');
   const group = lines.findLast((l) => l.startsWith('::group::'))?.slice('::group::'.length);
   const last = lines.at(-1);
-  return `${group ? `in step "${group}"` : 'before its first step'}; its last line: ${last ? JSON.stringify(last) : '(none)'}`;
+  const where = group ? `in step "${group}"` : 'before its first step';
+  return `${where}; its last line: ${last ? JSON.stringify(last) : '(none)'}`;
 }
 
 export interface ActionRun {

@@ -54,8 +54,8 @@ function run(args: string[], o: { uid?: number } = {}): Forked {
   const exit = once(proc, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
   let out = '';
   let err = '';
-  proc.stdout!.on('data', (d: Buffer) => (out += d));
-  proc.stderr!.on('data', (d: Buffer) => (err += d));
+  proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const forked: Forked = {
     proc,
     out: () => out,
@@ -228,20 +228,20 @@ describe('rpi-flash-agent process', { timeout: 4 * DEADLINE_MS }, () => {
     expect(code, r.out() + r.err()).toBe(0);
     expect(await readdir(tftpRoot)).toEqual([]);
     expectInOrder(r.out(), [
-      /INFO  "shutting down" signal=SIGTERM$/,
-      /INFO  "stopping: refusing new work"$/,
-      /INFO  "stopping: ending jobs and leases" jobs=1$/,
+      /INFO +"shutting down" signal=SIGTERM$/,
+      /INFO +"stopping: refusing new work"$/,
+      /INFO +"stopping: ending jobs and leases" jobs=1$/,
       // The job is cancelled and awaited (its staged folder and reset line released before it
       // ends): its end and the lease's release come before the sockets close.
       /ERROR "SHUTTING_DOWN: the agent is stopping" target=mute job=\w+ phase=transfer$/,
-      /INFO  "job ended" target=mute job=\w+ code=SHUTTING_DOWN ok=false/,
-      /INFO  "lease released" target=mute/,
-      /INFO  "stopping: closing client connections"$/,
-      /INFO  "stopping: closing the TFTP server"$/,
-      /INFO  "stopping: closing the simulated lab"$/,
-      /INFO  "stopping: deleting staged target folders"$/,
-      /INFO  "stopping: closing the image store"$/,
-      /INFO  stopped$/,
+      /INFO +"job ended" target=mute job=\w+ code=SHUTTING_DOWN ok=false/,
+      /INFO +"lease released" target=mute/,
+      /INFO +"stopping: closing client connections"$/,
+      /INFO +"stopping: closing the TFTP server"$/,
+      /INFO +"stopping: closing the simulated lab"$/,
+      /INFO +"stopping: deleting staged target folders"$/,
+      /INFO +"stopping: closing the image store"$/,
+      /INFO +stopped$/,
     ]);
   });
 
@@ -260,11 +260,11 @@ describe('rpi-flash-agent process', { timeout: 4 * DEADLINE_MS }, () => {
     expect({ code, signal }, r.out() + r.err()).toEqual({ code: 130, signal: null });
     await lost;
     expectInOrder(r.out(), [
-      /INFO  "shutting down" signal=SIG(TERM|INT)$/,
-      /WARN  "second signal: exiting at once" signal=SIG(TERM|INT)$/,
+      /INFO +"shutting down" signal=SIG(TERM|INT)$/,
+      /WARN +"second signal: exiting at once" signal=SIG(TERM|INT)$/,
     ]);
     // At once: none of the steps after the running job's end (which takes a 20 ms poll at least).
-    expect(r.out()).not.toMatch(/"stopping: closing client connections"|INFO  stopped/);
+    expect(r.out()).not.toMatch(/"stopping: closing client connections"|INFO +stopped/);
   });
 
   it('refuses to run as root without --allow-root', async () => {
