@@ -2,6 +2,10 @@
  * The agent's WebSocket endpoint: authentication at the HTTP upgrade (no WebSocket exists for a
  * client without the token), the versioned hello, heartbeats both ways, and framing. What the
  * messages mean is the AgentService's business; this module only moves them.
+ *
+ * Nothing a peer sends may stop the agent: every handler on a socket catches its own failures and
+ * answers or drops that peer only, an HTTP request must be complete within a headers timeout (a
+ * slow sender is dropped), and what a client can make the agent buffer is bounded (read-gate.ts).
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -10,7 +14,7 @@ import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
-import { CodedError } from '../../../src/protocol/errors.js';
+import { CodedError, codeOf, messageOf } from '../../../src/protocol/errors.js';
 import { parseClientMessage } from '../../../src/protocol/guards.js';
 import {
   DEFAULT_CHUNK_SIZE,
@@ -21,8 +25,16 @@ import {
   type ClientMessage,
 } from '../../../src/protocol/messages.js';
 import type { Logger } from '../log.js';
+import { ReadGate } from './read-gate.js';
 
 export const AGENT_VERSION = '0.1.0';
+
+/** Unread replies one client may leave queued before the agent stops reading from it (listen.maxSendBuffer). */
+export const DEFAULT_MAX_SEND_BUFFER = 8 * 1024 * 1024;
+/** How long a new connection may take to send its whole HTTP request head. */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
+/** Request-targets are the peer's text: this much of one goes into a log line. */
+const LOGGED_TARGET_CHARS = 200;
 
 /** What the service sees of one client connection. */
 export interface ClientConnection {
@@ -32,6 +44,9 @@ export interface ClientConnection {
   send(message: AgentMessage): void;
   /** Bytes queued in the socket, for senders that want to pace themselves. */
   bufferedAmount(): number;
+  /** Stop reading from the client until resume(): backpressure for work the handler queued. */
+  pause(): void;
+  resume(): void;
   close(code?: number, reason?: string): void;
 }
 
@@ -52,6 +67,10 @@ export interface WsServerOptions {
   /** A client that sends nothing and answers no ping for this long is cut off. */
   graceMs: number;
   chunkSize?: number;
+  /** Unread bytes queued for one client past which reading from it stops; twice this drops it. */
+  maxSendBuffer?: number;
+  /** A connection whose HTTP request head is not complete after this long is answered 408 and dropped. */
+  headersTimeoutMs?: number;
 }
 
 function digest(text: string): Buffer {
@@ -69,10 +88,43 @@ function bearer(header: string | undefined): string | undefined {
   return m?.[1];
 }
 
+/** The path of a request-target; undefined for one `new URL()` cannot parse (`//[`, `//a:b`). */
+export function requestPath(target: string | undefined): string | undefined {
+  try {
+    return new URL(target ?? '/', 'http://agent').pathname;
+  } catch {
+    return undefined;
+  }
+}
+
+function logged(text: string): string {
+  return text.length > LOGGED_TARGET_CHARS ? `${text.slice(0, LOGGED_TARGET_CHARS)}… (${text.length} chars)` : text;
+}
+
+function stackOf(err: unknown): string {
+  return (err instanceof Error ? err.stack : undefined) ?? String(err);
+}
+
+function httpAnswer(status: number, reason: string, body: string): string {
+  return `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+}
+
 function refuse(socket: Duplex, status: number, reason: string, body: string): void {
-  socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
+  if (socket.writable) socket.end(httpAnswer(status, reason, body));
+  else socket.destroy();
+}
+
+/** What the agent answers HTTP it cannot parse (Node's clientError), by the parser's error code. */
+function clientErrorAnswer(code: string | undefined, headersTimeoutMs: number): string {
+  if (code === 'HPE_HEADER_OVERFLOW')
+    return httpAnswer(431, 'Request Header Fields Too Large', 'BAD_REQUEST: request headers too large\n');
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT')
+    return httpAnswer(
+      408,
+      'Request Timeout',
+      `BAD_REQUEST: request headers not complete within ${headersTimeoutMs / 1000} s\n`,
+    );
+  return httpAnswer(400, 'Bad Request', 'BAD_REQUEST: malformed HTTP request\n');
 }
 
 let connectionCounter = 0;
@@ -93,28 +145,71 @@ export class WsServer {
     tls: { cert: Buffer; key: Buffer } | undefined,
   ) {
     const chunkSize = o.chunkSize ?? DEFAULT_CHUNK_SIZE;
-    this.server = tls ? https.createServer(tls) : http.createServer();
+    const headersTimeout = o.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
+    // Node checks the headers timeout every connectionsCheckingInterval (30 s by default): check
+    // often enough that a slow-loris connection goes close to its deadline.
+    const http1 = {
+      headersTimeout,
+      requestTimeout: Math.max(headersTimeout, 60_000),
+      connectionsCheckingInterval: Math.min(1000, headersTimeout / 2),
+    };
+    this.server = tls ? https.createServer({ ...tls, ...http1 }) : http.createServer(http1);
     this.server.on('request', (_req, res) => {
       res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' });
       res.end(`rpi-flash agent ${AGENT_VERSION}: connect with a WebSocket to ${WS_PATH}\n`);
     });
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      // HTTP the parser refuses (garbage, headers too large, too slow): answer that peer and drop it.
+      socket.on('error', () => {});
+      const code = err.code;
+      if (code === 'ECONNRESET' || code === 'EPIPE') return socket.destroy();
+      o.log.warn('bad HTTP request refused', { code, error: logged(err.message) });
+      if (socket.writable) socket.write(clientErrorAnswer(code, headersTimeout));
+      socket.destroy();
+    });
+    // Accept can fail (EMFILE); the listener's error must not become an uncaught exception.
+    this.server.on('error', (err) => o.log.error('listener error', { error: stackOf(err) }));
     this.wss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,
       maxPayload: chunkSize + MAX_PAYLOAD_MARGIN,
     });
-    this.server.on('upgrade', (req, socket, head) => {
+    this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
       const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
-      const url = new URL(req.url ?? '/', 'http://agent');
-      if (url.pathname !== WS_PATH) {
-        o.log.warn('upgrade refused: unknown path', { remote, path: url.pathname });
-        return refuse(socket, 404, 'Not Found', `no WebSocket endpoint at ${url.pathname}; use ${WS_PATH}\n`);
+      // From 'upgrade' on Node no longer listens for the socket's errors: until ws owns it (or the
+      // refusal is written), a reset by the peer would be an uncaught 'error'.
+      socket.on('error', (err) => o.log.debug('upgrade connection error', { remote, error: err.message }));
+      try {
+        this.upgrade(req, socket, head, remote, chunkSize);
+      } catch (err) {
+        o.log.error('upgrade failed', { remote, error: stackOf(err) });
+        socket.destroy();
       }
-      if (!tokenMatches(bearer(req.headers.authorization), o.token)) {
-        o.log.warn('upgrade refused: bad or missing token', { remote });
-        return refuse(socket, 401, 'Unauthorized', 'AUTH_FAILED: missing or wrong token\n');
+    });
+  }
+
+  private upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, remote: string, chunkSize: number): void {
+    const { log } = this.o;
+    const path = requestPath(req.url);
+    if (path === undefined) {
+      log.warn('upgrade refused: malformed request-target', { remote, target: logged(req.url ?? '') });
+      return refuse(socket, 400, 'Bad Request', 'BAD_REQUEST: the request-target is not a valid path\n');
+    }
+    if (path !== WS_PATH) {
+      log.warn('upgrade refused: unknown path', { remote, path: logged(path) });
+      return refuse(socket, 404, 'Not Found', `no WebSocket endpoint at ${logged(path)}; use ${WS_PATH}\n`);
+    }
+    if (!tokenMatches(bearer(req.headers.authorization), this.o.token)) {
+      log.warn('upgrade refused: bad or missing token', { remote });
+      return refuse(socket, 401, 'Unauthorized', 'AUTH_FAILED: missing or wrong token\n');
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      try {
+        this.accept(ws, remote, chunkSize);
+      } catch (err) {
+        log.error('cannot set up the connection', { remote, error: stackOf(err) });
+        ws.terminate();
       }
-      this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, remote, chunkSize));
     });
   }
 
@@ -134,10 +229,13 @@ export class WsServer {
 
   private readonly lastSeen = new WeakMap<WebSocket, number>();
   private readonly silent = new WeakSet<WebSocket>();
+  private readonly gates = new WeakMap<WebSocket, ReadGate>();
 
   private beat(): void {
     const now = Date.now();
     for (const ws of this.sockets) {
+      // Not reading because the agent's own writes lag (an upload) is not the client's silence.
+      if (this.gates.get(ws)?.has('handler')) this.lastSeen.set(ws, now);
       if (now - (this.lastSeen.get(ws) ?? now) > this.o.graceMs) {
         this.silent.add(ws);
         ws.terminate();
@@ -150,7 +248,9 @@ export class WsServer {
   private accept(ws: WebSocket, remote: string, chunkSize: number): void {
     const id = `c${++connectionCounter}`;
     const log = this.o.log.child({ conn: id });
+    const gate = new ReadGate(ws, this.o.maxSendBuffer ?? DEFAULT_MAX_SEND_BUFFER, log.child({ remote }));
     this.sockets.add(ws);
+    this.gates.set(ws, gate);
     this.lastSeen.set(ws, Date.now());
     let hello = false;
     let clientName = 'unknown';
@@ -161,9 +261,11 @@ export class WsServer {
         return clientName;
       },
       send: (message) => {
-        if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
+        if (ws.readyState === WebSocket.OPEN) gate.send(JSON.stringify(message));
       },
       bufferedAmount: () => ws.bufferedAmount,
+      pause: () => gate.hold('handler'),
+      resume: () => gate.release('handler'),
       close: (code = 1000, reason = '') => ws.close(code, reason),
     };
     const seen = () => this.lastSeen.set(ws, Date.now());
@@ -175,19 +277,20 @@ export class WsServer {
         ws.close(1002, 'no hello');
       }
     }, 10_000);
-    ws.on('message', (data: RawData, isBinary: boolean) => {
-      seen();
-      const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
-      if (isBinary) {
-        if (!hello) return this.fatal(conn, ws, new CodedError('BAD_MESSAGE', 'binary data before hello'));
-        this.o.handler.onBinary(conn, buf);
-        return;
-      }
+
+    /** A request the handler failed: the client gets the code; anything uncoded is logged with its stack. */
+    const answerFailure = (err: unknown, type: string, re: string) => {
+      const e = err instanceof CodedError ? err : new CodedError('INTERNAL', messageOf(err));
+      if (e.code === 'INTERNAL') log.error('request failed', { type, error: stackOf(err) });
+      conn.send({ type: 'error', re, code: e.code, message: e.message });
+    };
+
+    const onText = (text: string) => {
       let message: ClientMessage;
       try {
-        message = parseClientMessage(buf.toString('utf8'));
+        message = parseClientMessage(text);
       } catch (err) {
-        const e = err instanceof CodedError ? err : new CodedError('BAD_MESSAGE', String(err));
+        const e = err instanceof CodedError ? err : new CodedError('BAD_MESSAGE', messageOf(err));
         log.warn('bad message from client', { code: e.code, error: e.message });
         // A garbage frame before the handshake is fatal; after it, the client is told and may go on.
         if (!hello) return this.fatal(conn, ws, e);
@@ -228,20 +331,42 @@ export class WsServer {
       }
       if (message.type === 'hello')
         return conn.send({ type: 'error', re: message.id, code: 'BAD_REQUEST', message: 'hello was already done' });
-      Promise.resolve(this.o.handler.onMessage(conn, message)).catch((err: unknown) => {
-        const e = err instanceof CodedError ? err : new CodedError('INTERNAL', (err as Error)?.message ?? String(err));
-        if (e.code === 'INTERNAL')
-          log.error('request failed', { type: message.type, error: (err as Error)?.stack ?? String(err) });
-        conn.send({ type: 'error', re: message.id, code: e.code, message: e.message });
-      });
+      // A handler that throws before its first await fails its request like one that rejects.
+      let handled: void | Promise<void>;
+      try {
+        handled = this.o.handler.onMessage(conn, message);
+      } catch (err) {
+        return answerFailure(err, message.type, message.id);
+      }
+      Promise.resolve(handled).catch((err: unknown) => answerFailure(err, message.type, message.id));
+    };
+
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      seen();
+      try {
+        const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+        if (!isBinary) return onText(buf.toString('utf8'));
+        if (!hello) return this.fatal(conn, ws, new CodedError('BAD_MESSAGE', 'binary data before hello'));
+        this.o.handler.onBinary(conn, buf);
+      } catch (err) {
+        // A frame nothing else caught: this client is dropped, the agent goes on.
+        log.error('frame handling failed; connection dropped', { remote, binary: isBinary, error: stackOf(err) });
+        conn.send({ type: 'error', code: codeOf(err), message: messageOf(err), fatal: true });
+        ws.terminate();
+      }
     });
     ws.on('error', (err) => log.warn('websocket error', { error: err.message }));
     ws.on('close', (code) => {
       clearTimeout(helloTimer);
+      gate.close();
       this.sockets.delete(ws);
       const silent = this.silent.has(ws);
       log.info(silent ? 'client went silent; connection dropped' : 'client disconnected', { code });
-      if (hello) this.o.handler.onClose(conn, silent);
+      try {
+        if (hello) this.o.handler.onClose(conn, silent);
+      } catch (err) {
+        log.error('cleanup after a disconnect failed', { error: stackOf(err) });
+      }
     });
   }
 
