@@ -1,12 +1,13 @@
 /**
  * `rpi-flash-agent --config FILE [flags]`: start the lab agent. Flags override the file.
  * SIGTERM/SIGINT stop it in order (a second signal exits at once); SIGHUP reloads the targets.
+ * A last-resort guard catches what no handler did: fatal during start-up, logged once serving.
  */
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { ConfigError, loadConfig } from './config.js';
 import { startAgent } from './agent.js';
-import { createLogger } from './log.js';
+import { createLogger, type Logger } from './log.js';
 import { AGENT_VERSION } from './ws/server.js';
 
 export const HELP = `rpi-flash-agent ${AGENT_VERSION} — flashes Raspberry Pi boards in a lab for the rpi-flash GitHub Action
@@ -114,6 +115,36 @@ export function parseCliArgs(argv: string[]): ParsedArgs {
   };
 }
 
+/**
+ * The last resort for an exception or rejection no handler caught. During start-up it is a setup or
+ * programming error: the stack goes to stderr and the agent exits 1, as for any other start-up
+ * failure. Once the agent serves, one peer's or one job's failure must not end every job in flight
+ * (systemd would restart the agent and kill them all): it is logged with its stack and the agent
+ * keeps serving.
+ */
+export class LastResortGuard {
+  private log: Logger | undefined;
+
+  install(): void {
+    process.on('uncaughtException', (err, origin) => this.caught(err, origin));
+    process.on('unhandledRejection', (reason) => this.caught(reason, 'unhandledRejection'));
+  }
+
+  /** Start-up is over: from now on an uncaught error is logged to `log` and the agent goes on. */
+  serving(log: Logger): void {
+    this.log = log;
+  }
+
+  private caught(err: unknown, origin: string): void {
+    const stack = (err instanceof Error ? err.stack : undefined) ?? String(err);
+    if (!this.log) {
+      process.stderr.write(`rpi-flash-agent: unexpected error during start-up (${origin}): ${stack}\n`);
+      process.exit(1);
+    }
+    this.log.error('unexpected error; the agent keeps serving', { origin, error: stack });
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'make-card') return (await import('./make-card.js')).makeCardMain(argv.slice(1));
   let args: ParsedArgs;
@@ -137,6 +168,8 @@ export async function main(argv: string[]): Promise<number> {
     );
     return 2;
   }
+  const guard = new LastResortGuard();
+  if (!args.check) guard.install();
   let config;
   try {
     config = await loadConfig(args.config!, args.overrides);
@@ -165,6 +198,7 @@ export async function main(argv: string[]): Promise<number> {
     log.error('cannot start', { error: (err as Error).message });
     return 1;
   }
+  guard.serving(log);
   return new Promise<number>((resolve) => {
     let signals = 0;
     const stop = (signal: string) => {
