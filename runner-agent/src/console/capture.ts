@@ -175,12 +175,29 @@ export async function openConsole(spec: ConsoleSpec, o: ConsoleCaptureOptions): 
     }
   };
 
+  /** Once per capture: a console that keeps sending what breaks the capture must not flood the log. */
+  let chunkFailureLogged = false;
   const onData = (chunk: Buffer) => {
-    stats.bytes += chunk.length;
-    keep(chunk);
-    splitter.push(chunk);
-    clearTimeout(idleTimer);
-    idleTimer = splitter.hasPartial ? setTimeout(() => splitter.flush(), idleFlushMs) : undefined;
+    // Whatever a board prints, a chunk that breaks the capture costs that chunk only: the job and
+    // the agent go on, and so does the capture.
+    try {
+      stats.bytes += chunk.length;
+      keep(chunk);
+      splitter.push(chunk);
+      clearTimeout(idleTimer);
+      idleTimer = splitter.hasPartial ? setTimeout(flushPartial, idleFlushMs) : undefined;
+    } catch (err) {
+      if (!chunkFailureLogged) log.error('console chunk dropped', { error: (err as Error)?.stack ?? String(err) });
+      chunkFailureLogged = true;
+    }
+  };
+  /** The pending partial line becomes a line (quiet console, lost connection); a failure drops that line only. */
+  const flushPartial = () => {
+    try {
+      splitter.flush();
+    } catch (err) {
+      log.error('console line dropped', { error: (err as Error)?.stack ?? String(err) });
+    }
   };
 
   const scheduleReconnect = () => {
@@ -228,7 +245,7 @@ export async function openConsole(spec: ConsoleSpec, o: ConsoleCaptureOptions): 
       // The connection's last line ends with it: it must not glue onto the next connection's text.
       clearTimeout(idleTimer);
       idleTimer = undefined;
-      splitter.flush();
+      flushPartial();
       log.warn(`console connection lost; reconnecting every ${reconnectMs} ms`);
       scheduleReconnect();
     });

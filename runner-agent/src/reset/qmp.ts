@@ -12,6 +12,8 @@ import type { Target } from '../targets/database.js';
 import { asResetFailure, type ResetContext, type ResetLine } from './reset-line.js';
 
 const DEFAULT_QMP_TIMEOUT_MS = 10_000;
+/** QMP's answers to our commands are short: a longer line is not QMP, and is not buffered further. */
+const MAX_QMP_LINE = 1024 * 1024;
 
 type QmpMessage = Record<string, unknown>;
 
@@ -45,11 +47,20 @@ export async function qmpExecute(
       const line = buffered.slice(0, nl).trim();
       buffered = buffered.slice(nl + 1);
       if (!line) continue;
+      let message: unknown;
       try {
-        inbox.push(JSON.parse(line) as QmpMessage);
+        message = JSON.parse(line);
       } catch {
         fail(new Error(`QMP sent a line that is not JSON: ${line.slice(0, 200)}`));
+        continue;
       }
+      // Every QMP message is an object; `null`, a number or a list is a peer that is not QEMU.
+      if (typeof message === 'object' && message !== null && !Array.isArray(message)) inbox.push(message as QmpMessage);
+      else fail(new Error(`QMP sent a line that is not a JSON object: ${line.slice(0, 200)}`));
+    }
+    if (buffered.length > MAX_QMP_LINE) {
+      fail(new Error(`QMP sent over ${MAX_QMP_LINE} bytes without a line end`));
+      buffered = '';
     }
     wake();
   });

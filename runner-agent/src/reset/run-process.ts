@@ -50,8 +50,12 @@ export function runProcess(file: string, args: readonly string[], o: RunOptions)
     let stdout = '';
     let stderr = '';
     let timedOut = false;
+    let settled = false;
     child.stdout.on('data', (chunk: Buffer) => (stdout = appendTail(stdout, chunk)));
     child.stderr.on('data', (chunk: Buffer) => (stderr = appendTail(stderr, chunk)));
+    // A pipe's read error ends only that output (what came so far is kept); unheard it would be uncaught.
+    child.stdout.on('error', () => {});
+    child.stderr.on('error', () => {});
 
     const killGroup = () => {
       if (child.pid === undefined) return;
@@ -66,13 +70,18 @@ export function runProcess(file: string, args: readonly string[], o: RunOptions)
       killGroup();
     }, o.timeoutMs);
 
-    child.once('error', (err) => {
+    // Kept for the child's whole life: a second 'error' (a failed kill) must not be uncaught.
+    child.on('error', (err) => {
       clearTimeout(timer);
+      if (settled) return;
+      settled = true;
       reject(err);
     });
     // 'close' (not 'exit'): the output pipes are drained by then.
     child.once('close', (code, signal) => {
       clearTimeout(timer);
+      if (settled) return;
+      settled = true;
       // A background child the command left behind still holds the group: end it with the command.
       if (timedOut) killGroup();
       resolve({ code, signal, stdout, stderr, timedOut });
