@@ -428,7 +428,7 @@ describe('LRU eviction past maxBytes', () => {
 });
 
 describe('init() after a crash', () => {
-  it('removes temp files and half-published images, keeps valid images and resumable uploads', async () => {
+  it('removes temp files and half-published images, keeps valid images and resumable uploads of any age', async () => {
     let store = await openStore();
     const image = makeImage(70_000);
     const { stored } = await upload(store, image, 'gz');
@@ -457,9 +457,13 @@ describe('init() after a crash', () => {
 
     const lines: LogRecord[] = [];
     store = await openStore({ log: createLogger({ sink: (r) => lines.push(r) }) });
-    for (const file of [...leftovers, stale]) expect(await exists(file), file).toBe(false);
+    for (const file of leftovers) expect(await exists(file), file).toBe(false);
     expect(await exists(unrelated)).toBe(true);
-    expect(lines.filter((l) => l.msg === 'removed leftover file')).toHaveLength(5);
+    expect(lines.filter((l) => l.msg === 'removed leftover file')).toHaveLength(4);
+    // How long a partial upload may wait is the agent's setting (expirePartials), not init's.
+    expect(await exists(stale)).toBe(true);
+    expect(await store.expirePartials(24 * 3600 * 1000)).toBe(1);
+    expect(await exists(stale)).toBe(false);
     expect(store.list().map((i) => i.sha256)).toEqual([stored.sha256]);
     expect(Buffer.compare(await fs.readFile(stored.path), image)).toBe(0);
     const resumed = await store.begin({ sha256: sha(pending), size: pending.length, compression: 'none' });
@@ -476,6 +480,146 @@ describe('init() after a crash', () => {
     store = await openStore();
     expect(store.list()).toEqual([]);
     expect(await exists(stored.path)).toBe(false);
+  });
+});
+
+describe('partial uploads: counted, evicted, expired', () => {
+  const HOUR = 3600 * 1000;
+  const partialFile = (sha256: string) => path.join(tmp, 'state', 'images', 'partial', `${sha256}.upload`);
+
+  /** A clock the test moves: the store's "now" for record times and partial-upload ages. */
+  function testClock(start = Date.now()) {
+    let now = start;
+    return { now: () => now, advance: (ms: number) => (now += ms) };
+  }
+
+  /** Begins a raw upload of `wire`, sends its first `bytes` and leaves it for a resume. */
+  async function leavePartial(store: ImageStore, wire: Buffer, bytes: number) {
+    const session = await store.begin({ sha256: sha(wire), size: wire.length, compression: 'none' });
+    await send(session, wire, 10_000, bytes);
+    await session.suspend();
+    return sha(wire);
+  }
+
+  it('expires a partial upload nobody resumed within the time to live, never one a session has open', async () => {
+    const clock = testClock();
+    const lines: LogRecord[] = [];
+    const store = await openStore({ clock: clock.now, log: createLogger({ sink: (r) => lines.push(r) }) });
+    const idle = makeImage(60_000, 1);
+    const busy = makeImage(60_000, 2);
+    const idleSha = await leavePartial(store, idle, 30_000);
+    const open = await store.begin({ sha256: sha(busy), size: busy.length, compression: 'none' });
+    await send(open, busy, 10_000, 20_000);
+    expect(store.partialBytes()).toBe(50_000);
+
+    clock.advance(6 * HOUR - 1);
+    expect(await store.expirePartials(6 * HOUR)).toBe(0);
+    clock.advance(1);
+    expect(await store.expirePartials(6 * HOUR)).toBe(1);
+    expect(await exists(partialFile(idleSha))).toBe(false);
+    expect(await exists(partialFile(sha(busy)))).toBe(true);
+    expect(store.partialBytes()).toBe(20_000);
+    expect(lines.find((l) => l.msg === 'partial upload expired: no client resumed it')?.fields).toMatchObject({
+      bytes: 30_000,
+      idleSeconds: 6 * 3600,
+    });
+    // The expired one starts over; the open one goes on.
+    const again = await store.begin({ sha256: idleSha, size: idle.length, compression: 'none' });
+    expect(again.offset).toBe(0);
+    await again.discard();
+    await send(open, busy, 10_000);
+    expect(Buffer.compare(await fs.readFile((await open.finish()).path), busy)).toBe(0);
+    expect(store.partialBytes()).toBe(0);
+  });
+
+  it('counts the time to live from the last byte received: a resume starts the wait again', async () => {
+    const clock = testClock();
+    const store = await openStore({ clock: clock.now });
+    const wire = makeImage(60_000, 3);
+    await leavePartial(store, wire, 20_000);
+    clock.advance(5 * HOUR);
+    const resumed = await store.begin({ sha256: sha(wire), size: wire.length, compression: 'none' });
+    await send(resumed, wire, 10_000, 40_000);
+    await resumed.suspend();
+    clock.advance(5 * HOUR);
+    expect(await store.expirePartials(6 * HOUR)).toBe(0);
+    expect((await store.begin({ sha256: sha(wire), size: wire.length, compression: 'none' })).offset).toBe(40_000);
+  });
+
+  it('counts partial uploads against maxBytes and evicts the oldest of images and idle partials', async () => {
+    const clock = testClock();
+    const size = 100_000;
+    const store = await openStore({ maxBytes: 3 * size, clock: clock.now });
+    const partial = await leavePartial(store, makeImage(2 * size, 1), size);
+    clock.advance(1000);
+    const a = (await upload(store, makeImage(size, 2))).stored;
+    clock.advance(1000);
+    // partial (oldest) + a + b = 3 × size: at the limit, nothing goes.
+    const b = (await upload(store, makeImage(size, 3))).stored;
+    expect(store.totalBytes() + store.partialBytes()).toBe(3 * size);
+    expect(await exists(partialFile(partial))).toBe(true);
+    clock.advance(1000);
+    // One more image: the partial upload is the least recently used, so it goes, not an image.
+    const c = (await upload(store, makeImage(size, 4))).stored;
+    expect(await exists(partialFile(partial))).toBe(false);
+    expect(store.partialBytes()).toBe(0);
+    expect(store.list().map((i) => i.sha256)).toEqual([c.sha256, b.sha256, a.sha256]);
+    // A partial left now is the newest: past the limit, the least recently used image makes room.
+    clock.advance(1000);
+    const fresh = await leavePartial(store, makeImage(2 * size, 5), size / 2);
+    await vi.waitFor(async () => {
+      expect(store.list().map((i) => i.sha256)).toEqual([c.sha256, b.sha256]);
+      expect(await exists(a.path)).toBe(false);
+    });
+    expect(await exists(partialFile(fresh))).toBe(true);
+  });
+
+  it('never evicts the partial upload a session has open; the store goes over its limit instead', async () => {
+    const size = 100_000;
+    const store = await openStore({ maxBytes: 2 * size });
+    const wire = makeImage(2 * size, 6);
+    const open = await store.begin({ sha256: sha(wire), size: wire.length, compression: 'none' });
+    await send(open, wire, 10_000, size + 10_000);
+    await upload(store, makeImage(size, 7)); // the new image is never evicted for being over: it was asked for
+    expect(await exists(partialFile(sha(wire)))).toBe(true);
+    expect(store.list()).toHaveLength(1);
+    await send(open, wire, 10_000);
+    await open.finish();
+  });
+
+  it('the disk-space check evicts idle partial uploads oldest first, never the one it resumes', async () => {
+    const clock = testClock();
+    const dir = path.join(tmp, 'state', 'images');
+    const capacity = 400_000;
+    const store = await openStore({ clock: clock.now, freeBytes: async () => capacity - (await duBytes(dir)) });
+    const older = await leavePartial(store, makeImage(300_000, 1), 150_000);
+    clock.advance(1000);
+    const newer = makeImage(300_000, 2);
+    await leavePartial(store, newer, 150_000);
+    clock.advance(1000);
+    // 100 000 free; resuming `newer` needs its last 150 000: the older partial goes, `newer` stays.
+    const resumed = await store.begin({ sha256: sha(newer), size: newer.length, compression: 'none' });
+    expect(resumed.offset).toBe(150_000);
+    expect(await exists(partialFile(older))).toBe(false);
+    // Idle again, it goes too for an upload that needs more; one the disk cannot hold is still refused.
+    await resumed.suspend();
+    const big = makeImage(450_000, 3);
+    await expectCode(store.begin({ sha256: sha(big), size: big.length, compression: 'none' }), 'NO_SPACE');
+    expect(await exists(partialFile(sha(newer)))).toBe(false);
+  });
+
+  it('a begin() that races the expiry of its own partial file waits for it and starts over', async () => {
+    const clock = testClock();
+    const store = await openStore({ clock: clock.now });
+    const wire = makeImage(60_000, 8);
+    await leavePartial(store, wire, 30_000);
+    clock.advance(7 * HOUR);
+    const expiring = store.expirePartials(6 * HOUR);
+    const session = await store.begin({ sha256: sha(wire), size: wire.length, compression: 'none' });
+    expect(await expiring).toBe(1);
+    expect(session.offset).toBe(0);
+    await send(session, wire);
+    expect(Buffer.compare(await fs.readFile((await session.finish()).path), wire)).toBe(0);
   });
 });
 

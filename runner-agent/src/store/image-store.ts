@@ -8,6 +8,12 @@
  * Images are named by the sha256 of the bytes the client uploaded (the compressed file when
  * compressed) and kept decompressed, so staging serves parts as byte ranges of one file.
  *
+ * Partial uploads take disk like images do, so they count against `maxBytes` while they exist, and
+ * the store makes room by evicting the least recently used of both: images by their last use,
+ * partial uploads by their last byte received — never an image pinned by a job, never a partial
+ * upload a session has open. One that no client resumes goes after a while (`expirePartials`,
+ * called by the agent with its configured time to live).
+ *
  * Layout under `dir`:
  *   images/<sha256>.img      the decompressed image — its presence is what "stored" means
  *   images/<sha256>.json     its record (sizes, times, part CRCs), written before the image is
@@ -52,6 +58,17 @@ export interface StoredImage {
   lastUsed: number;
 }
 
+/** A partial upload's file, open in a session or waiting for a resume. */
+interface PartialUpload {
+  /** Bytes in the file when the last session on it ended (a session's own count while one is open). */
+  bytes: number;
+  /** When its last session ended (or the file's mtime, found at init): its age for expiry and eviction. */
+  touchedAt: number;
+}
+
+/** Something the store can delete to make room: an image or an idle partial upload. */
+type Evictable = { kind: 'image' | 'partial'; sha256: string; usedAt: number };
+
 export interface ImageStoreOptions {
   /** e.g. `<state>/images`. */
   dir: string;
@@ -62,8 +79,8 @@ export interface ImageStoreOptions {
   minFreeBytes?: number;
   /** The part size whose CRCs are computed while storing; default 64 MiB. */
   defaultPartSize?: number;
-  /** Partial uploads untouched this long are removed by `init()`; default 24 h. */
-  partialMaxAgeMs?: number;
+  /** Milliseconds since the epoch; `Date.now` unless a test drives the time. */
+  clock?: () => number;
   /** Free space on the file system holding a directory; default `fs.statfs`. */
   freeBytes?: FreeSpaceProbe;
   /** Commands for `.xz` and `.zst`; default `xz` and `zstd` on PATH. */
@@ -86,7 +103,6 @@ const MiB = 1024 * 1024;
 const DEFAULTS = {
   minFreeBytes: 256 * MiB,
   defaultPartSize: 64 * MiB,
-  partialMaxAgeMs: 24 * 3600 * 1000,
   writeBatchBytes: 4 * MiB,
   writesInFlight: 2,
   hashOnWorkerFromBytes: Number.POSITIVE_INFINITY,
@@ -103,7 +119,7 @@ export class ImageStore {
   private readonly maxBytes: number;
   private readonly minFreeBytes: number;
   private readonly defaultPartSize: number;
-  private readonly partialMaxAgeMs: number;
+  private readonly clock: () => number;
   private readonly freeBytes: FreeSpaceProbe;
   private readonly tools: DecompressTools;
   private readonly writeBehind: WriteBehindOptions;
@@ -114,6 +130,10 @@ export class ImageStore {
   private readonly pins = new Map<string, number>();
   /** Uploads in progress, by sha256: one at a time per image, and their disk space is promised. */
   private readonly uploads = new Map<string, Upload>();
+  /** Partial upload files, by sha256, whether a session has them open or not. */
+  private readonly partials = new Map<string, PartialUpload>();
+  /** Partial files being deleted: a begin() of the same sha256 waits for the deletion. */
+  private readonly partialRemovals = new Map<string, Promise<void>>();
   /** Per-image chain of record writes, so they land in order. */
   private readonly metaWrites = new Map<string, Promise<void>>();
   private lastClock = 0;
@@ -129,7 +149,7 @@ export class ImageStore {
     this.minFreeBytes = o.minFreeBytes ?? DEFAULTS.minFreeBytes;
     this.defaultPartSize = o.defaultPartSize ?? DEFAULTS.defaultPartSize;
     checkPartSize(this.defaultPartSize);
-    this.partialMaxAgeMs = o.partialMaxAgeMs ?? DEFAULTS.partialMaxAgeMs;
+    this.clock = o.clock ?? Date.now;
     this.freeBytes = o.freeBytes ?? statfsFreeBytes;
     this.tools = o.tools ?? {};
     this.writeBehind = {
@@ -153,6 +173,7 @@ export class ImageStore {
       bytes: this.totalBytes(),
       maxBytes: this.maxBytes,
       resumableUploads: partials,
+      partialBytes: this.partialBytes(),
     });
     await this.evictPast(this.maxBytes);
   }
@@ -193,10 +214,11 @@ export class ImageStore {
     }
   }
 
-  /** Removes partial uploads that can never be resumed; returns how many are left to resume. */
+  /**
+   * Removes partial uploads that can never be resumed and notes the others; returns how many are
+   * left to resume. Their age is the agent's to judge (`expirePartials`), not a crash's.
+   */
   private async sweepPartialUploads(): Promise<number> {
-    let partials = 0;
-    const now = Date.now();
     for (const name of await fs.readdir(this.partialDir)) {
       const file = path.join(this.partialDir, name);
       if (name.endsWith(TEMP_SUFFIX)) {
@@ -206,13 +228,39 @@ export class ImageStore {
       }
       const match = /^([0-9a-f]{64})\.upload$/.exec(name);
       if (!match) continue;
+      const sha256 = match[1]!;
+      if (this.images.has(sha256)) {
+        await this.removeLeftover(file, 'partial upload of an image already stored');
+        continue;
+      }
       const stats = await fs.stat(file);
-      if (this.images.has(match[1]!)) await this.removeLeftover(file, 'partial upload of an image already stored');
-      else if (now - stats.mtimeMs > this.partialMaxAgeMs)
-        await this.removeLeftover(file, 'partial upload never resumed');
-      else partials++;
+      this.partials.set(sha256, { bytes: stats.size, touchedAt: stats.mtimeMs });
     }
-    return partials;
+    return this.partials.size;
+  }
+
+  /**
+   * Removes the partial uploads no session has open whose last byte came `ttlMs` or longer ago;
+   * returns how many it removed. The agent calls this now and then with its configured time.
+   */
+  async expirePartials(ttlMs: number): Promise<number> {
+    this.assertReady();
+    if (this.closed) return 0;
+    let removed = 0;
+    for (const sha256 of [...this.partials.keys()]) {
+      // Looked up again each time: a begin() may have claimed it while an earlier one was deleted.
+      const p = this.partials.get(sha256);
+      const idleMs = this.clock() - (p?.touchedAt ?? 0);
+      if (!p || this.uploads.has(sha256) || idleMs < ttlMs) continue;
+      this.log.info('partial upload expired: no client resumed it', {
+        sha256: short(sha256),
+        bytes: p.bytes,
+        idleSeconds: Math.round(idleMs / 1000),
+      });
+      await this.removePartial(sha256);
+      removed++;
+    }
+    return removed;
   }
 
   /** The stored image, marked as just used (LRU); null when the store does not hold it. */
@@ -291,6 +339,18 @@ export class ImageStore {
     return total;
   }
 
+  /** Total bytes of the partial uploads, open or waiting for a resume (the wire bytes received). */
+  partialBytes(): number {
+    let total = 0;
+    for (const [sha256, p] of this.partials) total += this.uploads.get(sha256)?.offset ?? p.bytes;
+    return total;
+  }
+
+  /** What counts against `maxBytes`: images and partial uploads. */
+  private heldBytes(): number {
+    return this.totalBytes() + this.partialBytes();
+  }
+
   /**
    * Starts (or resumes) an upload. Every refusal happens here, before the client sends a byte:
    * BAD_REQUEST, UNSUPPORTED_COMPRESSION, UPLOAD_TOO_LARGE, NO_SPACE.
@@ -319,20 +379,22 @@ export class ImageStore {
     const imageBytes = compression === 'none' ? 0 : (o.imageSize ?? size * COMPRESSION_RATIO_ESTIMATE);
     const upload: Upload = new Upload(this.uploadPlan(o, imageBytes), {
       publish: (image) => this.publish(image),
-      ended: () => {
-        if (this.uploads.get(sha256) === upload) this.uploads.delete(sha256);
-      },
+      ended: (kept) => this.uploadEnded(upload, kept),
     });
-    this.uploads.set(sha256, upload); // claimed before any await: a second begin() sees it
+    // Claimed before any await: a second begin() sees it, and neither eviction nor expiry takes its file.
+    this.uploads.set(sha256, upload);
     try {
+      await this.partialRemovals.get(sha256);
       if (compression !== 'none') await checkDecompressor(compression, this.tools);
       const held = await upload.heldBytes();
       await this.ensureSpace(upload, size - held, imageBytes, o.imageSize === undefined && compression !== 'none');
       await upload.open(held);
     } catch (err) {
       this.uploads.delete(sha256);
+      await this.notePartialOnDisk(sha256);
       throw err;
     }
+    this.partials.set(sha256, { bytes: upload.offset, touchedAt: this.clock() });
     this.log.info(upload.offset > 0 ? 'upload resumed' : 'upload started', {
       sha256: short(sha256),
       size,
@@ -346,17 +408,59 @@ export class ImageStore {
   async close(): Promise<void> {
     this.closed = true;
     await Promise.allSettled([...this.uploads.values()].map((upload) => upload.suspend()));
-    await Promise.allSettled([...this.metaWrites.values()]);
+    await Promise.allSettled([...this.metaWrites.values(), ...this.partialRemovals.values()]);
   }
 
   // ---- internals --------------------------------------------------------------------------------
+
+  /**
+   * An upload session ended: its sha256 is free for a new begin(), and its partial file (if it kept
+   * one) waits for a resume from now on, counted until it is resumed, evicted or expired.
+   */
+  private uploadEnded(upload: Upload, kept: number | null): void {
+    const { sha256 } = upload;
+    // A late call from a session a newer one replaced says nothing about the newer one's file.
+    if (this.uploads.has(sha256) && this.uploads.get(sha256) !== upload) return;
+    this.uploads.delete(sha256);
+    if (kept === null) {
+      this.partials.delete(sha256);
+      return;
+    }
+    this.partials.set(sha256, { bytes: kept, touchedAt: this.clock() });
+    if (this.closed) return;
+    this.evictPast(this.maxBytes).catch((err: unknown) =>
+      this.log.error('eviction failed', { error: (err as Error).message }),
+    );
+  }
+
+  /** After a begin() that failed: the partial file as it is now (kept, cut or removed by the attempt). */
+  private async notePartialOnDisk(sha256: string): Promise<void> {
+    const bytes = await fileSize(this.partialPath(sha256));
+    if (this.uploads.has(sha256)) return; // another begin() claimed it meanwhile: its entry now
+    if (bytes === null) this.partials.delete(sha256);
+    else this.partials.set(sha256, { bytes, touchedAt: this.partials.get(sha256)?.touchedAt ?? this.clock() });
+  }
+
+  /** Deletes an idle partial upload: out of the catalogue at once, the file soon after. */
+  private removePartial(sha256: string): Promise<void> {
+    this.partials.delete(sha256);
+    const removal = fs.rm(this.partialPath(sha256), { force: true }).finally(() => {
+      if (this.partialRemovals.get(sha256) === removal) this.partialRemovals.delete(sha256);
+    });
+    this.partialRemovals.set(sha256, removal);
+    return removal;
+  }
+
+  private partialPath(sha256: string): string {
+    return path.join(this.partialDir, `${sha256}.upload`);
+  }
 
   /** What an upload is told: where its bytes go and the limits the store holds it to. */
   private uploadPlan(o: BeginUpload, plannedImageBytes: number): UploadPlan {
     return {
       ...o,
       files: {
-        partial: path.join(this.partialDir, `${o.sha256}.upload`),
+        partial: this.partialPath(o.sha256),
         // Ends in `.tmp` so that init() clears it after a crash: a resume rebuilds it.
         decompressedTemp: path.join(this.partialDir, `${o.sha256}.img${TEMP_SUFFIX}`),
       },
@@ -391,6 +495,8 @@ export class ImageStore {
     await fs.rename(o.file, this.imagePath(o.sha256));
     await syncDir(this.imagesDir);
     this.images.set(o.sha256, meta);
+    // Its bytes are the image's now (a raw upload's file was renamed; a compressed one's goes next).
+    this.partials.delete(o.sha256);
     this.log.info('image stored', {
       sha256: short(o.sha256),
       imageSize: o.imageSize,
@@ -430,7 +536,7 @@ export class ImageStore {
 
   /** Milliseconds since the epoch, but never equal to or before the previous value. */
   private tick(): number {
-    this.lastClock = Math.max(Date.now(), this.lastClock + 1);
+    this.lastClock = Math.max(this.clock(), this.lastClock + 1);
     return this.lastClock;
   }
 
@@ -459,8 +565,8 @@ export class ImageStore {
 
   /**
    * Refuses an upload that would not fit, before it starts. Needs the rest of the wire bytes, the
-   * decompressed image (compressed uploads keep both until the end) and the reserve. Evicts
-   * least-recently-used images to make room first, since they would go anyway.
+   * decompressed image (compressed uploads keep both until the end) and the reserve. Evicts the
+   * least recently used images and idle partial uploads to make room first, since they would go anyway.
    */
   private async ensureSpace(
     self: Upload,
@@ -478,10 +584,17 @@ export class ImageStore {
     const measure = async () => (await this.freeBytes(this.dir)) - promised();
     let free = await measure();
     while (free < need) {
-      const victim = this.leastRecentlyUsedEvictable();
+      const victim = this.oldestEvictable(self.sha256);
       if (!victim) break;
-      this.log.info('evicting an image to make room for an upload', { need, free });
-      await this.deleteImage(victim);
+      this.log.info(
+        `evicting ${victim.kind === 'image' ? 'an image' : 'a partial upload'} to make room for an upload`,
+        {
+          sha256: short(victim.sha256),
+          need,
+          free,
+        },
+      );
+      await this.evict(victim);
       free = await measure();
     }
     if (free >= need) return;
@@ -496,31 +609,49 @@ export class ImageStore {
     );
   }
 
-  private leastRecentlyUsedEvictable(exclude?: string): string | undefined {
-    let victim: ImageMeta | undefined;
+  /**
+   * The least recently used image no job pins, or idle partial upload, whichever is older; never
+   * `exclude`, and never a partial file a session has open (or one being deleted already).
+   */
+  private oldestEvictable(exclude?: string): Evictable | undefined {
+    let victim: Evictable | undefined;
+    const consider = (candidate: Evictable) => {
+      if (!victim || candidate.usedAt < victim.usedAt) victim = candidate;
+    };
     for (const meta of this.images.values()) {
       if (meta.sha256 === exclude || this.pins.has(meta.sha256)) continue;
-      if (!victim || meta.lastUsed < victim.lastUsed) victim = meta;
+      consider({ kind: 'image', sha256: meta.sha256, usedAt: meta.lastUsed });
     }
-    return victim?.sha256;
+    for (const [sha256, p] of this.partials) {
+      if (sha256 === exclude || this.uploads.has(sha256)) continue;
+      consider({ kind: 'partial', sha256, usedAt: p.touchedAt });
+    }
+    return victim;
   }
 
+  private evict(victim: Evictable): Promise<void> {
+    return victim.kind === 'image' ? this.deleteImage(victim.sha256) : this.removePartial(victim.sha256);
+  }
+
+  /** Evicts the oldest images and idle partial uploads while both together hold more than `limit`. */
   private async evictPast(limit: number, exclude?: string): Promise<void> {
-    while (this.totalBytes() > limit) {
-      const victim = this.leastRecentlyUsedEvictable(exclude);
+    while (this.heldBytes() > limit) {
+      const victim = this.oldestEvictable(exclude);
       if (!victim) {
-        this.log.warn('image store is over its limit but every other image is in use', {
+        this.log.warn('image store is over its limit but every other image and partial upload is in use', {
           bytes: this.totalBytes(),
+          partialBytes: this.partialBytes(),
           maxBytes: limit,
         });
         return;
       }
-      this.log.info('evicting least recently used image', {
-        sha256: short(victim),
+      this.log.info(`evicting least recently used ${victim.kind === 'image' ? 'image' : 'partial upload'}`, {
+        sha256: short(victim.sha256),
         bytes: this.totalBytes(),
+        partialBytes: this.partialBytes(),
         maxBytes: limit,
       });
-      await this.deleteImage(victim);
+      await this.evict(victim);
     }
   }
 

@@ -120,9 +120,10 @@ export interface UploadHost {
   publish(image: ReceivedImage): Promise<StoredImage>;
   /**
    * The session is over (finished, suspended or discarded): its disk space is no longer promised,
-   * and a new begin() of its sha256 may start.
+   * and a new begin() of its sha256 may start. `keptBytes`: what its partial file now holds for a
+   * resume (suspended), or null when it left none (published or discarded).
    */
-  ended(): void;
+  ended(keptBytes: number | null): void;
 }
 
 /** Everything the store decided for one upload at begin(). */
@@ -432,7 +433,7 @@ export class Upload implements UploadSession {
       });
       if (this.compressed) await fs.rm(partial, { force: true });
       this.state = 'done';
-      this.host.ended();
+      this.host.ended(null);
       return image;
     } catch (err) {
       await this.end('discarded');
@@ -471,7 +472,7 @@ export class Upload implements UploadSession {
     this.state = state;
     if (wasOpen) await this.teardown(state === 'suspended');
     if (state === 'discarded') await fs.rm(this.plan.files.partial, { force: true });
-    this.host.ended();
+    this.host.ended(state === 'suspended' ? this.received : null);
     if (wasOpen || state === 'discarded') {
       this.log.info(state === 'suspended' ? 'upload suspended' : 'upload discarded', {
         received: this.received,
