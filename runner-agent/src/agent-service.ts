@@ -77,8 +77,20 @@ export class AgentService implements ConnectionHandler {
   /** Lease requests still waiting in a queue, by connection, so a disconnect leaves the queue. */
   private readonly waiting = new Map<string, { abort: AbortController; requestId: string }>();
   private stopping = false;
+  private readonly partialExpiry: NodeJS.Timeout;
 
-  constructor(private readonly d: AgentServiceDeps) {}
+  constructor(private readonly d: AgentServiceDeps) {
+    // A partial upload is a resume point held for clients, like a lease through its grace period:
+    // one no client came back for within store.partialTtl goes. Checked a few times per TTL.
+    const ttlMs = d.config.store.partialTtl * 1000;
+    const expire = () =>
+      void d.store
+        .expirePartials(ttlMs)
+        .catch((err: unknown) => d.log.error('expiring partial uploads failed', { error: messageOf(err) }));
+    expire();
+    this.partialExpiry = setInterval(expire, Math.min(10 * 60_000, Math.max(100, ttlMs / 4)));
+    this.partialExpiry.unref();
+  }
 
   onMessage(conn: ClientConnection, m: ClientMessage): Promise<void> | void {
     if (this.stopping && m.type !== 'cancel')
@@ -440,6 +452,7 @@ export class AgentService implements ConnectionHandler {
   /** Shutdown: refuse new work, cancel running jobs and wait for their cleanup (bounded), end leases. */
   async shutdown(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.partialExpiry);
     this.leases.close();
     const running: Promise<void>[] = [];
     for (const s of this.sessions.values()) {

@@ -26,7 +26,11 @@ export interface AgentConfig {
     maxWindowsize: number;
   };
   stateDir: string;
-  store: { maxBytes: number };
+  store: {
+    maxBytes: number;
+    /** Seconds a partial upload waits for a client to resume it before it is removed. */
+    partialTtl: number;
+  };
   /** Stage 2's settings (U-Boot memory map in hex; the defaults suit every Pi with ≥ 1 GiB) and the parts. */
   flash: Stage2Settings & {
     partSize: number;
@@ -82,7 +86,8 @@ export const DEFAULTS = {
   listen: { host: '0.0.0.0', port: 8443 },
   tftp: { root: '/srv/tftp', address: '0.0.0.0', port: 69, checkClientIp: true, maxBlksize: 65464, maxWindowsize: 64 },
   stateDir: '/var/lib/rpi-flash',
-  store: { maxBytes: 32 * 1024 ** 3 },
+  // Six hours: well past any retry of the same workflow run, and short enough that abandoned uploads do not pile up.
+  store: { maxBytes: 32 * 1024 ** 3, partialTtl: 6 * 3600 },
   flash: {
     partSize: 64 * 1024 ** 2,
     retries: 2,
@@ -260,7 +265,16 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   };
 
   const storeRaw = obj('store');
-  known(storeRaw, 'store.', ['maxBytes']);
+  known(storeRaw, 'store.', ['maxBytes', 'partialTtl']);
+  let partialTtl: number = DEFAULTS.store.partialTtl;
+  if (storeRaw.partialTtl !== undefined) {
+    const v = storeRaw.partialTtl;
+    if (typeof v === 'number' && v > 0 && v <= 30 * 86_400) partialTtl = v;
+    else
+      problems.push(
+        `"store.partialTtl" must be a number of seconds between 0 and 2592000 (30 days), got ${JSON.stringify(v)}`,
+      );
+  }
 
   const flashRaw = obj('flash');
   known(flashRaw, 'flash.', [
@@ -347,7 +361,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     targets,
     tftp,
     stateDir: file(string('stateDir', raw.stateDir, DEFAULTS.stateDir)),
-    store: { maxBytes: size('store.maxBytes', storeRaw.maxBytes, DEFAULTS.store.maxBytes) },
+    store: { maxBytes: size('store.maxBytes', storeRaw.maxBytes, DEFAULTS.store.maxBytes), partialTtl },
     flash,
     timeouts,
     bootCheck,
