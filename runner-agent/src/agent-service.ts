@@ -57,6 +57,11 @@ interface LeaseSession {
   /** A result that finished while the client was away, delivered when it reattaches. */
   pendingResult?: ResultMessage;
   graceTimer?: NodeJS.Timeout;
+  /**
+   * Why the lease was lost (silence, or the grace period passed). From then on the session only
+   * waits for its job to wind down: nobody can resume it, and its result is kept in the job record only.
+   */
+  lost?: string;
 }
 
 export interface AgentServiceDeps {
@@ -130,8 +135,13 @@ export class AgentService implements ConnectionHandler {
       throw new CodedError('BAD_REQUEST', 'this connection already holds or waits for a lease');
     if (m.lease) {
       const s = this.sessions.get(m.lease);
-      if (!s)
-        throw new CodedError('LEASE_LOST', `lease ${m.lease} is no longer held (it ended or its grace period passed)`);
+      if (!s || s.lost)
+        throw new CodedError(
+          'LEASE_LOST',
+          s?.lost
+            ? `lease ${m.lease} was lost (${s.lost}); its job was cancelled`
+            : `lease ${m.lease} is no longer held (it ended or its grace period passed)`,
+        );
       if (s.conn && s.conn.id !== conn.id) s.conn.close(4000, 'lease taken over by a new connection');
       this.attach(s, conn);
       this.d.log.info('lease resumed', { target: s.target.name, lease: s.lease.id, conn: conn.id });
@@ -309,11 +319,30 @@ export class AgentService implements ConnectionHandler {
       // another connection since may wait there for it, having been told `job-running`.
       if (s.conn && s.conn.id !== conn.id)
         s.conn.send({ type: 'error', re: m.id, code: codeOf(err), message: messageOf(err) });
+      this.afterFailedSetup(s);
       throw err;
     } finally {
       s.starting = false;
       s.flashRequest = undefined;
+      // A cancel asked for while the job was being set up was for that job alone (the job took it, or
+      // the failed setup ended the lease): it must never cancel a later flash at once.
+      s.cancelRequested = undefined;
     }
+  }
+
+  /**
+   * The job was never set up (its flash got an error, no result). A cancel that came meanwhile, or
+   * a lease lost meanwhile, ends the lease now: no job result will.
+   */
+  private afterFailedSetup(s: LeaseSession): void {
+    s.job = undefined;
+    if (this.sessions.get(s.lease.id) !== s || (!s.cancelRequested && !s.lost)) return;
+    this.d.log.info('job not started after a cancel; ending the lease', {
+      target: s.target.name,
+      lease: s.lease.id,
+      why: s.lost ?? s.cancelRequested?.reason,
+    });
+    this.endSession(s);
   }
 
   private async runFlash(s: LeaseSession, m: FlashRequest): Promise<void> {
@@ -365,6 +394,9 @@ export class AgentService implements ConnectionHandler {
       if (s.conn) {
         s.conn.send(message);
         this.endSession(s);
+      } else if (s.lost) {
+        // Nobody can come back for it: the result stays in the job record, the lease is forgotten.
+        this.endSession(s);
       } else {
         // The client is away: keep the result for its return, free the board for others now.
         s.pendingResult = message;
@@ -389,7 +421,8 @@ export class AgentService implements ConnectionHandler {
       return;
     }
     const s = leaseId ? this.sessions.get(leaseId) : this.byConnection.get(conn.id);
-    if (!s) {
+    // A lost lease is as good as ended: its job is being cancelled already.
+    if (!s || s.lost) {
       // Nothing to cancel is not an error for a safety-net cancel (the post step).
       conn.send({ type: 'released', re: id, lease: leaseId ?? '' });
       return;
@@ -432,6 +465,8 @@ export class AgentService implements ConnectionHandler {
     s.conn = undefined;
     const expire = (why: string) => {
       this.d.log.warn('lease lost', { target: s.target.name, lease: s.lease.id, why });
+      s.lost = why;
+      // A running job is cancelled; its end forgets the lease (runFlash), keeping no result for a resume.
       if (s.job || s.starting) this.cancelJob(s, why, 'LEASE_LOST');
       else {
         void this.dropUpload(s, 'suspend');
