@@ -28,6 +28,14 @@ import { formatBytes } from '../../src/protocol/units.js';
 import type { BoardFiles } from './staging/board-files.js';
 import type { ClientConnection, ConnectionHandler } from './ws/server.js';
 
+/**
+ * Upload bytes received but not yet taken by the store, per upload, past which the agent stops
+ * reading from the client. The protocol client keeps at most its window (16 MiB) and a chunk
+ * unacknowledged, so one that keeps to it never waits here; one that ignores the acks (keeps
+ * sending binary frames) waits for the store, as TCP makes it, instead of growing the agent.
+ */
+export const MAX_QUEUED_UPLOAD_BYTES = 24 * 1024 * 1024;
+
 interface ActiveUpload {
   requestId: string;
   session: UploadSession;
@@ -38,6 +46,10 @@ interface ActiveUpload {
   /** Writes run one after another; a failure poisons the rest. */
   chain: Promise<void>;
   failed?: CodedError;
+  /** Bytes in `chain` not yet written: at most MAX_QUEUED_UPLOAD_BYTES and one frame. */
+  queued: number;
+  /** The connection whose reading is paused until `queued` falls to half the limit. */
+  pausedOn?: ClientConnection;
 }
 
 interface LeaseSession {
@@ -211,6 +223,7 @@ export class AgentService implements ConnectionHandler {
       received: session.offset,
       lastAck: session.offset,
       chain: Promise.resolve(),
+      queued: 0,
     };
     this.d.log.info('upload started', {
       target: s.target.name,
@@ -238,28 +251,49 @@ export class AgentService implements ConnectionHandler {
       return;
     }
     if (up.failed) return;
-    up.chain = up.chain.then(async () => {
-      if (up.failed) return;
-      try {
-        await up.session.write(data);
-        up.received += data.length;
-        // Acknowledge what the store accepted (hashed, queued for disk; it holds a few MiB at most):
-        // the client keeps at most its window (16 MiB) unacknowledged. Durable is only what a
-        // suspend fsyncs, reported as the resume offset.
-        if (up.received - up.lastAck >= 1024 * 1024 || up.received === up.size) {
-          up.lastAck = up.received;
-          s.conn?.send({ type: 'upload-progress', re: up.requestId, received: up.received });
-        }
-      } catch (err) {
-        up.failed = err instanceof CodedError ? err : new CodedError('INTERNAL', (err as Error).message);
-        s.conn?.send({ type: 'error', re: up.requestId, code: up.failed.code, message: up.failed.message });
-        this.d.log.warn('upload failed', { target: s.target.name, code: up.failed.code, error: up.failed.message });
-        // Too large / no space keep the bytes for a resume; anything else is not worth keeping.
-        const keep = up.failed.code === 'UPLOAD_TOO_LARGE' || up.failed.code === 'NO_SPACE';
-        await (keep ? up.session.suspend() : up.session.discard()).catch(() => {});
-        if (s.upload === up) s.upload = undefined;
+    up.queued += data.length;
+    if (!up.pausedOn && up.queued > MAX_QUEUED_UPLOAD_BYTES) {
+      up.pausedOn = conn;
+      conn.pause();
+      this.d.log.warn('client sends past its upload window; reading from it paused until the store catches up', {
+        target: s.target.name,
+        remote: conn.remote,
+        queued: up.queued,
+      });
+    }
+    up.chain = up.chain.then(() => this.write(s, up, data)).finally(() => this.written(up, data.length));
+  }
+
+  /** One binary frame into the upload's store session; a failure ends the upload and tells the client. */
+  private async write(s: LeaseSession, up: ActiveUpload, data: Buffer): Promise<void> {
+    if (up.failed) return;
+    try {
+      await up.session.write(data);
+      up.received += data.length;
+      // Acknowledge what the store accepted (hashed, queued for disk; it holds a few MiB at most):
+      // the client keeps at most its window (16 MiB) unacknowledged. Durable is only what a
+      // suspend fsyncs, reported as the resume offset.
+      if (up.received - up.lastAck >= 1024 * 1024 || up.received === up.size) {
+        up.lastAck = up.received;
+        s.conn?.send({ type: 'upload-progress', re: up.requestId, received: up.received });
       }
-    });
+    } catch (err) {
+      up.failed = err instanceof CodedError ? err : new CodedError('INTERNAL', (err as Error).message);
+      s.conn?.send({ type: 'error', re: up.requestId, code: up.failed.code, message: up.failed.message });
+      this.d.log.warn('upload failed', { target: s.target.name, code: up.failed.code, error: up.failed.message });
+      // Too large / no space keep the bytes for a resume; anything else is not worth keeping.
+      const keep = up.failed.code === 'UPLOAD_TOO_LARGE' || up.failed.code === 'NO_SPACE';
+      await (keep ? up.session.suspend() : up.session.discard()).catch(() => {});
+      if (s.upload === up) s.upload = undefined;
+    }
+  }
+
+  private written(up: ActiveUpload, bytes: number): void {
+    up.queued -= bytes;
+    if (up.pausedOn && up.queued <= MAX_QUEUED_UPLOAD_BYTES / 2) {
+      up.pausedOn.resume();
+      up.pausedOn = undefined;
+    }
   }
 
   private async uploadEnd(conn: ClientConnection, id: string): Promise<void> {

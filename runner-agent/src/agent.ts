@@ -38,6 +38,8 @@ export interface StartOptions {
   log?: Logger;
   /** The layouts jobs may use, by name; the built-in ones unless given (tests add their own). */
   layouts?: LayoutRegistry;
+  /** How long a new WebSocket connection may take to send its HTTP request head (10 s unless given). */
+  headersTimeoutMs?: number;
   /** Test-only hooks passed to the TFTP server (e.g. corrupt a block once). */
   tftpFaults?: ConstructorParameters<typeof TftpServer>[0]['faults'];
 }
@@ -135,6 +137,8 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     log,
     handler: service,
     graceMs: config.timeouts.leaseGrace * 1000,
+    maxSendBuffer: config.listen.maxSendBuffer,
+    ...(o.headersTimeoutMs !== undefined ? { headersTimeoutMs: o.headersTimeoutMs } : {}),
   });
   const wsAddress = await ws.listen();
   const host = wsAddress.address.includes(':') ? `[${wsAddress.address}]` : wsAddress.address;

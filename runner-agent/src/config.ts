@@ -12,7 +12,13 @@ import type { Stage2Settings } from './board/stage2-script.js';
 import { builtinLayouts } from './layouts/registry.js';
 
 export interface AgentConfig {
-  listen: { host: string; port: number; tls?: { cert: string; key: string } };
+  listen: {
+    host: string;
+    port: number;
+    tls?: { cert: string; key: string };
+    /** Unread reply bytes one client may leave queued before the agent stops reading from it; twice this drops it. */
+    maxSendBuffer: number;
+  };
   /** The shared secret clients present as `Authorization: Bearer <token>`. */
   token: string;
   targets: string;
@@ -83,7 +89,7 @@ export const SHIPPED_BOOT_SCR =
     .find((f) => existsSync(f)) ?? fileURLToPath(new URL('../../uboot/boot.scr', import.meta.url));
 
 export const DEFAULTS = {
-  listen: { host: '0.0.0.0', port: 8443 },
+  listen: { host: '0.0.0.0', port: 8443, maxSendBuffer: 8 * 1024 ** 2 },
   tftp: { root: '/srv/tftp', address: '0.0.0.0', port: 69, checkClientIp: true, maxBlksize: 65464, maxWindowsize: 64 },
   stateDir: '/var/lib/rpi-flash',
   // Six hours: well past any retry of the same workflow run, and short enough that abandoned uploads do not pile up.
@@ -219,7 +225,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   ]);
 
   const listenRaw = obj('listen');
-  known(listenRaw, 'listen.', ['host', 'port', 'tls']);
+  known(listenRaw, 'listen.', ['host', 'port', 'tls', 'maxSendBuffer']);
   const tlsRaw = listenRaw.tls === undefined ? undefined : obj('tls', listenRaw);
   let tls: AgentConfig['listen']['tls'];
   if (tlsRaw) {
@@ -230,7 +236,11 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     host: address('listen.host', string('listen.host', listenRaw.host, DEFAULTS.listen.host)),
     port: int('listen.port', listenRaw.port, DEFAULTS.listen.port, 0, 65535),
     ...(tls ? { tls } : {}),
+    maxSendBuffer: size('listen.maxSendBuffer', listenRaw.maxSendBuffer, DEFAULTS.listen.maxSendBuffer),
   };
+  // Below 1 MiB one long result (a part report each) could pass twice the limit on its own and drop its client.
+  if (listen.maxSendBuffer < 1024 ** 2 || listen.maxSendBuffer > 1024 ** 3)
+    problems.push(`"listen.maxSendBuffer" must be from 1MiB to 1GiB, got ${JSON.stringify(listenRaw.maxSendBuffer)}`);
 
   let token = '';
   if (raw.token !== undefined && raw.tokenFile !== undefined) problems.push('set "token" or "tokenFile", not both');

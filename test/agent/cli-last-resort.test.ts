@@ -113,7 +113,7 @@ describe('the last-resort guard of the agent process', { timeout: 3 * DEADLINE_M
     expect(r.out()).not.toContain('"agent listening"');
   });
 
-  it('once serving: an uncaught exception and an unhandled rejection are logged with their stacks, and a job passes', async () => {
+  it('once serving: uncaught errors and rejections are logged with their stacks, and a job passes', async () => {
     const config = await makeLab();
     const r = fork(
       config,
@@ -127,12 +127,13 @@ describe('the last-resort guard of the agent process', { timeout: 3 * DEADLINE_M
       () => (r.out().match(/"unexpected error; the agent keeps serving"/g) ?? []).length >= 2,
       'both errors logged',
     );
-    expect(r.out()).toMatch(
-      /ERROR "unexpected error; the agent keeps serving" origin=uncaughtException error="Error: injected after start-up\\n\s+at /,
-    );
-    expect(r.out()).toMatch(
-      /ERROR "unexpected error; the agent keeps serving" origin=unhandledRejection error="Error: injected rejection\\n\s+at /,
-    );
+    // The log line carries the stack on one line: a `\n` (backslash, n) before each frame.
+    const errorLine = (origin: string, message: string) =>
+      new RegExp(
+        `ERROR "unexpected error; the agent keeps serving" origin=${origin} error="Error: ${message}\\\\n\\s+at `,
+      );
+    expect(r.out()).toMatch(errorLine('uncaughtException', 'injected after start-up'));
+    expect(r.out()).toMatch(errorLine('unhandledRejection', 'injected rejection'));
     const url = /"agent listening" url=(\S+)/.exec(r.out())![1]!;
     const image = path.join(dir!, 'img');
     await writeSampleImage(image, 2 * 1024 * 1024, 3);

@@ -24,6 +24,11 @@ export class ReadGate {
     /** Bytes queued for the client past which reading stops; twice this drops the connection. */
     private readonly limit: number,
     private readonly log: Logger,
+    /**
+     * The client read some of its replies. While reading from it is paused its pongs go unread, so
+     * this is the only sign that it is alive: one that reads slowly is not silent.
+     */
+    private readonly onProgress: () => void,
   ) {}
 
   has(hold: Hold): boolean {
@@ -54,8 +59,12 @@ export class ReadGate {
     this.log.warn('client does not read its replies; reading from it paused', { buffered, limit: this.limit });
     this.hold('send-buffer');
     // ws has no public drain event: look until the client has read half of what waits for it.
+    let last = buffered;
     this.drainPoll = setInterval(() => {
-      if (this.ws.bufferedAmount > this.limit / 2) return;
+      const now = this.ws.bufferedAmount;
+      if (now < last) this.onProgress();
+      last = now;
+      if (now > this.limit / 2) return;
       clearInterval(this.drainPoll);
       this.drainPoll = undefined;
       this.log.info('client read its replies; reading from it resumed', { buffered: this.ws.bufferedAmount });

@@ -106,7 +106,8 @@ function stackOf(err: unknown): string {
 }
 
 function httpAnswer(status: number, reason: string, body: string): string {
-  return `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  const head = [`HTTP/1.1 ${status} ${reason}`, 'Connection: close', 'Content-Type: text/plain'];
+  return `${[...head, `Content-Length: ${Buffer.byteLength(body)}`].join('\r\n')}\r\n\r\n${body}`;
 }
 
 function refuse(socket: Duplex, status: number, reason: string, body: string): void {
@@ -248,10 +249,11 @@ export class WsServer {
   private accept(ws: WebSocket, remote: string, chunkSize: number): void {
     const id = `c${++connectionCounter}`;
     const log = this.o.log.child({ conn: id });
-    const gate = new ReadGate(ws, this.o.maxSendBuffer ?? DEFAULT_MAX_SEND_BUFFER, log.child({ remote }));
+    const seen = () => this.lastSeen.set(ws, Date.now());
+    const gate = new ReadGate(ws, this.o.maxSendBuffer ?? DEFAULT_MAX_SEND_BUFFER, log.child({ remote }), seen);
     this.sockets.add(ws);
     this.gates.set(ws, gate);
-    this.lastSeen.set(ws, Date.now());
+    seen();
     let hello = false;
     let clientName = 'unknown';
     const conn: ClientConnection = {
@@ -268,7 +270,6 @@ export class WsServer {
       resume: () => gate.release('handler'),
       close: (code = 1000, reason = '') => ws.close(code, reason),
     };
-    const seen = () => this.lastSeen.set(ws, Date.now());
     ws.on('pong', seen);
     ws.on('ping', seen);
     const helloTimer = setTimeout(() => {
