@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { boardCrcText, type Beacon } from '../../runner-agent/src/board/beacons.js';
-import { generateStage2Script, planParts, SECTOR } from '../../runner-agent/src/board/stage2-script.js';
+import { BEACON_ECHO, generateStage2Script, planParts, SECTOR } from '../../runner-agent/src/board/stage2-script.js';
 import { parseHush, simpleCommands, VAR_MARK } from '../../runner-agent/src/sim/hush-parser.js';
 import { CARD_FILL, JOB, MAC, runStage2, SECRET, stageParts, testImage } from './flash-harness.js';
 
@@ -124,7 +124,8 @@ describe('generateStage2Script', () => {
     expect(script).toContain('setenv tftpblocksize 1468\n');
     expect(script).toContain('setenv tftpwindowsize 8\n');
     expect(script).toContain(
-      `setenv rpf_len 0x400; setenv rpf_words 0x100; setenv rpf_want 0x${parts[3]!.crc32.toString(16)}; setenv rpf_blk 0x18; setenv rpf_cnt 0x2; run rpf_one`,
+      `setenv rpf_len 0x400; setenv rpf_words 0x100; setenv rpf_want 0x${parts[3]!.crc32.toString(16)}; ` +
+        'setenv rpf_blk 0x18; setenv rpf_cnt 0x2; run rpf_one',
     );
     expect(script).toContain('tftpboot 0x10000000 ${rpf_file}');
     expect(script).not.toMatch(/setenv tftp\w+ 0x/);
@@ -145,6 +146,40 @@ describe('generateStage2Script', () => {
     expect(perPart).toHaveLength(64);
     expect(Math.max(...perPart.map((l) => l.length))).toBeLessThan(220);
     expect(script.length).toBeLessThan(20_000);
+  });
+
+  it('has a preloaded variant that differs from the TFTP script in the transfer line only', () => {
+    const tftp = generateStage2Script(base).split('\n');
+    const preloaded = generateStage2Script({ ...base, transfer: { kind: 'preloaded', imageAddr: 0x1410_0000 } }).split(
+      '\n',
+    );
+    expect(preloaded).toHaveLength(tftp.length);
+    const differ = tftp.flatMap((line, i) => (line === preloaded[i] ? [] : [i]));
+    expect(differ).toHaveLength(1);
+    const [i] = differ as [number];
+    expect(tftp[i]).toMatch(/^setenv rpf_get '.*tftpboot 0x10000000 \$\{rpf_file\} && run rpf_dlcheck'$/);
+    // The part's bytes lie at imageAddr + its offset in the image (startBlock × 512).
+    expect(preloaded[i]).toContain(
+      'setexpr rpf_src ${rpf_blk} * 0x200; setexpr rpf_src ${rpf_src} + 0x14100000; ' +
+        "cp.b ${rpf_src} 0x10000000 ${rpf_len} && run rpf_dlcheck'",
+    );
+    expect(preloaded[i]).toMatch(/^setenv rpf_get '/);
+    expect(tftp.filter((l) => l.includes('tftpboot'))).toEqual(
+      preloaded.filter((l) => l.includes('tftpboot')).concat(tftp[i]!),
+    );
+  });
+
+  it('runs the preloaded variant with commands the Pi builds have, and keeps the image clear of its buffers', () => {
+    const preloaded = { kind: 'preloaded', imageAddr: 0x1410_0000 } as const;
+    expect(
+      [...commandsOf(generateStage2Script({ ...base, transfer: preloaded }))].filter((c) => !RPI_COMMANDS.has(c)),
+    ).toEqual([]);
+    expect(() => generateStage2Script({ ...base, transfer: { kind: 'preloaded', imageAddr: 0x1000_0000 } })).toThrow(
+      /overlaps the preloaded image/,
+    );
+    expect(() => generateStage2Script({ ...base, transfer: { kind: 'preloaded', imageAddr: 0x1410_0001 } })).toThrow(
+      /imageAddr must be a 32-bit address aligned to 512/,
+    );
   });
 
   it('refuses options U-Boot could not run', () => {
@@ -188,6 +223,15 @@ describe('stage 2 in the U-Boot model', () => {
       ).toBe(true);
     });
   }
+
+  it('names each report on the console, without the secret', async () => {
+    const r = await runStage2({ image: testImage(2 * 4096, 5), partSize: 4096 });
+    const echoed = r.console.filter((l) => l.startsWith(BEACON_ECHO)).map((l) => l.slice(BEACON_ECHO.length));
+    // The message alone: the name the board reads (with the secret) is tftpboot's to print.
+    expect(echoed).toEqual(r.messages);
+    expect(echoed).toHaveLength(4);
+    expect(echoed.filter((l) => l.includes(SECRET))).toEqual([]);
+  });
 
   it('retries a part whose download arrives corrupted once, then succeeds', async () => {
     const image = testImage(3 * 4096, 3);

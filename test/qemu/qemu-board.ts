@@ -190,7 +190,6 @@ export async function startQemuBoard(o: QemuBoardOptions): Promise<QemuBoard> {
       `QMP socket path is too long for a unix socket (${qmpSocket.length} > ${UNIX_PATH_MAX}): ${qmpSocket}`,
     );
   const envImage = await writeEnvImage(o.workDir, boardEnvironment(o));
-  const consoleLog = join(o.workDir, 'console.log');
 
   const args = [
     '-M',
@@ -230,8 +229,23 @@ export async function startQemuBoard(o: QemuBoardOptions): Promise<QemuBoard> {
     args.push('-device', `loader,file=${stage1Copy},addr=${hex(GUEST_ADDR.stage1)},force-raw=on`);
   }
 
+  return startQemuProcess(QEMU_BINARY, args, { workDir: o.workDir, timeoutMs: o.timeoutMs, qmpSocket });
+}
+
+/**
+ * Starts one QEMU (`binary` with `args`, which must include `-qmp unix:<qmpSocket>,…`) under the
+ * rules of this module: killed with its test worker, at its hard timeout and by
+ * `killAllQemuBoards()`; its stdout and stderr captured into `console.log` in workDir.
+ */
+export function startQemuProcess(
+  binary: string,
+  args: string[],
+  o: { workDir: string; timeoutMs: number; qmpSocket: string },
+): QemuBoard {
+  const { qmpSocket } = o;
+  const consoleLog = join(o.workDir, 'console.log');
   installExitHook();
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', QEMU_BINARY, ...args], {
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', binary, ...args], {
     cwd: o.workDir,
     detached: false,
     stdio: ['pipe', 'pipe', 'pipe'],
@@ -279,7 +293,7 @@ export async function startQemuBoard(o: QemuBoardOptions): Promise<QemuBoard> {
 
   const why = () =>
     spawnError
-      ? `could not start ${QEMU_BINARY}: ${spawnError.message}`
+      ? `could not start ${binary}: ${spawnError.message}`
       : timedOut
         ? `QEMU was killed at its hard timeout (${o.timeoutMs} ms)`
         : 'QEMU exited';

@@ -86,7 +86,17 @@ export interface Stage2Settings {
   tftpWindowSize?: number;
 }
 
+/**
+ * How the board gets each part: over TFTP (every real board), or copied from RAM where a test put
+ * the whole image beforehand (QEMU's Pi machines have no NIC these U-Boot builds drive: the tests
+ * of the real Pi builds preload the image with QEMU's `-device loader` at `imageAddr`). The two
+ * scripts differ in the one line that defines `rpf_get`, so the preloaded runs test everything else.
+ */
+export type Stage2Transfer = { kind: 'tftp' } | { kind: 'preloaded'; imageAddr: number };
+
 export interface Stage2Options extends Stage2Settings {
+  /** Default: TFTP. */
+  transfer?: Stage2Transfer;
   jobId: string;
   mac: string;
   /** The job's report secret (REPORT_SECRET_PATTERN): part of every beacon name, nowhere else. */
@@ -162,6 +172,7 @@ function validate(o: Stage2Options): void {
   address('loadAddr', o.loadAddr, 64);
   address('crcAddr', o.crcAddr, 8);
   address('beaconAddr', o.beaconAddr, 8);
+  if (o.transfer?.kind === 'preloaded') address('imageAddr', o.transfer.imageAddr, SECTOR);
   o.parts.forEach((p, i) => {
     const at = `part ${p.index}`;
     check(p.index === i + 1, `parts must be numbered 1..n in order; position ${i + 1} holds part ${p.index}`);
@@ -192,6 +203,10 @@ function validate(o: Stage2Options): void {
     ['CRC slot', o.crcAddr, CRC_RESERVE],
     ['beacon buffer', o.beaconAddr, BEACON_RESERVE],
   ];
+  if (o.transfer?.kind === 'preloaded') {
+    const end = Math.max(...o.parts.map((p) => (p.startBlock + p.blockCount) * SECTOR));
+    regions.push(['preloaded image', o.transfer.imageAddr, end]);
+  }
   for (const [name, start, size] of regions)
     check(start + size <= 0x1_0000_0000, `${name} at ${hex(start)} (+${hex(size)}) runs past 4 GiB`);
   for (let i = 0; i < regions.length; i++) {
@@ -208,6 +223,23 @@ function validate(o: Stage2Options): void {
     longest.length <= UBOOT_TFTP_NAME_MAX,
     `beacon names would reach ${longest.length} characters, over U-Boot's ${UBOOT_TFTP_NAME_MAX}: use a shorter job id`,
   );
+}
+
+/** What the beacon procedure prints before each report: `rpi-flash: report <message>`. */
+export const BEACON_ECHO = 'rpi-flash: report ';
+
+/**
+ * The commands that put part `${rpf_part}` at the load address and then check it: the only text in
+ * which the two transfers differ. A preloaded part lies at imageAddr + its byte offset in the image
+ * (startBlock × 512, from `rpf_blk`).
+ */
+function transferCommands(t: Stage2Transfer, load: string): string[] {
+  if (t.kind === 'tftp') return [`tftpboot ${load} ${v('rpf_file')} && run rpf_dlcheck`];
+  return [
+    `setexpr rpf_src ${v('rpf_blk')} * ${hex(SECTOR)}`,
+    `setexpr rpf_src ${v('rpf_src')} + ${hex(t.imageAddr)}`,
+    `cp.b ${v('rpf_src')} ${load} ${v('rpf_len')} && run rpf_dlcheck`,
+  ];
 }
 
 export function generateStage2Script(o: Stage2Options): string {
@@ -232,7 +264,12 @@ export function generateStage2Script(o: Stage2Options): string {
   if (o.tftpWindowSize !== undefined) lines.push(`setenv tftpwindowsize ${o.tftpWindowSize}`);
   lines.push(
     '# A beacon: read <macdir>/<job>/<secret>/<message>; the agent records the name. Failures are ignored.',
-    procedure('rpf_beacon', [`tftpboot ${beaconBuf} ${v('rpf_rep')}${v('rpf_msg')}`]),
+    '# The echo names the message on the console (never the secret): a board without a network still says',
+    '# what it would have reported.',
+    procedure('rpf_beacon', [
+      `echo ${BEACON_ECHO}${v('rpf_msg')}`,
+      `tftpboot ${beaconBuf} ${v('rpf_rep')}${v('rpf_msg')}`,
+    ]),
     '# Byte-swap rpf_crc (for builds whose crc32 stores big-endian), using only + * / %.',
     procedure('rpf_swap', [
       `setexpr rpf_s ${v('rpf_crc')} % 0x100`,
@@ -258,7 +295,7 @@ export function generateStage2Script(o: Stage2Options): string {
     procedure('rpf_get', [
       'setenv rpf_why download',
       'setenv rpf_fail download',
-      `tftpboot ${load} ${v('rpf_file')} && run rpf_dlcheck`,
+      ...transferCommands(o.transfer ?? { kind: 'tftp' }, load),
     ]),
     procedure('rpf_dlcheck', [
       'run rpf_check',
@@ -289,7 +326,8 @@ export function generateStage2Script(o: Stage2Options): string {
       `mw.l ${load} ${hex(POISON_WORD)} ${v('rpf_words')}`,
       `mmc read ${load} ${v('rpf_blk')} ${v('rpf_cnt')} || run rpf_rfail`,
       'run rpf_check',
-      `if itest.l ${v('rpf_crc')} == ${v('rpf_want')}; then ${report(beaconText.partOk(part, v('rpf_crc'))).join('; ')}; else run rpf_vfail; fi`,
+      `if itest.l ${v('rpf_crc')} == ${v('rpf_want')}; ` +
+        `then ${report(beaconText.partOk(part, v('rpf_crc'))).join('; ')}; else run rpf_vfail; fi`,
     ]),
     procedure('rpf_one', [
       [`run rpf_get`, ...Array.from({ length: o.retries }, (_, i) => `run rpf_r${i + 1}`), 'run rpf_dlfail'].join(
@@ -298,7 +336,8 @@ export function generateStage2Script(o: Stage2Options): string {
       'run rpf_put',
     ]),
     '# Calibrate: how does this build store crc32 results?',
-    `mw.l ${beaconBuf} ${hex(CALIBRATION_WORD)}; crc32 ${beaconBuf} 0x4 ${crcSlot}; if itest.l *${crcSlot} == ${hex(calibration)}; then setenv rpf_fix true; else setenv rpf_fix run rpf_swap; fi`,
+    `mw.l ${beaconBuf} ${hex(CALIBRATION_WORD)}; crc32 ${beaconBuf} 0x4 ${crcSlot}; ` +
+      `if itest.l *${crcSlot} == ${hex(calibration)}; then setenv rpf_fix true; else setenv rpf_fix run rpf_swap; fi`,
     report(beaconText.start()).join('; '),
     `mmc dev ${o.mmcDev}`,
     '# Card size probe, before anything is written (only the board knows its card): reading past',

@@ -1,0 +1,156 @@
+/**
+ * Issue 10 item 1: the stage-2 script the agent generates, run by each of Debian's six real Pi
+ * U-Boot builds on its QEMU Pi machine (pi-board.ts), with the parts preloaded into RAM instead of
+ * TFTP (no NIC there). The card is compared byte for byte; the reports are read by the agent's own
+ * beacon parser. Item 2: every build takes the native (little-endian) crc32 path.
+ */
+import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import { afterAll, describe, expect, it } from 'vitest';
+import { boardCrcText, type Beacon } from '../../runner-agent/src/board/beacons.js';
+import { DEFAULTS } from '../../runner-agent/src/config.js';
+import { PI_BUILDS, PI_MACHINES, piTestGate } from './pi-board.js';
+import { CARD_FILL, IMAGE_ADDR, machineOf, runStage2OnPi, type PiStage2Result } from './pi-stage2.js';
+import { useQemuWorkspace } from './test-uboot.js';
+
+const gate = await piTestGate("stage 2 on Debian's Pi U-Boot builds (QEMU Pi machines)");
+
+const MiB = 1024 ** 2;
+const hex = (n: number) => `0x${n.toString(16)}`;
+const RUN_TIMEOUT_MS = 90_000;
+/** Small parts keep the 18 runs to seconds each; one test below uses the default 64 MiB. */
+const PART = 256 * 1024;
+const CARD = 4 * MiB;
+
+const ok = (r: PiStage2Result, n: number): Beacon => ({
+  kind: 'part-ok',
+  part: n,
+  crc: boardCrcText(crc32(r.served[n - 1]!)),
+});
+
+/** The card after a job: the image where the parts went, the old contents everywhere else. */
+function expectCard(r: PiStage2Result, image: Buffer, writtenParts: number): void {
+  const expected = Buffer.alloc(r.card.length, CARD_FILL);
+  const written = Buffer.concat(r.served.slice(0, writtenParts));
+  expect(written.subarray(0, Math.min(written.length, image.length)).equals(image.subarray(0, written.length))).toBe(
+    true,
+  );
+  written.copy(expected, 0);
+  // Buffer.equals first: a mismatch of megabytes is not worth a diff; then where it differs.
+  if (!r.card.equals(expected)) {
+    const at = r.card.findIndex((b, i) => b !== expected[i]);
+    throw new Error(`the card differs from the expected bytes first at offset ${at} (${written.length} written)`);
+  }
+}
+
+describe.skipIf(!gate.run)(gate.title, () => {
+  // useQemuWorkspace's "ubootBin" is here the folder of the fetched builds.
+  const ws = useQemuWorkspace({ ubootBin: () => gate.folder() }, { prefix: 'rpi-flash-pi-' });
+  const timings: string[] = [];
+  const memory: string[] = [];
+
+  for (const build of PI_BUILDS) {
+    describe(`${build} on ${machineOf(build)}`, () => {
+      it('writes a 4-part image byte for byte, reports every part, and takes the native crc32 path', async () => {
+        const image = randomBytes(3 * PART + 1000);
+        const r = await runStage2OnPi({
+          folder: ws.ubootBin,
+          build,
+          workDir: ws.workDir,
+          image,
+          partSize: PART,
+          cardSize: CARD,
+          timeoutMs: RUN_TIMEOUT_MS,
+        });
+        timings.push(`${build} ok: ${Math.round(r.ms)} ms`);
+        memory.push(`${build}: RAM ${hex(r.memory.ramSize)}, U-Boot's reserve from ${hex(r.memory.reservedFrom)}`);
+        expect(r.memory.ramSize).toBe(PI_MACHINES[build].ramMiB * MiB);
+        // Item 2: these builds store crc32's result natively, so the script never byte-swaps.
+        expect(r.crcFix).toBe('true');
+        expect(r.beacons).toEqual([
+          { kind: 'start' },
+          ...r.parts.map((p) => ok(r, p.index)),
+          { kind: 'done', ok: true },
+        ]);
+        expectCard(r, image, r.parts.length);
+      });
+
+      it('retries a part whose CRC is wrong, then fails it; the card past part 1 is untouched', async () => {
+        const image = randomBytes(3 * PART);
+        const r = await runStage2OnPi({
+          folder: ws.ubootBin,
+          build,
+          workDir: ws.workDir,
+          image,
+          partSize: PART,
+          cardSize: CARD,
+          corruptPart: 2,
+          timeoutMs: RUN_TIMEOUT_MS,
+        });
+        timings.push(`${build} bad CRC: ${Math.round(r.ms)} ms`);
+        const bad = r.served[1]!;
+        bad[Math.floor(bad.length / 2)]! ^= 0xff;
+        const badCrc = boardCrcText(crc32(bad));
+        expect(badCrc).not.toBe(boardCrcText(r.parts[1]!.crc32));
+        expect(r.beacons).toEqual([
+          { kind: 'start' },
+          ok(r, 1),
+          ...Array.from({ length: DEFAULTS.flash.retries }, (_, i) => ({
+            kind: 'part-retry',
+            part: 2,
+            attempt: i + 1,
+            reason: 'crc',
+            crc: badCrc,
+          })),
+          { kind: 'part-failed', part: 2, stage: 'download', crc: badCrc },
+          { kind: 'done', ok: false },
+        ]);
+        expectCard(r, image, 1);
+      });
+
+      it('refuses an image larger than the card before writing anything', async () => {
+        const image = randomBytes(CARD + 4096);
+        const r = await runStage2OnPi({
+          folder: ws.ubootBin,
+          build,
+          workDir: ws.workDir,
+          image,
+          partSize: MiB,
+          cardSize: CARD,
+          timeoutMs: RUN_TIMEOUT_MS,
+        });
+        timings.push(`${build} too large: ${Math.round(r.ms)} ms`);
+        expect(r.beacons).toEqual([{ kind: 'start' }, { kind: 'too-large' }, { kind: 'done', ok: false }]);
+        expect(r.console).toMatch(/exceeds max/);
+        expectCard(r, image, 0);
+      });
+    });
+  }
+
+  it(
+    'the default 64 MiB parts on a 448 MiB board (rpi_0_w on raspi0): both parts written and verified',
+    async () => {
+      const partSize = DEFAULTS.flash.partSize;
+      expect(partSize).toBe(64 * MiB);
+      const image = randomBytes(partSize + 64 * 1024);
+      const r = await runStage2OnPi({
+        folder: ws.ubootBin,
+        build: 'rpi_0_w',
+        workDir: ws.workDir,
+        image,
+        partSize,
+        cardSize: 128 * MiB,
+        timeoutMs: 5 * 60_000,
+      });
+      timings.push(`rpi_0_w 64 MiB parts: ${Math.round(r.ms)} ms`);
+      expect(r.memory.ramSize).toBe(448 * MiB);
+      expect(r.memory.reservedFrom).toBeGreaterThan(IMAGE_ADDR + image.length);
+      expect(r.beacons).toEqual([{ kind: 'start' }, ok(r, 1), ok(r, 2), { kind: 'done', ok: true }]);
+      expectCard(r, image, 2);
+    },
+    6 * 60_000,
+  );
+
+  // The run times, for the record (the CI log shows what the matrix costs).
+  afterAll(() => console.log(`Pi U-Boot runs:\n  ${[...timings, ...memory].join('\n  ')}`));
+});
