@@ -103,7 +103,8 @@ export async function runDemo(argv: string[]): Promise<number> {
     const sha256 = await sha256File(image);
     line(`rpi-flash demo: simulated lab at ${agent.url}, TFTP on ${agent.tftp.address}:${agent.tftp.port}`);
     line(
-      `image: ${path.basename(image)} (${(size / 1048576).toFixed(1)} MiB gzip of ${sizeMiB} MiB), sha256 ${sha256.slice(0, 16)}…`,
+      `image: ${path.basename(image)} (${(size / 1048576).toFixed(1)} MiB gzip of ${sizeMiB} MiB), ` +
+        `sha256 ${sha256.slice(0, 16)}…`,
     );
 
     let lastPct = -1;
@@ -138,9 +139,8 @@ export async function runDemo(argv: string[]): Promise<number> {
       const uploadStart = performance.now();
       const done = await conn.upload({ path: image, sha256, size, compression: 'gz', name: path.basename(image) });
       const uploadSeconds = (performance.now() - uploadStart) / 1000;
-      line(
-        `upload: ${done.skipped ? 'skipped, agent holds it' : `${(size / 1e6 / uploadSeconds).toFixed(1)} MB/s`}, stored ${done.imageSize} bytes`,
-      );
+      const rate = done.skipped ? 'skipped, agent holds it' : `${(size / 1e6 / uploadSeconds).toFixed(1)} MB/s`;
+      line(`upload: ${rate}, stored ${done.imageSize} bytes`);
       const result = await conn.flash({ sha256 });
       line('');
       line(`result: ${result.code} — ${result.message}`);

@@ -142,7 +142,8 @@ export function rewriteConfigText(text: string, o: RewriteOptions): string {
     const b = o.appendBlock;
     const block = [
       `${INJECT_BEGIN}: the firmware starts U-Boot; its stage 1 (boot.scr) boots the kernel named in ${b.envName}.`,
-      `# Lines starting "${COMMENT_PREFIX.trim()}" were active before; this block and that prefix are all that changed.`,
+      `# Lines starting "${COMMENT_PREFIX.trim()}" were active before; ` +
+        'this block and that prefix are all that changed.',
       '[all]',
       'kernel=u-boot.bin',
       `arm_64bit=${b.arm64 ? 1 : 0}`,
@@ -173,7 +174,8 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
   if (await files.exists('autoboot.txt')) {
     throw new InjectError(
       'BOOT_CONFIG_UNSUPPORTED',
-      'the boot partition has autoboot.txt (A/B or tryboot partition switching): the firmware may boot another partition, which cannot carry U-Boot yet',
+      'the boot partition has autoboot.txt (A/B or tryboot partition switching): ' +
+        'the firmware may boot another partition, which cannot carry U-Boot yet',
     );
   }
   let modelTri: Tri | undefined;
@@ -227,7 +229,8 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
       if (now === 'unknown') {
         throw refuse(
           at,
-          `it decides what the firmware loads but sits under ${section}, a condition that cannot be evaluated for ${model ? `model ${model.name}` : 'an unknown board model (give the model)'}`,
+          `it decides what the firmware loads but sits under ${section}, a condition that cannot be evaluated for ` +
+            (model ? `model ${model.name}` : 'an unknown board model (give the model)'),
         );
       }
       switch (d.name) {
@@ -276,7 +279,8 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
   if (upstreamKernel && (await files.exists('upstream'))) {
     throw new InjectError(
       'BOOT_CONFIG_UNSUPPORTED',
-      'config.txt sets upstream_kernel=1 and the boot partition has an upstream/ folder: the firmware then loads the kernel from there (an implied os_prefix), not supported yet',
+      'config.txt sets upstream_kernel=1 and the boot partition has an upstream/ folder: ' +
+        'the firmware then loads the kernel from there (an implied os_prefix), not supported yet',
     );
   }
 
@@ -287,7 +291,8 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
     if (/u-?boot/i.test(kernelName)) {
       throw new InjectError(
         'BOOT_CONFIG_UNSUPPORTED',
-        `${kernel.at.file} line ${kernel.at.lineNo} boots "${kernelName}": the image already starts its own U-Boot, and chaining two is not supported`,
+        `${kernel.at.file} line ${kernel.at.lineNo} boots "${kernelName}": ` +
+          'the image already starts its own U-Boot, and chaining two is not supported',
       );
     }
     if (!(await files.exists(kernelName))) {
@@ -324,7 +329,9 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
     if (!found) {
       throw new InjectError(
         'BOOT_CONFIG_UNSUPPORTED',
-        `config.txt names no kernel and none of the firmware's default kernels for ${model ? `model ${model.name}` : 'this board'} is on the boot partition (looked for ${candidates.join(', ')})`,
+        `config.txt names no kernel and none of the firmware's default kernels for ` +
+          `${model ? `model ${model.name}` : 'this board'} is on the boot partition ` +
+          `(looked for ${candidates.join(', ')})`,
       );
     }
     kernelName = found;
@@ -337,7 +344,8 @@ export async function selectBoot(files: BootFiles, model: PiModel | undefined): 
     if (!(await files.exists(initramfsName))) {
       throw new InjectError(
         'BOOT_CONFIG_UNSUPPORTED',
-        `${initramfs.at.file} line ${initramfs.at.lineNo} names initramfs ${initramfsName}, which is not on the boot partition`,
+        `${initramfs.at.file} line ${initramfs.at.lineNo} names initramfs ${initramfsName}, ` +
+          'which is not on the boot partition',
       );
     }
   } else if (autoInitramfs && AUTO_INITRAMFS[kernelName] && (await files.exists(AUTO_INITRAMFS[kernelName]!))) {

@@ -47,7 +47,8 @@ export class FileImageReader implements ImageReader {
       if (bytesRead === 0) {
         throw new InjectError(
           'IMAGE_TRUNCATED',
-          `${this.path} ends at byte ${offset + done}, before byte ${offset + length} that the image needs (declared size ${this.size})`,
+          `${this.path} ends at byte ${offset + done}, before byte ${offset + length} that the image needs ` +
+            `(declared size ${this.size})`,
         );
       }
       done += bytesRead;
@@ -67,14 +68,16 @@ export class BufferImageReader implements ImageReader {
   get size(): number {
     return this.buf.length;
   }
-  async read(offset: number, length: number): Promise<Buffer> {
+  read(offset: number, length: number): Promise<Buffer> {
     if (offset < 0 || length < 0 || offset + length > this.buf.length) {
-      throw new InjectError(
-        'IMAGE_TRUNCATED',
-        `the image is ${this.buf.length} bytes but bytes ${offset}..${offset + length} are needed: it is cut short`,
+      return Promise.reject(
+        new InjectError(
+          'IMAGE_TRUNCATED',
+          `the image is ${this.buf.length} bytes but bytes ${offset}..${offset + length} are needed: it is cut short`,
+        ),
       );
     }
-    return Buffer.from(this.buf.subarray(offset, offset + length));
+    return Promise.resolve(Buffer.from(this.buf.subarray(offset, offset + length)));
   }
 }
 

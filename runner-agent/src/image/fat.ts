@@ -439,15 +439,18 @@ export class FatVolume {
     if (dirGrowth === Infinity) {
       throw new InjectError(
         'BOOT_PARTITION_FULL',
-        `the boot partition's ${this.type} root directory is full: ${slotsNeeded} entries are needed for ${names}, ${freeSlots} of ${dir.slotCount} are free`,
+        `the boot partition's ${this.type} root directory is full: ` +
+          `${slotsNeeded} entries are needed for ${names}, ${freeSlots} of ${dir.slotCount} are free`,
       );
     }
     if (need + dirGrowth > free + freed) {
       throw new InjectError(
         'BOOT_PARTITION_FULL',
-        `the boot partition (${this.type}, ${formatBytes(this.dataBytes)}) has ${formatBytes(free * this.clusterBytes)} free` +
+        `the boot partition (${this.type}, ${formatBytes(this.dataBytes)}) ` +
+          `has ${formatBytes(free * this.clusterBytes)} free` +
           (freed ? ` (${formatBytes(freed * this.clusterBytes)} more once the files being replaced are gone)` : '') +
-          `, but ${names} need ${formatBytes((need + dirGrowth) * this.clusterBytes)} in ${this.clusterBytes}-byte clusters: ` +
+          `, but ${names} need ${formatBytes((need + dirGrowth) * this.clusterBytes)} ` +
+          `in ${this.clusterBytes}-byte clusters: ` +
           `${formatBytes((need + dirGrowth - free - freed) * this.clusterBytes)} short`,
       );
     }
@@ -487,6 +490,7 @@ export class FatVolume {
   }
 
   private createEntry(dir: Directory, name: string, first: number, size: number, now: Date): void {
+    // eslint-disable-next-line no-control-regex -- a FAT long name may not hold control characters (0x00-0x1f)
     if (name.length > 255 || /[\x00-\x1f"*/:<>?\\|]/.test(name) || /^[. ]*$/.test(name))
       throw new Error(`"${name}" is not a valid FAT long file name`);
     const existing = new Set(this.entries(dir).map((e) => e.shortName.toUpperCase()));

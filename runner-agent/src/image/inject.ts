@@ -108,7 +108,10 @@ export async function planInjectionFrom(image: ImageReader, o: InjectOptions): P
   if (model && arm64 !== model.arm64) {
     throw new InjectError(
       'BOOT_CONFIG_UNSUPPORTED',
-      `the image boots ${arm64 ? 'a 64-bit' : 'a 32-bit'} kernel (${selection.kernel}${kernelInfo.arm64 === undefined ? '' : `, ${kernelInfo.format}`}) but model ${model.name} uses the ${model.arm64 ? '64' : '32'}-bit U-Boot ${model.ubootBuild}, which cannot boot it` +
+      `the image boots ${arm64 ? 'a 64-bit' : 'a 32-bit'} kernel ` +
+        `(${selection.kernel}${kernelInfo.arm64 === undefined ? '' : `, ${kernelInfo.format}`}) ` +
+        `but model ${model.name} uses the ${model.arm64 ? '64' : '32'}-bit U-Boot ${model.ubootBuild}, ` +
+        'which cannot boot it' +
         ` (use model ${model.arm64 ? `${model.name}-32` : model.name.replace(/-32$/, '')} for this image)`,
     );
   }

@@ -52,7 +52,8 @@ export function parseMbr(sector0: Buffer, imageSize: number): MbrPartition[] {
   if (imageSize < SECTOR || sector0.length < SECTOR) {
     throw new InjectError(
       'IMAGE_NOT_DISK',
-      `the image is ${imageSize} bytes: too short to hold an MBR partition table (${SECTOR} bytes)${describeContent(sector0)}`,
+      `the image is ${imageSize} bytes: too short to hold an MBR partition table (${SECTOR} bytes)` +
+        describeContent(sector0),
     );
   }
   if (sector0[510] !== 0x55 || sector0[511] !== 0xaa) {
@@ -75,7 +76,8 @@ export function parseMbr(sector0: Buffer, imageSize: number): MbrPartition[] {
     if (type === GPT_PROTECTIVE) {
       throw new InjectError(
         'IMAGE_GPT_UNSUPPORTED',
-        'GPT images are not supported yet: the image has a protective MBR (partition type 0xEE); convert it to an MBR (DOS) partition table, as Raspberry Pi OS images use',
+        'GPT images are not supported yet: the image has a protective MBR (partition type 0xEE); ' +
+          'convert it to an MBR (DOS) partition table, as Raspberry Pi OS images use',
       );
     }
     if (sectors === 0 || startLba === 0) {
@@ -111,7 +113,8 @@ export function parseMbr(sector0: Buffer, imageSize: number): MbrPartition[] {
     if (cur.offset < prev.offset + prev.size) {
       throw new InjectError(
         'IMAGE_NOT_DISK',
-        `partitions ${prev.index} and ${cur.index} overlap (sectors ${prev.startLba}+${prev.sectors} and ${cur.startLba}+${cur.sectors}): not a usable partition table`,
+        `partitions ${prev.index} and ${cur.index} overlap ` +
+          `(sectors ${prev.startLba}+${prev.sectors} and ${cur.startLba}+${cur.sectors}): not a usable partition table`,
       );
     }
   }
@@ -119,7 +122,8 @@ export function parseMbr(sector0: Buffer, imageSize: number): MbrPartition[] {
     if (p.offset + p.size > imageSize) {
       throw new InjectError(
         'IMAGE_TRUNCATED',
-        `partition ${p.index} (type 0x${p.type.toString(16).padStart(2, '0')}) ends at byte ${p.offset + p.size} but the image has only ${imageSize} bytes: the image is cut short`,
+        `partition ${p.index} (type 0x${p.type.toString(16).padStart(2, '0')}) ends at byte ${p.offset + p.size} ` +
+          `but the image has only ${imageSize} bytes: the image is cut short`,
       );
     }
   }
@@ -133,12 +137,14 @@ export function findBootPartition(partitions: readonly MbrPartition[]): MbrParti
     const seen = partitions
       .map(
         (p) =>
-          `${p.index}: type 0x${p.type.toString(16).padStart(2, '0')}${EXTENDED_TYPES.has(p.type) ? ' (extended)' : ''}`,
+          `${p.index}: type 0x${p.type.toString(16).padStart(2, '0')}` +
+          (EXTENDED_TYPES.has(p.type) ? ' (extended)' : ''),
       )
       .join(', ');
     throw new InjectError(
       'IMAGE_NO_BOOT_PARTITION',
-      `no FAT boot partition: the Pi firmware boots from the first primary partition of type 0x01/0x04/0x06/0x0b/0x0c/0x0e, and this image has ${seen}`,
+      'no FAT boot partition: the Pi firmware boots from the first primary partition ' +
+        `of type 0x01/0x04/0x06/0x0b/0x0c/0x0e, and this image has ${seen}`,
     );
   }
   return boot;

@@ -79,7 +79,7 @@ export class FlashJob {
   async run(): Promise<JobResult> {
     const { target, image } = this.o;
     let code: ErrorCode = 'OK';
-    let message = '';
+    let message: string;
     try {
       this.throwIfCancelled();
       const bootCheck = this.parseBootCheck();
@@ -94,7 +94,7 @@ export class FlashJob {
         this.lastActivity = Date.now();
         return this.method.watch();
       });
-      await this.inPhase('verify', async () => this.method.verify());
+      await this.inPhase('verify', () => this.method.verify());
       const booted = await this.checkBoot(bootCheck);
       message = booted ? 'flashed, verified and booted' : 'flashed and verified; no boot check ran (boot check none)';
     } catch (err) {
@@ -218,7 +218,7 @@ export class FlashJob {
     this.o.emit({ type: 'log', job: this.o.id, level, source, phase: this.phase, message, time: Date.now() });
   }
 
-  private async inPhase<T>(phase: Phase, body: () => Promise<T>): Promise<T> {
+  private async inPhase<T>(phase: Phase, body: () => T | Promise<T>): Promise<T> {
     this.phase = phase;
     const started = performance.now();
     this.o.emit({ type: 'phase', job: this.o.id, phase, state: 'start' });

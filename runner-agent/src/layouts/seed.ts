@@ -66,7 +66,8 @@ class SeedFlash implements FlashMethod {
             const rate = config.flash.cardWriteRate;
             this.board.busyFor(
               part.written / rate,
-              `seed part ${part.index}: the card writes ${formatBytes(part.written)} (at ${formatBytes(rate)}/s, the slowest card)`,
+              `seed part ${part.index}: the card writes ${formatBytes(part.written)} ` +
+                `(at ${formatBytes(rate)}/s, the slowest card)`,
             );
           }
           this.board.activity();
@@ -96,7 +97,8 @@ class SeedFlash implements FlashMethod {
     );
     this.board.log(
       'info',
-      `staged ${plan.parts.length} seed part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ${this.folder}/`,
+      `staged ${plan.parts.length} seed part(s) of ${formatBytes(image.imageSize)} ` +
+        `for ${target.name} under ${this.folder}/`,
     );
   }
 

@@ -21,7 +21,8 @@ export class SparseMemory {
       addr + length > this.size
     ) {
       throw new RangeError(
-        `memory access 0x${addr.toString(16)}+0x${length.toString(16)} is outside the board's 0x${this.size.toString(16)} bytes of RAM`,
+        `memory access 0x${addr.toString(16)}+0x${length.toString(16)} ` +
+          `is outside the board's 0x${this.size.toString(16)} bytes of RAM`,
       );
     }
   }

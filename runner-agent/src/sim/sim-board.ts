@@ -185,7 +185,10 @@ export class SimBoard {
     }
   }
 
-  /** Power-cycle: abort whatever runs, start stage 1 again (returns once restarted, the run continues in the background). */
+  /**
+   * Power-cycle: abort whatever runs, start stage 1 again (returns once restarted, the run
+   * continues in the background).
+   */
   async reset(): Promise<void> {
     if (this.closed) throw new Error(`sim board ${this.o.name} is closed`);
     await this.stop();

@@ -104,7 +104,7 @@ export class UBootShell {
     // lets a value end in `fi` (the word is finished by that newline).
     const firstNewline = input.indexOf('\n');
     const text = firstNewline < 0 || firstNewline < input.length - 1 ? input + '\n' : input;
-    let code = 1;
+    let code: number;
     let pos = 0;
     for (;;) {
       this.throwIfAborted();
@@ -650,7 +650,8 @@ export class UBootShell {
     const blksize = Number(dectoul(this.env.get('tftpblocksize') ?? '1468'));
     const windowsize = Number(dectoul(this.env.get('tftpwindowsize') ?? '1'));
     this.print(
-      `TFTP from server ${this.env.get('serverip')}; our IP address is ${this.env.get('ipaddr')}\nFilename '${path}'.\nLoad address: 0x${addr.toString(16)}\nLoading: `,
+      `TFTP from server ${this.env.get('serverip')}; our IP address is ${this.env.get('ipaddr')}\n` +
+        `Filename '${path}'.\nLoad address: 0x${addr.toString(16)}\nLoading: `,
     );
     let data: Buffer | null;
     try {

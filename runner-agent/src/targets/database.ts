@@ -212,11 +212,10 @@ function mapColumns(
     const missing = SEED_COLUMNS.filter((c) => !seen.has(c));
     const unknown = header.cells.filter((_, i) => !(SEED_COLUMNS as readonly string[]).includes(keys[i] ?? ''));
     if (missing.length || unknown.length) {
-      problems.push({
-        file,
-        line: header.line,
-        reason: `seed-format header ${missing.length ? `lacks ${missing.join(', ')}` : ''}${missing.length && unknown.length ? ' and ' : ''}${unknown.length ? `has unknown column(s) ${unknown.map((u) => `"${u}"`).join(', ')}` : ''}: ${HEADER_HELP}`,
-      });
+      const lacks = missing.length ? `lacks ${missing.join(', ')}` : '';
+      const and = missing.length && unknown.length ? ' and ' : '';
+      const has = unknown.length ? `has unknown column(s) ${unknown.map((u) => `"${u}"`).join(', ')}` : '';
+      problems.push({ file, line: header.line, reason: `seed-format header ${lacks}${and}${has}: ${HEADER_HELP}` });
     }
     if (problems.length) return problems;
     return {
@@ -328,7 +327,8 @@ export function parseTargets(
       if (!name) problem('name is empty');
       else if (!NAME_PATTERN.test(name))
         problem(
-          `name "${name}" may hold only letters, digits, ".", "_" and "-" (at most 64, starting with a letter or digit)`,
+          `name "${name}" may hold only letters, digits, ".", "_" and "-" ` +
+            '(at most 64, starting with a letter or digit)',
         );
     }
 
