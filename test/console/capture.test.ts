@@ -171,30 +171,34 @@ describe('console over TCP (ser2net)', () => {
     expect(await capture.waitFor(/never/, { timeoutMs: 60_000 })).toBeNull();
   });
 
-  it('keeps only the last maxRecordBytes of raw text and the last maxLines lines, numbering lines for the whole capture', async () => {
-    const lines = Array.from({ length: 100 }, (_, i) => `line ${String(i).padStart(3, '0')}`);
-    const all = lines.map((l) => `${l}\r\n`).join('');
-    const { port } = await listen((s) => s.write(all));
-    const capture = track(
-      await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), {
-        log: silentLogger,
-        maxRecordBytes: 100,
-        maxLines: 8,
-      }),
-    );
-    await capture.waitFor(/line 099/, { timeoutMs: 10_000, since: 0 });
-    expect(capture.text()).toBe(all.slice(-100));
-    expect(capture.stats()).toMatchObject({ bytes: all.length, droppedBytes: all.length - 100, lines: 100 });
-    expect(capture.mark()).toBe(100);
-    const kept = capture.lines();
-    expect(kept.length).toBeGreaterThanOrEqual(8);
-    expect(kept.length).toBeLessThanOrEqual(10);
-    expect(kept).toEqual(lines.slice(-kept.length));
-    expect(capture.lines(97)).toEqual(['line 097', 'line 098', 'line 099']);
-    // Lines no longer kept cannot match; the oldest kept one can.
-    expect(await capture.waitFor(/line 000/, { timeoutMs: 20, since: 0 })).toBeNull();
-    expect((await capture.waitFor(/line \d+/, { timeoutMs: 20, since: 0 }))?.index).toBe(100 - kept.length);
-  });
+  it(
+    'keeps only the last maxRecordBytes of raw text and the last maxLines lines, ' +
+      'numbering lines for the whole capture',
+    async () => {
+      const lines = Array.from({ length: 100 }, (_, i) => `line ${String(i).padStart(3, '0')}`);
+      const all = lines.map((l) => `${l}\r\n`).join('');
+      const { port } = await listen((s) => s.write(all));
+      const capture = track(
+        await openConsole(parseConsoleSpec(`tcp:127.0.0.1:${port}`), {
+          log: silentLogger,
+          maxRecordBytes: 100,
+          maxLines: 8,
+        }),
+      );
+      await capture.waitFor(/line 099/, { timeoutMs: 10_000, since: 0 });
+      expect(capture.text()).toBe(all.slice(-100));
+      expect(capture.stats()).toMatchObject({ bytes: all.length, droppedBytes: all.length - 100, lines: 100 });
+      expect(capture.mark()).toBe(100);
+      const kept = capture.lines();
+      expect(kept.length).toBeGreaterThanOrEqual(8);
+      expect(kept.length).toBeLessThanOrEqual(10);
+      expect(kept).toEqual(lines.slice(-kept.length));
+      expect(capture.lines(97)).toEqual(['line 097', 'line 098', 'line 099']);
+      // Lines no longer kept cannot match; the oldest kept one can.
+      expect(await capture.waitFor(/line 000/, { timeoutMs: 20, since: 0 })).toBeNull();
+      expect((await capture.waitFor(/line \d+/, { timeoutMs: 20, since: 0 }))?.index).toBe(100 - kept.length);
+    },
+  );
 
   it('reconnects when ser2net drops the connection, ending the half-printed line', async () => {
     let connections = 0;
@@ -270,7 +274,8 @@ describe('console over TCP (ser2net)', () => {
     expect(err).toBeInstanceOf(ConsoleError);
     expect(err).toMatchObject({ code: 'CONSOLE_UNAVAILABLE' });
     expect((err as Error).message).toBe(
-      `console tcp:127.0.0.1:${port} is unavailable: nothing accepts connections at 127.0.0.1:${port} (is ser2net running, in raw mode, on that port?)`,
+      `console tcp:127.0.0.1:${port} is unavailable: nothing accepts connections at 127.0.0.1:${port} ` +
+        '(is ser2net running, in raw mode, on that port?)',
     );
   });
 });
@@ -299,7 +304,7 @@ describe('console over a unix socket (QEMU)', () => {
     );
     expect(err).toMatchObject({
       code: 'CONSOLE_UNAVAILABLE',
-      message: expect.stringContaining(`${socketPath} does not exist`),
+      message: expect.stringContaining(`${socketPath} does not exist`) as string,
     });
   });
 });
@@ -320,15 +325,15 @@ describe('console on a serial device (pseudo-terminal)', () => {
       let out = '';
       child.once('error', reject);
       child.once('exit', (code) => reject(new Error(`script exited (${code}) before printing the pty: ${out}`)));
-      child.stdout!.on('data', (chunk: Buffer) => {
+      child.stdout.on('data', (chunk: Buffer) => {
         out += chunk.toString();
         const m = /^(\/dev\/pts\/\d+)\r?\n/.exec(out);
         if (m) resolve(m[1] as string);
       });
     });
-    child.stdout!.resume();
-    child.stdin!.on('error', () => {});
-    return { device, child, send: (text) => child.stdin!.write(text) };
+    child.stdout.resume();
+    child.stdin.on('error', () => {});
+    return { device, child, send: (text) => child.stdin.write(text) };
   }
 
   it('sets the line to the spec\'s baud rate, raw, no echo, and reads what the "board" sends', async () => {
@@ -356,7 +361,9 @@ describe('console on a serial device (pseudo-terminal)', () => {
     );
     expect(missing).toMatchObject({
       code: 'CONSOLE_UNAVAILABLE',
-      message: `console serial:${dir}/ttyUSB9@115200 is unavailable: ${dir}/ttyUSB9 does not exist (adapter unplugged, or another name: see ls -l /dev/serial/by-id/)`,
+      message:
+        `console serial:${dir}/ttyUSB9@115200 is unavailable: ${dir}/ttyUSB9 does not exist ` +
+        '(adapter unplugged, or another name: see ls -l /dev/serial/by-id/)',
     });
     const file = path.join(dir, 'not-a-tty');
     await writeFile(file, 'x');
@@ -365,7 +372,7 @@ describe('console on a serial device (pseudo-terminal)', () => {
     );
     expect(notTty).toMatchObject({
       code: 'CONSOLE_UNAVAILABLE',
-      message: expect.stringContaining(`${file} is not a terminal device`),
+      message: expect.stringContaining(`${file} is not a terminal device`) as string,
     });
   });
 });

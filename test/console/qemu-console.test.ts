@@ -54,38 +54,41 @@ describe.skipIf(!gate.run)(gate.title, () => {
     await rm(workDir, { recursive: true, force: true });
   });
 
-  it("U-Boot's banner, its boot command's output and its prompt arrive through unix:<socket> after a reset", async () => {
-    const serialSocket = join(workDir, 'serial.sock');
-    const board = await startQemuBoard({
-      ubootBin,
-      mac: '52:54:00:12:34:56',
-      tftpPort: 9,
-      sdImage: join(workDir, 'sd.img'),
-      timeoutMs: 60_000,
-      workDir,
-      serialSocket,
-      bootcmd: 'echo "<console check ${ethaddr}>"',
-    });
-    await withConsoleOnFailure(board, async () => {
-      const lines: string[] = [];
-      capture = await openWhenReady(`unix:${serialSocket}`, lines);
-      // Output from before the connection is lost (wait=off): reset, as the agent does, and read
-      // only what the board prints after it.
-      const mark = capture.mark();
-      await qmpCommand(board.qmpSocket, 'system_reset');
-      const banner = await capture.waitFor(/^U-Boot 2023\.01/, { timeoutMs: 30_000, since: mark });
-      expect(banner?.line).toMatch(/^U-Boot 2023\.01/);
-      const echoed = await capture.waitFor(/^<console check 52:54:00:12:34:56>$/, { timeoutMs: 30_000, since: mark });
-      expect(echoed).not.toBeNull();
-      expect(echoed!.index).toBeGreaterThan(banner!.index);
-      // The prompt has no line end: it becomes a line once the console is quiet.
-      const prompt = await capture.waitFor(/^=> $/, { timeoutMs: 30_000, since: echoed!.index });
-      expect(prompt).not.toBeNull();
+  it(
+    "U-Boot's banner, its boot command's output and its prompt arrive through unix:<socket> " + 'after a reset',
+    async () => {
+      const serialSocket = join(workDir, 'serial.sock');
+      const board = await startQemuBoard({
+        ubootBin,
+        mac: '52:54:00:12:34:56',
+        tftpPort: 9,
+        sdImage: join(workDir, 'sd.img'),
+        timeoutMs: 60_000,
+        workDir,
+        serialSocket,
+        bootcmd: 'echo "<console check ${ethaddr}>"',
+      });
+      await withConsoleOnFailure(board, async () => {
+        const lines: string[] = [];
+        capture = await openWhenReady(`unix:${serialSocket}`, lines);
+        // Output from before the connection is lost (wait=off): reset, as the agent does, and read
+        // only what the board prints after it.
+        const mark = capture.mark();
+        await qmpCommand(board.qmpSocket, 'system_reset');
+        const banner = await capture.waitFor(/^U-Boot 2023\.01/, { timeoutMs: 30_000, since: mark });
+        expect(banner?.line).toMatch(/^U-Boot 2023\.01/);
+        const echoed = await capture.waitFor(/^<console check 52:54:00:12:34:56>$/, { timeoutMs: 30_000, since: mark });
+        expect(echoed).not.toBeNull();
+        expect(echoed!.index).toBeGreaterThan(banner!.index);
+        // The prompt has no line end: it becomes a line once the console is quiet.
+        const prompt = await capture.waitFor(/^=> $/, { timeoutMs: 30_000, since: echoed!.index });
+        expect(prompt).not.toBeNull();
 
-      expect(lines.slice(mark)).toEqual(capture.lines(mark));
-      expect(capture.text()).toContain('<console check 52:54:00:12:34:56>\r\n');
-      // The serial port went to the socket, not to QEMU's stdio.
-      expect(board.console()).not.toContain('U-Boot 2023.01');
-    });
-  });
+        expect(lines.slice(mark)).toEqual(capture.lines(mark));
+        expect(capture.text()).toContain('<console check 52:54:00:12:34:56>\r\n');
+        // The serial port went to the socket, not to QEMU's stdio.
+        expect(board.console()).not.toContain('U-Boot 2023.01');
+      });
+    },
+  );
 });

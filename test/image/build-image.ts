@@ -78,7 +78,9 @@ export async function buildTestImage(dir: string, name: string, o: TestImageOpti
       const id = diskId.replace(/^0x/, '');
       await writeFile(
         path.join(rootDir, 'etc', 'fstab'),
-        `proc /proc proc defaults 0 0\nPARTUUID=${id}-01 /boot/firmware vfat defaults 0 2\nPARTUUID=${id}-02 / ext4 defaults,noatime 0 1\n`,
+        'proc /proc proc defaults 0 0\n' +
+          `PARTUUID=${id}-01 /boot/firmware vfat defaults 0 2\n` +
+          `PARTUUID=${id}-02 / ext4 defaults,noatime 0 1\n`,
       );
       await run('mkfs.ext4', [
         '-q',

@@ -82,4 +82,5 @@ dtoverlay=dwc2,dr_mode=host
 `;
 
 export const PI_OS_CMDLINE =
-  'console=serial0,115200 console=tty1 root=PARTUUID=5eed1234-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n';
+  'console=serial0,115200 console=tty1 root=PARTUUID=5eed1234-02 rootfstype=ext4 fsck.repair=yes rootwait quiet ' +
+  'init=/usr/lib/raspberrypi-sys-mods/firstboot\n';

@@ -214,7 +214,14 @@ describe('a Raspberry Pi OS-like image (FAT32 boot, ext4 root)', () => {
 describe('other layouts', () => {
   it('FAT16: explicit kernel= and initramfs lines in model sections, a 32-bit board', async () => {
     const config =
-      'disable_splash=1\r\n[pi3]\r\nkernel=kernel7.img\r\n[pi4]\r\nkernel=zImage-custom\r\ninitramfs initrd.img followkernel\r\n[all]\r\ngpu_mem=64\r\n';
+      'disable_splash=1\r\n' +
+      '[pi3]\r\n' +
+      'kernel=kernel7.img\r\n' +
+      '[pi4]\r\n' +
+      'kernel=zImage-custom\r\n' +
+      'initramfs initrd.img followkernel\r\n' +
+      '[all]\r\n' +
+      'gpu_mem=64\r\n';
     const image = await buildTestImage(dir, 'fat16.img', {
       fat: 16,
       bootMiB: 20,
@@ -244,7 +251,15 @@ describe('other layouts', () => {
     const out = (await mtoolsRead(patched, image.bootOffset, 'config.txt')).toString();
     expect(
       out.startsWith(
-        `disable_splash=1\r\n[pi3]\r\n${COMMENT_PREFIX}kernel=kernel7.img\r\n[pi4]\r\n${COMMENT_PREFIX}kernel=zImage-custom\r\n${COMMENT_PREFIX}initramfs initrd.img followkernel\r\n[all]\r\ngpu_mem=64\r\n${INJECT_BEGIN}`,
+        'disable_splash=1\r\n' +
+          '[pi3]\r\n' +
+          `${COMMENT_PREFIX}kernel=kernel7.img\r\n` +
+          '[pi4]\r\n' +
+          `${COMMENT_PREFIX}kernel=zImage-custom\r\n` +
+          `${COMMENT_PREFIX}initramfs initrd.img followkernel\r\n` +
+          '[all]\r\n' +
+          'gpu_mem=64\r\n' +
+          INJECT_BEGIN,
       ),
     ).toBe(true);
     expect(out).toContain('\r\nkernel=u-boot.bin\r\narm_64bit=0\r\n');
@@ -332,7 +347,10 @@ describe('other layouts', () => {
     });
     expect(result.files).toContain('syscfg.txt');
     expect((await mtoolsRead(patched, image.bootOffset, 'syscfg.txt')).toString()).toBe(
-      `arm_64bit=1\n${COMMENT_PREFIX}kernel=vmlinuz\n${COMMENT_PREFIX}initramfs initrd.img followkernel\ncmdline=cmd.txt\n`,
+      'arm_64bit=1\n' +
+        `${COMMENT_PREFIX}kernel=vmlinuz\n` +
+        `${COMMENT_PREFIX}initramfs initrd.img followkernel\n` +
+        'cmdline=cmd.txt\n',
     );
     expect((await mtoolsRead(patched, image.bootOffset, 'usercfg.txt')).toString()).toBe('# user settings\n');
   });
@@ -480,30 +498,35 @@ describe('bad images are refused with a stable code', () => {
     );
   });
 
-  it('config.txt directives that change what is loaded: os_prefix, kernel_address, unevaluable sections, missing kernel', async () => {
-    const cases: [string, Record<string, string | Buffer>, RegExp][] = [
-      ['os_prefix=new/\n', {}, /config\.txt line 1 "os_prefix=new\/": os_prefix moves/],
-      ['arm_64bit=1\nkernel_address=0x200000\n', {}, /line 2 "kernel_address=0x200000"/],
-      [
-        '[EDID=VSC-TD2220]\nkernel=other.img\n[all]\n',
-        { 'other.img': fakeArm64Image() },
-        /line 2 "kernel=other\.img".*\[EDID=VSC-TD2220\]/,
-      ],
-      ['kernel=missing.img\n', {}, /names kernel missing\.img, which is not on the boot partition/],
-      ['kernel=uboot_rpi_4.bin\n', { 'uboot_rpi_4.bin': 'x' }, /already starts its own U-Boot/],
-      ['include nothere.txt\n', {}, /included file nothere\.txt is not on the boot partition/],
-    ];
-    let n = 0;
-    for (const [config, extra, message] of cases) {
-      const image = await buildTestImage(dir, `cfg-${n++}.img`, {
-        fat: 16,
-        bootMiB: 16,
-        rootMiB: 0,
-        files: { 'config.txt': config, 'kernel8.img': fakeArm64Image(), ...extra },
-      });
-      await expectInjectError(planInjection(image.path, image.size, opts()), 'BOOT_CONFIG_UNSUPPORTED', message);
-    }
-  }, 120_000);
+  it(
+    'config.txt directives that change what is loaded: ' +
+      'os_prefix, kernel_address, unevaluable sections, missing kernel',
+    async () => {
+      const cases: [string, Record<string, string | Buffer>, RegExp][] = [
+        ['os_prefix=new/\n', {}, /config\.txt line 1 "os_prefix=new\/": os_prefix moves/],
+        ['arm_64bit=1\nkernel_address=0x200000\n', {}, /line 2 "kernel_address=0x200000"/],
+        [
+          '[EDID=VSC-TD2220]\nkernel=other.img\n[all]\n',
+          { 'other.img': fakeArm64Image() },
+          /line 2 "kernel=other\.img".*\[EDID=VSC-TD2220\]/,
+        ],
+        ['kernel=missing.img\n', {}, /names kernel missing\.img, which is not on the boot partition/],
+        ['kernel=uboot_rpi_4.bin\n', { 'uboot_rpi_4.bin': 'x' }, /already starts its own U-Boot/],
+        ['include nothere.txt\n', {}, /included file nothere\.txt is not on the boot partition/],
+      ];
+      let n = 0;
+      for (const [config, extra, message] of cases) {
+        const image = await buildTestImage(dir, `cfg-${n++}.img`, {
+          fat: 16,
+          bootMiB: 16,
+          rootMiB: 0,
+          files: { 'config.txt': config, 'kernel8.img': fakeArm64Image(), ...extra },
+        });
+        await expectInjectError(planInjection(image.path, image.size, opts()), 'BOOT_CONFIG_UNSUPPORTED', message);
+      }
+    },
+    120_000,
+  );
 
   it('a model section without a model is refused, with the model it is accepted', async () => {
     const image = await buildTestImage(dir, 'modelsec.img', {

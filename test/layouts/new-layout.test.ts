@@ -38,7 +38,7 @@ describe('a layout added by one file and one registry line', () => {
     expect(card.subarray(MiB, 2 * MiB).equals(image.subarray(MiB, 2 * MiB))).toBe(false);
     const record = JSON.parse(
       await readFile(path.join(lab.agent.config.stateDir, 'jobs', `${result.job}.json`), 'utf8'),
-    );
+    ) as { layout?: unknown };
     expect(record.layout).toBe('first-part');
     expect(await lab.tftpFolders()).toEqual([]);
   });

@@ -144,7 +144,11 @@ describe.skipIf(!gate.run)(gate.title, () => {
       };
     } catch (err) {
       const e = err as Error;
-      e.message += `\n--- result ---\n${JSON.stringify(result)}\n--- job log ---\n${jobLog.join('\n')}\n--- board console ---\n${consoleTail(board?.console() ?? '')}\n--- agent log ---\n${consoleTail(records.map(formatRecord).join('\n'))}`;
+      e.message +=
+        `\n--- result ---\n${JSON.stringify(result)}` +
+        `\n--- job log ---\n${jobLog.join('\n')}` +
+        `\n--- board console ---\n${consoleTail(board?.console() ?? '')}` +
+        `\n--- agent log ---\n${consoleTail(records.map(formatRecord).join('\n'))}`;
       throw e;
     } finally {
       conn?.close();
@@ -159,13 +163,17 @@ describe.skipIf(!gate.run)(gate.title, () => {
       check();
     } catch (err) {
       const e = err as Error;
-      e.message += `\n--- result ---\n${JSON.stringify(r.result)}\n--- job log ---\n${r.jobLog.join('\n')}\n--- board console ---\n${consoleTail(r.console)}`;
+      e.message +=
+        `\n--- result ---\n${JSON.stringify(r.result)}` +
+        `\n--- job log ---\n${r.jobLog.join('\n')}` +
+        `\n--- board console ---\n${consoleTail(r.console)}`;
       throw e;
     }
   }
 
   it(
-    'OK: the card writes the image from 4 MiB on at its own offset, reports OK with the right count; the ":" folder is gone and the rebooted card finds nothing',
+    'OK: the card writes the image from 4 MiB on at its own offset, reports OK with the right count; ' +
+      'the ":" folder is gone and the rebooted card finds nothing',
     async () => {
       const imageBytes = 12 * MiB + 1024; // parts of 5, 5 and 2 MiB + 1 KiB
       const r = await flashSeedCard({ imageBytes });

@@ -101,48 +101,56 @@ describe('layout seed through the agent (no QEMU)', () => {
     expect(folders).toEqual([]);
   });
 
-  it('a card that reports OK with the right count → OK, bytesWritten = image − 4 MiB; the parts it fetched are the image', async () => {
-    let fetched: Buffer[] = [];
-    let afterReport: Buffer | null | undefined;
-    const { result, jobLog, image, folders } = await flash(async (port) => {
-      fetched = await fetchParts(port);
-      await tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/OK`, data: count(EXPECTED_COUNT) });
-      // The card reboots and looks again at once: part 0 must already be gone.
-      afterReport = await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
-    });
-    expect(result).toMatchObject({ ok: true, code: 'OK', bytesWritten: EXPECTED_COUNT });
-    expect(fetched.map((p) => p.length)).toEqual([5 * MiB, IMAGE_BYTES - 5 * MiB]);
-    expect(Buffer.concat(fetched).equals(image), 'the parts are the whole image from byte 0, in order').toBe(true);
-    expect(afterReport).toBeNull();
-    expect(jobLog.some((l) => /seed card reported OK \(4 bytes\)/.test(l))).toBe(true);
-    expect(folders).toEqual([]);
-  });
-
-  it('the parts are withdrawn on the report, while the job still waits for the boot: the rebooted card finds nothing', async () => {
-    // A boot check nobody answers keeps the job alive past the report, so only the withdrawal on
-    // the report (not the clean-up at the job's end) can hide part 0 from the card's next look.
-    const closedPort = await new Promise<number>((resolve) => {
-      const s = createServer().listen(0, '127.0.0.1', () => {
-        const { port } = s.address() as AddressInfo;
-        s.close(() => resolve(port));
-      });
-    });
-    let afterReport: Buffer | null | undefined;
-    let stillRunning = false;
-    const { result } = await flash(
-      async (port) => {
-        await fetchParts(port);
+  it(
+    'a card that reports OK with the right count → OK, bytesWritten = image − 4 MiB; ' +
+      'the parts it fetched are the image',
+    async () => {
+      let fetched: Buffer[] = [];
+      let afterReport: Buffer | null | undefined;
+      const { result, jobLog, image, folders } = await flash(async (port) => {
+        fetched = await fetchParts(port);
         await tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/OK`, data: count(EXPECTED_COUNT) });
+        // The card reboots and looks again at once: part 0 must already be gone.
         afterReport = await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
-        stillRunning = (await lab.tftpFolders()).includes(FOLDER);
-      },
-      { boot: 2 },
-      `tcp:127.0.0.1:${closedPort}`,
-    );
-    expect(result).toMatchObject({ code: 'BOOT_TIMEOUT', bytesWritten: EXPECTED_COUNT });
-    expect(afterReport).toBeNull();
-    expect(stillRunning, 'the job had not ended yet: its folder was still there').toBe(true);
-  });
+      });
+      expect(result).toMatchObject({ ok: true, code: 'OK', bytesWritten: EXPECTED_COUNT });
+      expect(fetched.map((p) => p.length)).toEqual([5 * MiB, IMAGE_BYTES - 5 * MiB]);
+      expect(Buffer.concat(fetched).equals(image), 'the parts are the whole image from byte 0, in order').toBe(true);
+      expect(afterReport).toBeNull();
+      expect(jobLog.some((l) => /seed card reported OK \(4 bytes\)/.test(l))).toBe(true);
+      expect(folders).toEqual([]);
+    },
+  );
+
+  it(
+    'the parts are withdrawn on the report, while the job still waits for the boot: ' +
+      'the rebooted card finds nothing',
+    async () => {
+      // A boot check nobody answers keeps the job alive past the report, so only the withdrawal on
+      // the report (not the clean-up at the job's end) can hide part 0 from the card's next look.
+      const closedPort = await new Promise<number>((resolve) => {
+        const s = createServer().listen(0, '127.0.0.1', () => {
+          const { port } = s.address() as AddressInfo;
+          s.close(() => resolve(port));
+        });
+      });
+      let afterReport: Buffer | null | undefined;
+      let stillRunning = false;
+      const { result } = await flash(
+        async (port) => {
+          await fetchParts(port);
+          await tftpPut({ host: '127.0.0.1', port, path: `${FOLDER}/OK`, data: count(EXPECTED_COUNT) });
+          afterReport = await tftpGet({ host: '127.0.0.1', port, path: `${FOLDER}/rpi_image_part_0` });
+          stillRunning = (await lab.tftpFolders()).includes(FOLDER);
+        },
+        { boot: 2 },
+        `tcp:127.0.0.1:${closedPort}`,
+      );
+      expect(result).toMatchObject({ code: 'BOOT_TIMEOUT', bytesWritten: EXPECTED_COUNT });
+      expect(afterReport).toBeNull();
+      expect(stillRunning, 'the job had not ended yet: its folder was still there').toBe(true);
+    },
+  );
 
   it('a card that reports OK with a wrong count → VERIFY_MISMATCH naming both counts', async () => {
     const { result, folders } = await flash(async (port) => {

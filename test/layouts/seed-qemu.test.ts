@@ -114,23 +114,27 @@ describe.skipIf(!gate.run)(gate.title, () => {
     });
   }
 
-  it('writes every part after the 4 MiB skip where the card wants it, reports OK with the right count → OK', async () => {
-    const { outcome, plan, image, card, written, board, fetched } = await flashWithSeedCard({
-      imageBytes: 12 * MiB + 1024,
-      cardImageBlock: CARD_IMAGE_BLOCK,
-    });
-    expect(plan.parts.map((p) => p.name)).toEqual(['rpi_image_part_0', 'rpi_image_part_1', 'rpi_image_part_2']);
-    expect([...fetched].sort()).toEqual(['rpi_image_part_0', 'rpi_image_part_1', 'rpi_image_part_2']);
-    expect(board.console()).toContain('seed-card: reported OK');
-    expect(outcome).toMatchObject({ code: 'OK', reportedCount: 8 * MiB + 1024 });
-    const at = CARD_IMAGE_BLOCK * 512;
-    // The image from byte 4 MiB on, at the card's offset; the card's own first part untouched.
-    expect(written.subarray(at, at + plan.writtenBytes).equals(image.subarray(4 * MiB))).toBe(true);
-    expect(written.subarray(0, at).equals(card.subarray(0, at))).toBe(true);
-    // mmc write works in whole blocks: the rest of the last block is whatever RAM held; beyond it the card is untouched.
-    const end = at + Math.ceil(plan.writtenBytes / 512) * 512;
-    expect(written.subarray(end).equals(card.subarray(end))).toBe(true);
-  });
+  it(
+    'writes every part after the 4 MiB skip where the card wants it, ' + 'reports OK with the right count → OK',
+    async () => {
+      const { outcome, plan, image, card, written, board, fetched } = await flashWithSeedCard({
+        imageBytes: 12 * MiB + 1024,
+        cardImageBlock: CARD_IMAGE_BLOCK,
+      });
+      expect(plan.parts.map((p) => p.name)).toEqual(['rpi_image_part_0', 'rpi_image_part_1', 'rpi_image_part_2']);
+      expect([...fetched].sort()).toEqual(['rpi_image_part_0', 'rpi_image_part_1', 'rpi_image_part_2']);
+      expect(board.console()).toContain('seed-card: reported OK');
+      expect(outcome).toMatchObject({ code: 'OK', reportedCount: 8 * MiB + 1024 });
+      const at = CARD_IMAGE_BLOCK * 512;
+      // The image from byte 4 MiB on, at the card's offset; the card's own first part untouched.
+      expect(written.subarray(at, at + plan.writtenBytes).equals(image.subarray(4 * MiB))).toBe(true);
+      expect(written.subarray(0, at).equals(card.subarray(0, at))).toBe(true);
+      // mmc write works in whole blocks: the rest of the last block is whatever RAM held; beyond it
+      // the card is untouched.
+      const end = at + Math.ceil(plan.writtenBytes / 512) * 512;
+      expect(written.subarray(end).equals(card.subarray(end))).toBe(true);
+    },
+  );
 
   it('a write the card cannot make → FAILED with the bytes written so far → BOARD_REPORTED_FAILURE', async () => {
     // Part 0 (1 MiB after the skip) fits before the card's end; part 1 (5 MiB) does not.

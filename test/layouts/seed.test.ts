@@ -77,7 +77,7 @@ describe('planSeedParts', () => {
     expect(tiny).toBeInstanceOf(CodedError);
     expect(tiny).toMatchObject({
       code: 'BAD_REQUEST',
-      message: expect.stringMatching(/skips the image's first 4194304 bytes/),
+      message: expect.stringMatching(/skips the image's first 4194304 bytes/) as string,
     });
     expect(planSeedParts(10 * SEED_PART_BYTES).parts).toHaveLength(10);
     expect(() => planSeedParts(10 * SEED_PART_BYTES + 1)).toThrow(expect.objectContaining({ code: 'IMAGE_TOO_LARGE' }));
@@ -120,7 +120,8 @@ describe('interpretSeedResult', () => {
     expect(interpretSeedResult(plan, report('OK', le(6 * MiB - 512)), { part0Fetched: true })).toMatchObject({
       code: 'VERIFY_MISMATCH',
       message:
-        'the seed card reported OK with 6290944 bytes written, expected 6291456 (image of 10485760 bytes less the skipped 4194304)',
+        'the seed card reported OK with 6290944 bytes written, ' +
+        'expected 6291456 (image of 10485760 bytes less the skipped 4194304)',
     });
     const bigEndian = Buffer.alloc(4);
     bigEndian.writeUInt32BE(6 * MiB);
@@ -202,18 +203,21 @@ describe('SeedReports over real TFTP (BoardFiles + TftpServer on loopback)', () 
     expect(interpretSeedResult(planSeedParts(10 * MiB), first ?? undefined, { part0Fetched: true }).code).toBe('OK');
   });
 
-  it('refuses an upload larger than 4 bytes and any other name; keeps the first report, records later ones', async () => {
-    const { reports, put } = await lab();
-    await expect(put('OK', Buffer.alloc(5))).rejects.toThrow();
-    await expect(put('RESULT', Buffer.alloc(4))).rejects.toThrow();
-    await expect(put('sub/OK', Buffer.alloc(4))).rejects.toThrow();
-    expect(reports.all).toEqual([]);
-    await put('FAILED', Buffer.from([1, 0, 0, 0]));
-    await put('OK', Buffer.from([2, 0, 0, 0]));
-    expect(reports.first).toMatchObject({ name: 'FAILED', count: 1 });
-    expect(reports.all.map((r) => r.name)).toEqual(['FAILED', 'OK']);
-    expect(await reports.wait({ timeoutMs: 1 })).toBe(reports.first);
-  });
+  it(
+    'refuses an upload larger than 4 bytes and any other name; ' + 'keeps the first report, records later ones',
+    async () => {
+      const { reports, put } = await lab();
+      await expect(put('OK', Buffer.alloc(5))).rejects.toThrow();
+      await expect(put('RESULT', Buffer.alloc(4))).rejects.toThrow();
+      await expect(put('sub/OK', Buffer.alloc(4))).rejects.toThrow();
+      expect(reports.all).toEqual([]);
+      await put('FAILED', Buffer.from([1, 0, 0, 0]));
+      await put('OK', Buffer.from([2, 0, 0, 0]));
+      expect(reports.first).toMatchObject({ name: 'FAILED', count: 1 });
+      expect(reports.all.map((r) => r.name)).toEqual(['FAILED', 'OK']);
+      expect(await reports.wait({ timeoutMs: 1 })).toBe(reports.first);
+    },
+  );
 
   it('wait() resolves null at its deadline and rejects on abort', async () => {
     const reports = new SeedReports();

@@ -43,7 +43,10 @@ describe('cmd reset', () => {
     expect(err).toBeInstanceOf(CodedError);
     expect(err.code).toBe('RESET_FAILED');
     expect(err.message).toMatch(
-      /^cannot reset board-1 \(cmd:for i in .*exit 3\): the reset command exited with status 3; stderr: line 3 \| line 4 \| line 5 \| line 6 \| line 7$/,
+      new RegExp(
+        String.raw`^cannot reset board-1 \(cmd:for i in .*exit 3\): the reset command exited with status 3; ` +
+          String.raw`stderr: line 3 \| line 4 \| line 5 \| line 6 \| line 7$`,
+      ),
     );
   });
 

@@ -85,7 +85,8 @@ describe('detectGpioBase', () => {
     await chip('gpiochip400', 400, 'exp-a', 8);
     await chip('gpiochip408', 408, 'exp-b', 16);
     await expect(detectGpioBase(root)).rejects.toThrow(
-      `cannot tell which GPIO chip under ${root} carries the header: gpiochip400 "exp-a" base 400 (8 lines), gpiochip408 "exp-b" base 408 (16 lines)`,
+      `cannot tell which GPIO chip under ${root} carries the header: ` +
+        'gpiochip400 "exp-a" base 400 (8 lines), gpiochip408 "exp-b" base 408 (16 lines)',
     );
   });
 
@@ -139,7 +140,9 @@ const needsUnshare = runNamespaced ? '' : ' (skipped: "unshare -rm" is not permi
 /** Runs gpio-sysfs-child.ts in a private mount namespace with a fake /sys/class/gpio. */
 function pulseInNamespace(scenario: string, pulseMs: number) {
   const child = path.join(here, 'gpio-sysfs-child.ts');
-  const script = `mount -t tmpfs none /sys/class && mkdir /sys/class/gpio && exec node --import tsx "${child}" ${scenario} ${pulseMs}`;
+  const script =
+    'mount -t tmpfs none /sys/class && mkdir /sys/class/gpio && ' +
+    `exec node --import tsx "${child}" ${scenario} ${pulseMs}`;
   // A hang guard: node with tsx starts in about a second, several on a loaded machine.
   const run = spawnSync('unshare', ['-rm', 'sh', '-c', script], { cwd: repoRoot, encoding: 'utf8', timeout: 60_000 });
   if (run.status !== 0)

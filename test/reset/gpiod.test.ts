@@ -19,7 +19,9 @@ describe('gpiod reset', () => {
     const file = path.join(dir, name);
     await writeFile(
       file,
-      `#!/bin/sh\n{ printf '[%s]' "${name}"; for a in "$@"; do printf '[%s]' "$a"; done; echo; } >> "${calls}"\n${body}\n`,
+      '#!/bin/sh\n' +
+        `{ printf '[%s]' "${name}"; for a in "$@"; do printf '[%s]' "$a"; done; echo; } >> "${calls}"\n` +
+        `${body}\n`,
     );
     await chmod(file, 0o755);
   }
@@ -74,7 +76,10 @@ describe('gpiod reset', () => {
     await fakeTool('gpiofind', 'exit 1');
     const err = await rejectionOf(createResetLine(targetWith('gpiod:gpiochip0:NOPE'), testContext()).pulse());
     expect(err.message).toMatch(
-      /^cannot reset board-1 \(gpiod:gpiochip0:NOPE\): no GPIO line is named "NOPE" \(gpiofind NOPE failed \(status 1\)\)$/,
+      new RegExp(
+        String.raw`^cannot reset board-1 \(gpiod:gpiochip0:NOPE\): ` +
+          String.raw`no GPIO line is named "NOPE" \(gpiofind NOPE failed \(status 1\)\)$`,
+      ),
     );
   });
 
@@ -88,7 +93,8 @@ describe('gpiod reset', () => {
     const err = await rejectionOf(createResetLine(targetWith('gpiod:gpiochip0:17'), ctx).pulse());
     expect(err.code).toBe('RESET_FAILED');
     expect(err.message).toBe(
-      'cannot reset board-1 (gpiod:gpiochip0:17): gpioset --mode=time --usec=20000 gpiochip0 17=0 failed (status 1): gpioset: error setting the GPIO line values: Device or resource busy',
+      'cannot reset board-1 (gpiod:gpiochip0:17): gpioset --mode=time --usec=20000 gpiochip0 17=0 failed (status 1): ' +
+        'gpioset: error setting the GPIO line values: Device or resource busy',
     );
     expect(await recorded()).toEqual([
       '[gpioset][--mode=time][--usec=20000][gpiochip0][17=0]',
@@ -115,7 +121,8 @@ describe('gpiod reset', () => {
     const err = await rejectionOf(createResetLine(targetWith('gpiod:gpiochip0:17'), testContext()).pulse());
     expect(err.code).toBe('RESET_FAILED');
     expect(err.message).toBe(
-      'cannot reset board-1 (gpiod:gpiochip0:17): gpioset not found on PATH: install the libgpiod 1.6 tools (Debian package "gpiod")',
+      'cannot reset board-1 (gpiod:gpiochip0:17): gpioset not found on PATH: ' +
+        'install the libgpiod 1.6 tools (Debian package "gpiod")',
     );
   });
 });

@@ -121,7 +121,8 @@ describe('qmp reset', () => {
     expect(err).toBeInstanceOf(CodedError);
     expect(err.code).toBe('RESET_FAILED');
     expect(err.message).toBe(
-      `cannot reset board-1 (qmp:${socket}): no QMP socket at ${socket} (is QEMU running with -qmp unix:${socket},server=on,wait=off?)`,
+      `cannot reset board-1 (qmp:${socket}): no QMP socket at ${socket} ` +
+        `(is QEMU running with -qmp unix:${socket},server=on,wait=off?)`,
     );
   });
 

@@ -91,7 +91,8 @@ function banner(port: number): Promise<string> {
 
 describe('SimBoard', () => {
   for (const faults of [[], ['crc-be32']]) {
-    it(`flashes a staged job, resets, and boots the new system${faults.length ? ' (crc32 big-endian build)' : ''}`, async () => {
+    const build = faults.length ? ' (crc32 big-endian build)' : '';
+    it(`flashes a staged job, resets, and boots the new system${build}`, async () => {
       const image = bootableImage(3 * 65536 + 3000, 21);
       const server = stagedServer(image, 65536);
       const b = board({ fetch: server.fetch, faults });

@@ -78,12 +78,14 @@ export class LossyUdpRelay {
       ...[...this.sessions.values()].flatMap((s) => [s.upstream, ...s.facing.values()]),
     ];
     this.sessions.clear();
-    await Promise.all(sockets.map((s) => s && new Promise<void>((resolve) => s.close(() => resolve()))));
+    await Promise.all(
+      sockets.filter((s) => s !== undefined).map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
+    );
   }
 
   private session(address: string, port: number): Session {
     const key = `${address}:${port}`;
-    let session = this.sessions.get(key);
+    const session = this.sessions.get(key);
     if (session) return session;
     const upstream = dgram.createSocket('udp4');
     upstream.bind(0, '127.0.0.1');

@@ -125,7 +125,8 @@ describe('parseTargets, native format', () => {
       {
         line: 3,
         reason:
-          'bad console spec: serial console "serial:/dev/ttyUSB0@11520": 11520 is not a standard baud rate (e.g. 9600, 115200, 921600)',
+          'bad console spec: serial console "serial:/dev/ttyUSB0@11520": ' +
+          '11520 is not a standard baud rate (e.g. 9600, 115200, 921600)',
       },
     ]);
     expect(problemsOf('name,mac,ip,reset,console\nx,b8:27:eb:00:00:05,10.0.0.5,gpio:5,com1\n')[0]?.reason).toMatch(
@@ -190,15 +191,15 @@ describe('parseTargets, native format', () => {
       '10.0.0.12,02:00:00:00:00:0c,10.0.0.12,sim,',
     ].join('\n');
     expect(problemsOf(csv)).toEqual([
-      { line: 2, reason: expect.stringMatching(/name "has space" may hold only/) },
+      { line: 2, reason: expect.stringMatching(/name "has space" may hold only/) as string },
       { line: 3, reason: 'name is empty' },
       { line: 4, reason: 'mac is empty' },
       { line: 5, reason: 'ip is empty' },
-      { line: 6, reason: expect.stringMatching(/reset is empty/) },
-      { line: 8, reason: expect.stringMatching(/unknown layout "sideways"/) },
-      { line: 10, reason: expect.stringMatching(/duplicate name "a8"/) },
-      { line: 11, reason: expect.stringMatching(/name "02-00-00-00-00-08" is the MAC or IP of "A8"/) },
-      { line: 12, reason: expect.stringMatching(/name "10\.0\.0\.9" is the MAC or IP of "a8"/) },
+      { line: 6, reason: expect.stringMatching(/reset is empty/) as string },
+      { line: 8, reason: expect.stringMatching(/unknown layout "sideways"/) as string },
+      { line: 10, reason: expect.stringMatching(/duplicate name "a8"/) as string },
+      { line: 11, reason: expect.stringMatching(/name "02-00-00-00-00-08" is the MAC or IP of "A8"/) as string },
+      { line: 12, reason: expect.stringMatching(/name "10\.0\.0\.9" is the MAC or IP of "a8"/) as string },
     ]);
   });
 
@@ -277,11 +278,11 @@ describe("parseTargets, the seed system's file", () => {
       'not-a-mac,10.0.0.6,1',
     ].join('\n');
     expect(problemsOf(csv)).toEqual([
-      { line: 2, reason: expect.stringMatching(/wiringPi pin 17 has no BCM GPIO on a 40-pin header/) },
-      { line: 3, reason: expect.stringMatching(/wiringPi pin 32 has no BCM GPIO/) },
-      { line: 4, reason: expect.stringMatching(/"gpio:4" is not a wiringPi pin number/) },
-      { line: 5, reason: expect.stringMatching(/"" is not a wiringPi pin number/) },
-      { line: 7, reason: expect.stringMatching(/"not-a-mac" is not a MAC address/) },
+      { line: 2, reason: expect.stringMatching(/wiringPi pin 17 has no BCM GPIO on a 40-pin header/) as string },
+      { line: 3, reason: expect.stringMatching(/wiringPi pin 32 has no BCM GPIO/) as string },
+      { line: 4, reason: expect.stringMatching(/"gpio:4" is not a wiringPi pin number/) as string },
+      { line: 5, reason: expect.stringMatching(/"" is not a wiringPi pin number/) as string },
+      { line: 7, reason: expect.stringMatching(/"not-a-mac" is not a MAC address/) as string },
     ]);
     // Line 6 repeats line 2's MAC, but line 2 failed, so the duplicate is not reported twice.
   });
