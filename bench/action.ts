@@ -270,7 +270,8 @@ async function runBundledAction(
   const resultCode = run.outputs['result-code'] ?? '';
   if (resultCode !== 'BOARD_NO_SHOW')
     throw new Error(
-      `the action (${label}) ended with ${resultCode || `exit ${run.code}`}, expected BOARD_NO_SHOW:\n${run.stdout}\n${run.stderr}`,
+      `the action (${label}) ended with ${resultCode || `exit ${run.code}`}, expected BOARD_NO_SHOW:\n` +
+        `${run.stdout}\n${run.stderr}`,
     );
   return { peakRssMiB, resultCode };
 }
@@ -374,20 +375,28 @@ export async function runActionBench(o: { sizeMiB?: number; cpuProfDir?: string 
   for (const r of rows) {
     const img = `${r.sizeMiB} MiB raw`;
     console.log(
-      `| ${img} | bare ws client → ws server (reference) | ${r.bareMBps.toFixed(0)} | 1.00 | ${r.bareClientRssMiB.toFixed(0)} MiB |`,
+      `| ${img} | bare ws client → ws server (reference) ` +
+        `| ${r.bareMBps.toFixed(0)} | 1.00 | ${r.bareClientRssMiB.toFixed(0)} MiB |`,
     );
     console.log(
-      `| ${img} | action → agent (stores: disk, sha256, part CRCs) | ${r.actionWireMBps.toFixed(0)} | ${ratio(r.actionWireMBps, r.bareMBps)} | ${r.actionPeakRssMiB.toFixed(0)} MiB |`,
+      `| ${img} | action → agent (stores: disk, sha256, part CRCs) ` +
+        `| ${r.actionWireMBps.toFixed(0)} | ${ratio(r.actionWireMBps, r.bareMBps)} ` +
+        `| ${r.actionPeakRssMiB.toFixed(0)} MiB |`,
     );
     console.log(
-      `| ${img} | action → agent, upload-begin → "upload stored" in the agent's log | ${r.actionWholeMBps.toFixed(0)} | ${ratio(r.actionWholeMBps, r.bareMBps)} | |`,
+      `| ${img} | action → agent, upload-begin → "upload stored" in the agent's log ` +
+        `| ${r.actionWholeMBps.toFixed(0)} | ${ratio(r.actionWholeMBps, r.bareMBps)} | |`,
     );
     console.log(
-      `| ${img} | action → protocol sink (acks on arrival, stores nothing) | ${r.sinkMBps.toFixed(0)} | ${ratio(r.sinkMBps, r.bareMBps)} | ${r.sinkPeakRssMiB.toFixed(0)} MiB |`,
+      `| ${img} | action → protocol sink (acks on arrival, stores nothing) ` +
+        `| ${r.sinkMBps.toFixed(0)} | ${ratio(r.sinkMBps, r.bareMBps)} | ${r.sinkPeakRssMiB.toFixed(0)} MiB |`,
     );
   }
+  const busy = rows.map((r) => `${r.sizeMiB} MiB ${r.storeBusyPercent.toFixed(0)} %`).join(', ');
+  const ended = [...new Set(rows.map((r) => r.resultCode))].join(', ');
   console.log(
-    `Agent store busy (share of the agent-side upload time spent in the store's write): ${rows.map((r) => `${r.sizeMiB} MiB ${r.storeBusyPercent.toFixed(0)} %`).join(', ')}; every action run ended ${[...new Set(rows.map((r) => r.resultCode))].join(', ')} as intended.`,
+    `Agent store busy (share of the agent-side upload time spent in the store's write): ${busy}; ` +
+      `every action run ended ${ended} as intended.`,
   );
   console.log('Goals: upload ≥ 0.8× the bare copy; action peak RSS < 150 MB at any image size.');
   return rows;

@@ -68,11 +68,13 @@ export async function runInjectBench(o: { rounds?: number } = {}): Promise<void>
       const median = times[Math.floor(times.length / 2)]!;
       medians.push(median);
       rows.push(
-        `| ${c.label} | ${median.toFixed(1)} ms | ${times[0]!.toFixed(1)}–${times[times.length - 1]!.toFixed(1)} ms | ${(c.bytesRead / MiB).toFixed(2)} MiB | ${(c.patchBytes / MiB).toFixed(2)} MiB |`,
+        `| ${c.label} | ${median.toFixed(1)} ms | ${times[0]!.toFixed(1)}–${times[times.length - 1]!.toFixed(1)} ms ` +
+          `| ${(c.bytesRead / MiB).toFixed(2)} MiB | ${(c.patchBytes / MiB).toFixed(2)} MiB |`,
       );
     }
     console.log(
-      `\nInjection planning (planInjection; median of ${rounds} alternating rounds after a warm-up; same 48 MiB FAT32 boot partition)`,
+      `\nInjection planning (planInjection; median of ${rounds} alternating rounds after a warm-up; ` +
+        'same 48 MiB FAT32 boot partition)',
     );
     console.log('| image | median | range | read | patched |');
     console.log('|---|---|---|---|---|');

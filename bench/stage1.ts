@@ -105,7 +105,8 @@ export async function runStage1Bench(): Promise<void> {
   const ref = rows[0]!.network.median;
   const ms = (n: number) => `${Math.round(n)}`.padStart(6);
   console.log(
-    `stage 1 under QEMU (U-Boot 2023.01, tftptimeout 1000 ms × tftptimeoutcountmax 2), ${RUNS} runs each; ms, median (min–max)`,
+    `stage 1 under QEMU (U-Boot 2023.01, tftptimeout 1000 ms × tftptimeoutcountmax 2), ${RUNS} runs each; ` +
+      'ms, median (min–max)',
   );
   console.log(
     `${'case'.padEnd(40)} ${'network step'.padStart(22)} ${'stage 1 → booti'.padStart(22)} ${'× ref'.padStart(7)}`,

@@ -47,7 +47,8 @@ export async function runUbootTftpBench(sizeMiB = 16, rounds = 2): Promise<void>
     const size = sizeMiB * 1024 * 1024;
     await writeFile(imageFile, randomBytes(size));
     console.log(
-      `U-Boot 2023.01 under QEMU ← the agent's TFTP server on loopback (slirp): ${sizeMiB} MiB image in ${PART_MIB} MiB parts, blksize 1468, ${rounds} round(s)`,
+      `U-Boot 2023.01 under QEMU ← the agent's TFTP server on loopback (slirp): ` +
+        `${sizeMiB} MiB image in ${PART_MIB} MiB parts, blksize 1468, ${rounds} round(s)`,
     );
     const rows: string[][] = [
       ['windowsize', 'parts', 'U-Boot MiB/s (median)', 'min–max', 'transfer phase s (incl. SD writes)'],
@@ -68,7 +69,8 @@ export async function runUbootTftpBench(sizeMiB = 16, rounds = 2): Promise<void>
         });
         if (!r.result.ok)
           throw new Error(
-            `windowsize ${windowsize}: the job failed with ${r.result.code}: ${r.result.message} (console: ${r.consoleLog})`,
+            `windowsize ${windowsize}: the job failed with ${r.result.code}: ${r.result.message} ` +
+              `(console: ${r.consoleLog})`,
           );
         const parts = r.ubootTransfers.filter((t) => /\/part-\d+$/.test(t.file));
         if (parts.length !== r.result.parts.length)

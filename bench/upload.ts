@@ -138,7 +138,8 @@ export async function runUploadBench(o: { sizeMiB?: number } = {}): Promise<void
     console.log('|---|---|---|---|');
     console.log(`| bare ws client → server (reference) | ${bare.toFixed(0)} | 1.00 | - |`);
     console.log(
-      `| protocol client → agent (store, sha256) | ${agent.mbps.toFixed(0)} | ${(agent.mbps / bare).toFixed(2)} | ${agent.rssMiB.toFixed(0)} MiB |`,
+      `| protocol client → agent (store, sha256) ` +
+        `| ${agent.mbps.toFixed(0)} | ${(agent.mbps / bare).toFixed(2)} | ${agent.rssMiB.toFixed(0)} MiB |`,
     );
   } finally {
     await rm(dir, { recursive: true, force: true });
