@@ -20,7 +20,10 @@ export default tseslint.config(
       'max-len': ['error', { code: 120, tabWidth: 2, ignoreUrls: false }],
       // An aborted wait rejects with its signal's reason, which the code sets to a CodedError; the
       // type system only knows it as `any`.
-      '@typescript-eslint/prefer-promise-reject-errors': ['error', { allowThrowingAny: true, allowThrowingUnknown: true }],
+      '@typescript-eslint/prefer-promise-reject-errors': [
+        'error',
+        { allowThrowingAny: true, allowThrowingUnknown: true },
+      ],
       '@typescript-eslint/only-throw-error': ['error', { allowThrowingAny: true, allowThrowingUnknown: true }],
     },
   },
