@@ -41289,6 +41289,8 @@ class AgentConnection {
     agentVersion = '';
     /** Bytes the agent confirmed written, per upload request. */
     uploadAcks = new Map();
+    /** Each upload in progress on this connection, for `cancel()` to stop before it sends. */
+    uploadStops = new Set();
     constructor(ws, o) {
         this.ws = ws;
         this.o = o;
@@ -41484,8 +41486,20 @@ class AgentConnection {
      * the connection closing) rather than polling, which left the socket drained for most of each poll.
      */
     async upload(o) {
+        // A cancel on this connection stops the upload at once, even before the agent answered the begin:
+        // a chunk sent after the cancel would only queue ahead of the next message and be refused.
+        const stop = { wake: () => { } };
+        this.uploadStops.add(stop);
+        try {
+            return await this.uploadFile(o, stop);
+        }
+        finally {
+            this.uploadStops.delete(stop);
+        }
+    }
+    async uploadFile(o, stop) {
         const begin = nextId();
-        const first = await this.request({
+        const asked = this.request({
             type: 'upload-begin',
             id: begin,
             sha256: o.sha256,
@@ -41494,6 +41508,12 @@ class AgentConnection {
             ...(o.imageSize ? { imageSize: o.imageSize } : {}),
             ...(o.name ? { name: o.name } : {}),
         }, { final: ['upload-ready', 'upload-done'] });
+        const first = await new Promise((resolve, reject) => {
+            stop.wake = () => reject(stop.reason);
+            asked.then(resolve, reject);
+        });
+        if (stop.reason)
+            throw stop.reason;
         if (first.type === 'upload-done')
             return first;
         if (first.type !== 'upload-ready')
@@ -41514,6 +41534,7 @@ class AgentConnection {
         };
         const ack = { received: first.offset, wake };
         this.uploadAcks.set(begin, ack);
+        stop.wake = wake;
         // Errors about this upload (e.g. NO_SPACE mid-way) arrive as `error{re: begin}`.
         let uploadError;
         let sendError;
@@ -41527,7 +41548,7 @@ class AgentConnection {
                 wake();
             },
         });
-        const failure = () => this.closedError ?? uploadError ?? sendError;
+        const failure = () => stop.reason ?? this.closedError ?? uploadError ?? sendError;
         const waitUntil = async (ready) => {
             for (;;) {
                 const err = failure();
@@ -41575,6 +41596,9 @@ class AgentConnection {
                 if (!readAhead && nextReadAt < o.size && bufferAvailable())
                     readAhead = readNextBlock();
                 await waitUntil(() => offset - ack.received <= windowBytes && this.ws.bufferedAmount <= maxBufferedBytes);
+                // Checked again right before the send: a cancel may have come between the wake-up and here.
+                if (stop.reason)
+                    throw stop.reason;
                 const sending = block;
                 const start = sending.sent;
                 const length = Math.min(chunkSize, sending.length - start);
@@ -41617,8 +41641,17 @@ class AgentConnection {
         delete result.re;
         return result;
     }
-    /** Cancel this connection's lease or job (or another lease by id, from a new connection). */
+    /**
+     * Cancel this connection's lease or job (or another lease by id, from a new connection). Any upload
+     * on this connection stops first, before a chunk more is sent: the cancel then waits behind only
+     * what the socket already holds, and the agent, which drops the upload, gets no chunk after it.
+     */
     async cancel(o = {}) {
+        const stopped = new errors_CodedError('CANCELLED', `the upload stopped: cancelled${o.reason ? ` (${o.reason})` : ''}`);
+        for (const stop of this.uploadStops) {
+            stop.reason ??= stopped;
+            stop.wake();
+        }
         await this.request({ type: 'cancel', id: nextId(), ...o }, { final: ['released'] });
     }
     close() {
@@ -42992,6 +43025,8 @@ class FlashRun {
     cancelledBySignal = false;
     /** The agent was already asked to cancel (signal, job-timeout): the failure path does not ask again. */
     cancelAsked = false;
+    /** A signal's cancel on the agent, until it was answered (or gave up): the connection stays open for it. */
+    cancelling;
     constructor(d) {
         this.d = d;
         this.story = new JobStory({ writer: d.writer, clock: d.clock });
@@ -43005,14 +43040,18 @@ class FlashRun {
             return outcomeOfResult(this.record(), result);
         }
         catch (err) {
+            // A signal's cancel stops the upload at once, so the upload may fail before the cancel is answered.
+            await this.cancelling;
             if (this.link?.leased && !this.lastResult && !this.cancelAsked)
                 await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
-            return outcomeOfError(this.record(), err, this.cancelledBySignal);
+            const why = this.cancelledBySignal ? (this.abort.signal.reason ?? err) : err;
+            return outcomeOfError(this.record(), why, this.cancelledBySignal);
         }
         finally {
             this.d.signals.removeListener('SIGINT', onSignal);
             this.d.signals.removeListener('SIGTERM', onSignal);
             this.story.close();
+            await this.cancelling;
             this.link?.close();
             await this.image?.cleanup();
         }
@@ -43190,8 +43229,8 @@ class FlashRun {
         // A hard stop in case something hangs; unref'd so a clean finish is not delayed by it.
         setTimeout(() => this.d.exit(1), CANCEL_GRACE_MS).unref();
         this.cancelAsked = true;
-        const cancelled = this.cancelOnAgent(`${signal} on the runner`);
-        void cancelled.finally(() => this.abort.abort(new errors_CodedError('CANCELLED', `cancelled by ${signal}`)));
+        // The cancel stops an upload before it sends (protocol client): no chunk goes after it.
+        this.cancelling = this.cancelOnAgent(`${signal} on the runner`).finally(() => this.abort.abort(new errors_CodedError('CANCELLED', `cancelled by ${signal}`)));
     }
     /** What the run got to, for the outcome. */
     record() {

@@ -215,6 +215,12 @@ export class AgentService implements ConnectionHandler {
       compression: m.compression,
       ...(m.imageSize ? { imageSize: m.imageSize } : {}),
     });
+    if (this.byConnection.get(conn.id) !== s) {
+      // The lease ended (a cancel, or it was lost) while the store set the upload up: it is nobody's
+      // now, and kept open it would hold its sha256 against every other upload.
+      await session.suspend();
+      throw new CodedError('NOT_LEASED', 'the lease ended while the upload was being set up');
+    }
     s.upload = {
       requestId: m.id,
       session,

@@ -98,6 +98,8 @@ class FlashRun {
   private cancelledBySignal = false;
   /** The agent was already asked to cancel (signal, job-timeout): the failure path does not ask again. */
   private cancelAsked = false;
+  /** A signal's cancel on the agent, until it was answered (or gave up): the connection stays open for it. */
+  private cancelling?: Promise<void>;
 
   constructor(private readonly d: RunDeps) {
     this.story = new JobStory({ writer: d.writer, clock: d.clock });
@@ -111,13 +113,17 @@ class FlashRun {
       const result = await this.flow();
       return outcomeOfResult(this.record(), result);
     } catch (err) {
+      // A signal's cancel stops the upload at once, so the upload may fail before the cancel is answered.
+      await this.cancelling;
       if (this.link?.leased && !this.lastResult && !this.cancelAsked)
         await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
-      return outcomeOfError(this.record(), err, this.cancelledBySignal);
+      const why: unknown = this.cancelledBySignal ? (this.abort.signal.reason ?? err) : err;
+      return outcomeOfError(this.record(), why, this.cancelledBySignal);
     } finally {
       this.d.signals.removeListener('SIGINT', onSignal);
       this.d.signals.removeListener('SIGTERM', onSignal);
       this.story.close();
+      await this.cancelling;
       this.link?.close();
       await this.image?.cleanup();
     }
@@ -309,8 +315,10 @@ class FlashRun {
     // A hard stop in case something hangs; unref'd so a clean finish is not delayed by it.
     setTimeout(() => this.d.exit(1), CANCEL_GRACE_MS).unref();
     this.cancelAsked = true;
-    const cancelled = this.cancelOnAgent(`${signal} on the runner`);
-    void cancelled.finally(() => this.abort.abort(new CodedError('CANCELLED', `cancelled by ${signal}`)));
+    // The cancel stops an upload before it sends (protocol client): no chunk goes after it.
+    this.cancelling = this.cancelOnAgent(`${signal} on the runner`).finally(() =>
+      this.abort.abort(new CodedError('CANCELLED', `cancelled by ${signal}`)),
+    );
   }
 
   /** What the run got to, for the outcome. */

@@ -63,6 +63,12 @@ export interface UploadOptions {
 
 type AgentType = AgentMessage['type'];
 
+/** An upload's brake: `reason` once stopped, and what wakes the upload to see it. */
+interface UploadStop {
+  reason?: CodedError;
+  wake: () => void;
+}
+
 /** The answers a request expects, besides `error`: any other type about it is protocol drift. */
 interface Expected {
   /** Types that end the request. */
@@ -116,6 +122,8 @@ export class AgentConnection {
   agentVersion = '';
   /** Bytes the agent confirmed written, per upload request. */
   private readonly uploadAcks = new Map<string, { received: number; wake?: () => void }>();
+  /** Each upload in progress on this connection, for `cancel()` to stop before it sends. */
+  private readonly uploadStops = new Set<UploadStop>();
 
   private constructor(
     private readonly ws: WebSocket,
@@ -326,8 +334,20 @@ export class AgentConnection {
    * the connection closing) rather than polling, which left the socket drained for most of each poll.
    */
   async upload(o: UploadOptions): Promise<UploadDoneMessage> {
+    // A cancel on this connection stops the upload at once, even before the agent answered the begin:
+    // a chunk sent after the cancel would only queue ahead of the next message and be refused.
+    const stop: UploadStop = { wake: () => {} };
+    this.uploadStops.add(stop);
+    try {
+      return await this.uploadFile(o, stop);
+    } finally {
+      this.uploadStops.delete(stop);
+    }
+  }
+
+  private async uploadFile(o: UploadOptions, stop: UploadStop): Promise<UploadDoneMessage> {
     const begin = nextId();
-    const first = await this.request(
+    const asked = this.request(
       {
         type: 'upload-begin',
         id: begin,
@@ -339,6 +359,11 @@ export class AgentConnection {
       },
       { final: ['upload-ready', 'upload-done'] },
     );
+    const first = await new Promise<AgentMessage>((resolve, reject) => {
+      stop.wake = () => reject(stop.reason);
+      asked.then(resolve, reject);
+    });
+    if (stop.reason) throw stop.reason;
     if (first.type === 'upload-done') return first;
     if (first.type !== 'upload-ready') throw new CodedError('INTERNAL', `not an expected answer: ${first.type}`);
     const windowBytes = o.windowBytes ?? 16 * 1024 * 1024;
@@ -358,6 +383,7 @@ export class AgentConnection {
     };
     const ack = { received: first.offset, wake };
     this.uploadAcks.set(begin, ack);
+    stop.wake = wake;
     // Errors about this upload (e.g. NO_SPACE mid-way) arrive as `error{re: begin}`.
     let uploadError: CodedError | undefined;
     let sendError: CodedError | undefined;
@@ -371,7 +397,7 @@ export class AgentConnection {
         wake();
       },
     });
-    const failure = (): CodedError | undefined => this.closedError ?? uploadError ?? sendError;
+    const failure = (): CodedError | undefined => stop.reason ?? this.closedError ?? uploadError ?? sendError;
     const waitUntil = async (ready: () => boolean): Promise<void> => {
       for (;;) {
         const err = failure();
@@ -428,6 +454,8 @@ export class AgentConnection {
         }
         if (!readAhead && nextReadAt < o.size && bufferAvailable()) readAhead = readNextBlock();
         await waitUntil(() => offset - ack.received <= windowBytes && this.ws.bufferedAmount <= maxBufferedBytes);
+        // Checked again right before the send: a cancel may have come between the wake-up and here.
+        if (stop.reason) throw stop.reason;
         const sending = block;
         const start = sending.sent;
         const length = Math.min(chunkSize, sending.length - start);
@@ -471,8 +499,17 @@ export class AgentConnection {
     return result;
   }
 
-  /** Cancel this connection's lease or job (or another lease by id, from a new connection). */
+  /**
+   * Cancel this connection's lease or job (or another lease by id, from a new connection). Any upload
+   * on this connection stops first, before a chunk more is sent: the cancel then waits behind only
+   * what the socket already holds, and the agent, which drops the upload, gets no chunk after it.
+   */
   async cancel(o: { lease?: string; reason?: string } = {}): Promise<void> {
+    const stopped = new CodedError('CANCELLED', `the upload stopped: cancelled${o.reason ? ` (${o.reason})` : ''}`);
+    for (const stop of this.uploadStops) {
+      stop.reason ??= stopped;
+      stop.wake();
+    }
     await this.request({ type: 'cancel', id: nextId(), ...o }, { final: ['released'] });
   }
 

@@ -81,18 +81,52 @@ async function startRelay(target: URL) {
 }
 
 /**
+ * Forwards to `out` at most `bytesPerSecond`, as a slow link would, and stops reading from `source`
+ * while more than 1 MiB waits: the sender's socket fills, as behind a slow link.
+ */
+function pacedWriter(out: Socket, source: Socket, bytesPerSecond: number): (data: Buffer) => void {
+  const queue: Buffer[] = [];
+  let queued = 0;
+  const tickMs = 20;
+  const timer = setInterval(() => {
+    for (let budget = (bytesPerSecond * tickMs) / 1000; budget > 0 && queue.length > 0;) {
+      const head = queue[0]!;
+      const n = Math.min(head.length, budget);
+      out.write(head.subarray(0, n));
+      if (n === head.length) queue.shift();
+      else queue[0] = head.subarray(n);
+      queued -= n;
+      budget -= n;
+    }
+    if (queued < MiB / 4 && source.isPaused()) source.resume();
+  }, tickMs);
+  for (const s of [out, source]) s.on('close', () => clearInterval(timer));
+  return (data) => {
+    queue.push(data);
+    queued += data.length;
+    if (queued > MiB) source.pause();
+  };
+}
+
+/**
  * A relay that reads the client's WebSocket frames (RFC 6455: client frames are masked) so a test
  * can cut the connection at an exact protocol moment: `cutBefore` sees each text message and, when
  * it returns true, the relay drops that frame unforwarded and cuts every connection, as a network
  * failure right before the agent would have read it. It also counts the binary payload bytes the
- * client sent before and after the first cut.
+ * client sent before and after the first cut, and after the first text message `mark` picks (in the
+ * order the client sent them). `bytesPerSecond` makes the client-to-agent direction a slow link.
  */
 async function startFrameRelay(
   target: URL,
-  o: { cutBefore?: (message: { type?: string }) => boolean; cutAfterBinaryBytes?: number } = {},
+  o: {
+    cutBefore?: (message: { type?: string }) => boolean;
+    cutAfterBinaryBytes?: number;
+    mark?: (message: { type?: string }) => boolean;
+    bytesPerSecond?: number;
+  } = {},
 ) {
   const sockets = new Set<Socket>();
-  const counts = { cuts: 0, binaryBefore: 0, binaryAfter: 0 };
+  const counts = { cuts: 0, binaryBefore: 0, binaryAfter: 0, markedAt: 0, binaryAfterMark: 0 };
   const cut = () => {
     counts.cuts++;
     for (const s of sockets) s.destroy();
@@ -105,6 +139,9 @@ async function startFrameRelay(
       s.on('error', () => {});
     }
     upstream.pipe(client);
+    const forward = o.bytesPerSecond
+      ? pacedWriter(upstream, client, o.bytesPerSecond)
+      : (b: Buffer) => upstream.write(b);
     let pending = Buffer.alloc(0);
     let upgraded = false;
     client.on('data', (data: Buffer) => {
@@ -112,7 +149,7 @@ async function startFrameRelay(
       if (!upgraded) {
         const end = pending.indexOf('\r\n\r\n');
         if (end < 0) return;
-        upstream.write(pending.subarray(0, end + 4));
+        forward(pending.subarray(0, end + 4));
         pending = pending.subarray(end + 4);
         upgraded = true;
       }
@@ -135,17 +172,20 @@ async function startFrameRelay(
         if (pending.length < frameEnd) return;
         const frame = pending.subarray(0, frameEnd);
         pending = pending.subarray(frameEnd);
-        if (opcode === 1 && o.cutBefore && counts.cuts === 0) {
+        if (opcode === 1 && ((o.cutBefore && counts.cuts === 0) || (o.mark && !counts.markedAt))) {
           const key = masked ? frame.subarray(at, at + 4) : Buffer.alloc(4);
           const payload = Buffer.from(frame.subarray(frameEnd - length));
           for (let i = 0; i < payload.length; i++) payload[i]! ^= key[i % 4]!;
-          if (o.cutBefore(JSON.parse(payload.toString('utf8')))) return cut();
+          const message = JSON.parse(payload.toString('utf8')) as { type?: string };
+          if (o.cutBefore && counts.cuts === 0 && o.cutBefore(message)) return cut();
+          if (o.mark && !counts.markedAt && o.mark(message)) counts.markedAt = Date.now();
         }
         if (opcode === 2) {
           if (counts.cuts === 0) counts.binaryBefore += length;
           else counts.binaryAfter += length;
+          if (counts.markedAt) counts.binaryAfterMark += length;
         }
-        upstream.write(frame);
+        forward(frame);
         if (
           opcode === 2 &&
           counts.cuts === 0 &&
@@ -349,6 +389,51 @@ describe('the action against the agent (simulated lab)', () => {
     const next = await l.connect();
     await expect(next.lease('pi-a')).resolves.toMatchObject({ target: { name: 'pi-a' } });
   });
+
+  it(
+    'SIGTERM mid-upload on a slow link stops the chunks at once: its cancel gets through and the lease is released',
+    { timeout: TEST_TIMEOUT_MS },
+    async () => {
+      const l = await start([{ name: 'pi-a', mac: '02:00:00:00:01:bb' }], {
+        timeouts: { boardShow: 60, stall: 60, boot: 60, leaseGrace: 60 },
+      });
+      // 32 MiB/s keeps the upload going for seconds, with the action's socket full, as on a slow uplink.
+      const relay = await startFrameRelay(new URL(l.agent.url), {
+        mark: (m) => m.type === 'cancel',
+        bytesPerSecond: 32 * MiB,
+      });
+      try {
+        const { dir } = await makeWorkspace(l, 96 * MiB);
+        const when = 'upload: 1'; // the first progress line past 10 %
+        let signalledAt = 0;
+        const r = await act(
+          l,
+          dir,
+          { target: 'pi-a', 'agent-url': relay.url },
+          {
+            signalWhen: { text: when, signal: 'SIGTERM' },
+            onStdout: (out) => (signalledAt ||= out.includes(when) ? Date.now() : 0),
+          },
+        );
+        expect(r.code, r.stdout).toBe(1);
+        expect(r.outputs['result-code'], r.stdout).toBe('CANCELLED');
+        // The main step's own cancel was answered: nothing is left for the post step.
+        expect(r.stdout).toMatch(/Cancelled on the agent \(lease \S+\)/);
+        expect(r.state.lease).toBe('');
+        // Not one chunk after the cancel, so it reached the agent behind only what the socket held.
+        expect(relay.counts.markedAt, 'the cancel to pass the relay').toBeGreaterThan(0);
+        expect(relay.counts.binaryAfterMark).toBe(0);
+        const released = l.logs.find((rec) => rec.msg === 'lease released');
+        expect(released, 'the agent to release the lease').toBeDefined();
+        expect(released!.time.getTime() - signalledAt).toBeLessThan(3_000);
+        expect(l.logs.some((rec) => rec.msg === 'upload stored')).toBe(false);
+        const next = await l.connect();
+        await expect(next.lease('pi-a')).resolves.toMatchObject({ target: { name: 'pi-a' } });
+      } finally {
+        await relay.close();
+      }
+    },
+  );
 
   it(
     'the post step cancels a lease the main step left behind (main killed hard)',

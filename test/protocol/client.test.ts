@@ -1,9 +1,13 @@
 /**
  * The protocol client against a fake agent over a real WebSocket on loopback: what it does with
  * messages it cannot read (logs them, fails the request they answer with PROTOCOL_ERROR rather than
- * leaving it to wait), how it follows a running job after `job-running`, and its `closed` promise.
+ * leaving it to wait), how it follows a running job after `job-running`, its `closed` promise, and
+ * that a cancel stops an upload before it sends.
  */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { connectAgent, type AgentConnection } from '../../src/protocol/client.js';
@@ -275,5 +279,109 @@ describe('closed', () => {
     const conn = await connect(agent);
     conn.close();
     expect((await conn.closed).message).toBe('connection closed by the client');
+  });
+});
+
+describe('cancel during an upload', () => {
+  /**
+   * An agent that records the order of text and binary frames, answers upload-begin with
+   * upload-ready (unless `holdBegin`), acknowledges every chunk so the upload never waits for its
+   * window, and answers cancel with released.
+   */
+  async function recordingAgent(o: { holdBegin?: boolean } = {}) {
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, path: WS_PATH });
+    await new Promise<void>((resolve) => wss.once('listening', resolve));
+    const frames: string[] = [];
+    let received = 0;
+    let beginId = '';
+    const answerBegin = (ws: WebSocket) => ws.send(JSON.stringify({ type: 'upload-ready', re: beginId, offset: 0 }));
+    const sockets: WebSocket[] = [];
+    wss.on('connection', (ws) => {
+      sockets.push(ws);
+      ws.on('message', (data, isBinary) => {
+        if (isBinary) {
+          frames.push('binary');
+          received += (data as Buffer).length;
+          ws.send(JSON.stringify({ type: 'upload-progress', re: beginId, received }));
+          return;
+        }
+        const m = JSON.parse((data as Buffer).toString('utf8')) as ClientMessage;
+        frames.push(m.type);
+        if (m.type === 'hello')
+          ws.send(
+            JSON.stringify({
+              type: 'welcome',
+              re: m.id,
+              protocol: PROTOCOL_VERSION,
+              agent: 'fake',
+              chunkSize: 65536,
+              maxPayload: 131072,
+            }),
+          );
+        if (m.type === 'upload-begin') {
+          beginId = m.id;
+          if (!o.holdBegin) answerBegin(ws);
+        }
+        if (m.type === 'cancel') ws.send(JSON.stringify({ type: 'released', re: m.id, lease: 'l1' }));
+      });
+    });
+    const agent: FakeAgent = {
+      url: `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`,
+      received: [],
+      close: () =>
+        new Promise<void>((resolve) => {
+          for (const ws of wss.clients) ws.terminate();
+          wss.close(() => resolve());
+        }),
+    };
+    agents.push(agent);
+    return { agent, frames, answerBegin: () => answerBegin(sockets[0]!) };
+  }
+
+  let dir: string | undefined;
+  afterEach(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+    dir = undefined;
+  });
+  async function file(size: number): Promise<string> {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'client-cancel-'));
+    const f = path.join(dir, 'image');
+    await writeFile(f, Buffer.alloc(size, 7));
+    return f;
+  }
+
+  it('stops the upload before the cancel is sent: not one chunk follows it', async () => {
+    const { agent, frames } = await recordingAgent();
+    const conn = await connect(agent);
+    const size = 64 * 1024 * 1024;
+    let cancelled: Promise<void> | undefined;
+    const upload = conn.upload({
+      path: await file(size),
+      sha256: SHA,
+      size,
+      compression: 'none',
+      onProgress: (received) => {
+        if (received >= 4 * 1024 * 1024 && !cancelled) cancelled = conn.cancel({ reason: 'SIGTERM' });
+      },
+    });
+    expect(await failure(upload)).toEqual({ code: 'CANCELLED', message: 'the upload stopped: cancelled (SIGTERM)' });
+    await cancelled;
+    expect(frames).toContain('cancel');
+    expect(frames.slice(frames.indexOf('cancel') + 1)).toEqual([]);
+    expect(frames.filter((f) => f === 'binary').length * 65536).toBeLessThan(size / 2);
+    expect(frames).not.toContain('upload-end');
+  });
+
+  it('stops an upload whose begin is not answered yet: it fails at once and sends nothing later', async () => {
+    const { agent, frames, answerBegin } = await recordingAgent({ holdBegin: true });
+    const conn = await connect(agent);
+    const size = 1024 * 1024;
+    const upload = failure(conn.upload({ path: await file(size), sha256: SHA, size, compression: 'none' }));
+    await new Promise((r) => setTimeout(r, 50));
+    await conn.cancel();
+    expect((await upload).code).toBe('CANCELLED');
+    answerBegin(); // the agent's late answer finds nobody waiting
+    await new Promise((r) => setTimeout(r, 100));
+    expect(frames).toEqual(['hello', 'upload-begin', 'cancel']);
   });
 });
