@@ -44,16 +44,35 @@ describe('ReadAheadBlockSource', () => {
     });
   });
 
-  it('reads ahead: the next chunk is requested while the current one is sent', async () => {
+  it('reads only the first window until a block is acknowledged, then reads the next chunk ahead', async () => {
     const reads: Array<[number, number]> = [];
     const data = patternedData(1000);
     const source = new ReadAheadBlockSource(fileOf(data, reads), 10, 100);
+    // Nothing acknowledged yet (and a timeout's resend of the same window): just the window.
     await source.load(1, 4);
+    expect(source.load(1, 4)).toBeUndefined();
+    expect(reads).toEqual([[0, 40]]);
+    // Block 4 acknowledged: a chunk from block 5, and the next one read while it is sent.
+    await source.load(5, 8);
     expect(reads).toEqual([
-      [0, 100],
-      [100, 100],
+      [0, 40],
+      [40, 100],
+      [140, 100],
     ]);
-    expect(source.load(5, 8)).toBeUndefined(); // in memory: no await needed
+    expect(source.load(9, 12)).toBeUndefined(); // in memory: no await needed
+  });
+
+  it('reads no further than two chunks past what the client acknowledged', async () => {
+    const reads: Array<[number, number]> = [];
+    const source = new ReadAheadBlockSource(fileOf(patternedData(100_000), reads), 10, 100);
+    await source.load(1, 4);
+    let furthest = 0;
+    for (let from = 5; from + 3 <= source.blocks; from += 4) {
+      await source.load(from, from + 3);
+      furthest = Math.max(furthest, ...reads.map(([position, length]) => position + length));
+      expect(furthest - (from - 1) * 10).toBeLessThanOrEqual(2 * 100);
+    }
+    expect(furthest).toBe(100_000);
   });
 
   it('serves a window that straddles two chunks, and a restart inside the held chunks', async () => {
@@ -75,6 +94,19 @@ describe('ReadAheadBlockSource', () => {
 
   it('fails a load when the file returns fewer bytes than its size promised', async () => {
     const source = new ReadAheadBlockSource({ size: 100, read: async () => Buffer.alloc(10) }, 8, 64);
-    await expect(source.load(1, 1)).rejects.toThrow(/returned 10 bytes, expected 64/);
+    await expect(source.load(2, 2)).rejects.toThrow(/returned 10 bytes, expected 64/);
+  });
+
+  it('fails a load when the file read throws at once instead of rejecting', async () => {
+    const source = new ReadAheadBlockSource(
+      {
+        size: 100,
+        read: () => {
+          throw new Error('resolver bug');
+        },
+      },
+      8,
+    );
+    await expect(source.load(1, 1)).rejects.toThrow('resolver bug');
   });
 });

@@ -17,9 +17,10 @@ export class RawPeer {
   private readonly queue: Received[] = [];
   private waiter?: () => void;
 
-  static async open(): Promise<RawPeer> {
+  /** `address`: any of 127/8 (Linux routes it all to loopback), so tests can play several clients. */
+  static async open(address = '127.0.0.1'): Promise<RawPeer> {
     const peer = new RawPeer();
-    await new Promise<void>((resolve) => peer.socket.bind(0, '127.0.0.1', () => resolve()));
+    await new Promise<void>((resolve) => peer.socket.bind(0, address, () => resolve()));
     peer.socket.on('message', (msg, rinfo) => {
       peer.queue.push({ packet: decodePacket(msg), port: rinfo.port });
       peer.waiter?.();

@@ -21,6 +21,7 @@ import type {
   TransferEnd,
 } from '../tftp/server.js';
 import { TftpAccessError } from '../tftp/server.js';
+import { clientText } from '../tftp/log-text.js';
 
 /** A file a staged job offers, relative to its macdir. */
 export type StagedFile =
@@ -117,7 +118,7 @@ export class BoardFiles implements TftpResolver {
     if (this.o.checkClientIp && req.peer.address.replace(/^::ffff:/, '') !== job.targetIp) {
       // Each board sees only its own folder: another host asking for it is refused and logged.
       this.o.log.warn("tftp request for another target's folder refused", {
-        path: req.path,
+        path: clientText(req.path),
         peer: req.peer.address,
         expected: job.targetIp,
       });
@@ -132,25 +133,57 @@ export class BoardFiles implements TftpResolver {
     const { job, rel } = found;
     if (job.beaconPrefix && rel.startsWith(job.beaconPrefix) && rel.length > job.beaconPrefix.length) {
       const message = rel.slice(job.beaconPrefix.length);
-      job.onBeacon(message, req);
-      return { ...bufferFile(BEACON_ANSWER), logPath: `${found.macdir}/${BEACON_LOG_PREFIX}${message}` };
+      this.hook(job, 'beacon', () => job.onBeacon(message, req));
+      return { ...bufferFile(BEACON_ANSWER), logPath: `${found.macdir}/${BEACON_LOG_PREFIX}${clientText(message)}` };
     }
     const file = job.files.get(rel);
     if (!file) return null;
-    job.onRead(rel, req);
+    this.hook(job, 'read', () => job.onRead(rel, req));
     return file.kind === 'buffer' ? bufferFile(file.data) : rangeFile(file);
   }
 
   /** Route the TFTP server's progress report (bytes acknowledged) to the job that owns the file. */
   transferProgress(p: TftpProgress): void {
     const owner = this.owner(p.path);
-    owner?.job.onProgress(owner.rel, p);
+    if (owner) this.notify(owner.job, 'progress', () => owner.job.onProgress(owner.rel, p));
   }
 
   /** Route the TFTP server's end-of-transfer report to the job that owns the file. */
   transferEnded(t: TransferEnd): void {
     const owner = this.owner(t.path);
-    owner?.job.onTransferEnd?.(owner.rel, t);
+    if (owner) this.notify(owner.job, 'transfer-end', () => owner.job.onTransferEnd?.(owner.rel, t));
+  }
+
+  /**
+   * Runs a job's hook for a request. A hook that throws (a TftpAccessError aside: a refusal) is
+   * that job's bug: logged with its stack against the job, and the request answered with an error
+   * that tells the peer nothing more; the TFTP server and every other target go on.
+   */
+  private hook<T>(job: StagedJob, what: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      if (err instanceof TftpAccessError) throw err; // a refusal the hook meant (error 2)
+      this.hookFailed(job, what, err);
+      throw new Error(`internal error (${what})`, { cause: err });
+    }
+  }
+
+  /** Runs a job's hook for a report from the TFTP server, which has nothing to answer: logged only. */
+  private notify(job: StagedJob, what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.hookFailed(job, what, err);
+    }
+  }
+
+  private hookFailed(job: StagedJob, what: string, err: unknown): void {
+    this.o.log.error(`staged job's ${what} hook failed`, {
+      job: job.jobId,
+      error: (err as Error)?.message ?? String(err),
+      stack: (err as Error)?.stack,
+    });
   }
 
   private owner(tftpPath: string): { job: StagedJob; rel: string } | undefined {
@@ -163,7 +196,8 @@ export class BoardFiles implements TftpResolver {
   async resolveWrite(req: TftpRequest): Promise<TftpWriteTarget | null> {
     const found = this.lookup(req);
     if (!found?.job.onWrite) return null;
-    return found.job.onWrite(found.rel, req);
+    const { job, rel } = found;
+    return this.hook(job, 'write', () => job.onWrite?.(rel, req) ?? null);
   }
 }
 

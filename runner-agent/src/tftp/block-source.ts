@@ -1,6 +1,6 @@
 /**
  * Where a sender takes its DATA payloads from: a Buffer (client uploads) or a file read ahead in
- * large chunks (server downloads), so a window is sent without waiting for the disk per packet.
+ * chunks (server downloads), so a window is sent without waiting for the disk per packet.
  */
 
 /** The file-reading side of a virtual file (the server's TftpFile has this shape). */
@@ -71,6 +71,11 @@ interface Chunk {
  * Holds at most two chunks of a file: the one being sent and the next one, read while the current
  * one goes out. Chunks start on block boundaries so every block lies inside one chunk, and each chunk
  * is a fresh Buffer: blocks handed to `socket.send` stay valid even if the send is queued.
+ *
+ * Reading ahead waits for the client: until it acknowledged a block (the first window, block 1
+ * on), only the window asked for is read. A request that nobody answers (a spoofed source, a
+ * flood, a client gone) then costs one window, not two chunks; after that the transfer holds at
+ * most two chunks, read as the client's ACKs move the window into them.
  */
 export class ReadAheadBlockSource implements BlockSource {
   readonly blocks: number;
@@ -79,10 +84,11 @@ export class ReadAheadBlockSource implements BlockSource {
   /** A read failure is kept and thrown by the next load, so the transfer ends with it. */
   private failure?: Error;
 
+  /** `chunkBytes` should hold a window at least: a window then lies in at most two chunks. */
   constructor(
     private readonly file: ReadableFile,
     readonly blksize: number,
-    chunkBytes = 4 * 1024 * 1024,
+    chunkBytes = 256 * 1024,
   ) {
     this.blocks = blockCount(file.size, blksize);
     this.blocksPerChunk = Math.max(1, Math.floor(chunkBytes / blksize));
@@ -104,19 +110,21 @@ export class ReadAheadBlockSource implements BlockSource {
 
   load(from: number, to: number): Promise<void> | undefined {
     if (this.failure) return Promise.reject(this.failure);
+    // The sender asks for block 1 only until the client acknowledged one: no read-ahead before that.
+    const ahead = from > 1;
     // Fast path, taken by almost every window: inside the current chunk, next chunk already asked for.
     const current = this.chunks[0];
     if (
       current?.data &&
       from >= current.first &&
       to < current.end &&
-      (this.chunks.length === 2 || current.end > this.blocks)
+      (this.chunks.length === 2 || current.end > this.blocks || !ahead)
     )
       return undefined;
     let first = this.chunks.find((c) => from >= c.first && from < c.end);
     if (!first) {
       // A window outside the held chunks (the first one, or after a failed read): read afresh.
-      first = this.startChunk(from, Math.max(this.blocksPerChunk, to - from + 1));
+      first = this.startChunk(from, ahead ? Math.max(this.blocksPerChunk, to - from + 1) : to - from + 1);
       this.chunks = [first];
     }
     let second: Chunk | undefined;
@@ -132,7 +140,7 @@ export class ReadAheadBlockSource implements BlockSource {
     // chunks can go; then read the next chunk while this one is sent.
     this.chunks = this.chunks.filter((c) => c.end > from);
     const last = this.chunks[this.chunks.length - 1]!;
-    if (this.chunks.length < 2 && last.end <= this.blocks)
+    if (ahead && this.chunks.length < 2 && last.end <= this.blocks)
       this.chunks.push(this.startChunk(last.end, this.blocksPerChunk));
     const pending = [first.loading, second?.loading].filter((p): p is Promise<void> => p !== undefined);
     if (pending.length === 0) return undefined;
@@ -167,7 +175,11 @@ export class ReadAheadBlockSource implements BlockSource {
     const chunk: Chunk = { first, end };
     const position = (first - 1) * this.blksize;
     const length = Math.min((end - first) * this.blksize, this.file.size - position);
-    chunk.loading = (length <= 0 ? Promise.resolve(Buffer.alloc(0)) : this.file.read(position, length))
+    // A read that throws at once (a resolver's bug) fails the transfer like one that rejects.
+    const read = (): Promise<Buffer> =>
+      length <= 0 ? Promise.resolve(Buffer.alloc(0)) : this.file.read(position, length);
+    chunk.loading = Promise.resolve()
+      .then(read)
       .then((data) => {
         if (data.length !== length) {
           throw new Error(`file read at ${position} returned ${data.length} bytes, expected ${length} (file shrank?)`);

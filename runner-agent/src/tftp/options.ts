@@ -11,6 +11,36 @@ export const MAX_WINDOWSIZE = 65535;
 export interface OptionLimits {
   maxBlksize: number;
   maxWindowsize: number;
+  /**
+   * The largest window in bytes (blksize × windowsize): a window is held in memory while it is in
+   * flight, so this bounds a transfer's memory whatever the client asks. Default: no bound.
+   */
+  maxWindowBytes?: number;
+  /**
+   * The largest `timeout` (seconds) accepted; a larger ask is left out of the OACK (RFC 2349 lets
+   * the server only accept or ignore it) and the server's own timeout applies. Default 255.
+   */
+  maxTimeout?: number;
+}
+
+/** What of a request's options the server keeps: no option the server knows needs more. */
+export const MAX_OPTIONS = 16;
+export const MAX_OPTION_TEXT = 64;
+
+/**
+ * The first MAX_OPTIONS options whose name and value fit in MAX_OPTION_TEXT characters: a request
+ * stuffed with options (65 KiB of them fit in a datagram) is held and handed on at a small size.
+ */
+export function boundedOptions(options: Record<string, string>): Record<string, string> {
+  const kept: Record<string, string> = {};
+  let count = 0;
+  for (const [name, value] of Object.entries(options)) {
+    if (count === MAX_OPTIONS) break;
+    if (name.length > MAX_OPTION_TEXT || value.length > MAX_OPTION_TEXT) continue;
+    kept[name] = value;
+    count++;
+  }
+  return kept;
 }
 
 export interface Negotiated {
@@ -51,11 +81,12 @@ export function negotiateOptions(
   }
   const windowsize = parseCount(requested.windowsize);
   if (windowsize !== undefined && windowsize >= 1) {
-    result.windowsize = Math.min(windowsize, limits.maxWindowsize, MAX_WINDOWSIZE);
+    const byBytes = Math.max(1, Math.floor((limits.maxWindowBytes ?? Infinity) / result.blksize));
+    result.windowsize = Math.min(windowsize, limits.maxWindowsize, MAX_WINDOWSIZE, byBytes);
     accepted.windowsize = String(result.windowsize);
   }
   const timeout = parseCount(requested.timeout);
-  if (timeout !== undefined && timeout >= 1 && timeout <= 255) {
+  if (timeout !== undefined && timeout >= 1 && timeout <= Math.min(255, limits.maxTimeout ?? 255)) {
     result.timeoutMs = timeout * 1000;
     accepted.timeout = String(timeout);
   }

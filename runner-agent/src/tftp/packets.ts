@@ -63,8 +63,9 @@ function readOptions(fields: string[], what: string): Record<string, string> {
   for (let i = 0; i < fields.length; i += 2) {
     const name = fields[i]!.toLowerCase();
     if (name === '') continue;
-    // RFC 2347 does not allow repeats; the first one wins rather than failing the transfer.
-    if (!(name in options)) options[name] = fields[i + 1]!;
+    // RFC 2347 does not allow repeats; the first one wins rather than failing the transfer. An own
+    // property only: `in` would also see Object.prototype's names ("constructor", "tostring"…).
+    if (!Object.hasOwn(options, name)) options[name] = fields[i + 1]!;
   }
   return options;
 }

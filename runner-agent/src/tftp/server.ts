@@ -1,14 +1,21 @@
 /**
  * The agent's TFTP server: RFC 1350 in octet mode with options (RFC 2347/2348/2349) and windows
  * (RFC 7440), serving virtual files that a resolver provides. Each transfer runs on its own UDP
- * socket (its own TID), reads its file ahead in large chunks and sends whole windows at once.
+ * socket (its own TID), reads its file ahead in chunks and sends whole windows at once.
+ *
+ * Anyone who can reach the port may send anything: every packet handler catches its own failures
+ * and ends (or ignores) that peer's transfer only; transfers are capped per client address and in
+ * all (admission.ts); a transfer holds one window until its client acknowledges a block and two
+ * chunks after; a client's `timeout` is accepted up to `maxTimeout`; client text is clipped in logs.
  */
 import dgram from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import type { Logger } from '../log.js';
+import { Admission, type Slot } from './admission.js';
 import { ReadAheadBlockSource } from './block-source.js';
 import { TftpAccessError, TftpError } from './errors.js';
-import { negotiateOptions, MAX_BLKSIZE, type Negotiated } from './options.js';
+import { clientText } from './log-text.js';
+import { boundedOptions, negotiateOptions, MAX_BLKSIZE, type Negotiated, type OptionLimits } from './options.js';
 import {
   decodePacket,
   encodeAck,
@@ -41,7 +48,7 @@ export interface TftpRequest {
   /** Normalised: relative, no `..`, single `/` separators. */
   path: string;
   peer: TftpPeer;
-  /** As the client sent them, names lower-cased. */
+  /** As the client sent them, names lower-cased; at most 16, each name and value ≤ 64 characters. */
   options: Record<string, string>;
 }
 export interface TftpWriteTarget {
@@ -97,6 +104,17 @@ export interface TftpServerOptions {
   maxBlksize?: number;
   /** Default 64. */
   maxWindowsize?: number;
+  /** Largest window (blksize × windowsize) negotiated: windowsize is lowered to fit. Default 1 MiB. */
+  maxWindowBytes?: number;
+  /**
+   * Largest `timeout` option (seconds) accepted; a larger one is ignored. A silent transfer lasts
+   * at most (retries + 1) × this. Default 10.
+   */
+  maxTimeout?: number;
+  /** Transfers at once from one client address. Default 8. */
+  maxTransfersPerClient?: number;
+  /** Transfers at once in all. Default 256. */
+  maxTransfers?: number;
   /** Progress of reads: at most every 1 MiB or 250 ms, and once at the end. */
   onProgress?(p: TftpProgress): void;
   onTransferEnd?(t: TransferEnd): void;
@@ -113,6 +131,16 @@ export interface TftpServerOptions {
 
 const PROGRESS_BYTES = 1024 * 1024;
 const PROGRESS_MS = 250;
+/**
+ * What a transfer reads at once once its client acknowledged a block (or one window, if larger);
+ * it holds at most two such chunks. Large enough that the disk is read a few hundred times per
+ * second at full speed, small enough that hundreds of transfers fit in a few hundred MB.
+ */
+const READ_CHUNK_BYTES = 256 * 1024;
+/** Error messages we send are clipped to this: a datagram for a human, not a copy of the request. */
+const ERROR_TEXT_MAX = 200;
+/** Refusals are logged at most once per this many ms (with a count): a flood must not flood the log. */
+const REFUSAL_LOG_MS = 5000;
 
 /** A transfer in flight, as the server tracks it (for duplicate requests and close()). */
 interface ActiveTransfer {
@@ -127,7 +155,9 @@ export class TftpServer {
   private closing = false;
   private readonly timeoutMs: number;
   private readonly retries: number;
-  private readonly limits: { maxBlksize: number; maxWindowsize: number };
+  private readonly limits: OptionLimits;
+  private readonly admission: Admission;
+  private refusals = { count: 0, last: '', timer: undefined as NodeJS.Timeout | undefined };
 
   constructor(private readonly o: TftpServerOptions) {
     this.timeoutMs = o.timeoutMs ?? 1000;
@@ -135,7 +165,18 @@ export class TftpServer {
     this.limits = {
       maxBlksize: Math.min(o.maxBlksize ?? MAX_BLKSIZE, MAX_BLKSIZE),
       maxWindowsize: o.maxWindowsize ?? 64,
+      maxWindowBytes: o.maxWindowBytes ?? 1024 * 1024,
+      maxTimeout: o.maxTimeout ?? 10,
     };
+    this.admission = new Admission({
+      maxTransfers: o.maxTransfers ?? 256,
+      maxPerClient: o.maxTransfersPerClient ?? 8,
+    });
+  }
+
+  /** Transfers in flight that hold a slot (for tests and benches). */
+  get activeTransfers(): number {
+    return this.admission.size;
   }
 
   async listen(): Promise<{ address: string; port: number }> {
@@ -143,7 +184,11 @@ export class TftpServer {
     const address = this.o.address ?? '0.0.0.0';
     const socket = await bindSocket(address, this.o.port ?? 69);
     this.socket = socket;
-    socket.on('message', (msg, rinfo) => this.onRequest(msg, { address: rinfo.address, port: rinfo.port }));
+    socket.on('message', (msg, rinfo) =>
+      this.guard('TFTP request handler failed', () =>
+        this.onRequest(msg, { address: rinfo.address, port: rinfo.port }),
+      ),
+    );
     socket.on('error', (err) => this.o.log?.error('TFTP listening socket failed', { error: err.message }));
     const bound = socket.address();
     this.o.log?.info('TFTP server listening', { address: bound.address, port: bound.port });
@@ -153,6 +198,7 @@ export class TftpServer {
   /** Stops listening and ends every transfer in flight (each is reported as failed). */
   async close(): Promise<void> {
     this.closing = true;
+    clearTimeout(this.refusals.timer);
     const socket = this.socket;
     this.socket = undefined;
     const running = [...this.transfers.values()];
@@ -161,26 +207,39 @@ export class TftpServer {
     if (socket) await new Promise<void>((resolve) => socket.close(() => resolve()));
   }
 
+  /** A last resort around each packet handler: a bug is logged with its stack and costs one packet. */
+  private guard(what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.o.log?.error(what, { error: (err as Error)?.message ?? String(err), stack: (err as Error)?.stack });
+    }
+  }
+
+  /** An error packet from the listening socket: nothing is allocated for the peer. */
+  private reply(peer: TftpPeer, code: number, message: string): void {
+    try {
+      this.socket?.send(errorPacket(code, message), peer.port, peer.address);
+    } catch {
+      // the socket is closing: the peer's retransmission gets no answer either
+    }
+  }
+
   private onRequest(msg: Buffer, peer: TftpPeer): void {
     if (this.closing) return;
+    // An error is never answered (RFC 1350): two servers, or a server and a spoofed source, would
+    // bounce errors at each other for ever.
+    if (msg.length >= 2 && msg.readUInt16BE(0) === Opcode.ERROR) return;
     let request: RequestPacket;
     try {
       const packet = decodePacket(msg);
       if (packet.op !== Opcode.RRQ && packet.op !== Opcode.WRQ) {
-        this.socket?.send(
-          encodeError(TftpErrorCode.ILLEGAL_OPERATION, 'expected a read or write request'),
-          peer.port,
-          peer.address,
-        );
+        this.reply(peer, TftpErrorCode.ILLEGAL_OPERATION, 'expected a read or write request');
         return;
       }
       request = packet;
     } catch (err) {
-      this.socket?.send(
-        encodeError(TftpErrorCode.ILLEGAL_OPERATION, `malformed request: ${(err as Error).message}`),
-        peer.port,
-        peer.address,
-      );
+      this.reply(peer, TftpErrorCode.ILLEGAL_OPERATION, `malformed request: ${(err as Error).message}`);
       return;
     }
     // A client that resends its request (our first answer was lost or slow) must not get a second transfer.
@@ -192,18 +251,57 @@ export class TftpServer {
       abort: (reason) => abort(reason),
       finished: Promise.resolve(),
     };
-    entry.finished = this.serve(request, peer, (fn) => (abort = fn))
+    const slot = this.admission.claim(peer.address, this.timeoutMs, () =>
+      entry.abort(
+        new TftpError('transfer dropped: the client is silent and the server is full', TftpErrorCode.NOT_DEFINED),
+      ),
+    );
+    if (typeof slot === 'string') {
+      this.refuse(peer, slot);
+      return;
+    }
+    entry.finished = this.serve(request, peer, slot, (fn) => (abort = fn))
       .catch((err: unknown) =>
-        this.o.log?.error('TFTP transfer crashed', { error: (err as Error).message ?? String(err) }),
+        this.o.log?.error('TFTP transfer crashed', {
+          error: (err as Error)?.message ?? String(err),
+          stack: (err as Error)?.stack,
+        }),
       )
-      .finally(() => this.transfers.delete(key));
+      .finally(() => {
+        slot.release();
+        this.transfers.delete(key);
+      });
     this.transfers.set(key, entry);
+  }
+
+  /**
+   * Over the limits: error 0, which U-Boot answers by starting again (it gives up only on errors
+   * 1 and 2). Logged once per REFUSAL_LOG_MS with a count, not once per request.
+   */
+  private refuse(peer: TftpPeer, reason: string): void {
+    this.reply(peer, TftpErrorCode.NOT_DEFINED, reason);
+    const r = this.refusals;
+    r.count++;
+    r.last = reason;
+    if (r.timer) return;
+    const flush = () => {
+      if (r.count === 0) {
+        r.timer = undefined;
+        return;
+      }
+      this.o.log?.warn('TFTP requests refused: too many transfers', { refused: r.count, last: r.last });
+      r.count = 0;
+      r.timer = setTimeout(flush, REFUSAL_LOG_MS);
+      r.timer.unref();
+    };
+    flush();
   }
 
   /** One whole transfer, from the request to the report. Never throws. */
   private async serve(
     request: RequestPacket,
     peer: TftpPeer,
+    slot: Slot,
     setAbort: (fn: (reason: Error) => void) => void,
   ): Promise<void> {
     const started = performance.now();
@@ -219,15 +317,18 @@ export class TftpServer {
     });
     const sendError = (code: number, message: string) => {
       end.error = message;
-      link?.send(encodeError(code, message));
+      link?.send(errorPacket(code, message));
     };
     try {
-      link = await PeerLink.open(this.socket?.address().address ?? '0.0.0.0', peer);
+      link = await PeerLink.open(this.socket?.address().address ?? '0.0.0.0', peer, {
+        confirmed: () => slot.confirm(),
+        ...(log ? { log } : {}),
+      });
       if (aborted) throw aborted;
       if (request.mode !== 'octet') {
         sendError(
           TftpErrorCode.ILLEGAL_OPERATION,
-          `transfer mode "${request.mode}" is not supported; use octet (binary)`,
+          `transfer mode "${clientText(request.mode, 40)}" is not supported; use octet (binary)`,
         );
         return;
       }
@@ -239,33 +340,34 @@ export class TftpServer {
         return;
       }
       end.path = path;
-      const req: TftpRequest = { path, peer, options: request.options };
-      const { drop } = this.o.faults ?? {};
-      if (drop) link.drop = (block) => drop(path, block);
+      const req: TftpRequest = { path, peer, options: boundedOptions(request.options) };
+      const faults = this.o.faults;
+      if (faults?.drop) link.drop = (block) => faults.drop?.(path, block) ?? false;
       const active = link;
       stopActive = (reason) => active.stop(reason);
-      if (kind === 'read') await this.serveRead(req, active, end, () => aborted, sendError);
-      else await this.serveWrite(req, active, end, () => aborted, sendError);
+      if (kind === 'read') await this.serveRead(req, active, slot, end, () => aborted, sendError);
+      else await this.serveWrite(req, active, slot, end, () => aborted, sendError);
     } catch (err) {
-      const message = (err as Error).message ?? String(err);
-      end.error ??= message;
+      const message = (err as Error)?.message ?? String(err);
+      // Bounded: a resolver's message may quote the client's file name.
+      end.error ??= message.length > ERROR_TEXT_MAX ? `${message.slice(0, ERROR_TEXT_MAX)}…` : message;
+      // Not a TFTP failure but a resolver's or our own: worth its stack in the log.
+      if (!(err instanceof TftpError))
+        log?.error('TFTP transfer failed unexpectedly', { error: message, stack: (err as Error)?.stack });
       // A TFTP error from the peer needs no answer; anything else is reported to it.
-      if (!(err instanceof PeerError)) link?.send(encodeError(err instanceof TftpError ? err.code : 0, message));
+      if (!(err instanceof PeerError)) link?.send(errorPacket(err instanceof TftpError ? err.code : 0, message));
     } finally {
       end.ms = performance.now() - started;
       await link?.close();
+      const path = end.logPath ?? clientText(end.path);
       if (end.ok)
-        log?.info('TFTP transfer done', {
-          path: end.logPath ?? end.path,
-          bytes: end.bytes,
-          ms: Math.round(end.ms),
-          timeouts: end.timeouts,
-        });
-      else log?.warn('TFTP transfer failed', { path: end.logPath ?? end.path, bytes: end.bytes, error: end.error });
+        log?.info('TFTP transfer done', { path, bytes: end.bytes, ms: Math.round(end.ms), timeouts: end.timeouts });
+      else
+        log?.warn('TFTP transfer failed', { path, bytes: end.bytes, error: end.error && clientText(end.error, 300) });
       try {
         this.o.onTransferEnd?.(end);
       } catch (err) {
-        log?.error('onTransferEnd handler threw', { error: (err as Error).message });
+        log?.error('onTransferEnd handler threw', { error: (err as Error)?.message, stack: (err as Error)?.stack });
       }
     }
   }
@@ -273,6 +375,7 @@ export class TftpServer {
   private async serveRead(
     req: TftpRequest,
     link: PeerLink,
+    slot: Slot,
     end: TransferEnd,
     aborted: () => Error | undefined,
     sendError: (code: number, message: string) => void,
@@ -287,16 +390,18 @@ export class TftpServer {
     if (!file) return sendError(TftpErrorCode.FILE_NOT_FOUND, 'File not found');
     if (file.logPath) end.logPath = file.logPath;
     try {
-      if (aborted()) throw aborted();
+      const stopped = aborted();
+      if (stopped) throw stopped;
       end.size = file.size;
       const n = negotiateOptions('read', req.options, this.limits, file.size);
+      const windowBytes = n.blksize * n.windowsize;
+      slot.stallAfter(n.timeoutMs ?? this.timeoutMs);
       end.options = n.accepted;
       const oack = Object.keys(n.accepted).length > 0 ? encodeOack(n.accepted) : undefined;
       let lastReport = { bytes: 0, at: performance.now() };
-      const { onProgress } = this.o;
-      const corrupt = this.o.faults?.corrupt;
+      const faults = this.o.faults;
       const sender = new WindowSender({
-        source: new ReadAheadBlockSource(file, n.blksize, Math.max(4 * 1024 * 1024, 2 * n.blksize * n.windowsize)),
+        source: new ReadAheadBlockSource(file, n.blksize, Math.max(READ_CHUNK_BYTES, windowBytes)),
         link: {
           sendData: (block, packet) => link.sendData(block, packet),
           resendOpening: () => oack && link.send(oack),
@@ -307,18 +412,26 @@ export class TftpServer {
         awaitAck0: oack !== undefined,
         onAcked: (bytes) => {
           end.bytes = bytes;
-          if (!onProgress) return;
+          slot.progress();
+          if (!this.o.onProgress) return;
           const now = performance.now();
           // Every ACK of the last window is reported: whoever judges a transfer by its ACKs must
           // see the last one that came (the final ACK itself may be lost on the way).
-          const windowBytes = n.blksize * n.windowsize;
           const lastWindow = bytes >= file.size - windowBytes;
           if (bytes - lastReport.bytes >= PROGRESS_BYTES || now - lastReport.at >= PROGRESS_MS || lastWindow) {
             lastReport = { bytes, at: now };
-            onProgress({ path: req.path, peer: req.peer, sent: bytes, size: file.size, windowBytes });
+            try {
+              this.o.onProgress({ path: req.path, peer: req.peer, sent: bytes, size: file.size, windowBytes });
+            } catch (err) {
+              // The listener's bug: the transfer goes on, the agent too.
+              this.o.log?.error('onProgress handler threw', {
+                error: (err as Error)?.message,
+                stack: (err as Error)?.stack,
+              });
+            }
           }
         },
-        corrupt: corrupt && ((block, data) => corrupt(req.path, block, data)),
+        ...(faults?.corrupt ? { corrupt: (block, data) => faults.corrupt?.(req.path, block, data) } : {}),
       });
       link.onAck = (block) => sender.onAck(block);
       link.stop = (reason) => sender.abort(reason);
@@ -331,13 +444,19 @@ export class TftpServer {
       }
       end.ok = true;
     } finally {
-      await file.close?.();
+      try {
+        await file.close?.();
+      } catch (err) {
+        // The transfer's outcome stands; a handle that failed to close is the resolver's to report.
+        this.o.log?.warn('TFTP file close failed', { path: clientText(req.path), error: (err as Error)?.message });
+      }
     }
   }
 
   private async serveWrite(
     req: TftpRequest,
     link: PeerLink,
+    slot: Slot,
     end: TransferEnd,
     aborted: () => Error | undefined,
     sendError: (code: number, message: string) => void,
@@ -350,8 +469,10 @@ export class TftpServer {
       throw err;
     }
     if (!target) return sendError(TftpErrorCode.ACCESS_VIOLATION, 'writes are not allowed here');
-    if (aborted()) throw aborted();
+    const stopped = aborted();
+    if (stopped) throw stopped;
     const n: Negotiated = negotiateOptions('write', req.options, this.limits);
+    slot.stallAfter(n.timeoutMs ?? this.timeoutMs);
     end.options = n.accepted;
     end.size = n.uploadSize;
     if (n.uploadSize !== undefined && n.uploadSize > target.maxSize) {
@@ -375,6 +496,7 @@ export class TftpServer {
       onData: (chunk) => {
         chunks.push(Buffer.from(chunk)); // the datagram buffer is ours, but copy: uploads are small
         end.bytes += chunk.length;
+        slot.progress();
       },
     });
     link.onData = (block, data) => receiver.onData(block, data);
@@ -412,16 +534,17 @@ class PeerLink {
     private readonly data: dgram.Socket,
     private readonly strays: dgram.Socket,
     private readonly peer: TftpPeer,
+    private readonly hooks: LinkHooks,
   ) {
-    data.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
-    strays.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    data.on('message', (msg, rinfo) => this.guarded(msg, rinfo));
+    strays.on('message', (msg, rinfo) => this.guarded(msg, rinfo));
     const failed = (err: Error) =>
       this.stop(new TftpError(`transfer socket failed: ${err.message}`, TftpErrorCode.NOT_DEFINED));
     data.on('error', failed);
     strays.on('error', failed);
   }
 
-  static async open(address: string, peer: TftpPeer): Promise<PeerLink> {
+  static async open(address: string, peer: TftpPeer, hooks: LinkHooks): Promise<PeerLink> {
     const strays = await bindSocket(address, 0, true);
     let data: dgram.Socket | undefined;
     try {
@@ -434,7 +557,7 @@ class PeerLink {
           resolve();
         });
       });
-      return new PeerLink(data, strays, peer);
+      return new PeerLink(data, strays, peer, hooks);
     } catch (err) {
       await closeSocket(strays);
       if (data) await closeSocket(data);
@@ -442,13 +565,18 @@ class PeerLink {
     }
   }
 
+  /** Best effort, as UDP is: a socket already closed (the transfer is ending) drops the packet. */
   send(packet: Buffer): void {
-    this.data.send(packet);
+    try {
+      this.data.send(packet);
+    } catch {
+      // closed: the transfer is over
+    }
   }
 
   sendData(block: number, packet: Buffer): void {
     if (this.drop?.(block)) return;
-    this.data.send(packet);
+    this.send(packet);
   }
 
   /** Keeps answering duplicates for `ms` (or until stopped), then resolves. */
@@ -467,11 +595,32 @@ class PeerLink {
     await Promise.all([closeSocket(this.data), closeSocket(this.strays)]);
   }
 
+  /** A packet that makes a handler throw ends this transfer (logged with the stack), nothing else. */
+  private guarded(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    try {
+      this.onMessage(msg, rinfo);
+    } catch (err) {
+      this.hooks.log?.error('TFTP packet handler failed', {
+        error: (err as Error)?.message ?? String(err),
+        stack: (err as Error)?.stack,
+      });
+      this.stop(new TftpError('internal error', TftpErrorCode.NOT_DEFINED));
+    }
+  }
+
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
     if (rinfo.port !== this.peer.port || rinfo.address !== this.peer.address) {
-      this.strays.send(encodeError(TftpErrorCode.UNKNOWN_TID, 'Unknown transfer ID'), rinfo.port, rinfo.address);
+      // Never answer an error with one (two peers would bounce them for ever), nor what is too short to tell.
+      if (msg.length < 2 || msg.readUInt16BE(0) === Opcode.ERROR) return;
+      try {
+        this.strays.send(encodeError(TftpErrorCode.UNKNOWN_TID, 'Unknown transfer ID'), rinfo.port, rinfo.address);
+      } catch {
+        // closed: the transfer is over
+      }
       return;
     }
+    // The peer knows our TID: it receives what we send, whatever it sent now.
+    this.hooks.confirmed();
     if (msg.length < 4) return;
     const op = msg.readUInt16BE(0);
     if (op === Opcode.ACK) {
@@ -481,11 +630,24 @@ class PeerLink {
     } else if (op === Opcode.ERROR) {
       const packet = decodePacket(msg);
       const text =
-        packet.op === Opcode.ERROR ? `client sent error ${packet.code}: ${packet.message}` : 'client sent an error';
+        packet.op === Opcode.ERROR
+          ? `client sent error ${packet.code}: ${clientText(packet.message)}`
+          : 'client sent an error';
       this.stop(new PeerError(text, packet.op === Opcode.ERROR ? packet.code : 0));
       this.dallyEnd?.();
     }
   }
+}
+
+interface LinkHooks {
+  /** The peer sent a packet to the transfer's TID. */
+  confirmed(): void;
+  log?: Logger;
+}
+
+/** An error packet whose message is clipped to ERROR_TEXT_MAX characters. */
+function errorPacket(code: number, message: string): Buffer {
+  return encodeError(code, message.length > ERROR_TEXT_MAX ? `${message.slice(0, ERROR_TEXT_MAX)}…` : message);
 }
 
 function bindSocket(address: string, port: number, reuseAddr = false): Promise<dgram.Socket> {

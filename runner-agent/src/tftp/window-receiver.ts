@@ -141,7 +141,8 @@ export class WindowReceiver {
     if (this.attempts >= this.o.retries) {
       this.fail(
         new TftpError(
-          `no data after ${this.attempts + 1} waits of ${this.timeoutMs} ms (last block received: ${this.expected - 1})`,
+          `no data after ${this.attempts + 1} waits of ${this.timeoutMs} ms ` +
+            `(last block received: ${this.expected - 1})`,
           TftpErrorCode.NOT_DEFINED,
         ),
       );

@@ -147,11 +147,16 @@ export class WindowSender {
   }
 
   private transmit(from: number, to: number): void {
-    const { source, link, corrupt } = this.o;
+    const { source, link } = this.o;
     for (let n = from; n <= to; n++) {
-      let packet = source.packet(n)!;
-      if (corrupt) {
-        const replaced = corrupt(n, packet.subarray(4));
+      let packet = source.packet(n);
+      if (!packet) {
+        // A source that lost a block it said it held: end this transfer, not the process.
+        this.abort(new TftpError(`block ${n} is not in memory`, TftpErrorCode.NOT_DEFINED));
+        return;
+      }
+      if (this.o.corrupt) {
+        const replaced = this.o.corrupt(n, packet.subarray(4));
         if (replaced) packet = frame(n, replaced);
       }
       link.sendData(n, packet);
