@@ -75,6 +75,9 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     log: tftpLog,
     maxBlksize: config.tftp.maxBlksize,
     maxWindowsize: config.tftp.maxWindowsize,
+    maxTransfersPerClient: config.tftp.maxTransfersPerClient,
+    maxTransfers: config.tftp.maxTransfers,
+    maxTimeout: config.tftp.maxTimeout,
     ...(o.tftpFaults ? { faults: o.tftpFaults } : {}),
     // The server logs each transfer itself; the job that owns the file reports it in its story.
     onTransferEnd: (t) => files.transferEnded(t),

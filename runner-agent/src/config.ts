@@ -30,6 +30,12 @@ export interface AgentConfig {
     checkClientIp: boolean;
     maxBlksize: number;
     maxWindowsize: number;
+    /** Transfers at once from one client address; an idle one (tftp/admission.ts) makes room for a new one. */
+    maxTransfersPerClient: number;
+    /** Transfers at once in all; likewise. */
+    maxTransfers: number;
+    /** Largest `timeout` option (seconds) a client may negotiate; a silent transfer ends after 6 × it. */
+    maxTimeout: number;
   };
   stateDir: string;
   store: {
@@ -90,7 +96,17 @@ export const SHIPPED_BOOT_SCR =
 
 export const DEFAULTS = {
   listen: { host: '0.0.0.0', port: 8443, maxSendBuffer: 8 * 1024 ** 2 },
-  tftp: { root: '/srv/tftp', address: '0.0.0.0', port: 69, checkClientIp: true, maxBlksize: 65464, maxWindowsize: 64 },
+  tftp: {
+    root: '/srv/tftp',
+    address: '0.0.0.0',
+    port: 69,
+    checkClientIp: true,
+    maxBlksize: 65464,
+    maxWindowsize: 64,
+    maxTransfersPerClient: 8,
+    maxTransfers: 256,
+    maxTimeout: 10,
+  },
   stateDir: '/var/lib/rpi-flash',
   // Six hours: well past any retry of the same workflow run, and short enough that abandoned uploads do not pile up.
   store: { maxBytes: 32 * 1024 ** 3, partialTtl: 6 * 3600 },
@@ -262,7 +278,17 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   const targets = file(string('targets', raw.targets));
 
   const tftpRaw = obj('tftp');
-  known(tftpRaw, 'tftp.', ['root', 'address', 'port', 'checkClientIp', 'maxBlksize', 'maxWindowsize']);
+  known(tftpRaw, 'tftp.', [
+    'root',
+    'address',
+    'port',
+    'checkClientIp',
+    'maxBlksize',
+    'maxWindowsize',
+    'maxTransfersPerClient',
+    'maxTransfers',
+    'maxTimeout',
+  ]);
   if (tftpRaw.checkClientIp !== undefined && typeof tftpRaw.checkClientIp !== 'boolean')
     problems.push('"tftp.checkClientIp" must be true or false');
   const tftp = {
@@ -272,7 +298,22 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     checkClientIp: (tftpRaw.checkClientIp as boolean | undefined) ?? DEFAULTS.tftp.checkClientIp,
     maxBlksize: int('tftp.maxBlksize', tftpRaw.maxBlksize, DEFAULTS.tftp.maxBlksize, 512, 65464),
     maxWindowsize: int('tftp.maxWindowsize', tftpRaw.maxWindowsize, DEFAULTS.tftp.maxWindowsize, 1, 65535),
+    maxTransfersPerClient: int(
+      'tftp.maxTransfersPerClient',
+      tftpRaw.maxTransfersPerClient,
+      DEFAULTS.tftp.maxTransfersPerClient,
+      1,
+      1024,
+    ),
+    maxTransfers: int('tftp.maxTransfers', tftpRaw.maxTransfers, DEFAULTS.tftp.maxTransfers, 1, 4096),
+    // RFC 2349 allows 1..255; the default keeps a silent transfer to a minute.
+    maxTimeout: int('tftp.maxTimeout', tftpRaw.maxTimeout, DEFAULTS.tftp.maxTimeout, 1, 255),
   };
+  if (tftp.maxTransfersPerClient > tftp.maxTransfers)
+    problems.push(
+      `"tftp.maxTransfersPerClient" (${tftp.maxTransfersPerClient}) must not exceed ` +
+        `"tftp.maxTransfers" (${tftp.maxTransfers})`,
+    );
 
   const storeRaw = obj('store');
   known(storeRaw, 'store.', ['maxBytes', 'partialTtl']);
