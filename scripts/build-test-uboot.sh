@@ -29,7 +29,13 @@ BUILD_DEPS=(dpkg-dev xz-utils make gcc libc6-dev bison flex bc libssl-dev python
 UBOOT_SERIES="2023.01"   # the upstream release Debian 12 ships; the Debian revision may move on
 DEFCONFIG="qemu_arm64_defconfig"
 # What the tests need on top of the defconfig: the SD card (sdhci-pci), `mmc write`, and a TFTP
-# server port other than 69 (tftpdstp) with tsize. The last two lines are checked after olddefconfig.
+# server port other than 69 (tftpdstp) with tsize; `tftpput` and `hash` off, as on a Pi.
+# Then crc32 as the Pi builds have it: with any of SHA256/384/512, CMD_SHA1SUM, CRC32_VERIFY or
+# CMD_HASH, `crc32 addr len dest` goes through common/hash.c's multi-hash path and stores its
+# result big-endian; every Debian Pi build has them all off and stores a native (little-endian)
+# ulong. The defconfig's FIT (implies SHA256), EFI secure boot (selects SHA256, RSA) and EFI TCG2
+# (selects SHA1..SHA512) go too, and DFU over TFTP, which needs FIT (common/update.c); the tests
+# boot no FIT image and no signed EFI binary, and update nothing by DFU.
 CONFIG_FRAGMENT='CONFIG_MMC=y
 CONFIG_CMD_MMC=y
 CONFIG_DM_MMC=y
@@ -39,9 +45,22 @@ CONFIG_MMC_WRITE=y
 CONFIG_TFTP_PORT=y
 CONFIG_TFTP_TSIZE=y
 # CONFIG_CMD_TFTPPUT is not set
-# CONFIG_CMD_HASH is not set'
-# Options that must be off in the final .config whatever the defconfig selects.
-MUST_BE_OFF=(CONFIG_CMD_TFTPPUT CONFIG_CMD_HASH)
+# CONFIG_CMD_HASH is not set
+# CONFIG_FIT is not set
+# CONFIG_DFU_TFTP is not set
+# CONFIG_EFI_SECURE_BOOT is not set
+# CONFIG_EFI_SIGNATURE_SUPPORT is not set
+# CONFIG_EFI_TCG2_PROTOCOL is not set
+# CONFIG_RSA is not set
+# CONFIG_SHA256 is not set
+# CONFIG_SHA384 is not set
+# CONFIG_SHA512 is not set
+# CONFIG_CRC32_VERIFY is not set
+# CONFIG_CMD_SHA1SUM is not set'
+# Options that must be off in the final .config whatever the defconfig selects (the last seven:
+# the multi-hash switch of common/hash.c, and FIT, which would bring SHA256 back).
+MUST_BE_OFF=(CONFIG_CMD_TFTPPUT CONFIG_CMD_HASH CONFIG_SHA256 CONFIG_SHA384 CONFIG_SHA512 CONFIG_CRC32_VERIFY
+  CONFIG_CMD_SHA1SUM CONFIG_FIT)
 
 CACHED_ONLY=0
 REFRESH=0
@@ -66,7 +85,7 @@ case "$VARIANT" in
   tftpput)
     # The seed card reports with `tftpput`; everything else stays as on the default test board.
     CONFIG_FRAGMENT="${CONFIG_FRAGMENT/\# CONFIG_CMD_TFTPPUT is not set/CONFIG_CMD_TFTPPUT=y}"
-    MUST_BE_OFF=(CONFIG_CMD_HASH)
+    MUST_BE_OFF=("${MUST_BE_OFF[@]:1}") # all but CONFIG_CMD_TFTPPUT, the first
     ;;
   *) echo "build-test-uboot: unknown variant: $VARIANT (known: tftpput)" >&2; exit 2 ;;
 esac

@@ -22,6 +22,16 @@ const RUN_TIMEOUT_MS = 90_000;
 const PART = 256 * 1024;
 const CARD = 4 * MiB;
 
+/** Every command uboot/boot.cmd and the generated stage 2 (both transfers) run, but the boot ones. */
+const STAGES_USE = ['cp', 'crc32', 'dhcp', 'echo', 'env', 'fatload', 'itest', 'mmc', 'mw', 'reset', 'run'].concat([
+  'setenv',
+  'setexpr',
+  'source',
+  'test',
+  'tftpboot',
+  'usb',
+]);
+
 const ok = (r: PiStage2Result, n: number): Beacon => ({
   kind: 'part-ok',
   part: n,
@@ -67,6 +77,13 @@ describe.skipIf(!gate.run)(gate.title, () => {
         expect(r.memory.ramSize).toBe(PI_MACHINES[build].ramMiB * MiB);
         // Item 2: these builds store crc32's result natively, so the script never byte-swaps.
         expect(r.crcFix).toBe('true');
+        // What stage 1 and stage 2 run is on every build; unzip and gzwrite only on the 64-bit ones.
+        const missing = [...STAGES_USE, PI_MACHINES[build].arch === 'arm64' ? 'booti' : 'bootz'].filter(
+          (c) => !r.commands.has(c),
+        );
+        expect(missing).toEqual([]);
+        const has64BitOnly = ['unzip', 'gzwrite'].map((c) => r.commands.has(c));
+        expect(has64BitOnly).toEqual(PI_MACHINES[build].arch === 'arm64' ? [true, true] : [false, false]);
         expect(r.beacons).toEqual([
           { kind: 'start' },
           ...r.parts.map((p) => ok(r, p.index)),

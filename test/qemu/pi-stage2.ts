@@ -45,6 +45,8 @@ export interface PiStage2Result {
   crcFix: string;
   /** What `bdinfo` says before the script runs. */
   memory: PiMemory;
+  /** The build's top-level commands, from `help`. */
+  commands: Set<string>;
   card: Buffer;
   /** From QEMU's start to its exit after the script's `reset`. */
   ms: number;
@@ -68,8 +70,15 @@ export function parseBdinfo(text: string): PiMemory {
   return { ramSize: Number(size[1]), reservedFrom: Math.min(...reserved) };
 }
 
+/** The command names `help` lists, one a line: `name      - what it does`. */
+export function parseHelp(text: string): Set<string> {
+  const names = [...text.matchAll(/^([a-z0-9_.?-]+)\s+- /gm)].map((m) => m[1]!);
+  if (names.length < 20) throw new Error(`help listed ${names.length} commands:\n${text}`);
+  return new Set(names);
+}
+
 /** The calibration line of a generated script (the one that sets rpf_fix). */
-function calibrationLine(script: string): string {
+export function calibrationLine(script: string): string {
   const line = script.split('\n').find((l) => l.startsWith('mw.l ') && l.includes('rpf_fix'));
   if (!line) throw new Error('the generated script has no calibration line');
   return line;
@@ -119,6 +128,7 @@ export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result>
     return await withConsoleOnFailure(board, async () => {
       await stopAutoboot(board, o.timeoutMs);
       const memory = parseBdinfo(await typeCommand(board, 'bdinfo', o.timeoutMs));
+      const commands = parseHelp(await typeCommand(board, 'help', o.timeoutMs));
       const fix = await typeCommand(board, `${calibrationLine(script)}; printenv rpf_fix`, o.timeoutMs);
       const crcFix = /^rpf_fix=(.*)$/m.exec(fix)?.[1] ?? `(not set: ${fix})`;
       board.type(`source 0x${SCRIPT_ADDR.toString(16)}\n`);
@@ -134,6 +144,7 @@ export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result>
         beacons: reports.map(parseBeacon),
         crcFix,
         memory,
+        commands,
         card: await readFile(sdImage),
         ms,
         console: text,

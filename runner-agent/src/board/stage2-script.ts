@@ -19,14 +19,15 @@
  *   read as decimal; `mmc dev` takes a decimal device number.
  * - `setexpr.l v *addr` prints the 32-bit word at addr, native (little-endian) order, as `%lx`.
  * - `crc32 addr len dest` stores its result in two ways depending on the build: with the
- *   multi-hash code (any of SHA256/CMD_HASH/CRC32_VERIFY… enabled — the QEMU test build) it
- *   writes 4 bytes big-endian; without it (Debian's rpi_3/rpi_4/rpi_arm64 builds: their binary
- *   has only the `CRC32 for … ==>` message) it stores a native `ulong` (8 bytes on arm64), so
- *   `setexpr.l` reads the real value. The script calibrates once — the CRC of 4 known bytes —
- *   and byte-swaps in the multi-hash case, so every CRC it compares and reports is the real one.
+ *   multi-hash code (any of SHA256/384/512, CMD_SHA1SUM, CMD_HASH, CRC32_VERIFY enabled) it
+ *   writes 4 bytes big-endian; without it — every Debian Pi build, and the QEMU test build, which
+ *   is configured like them — it stores a native `ulong` (little-endian; 8 bytes on arm64), so
+ *   `setexpr.l` reads the real value. The script calibrates once — the CRC of 4 known bytes — and
+ *   byte-swaps only on a multi-hash build, so every CRC it compares and reports is the real one.
  * - U-Boot's TFTP file names are at most 127 characters and must not contain ':'.
- * A generated script was run on the real test U-Boot under QEMU (3 and 4 parts, good and bad
- * CRCs): byte-exact card, and beacons identical to what the shell model predicts.
+ * Generated scripts run in CI on the QEMU test U-Boot (over TFTP, test/qemu/agent-flash.test.ts)
+ * and on Debian's six Pi builds on QEMU's Pi machines (the preloaded transfer,
+ * test/qemu/pi-builds.test.ts): byte-exact cards, beacons as the shell model predicts.
  */
 import { crc32 } from 'node:zlib';
 import { JOB_ID_PATTERN, macDir, reportPrefix } from '../../../src/protocol/tftp-names.js';
