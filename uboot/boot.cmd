@@ -9,10 +9,12 @@
 echo "rpi-flash: stage 1"
 
 # Where this script came from: distro boot sets devtype/devnum/distro_bootpart before `source`;
-# anyone else gets the first partition of mmc 0 (the SD card on every Pi).
-env exists devtype || setenv devtype mmc
-env exists devnum || setenv devnum 0
-env exists distro_bootpart || setenv distro_bootpart 1
+# anyone else gets the first partition of mmc 0 (the SD card on every Pi). Distro boot's are
+# hush-local variables (`devnum=0; run mmc_boot`, `for distro_bootpart in …`), which `env exists`
+# does not see: test their values.
+if test -z "${devtype}"; then setenv devtype mmc; fi
+if test -z "${devnum}"; then setenv devnum 0; fi
+if test -z "${distro_bootpart}"; then setenv distro_bootpart 1; fi
 setenv rpf_dev ${devnum}:${distro_bootpart}
 
 # Defaults first, then the card's env file, which may override any of them. Keys of the file
