@@ -134,6 +134,8 @@ export class WsServer {
   private readonly server: http.Server | https.Server;
   private readonly wss: WebSocketServer;
   private readonly sockets = new Set<WebSocket>();
+  /** Every TCP connection, whatever state it is in: close() leaves none behind to hold the listener open. */
+  private readonly connections = new Set<Duplex>();
   private heartbeat?: NodeJS.Timeout;
 
   static async create(o: WsServerOptions): Promise<WsServer> {
@@ -167,6 +169,10 @@ export class WsServer {
       o.log.warn('bad HTTP request refused', { code, error: logged(err.message) });
       if (socket.writable) socket.write(clientErrorAnswer(code, headersTimeout));
       socket.destroy();
+    });
+    this.server.on('connection', (socket: Duplex) => {
+      this.connections.add(socket);
+      socket.once('close', () => this.connections.delete(socket));
     });
     // Accept can fail (EMFILE); the listener's error must not become an uncaught exception.
     this.server.on('error', (err) => o.log.error('listener error', { error: stackOf(err) }));
@@ -393,6 +399,9 @@ export class WsServer {
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
       this.server.closeAllConnections?.();
+      // Upgrades still in progress or refused ones a peer left half-open are not HTTP connections
+      // any more: closeAllConnections() does not see them.
+      for (const socket of this.connections) socket.destroy();
     });
   }
 }
