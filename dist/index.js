@@ -40992,6 +40992,7 @@ const ActionCodes = {
     PROTOCOL_ERROR: 'The agent sent a message the action cannot read: the two speak different versions of the protocol.',
     QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
     JOB_TIMEOUT: 'The job did not finish within job-timeout.',
+    JOB_LOST: 'The agent lost the job while it ran (the agent restarted, or the lease ran out while the action was away); the message says whether the card may be partly written.',
 };
 const ErrorCodes = { ...AgentCodes, ...ActionCodes };
 function isErrorCode(value) {
@@ -42312,6 +42313,40 @@ async function hashFile(file) {
  */
 
 
+/**
+ * What the board's card may hold when the agent's result never came, judged from the last phase the
+ * action saw: nothing is written before the transfer; from its start the card may hold part of the
+ * image; once the board reported every part written and read back (verify, boot) it holds the image.
+ * Undefined when the job had not begun (no phase of the agent's was seen).
+ */
+function cardAsSeen(lastPhase) {
+    switch (lastPhase) {
+        case 'stage':
+        case 'reset':
+            return 'untouched';
+        case 'transfer':
+            return 'partial';
+        case 'verify':
+        case 'boot':
+            return 'written';
+        default:
+            return undefined;
+    }
+}
+/** A failure message's words about the card, when the action judged it (`cardAsSeen`) rather than the agent. */
+function cardAsSeenSentence(lastPhase) {
+    const seen = lastPhase ? `the job was in ${lastPhase} when the action last heard from the agent` : '';
+    switch (cardAsSeen(lastPhase)) {
+        case 'partial':
+            return `the board's card may be partly written (${seen}): it may not boot until it is flashed again`;
+        case 'written':
+            return `the board had written and read back every part (${seen}), but the job did not finish its checks`;
+        case 'untouched':
+            return `nothing was written to the board's card (${seen}, before the transfer)`;
+        default:
+            return "nothing was written to the board's card (the job had not begun)";
+    }
+}
 function outcomeOfResult(run, result) {
     const word = result.ok ? 'success' : result.code === 'CANCELLED' ? 'cancelled' : 'failure';
     return assemble(run, word, result.code, result.message, result);
@@ -42324,6 +42359,13 @@ function outcomeOfResult(run, result) {
 function outcomeOfError(run, err, cancelledBySignal) {
     const code = cancelledBySignal ? 'CANCELLED' : codeOf(err) === 'CONNECTION_LOST' ? 'CONNECT_FAILED' : codeOf(err);
     return assemble(run, code === 'CANCELLED' ? 'cancelled' : 'failure', code, messageOf(err));
+}
+/** The agent's word on the card when its result came; else, for a failed job that had begun, the action's estimate. */
+function cardOf(run, result, job) {
+    if (job)
+        return { card: job.card };
+    const seen = result === 'success' ? undefined : cardAsSeen(run.lastPhase);
+    return seen === undefined ? {} : { card: seen, cardEstimated: true };
 }
 function assemble(run, result, code, message, job) {
     const { image } = run;
@@ -42352,6 +42394,7 @@ function assemble(run, result, code, message, job) {
         }),
         ...(jobId !== undefined && { jobId }),
         ...(job !== undefined && { bytesWritten: job.bytesWritten, parts: job.parts }),
+        ...cardOf(run, result, job),
         ...(run.upload !== undefined && { uploadSkipped: run.upload.skipped }),
         timings: { ...run.timings, ...job?.timings },
     };
@@ -42516,6 +42559,15 @@ class JobStory {
 
 
 
+/** The summary's words for the card: the agent's word, or the action's estimate when no result came. */
+function cardText(card, estimated) {
+    const words = {
+        untouched: 'untouched: nothing was written',
+        partial: `${estimated ? 'may be ' : ''}partly written: it may not boot until it is flashed again`,
+        written: 'holds the image',
+    };
+    return estimated ? `${words[card]} (estimated from the last phase the action saw)` : words[card];
+}
 /** The phases that make up "flashing": from staging the job to the verified card. */
 const FLASH_PHASES = ['stage', 'reset', 'transfer', 'verify'];
 function seconds(value) {
@@ -42583,6 +42635,8 @@ function summaryRows(outcome) {
     }
     if (outcome.bytesWritten !== undefined)
         rows.push(['Bytes written', `${outcome.bytesWritten} (${formatBytes(outcome.bytesWritten)})`]);
+    if (outcome.card !== undefined && outcome.result !== 'success')
+        rows.push(['Card', cardText(outcome.card, outcome.cardEstimated === true)]);
     for (const phase of Object.keys(PHASE_TITLES)) {
         const secs = outcome.timings[phase];
         if (secs === undefined)
@@ -43027,6 +43081,8 @@ class FlashRun {
     cancelAsked = false;
     /** A signal's cancel on the agent, until it was answered (or gave up): the connection stays open for it. */
     cancelling;
+    /** The agent no longer holds the lease (JOB_LOST): there is nothing left to cancel. */
+    leaseLost = false;
     constructor(d) {
         this.d = d;
         this.story = new JobStory({ writer: d.writer, clock: d.clock });
@@ -43042,7 +43098,7 @@ class FlashRun {
         catch (err) {
             // A signal's cancel stops the upload at once, so the upload may fail before the cancel is answered.
             await this.cancelling;
-            if (this.link?.leased && !this.lastResult && !this.cancelAsked)
+            if (this.link?.leased && !this.lastResult && !this.cancelAsked && !this.leaseLost)
                 await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
             const why = this.cancelledBySignal ? (this.abort.signal.reason ?? err) : err;
             return outcomeOfError(this.record(), why, this.cancelledBySignal);
@@ -43161,6 +43217,21 @@ class FlashRun {
             ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
             ...(Object.keys(timeouts).length > 0 && { timeouts }),
         };
+        try {
+            return await this.runFlash(link, request);
+        }
+        catch (err) {
+            // The lease could not be taken back: the agent restarted (its leases are gone) or the grace
+            // period passed. Either way the job is lost, and what the card holds is the last thing seen.
+            if (codeOf(err) !== 'LEASE_LOST' || this.lastResult)
+                throw err;
+            this.leaseLost = true;
+            this.d.saveState(State.lease, '');
+            throw new errors_CodedError('JOB_LOST', 'the job is lost: the agent no longer holds its lease (it restarted, or the connection was down past ' +
+                `the lease's grace period); ${cardAsSeenSentence(this.story.lastPhase)}`, { cause: err });
+        }
+    }
+    runFlash(link, request) {
         return link.run(async (conn, retry) => {
             // A result that arrived on its own (the job ended while the connection was down) wins.
             if (this.lastResult)

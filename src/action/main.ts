@@ -15,7 +15,7 @@ import type { AgentMessage, FlashRequest, JobResult, UploadDoneMessage } from '.
 import { AgentLink, type Connect } from './agent-link.js';
 import { State } from './constants.js';
 import { resolveImage, type Downloader, type ResolvedImage } from './image.js';
-import { outcomeOfError, outcomeOfResult, type RunRecord } from './outcome.js';
+import { cardAsSeenSentence, outcomeOfError, outcomeOfResult, type RunRecord } from './outcome.js';
 import { annotateFailure, setJobOutputs, writeJobSummary, type JobOutcome } from './outputs.js';
 import { parseSettings, type ActionSettings, type GetInput } from './settings.js';
 import { JobStory, type StoryWriter } from './story.js';
@@ -100,6 +100,8 @@ class FlashRun {
   private cancelAsked = false;
   /** A signal's cancel on the agent, until it was answered (or gave up): the connection stays open for it. */
   private cancelling?: Promise<void>;
+  /** The agent no longer holds the lease (JOB_LOST): there is nothing left to cancel. */
+  private leaseLost = false;
 
   constructor(private readonly d: RunDeps) {
     this.story = new JobStory({ writer: d.writer, clock: d.clock });
@@ -115,7 +117,7 @@ class FlashRun {
     } catch (err) {
       // A signal's cancel stops the upload at once, so the upload may fail before the cancel is answered.
       await this.cancelling;
-      if (this.link?.leased && !this.lastResult && !this.cancelAsked)
+      if (this.link?.leased && !this.lastResult && !this.cancelAsked && !this.leaseLost)
         await this.cancelOnAgent(`the action failed: ${messageOf(err)}`);
       const why: unknown = this.cancelledBySignal ? (this.abort.signal.reason ?? err) : err;
       return outcomeOfError(this.record(), why, this.cancelledBySignal);
@@ -247,6 +249,24 @@ class FlashRun {
       ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
       ...(Object.keys(timeouts).length > 0 && { timeouts }),
     };
+    try {
+      return await this.runFlash(link, request);
+    } catch (err) {
+      // The lease could not be taken back: the agent restarted (its leases are gone) or the grace
+      // period passed. Either way the job is lost, and what the card holds is the last thing seen.
+      if (codeOf(err) !== 'LEASE_LOST' || this.lastResult) throw err;
+      this.leaseLost = true;
+      this.d.saveState(State.lease, '');
+      throw new CodedError(
+        'JOB_LOST',
+        'the job is lost: the agent no longer holds its lease (it restarted, or the connection was down past ' +
+          `the lease's grace period); ${cardAsSeenSentence(this.story.lastPhase)}`,
+        { cause: err },
+      );
+    }
+  }
+
+  private runFlash(link: AgentLink, request: Omit<FlashRequest, 'type' | 'id'>): Promise<JobResult> {
     return link.run(async (conn, retry) => {
       // A result that arrived on its own (the job ended while the connection was down) wins.
       if (this.lastResult) return this.lastResult;

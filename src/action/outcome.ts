@@ -4,7 +4,13 @@
  * (outputs.ts) are all written from it.
  */
 import { codeOf, ErrorCodes, messageOf, type ErrorCode } from '../protocol/errors.js';
-import { PHASES, type JobResult, type TargetInfo, type UploadDoneMessage } from '../protocol/messages.js';
+import {
+  PHASES,
+  type CardState,
+  type JobResult,
+  type TargetInfo,
+  type UploadDoneMessage,
+} from '../protocol/messages.js';
 import type { ResolvedImage } from './image.js';
 import type { JobOutcome, ResultWord } from './outputs.js';
 import type { StoryPhase } from './story.js';
@@ -24,6 +30,42 @@ export interface RunRecord {
   lastPhase?: StoryPhase;
 }
 
+/**
+ * What the board's card may hold when the agent's result never came, judged from the last phase the
+ * action saw: nothing is written before the transfer; from its start the card may hold part of the
+ * image; once the board reported every part written and read back (verify, boot) it holds the image.
+ * Undefined when the job had not begun (no phase of the agent's was seen).
+ */
+export function cardAsSeen(lastPhase: StoryPhase | undefined): CardState | undefined {
+  switch (lastPhase) {
+    case 'stage':
+    case 'reset':
+      return 'untouched';
+    case 'transfer':
+      return 'partial';
+    case 'verify':
+    case 'boot':
+      return 'written';
+    default:
+      return undefined;
+  }
+}
+
+/** A failure message's words about the card, when the action judged it (`cardAsSeen`) rather than the agent. */
+export function cardAsSeenSentence(lastPhase: StoryPhase | undefined): string {
+  const seen = lastPhase ? `the job was in ${lastPhase} when the action last heard from the agent` : '';
+  switch (cardAsSeen(lastPhase)) {
+    case 'partial':
+      return `the board's card may be partly written (${seen}): it may not boot until it is flashed again`;
+    case 'written':
+      return `the board had written and read back every part (${seen}), but the job did not finish its checks`;
+    case 'untouched':
+      return `nothing was written to the board's card (${seen}, before the transfer)`;
+    default:
+      return "nothing was written to the board's card (the job had not begun)";
+  }
+}
+
 export function outcomeOfResult(run: RunRecord, result: JobResult): JobOutcome {
   const word = result.ok ? 'success' : result.code === 'CANCELLED' ? 'cancelled' : 'failure';
   return assemble(run, word, result.code, result.message, result);
@@ -37,6 +79,13 @@ export function outcomeOfResult(run: RunRecord, result: JobResult): JobOutcome {
 export function outcomeOfError(run: RunRecord, err: unknown, cancelledBySignal: boolean): JobOutcome {
   const code = cancelledBySignal ? 'CANCELLED' : codeOf(err) === 'CONNECTION_LOST' ? 'CONNECT_FAILED' : codeOf(err);
   return assemble(run, code === 'CANCELLED' ? 'cancelled' : 'failure', code, messageOf(err));
+}
+
+/** The agent's word on the card when its result came; else, for a failed job that had begun, the action's estimate. */
+function cardOf(run: RunRecord, result: ResultWord, job?: JobResult): Pick<JobOutcome, 'card' | 'cardEstimated'> {
+  if (job) return { card: job.card };
+  const seen = result === 'success' ? undefined : cardAsSeen(run.lastPhase);
+  return seen === undefined ? {} : { card: seen, cardEstimated: true };
 }
 
 function assemble(run: RunRecord, result: ResultWord, code: ErrorCode, message: string, job?: JobResult): JobOutcome {
@@ -66,6 +115,7 @@ function assemble(run: RunRecord, result: ResultWord, code: ErrorCode, message: 
     }),
     ...(jobId !== undefined && { jobId }),
     ...(job !== undefined && { bytesWritten: job.bytesWritten, parts: job.parts }),
+    ...cardOf(run, result, job),
     ...(run.upload !== undefined && { uploadSkipped: run.upload.skipped }),
     timings: { ...run.timings, ...job?.timings },
   };

@@ -4,7 +4,7 @@
  */
 import * as core from '@actions/core';
 import { messageOf, type ErrorCode } from '../protocol/errors.js';
-import type { PartReport, TargetInfo } from '../protocol/messages.js';
+import type { CardState, PartReport, TargetInfo } from '../protocol/messages.js';
 import { Outputs, type OutputName } from './constants.js';
 import { formatBytes } from '../protocol/units.js';
 import { PHASE_TITLES, type StoryPhase } from './story.js';
@@ -28,6 +28,19 @@ export interface JobOutcome {
   uploadSkipped?: boolean;
   timings: Partial<Record<StoryPhase, number>>;
   parts?: PartReport[];
+  /** What the board's card holds: the agent's result says, or (`cardEstimated`) the action judged it when none came. */
+  card?: CardState;
+  cardEstimated?: boolean;
+}
+
+/** The summary's words for the card: the agent's word, or the action's estimate when no result came. */
+function cardText(card: CardState, estimated: boolean): string {
+  const words: Record<CardState, string> = {
+    untouched: 'untouched: nothing was written',
+    partial: `${estimated ? 'may be ' : ''}partly written: it may not boot until it is flashed again`,
+    written: 'holds the image',
+  };
+  return estimated ? `${words[card]} (estimated from the last phase the action saw)` : words[card];
 }
 
 /** The phases that make up "flashing": from staging the job to the verified card. */
@@ -107,6 +120,8 @@ export function summaryRows(outcome: JobOutcome): [string, string][] {
   }
   if (outcome.bytesWritten !== undefined)
     rows.push(['Bytes written', `${outcome.bytesWritten} (${formatBytes(outcome.bytesWritten)})`]);
+  if (outcome.card !== undefined && outcome.result !== 'success')
+    rows.push(['Card', cardText(outcome.card, outcome.cardEstimated === true)]);
   for (const phase of Object.keys(PHASE_TITLES) as StoryPhase[]) {
     const secs = outcome.timings[phase];
     if (secs === undefined) continue;

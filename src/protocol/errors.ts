@@ -65,6 +65,8 @@ export const ActionCodes = {
   PROTOCOL_ERROR: 'The agent sent a message the action cannot read: the two speak different versions of the protocol.',
   QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
   JOB_TIMEOUT: 'The job did not finish within job-timeout.',
+  JOB_LOST:
+    'The agent lost the job while it ran (the agent restarted, or the lease ran out while the action was away); the message says whether the card may be partly written.',
 } as const;
 
 export const ErrorCodes = { ...AgentCodes, ...ActionCodes } as const;

@@ -1,12 +1,11 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BUNDLE, ensureNode24, ROOT, runAction, TEST_TIMEOUT_MS } from './run-action.js';
+import { BUNDLE, closedPort, ensureNode24, ROOT, runAction, TEST_TIMEOUT_MS } from './run-action.js';
 
 const run = promisify(execFile);
 
@@ -16,15 +15,6 @@ function listFiles(dir: string, prefix = ''): string[] {
       e.isDirectory() ? listFiles(path.join(dir, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`],
     )
     .sort();
-}
-
-/** A port on loopback that nothing listens on: bind, note the port, close. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((r) => server.close(() => r()));
-  return port;
 }
 
 describe('dist/ is what the sources build', () => {

@@ -12,6 +12,8 @@ import {
   writeJobSummary,
   type JobOutcome,
 } from '../../src/action/outputs.js';
+import { cardAsSeen, cardAsSeenSentence, outcomeOfError, outcomeOfResult } from '../../src/action/outcome.js';
+import type { StoryPhase } from '../../src/action/story.js';
 
 const success: JobOutcome = {
   result: 'success',
@@ -157,6 +159,62 @@ describe('outputs', () => {
     ]);
     expect(failureTitle({ ...failure, result: 'cancelled', code: 'CANCELLED', phase: 'upload' })).toBe(
       'rpi-flash cancelled during upload: CANCELLED',
+    );
+  });
+});
+
+describe('the card in the outcome', () => {
+  const run = { targetSpec: 'pi4-03', timings: {} };
+
+  it('is judged from the last phase the action saw when no result came: nothing written before the transfer', () => {
+    expect(['connect', 'queue', 'upload', undefined].map((p) => cardAsSeen(p as StoryPhase | undefined))).toEqual([
+      undefined,
+      undefined,
+      undefined,
+      undefined,
+    ]);
+    expect((['stage', 'reset', 'transfer', 'verify', 'boot'] as const).map(cardAsSeen)).toEqual([
+      'untouched',
+      'untouched',
+      'partial',
+      'written',
+      'written',
+    ]);
+    expect(cardAsSeenSentence('transfer')).toBe(
+      "the board's card may be partly written (the job was in transfer when the action last heard from the agent): " +
+        'it may not boot until it is flashed again',
+    );
+  });
+
+  it("takes the agent's word when its result came, else the estimate, and the summary says which", () => {
+    const lost = outcomeOfError({ ...run, lastPhase: 'transfer' }, new Error('gone'), false);
+    expect(lost).toMatchObject({ card: 'partial', cardEstimated: true });
+    expect(summaryRows(lost)).toContainEqual([
+      'Card',
+      'may be partly written: it may not boot until it is flashed again (estimated from the last phase the action saw)',
+    ]);
+    const early = outcomeOfError({ ...run, lastPhase: 'upload' }, new Error('no space'), false);
+    expect(early.card).toBeUndefined();
+    expect(summaryRows(early).map(([label]) => label)).not.toContain('Card');
+
+    const result = {
+      ok: false,
+      code: 'BOARD_TIMEOUT' as const,
+      message: 'quiet',
+      job: 'j',
+      target: { name: 'pi4-03', mac: 'dc:a6:32:01:02:03', ip: '10.0.0.43' },
+      sha256: 'ab'.repeat(32),
+      bytesWritten: 0,
+      card: 'untouched' as const,
+      timings: { transfer: 1 },
+      parts: [],
+    };
+    const failed = outcomeOfResult({ ...run, lastPhase: 'transfer' }, result);
+    expect(failed).toMatchObject({ card: 'untouched' });
+    expect(failed.cardEstimated).toBeUndefined();
+    expect(summaryRows(failed)).toContainEqual(['Card', 'untouched: nothing was written']);
+    expect(summaryRows(outcomeOfResult(run, { ...result, ok: true, code: 'OK', card: 'written' }))).not.toContainEqual(
+      expect.arrayContaining(['Card']),
     );
   });
 });

@@ -5,6 +5,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -71,6 +72,15 @@ export function lastStep(stdout: string): string {
   const last = lines.at(-1);
   const where = group ? `in step "${group}"` : 'before its first step';
   return `${where}; its last line: ${last ? JSON.stringify(last) : '(none)'}`;
+}
+
+/** A port on loopback that nothing listens on: bind, note the port, close (for an agent URL a test picks). */
+export async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((r) => server.close(() => r()));
+  return port;
 }
 
 export interface ActionRun {
