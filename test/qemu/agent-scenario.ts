@@ -101,6 +101,8 @@ export interface AgentScenarioOptions {
   waitForNoJobMs?: number;
   /** Hard limit for QEMU and the job. */
   timeoutMs: number;
+  /** The targets row's IP; default 127.0.0.1, the address the board's requests come from (slirp). */
+  targetIp?: string;
 }
 
 export interface AgentScenarioResult {
@@ -191,7 +193,7 @@ export async function runAgentScenario(o: AgentScenarioOptions): Promise<AgentSc
   const qmpSocket = join(o.workDir, 'qmp.sock'); // where startQemuBoard puts it
   await writeFile(
     join(o.workDir, 'targets.csv'),
-    `name,mac,ip,reset\n${TARGET_NAME},${o.mac},127.0.0.1,qmp:${qmpSocket}\n`,
+    `name,mac,ip,reset\n${TARGET_NAME},${o.mac},${o.targetIp ?? '127.0.0.1'},qmp:${qmpSocket}\n`,
   );
   const config = await validateConfig(
     qemuAgentSettings(TOKEN, {

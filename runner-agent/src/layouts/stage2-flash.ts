@@ -58,6 +58,8 @@ class Stage2Flash implements FlashMethod {
   private readonly macdir: string;
   private parts: PartState[] = [];
   private scriptFetched = false;
+  /** Addresses whose requests for flash.scr were refused (not the target's IP: tftp.checkClientIp). */
+  private readonly refusedFrom = new Set<string>();
   private done?: { ok: boolean };
   private readonly boardFailures: string[] = [];
   private tftpOptions: Record<string, string> | undefined;
@@ -134,6 +136,7 @@ class Stage2Flash implements FlashMethod {
         onProgress: (rel, p) => this.onProgress(rel, p),
         onBeacon: (message) => this.onBeacon(message),
         onTransferEnd: (rel, t) => this.onTransferEnd(rel, t),
+        onRefused: (rel, req) => this.onRefused(rel, req),
       },
       { [FLASH_SCRIPT]: scriptImage, 'job.json': Buffer.from(JSON.stringify(manifest, null, 2) + '\n') },
     );
@@ -153,11 +156,18 @@ class Stage2Flash implements FlashMethod {
       () => this.scriptFetched,
       boardShow,
       () =>
-        new CodedError(
-          'BOARD_NO_SHOW',
-          `${name} did not fetch ${this.macdir}/${FLASH_SCRIPT} within ${boardShow} s of the reset ` +
-            '(is it powered, wired, and running the recovery U-Boot?)',
-        ),
+        this.refusedFrom.size
+          ? new CodedError(
+              'BOARD_IP_MISMATCH',
+              `${name} did not fetch ${this.macdir}/${FLASH_SCRIPT} within ${boardShow} s of the reset from its ` +
+                `address ${this.job.target.ip}; requests for it came from ${[...this.refusedFrom].join(', ')} and ` +
+                "were refused (tftp.checkClientIp): give the board its row's IP by DHCP, or correct the row",
+            )
+          : new CodedError(
+              'BOARD_NO_SHOW',
+              `${name} did not fetch ${this.macdir}/${FLASH_SCRIPT} within ${boardShow} s of the reset ` +
+                '(is it powered, wired, and running the recovery U-Boot?)',
+            ),
     );
     await this.board.until(
       () => this.done !== undefined,
@@ -251,6 +261,23 @@ class Stage2Flash implements FlashMethod {
       }
     }
     this.board.activity();
+  }
+
+  /**
+   * A request for the folder from another address was refused. Most likely the board itself, with
+   * a DHCP address its row does not have; but any host may ask, so it does not end the job: it
+   * names the cause if the board never shows from its own address.
+   */
+  private onRefused(rel: string, req: TftpRequest): void {
+    if (rel !== FLASH_SCRIPT || this.scriptFetched) return;
+    const from = req.peer.address.replace(/^::ffff:/, '');
+    if (this.refusedFrom.has(from)) return;
+    this.refusedFrom.add(from);
+    this.board.log(
+      'warn',
+      `a request for ${this.macdir}/${FLASH_SCRIPT} came from ${from}, not ${this.job.target.name}'s ` +
+        `${this.job.target.ip}: refused (tftp.checkClientIp)`,
+    );
   }
 
   private onTransferEnd(rel: string, t: TransferEnd): void {

@@ -49,6 +49,8 @@ export interface StagedJob {
   onTransferEnd?(relPath: string, t: TransferEnd): void;
   /** Optional write hook (seed-compatible reports); absent = writes refused. */
   onWrite?(relPath: string, req: TftpRequest): TftpWriteTarget | null;
+  /** A request for this job's folder came from another address than `targetIp` and was refused. */
+  onRefused?(relPath: string, req: TftpRequest): void;
 }
 
 const MACDIR = /^[0-9a-f]{2}(-[0-9a-f]{2}){5}$/;
@@ -122,6 +124,7 @@ export class BoardFiles implements TftpResolver {
         peer: req.peer.address,
         expected: job.targetIp,
       });
+      this.notify(job, 'refused', () => job.onRefused?.(rel, req));
       throw new TftpAccessError(`${macdir} is not served to ${req.peer.address}`);
     }
     return { macdir, job, rel };
