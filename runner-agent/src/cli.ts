@@ -182,6 +182,7 @@ export async function main(argv: string[]): Promise<number> {
     const { loadTargets } = await import('./targets/database.js');
     try {
       const targets = await loadTargets(config.targets);
+      if (!(await import('./lab-check.js')).reportLabCheck(config, targets, process.stderr)) return 2;
       process.stdout.write(
         `configuration OK; ${targets.length} target(s): ${targets.map((t) => `${t.name} (${t.mac}, ${t.ip}, ${t.resetText})`).join(', ')}\n`,
       );

@@ -25,9 +25,26 @@ export interface PiModel {
   firmwareDefault64: boolean;
   /** The 32-bit kernels the firmware tries, in order, when it boots 32-bit. */
   kernels32: readonly string[];
+  /** The least RAM a board of this model may have, in MiB (a Pi 3 may be a 512 MB 3A+). */
+  minRamMiB: number;
+  /** The firmware's default `gpu_mem` on this board, in MiB: the ARM cores get the rest. */
+  gpuMemMiB: number;
+  /**
+   * Whether a board of this model has Ethernet on board (Pi 3B/3B+ yes, 3A+ no: `unknown` for
+   * `pi3`). Without it, U-Boot needs a USB adapter with a driver of `usbEthernet`.
+   */
+  onboardEthernet: Tri;
+  /** The USB Ethernet chips the model's Debian U-Boot build drives (2023.01). */
+  usbEthernet: readonly string[];
 }
 
 const PI3_32 = ['kernel7.img', 'kernel.img'];
+/**
+ * USB Ethernet drivers of Debian's Pi builds (CONFIG_USB_ETHER_*, read from the .config each ships):
+ * rpi, rpi_0_w and rpi_2 have SMSC95xx only; rpi_3, rpi_3_32b and rpi_arm64 SMSC95xx and LAN78xx;
+ * rpi_4 and rpi_4_32b none (the Pi 4's own GENET only).
+ */
+const USB_NET = ['SMSC95xx', 'LAN78xx'];
 const PI4_32 = ['kernel7l.img', 'kernel7.img', 'kernel.img'];
 
 export const PI_MODELS: Readonly<Record<string, PiModel>> = {
@@ -40,6 +57,10 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
     maybeFilters: [],
     firmwareDefault64: false,
     kernels32: ['kernel.img'],
+    minRamMiB: 512,
+    gpuMemMiB: 64,
+    onboardEthernet: false,
+    usbEthernet: ['SMSC95xx'],
   },
   pi02: {
     name: 'pi02',
@@ -50,6 +71,10 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
     maybeFilters: ['pi0w', 'pi3'],
     firmwareDefault64: false,
     kernels32: PI3_32,
+    minRamMiB: 512,
+    gpuMemMiB: 64,
+    onboardEthernet: false,
+    usbEthernet: USB_NET,
   },
   pi2: {
     name: 'pi2',
@@ -60,6 +85,10 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
     maybeFilters: [],
     firmwareDefault64: false,
     kernels32: PI3_32,
+    minRamMiB: 1024,
+    gpuMemMiB: 64,
+    onboardEthernet: true,
+    usbEthernet: ['SMSC95xx'],
   },
   pi3: {
     name: 'pi3',
@@ -70,6 +99,10 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
     maybeFilters: ['pi3+'],
     firmwareDefault64: false,
     kernels32: PI3_32,
+    minRamMiB: 512,
+    gpuMemMiB: 64,
+    onboardEthernet: 'unknown',
+    usbEthernet: USB_NET,
   },
   'pi3-32': {
     name: 'pi3-32',
@@ -80,6 +113,10 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
     maybeFilters: ['pi3+'],
     firmwareDefault64: false,
     kernels32: PI3_32,
+    minRamMiB: 512,
+    gpuMemMiB: 64,
+    onboardEthernet: 'unknown',
+    usbEthernet: USB_NET,
   },
   pi4: {
     name: 'pi4',
@@ -90,6 +127,10 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
     maybeFilters: ['pi400', 'cm4', 'cm4s'],
     firmwareDefault64: true,
     kernels32: PI4_32,
+    minRamMiB: 1024,
+    gpuMemMiB: 76,
+    onboardEthernet: true,
+    usbEthernet: [],
   },
   'pi4-32': {
     name: 'pi4-32',
@@ -100,6 +141,10 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
     maybeFilters: ['pi400', 'cm4', 'cm4s'],
     firmwareDefault64: true,
     kernels32: PI4_32,
+    minRamMiB: 1024,
+    gpuMemMiB: 76,
+    onboardEthernet: true,
+    usbEthernet: [],
   },
   arm64: {
     name: 'arm64',
@@ -110,6 +155,10 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
     maybeFilters: ['pi0', 'pi02', 'pi0w', 'pi3', 'pi3+', 'pi4', 'pi400', 'cm4', 'cm4s'],
     firmwareDefault64: true,
     kernels32: PI4_32,
+    minRamMiB: 512,
+    gpuMemMiB: 64,
+    onboardEthernet: 'unknown',
+    usbEthernet: USB_NET,
   },
 };
 
@@ -134,4 +183,36 @@ export function modelFilterApplies(filter: string, model: PiModel | undefined): 
   if (model.filters.includes(filter)) return true;
   if (model.maybeFilters.includes(filter)) return 'unknown';
   return false;
+}
+
+const MiB = 1024 * 1024;
+
+/**
+ * What U-Boot keeps at the top of the ARM's RAM on Debian's Pi builds: relocated code, malloc
+ * (4 MiB), stack and the EFI area (16 MiB). `bdinfo` on the six builds under QEMU's Pi machines
+ * (test/qemu/pi-builds.test.ts): 20.6–20.8 MiB below the top; 21 MiB covers all of them.
+ */
+export const UBOOT_RESERVE = 21 * MiB;
+/**
+ * U-Boot does not relocate over the firmware's device tree: when the tree lies within 64 MiB of
+ * the top, the top becomes the tree's address (board_get_usable_ram_top, board/raspberrypi/rpi/rpi.c).
+ * Where the firmware puts it is its choice, so the worst case costs the whole window.
+ */
+export const FIRMWARE_DTB_WINDOW = 64 * MiB;
+/** Room left between the load buffer and U-Boot's reserve: for a build whose reserve grows. */
+export const RAM_MARGIN = 4 * MiB;
+
+/**
+ * The end of the RAM stage 2 may use on every board of the model (a byte address), for the
+ * firmware's default `gpu_mem` or the one given: the ARM's share, less the device-tree window,
+ * U-Boot's reserve and the margin.
+ */
+export function safeRamEnd(model: PiModel, gpuMemMiB = model.gpuMemMiB): number {
+  return (model.minRamMiB - gpuMemMiB) * MiB - FIRMWARE_DTB_WINDOW - UBOOT_RESERVE - RAM_MARGIN;
+}
+
+/** The largest part stage 2 can download at `loadAddr` on every board of the model (0: none fits). */
+export function safePartSizeMax(model: PiModel, loadAddr: number, gpuMemMiB = model.gpuMemMiB): number {
+  const room = safeRamEnd(model, gpuMemMiB) - loadAddr;
+  return room > 0 ? Math.floor(room / 512) * 512 : 0;
 }

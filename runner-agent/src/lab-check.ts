@@ -1,0 +1,102 @@
+/**
+ * What `--check` knows about the lab beyond the syntax of its files (issue 10): the boards' memory
+ * against the stage-2 buffers, their network, and the TFTP server they must reach. Refusals are
+ * configurations that cannot work on a model; warnings are what the agent cannot see from here
+ * (a board's DHCP address, its USB adapter, its gpu_mem) and the operator must make true.
+ *
+ * Only real boards are checked: `sim` boards and QEMU boards (`qmp` reset) have their own memory
+ * map and network. Seed-layout boards run the seed system's recovery card, not stage 2.
+ */
+import { formatBytes } from '../../src/protocol/units.js';
+import type { AgentConfig } from './config.js';
+import { getPiModel, safePartSizeMax, safeRamEnd, type PiModel } from './image/models.js';
+import type { Target } from './targets/database.js';
+
+export interface LabFindings {
+  /** Configurations no board of the model can run: `--check` exits 2. */
+  errors: string[];
+  warnings: string[];
+}
+
+/** TFTP's well-known port: Debian's Pi builds have no CONFIG_TFTP_PORT, so they ask nothing else. */
+const TFTP_PORT = 69;
+/** The `gpu_mem` camera setups use: a 512 MB board then leaves the ARM 384 MiB. */
+const CAMERA_GPU_MEM_MIB = 128;
+
+const hex = (n: number) => `0x${n.toString(16)}`;
+
+function isRealBoard(t: Target, config: AgentConfig): boolean {
+  return t.reset.kind !== 'sim' && t.reset.kind !== 'qmp' && (t.layout ?? config.defaultLayout) !== 'seed';
+}
+
+export function checkLab(config: AgentConfig, targets: readonly Target[]): LabFindings {
+  const errors: string[] = [];
+  const warnings: string[] = [];
+  const real = targets.filter((t) => isRealBoard(t, config));
+  const byModel = new Map<PiModel, Target[]>();
+  for (const t of real) {
+    let model: PiModel;
+    try {
+      model = getPiModel(t.model ?? config.uboot.defaultModel);
+    } catch {
+      warnings.push(
+        `${t.name}: model "${t.model}" is not one the agent knows, so its memory and network are not checked`,
+      );
+      continue;
+    }
+    byModel.set(model, [...(byModel.get(model) ?? []), t]);
+  }
+
+  const { loadAddr, partSize } = config.flash;
+  const end = loadAddr + partSize;
+  for (const [model, boards] of byModel) {
+    const names = boards.map((t) => t.name).join(', ');
+    const max = safePartSizeMax(model, loadAddr);
+    if (end > safeRamEnd(model))
+      errors.push(
+        `flash.partSize ${formatBytes(partSize)} at flash.loadAddr ${hex(loadAddr)} runs past the RAM stage 2 may ` +
+          `use on a ${model.minRamMiB} MB ${model.description} (${names}): the largest part there is ` +
+          `${formatBytes(max)} (${model.minRamMiB - model.gpuMemMiB} MiB for the ARM, less U-Boot's reserve, ` +
+          "the firmware device tree's window and a margin)",
+      );
+    else if (model.minRamMiB <= 512 && end > safeRamEnd(model, CAMERA_GPU_MEM_MIB))
+      warnings.push(
+        `${names}: a ${model.minRamMiB} MB board whose config.txt sets gpu_mem=${CAMERA_GPU_MEM_MIB} (camera ` +
+          `setups) has room for parts of ${formatBytes(safePartSizeMax(model, loadAddr, CAMERA_GPU_MEM_MIB))} ` +
+          `only; flash.partSize is ${formatBytes(partSize)}`,
+      );
+    if (model.onboardEthernet !== true) {
+      const none = model.onboardEthernet === false ? 'has no Ethernet on board' : 'may have no Ethernet on board';
+      for (const t of boards)
+        warnings.push(
+          `${t.name}: a ${model.description} ${none}: U-Boot (${model.ubootBuild}) needs a USB Ethernet adapter ` +
+            `with ${model.usbEthernet.join(' or ')} (no other chip works), and the row's MAC ${t.mac} must be ` +
+            "that adapter's",
+        );
+    }
+  }
+
+  if (real.length && config.tftp.port !== TFTP_PORT)
+    warnings.push(
+      `tftp.port is ${config.tftp.port}: real boards ask port ${TFTP_PORT} only (Debian's Pi U-Boot cannot use ` +
+        `another), so ${real.map((t) => t.name).join(', ')} will not find their jobs`,
+    );
+  if (real.length && config.tftp.checkClientIp)
+    warnings.push(
+      "tftp.checkClientIp is on: each board's DHCP address must be its row's IP (a reservation by MAC); a board " +
+        'that asks from another address is refused and its job fails with BOARD_IP_MISMATCH',
+    );
+  return { errors, warnings };
+}
+
+/** `--check`'s report: warnings and refusals on `out`, one a line; false when a refusal stops the agent. */
+export function reportLabCheck(
+  config: AgentConfig,
+  targets: readonly Target[],
+  out: { write(text: string): unknown },
+): boolean {
+  const { errors, warnings } = checkLab(config, targets);
+  for (const w of warnings) out.write(`rpi-flash-agent: warning: ${w}\n`);
+  for (const e of errors) out.write(`rpi-flash-agent: ${e}\n`);
+  return errors.length === 0;
+}

@@ -1,0 +1,132 @@
+/**
+ * Issue 10 items 4 and 5: what `--check` refuses (a part that does not fit a model's RAM) and
+ * warns about (boards without onboard Ethernet, a TFTP port a Pi cannot ask, the DHCP address
+ * checkClientIp needs), first as `checkLab` sees it, then as the operator does: the CLI's output.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { validateConfig } from '../../runner-agent/src/config.js';
+import { PI_MODELS, safePartSizeMax, UBOOT_RESERVE } from '../../runner-agent/src/image/models.js';
+import { checkLab } from '../../runner-agent/src/lab-check.js';
+import { loadTargets } from '../../runner-agent/src/targets/database.js';
+
+const MiB = 1024 ** 2;
+const CLI = path.resolve('runner-agent/src/cli.ts');
+let dir: string | undefined;
+
+afterEach(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+/** A lab folder: agent.json with `settings` over a minimal config, targets.csv with `rows`. */
+async function lab(rows: string[], settings: Record<string, unknown> = {}): Promise<string> {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'rpi-flash-lab-check-'));
+  await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset,model', ...rows].join('\n') + '\n');
+  await writeFile(
+    path.join(dir, 'agent.json'),
+    JSON.stringify({
+      listen: { host: '127.0.0.1', port: 0 },
+      token: 'lab-check-token-0123456789',
+      targets: 'targets.csv',
+      tftp: { root: 'tftp', address: '127.0.0.1', port: 69 },
+      stateDir: 'state',
+      ...settings,
+    }),
+  );
+  return path.join(dir, 'agent.json');
+}
+
+async function findings(rows: string[], settings: Record<string, unknown> = {}) {
+  const file = await lab(rows, settings);
+  const raw = JSON.parse(await readFile(file, 'utf8')) as object;
+  const config = await validateConfig(raw, path.dirname(file));
+  return checkLab(config, await loadTargets(config.targets));
+}
+
+describe('the largest part per model', () => {
+  it('leaves room for U-Boot, the firmware device tree and a margin below the ARM share', () => {
+    const at = 0x1000_0000; // flash.loadAddr's default
+    // 512 MB, gpu_mem 64: 448 MiB for the ARM; 103 MiB above 256 MiB stay free in the worst case.
+    expect(safePartSizeMax(PI_MODELS.pi0w!, at)).toBe(103 * MiB);
+    expect(safePartSizeMax(PI_MODELS.pi0w!, at, 128)).toBe(39 * MiB);
+    expect(safePartSizeMax(PI_MODELS.pi2!, at)).toBe(615 * MiB);
+    expect(safePartSizeMax(PI_MODELS.pi4!, at)).toBe(603 * MiB); // gpu_mem 76 by default
+    expect(safePartSizeMax(PI_MODELS.pi0w!, 0x2000_0000)).toBe(0);
+    // What bdinfo showed on QEMU's 448 MiB board (reserve from 0x1ab65000) lies within the figure.
+    expect(448 * MiB - 0x1ab6_5000).toBeLessThan(UBOOT_RESERVE);
+  });
+});
+
+describe('checkLab', () => {
+  it('refuses parts that do not fit a model its boards may be, naming the largest that does', async () => {
+    const f = await findings(['zero,b8:27:eb:00:00:01,10.0.0.11,gpio:17,pi0w'], { flash: { partSize: '128MiB' } });
+    expect(f.errors).toHaveLength(1);
+    expect(f.errors[0]).toMatch(/flash\.partSize 128\.0 MiB at flash\.loadAddr 0x10000000 runs past/);
+    expect(f.errors[0]).toContain('(zero): the largest part there is 103.0 MiB');
+    // A 1 GB Pi 2 takes the same parts.
+    const two = await findings(['two,b8:27:eb:00:00:02,10.0.0.12,gpio:17,pi2'], { flash: { partSize: '128MiB' } });
+    expect(two.errors).toEqual([]);
+  });
+
+  it('warns about gpu_mem=128, boards without onboard Ethernet, the TFTP port and the DHCP address', async () => {
+    const f = await findings(
+      [
+        'zero,b8:27:eb:00:00:01,10.0.0.11,gpio:17,pi0w',
+        'three,b8:27:eb:00:00:02,10.0.0.12,gpio:27,pi3',
+        'four,dc:a6:32:00:00:03,10.0.0.13,gpio:22,pi4',
+      ],
+      { tftp: { root: 'tftp', address: '127.0.0.1', port: 6969 } },
+    );
+    expect(f.errors).toEqual([]);
+    const text = f.warnings.join('\n');
+    expect(text).toMatch(/zero: a 512 MB board whose config\.txt sets gpu_mem=128 .* parts of 39\.0 MiB only/);
+    expect(text).toContain(
+      'zero: a Raspberry Pi Zero W (32-bit) has no Ethernet on board: U-Boot (rpi_0_w) needs a USB Ethernet ' +
+        "adapter with SMSC95xx (no other chip works), and the row's MAC b8:27:eb:00:00:01 must be that adapter's",
+    );
+    expect(text).toMatch(/three: .* may have no Ethernet on board: U-Boot \(rpi_3\) .* with SMSC95xx or LAN78xx/);
+    expect(text).not.toMatch(/four: .*Ethernet/);
+    expect(text).toMatch(/tftp\.port is 6969: real boards ask port 69 only .* zero, three, four will not find/);
+    expect(text).toMatch(/checkClientIp is on: each board's DHCP address must be its row's IP/);
+  });
+
+  it('leaves simulated and QEMU boards alone', async () => {
+    const f = await findings(['sim0,02:00:00:00:00:01,127.0.0.21,sim,pi0w', 'vm,52:54:00:00:00:01,127.0.0.1,qmp:/x,'], {
+      tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
+      flash: { partSize: '512MiB' },
+    });
+    expect(f).toEqual({ errors: [], warnings: [] });
+  });
+});
+
+describe('rpi-flash-agent --check', () => {
+  const check = (config: string) =>
+    spawnSync(process.execPath, ['--import', 'tsx', CLI, '--config', config, '--check', '--allow-root'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+
+  it('prints the warnings and still passes the configuration', async () => {
+    const r = check(
+      await lab(['zero,b8:27:eb:00:00:01,10.0.0.11,gpio:17,pi0w'], {
+        tftp: { root: 'tftp', address: '127.0.0.1', port: 6969 },
+      }),
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('configuration OK; 1 target(s): zero');
+    expect(r.stderr).toMatch(/^rpi-flash-agent: warning: zero: a Raspberry Pi Zero W .* has no Ethernet on board/m);
+    expect(r.stderr).toMatch(/^rpi-flash-agent: warning: tftp\.port is 6969/m);
+    expect(r.stderr).toMatch(/^rpi-flash-agent: warning: tftp\.checkClientIp is on/m);
+  });
+
+  it('refuses a part size a model cannot hold, and exits 2', async () => {
+    const r = check(await lab(['zero,b8:27:eb:00:00:01,10.0.0.11,gpio:17,pi0w'], { flash: { partSize: '128MiB' } }));
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^rpi-flash-agent: flash\.partSize 128\.0 MiB .* the largest part there is 103\.0 MiB/m);
+  });
+});
