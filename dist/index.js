@@ -40972,6 +40972,7 @@ const AgentCodes = {
     SHUTTING_DOWN: 'The agent is stopping and takes no new work.',
     RESET_FAILED: "The target's reset line could not be driven.",
     BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
+    BOARD_IP_MISMATCH: "The board asked for its flash script from an address other than its targets row's IP (tftp.checkClientIp): the request was refused; the message names the address.",
     BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
     BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
     REPORT_REJECTED: "A board report was refused: it named a part the agent had not served in full to the board's address, or came out of order; the card may hold anything.",
