@@ -33,7 +33,8 @@ setenv rpf_net
 setenv rpf_job
 setenv rpf_tftptimeout 1000
 setenv rpf_tftptimeoutcountmax 2
-# A board without a DHCP answer gives up after 10 s (U-Boot's default is 28 s, then retries).
+# A board without a DHCP answer gives up after 11.8 s: the first retransmit past 10 s (U-Boot's
+# default is 28 s, then retries).
 setenv bootpretryperiod 10000
 if fatload ${devtype} ${rpf_dev} ${kernel_addr_r} rpi-flash.env; then
 	env import -t ${kernel_addr_r} ${filesize}
