@@ -11,6 +11,7 @@ const benches: Record<string, () => Promise<void>> = {
   'uboot-tftp': async () => (await import('./uboot-tftp.js')).runUbootTftpBench(),
   stage1: async () => (await import('./stage1.js')).runStage1Bench(),
   inject: async () => (await import('./inject.js')).runInjectBench(),
+  'ws-flood': async () => (await import('./ws-flood.js')).runWsFloodBench(),
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
