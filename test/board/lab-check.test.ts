@@ -42,7 +42,7 @@ async function lab(rows: string[], settings: Record<string, unknown> = {}): Prom
 
 async function findings(rows: string[], settings: Record<string, unknown> = {}) {
   const file = await lab(rows, settings);
-  const raw = JSON.parse(await readFile(file, 'utf8')) as object;
+  const raw = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
   const config = await validateConfig(raw, path.dirname(file));
   return checkLab(config, await loadTargets(config.targets));
 }

@@ -9,8 +9,15 @@ import { crc32 } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import { boardCrcText, type Beacon } from '../../runner-agent/src/board/beacons.js';
 import { DEFAULTS } from '../../runner-agent/src/config.js';
-import { PI_BUILDS, PI_MACHINES, piTestGate } from './pi-board.js';
-import { CARD_FILL, IMAGE_ADDR, machineOf, runStage2OnPi, type PiStage2Result } from './pi-stage2.js';
+import { PI_BUILDS, PI_MACHINES, piTestGate, type PiBuild } from './pi-board.js';
+import {
+  CARD_FILL,
+  IMAGE_ADDR,
+  machineOf,
+  runStage2OnPi,
+  type PiStage2Options,
+  type PiStage2Result,
+} from './pi-stage2.js';
 import { useQemuWorkspace } from './test-uboot.js';
 
 const gate = await piTestGate("stage 2 on Debian's Pi U-Boot builds (QEMU Pi machines)");
@@ -58,20 +65,24 @@ describe.skipIf(!gate.run)(gate.title, () => {
   const ws = useQemuWorkspace({ ubootBin: () => gate.folder() }, { prefix: 'rpi-flash-pi-' });
   const timings: string[] = [];
   const memory: string[] = [];
+  /** One run of stage 2 on a build, with the small parts and card unless `over` says otherwise. */
+  const run = (build: PiBuild, image: Buffer, over: Partial<PiStage2Options> = {}) =>
+    runStage2OnPi({
+      folder: ws.ubootBin,
+      build,
+      workDir: ws.workDir,
+      image,
+      partSize: PART,
+      cardSize: CARD,
+      timeoutMs: RUN_TIMEOUT_MS,
+      ...over,
+    });
 
   for (const build of PI_BUILDS) {
     describe(`${build} on ${machineOf(build)}`, () => {
       it('writes a 4-part image byte for byte, reports every part, and takes the native crc32 path', async () => {
         const image = randomBytes(3 * PART + 1000);
-        const r = await runStage2OnPi({
-          folder: ws.ubootBin,
-          build,
-          workDir: ws.workDir,
-          image,
-          partSize: PART,
-          cardSize: CARD,
-          timeoutMs: RUN_TIMEOUT_MS,
-        });
+        const r = await run(build, image);
         timings.push(`${build} ok: ${Math.round(r.ms)} ms`);
         memory.push(`${build}: RAM ${hex(r.memory.ramSize)}, U-Boot's reserve from ${hex(r.memory.reservedFrom)}`);
         expect(r.memory.ramSize).toBe(PI_MACHINES[build].ramMiB * MiB);
@@ -94,16 +105,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
 
       it('retries a part whose CRC is wrong, then fails it; the card past part 1 is untouched', async () => {
         const image = randomBytes(3 * PART);
-        const r = await runStage2OnPi({
-          folder: ws.ubootBin,
-          build,
-          workDir: ws.workDir,
-          image,
-          partSize: PART,
-          cardSize: CARD,
-          corruptPart: 2,
-          timeoutMs: RUN_TIMEOUT_MS,
-        });
+        const r = await run(build, image, { corruptPart: 2 });
         timings.push(`${build} bad CRC: ${Math.round(r.ms)} ms`);
         const bad = r.served[1]!;
         bad[Math.floor(bad.length / 2)]! ^= 0xff;
@@ -127,15 +129,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
 
       it('refuses an image larger than the card before writing anything', async () => {
         const image = randomBytes(CARD + 4096);
-        const r = await runStage2OnPi({
-          folder: ws.ubootBin,
-          build,
-          workDir: ws.workDir,
-          image,
-          partSize: MiB,
-          cardSize: CARD,
-          timeoutMs: RUN_TIMEOUT_MS,
-        });
+        const r = await run(build, image, { partSize: MiB });
         timings.push(`${build} too large: ${Math.round(r.ms)} ms`);
         expect(r.beacons).toEqual([{ kind: 'start' }, { kind: 'too-large' }, { kind: 'done', ok: false }]);
         expect(r.console).toMatch(/exceeds max/);
@@ -150,15 +144,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
       const partSize = DEFAULTS.flash.partSize;
       expect(partSize).toBe(64 * MiB);
       const image = randomBytes(partSize + 64 * 1024);
-      const r = await runStage2OnPi({
-        folder: ws.ubootBin,
-        build: 'rpi_0_w',
-        workDir: ws.workDir,
-        image,
-        partSize,
-        cardSize: 128 * MiB,
-        timeoutMs: 5 * 60_000,
-      });
+      const r = await run('rpi_0_w', image, { partSize, cardSize: 128 * MiB, timeoutMs: 5 * 60_000 });
       timings.push(`rpi_0_w 64 MiB parts: ${Math.round(r.ms)} ms`);
       expect(r.memory.ramSize).toBe(448 * MiB);
       expect(r.memory.reservedFrom).toBeGreaterThan(IMAGE_ADDR + image.length);
