@@ -238,6 +238,30 @@ describe('TFTP limits per peer', () => {
       expect(failed.map((r) => r.fields.path)).toContain(`missing/${'a'.repeat(152)}... (1008 characters)`);
     });
 
+    it('answers a request refused before its transfer from the request port: no transfer port is opened', async () => {
+      await start({ resolver: countingResolver() });
+      const asks: Array<[number, string, string]> = [
+        [Opcode.RRQ, 'missing/x', 'octet'],
+        [Opcode.RRQ, '../x', 'octet'],
+        [Opcode.RRQ, 'big', 'netascii'],
+        [Opcode.WRQ, 'big', 'octet'], // the resolver takes no writes
+      ];
+      const answers = await Promise.all(
+        asks.map(async ([op, path, mode]) => {
+          const p = await peer();
+          p.send(encodeRequest(op as 1 | 2, path, mode), port);
+          return p.next();
+        }),
+      );
+      expect(answers.map((a) => a.port)).toEqual([port, port, port, port]);
+      expect(answers.map((a) => a.packet)).toMatchObject([
+        { op: Opcode.ERROR, code: TftpErrorCode.FILE_NOT_FOUND },
+        { op: Opcode.ERROR, code: TftpErrorCode.ACCESS_VIOLATION },
+        { op: Opcode.ERROR, code: TftpErrorCode.ILLEGAL_OPERATION },
+        { op: Opcode.ERROR, code: TftpErrorCode.ACCESS_VIOLATION },
+      ]);
+    });
+
     it('never answers an error packet: not on the request port, not on a transfer port from a stranger', async () => {
       await start({ resolver: countingResolver(), timeoutMs: 10_000 });
       const p = await peer();

@@ -315,16 +315,34 @@ export class TftpServer {
       aborted ??= reason;
       stopActive(reason);
     });
+    // Until the transfer has its own port (TID), errors go from the listening socket: a request
+    // refused before (bad mode or name, no such file, not allowed, too large) costs no sockets.
+    const answer = (code: number, message: string) => {
+      if (link) link.send(errorPacket(code, message));
+      else this.reply(peer, code, message);
+    };
     const sendError = (code: number, message: string) => {
       end.error = message;
-      link?.send(errorPacket(code, message));
+      answer(code, message);
     };
-    try {
-      link = await PeerLink.open(this.socket?.address().address ?? '0.0.0.0', peer, {
+    // A function, not the variable: the eviction that sets it may come during any await.
+    const abortedNow = (): Error | undefined => aborted;
+    const openLink = async (path: string): Promise<PeerLink> => {
+      const before = abortedNow();
+      if (before) throw before;
+      const opened = await PeerLink.open(this.socket?.address().address ?? '0.0.0.0', peer, {
         confirmed: () => slot.confirm(),
         ...(log ? { log } : {}),
       });
-      if (aborted) throw aborted;
+      link = opened;
+      const during = abortedNow();
+      if (during) throw during;
+      const faults = this.o.faults;
+      if (faults?.drop) opened.drop = (block) => faults.drop?.(path, block) ?? false;
+      stopActive = (reason) => opened.stop(reason);
+      return opened;
+    };
+    try {
       if (request.mode !== 'octet') {
         sendError(
           TftpErrorCode.ILLEGAL_OPERATION,
@@ -341,12 +359,9 @@ export class TftpServer {
       }
       end.path = path;
       const req: TftpRequest = { path, peer, options: boundedOptions(request.options) };
-      const faults = this.o.faults;
-      if (faults?.drop) link.drop = (block) => faults.drop?.(path, block) ?? false;
-      const active = link;
-      stopActive = (reason) => active.stop(reason);
-      if (kind === 'read') await this.serveRead(req, active, slot, end, () => aborted, sendError);
-      else await this.serveWrite(req, active, slot, end, () => aborted, sendError);
+      const open = () => openLink(path);
+      if (kind === 'read') await this.serveRead(req, open, slot, end, sendError);
+      else await this.serveWrite(req, open, slot, end, sendError);
     } catch (err) {
       const message = (err as Error)?.message ?? String(err);
       // Bounded: a resolver's message may quote the client's file name.
@@ -355,7 +370,7 @@ export class TftpServer {
       if (!(err instanceof TftpError))
         log?.error('TFTP transfer failed unexpectedly', { error: message, stack: (err as Error)?.stack });
       // A TFTP error from the peer needs no answer; anything else is reported to it.
-      if (!(err instanceof PeerError)) link?.send(errorPacket(err instanceof TftpError ? err.code : 0, message));
+      if (!(err instanceof PeerError)) answer(err instanceof TftpError ? err.code : 0, message);
     } finally {
       end.ms = performance.now() - started;
       await link?.close();
@@ -372,12 +387,12 @@ export class TftpServer {
     }
   }
 
+  /** `open` gives the transfer its port, once the request is known to be served. */
   private async serveRead(
     req: TftpRequest,
-    link: PeerLink,
+    open: () => Promise<PeerLink>,
     slot: Slot,
     end: TransferEnd,
-    aborted: () => Error | undefined,
     sendError: (code: number, message: string) => void,
   ): Promise<void> {
     let file: TftpFile | null;
@@ -390,8 +405,7 @@ export class TftpServer {
     if (!file) return sendError(TftpErrorCode.FILE_NOT_FOUND, 'File not found');
     if (file.logPath) end.logPath = file.logPath;
     try {
-      const stopped = aborted();
-      if (stopped) throw stopped;
+      const link = await open();
       end.size = file.size;
       const n = negotiateOptions('read', req.options, this.limits, file.size);
       const windowBytes = n.blksize * n.windowsize;
@@ -455,10 +469,9 @@ export class TftpServer {
 
   private async serveWrite(
     req: TftpRequest,
-    link: PeerLink,
+    open: () => Promise<PeerLink>,
     slot: Slot,
     end: TransferEnd,
-    aborted: () => Error | undefined,
     sendError: (code: number, message: string) => void,
   ): Promise<void> {
     let target: TftpWriteTarget | null | undefined;
@@ -469,8 +482,6 @@ export class TftpServer {
       throw err;
     }
     if (!target) return sendError(TftpErrorCode.ACCESS_VIOLATION, 'writes are not allowed here');
-    const stopped = aborted();
-    if (stopped) throw stopped;
     const n: Negotiated = negotiateOptions('write', req.options, this.limits);
     slot.stallAfter(n.timeoutMs ?? this.timeoutMs);
     end.options = n.accepted;
@@ -481,6 +492,7 @@ export class TftpServer {
         `upload of ${n.uploadSize} bytes is larger than the ${target.maxSize} allowed`,
       );
     }
+    const link = await open();
     const oack = Object.keys(n.accepted).length > 0 ? encodeOack(n.accepted) : undefined;
     const chunks: Buffer[] = [];
     const receiver = new WindowReceiver({
