@@ -26,7 +26,7 @@ export interface AgentConfig {
     root: string;
     address: string;
     port: number;
-    /** Refuse a target's files to any peer but the target's IP (loopback peers are always allowed). */
+    /** Refuse a target's files to any peer but the target's IP (off only where NAT hides the boards' addresses). */
     checkClientIp: boolean;
     maxBlksize: number;
     maxWindowsize: number;

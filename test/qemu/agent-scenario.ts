@@ -56,7 +56,7 @@ export function qemuAgentSettings(
     listen: { host: '127.0.0.1', port: 0 },
     token,
     targets: 'targets.csv',
-    // slirp makes the VM appear as 127.0.0.1, which the agent always admits (checkClientIp).
+    // slirp makes the VM appear as 127.0.0.1: the targets rows of QEMU boards hold that IP (checkClientIp).
     tftp: { root: 'tftp', address: '127.0.0.1', port: 0 },
     stateDir: 'state',
     flash: {
