@@ -17,7 +17,8 @@
  *   corrupt-always:<part> every download of part <part> arrives corrupted
  *   bitrot-write:<n>     the n-th `mmc write` stores one byte flipped (read-back verify fails)
  *   crc-be32             `crc32` stores big-endian, like U-Boot builds with the multi-hash code
- *                        (the QEMU test build); the default is the Pi builds' native ulong
+ *                        (FIT or SHA enabled; no Debian Pi build, nor the test build); the default
+ *                        is the Pi builds' native ulong
  *   slow-card:<KiB/s>    `mmc write` takes as long as a card writing at that rate (the board is
  *                        silent meanwhile, as a real one is)
  */
