@@ -103,7 +103,7 @@ async function startAgentProcess(dir: string): Promise<{ child: ChildProcess; ur
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const url = await new Promise<string>((resolve, reject) => {
     const look = setInterval(() => {
       const m = /"agent listening" url=(ws:\/\/\S+)/.exec(out);
@@ -136,7 +136,8 @@ async function mute(ready: Ready, before?: (ws: WebSocket, next: (type: string) 
   await once(ws, 'open');
   const inbox: string[] = [];
   ws.on('message', (d, binary) => {
-    if (!binary) inbox.push((JSON.parse(d.toString()) as { type: string }).type);
+    // Text frames arrive as one Buffer (ws's default binaryType).
+    if (!binary) inbox.push((JSON.parse((d as Buffer).toString('utf8')) as { type: string }).type);
   });
   const next = async (type: string) => {
     for (let i = 0; !inbox.includes(type); i++) {

@@ -164,7 +164,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (process.getuid?.() === 0 && !args.allowRoot) {
     process.stderr.write(
-      'rpi-flash-agent: refusing to run as root. Run it as its own user with CAP_NET_BIND_SERVICE and the gpio group (see runner-agent/rpi-flash-agent.service); --allow-root exists for containers and CI.\n',
+      'rpi-flash-agent: refusing to run as root. Run it as its own user with CAP_NET_BIND_SERVICE and the gpio ' +
+        'group (see runner-agent/rpi-flash-agent.service); --allow-root exists for containers and CI.\n',
     );
     return 2;
   }
@@ -184,7 +185,8 @@ export async function main(argv: string[]): Promise<number> {
       const targets = await loadTargets(config.targets);
       if (!(await import('./lab-check.js')).reportLabCheck(config, targets, process.stderr)) return 2;
       process.stdout.write(
-        `configuration OK; ${targets.length} target(s): ${targets.map((t) => `${t.name} (${t.mac}, ${t.ip}, ${t.resetText})`).join(', ')}\n`,
+        `configuration OK; ${targets.length} target(s): ` +
+          `${targets.map((t) => `${t.name} (${t.mac}, ${t.ip}, ${t.resetText})`).join(', ')}\n`,
       );
       return 0;
     } catch (err) {
@@ -230,5 +232,5 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  main(process.argv.slice(2)).then((code) => process.exit(code));
+  void main(process.argv.slice(2)).then((code) => process.exit(code));
 }

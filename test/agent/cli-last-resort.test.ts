@@ -80,8 +80,8 @@ function fork(config: string, importUrl: string) {
   const exit = once(proc, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
   let out = '';
   let err = '';
-  proc.stdout!.on('data', (d: Buffer) => (out += d));
-  proc.stderr!.on('data', (d: Buffer) => (err += d));
+  proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const waitFor = async (check: () => boolean, what: string) => {
     const deadline = Date.now() + DEADLINE_MS;
     while (!check()) {

@@ -30,7 +30,7 @@ export async function rawSession(url: string, o: { hello?: boolean; maxPayload?:
   const waiters = new Set<() => void>();
   ws.on('message', (d, binary) => {
     if (binary) return;
-    inbox.push(JSON.parse(d.toString()) as AgentMessage);
+    inbox.push(JSON.parse((d as Buffer).toString('utf8')) as AgentMessage); // ws's default binaryType
     for (const w of waiters) w();
   });
   ws.on('error', () => {});

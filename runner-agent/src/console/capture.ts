@@ -213,7 +213,8 @@ export async function openConsole(spec: ConsoleSpec, o: ConsoleCaptureOptions): 
           }
           stats.reconnects++;
           log.info(
-            `console reconnected${failedAttempts ? ` after ${failedAttempts} failed attempt${failedAttempts === 1 ? '' : 's'}` : ''}`,
+            'console reconnected' +
+              (failedAttempts ? ` after ${failedAttempts} failed attempt${failedAttempts === 1 ? '' : 's'}` : ''),
           );
           failedAttempts = 0;
           attach(s);

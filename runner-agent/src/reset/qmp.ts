@@ -79,7 +79,8 @@ export async function qmpExecute(
     () =>
       fail(
         new Error(
-          `QMP on ${socketPath} did not answer within ${timeoutMs} ms while ${stage}${stage === 'waiting for the greeting' ? ' (another client may hold the QMP monitor)' : ''}`,
+          `QMP on ${socketPath} did not answer within ${timeoutMs} ms while ${stage}` +
+            (stage === 'waiting for the greeting' ? ' (another client may hold the QMP monitor)' : ''),
         ),
       ),
     timeoutMs,

@@ -317,7 +317,8 @@ export class WsServer {
             ws,
             new CodedError(
               'PROTOCOL_VERSION_MISMATCH',
-              `client speaks protocol version ${message.protocol}, this agent (${AGENT_VERSION}) speaks version ${PROTOCOL_VERSION}; update the ${message.protocol < PROTOCOL_VERSION ? 'action' : 'agent'}`,
+              `client speaks protocol version ${message.protocol}, this agent (${AGENT_VERSION}) speaks version ` +
+                `${PROTOCOL_VERSION}; update the ${message.protocol < PROTOCOL_VERSION ? 'action' : 'agent'}`,
             ),
             message.id,
           );
