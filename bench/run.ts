@@ -4,6 +4,7 @@
  */
 const benches: Record<string, () => Promise<void>> = {
   tftp: async () => (await import('./tftp.js')).runTftpBench(),
+  'tftp-flood': async () => (await import('./tftp-flood.js')).runTftpFloodBench(),
   upload: async () => (await import('./upload.js')).runUploadBench(),
   store: async () => (await import('./store.js')).runStoreBench(),
   staging: async () => (await import('./staging.js')).runStagingBench(),
