@@ -12,18 +12,7 @@
  * mid-transfer, garbage, requests on the transfer port, and packets from a stranger's port.
  */
 import dgram from 'node:dgram';
-
-/** mulberry32: small, fast, and good enough to pick packets. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from '../support/lossy-udp-relay.js';
 
 /** The largest UDP payload over IPv4. */
 export const MAX_DATAGRAM = 65_507;
@@ -68,7 +57,7 @@ export class FuzzInput {
     readonly seed: number,
     private readonly names: FuzzNames,
   ) {
-    this.rnd = mulberry32(seed);
+    this.rnd = seededRandom(seed);
   }
 
   int(n: number): number {

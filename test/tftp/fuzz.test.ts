@@ -16,6 +16,7 @@ import type { StagedJob } from '../../runner-agent/src/staging/board-files.js';
 import { startLab, type Lab } from '../support/lab.js';
 import { fuzzTftp, type FuzzStats } from './fuzz-input.js';
 import { patternedData } from './helpers.js';
+import { waitUntil } from '../support/wait.js';
 
 const SEED = Number(process.env.TFTP_FUZZ_SEED ?? 0x5eed);
 const MS = Number(process.env.TFTP_FUZZ_MS ?? 3000);
@@ -34,14 +35,6 @@ function reached(stats: FuzzStats): void {
   expect(stats.answers[6] ?? 0, seen).toBeGreaterThan(0); // OACK
   for (const code of [1, 2, 4, 5])
     expect(stats.errorCodes[code] ?? 0, `error code ${code}: ${seen}`).toBeGreaterThan(0);
-}
-
-async function until(check: () => boolean, what: string, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`waited ${ms} ms for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 describe(`TFTP fuzz (seed ${SEED}, ${MS} ms)`, () => {
@@ -99,7 +92,7 @@ describe(`TFTP fuzz (seed ${SEED}, ${MS} ms)`, () => {
     reached(stats);
     expect(stats.errorCodes[0]).toBeGreaterThan(0); // refusals, drops, timeouts
     // Every transfer ends and gives its slot back.
-    await until(() => server!.activeTransfers === 0, 'every fuzzed transfer to end', 10_000);
+    await waitUntil(() => server!.activeTransfers === 0, 'every fuzzed transfer to end', { ms: 10_000 });
     expect(logs.filter((r) => r.level === 'error')).toEqual([]);
     const got = await tftpGet({ host: '127.0.0.1', port, path: 'f3m', blksize: 1468, windowsize: 8 });
     expect(got!.equals(files.f3m!)).toBe(true);

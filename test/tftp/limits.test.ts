@@ -14,6 +14,7 @@ import {
 } from '../../runner-agent/src/tftp/server.js';
 import { tftpGet } from '../../runner-agent/src/tftp/client.js';
 import { RawPeer, type Received } from './helpers.js';
+import { waitUntil } from '../support/wait.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -69,12 +70,6 @@ describe('TFTP limits per peer', () => {
   }
   async function request(path: string, options?: Record<string, string>, address?: string) {
     return (await requests(1, path, options, address))[0]!;
-  }
-  async function until(check: () => boolean, what: string): Promise<void> {
-    for (let i = 0; !check(); i++) {
-      if (i > 1000) throw new Error(`waited 10 s for ${what}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
   }
 
   afterEach(async () => {
@@ -159,7 +154,7 @@ describe('TFTP limits per peer', () => {
       const ninth = await requests(1, 'big');
       expect(ninth[0]!.first.packet).toMatchObject({ op: Opcode.DATA, block: 1 });
       // One silent one was told why its transfer ended.
-      await until(() => ends.length === 1, 'the dropped transfer to end');
+      await waitUntil(() => ends.length === 1, 'the dropped transfer to end');
       expect(ends[0]).toMatchObject({ ok: false, error: expect.stringMatching(/dropped/) as string });
       const dropped = silent.find((s) => s.peer.port === ends[0]!.peer.port)!;
       expect((await dropped.peer.next()).packet).toMatchObject({ op: Opcode.ERROR, message: ends[0]!.error });
@@ -172,7 +167,7 @@ describe('TFTP limits per peer', () => {
       await new Promise((r) => setTimeout(r, 400));
       const ninth = await requests(1, 'big');
       expect(ninth[0]!.first.packet).toMatchObject({ op: Opcode.DATA, block: 1 });
-      await until(() => ends.length === 1, 'the dropped transfer to end');
+      await waitUntil(() => ends.length === 1, 'the dropped transfer to end');
       expect(ends[0]).toMatchObject({ ok: false, error: expect.stringMatching(/dropped/) as string });
       expect(stalled.map((s) => s.peer.port)).toContain(ends[0]!.peer.port);
     });
@@ -193,7 +188,7 @@ describe('TFTP limits per peer', () => {
         p.send(encodeAck(block), first.port);
         if (block < 6) await p.next();
       }
-      await until(() => server!.activeTransfers === 3, 'the finished transfer to free its slot');
+      await waitUntil(() => server!.activeTransfers === 3, 'the finished transfer to free its slot');
       await expect(tftpGet({ host: '127.0.0.1', port, path: 'big', localAddress: '127.0.0.5' })).resolves.toHaveLength(
         3000,
       );
@@ -213,7 +208,7 @@ describe('TFTP limits per peer', () => {
       await start({ resolver: countingResolver(), timeoutMs: 100, retries: 2 });
       const started = performance.now();
       await requests(1, 'big', { timeout: '255' });
-      await until(() => ends.length === 1, 'the silent transfer to give up');
+      await waitUntil(() => ends.length === 1, 'the silent transfer to give up');
       expect(ends[0]).toMatchObject({ ok: false, error: expect.stringMatching(/3 tries of 100 ms/) as string });
       expect(performance.now() - started).toBeLessThan(5000);
     });
@@ -230,7 +225,7 @@ describe('TFTP limits per peer', () => {
       expect((tooLong!.first.packet as { message: string }).message.length).toBeLessThanOrEqual(201);
       const [escape] = await requests(1, 'missing/\x1b[31mred\x7f');
       expect(escape!.first.packet).toMatchObject({ op: Opcode.ERROR });
-      await until(() => ends.length === 3, 'three transfers to end');
+      await waitUntil(() => ends.length === 3, 'three transfers to end');
       const failed = logs.filter((r) => r.msg === 'TFTP transfer failed');
       expect(failed).toHaveLength(3);
       for (const r of failed) expect(String(r.fields.path).length + String(r.fields.error).length).toBeLessThan(700);
