@@ -125,7 +125,7 @@ describe('TftpServer', () => {
       expect((await peer.next()).packet).toMatchObject({
         op: Opcode.ERROR,
         code: 4,
-        message: expect.stringMatching(/netascii/),
+        message: expect.stringMatching(/netascii/) as string,
       });
     });
   });
@@ -183,13 +183,13 @@ describe('TftpServer', () => {
       });
       await expect(tftpGet({ host: '127.0.0.1', port, path: 'x' })).rejects.toMatchObject({
         code: 2,
-        message: expect.stringMatching(/job is over/),
+        message: expect.stringMatching(/job is over/) as string,
       });
     });
 
     it('realFileResolver serves files under its root, and refuses symlinks out of it and directories', async () => {
       const tmp = await makeTempDir();
-      cleanups.push(tmp.remove);
+      cleanups.push(() => tmp.remove());
       const root = join(tmp.dir, 'root');
       await mkdir(join(root, 'sub'), { recursive: true });
       await writeFile(join(root, 'sub', 'in.bin'), patternedData(3000));
@@ -200,8 +200,11 @@ describe('TftpServer', () => {
       const get = (path: string) => tftpGet({ host: '127.0.0.1', port, path });
       expect((await get('sub/in.bin'))!.equals(patternedData(3000))).toBe(true);
       expect((await get('inside-link'))!.equals(patternedData(3000))).toBe(true);
-      await expect(get('out')).rejects.toMatchObject({ code: 2, message: expect.stringMatching(/outside/) });
-      await expect(get('sub')).rejects.toMatchObject({ code: 2, message: expect.stringMatching(/not a regular file/) });
+      await expect(get('out')).rejects.toMatchObject({ code: 2, message: expect.stringMatching(/outside/) as string });
+      await expect(get('sub')).rejects.toMatchObject({
+        code: 2,
+        message: expect.stringMatching(/not a regular file/) as string,
+      });
       expect(await get('missing')).toBeNull();
       expect(await get('sub/in.bin/x')).toBeNull();
     });
@@ -305,7 +308,11 @@ describe('TftpServer', () => {
         Array(3).fill({ op: Opcode.DATA, block: 1, data: patternedData(10) }),
       );
       const [end] = await transfersEnded(1);
-      expect(end).toMatchObject({ ok: false, bytes: 0, error: expect.stringMatching(/no ACK after 3 tries/) });
+      expect(end).toMatchObject({
+        ok: false,
+        bytes: 0,
+        error: expect.stringMatching(/no ACK after 3 tries/) as string,
+      });
       expect((await peer.next()).packet).toMatchObject({ op: Opcode.ERROR });
     });
 
