@@ -252,12 +252,13 @@ export class ImageStore {
       const p = this.partials.get(sha256);
       const idleMs = this.clock() - (p?.touchedAt ?? 0);
       if (!p || this.uploads.has(sha256) || idleMs < ttlMs) continue;
+      await this.removePartial(sha256);
+      // Said once it is true: whoever reads the log may look for the file.
       this.log.info('partial upload expired: no client resumed it', {
         sha256: short(sha256),
         bytes: p.bytes,
         idleSeconds: Math.round(idleMs / 1000),
       });
-      await this.removePartial(sha256);
       removed++;
     }
     return removed;
