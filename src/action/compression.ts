@@ -7,8 +7,6 @@ import type { FileHandle } from 'node:fs/promises';
 import { MAGIC } from '../protocol/compression.js';
 import type { Compression } from '../protocol/messages.js';
 
-export { detectCompression, MAGIC_LENGTH } from '../protocol/compression.js';
-
 /**
  * The decompressed size when the file records it exactly, else undefined:
  * - xz: the stream index lists every block's uncompressed size (exact, read from the end of the file);

@@ -13,7 +13,8 @@ import { pipeline } from 'node:stream/promises';
 import { CodedError, codeOf, messageOf } from '../protocol/errors.js';
 import { formatBytes } from '../protocol/units.js';
 import type { Compression } from '../protocol/messages.js';
-import { decompressedSize, detectCompression, MAGIC_LENGTH } from './compression.js';
+import { detectCompression, MAGIC_LENGTH } from '../protocol/compression.js';
+import { decompressedSize } from './compression.js';
 import { Inputs } from './constants.js';
 import { globFiles, hasGlobMagic } from './glob.js';
 
