@@ -111,11 +111,14 @@ describe('resolveImage: locating the file', () => {
   });
 
   // Root reads anything, so this only means something as an ordinary user (as on GitHub's runners).
-  it.skipIf(process.getuid?.() === 0)('refuses an unreadable file', async () => {
-    const file = put('locked.img', 'x');
-    execFileSync('chmod', ['000', file]);
-    await expect(resolve('locked.img')).rejects.toThrow('image: locked.img: not readable');
-  });
+  it.skipIf(process.getuid?.() === 0)(
+    'refuses an unreadable file (skipped as root, who reads every file)',
+    async () => {
+      const file = put('locked.img', 'x');
+      execFileSync('chmod', ['000', file]);
+      await expect(resolve('locked.img')).rejects.toThrow('image: locked.img: not readable');
+    },
+  );
 });
 
 describe('resolveImage: compression', () => {
@@ -216,7 +219,7 @@ describe('resolveImage: URLs', () => {
       res.writeHead(200, { 'content-length': body.length }).end(body);
     });
     await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
-    return `http://127.0.0.1:${(server!.address() as AddressInfo).port}`;
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   }
 
   it('downloads into a private temp folder, names it by the URL, and cleanup removes it', async () => {
