@@ -10,11 +10,13 @@ import { startAgent } from './agent.js';
 import { createLogger, type Logger } from './log.js';
 import { AGENT_VERSION } from './ws/server.js';
 
-export const HELP = `rpi-flash-agent ${AGENT_VERSION} — flashes Raspberry Pi boards in a lab for the rpi-flash GitHub Action
+export const HELP = `rpi-flash-agent ${AGENT_VERSION} — flashes Raspberry Pi boards in a lab
+for the rpi-flash GitHub Action
 
 Usage:
   rpi-flash-agent --config FILE [options]
-  rpi-flash-agent make-card --image FILE --model MODEL --out card.img|/dev/sdX   (a board's first card; make-card --help)
+  rpi-flash-agent make-card --image FILE --model MODEL --out card.img|/dev/sdX
+                            (a board's first card; make-card --help)
 
 Options (each overrides the same setting in the config file):
   -c, --config FILE         JSON configuration file (required)

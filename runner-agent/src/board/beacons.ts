@@ -1,8 +1,9 @@
 /**
  * Beacons: how a stage-2 script reports without `tftpput` (DESIGN §3.5). The board reads
  * `<macdir>/<job>/<secret>/<message>` over TFTP (the secret is the job's, in its flash.scr only);
- * the agent answers with a tiny file and records the message. The grammar lives here once: the generator builds its messages from `beaconText` (with
- * U-Boot variable references in place of numbers) and the agent parses them with `parseBeacon`.
+ * the agent answers with a tiny file and records the message. The grammar lives here once: the
+ * generator builds its messages from `beaconText` (with U-Boot variable references in place of
+ * numbers) and the agent parses them with `parseBeacon`.
  *
  * Messages (numbers decimal, CRCs lower-case hex without leading zeros — what U-Boot's setexpr
  * prints):

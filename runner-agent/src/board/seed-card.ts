@@ -91,14 +91,16 @@ export function planSeedParts(imageSize: number, o: { partBytes?: number } = {})
   if (!Number.isSafeInteger(imageSize) || imageSize <= SEED_SKIP_BYTES) {
     throw new CodedError(
       'BAD_REQUEST',
-      `a seed card skips the image's first ${SEED_SKIP_BYTES} bytes (its partition table), so an image of ${imageSize} bytes leaves nothing to write`,
+      `a seed card skips the image's first ${SEED_SKIP_BYTES} bytes (its partition table), ` +
+        `so an image of ${imageSize} bytes leaves nothing to write`,
     );
   }
   const count = Math.ceil(imageSize / partBytes);
   if (count > SEED_MAX_PARTS) {
     throw new CodedError(
       'IMAGE_TOO_LARGE',
-      `a seed card takes at most ${SEED_MAX_PARTS} parts of ${partBytes} bytes (${SEED_MAX_PARTS * partBytes} bytes); the image has ${imageSize}`,
+      `a seed card takes at most ${SEED_MAX_PARTS} parts of ${partBytes} bytes ` +
+        `(${SEED_MAX_PARTS * partBytes} bytes); the image has ${imageSize}`,
     );
   }
   const parts: SeedPart[] = [];
@@ -144,7 +146,8 @@ export class SeedReports {
     const name = relPath as SeedReportName;
     return {
       maxSize: SEED_REPORT_BYTES,
-      receive: async (data) => {
+      // Recording a report takes no waiting; the promise is what the TFTP server's interface asks for.
+      receive: (data) => {
         const report: SeedReport = {
           name,
           data: Buffer.from(data),
@@ -154,6 +157,7 @@ export class SeedReports {
         };
         this.all.push(report);
         if (this.all.length === 1) for (const w of [...this.waiters]) w(report);
+        return Promise.resolve();
       },
     };
   };
@@ -210,13 +214,17 @@ export function interpretSeedResult(
         }
       : {
           code: 'BOARD_NO_SHOW',
-          message: `the seed card never fetched ${seedPartName(0)}${waited} (is the board carrying the seed recovery card, and was it reset?)`,
+          message:
+            `the seed card never fetched ${seedPartName(0)}${waited} ` +
+            '(is the board carrying the seed recovery card, and was it reset?)',
         };
   }
   if (report.count === undefined) {
     return {
       code: 'VERIFY_MISMATCH',
-      message: `the seed card uploaded ${report.name} with ${report.data.length} byte${report.data.length === 1 ? '' : 's'}, not the ${SEED_REPORT_BYTES}-byte count it should hold`,
+      message:
+        `the seed card uploaded ${report.name} with ${report.data.length} ` +
+        `byte${report.data.length === 1 ? '' : 's'}, not the ${SEED_REPORT_BYTES}-byte count it should hold`,
     };
   }
   const count = report.count;
@@ -230,7 +238,9 @@ export function interpretSeedResult(
   if (count !== plan.expectedCount) {
     return {
       code: 'VERIFY_MISMATCH',
-      message: `the seed card reported OK with ${count} bytes written, expected ${plan.expectedCount} (image of ${plan.imageSize} bytes less the skipped ${SEED_SKIP_BYTES})`,
+      message:
+        `the seed card reported OK with ${count} bytes written, expected ${plan.expectedCount} ` +
+        `(image of ${plan.imageSize} bytes less the skipped ${SEED_SKIP_BYTES})`,
       reportedCount: count,
     };
   }

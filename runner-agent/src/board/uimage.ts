@@ -122,7 +122,8 @@ export function parseScriptImage(buf: Buffer): { name: string; script: string } 
   const end = UIMAGE_HEADER_SIZE + h.dataSize;
   if (buf.length < end)
     throw new Error(
-      `U-Boot script image "${h.name}" is truncated: header announces ${h.dataSize} data bytes, only ${buf.length - UIMAGE_HEADER_SIZE} present`,
+      `U-Boot script image "${h.name}" is truncated: header announces ${h.dataSize} data bytes, ` +
+        `only ${buf.length - UIMAGE_HEADER_SIZE} present`,
     );
   const data = buf.subarray(UIMAGE_HEADER_SIZE, end);
   const dcrc = buf.readUInt32BE(OFFSET.dcrc);
@@ -141,7 +142,8 @@ export function parseScriptImage(buf: Buffer): { name: string; script: string } 
   offset += 4;
   if (offset + length > data.length)
     throw new Error(
-      `U-Boot script image "${h.name}": script length ${length} runs past the data (${data.length - offset} bytes after the length table)`,
+      `U-Boot script image "${h.name}": script length ${length} runs past the data ` +
+        `(${data.length - offset} bytes after the length table)`,
     );
   return { name: h.name, script: data.subarray(offset, offset + length).toString('utf8') };
 }

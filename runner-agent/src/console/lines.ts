@@ -23,9 +23,12 @@ import { StringDecoder } from 'node:string_decoder';
 export const DEFAULT_MAX_LINE_CHARS = 4096;
 
 // CSI (ESC [ … final byte), OSC (ESC ] … BEL or ESC \), the single-byte CSI (0x9b), and the
-// other escapes (ESC, intermediate bytes such as `(`, one final character), then every other C0 control but tab, and DEL.
+// other escapes (ESC, intermediate bytes such as `(`, one final character), then every other C0
+// control but tab, and DEL.
 const ANSI_PATTERN =
+  // eslint-disable-next-line no-control-regex -- escape sequences start with ESC and OSC ends with BEL
   /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x9b[0-?]*[ -/]*[@-~]|\x1b[ -/]+[0-~]|\x1b./g;
+// eslint-disable-next-line no-control-regex -- its job is to remove control characters
 const CONTROL_PATTERN = /[\x00-\x08\x0a-\x1f\x7f]/g;
 
 /** A line as people read it: escape sequences and control characters (except tab) removed. */

@@ -90,7 +90,8 @@ export function parseConsoleSpec(text: string): ConsoleSpec {
       if (!path.isAbsolute(rest)) throw new Error(`unix console needs an absolute socket path, got "${rest}"`);
       if (Buffer.byteLength(rest) > UNIX_PATH_MAX) {
         throw new Error(
-          `unix console: the socket path is longer than a unix socket allows (${Buffer.byteLength(rest)} > ${UNIX_PATH_MAX} bytes)`,
+          'unix console: the socket path is longer than a unix socket allows ' +
+            `(${Buffer.byteLength(rest)} > ${UNIX_PATH_MAX} bytes)`,
         );
       }
       return { kind: 'unix', path: rest };

@@ -124,17 +124,22 @@ function connectSocket(
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const socket = net.connect(options);
-    const finish = (err?: unknown) => {
+    const stopWaiting = () => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
       socket.off('connect', onConnect);
       socket.off('error', onError);
-      if (err === undefined) return resolve(socket);
+    };
+    const fail = (err: unknown) => {
+      stopWaiting();
       socket.on('error', () => {}); // errors after we gave up are of no interest
       socket.destroy();
       reject(err);
     };
-    const onConnect = () => finish();
+    const onConnect = () => {
+      stopWaiting();
+      resolve(socket);
+    };
     const onError = (err: NodeJS.ErrnoException) => {
       const why =
         err.code === 'ECONNREFUSED'
@@ -142,11 +147,11 @@ function connectSocket(
           : err.code === 'ENOENT'
             ? `${what} does not exist (${hint})`
             : `cannot connect to ${what}: ${err.code ?? err.message}`;
-      finish(new ConsoleError(text, why));
+      fail(new ConsoleError(text, why));
     };
-    const onAbort = () => finish(signal?.reason);
+    const onAbort = () => fail(signal?.reason);
     const timer = setTimeout(
-      () => finish(new ConsoleError(text, `no connection to ${what} within ${timeoutMs} ms`)),
+      () => fail(new ConsoleError(text, `no connection to ${what} within ${timeoutMs} ms`)),
       timeoutMs,
     );
     socket.once('connect', onConnect);

@@ -27,7 +27,8 @@ export function createCmdResetLine(target: Target, command: string, ctx: ResetCo
         const stderr = outputTail(result.stderr);
         if (result.timedOut) {
           throw new Error(
-            `the reset command did not finish within ${timeoutMs} ms and was killed${stderr ? `; stderr: ${stderr}` : ''}`,
+            `the reset command did not finish within ${timeoutMs} ms and was killed` +
+              (stderr ? `; stderr: ${stderr}` : ''),
           );
         }
         if (result.code !== 0) {

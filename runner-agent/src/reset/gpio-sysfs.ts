@@ -56,7 +56,9 @@ export async function detectGpioBase(root: string): Promise<GpioChipInfo> {
     entries = await readdir(root);
   } catch (err) {
     throw new Error(
-      `no sysfs GPIO at ${root} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): the kernel lacks CONFIG_GPIO_SYSFS; use a gpiod:<chip>:<line> reset spec`,
+      `no sysfs GPIO at ${root} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): ` +
+        'the kernel lacks CONFIG_GPIO_SYSFS; use a gpiod:<chip>:<line> reset spec',
+      { cause: err },
     );
   }
   const chips: Omit<GpioChipInfo, 'matchedBy'>[] = [];
@@ -92,7 +94,8 @@ export function explainGpioError(err: unknown, file: string, line: number): Erro
     case 'EACCES':
     case 'EPERM':
       return new Error(
-        `permission denied on ${file}: add the agent's user to the "gpio" group (and make sure udev gives that group ${path.dirname(file)})`,
+        `permission denied on ${file}: add the agent's user to the "gpio" group ` +
+          `(and make sure udev gives that group ${path.dirname(file)})`,
       );
     case 'EBUSY':
       return new Error(
@@ -162,7 +165,7 @@ export function createSysfsGpioResetLine(target: Target, bcm: number, ctx: Reset
         } catch (err) {
           throw explainGpioError(err, dir, line);
         }
-        let pulseError: unknown;
+        let pulseError: Error | undefined;
         try {
           // active_low would invert "low"; writing "low" to direction makes it an output that
           // starts low (no glitch high), the value write states the intent for any sysfs clone.

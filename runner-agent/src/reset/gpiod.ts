@@ -29,7 +29,9 @@ export function createGpiodResetLine(target: Target, chip: string, line: string,
       result = await runProcess(name, args, { timeoutMs });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new Error(`${name} not found on PATH: install the libgpiod 1.6 tools (Debian package "gpiod")`);
+        throw new Error(`${name} not found on PATH: install the libgpiod 1.6 tools (Debian package "gpiod")`, {
+          cause: err,
+        });
       }
       throw err;
     }
@@ -53,7 +55,7 @@ export function createGpiodResetLine(target: Target, chip: string, line: string,
     try {
       found = await tool('gpiofind', [line]);
     } catch (err) {
-      throw new Error(`no GPIO line is named "${line}" (${(err as Error).message})`);
+      throw new Error(`no GPIO line is named "${line}" (${(err as Error).message})`, { cause: err });
     }
     const m = /^(\S+)\s+(\d+)\s*$/.exec(found.stdout.trim());
     if (!m) throw new Error(`gpiofind ${line} printed "${found.stdout.trim()}", not "<chip> <offset>"`);

@@ -130,7 +130,16 @@ export class BoardFiles implements TftpResolver {
     return { macdir, job, rel };
   }
 
-  async resolveRead(req: TftpRequest): Promise<TftpFile | null> {
+  resolveRead(req: TftpRequest): Promise<TftpFile | null> {
+    return promiseOf(() => this.fileFor(req));
+  }
+
+  resolveWrite(req: TftpRequest): Promise<TftpWriteTarget | null> {
+    return promiseOf(() => this.writeTargetFor(req));
+  }
+
+  /** The file a read request gets; throws a TftpAccessError for a refusal. */
+  private fileFor(req: TftpRequest): TftpFile | null {
     const found = this.lookup(req);
     if (!found) return null;
     const { job, rel } = found;
@@ -196,12 +205,18 @@ export class BoardFiles implements TftpResolver {
     return job && { job, rel: tftpPath.slice(slash + 1) };
   }
 
-  async resolveWrite(req: TftpRequest): Promise<TftpWriteTarget | null> {
+  /** Where an upload goes; throws a TftpAccessError for a refusal. */
+  private writeTargetFor(req: TftpRequest): TftpWriteTarget | null {
     const found = this.lookup(req);
     if (!found?.job.onWrite) return null;
     const { job, rel } = found;
     return this.hook(job, 'write', () => job.onWrite?.(rel, req) ?? null);
   }
+}
+
+/** `fn()` as a promise, as an async function gives it: what it returns resolves, what it throws rejects. */
+function promiseOf<T>(fn: () => T): Promise<T> {
+  return new Promise((resolve) => resolve(fn()));
 }
 
 function bufferFile(data: Buffer): TftpFile {

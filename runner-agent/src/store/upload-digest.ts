@@ -36,8 +36,8 @@ export class InlineDigest implements UploadDigest {
   update(chunk: Buffer): void {
     this.hash.update(chunk);
   }
-  async finish(): Promise<DigestResult> {
-    return { sha256: this.hash.digest('hex') };
+  finish(): Promise<DigestResult> {
+    return Promise.resolve({ sha256: this.hash.digest('hex') });
   }
   async close(): Promise<void> {}
 }
@@ -126,17 +126,17 @@ export class WorkerDigest implements UploadDigest {
   }
 
   async update(chunk: Buffer): Promise<void> {
-    if (this.failure) throw this.failure;
+    this.throwIfFailed();
     if (chunk.length === 0) return;
     // Posting copies the bytes (structured clone): the caller's chunk stays usable.
     this.worker.postMessage({ type: 'update', chunk });
     this.fed += chunk.length;
     while (this.fed - this.digested > this.maxLagBytes && !this.failure) await this.nextEvent();
-    if (this.failure) throw this.failure;
+    this.throwIfFailed();
   }
 
   async finish(): Promise<DigestResult> {
-    if (this.failure) throw this.failure;
+    this.throwIfFailed();
     this.worker.postMessage({ type: 'finish' });
     while (!this.result && !this.failure) await this.nextEvent();
     const result = this.result;
@@ -153,6 +153,11 @@ export class WorkerDigest implements UploadDigest {
     this.failure ??= new Error('the digest was closed');
     this.notify();
     await this.worker.terminate();
+  }
+
+  /** A method, not an inline check: the failure is set by the worker's events, across awaits. */
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure;
   }
 
   private nextEvent(): Promise<void> {

@@ -157,8 +157,10 @@ export class CompletedUpload implements UploadSession {
     readonly offset: number,
     private readonly getImage: () => Promise<StoredImage | null>,
   ) {}
-  async write(): Promise<void> {
-    throw new CodedError('UPLOAD_TOO_LARGE', 'the agent already holds this image; no bytes are expected');
+  write(): Promise<void> {
+    return Promise.reject(
+      new CodedError('UPLOAD_TOO_LARGE', 'the agent already holds this image; no bytes are expected'),
+    );
   }
   async finish(): Promise<StoredImage> {
     const image = await this.getImage();
@@ -328,15 +330,15 @@ export class Upload implements UploadSession {
     const written = this.writer!.append(chunk);
     const consumed = this.consume(chunk);
     const [w, c] = await Promise.allSettled([written, consumed]);
-    const failure =
+    const failed =
       w.status === 'rejected'
-        ? asNoSpace(w.reason, this.plan.storeDir, 'receiving an upload')
+        ? { error: asNoSpace(w.reason, this.plan.storeDir, 'receiving an upload') }
         : c.status === 'rejected'
-          ? c.reason
+          ? { error: c.reason as unknown }
           : undefined;
-    if (failure !== undefined) {
-      await this.closeAfter(failure);
-      throw failure;
+    if (failed) {
+      await this.closeAfter(failed.error);
+      throw failed.error;
     }
     this.received += chunk.length;
   }
@@ -372,11 +374,11 @@ export class Upload implements UploadSession {
           `the agent keeps them and the upload can resume at ${this.received}`,
       );
     }
-    let decompressError: unknown;
+    let decompressFailure: { error: unknown } | undefined;
     try {
       await this.decompressor?.end();
-    } catch (err) {
-      decompressError = err;
+    } catch (error) {
+      decompressFailure = { error };
     }
     let digest: DigestResult;
     try {
@@ -396,9 +398,9 @@ export class Upload implements UploadSession {
           'the upload was discarded, send it again',
       );
     }
-    if (decompressError !== undefined) {
+    if (decompressFailure) {
       await this.end('discarded');
-      throw decompressError;
+      throw decompressFailure.error;
     }
     try {
       const crcs = this.crcsInDigest ? digest.partCrcs! : this.crcs.finish();
