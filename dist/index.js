@@ -40961,21 +40961,27 @@ const AgentCodes = {
     DECOMPRESS_FAILED: 'The compressed image could not be decompressed (corrupt or truncated).',
     IMAGE_NOT_FOUND: 'The agent does not hold an image with that sha256.',
     IMAGE_TOO_LARGE: "The image is larger than the target's card.",
-    IMAGE_NOT_DISK: 'The image has no MBR partition table: it is not a disk image (a bare file system, a compressed file, or other data).',
+    IMAGE_NOT_DISK: 'The image has no MBR partition table: it is not a disk image ' +
+        '(a bare file system, a compressed file, or other data).',
     IMAGE_GPT_UNSUPPORTED: 'The image uses a GPT partition table; only MBR images can carry U-Boot for now.',
-    IMAGE_NO_BOOT_PARTITION: 'The image has no FAT boot partition (the first primary FAT partition, as the Pi firmware picks it), or it holds no valid FAT file system.',
-    BOOT_PARTITION_FULL: 'The boot partition has no room for U-Boot, the stage-1 script and the env file (free space or root directory entries).',
-    BOOT_CONFIG_UNSUPPORTED: "The image's config.txt chooses its kernel in a way that cannot be handed to U-Boot safely (e.g. os_prefix, boot_partition, kernel_address), or names a kernel the boot partition lacks.",
+    IMAGE_NO_BOOT_PARTITION: 'The image has no FAT boot partition (the first primary FAT partition, as the Pi firmware picks it), ' +
+        'or it holds no valid FAT file system.',
+    BOOT_PARTITION_FULL: 'The boot partition has no room for U-Boot, the stage-1 script and the env file ' +
+        '(free space or root directory entries).',
+    BOOT_CONFIG_UNSUPPORTED: "The image's config.txt chooses its kernel in a way that cannot be handed to U-Boot safely " +
+        '(e.g. os_prefix, boot_partition, kernel_address), or names a kernel the boot partition lacks.',
     IMAGE_TRUNCATED: 'The partition table or the boot file system points past the end of the image: the image is cut short.',
     CONSOLE_UNAVAILABLE: "The target's console (console column) could not be opened, and the boot check needs it.",
     LAB_MISCONFIGURED: "The lab lacks something this job needs (e.g. the U-Boot build for the target's model); the message names it.",
     SHUTTING_DOWN: 'The agent is stopping and takes no new work.',
     RESET_FAILED: "The target's reset line could not be driven.",
     BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
-    BOARD_IP_MISMATCH: "The board asked for its flash script from an address other than its targets row's IP (tftp.checkClientIp): the request was refused; the message names the address.",
+    BOARD_IP_MISMATCH: "The board asked for its flash script from an address other than its targets row's IP (tftp.checkClientIp): " +
+        'the request was refused; the message names the address.',
     BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
     BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
-    REPORT_REJECTED: "A board report was refused: it named a part the agent had not served in full to the board's address, or came out of order; the card may hold anything.",
+    REPORT_REJECTED: "A board report was refused: it named a part the agent had not served in full to the board's address, " +
+        'or came out of order; the card may hold anything.',
     VERIFY_MISMATCH: "The board's reports do not match what the agent expected (CRC, order, or missing parts).",
     BOOT_TIMEOUT: 'The new system did not pass the boot check in time.',
     CANCELLED: 'The client cancelled the job.',
@@ -40989,11 +40995,13 @@ const ActionCodes = {
     INPUT_INVALID: 'An input is missing or malformed (checked before connecting).',
     IMAGE_INVALID: 'The image could not be found, downloaded or read, or its compression is not supported.',
     CONNECT_FAILED: 'The agent could not be reached, refused the connection, or the connection was lost for good.',
-    CONNECTION_LOST: 'The connection to the agent dropped while a request was open (the action reconnects and resumes; it reports CONNECT_FAILED only when that fails).',
+    CONNECTION_LOST: 'The connection to the agent dropped while a request was open ' +
+        '(the action reconnects and resumes; it reports CONNECT_FAILED only when that fails).',
     PROTOCOL_ERROR: 'The agent sent a message the action cannot read: the two speak different versions of the protocol.',
     QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
     JOB_TIMEOUT: 'The job did not finish within job-timeout.',
-    JOB_LOST: 'The agent lost the job while it ran (the agent restarted, or the lease ran out while the action was away); the message says whether the card may be partly written.',
+    JOB_LOST: 'The agent lost the job while it ran (the agent restarted, or the lease ran out while the action was away); ' +
+        'the message says whether the card may be partly written.',
 };
 const ErrorCodes = { ...AgentCodes, ...ActionCodes };
 function isErrorCode(value) {
@@ -41510,12 +41518,20 @@ class AgentConnection {
             ...(o.imageSize ? { imageSize: o.imageSize } : {}),
             ...(o.name ? { name: o.name } : {}),
         }, { final: ['upload-ready', 'upload-done'] });
+        // A function, not an inline check: cancel() sets the reason while this method awaits.
+        const throwIfStopped = () => {
+            if (stop.reason)
+                throw stop.reason;
+        };
         const first = await new Promise((resolve, reject) => {
-            stop.wake = () => reject(stop.reason);
+            // cancel() sets the reason before it wakes the upload.
+            stop.wake = () => {
+                if (stop.reason)
+                    reject(stop.reason);
+            };
             asked.then(resolve, reject);
         });
-        if (stop.reason)
-            throw stop.reason;
+        throwIfStopped();
         if (first.type === 'upload-done')
             return first;
         if (first.type !== 'upload-ready')
@@ -41599,8 +41615,7 @@ class AgentConnection {
                     readAhead = readNextBlock();
                 await waitUntil(() => offset - ack.received <= windowBytes && this.ws.bufferedAmount <= maxBufferedBytes);
                 // Checked again right before the send: a cancel may have come between the wake-up and here.
-                if (stop.reason)
-                    throw stop.reason;
+                throwIfStopped();
                 const sending = block;
                 const start = sending.sent;
                 const length = Math.min(chunkSize, sending.length - start);
@@ -41926,7 +41941,6 @@ function detectCompression(head, name) {
 
 ;// CONCATENATED MODULE: ./src/action/compression.js
 
-
 /**
  * The decompressed size when the file records it exactly, else undefined:
  * - xz: the stream index lists every block's uncompressed size (exact, read from the end of the file);
@@ -42162,6 +42176,7 @@ async function statOrUndefined(file) {
  * exactly one file is used in place — the user's file is only read, never moved or modified; an
  * http(s) URL is downloaded into a private temp folder that `cleanup()` removes.
  */
+
 
 
 

@@ -359,11 +359,18 @@ export class AgentConnection {
       },
       { final: ['upload-ready', 'upload-done'] },
     );
+    // A function, not an inline check: cancel() sets the reason while this method awaits.
+    const throwIfStopped = () => {
+      if (stop.reason) throw stop.reason;
+    };
     const first = await new Promise<AgentMessage>((resolve, reject) => {
-      stop.wake = () => reject(stop.reason);
+      // cancel() sets the reason before it wakes the upload.
+      stop.wake = () => {
+        if (stop.reason) reject(stop.reason);
+      };
       asked.then(resolve, reject);
     });
-    if (stop.reason) throw stop.reason;
+    throwIfStopped();
     if (first.type === 'upload-done') return first;
     if (first.type !== 'upload-ready') throw new CodedError('INTERNAL', `not an expected answer: ${first.type}`);
     const windowBytes = o.windowBytes ?? 16 * 1024 * 1024;
@@ -455,7 +462,7 @@ export class AgentConnection {
         if (!readAhead && nextReadAt < o.size && bufferAvailable()) readAhead = readNextBlock();
         await waitUntil(() => offset - ack.received <= windowBytes && this.ws.bufferedAmount <= maxBufferedBytes);
         // Checked again right before the send: a cancel may have come between the wake-up and here.
-        if (stop.reason) throw stop.reason;
+        throwIfStopped();
         const sending = block;
         const start = sending.sent;
         const length = Math.min(chunkSize, sending.length - start);

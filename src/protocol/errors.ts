@@ -26,14 +26,18 @@ export const AgentCodes = {
   IMAGE_NOT_FOUND: 'The agent does not hold an image with that sha256.',
   IMAGE_TOO_LARGE: "The image is larger than the target's card.",
   IMAGE_NOT_DISK:
-    'The image has no MBR partition table: it is not a disk image (a bare file system, a compressed file, or other data).',
+    'The image has no MBR partition table: it is not a disk image ' +
+    '(a bare file system, a compressed file, or other data).',
   IMAGE_GPT_UNSUPPORTED: 'The image uses a GPT partition table; only MBR images can carry U-Boot for now.',
   IMAGE_NO_BOOT_PARTITION:
-    'The image has no FAT boot partition (the first primary FAT partition, as the Pi firmware picks it), or it holds no valid FAT file system.',
+    'The image has no FAT boot partition (the first primary FAT partition, as the Pi firmware picks it), ' +
+    'or it holds no valid FAT file system.',
   BOOT_PARTITION_FULL:
-    'The boot partition has no room for U-Boot, the stage-1 script and the env file (free space or root directory entries).',
+    'The boot partition has no room for U-Boot, the stage-1 script and the env file ' +
+    '(free space or root directory entries).',
   BOOT_CONFIG_UNSUPPORTED:
-    "The image's config.txt chooses its kernel in a way that cannot be handed to U-Boot safely (e.g. os_prefix, boot_partition, kernel_address), or names a kernel the boot partition lacks.",
+    "The image's config.txt chooses its kernel in a way that cannot be handed to U-Boot safely " +
+    '(e.g. os_prefix, boot_partition, kernel_address), or names a kernel the boot partition lacks.',
   IMAGE_TRUNCATED:
     'The partition table or the boot file system points past the end of the image: the image is cut short.',
   CONSOLE_UNAVAILABLE: "The target's console (console column) could not be opened, and the boot check needs it.",
@@ -43,11 +47,13 @@ export const AgentCodes = {
   RESET_FAILED: "The target's reset line could not be driven.",
   BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
   BOARD_IP_MISMATCH:
-    "The board asked for its flash script from an address other than its targets row's IP (tftp.checkClientIp): the request was refused; the message names the address.",
+    "The board asked for its flash script from an address other than its targets row's IP (tftp.checkClientIp): " +
+    'the request was refused; the message names the address.',
   BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
   BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
   REPORT_REJECTED:
-    "A board report was refused: it named a part the agent had not served in full to the board's address, or came out of order; the card may hold anything.",
+    "A board report was refused: it named a part the agent had not served in full to the board's address, " +
+    'or came out of order; the card may hold anything.',
   VERIFY_MISMATCH: "The board's reports do not match what the agent expected (CRC, order, or missing parts).",
   BOOT_TIMEOUT: 'The new system did not pass the boot check in time.',
   CANCELLED: 'The client cancelled the job.',
@@ -63,12 +69,14 @@ export const ActionCodes = {
   IMAGE_INVALID: 'The image could not be found, downloaded or read, or its compression is not supported.',
   CONNECT_FAILED: 'The agent could not be reached, refused the connection, or the connection was lost for good.',
   CONNECTION_LOST:
-    'The connection to the agent dropped while a request was open (the action reconnects and resumes; it reports CONNECT_FAILED only when that fails).',
+    'The connection to the agent dropped while a request was open ' +
+    '(the action reconnects and resumes; it reports CONNECT_FAILED only when that fails).',
   PROTOCOL_ERROR: 'The agent sent a message the action cannot read: the two speak different versions of the protocol.',
   QUEUE_TIMEOUT: 'The target stayed busy past queue-timeout.',
   JOB_TIMEOUT: 'The job did not finish within job-timeout.',
   JOB_LOST:
-    'The agent lost the job while it ran (the agent restarted, or the lease ran out while the action was away); the message says whether the card may be partly written.',
+    'The agent lost the job while it ran (the agent restarted, or the lease ran out while the action was away); ' +
+    'the message says whether the card may be partly written.',
 } as const;
 
 export const ErrorCodes = { ...AgentCodes, ...ActionCodes } as const;
