@@ -592,7 +592,11 @@ describe('the action against the agent (simulated lab)', () => {
         waitUntil(() => answers.some((a) => a.type === type), `the other connection's ${type}`, {
           detail: () => JSON.stringify(answers),
         });
-      other.on('message', (d: Buffer, binary: boolean) => !binary && answers.push(JSON.parse(d.toString())));
+      other.on(
+        'message',
+        (d: Buffer, binary: boolean) =>
+          !binary && answers.push(JSON.parse(d.toString()) as { type: string; re?: string }),
+      );
       await new Promise((r) => other.once('open', r));
       try {
         other.send(JSON.stringify({ type: 'hello', id: 'h', protocol: PROTOCOL_VERSION, client: 'other job' }));

@@ -79,7 +79,9 @@ describe.each([
     });
     expect(r.code).toBe(1);
     expect(r.stdout).toContain(
-      '::error title=rpi-flash failed%3A INPUT_INVALID::Invalid inputs:%0A- agent-url: scheme "https" is not ws or wss (use wss:// for an https agent)%0A- job-timeout: "-1" is not a number',
+      '::error title=rpi-flash failed%3A INPUT_INVALID::Invalid inputs:' +
+        '%0A- agent-url: scheme "https" is not ws or wss (use wss:// for an https agent)' +
+        '%0A- job-timeout: "-1" is not a number',
     );
     expect(r.stdout.match(/^::error/gm)).toHaveLength(1); // reported once, not again by the top-level handler
     expect(r.outputs).toMatchObject({ result: 'failure', 'result-code': 'INPUT_INVALID', 'image-sha256': '' });
@@ -94,7 +96,8 @@ describe.each([
     const r = await runAction({ node, workspace, inputs: { ...valid, image: 'out/*.img' } });
     expect(r.code).toBe(1);
     expect(r.stdout).toContain(
-      `::error title=rpi-flash failed%3A IMAGE_INVALID::image: no file matches "out/*.img" (searched from ${workspace})`,
+      '::error title=rpi-flash failed%3A IMAGE_INVALID::' +
+        `image: no file matches "out/*.img" (searched from ${workspace})`,
     );
     expect(r.outputs['result-code']).toBe('IMAGE_INVALID');
   });
@@ -110,7 +113,10 @@ describe.each([
     expect(r.code).toBe(1);
     expect(r.stdout).toContain('::group::Connect to the agent');
     expect(r.stdout).toMatch(
-      /::error title=rpi-flash failed during connect%3A CONNECT_FAILED::cannot connect to the agent at ws:\/\/127\.0\.0\.1:\d+\/v1\/ws: connect ECONNREFUSED/,
+      new RegExp(
+        '::error title=rpi-flash failed during connect%3A CONNECT_FAILED::' +
+          String.raw`cannot connect to the agent at ws:\/\/127\.0\.0\.1:\d+\/v1\/ws: connect ECONNREFUSED`,
+      ),
     );
     expect(r.outputs['image-sha256']).toBe(
       createHash('sha256')

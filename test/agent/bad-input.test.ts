@@ -24,7 +24,7 @@ async function rawSession(url: string) {
   const waiters: Array<() => void> = [];
   ws.on('message', (d, binary) => {
     if (binary) return;
-    inbox.push(JSON.parse(d.toString()) as AgentMessage);
+    inbox.push(JSON.parse((d as Buffer).toString()) as AgentMessage); // ws's default binaryType
     waiters.splice(0).forEach((w) => w());
   });
   await new Promise((r) => ws.once('open', r));

@@ -98,7 +98,7 @@ describe('a flash job on the simulated lab', () => {
     const conn = await lab.connect();
     await expect(conn.lease('pi-zz')).rejects.toMatchObject({
       code: 'UNKNOWN_TARGET',
-      message: expect.stringContaining('pi-zz'),
+      message: expect.stringContaining('pi-zz') as string,
     });
     await expect(conn.lease('pi-a')).resolves.toMatchObject({ target: { name: 'pi-a' } });
   });

@@ -35,7 +35,7 @@ async function flashSlowCard(o: { cardKiBps: number; cardWriteRate: string }) {
 }
 
 describe('a board whose card writes slowly', () => {
-  it('passes when the card is no slower than flash.cardWriteRate, and the log says how long it may be silent', async () => {
+  it('passes a card no slower than flash.cardWriteRate, and the log says how long it may be silent', async () => {
     // 2 s of silent writing per part, against a 1 s stall: allowed, 2 × 1 MiB at 256 KiB/s = 8 s.
     const { result, log } = await flashSlowCard({ cardKiBps: 512, cardWriteRate: '256KiB' });
     expect(result).toMatchObject({ ok: true, code: 'OK', bytesWritten: 2 * MiB });

@@ -63,7 +63,7 @@ function openRaw(
     ws.once('open', () => resolve({ ws }));
     ws.once('unexpected-response', (_req, res) => {
       let body = '';
-      res.on('data', (c: Buffer) => (body += c));
+      res.on('data', (c: Buffer) => (body += c.toString()));
       res.on('end', () => resolve({ status: res.statusCode, body }));
     });
     ws.once('error', () => {});
@@ -71,7 +71,9 @@ function openRaw(
 }
 
 function nextMessage(ws: WebSocket): Promise<AgentMessage> {
-  return new Promise((resolve) => ws.once('message', (d) => resolve(JSON.parse(d.toString()) as AgentMessage)));
+  return new Promise((resolve) =>
+    ws.once('message', (d) => resolve(JSON.parse((d as Buffer).toString()) as AgentMessage)),
+  );
 }
 
 describe('agent WebSocket server', () => {

@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { CodedError, type ErrorCode } from '../../src/protocol/errors.js';
 import type { Compression } from '../../src/protocol/messages.js';
 import { createLogger, silentLogger, type LogRecord } from '../../runner-agent/src/log.js';
+import type { ImageMeta } from '../../runner-agent/src/store/image-meta.js';
 import { ImageStore, type ImageStoreOptions } from '../../runner-agent/src/store/image-store.js';
 import type { UploadSession } from '../../runner-agent/src/store/upload-session.js';
 
@@ -32,8 +33,8 @@ function compress(data: Buffer, compression: Compression): Buffer {
   if (compression === 'none') return data;
   if (compression === 'gz') return zlib.gzipSync(data);
   const [cmd, args] = compression === 'xz' ? ['xz', ['-c', '-1', '-T1']] : ['zstd', ['-c', '-q', '-3']];
-  const run = spawnSync(cmd as string, args as string[], { input: data, maxBuffer: 256 * 1024 * 1024 });
-  if (run.status !== 0) throw new Error(`${cmd} failed: ${run.stderr}`);
+  const run = spawnSync(cmd, args, { input: data, maxBuffer: 256 * 1024 * 1024 });
+  if (run.status !== 0) throw new Error(`${cmd} failed: ${run.stderr.toString()}`);
   return run.stdout;
 }
 
@@ -143,7 +144,7 @@ describe('storing an upload', () => {
     expect(crcs).toHaveLength(6);
     expect(crcs).toEqual(expectedCrcs(image, PART));
     // They are in the record written at publish time, not read back from the image.
-    const meta = JSON.parse(await fs.readFile(stored.path.replace(/\.img$/, '.json'), 'utf8'));
+    const meta = JSON.parse(await fs.readFile(stored.path.replace(/\.img$/, '.json'), 'utf8')) as ImageMeta;
     expect(meta.partCrcs[String(PART)]).toEqual(crcs);
   });
 
@@ -152,7 +153,7 @@ describe('storing an upload', () => {
     const image = makeImage(3 * 4096 + 100);
     const { stored } = await upload(store, image);
     expect(await store.storedPartCrcs(stored.sha256, 4096)).toEqual(expectedCrcs(image, 4096));
-    const meta = JSON.parse(await fs.readFile(stored.path.replace(/\.img$/, '.json'), 'utf8'));
+    const meta = JSON.parse(await fs.readFile(stored.path.replace(/\.img$/, '.json'), 'utf8')) as ImageMeta;
     expect(meta.partCrcs['4096']).toEqual(expectedCrcs(image, 4096));
     await expectCode(store.storedPartCrcs(stored.sha256, 1000), 'BAD_REQUEST');
     await expectCode(store.storedPartCrcs('0'.repeat(64), 4096), 'IMAGE_NOT_FOUND');
