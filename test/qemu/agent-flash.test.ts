@@ -82,7 +82,11 @@ describe.skipIf(!gate.run)(gate.title, () => {
       const e = err as Error;
       const board = await readFile(r.consoleLog, 'latin1').catch(() => '');
       const agent = await readFile(r.agentLog, 'utf8').catch(() => '');
-      e.message += `\n--- result ---\n${JSON.stringify(r.result)}\n--- job log ---\n${r.jobLog.join('\n')}\n--- board console ---\n${consoleTail(board)}\n--- agent log ---\n${consoleTail(agent)}`;
+      e.message +=
+        `\n--- result ---\n${JSON.stringify(r.result)}` +
+        `\n--- job log ---\n${r.jobLog.join('\n')}` +
+        `\n--- board console ---\n${consoleTail(board)}` +
+        `\n--- agent log ---\n${consoleTail(agent)}`;
       throw e;
     }
     return r;
@@ -124,7 +128,8 @@ describe.skipIf(!gate.run)(gate.title, () => {
   }
 
   it(
-    'flashes a 3 MiB image in 4 parts with the default TFTP window: OK, part CRCs, byte-exact card, nothing left staged',
+    'flashes a 3 MiB image in 4 parts with the default TFTP window: ' +
+      'OK, part CRCs, byte-exact card, nothing left staged',
     async () => {
       const { file, data } = await writeImage(3 * MiB + 1000);
       const r = await scenario(options(file), (r) => expectFlashed(r, data));
@@ -177,7 +182,8 @@ describe.skipIf(!gate.run)(gate.title, () => {
   );
 
   it(
-    "a part corrupted every time: the job fails with the board's report and the card beyond part 1 keeps its old content",
+    "a part corrupted every time: the job fails with the board's report " +
+      'and the card beyond part 1 keeps its old content',
     async () => {
       const { file, data } = await writeImage(3 * MiB + 1000);
       await scenario(options(file, { faults: { corrupt: { part: 2, block: 100, times: 'always' } } }), async (r) => {
@@ -245,7 +251,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
       try {
         await execFileAsync('unshare', ['-rn', 'true']);
       } catch (err) {
-        if (inCi) throw new Error(`CI must allow unshare -rn: ${(err as Error).message}`);
+        if (inCi) throw new Error(`CI must allow unshare -rn: ${(err as Error).message}`, { cause: err });
         ctx.skip(`user namespaces are not available here: ${(err as Error).message}`);
       }
       const { file, data } = await writeImage(MiB + 4096);
@@ -268,7 +274,8 @@ describe.skipIf(!gate.run)(gate.title, () => {
         await expectFlashed(r, data);
       } catch (err) {
         (err as Error).message +=
-          `\n--- result ---\n${JSON.stringify(r.result)}\n--- board console ---\n${consoleTail(await readFile(r.consoleLog, 'latin1'))}`;
+          `\n--- result ---\n${JSON.stringify(r.result)}` +
+          `\n--- board console ---\n${consoleTail(await readFile(r.consoleLog, 'latin1'))}`;
         throw err;
       }
     },

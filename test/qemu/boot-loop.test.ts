@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -154,7 +154,6 @@ describe.skipIf(!run)(title, () => {
       let agent: RunningAgent | undefined;
       let board: QemuBoard | undefined;
       let conn: AgentConnection | undefined;
-      let jobId = '';
       const jobLog: string[] = [];
       try {
         agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => records.push(r) }) });
@@ -187,7 +186,7 @@ describe.skipIf(!run)(title, () => {
         const sha256 = createHash('sha256').update(imageBRaw).digest('hex');
         await conn.upload({ path: imageB, sha256, size: imageBRaw.length, compression: 'none' });
         const result = await conn.flash({ sha256, bootCheck: `console:${INIT_BANNER} ${markerB}` });
-        jobId = result.job;
+        const jobId = result.job;
         expect(result, jobLog.join('\n')).toMatchObject({ ok: true, code: 'OK', bytesWritten: IMAGE_B_SIZE });
         // The console story reached the client: stage 1 ran the job, then found none and booted B.
         const consoleLines = jobLog.filter((l) => l.startsWith('info console ')).join('\n');

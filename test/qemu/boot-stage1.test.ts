@@ -90,7 +90,8 @@ describe.skipIf(!run)(title, () => {
       new RegExp(`Kernel command line: console=ttyAMA0 panic=-1 rpiflash\\.test=${marker}`),
     );
     console.info(
-      `stage 1 start → no job: ${Math.round(result.at.networkDone! - result.at.stage1!)} ms; QEMU start → marker: ${Math.round(result.at.until)} ms`,
+      `stage 1 start → no job: ${Math.round(result.at.networkDone! - result.at.stage1!)} ms; ` +
+        `QEMU start → marker: ${Math.round(result.at.until)} ms`,
     );
   });
 

@@ -66,7 +66,8 @@ export function testJobScript(o: {
   return [
     `echo "test job: ${sectors} sectors at sector ${o.startSector}"`,
     `setenv tftpwindowsize ${o.windowsize}`,
-    `if tftpboot \${loadaddr} ${macDir(o.mac)}/payload.bin && mmc dev 0 && mmc write \${loadaddr} ${hex(o.startSector)} ${hex(sectors)}; then`,
+    `if tftpboot \${loadaddr} ${macDir(o.mac)}/payload.bin && mmc dev 0 && ` +
+      `mmc write \${loadaddr} ${hex(o.startSector)} ${hex(sectors)}; then`,
     `  echo TEST-JOB-DONE`,
     `  poweroff`,
     `fi`,

@@ -74,7 +74,7 @@ export async function prepareTestKernel(): Promise<string> {
     return stdout.trim();
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`${HOW_TO_PREPARE_KERNEL} failed: ${e.message}\n${(e.stderr ?? '').slice(-4000)}`);
+    throw new Error(`${HOW_TO_PREPARE_KERNEL} failed: ${e.message}\n${(e.stderr ?? '').slice(-4000)}`, { cause: err });
   }
 }
 
@@ -269,7 +269,8 @@ export async function buildDiskImage(o: DiskImageOptions): Promise<void> {
     throw new Error(`a ${o.bootPartitionSize}-byte boot partition at 4 MiB does not fit in ${o.size} bytes`);
   await writeFile(o.path, Buffer.alloc(0));
   await truncate(o.path, o.size);
-  const table = `label: dos\nlabel-id: 0x5250460a\nstart=${BOOT_PARTITION_START_SECTOR}, size=${sectors}, type=c, bootable\n`;
+  const table =
+    'label: dos\nlabel-id: 0x5250460a\n' + `start=${BOOT_PARTITION_START_SECTOR}, size=${sectors}, type=c, bootable\n`;
   await run('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', o.path], table);
   await run('mkfs.vfat', [
     '--offset',

@@ -262,9 +262,9 @@ export function startQemuProcess(
     if (!log.writableEnded) log.write(chunk);
     notify();
   };
-  child.stdout!.on('data', capture);
-  child.stderr!.on('data', capture); // QEMU's own complaints belong in the same story
-  child.stdin!.on('error', () => {}); // writing after QEMU died is not the test's failure
+  child.stdout.on('data', capture);
+  child.stderr.on('data', capture); // QEMU's own complaints belong in the same story
+  child.stdin.on('error', () => {}); // writing after QEMU died is not the test's failure
 
   let spawnError: Error | undefined;
   let timedOut = false;
@@ -304,7 +304,7 @@ export function startQemuProcess(
     consoleLog,
     console: () => output,
     type(text) {
-      if (!done) child.stdin!.write(text);
+      if (!done) child.stdin.write(text);
     },
     waitForConsole(re, timeoutMs) {
       return new Promise<string>((resolve, reject) => {

@@ -51,7 +51,7 @@ export async function buildTestUboot(): Promise<string> {
     return stdout.trim();
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`${HOW_TO_BUILD} failed: ${e.message}\n${(e.stderr ?? '').slice(-4000)}`);
+    throw new Error(`${HOW_TO_BUILD} failed: ${e.message}\n${(e.stderr ?? '').slice(-4000)}`, { cause: err });
   }
 }
 

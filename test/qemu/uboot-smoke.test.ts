@@ -60,7 +60,8 @@ describe.skipIf(!gate.run)(gate.title, () => {
     if (result.outcome === outcome) return;
     const text = await readFile(result.consoleLog, 'latin1');
     throw new Error(
-      `expected the run to end as ${outcome}, it ended as ${result.outcome}\n--- board console ---\n${consoleTail(text)}`,
+      `expected the run to end as ${outcome}, it ended as ${result.outcome}` +
+        `\n--- board console ---\n${consoleTail(text)}`,
     );
   }
 
@@ -129,7 +130,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
     try {
       await execFileAsync('unshare', ['-rn', 'true']);
     } catch (err) {
-      if (inCi) throw new Error(`CI must allow unshare -rn: ${(err as Error).message}`);
+      if (inCi) throw new Error(`CI must allow unshare -rn: ${(err as Error).message}`, { cause: err });
       ctx.skip(`user namespaces are not available here: ${(err as Error).message}`);
     }
     const payload = await writePayload(256 * 1024);
