@@ -38,18 +38,11 @@ CACHE="$REPO_ROOT/.cache/pi-uboot"
 mkdir -p "$CACHE"
 
 # A prepared folder is complete: it is published with one `mv` after everything is in it.
-newest_cached() {
-  local best="" v
-  for d in "$CACHE"/*/; do
-    [[ -s "$d/version" ]] || continue
-    v="$(basename "$d")"
-    if [[ -z $best ]] || dpkg --compare-versions "$v" gt "$best"; then best="$v"; fi
-  done
-  [[ -n $best ]] && echo "$CACHE/$best"
-}
+source "$REPO_ROOT/scripts/lib/versioned-cache.sh"
 
 if [[ $CACHED_ONLY == 1 ]]; then
-  newest_cached || { say "no Pi U-Boot prepared yet; run: bash scripts/prepare-pi-uboot.sh"; exit 3; }
+  newest_cached "$CACHE" version ||
+    { say "no Pi U-Boot prepared yet; run: bash scripts/prepare-pi-uboot.sh"; exit 3; }
   exit 0
 fi
 

@@ -38,18 +38,12 @@ CACHE="$REPO_ROOT/.cache/kernel"
 APT_DIR="$CACHE/apt"
 mkdir -p "$CACHE"
 
-newest_cached() {
-  local best="" v
-  for d in "$CACHE"/*/; do
-    [[ -s "$d/Image" ]] || continue
-    v="$(basename "$d")"
-    if [[ -z $best ]] || dpkg --compare-versions "$v" gt "$best"; then best="$v"; fi
-  done
-  [[ -n $best ]] && echo "$CACHE/$best/Image"
-}
+source "$REPO_ROOT/scripts/lib/versioned-cache.sh"
 
 if [[ $CACHED_ONLY == 1 ]]; then
-  newest_cached || { say "no kernel prepared yet; run: bash scripts/prepare-test-kernel.sh"; exit 3; }
+  found="$(newest_cached "$CACHE" Image)" ||
+    { say "no kernel prepared yet; run: bash scripts/prepare-test-kernel.sh"; exit 3; }
+  echo "$found/Image"
   exit 0
 fi
 
