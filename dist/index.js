@@ -40950,6 +40950,11 @@ const AgentCodes = {
     BAD_MESSAGE: 'A message was not valid JSON, had an unknown type, or lacked a required field.',
     BAD_REQUEST: 'A request was valid JSON but not allowed now (e.g. upload before lease).',
     UNKNOWN_TARGET: "No target in the agent's database has that name, MAC or IP.",
+    UNKNOWN_LABEL: "No target in the agent's database carries the label of a `label:` target.",
+    BOARD_UNHEALTHY: 'The board (or every board of the pool) is unhealthy: its health check failed, or too many jobs in a row ' +
+        "failed for the board's own reasons; the agent refuses it until a health check passes.",
+    BOARD_IN_MAINTENANCE: 'The board (or every board of the pool) is in maintenance: an operator took it out of service ' +
+        '(`rpi-flash-agent board TARGET resume` brings it back).',
     LEASE_LOST: 'The lease ended (client silent past the grace period, or the agent is stopping).',
     NOT_LEASED: 'The request needs a lease on a target first.',
     NO_SPACE: "The agent's state directory cannot hold the upload.",
