@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { validateConfig } from '../../runner-agent/src/config.js';
-import { PI_MODELS, safePartSizeMax, UBOOT_RESERVE } from '../../runner-agent/src/image/models.js';
+import { UBOOT_RESERVE } from '../../runner-agent/src/board/ram.js';
+import { PI_MODELS, safePartSizeMax } from '../../runner-agent/src/image/models.js';
 import { checkLab } from '../../runner-agent/src/lab-check.js';
 import { loadTargets } from '../../runner-agent/src/targets/database.js';
 

@@ -226,6 +226,25 @@ describe.skipIf(!gate.run)(gate.title, () => {
   );
 
   it(
+    "a load buffer inside U-Boot's reserve under the board's RAM top: BOARD_RAM_TOO_SMALL before anything is written",
+    async () => {
+      const { file } = await writeImage(2 * PART_SIZE);
+      // virt's 1 GiB ends at 0x80000000: a buffer ending 20 MiB under it leaves no room for the reserve and margin.
+      const loadAddr = `0x${(0x8000_0000 - 20 * MiB - PART_SIZE).toString(16)}`;
+      await scenario(options(file, { flash: { loadAddr } }), async (r) => {
+        expect(r.result).toMatchObject({ ok: false, code: 'BOARD_RAM_TOO_SMALL', card: 'untouched' });
+        expect(r.result.message).toContain('ends at 0x80000000');
+        expect(r.result.parts.every((p) => p.status === 'missing')).toBe(true);
+        expect(r.ubootTransfers.filter((t) => /\/part-\d+$/.test(t.file))).toEqual([]);
+        expect(isFill(await card(r)), 'the card is untouched').toBe(true);
+        expect(r.tftpLeftovers).toEqual([]);
+        expect(r.noJobAfterReset).toBe(true);
+      });
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
     "the agent's TFTP server goes silent mid-transfer: BOARD_TIMEOUT from the stall timeout, no hang",
     async () => {
       const { file } = await writeImage(3 * MiB + 1000);

@@ -9,6 +9,11 @@
  * - rpi_2, rpi_3_32b on raspi2b, rpi on raspi1ap, rpi_0_w on raspi0: `-kernel` of a uImage made
  *   here (load and entry 0x8000, CONFIG_TEXT_BASE). QEMU takes a raw file for a zImage and puts it
  *   at 0x10000, where U-Boot does not run; with `-bios`, all four cores of raspi2b enter U-Boot.
+ * - Every build gets a device tree with `-dtb`, as the Pi firmware always hands one over: QEMU
+ *   writes the machine's ARM memory into its /memory node, as start.elf does, and U-Boot's board
+ *   code keeps its address in `fdt_addr` (stage 2's RAM probe reads it). rpi_arm64 takes its
+ *   control tree from the firmware, so it gets the upstream bcm2837-rpi-3-b.dtb; the others keep
+ *   the tree appended to their u-boot.bin for themselves and get a copy of it (firmwareTree).
  * - The console is the PL011 (`-serial` 0) or the mini UART (1), as the build's device tree says.
  * - No NIC: U-Boot says `No ethernet found.` to every `tftpboot`; a test preloads what it needs
  *   with `-device loader` at or above 0x14000000 (the pre-relocation stack sits below 128 MiB) and
@@ -18,7 +23,7 @@
  * raspi2b/raspi3b, and the card as mmc 0.
  */
 import { execFile } from 'node:child_process';
-import { access, constants, copyFile } from 'node:fs/promises';
+import { access, constants, copyFile, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -42,7 +47,7 @@ export interface PiMachine {
   serial: 0 | 1;
   /** `raw`: -kernel u-boot.bin; `uimage`: -kernel of a uImage at 0x8000. */
   load: 'raw' | 'uimage';
-  /** A device tree passed with -dtb (builds that take the firmware's). */
+  /** The device tree passed with -dtb, from the kernel package (builds that take the firmware's); else firmwareTree. */
   dtb?: string;
   /** The RAM U-Boot reports (`DRAM:`). */
   ramMiB: number;
@@ -141,6 +146,27 @@ export interface PiBoardOptions {
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 
+const FDT_MAGIC = 0xd00dfeed;
+
+/**
+ * The device tree appended to a u-boot.bin (CONFIG_OF_SEPARATE), written to workDir: the last
+ * FDT header in the file whose total size fits in it.
+ */
+async function firmwareTree(bin: string, workDir: string): Promise<string> {
+  const data = await readFile(bin);
+  const magic = Buffer.alloc(4);
+  magic.writeUInt32BE(FDT_MAGIC);
+  for (let at = data.lastIndexOf(magic); at >= 0; at = data.lastIndexOf(magic, at - 1)) {
+    const size = at + 8 <= data.length ? data.readUInt32BE(at + 4) : 0;
+    if (size >= 0x100 && at + size <= data.length) {
+      const file = join(workDir, 'firmware.dtb');
+      await writeFile(file, data.subarray(at, at + size));
+      return file;
+    }
+  }
+  throw new Error(`${bin} carries no device tree to hand over as the firmware's`);
+}
+
 /** Boots a build on its machine. U-Boot then runs its stock boot: preboot, autoboot, distro boot. */
 export async function startPiBoard(o: PiBoardOptions): Promise<QemuBoard> {
   const m = PI_MACHINES[o.build];
@@ -165,7 +191,7 @@ export async function startPiBoard(o: PiBoardOptions): Promise<QemuBoard> {
   }
   const qmpSocket = join(o.workDir, 'qmp.sock');
   const args = ['-M', m.machine, '-kernel', kernel];
-  if (m.dtb) args.push('-dtb', join(o.folder, 'dtb', m.dtb));
+  args.push('-dtb', m.dtb ? join(o.folder, 'dtb', m.dtb) : await firmwareTree(bin, o.workDir));
   args.push('-drive', `if=sd,format=raw,file=${o.sdImage}`);
   args.push(...(m.serial === 0 ? ['-serial', 'stdio', '-serial', 'null'] : ['-serial', 'null', '-serial', 'stdio']));
   args.push('-display', 'none', '-monitor', 'none', '-no-reboot', '-qmp', `unix:${qmpSocket},server=on,wait=off`);

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import { boardCrcText, type Beacon } from '../../runner-agent/src/board/beacons.js';
+import { RAM_MARGIN, UBOOT_RESERVE } from '../../runner-agent/src/board/ram.js';
 import { DEFAULTS } from '../../runner-agent/src/config.js';
 import { PI_BUILDS, PI_MACHINES, piTestGate, type PiBuild } from './pi-board.js';
 import {
@@ -30,7 +31,7 @@ const PART = 256 * 1024;
 const CARD = 4 * MiB;
 
 /** Every command uboot/boot.cmd and the generated stage 2 (both transfers) run, but the boot ones. */
-const STAGES_USE = ['cp', 'crc32', 'dhcp', 'echo', 'env', 'fatload', 'itest', 'mmc', 'mw', 'reset', 'run'].concat([
+const STAGES_USE = ['cp', 'crc32', 'dhcp', 'echo', 'env', 'fatload', 'fdt', 'itest', 'mmc', 'mw', 'reset', 'run'].concat([
   'setenv',
   'setexpr',
   'source',
@@ -127,6 +128,20 @@ describe.skipIf(!gate.run)(gate.title, () => {
         expectCard(r, image, 1);
       });
 
+      it("refuses, before writing anything, a load buffer inside U-Boot's reserve under the firmware's RAM top", async () => {
+        const top = PI_MACHINES[build].ramMiB * MiB;
+        const image = randomBytes(2 * PART);
+        // The buffer ends 20 MiB under the top, inside what the probe keeps for U-Boot's reserve and the margin.
+        const r = await run(build, image, { loadAddr: top - 20 * MiB - PART });
+        timings.push(`${build} no room: ${Math.round(r.ms)} ms`);
+        expect(r.beacons).toEqual([
+          { kind: 'start' },
+          { kind: 'no-room', top: top.toString(16) },
+          { kind: 'done', ok: false },
+        ]);
+        expectCard(r, image, 0);
+      });
+
       it('refuses an image larger than the card before writing anything', async () => {
         const image = randomBytes(CARD + 4096);
         const r = await run(build, image, { partSize: MiB });
@@ -153,6 +168,17 @@ describe.skipIf(!gate.run)(gate.title, () => {
     },
     6 * 60_000,
   );
+
+  for (const build of ['rpi', 'rpi_3'] as const)
+    it(`${build}: a load buffer that ends right at the reserve and margin under the RAM top passes the probe`, async () => {
+      const top = PI_MACHINES[build].ramMiB * MiB;
+      const image = randomBytes(2 * PART);
+      const r = await run(build, image, { loadAddr: top - UBOOT_RESERVE - RAM_MARGIN - PART });
+      timings.push(`${build} just fits: ${Math.round(r.ms)} ms`);
+      expect(r.memory.reservedFrom).toBeGreaterThan(top - UBOOT_RESERVE);
+      expect(r.beacons).toEqual([{ kind: 'start' }, ok(r, 1), ok(r, 2), { kind: 'done', ok: true }]);
+      expectCard(r, image, 2);
+    });
 
   // The run times, for the record (the CI log shows what the matrix costs).
   afterAll(() => console.log(`Pi U-Boot runs:\n  ${[...timings, ...memory].join('\n  ')}`));

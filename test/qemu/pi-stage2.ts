@@ -29,6 +29,8 @@ export interface PiStage2Options {
   partSize: number;
   /** Bytes; a power of two. */
   cardSize: number;
+  /** Stage 2's load buffer; default the agent's `flash.loadAddr`. */
+  loadAddr?: number;
   /** This part's bytes differ in RAM from what the script's CRC says (every attempt sees it). */
   corruptPart?: number;
   timeoutMs: number;
@@ -93,7 +95,7 @@ export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result>
     reportSecret: SECRET,
     parts,
     retries: flash.retries,
-    loadAddr: flash.loadAddr,
+    loadAddr: o.loadAddr ?? flash.loadAddr,
     crcAddr: flash.crcAddr,
     beaconAddr: flash.beaconAddr,
     mmcDev: flash.mmcDev,

@@ -12,6 +12,9 @@
  *                                              image's last block failed while block 0 reads
  *                                              (only the board knows its card's size); the
  *                                              script then reports done-failed without writing
+ *   no-room-<top>                              the board's RAM ends at <top> (hex, from the firmware's
+ *                                              device tree): U-Boot's reserve below it leaves no room
+ *                                              for the load buffer; done-failed follows, nothing written
  *   part-<n>-retry-<attempt>-download          attempt <attempt> of part <n> failed in TFTP
  *   part-<n>-retry-<attempt>-crc-<crc>         … or downloaded data with CRC <crc>; trying again
  *   part-<n>-ok-<crc>                          written, read back, CRC of the read-back data
@@ -26,6 +29,7 @@
 export type Beacon =
   | { kind: 'start' }
   | { kind: 'too-large' }
+  | { kind: 'no-room'; top: string /* the board's top of RAM, hex */ }
   | { kind: 'part-retry'; part: number; attempt: number; reason: 'download' | 'crc'; crc?: string }
   | { kind: 'part-ok'; part: number; crc: string /* as the board computed it after read-back, hex */ }
   | { kind: 'part-failed'; part: number; stage: 'download' | 'write' | 'readback' | 'verify'; crc?: string }
@@ -38,6 +42,7 @@ export type Beacon =
 export const beaconText = {
   start: () => 'start',
   tooLarge: () => 'too-large',
+  noRoom: (top: string) => `no-room-${top}`,
   /** `reason` is `download` or `crc-<crc>`: the script keeps it in one variable. */
   partRetry: (part: string, attempt: string, reason: string) => `part-${part}-retry-${attempt}-${reason}`,
   retryReasonCrc: (crc: string) => `crc-${crc}`,
@@ -54,6 +59,8 @@ export function formatBeacon(b: Beacon): string {
       return beaconText.start();
     case 'too-large':
       return beaconText.tooLarge();
+    case 'no-room':
+      return beaconText.noRoom(b.top);
     case 'part-retry':
       return beaconText.partRetry(
         String(b.part),
@@ -75,9 +82,12 @@ export function formatBeacon(b: Beacon): string {
 
 const N = '([1-9][0-9]{0,5})';
 const CRC = '([0-9a-f]{1,8})';
+/** A 32-bit address as setexpr prints it. */
+const ADDR = CRC;
 const PATTERNS: Array<[RegExp, (m: RegExpExecArray) => Beacon]> = [
   [/^start$/, () => ({ kind: 'start' })],
   [/^too-large$/, () => ({ kind: 'too-large' })],
+  [new RegExp(`^no-room-${ADDR}$`), (m) => ({ kind: 'no-room', top: m[1]! })],
   [
     new RegExp(`^part-${N}-retry-${N}-download$`),
     (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'download' }),

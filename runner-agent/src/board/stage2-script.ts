@@ -32,6 +32,7 @@
 import { crc32 } from 'node:zlib';
 import { JOB_ID_PATTERN, macDir, reportPrefix } from '../../../src/protocol/tftp-names.js';
 import { beaconText } from './beacons.js';
+import { FIRMWARE_DTB_WINDOW, RAM_MARGIN, UBOOT_RESERVE } from './ram.js';
 
 export const SECTOR = 512;
 
@@ -143,6 +144,26 @@ function check(condition: boolean, message: string): void {
   if (!condition) throw new RangeError(message);
 }
 
+/** The RAM the script itself uses on the board: [what, start, size]. */
+function bufferRegions(o: Stage2Options): Array<[string, number, number]> {
+  const largest = Math.max(...o.parts.map((p) => p.servedSize));
+  return [
+    ['load buffer', o.loadAddr, largest],
+    ['CRC slot', o.crcAddr, CRC_RESERVE],
+    ['beacon buffer', o.beaconAddr, BEACON_RESERVE],
+  ];
+}
+
+/**
+ * The lowest top of RAM (a byte address) with which the script's buffers still fit below U-Boot's
+ * reserve and the margin: the RAM probe on the board refuses to write anything below it. A
+ * preloaded image is the test's RAM, not the script's, so both transfers ask the same.
+ */
+export function ramTopNeeded(o: Stage2Options): number {
+  const end = Math.max(...bufferRegions(o).map(([, start, size]) => start + size));
+  return end + UBOOT_RESERVE + RAM_MARGIN;
+}
+
 function validate(o: Stage2Options): void {
   check(JOB_ID_PATTERN.test(o.jobId), `job id "${o.jobId}" must match ${JOB_ID_PATTERN}`);
   macDir(o.mac); // throws on a bad MAC
@@ -198,12 +219,7 @@ function validate(o: Stage2Options): void {
       `${at}: TFTP name "${p.file}" must be at most ${UBOOT_TFTP_NAME_MAX} path-safe characters without ':'`,
     );
   });
-  const largest = Math.max(...o.parts.map((p) => p.servedSize));
-  const regions: Array<[string, number, number]> = [
-    ['load buffer', o.loadAddr, largest],
-    ['CRC slot', o.crcAddr, CRC_RESERVE],
-    ['beacon buffer', o.beaconAddr, BEACON_RESERVE],
-  ];
+  const regions = bufferRegions(o);
   if (o.transfer?.kind === 'preloaded') {
     const end = Math.max(...o.parts.map((p) => (p.startBlock + p.blockCount) * SECTOR));
     regions.push(['preloaded image', o.transfer.imageAddr, end]);
@@ -336,10 +352,41 @@ export function generateStage2Script(o: Stage2Options): string {
       ),
       'run rpf_put',
     ]),
+    '# RAM probe. The firmware hands U-Boot its device tree (fdt_addr, set by the Pi board code); its',
+    '# /memory node holds the RAM the ARM has, after gpu_mem. U-Boot keeps its reserve below that top,',
+    '# or below the tree when the tree lies within the window under the top. rpf_cell reads cell',
+    '# rpf_o of the reg property (big-endian) into rpf_crc; only the low cells are read (RAM the',
+    '# script can address lies below 4 GiB). A board without fdt_addr, or whose tree has no',
+    '# /memory, skips the probe; a download past the end would still fail its CRC.',
+    procedure('rpf_cell', [
+      `setexpr rpf_o ${v('rpf_o')} * 4`,
+      `setexpr rpf_o ${v('rpf_o')} + ${v('rpf_p')}`,
+      `setexpr.l rpf_crc *${v('rpf_o')}`,
+      'run rpf_swap',
+    ]),
+    procedure('rpf_memtop', [
+      `setexpr rpf_o ${v('rpf_ac')} - 1`,
+      'run rpf_cell',
+      `setenv rpf_top ${v('rpf_crc')}`,
+      `setexpr rpf_o ${v('rpf_ac')} + ${v('rpf_sc')}`,
+      `setexpr rpf_o ${v('rpf_o')} - 1`,
+      'run rpf_cell',
+      `setexpr rpf_top ${v('rpf_top')} + ${v('rpf_crc')}`,
+      `setexpr rpf_o ${v('rpf_top')} - ${hex(FIRMWARE_DTB_WINDOW)}`,
+      `if itest ${v('fdt_addr')} -gt ${v('rpf_o')} && itest ${v('fdt_addr')} -lt ${v('rpf_top')}; ` +
+        `then setenv rpf_top ${v('fdt_addr')}; fi`,
+      `if itest ${v('rpf_top')} -lt ${hex(ramTopNeeded(o))}; ` +
+        `then setenv rpf_msg ${beaconText.noRoom(v('rpf_top'))}; run rpf_abort; fi`,
+    ]),
+    procedure('rpf_ram', [
+      `fdt addr ${v('fdt_addr')} && fdt get value rpf_ac / "#address-cells" && ` +
+        'fdt get value rpf_sc / "#size-cells" && fdt get addr rpf_p /memory reg && run rpf_memtop',
+    ]),
     '# Calibrate: how does this build store crc32 results?',
     `mw.l ${beaconBuf} ${hex(CALIBRATION_WORD)}; crc32 ${beaconBuf} 0x4 ${crcSlot}; ` +
       `if itest.l *${crcSlot} == ${hex(calibration)}; then setenv rpf_fix true; else setenv rpf_fix run rpf_swap; fi`,
     report(beaconText.start()).join('; '),
+    'if env exists fdt_addr; then run rpf_ram; fi',
     `mmc dev ${o.mmcDev}`,
     '# Card size probe, before anything is written (only the board knows its card): reading past',
     '# the end fails ("block number … exceeds max"). A card that reads nothing at all is left to',

@@ -8,6 +8,8 @@
  * A 64-bit U-Boot can only `booti` a 64-bit kernel and a 32-bit one only `bootz` a 32-bit
  * kernel, so the model also fixes which images a board can run through U-Boot.
  */
+import { FIRMWARE_DTB_WINDOW, RAM_MARGIN, UBOOT_RESERVE } from '../board/ram.js';
+
 export type Tri = true | false | 'unknown';
 
 export interface PiModel {
@@ -186,21 +188,6 @@ export function modelFilterApplies(filter: string, model: PiModel | undefined): 
 }
 
 const MiB = 1024 * 1024;
-
-/**
- * What U-Boot keeps at the top of the ARM's RAM on Debian's Pi builds: relocated code, malloc
- * (4 MiB), stack and the EFI area (16 MiB). `bdinfo` on the six builds under QEMU's Pi machines
- * (test/qemu/pi-builds.test.ts): 20.6–20.8 MiB below the top; 21 MiB covers all of them.
- */
-export const UBOOT_RESERVE = 21 * MiB;
-/**
- * U-Boot does not relocate over the firmware's device tree: when the tree lies within 64 MiB of
- * the top, the top becomes the tree's address (board_get_usable_ram_top, board/raspberrypi/rpi/rpi.c).
- * Where the firmware puts it is its choice, so the worst case costs the whole window.
- */
-export const FIRMWARE_DTB_WINDOW = 64 * MiB;
-/** Room left between the load buffer and U-Boot's reserve: for a build whose reserve grows. */
-export const RAM_MARGIN = 4 * MiB;
 
 /**
  * The end of the RAM stage 2 may use on every board of the model (a byte address), for the

@@ -17,7 +17,13 @@ import { formatBytes, hex8 } from '../../../src/protocol/units.js';
 import { CodedError } from '../../../src/protocol/errors.js';
 import type { PartReport } from '../../../src/protocol/messages.js';
 import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
-import { generateStage2Script, planParts, type PartPlan, type Stage2Part } from '../board/stage2-script.js';
+import {
+  generateStage2Script,
+  planParts,
+  ramTopNeeded,
+  type PartPlan,
+  type Stage2Part,
+} from '../board/stage2-script.js';
 import { buildScriptImage } from '../board/uimage.js';
 import type { Patch } from '../image/disk.js';
 import type { StagedFile } from '../staging/board-files.js';
@@ -64,6 +70,8 @@ class Stage2Flash implements FlashMethod {
   private readonly boardFailures: string[] = [];
   private tftpOptions: Record<string, string> | undefined;
   private lastProgressEmit = 0;
+  /** The top of RAM below which the board's RAM probe refuses the job (stage2-script.ts). */
+  private ramTopNeeded = 0;
   /** In every report name; known to the agent and the board's flash.scr only. */
   private readonly secret = randomBytes(8).toString('hex');
 
@@ -105,13 +113,9 @@ class Stage2Flash implements FlashMethod {
       windowBytes: 0,
       downloads: 0,
     }));
-    const script = generateStage2Script({
-      ...flash,
-      jobId: id,
-      mac: target.mac,
-      reportSecret: this.secret,
-      parts: this.parts,
-    });
+    const scriptOptions = { ...flash, jobId: id, mac: target.mac, reportSecret: this.secret, parts: this.parts };
+    const script = generateStage2Script(scriptOptions);
+    this.ramTopNeeded = ramTopNeeded(scriptOptions);
     const scriptImage = buildScriptImage(script, { name: `rpi-flash ${id}` });
     const files = new Map<string, StagedFile>([[FLASH_SCRIPT, { kind: 'buffer', data: scriptImage }]]);
     for (const p of this.parts) {
@@ -384,6 +388,22 @@ class Stage2Flash implements FlashMethod {
           `the image (${formatBytes(size)}, ${size} bytes) is larger than ${this.job.target.name}'s card: ` +
             "the board could not read the image's last block; nothing was written",
         );
+        break;
+      }
+      case 'no-room': {
+        // The board's firmware says its RAM ends below what the buffers and U-Boot's reserve need
+        // (gpu_mem, a smaller board than its row says): nothing was written. As for too-large, hide
+        // the files before the board's done-failed and reset.
+        this.job.files.withdraw(this.macdir);
+        const top = Number.parseInt(b.top, 16);
+        const { loadAddr, partSize } = this.job.config.flash;
+        const message =
+          `${this.job.target.name}'s RAM ends at 0x${b.top} (${formatBytes(top)}, as its firmware reports it), ` +
+          `but stage 2 needs it to reach 0x${this.ramTopNeeded.toString(16)}: its buffers (flash.loadAddr ` +
+          `0x${loadAddr.toString(16)} + parts of up to ${formatBytes(partSize)}) plus U-Boot's reserve; ` +
+          "lower flash.partSize or flash.loadAddr, or the gpu_mem in the card's config.txt; nothing was written";
+        this.board.log('error', message, 'board');
+        this.board.fail('BOARD_RAM_TOO_SMALL', message);
         break;
       }
       case 'part-retry': {

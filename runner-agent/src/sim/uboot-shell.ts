@@ -259,6 +259,10 @@ export class UBootShell {
     add('true', 64, 'true', () => 0);
     add('false', 64, 'false', () => 1);
     add('run', 64, 'run var [...]', (a) => this.run(a));
+    // Only `env exists`: what stage 2 asks before its RAM probe (shell-local variables are not env).
+    add('env', 3, 'env exists name', (a) =>
+      a[1] === 'exists' && a.length === 3 ? (this.env.has(a[2]!) ? 0 : 1) : USAGE,
+    );
     add('reset', 2, 'reset [-w]', () => {
       this.print('resetting ...');
       throw new BoardResetRequest();
