@@ -432,11 +432,14 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   return config;
 }
 
-/** Read a JSON config file, apply overrides (dotted keys, e.g. `tftp.port`), validate. */
+/**
+ * Read a JSON config file, apply overrides (dotted keys, e.g. `tftp.port`), validate. The file may
+ * carry `//` and `/* … *\/` comments: the packaged example explains each setting where it is set.
+ */
 export async function loadConfig(file: string, overrides: Record<string, unknown> = {}): Promise<AgentConfig> {
   let raw: Raw;
   try {
-    raw = JSON.parse(await readFile(file, 'utf8')) as Raw;
+    raw = JSON.parse(withoutComments(await readFile(file, 'utf8'))) as Raw;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     throw new ConfigError([
@@ -457,4 +460,35 @@ export function setDotted(target: Raw, dotted: string, value: unknown): void {
     node = node[key] as Raw;
   }
   node[keys.at(-1)!] = value;
+}
+
+/**
+ * JSON text with its `//` and `/* … *\/` comments blanked out, strings left alone (a `//` in a URL
+ * stays). Comments become spaces and their line breaks stay, so JSON.parse's positions still point
+ * into the file as written. Throws a SyntaxError for a block comment that never ends.
+ */
+export function withoutComments(text: string): string {
+  let out = '';
+  let i = 0;
+  while (i < text.length) {
+    const c = text[i]!;
+    if (c === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      out += text.slice(i, j + 1);
+      i = j + 1;
+    } else if (c === '/' && (text[i + 1] === '/' || text[i + 1] === '*')) {
+      const block = text[i + 1] === '*';
+      const close = block ? text.indexOf('*/', i + 2) : text.indexOf('\n', i);
+      if (block && close === -1)
+        throw new SyntaxError(`a /* comment on line ${text.slice(0, i).split('\n').length} never ends`);
+      const end = close === -1 ? text.length : block ? close + 2 : close;
+      out += text.slice(i, end).replace(/[^\n]/g, ' ');
+      i = end;
+    } else {
+      out += c;
+      i += 1;
+    }
+  }
+  return out;
 }

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { detectGpioBase } from '../../runner-agent/src/reset/index.js';
 import { createResetLine } from '../../runner-agent/src/reset/index.js';
-import { explainGpioError } from '../../runner-agent/src/reset/gpio-sysfs.js';
+import { explainGpioError, loadOnoff } from '../../runner-agent/src/reset/gpio-sysfs.js';
 import { rejectionOf, targetWith, testContext } from './helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -128,6 +128,25 @@ describe('explainGpioError', () => {
     ['EIO', /^\/sys\/class\/gpio\/export: EIO: something$/],
   ])('explains %s', (code, message) => {
     expect(explainGpioError(errno(code), '/sys/class/gpio/export', 529).message).toMatch(message);
+  });
+});
+
+describe('loadOnoff', () => {
+  it('loads onoff where its native part is built', async () => {
+    expect(typeof (await loadOnoff()).Gpio).toBe('function');
+  });
+
+  it('says what to do when onoff cannot load, with the first line of the reason', async () => {
+    const missing = () => Promise.reject(new Error('Could not locate the bindings file. Tried:\n → /x/epoll.node'));
+    const err = await loadOnoff(missing).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(err?.message).toBe(
+      'gpio: resets drive the line with onoff, whose native part did not load (Could not locate the bindings ' +
+        'file. Tried:): use a gpiod:<chip>:<line> reset spec (package gpiod), or compile it where the agent is ' +
+        'installed (README, "Install the agent on a lab server")',
+    );
   });
 });
 

@@ -127,6 +127,25 @@ async function waitForLineFiles(dir: string, line: number, timeoutMs: number): P
 
 const EXPORT_WAIT_MS = 2000;
 
+/**
+ * onoff, loaded on first use: the agent must start where onoff's native part (epoll, compiled for
+ * one machine and one Node.js) is absent, as in the Debian package, which carries no compiled code.
+ * Its failure says what to do instead of listing the dozen paths `bindings` tried.
+ */
+export async function loadOnoff(load: () => Promise<typeof import('onoff')> = () => import('onoff')) {
+  try {
+    return await load();
+  } catch (err) {
+    const why = (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+    throw new Error(
+      `gpio: resets drive the line with onoff, whose native part did not load (${why}): use a ` +
+        'gpiod:<chip>:<line> reset spec (package gpiod), or compile it where the agent is installed ' +
+        '(README, "Install the agent on a lab server")',
+      { cause: err },
+    );
+  }
+}
+
 export function createSysfsGpioResetLine(target: Target, bcm: number, ctx: ResetContext): ResetLine {
   const root = ctx.gpioRoot ?? DEFAULT_GPIO_ROOT;
   const log = ctx.log.child({ target: target.name, reset: 'gpio' });
@@ -138,6 +157,8 @@ export function createSysfsGpioResetLine(target: Target, bcm: number, ctx: Reset
         if (bcm >= chip.ngpio) {
           throw new Error(`BCM GPIO ${bcm} is beyond ${chip.chip} ("${chip.label}", ${chip.ngpio} lines)`);
         }
+        // Before the export: a line the agent cannot drive is left as it was.
+        const { Gpio } = await loadOnoff();
         const line = chip.base + bcm;
         const dir = path.join(root, `gpio${line}`);
         log.debug('pulsing reset line', { chip: chip.chip, label: chip.label, base: chip.base, line, ms: ctx.pulseMs });
@@ -156,8 +177,6 @@ export function createSysfsGpioResetLine(target: Target, bcm: number, ctx: Reset
         }
         await waitForLineFiles(dir, line, EXPORT_WAIT_MS);
 
-        // Loaded on first use: the agent must start on a machine where onoff's native epoll is absent.
-        const { Gpio } = await import('onoff');
         let gpio: InstanceType<typeof Gpio>;
         try {
           // 'in' without reconfiguring: opening the line must not move it; the pulse below does.
