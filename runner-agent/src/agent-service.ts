@@ -27,6 +27,7 @@ import { FlashJob, targetInfo } from './jobs/flash-job.js';
 import { formatBytes } from '../../src/protocol/units.js';
 import type { BoardFiles } from './staging/board-files.js';
 import type { ClientConnection, ConnectionHandler } from './ws/server.js';
+import { LabFeed } from './lab-view.js';
 
 /**
  * Upload bytes received but not yet taken by the store, per upload, past which the agent stops
@@ -95,8 +96,19 @@ export class AgentService implements ConnectionHandler {
   private readonly waiting = new Map<string, { abort: AbortController; requestId: string }>();
   private stopping = false;
   private readonly partialExpiry: NodeJS.Timeout;
+  /** What the dashboard and the metrics see of the lab: a snapshot and an event feed (lab-view.ts). */
+  readonly lab: LabFeed;
 
   constructor(private readonly d: AgentServiceDeps) {
+    this.lab = new LabFeed(
+      {
+        targets: () => d.targets(),
+        leaseOf: (target) => this.leases.holderOf(target),
+        queueLength: (target) => this.leases.queueLength(target),
+        poolQueueLength: (label) => this.leases.labelQueueLength(label),
+      },
+      d.log.child({ part: 'lab-view' }),
+    );
     // A partial upload is a resume point held for clients, like a lease through its grace period:
     // one no client came back for within store.partialTtl goes. Checked a few times per TTL.
     const ttlMs = d.config.store.partialTtl * 1000;
@@ -179,16 +191,20 @@ export class AgentService implements ConnectionHandler {
         signal: abort.signal,
         onPosition: (position, current) => {
           conn.send({ type: 'queued', re: m.id, position, ...(current ? { holder: current } : {}) });
+          this.lab.changed();
           this.d.log.info('lease request queued', { target: target.name, position, holder });
         },
       });
     } finally {
       this.waiting.delete(conn.id);
+      // Granted or gone (cancelled, disconnected): the queue is one shorter either way.
+      this.lab.changed();
     }
     const s: LeaseSession = { lease, target };
     this.sessions.set(lease.id, s);
     this.attach(s, conn);
     this.d.log.info('lease granted', { target: target.name, lease: lease.id, holder });
+    this.lab.changed();
     conn.send({ type: 'leased', re: m.id, lease: lease.id, target: targetInfo(target) });
   }
 
@@ -276,6 +292,7 @@ export class AgentService implements ConnectionHandler {
     try {
       await up.session.write(data);
       up.received += data.length;
+      this.lab.uploaded(data.length);
       // Acknowledge what the store accepted (hashed, queued for disk; it holds a few MiB at most):
       // the client keeps at most its window (16 MiB) unacknowledged. Durable is only what a
       // suspend fsyncs, reported as the resume offset.
@@ -409,6 +426,7 @@ export class AgentService implements ConnectionHandler {
         files: this.d.files,
         storedPartCrcs: (partSize) => this.d.store.storedPartCrcs(image.sha256, partSize),
         recordDir: path.join(config.stateDir, 'jobs'),
+        holder: s.lease.holder,
         bootCheck: m.bootCheck ?? config.bootCheck,
         timeouts: {
           boardShow: m.timeouts?.boardShow ?? config.timeouts.boardShow,
@@ -417,7 +435,10 @@ export class AgentService implements ConnectionHandler {
         },
         reset: this.d.resetContext,
         log,
-        emit: (event) => s.conn?.send({ ...event, re: m.id }),
+        emit: (event) => {
+          s.conn?.send({ ...event, re: m.id });
+          this.lab.jobEvent(jobId, event);
+        },
       });
       s.job = job;
       if (s.cancelRequested) job.cancel(s.cancelRequested.reason, s.cancelRequested.code);
@@ -427,7 +448,16 @@ export class AgentService implements ConnectionHandler {
         layout: layoutName,
         holder: s.lease.holder,
       });
-      const result: JobResult = await job.run();
+      this.lab.jobStarted({ id: jobId, target: s.target.name, holder: s.lease.holder });
+      let result: JobResult;
+      try {
+        result = await job.run();
+      } catch (err) {
+        // run() settles every failure into a result; this is the last word for the feed if it did not.
+        this.lab.jobEnded(jobId, undefined);
+        throw err;
+      }
+      this.lab.jobEnded(jobId, result);
       const seconds = Object.values(result.timings).reduce((a, b) => a + (b ?? 0), 0);
       log.info('job ended', { code: result.code, ok: result.ok, seconds: seconds.toFixed(1) });
       const message: ResultMessage = { type: 'result', re: m.id, ...result };
@@ -442,6 +472,7 @@ export class AgentService implements ConnectionHandler {
         s.pendingResult = message;
         s.job = undefined;
         this.leases.release(s.lease.id);
+        this.lab.changed();
       }
     } finally {
       unpin();
@@ -493,6 +524,7 @@ export class AgentService implements ConnectionHandler {
     if (s.conn) this.byConnection.delete(s.conn.id);
     this.leases.release(s.lease.id);
     this.d.log.info('lease released', { target: s.target.name, lease: s.lease.id });
+    this.lab.changed();
   }
 
   onClose(conn: ClientConnection, silent: boolean): void {

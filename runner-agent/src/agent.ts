@@ -13,7 +13,10 @@ import { TftpServer } from './tftp/server.js';
 import { tftpGet } from './tftp/client.js';
 import { BoardFiles } from './staging/board-files.js';
 import { AgentService } from './agent-service.js';
-import { WsServer } from './ws/server.js';
+import { AGENT_VERSION, WsServer } from './ws/server.js';
+import { Dashboard } from './dashboard/dashboard.js';
+import { LabMetrics } from './metrics/lab-metrics.js';
+import { metricsRoute } from './metrics/metrics-route.js';
 import { SimBoard, SimLab } from './sim/index.js';
 import { builtinLayouts, type LayoutRegistry } from './layouts/registry.js';
 
@@ -22,6 +25,12 @@ export interface RunningAgent {
   log: Logger;
   /** Where clients connect, e.g. ws://127.0.0.1:40123 */
   url: string;
+  /** The same port over HTTP(S): the dashboard is at `${httpUrl}/dashboard/`, metrics at `/metrics`. */
+  httpUrl: string;
+  /** Present when `dashboard.enabled`. */
+  dashboard?: Dashboard;
+  /** Present when `metrics.enabled`. */
+  metrics?: LabMetrics;
   tftp: { address: string; port: number };
   service: AgentService;
   store: ImageStore;
@@ -67,6 +76,8 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
   const leftovers = await files.removeLeftovers();
   if (leftovers.length) log.warn('removed target folders left by an earlier run', { folders: leftovers.join(',') });
 
+  // Bytes the boards acknowledged, for the metrics; the lab feed that counts them exists only below.
+  let tftpServed: (bytes: number) => void = () => {};
   const tftpLog = log.child({ part: 'tftp' });
   const tftpServer = new TftpServer({
     address: config.tftp.address,
@@ -80,7 +91,10 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     maxTimeout: config.tftp.maxTimeout,
     ...(o.tftpFaults ? { faults: o.tftpFaults } : {}),
     // The server logs each transfer itself; the job that owns the file reports it in its story.
-    onTransferEnd: (t) => files.transferEnded(t),
+    onTransferEnd: (t) => {
+      if (t.kind === 'read') tftpServed(t.bytes);
+      files.transferEnded(t);
+    },
     onProgress: (p) => files.transferProgress(p),
   });
   const tftpAddress = await tftpServer.listen();
@@ -132,6 +146,25 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     },
   });
 
+  tftpServed = (bytes) => service.lab.tftpServed(bytes);
+  await service.lab.loadRecords(path.join(config.stateDir, 'jobs'));
+  const dashboard = config.dashboard.enabled
+    ? new Dashboard({
+        lab: service.lab,
+        log: log.child({ part: 'dashboard' }),
+        recordDir: path.join(config.stateDir, 'jobs'),
+        tokens: [config.token, ...(config.dashboard.token ? [config.dashboard.token] : [])],
+        secure: Boolean(config.listen.tls),
+        maxClients: config.dashboard.maxClients,
+        runLinkBase: config.dashboard.runLinkBase,
+        agentVersion: AGENT_VERSION,
+      })
+    : undefined;
+  const metrics = config.metrics.enabled ? new LabMetrics(service.lab) : undefined;
+  const metricsHttp = metrics
+    ? metricsRoute(metrics, [config.token, ...(config.metrics.token ? [config.metrics.token] : [])])
+    : undefined;
+
   const ws = await WsServer.create({
     host: config.listen.host,
     port: config.listen.port,
@@ -142,17 +175,24 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     graceMs: config.timeouts.leaseGrace * 1000,
     maxSendBuffer: config.listen.maxSendBuffer,
     ...(o.headersTimeoutMs !== undefined ? { headersTimeoutMs: o.headersTimeoutMs } : {}),
+    routes: (p) => (p === '/metrics' ? metricsHttp : dashboard?.route(p)),
   });
   const wsAddress = await ws.listen();
   const host = wsAddress.address.includes(':') ? `[${wsAddress.address}]` : wsAddress.address;
   const url = `${config.listen.tls ? 'wss' : 'ws'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${wsAddress.port}`;
+  const httpUrl = url.replace(/^ws/, 'http');
   log.info('agent listening', { url, tls: Boolean(config.listen.tls) });
+  if (dashboard) log.info('dashboard at', { url: `${httpUrl}/dashboard/` });
+  if (metrics) log.info('metrics at', { url: `${httpUrl}/metrics` });
 
   let stopping: Promise<void> | undefined;
   return {
     config,
     log,
     url,
+    httpUrl,
+    ...(dashboard ? { dashboard } : {}),
+    ...(metrics ? { metrics } : {}),
     tftp: tftpAddress,
     service,
     store,
@@ -175,7 +215,9 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
         log.info('stopping: ending jobs and leases', { jobs: service.activeJobs() });
         await service.shutdown();
         log.info('stopping: closing client connections');
+        dashboard?.close();
         await ws.close();
+        metrics?.close();
         log.info('stopping: closing the TFTP server');
         await tftpServer.close();
         if (simLab) log.info('stopping: closing the simulated lab');

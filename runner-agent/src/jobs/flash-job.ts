@@ -36,11 +36,16 @@ export interface FlashJobOptions extends Omit<LayoutJob, 'timeouts'> {
   timeouts: { boardShow: number; stall: number; boot: number };
   /** How the target's reset line is driven; the job opens the line for its reset and closes it at its end. */
   reset: Omit<ResetContext, 'log'>;
-  /** Where the job's record goes (`<job>.json`, `<job>.console.log`); none = not kept. */
+  /** Where the job's record goes (`<job>.json`, `<job>.log`, `<job>.console.log`); none = not kept. */
   recordDir?: string;
+  /** Who holds the lease, for the record (the dashboard's last jobs). */
+  holder?: string;
   log: Logger;
   emit(event: JobEvent): void;
 }
+
+/** Lines of the job's own log its record keeps (`<job>.log`); a console has its own file. */
+export const MAX_RECORD_LOG_LINES = 20_000;
 
 export function targetInfo(t: Target): TargetInfo {
   return { name: t.name, mac: t.mac, ip: t.ip, ...(t.model ? { model: t.model } : {}) };
@@ -62,6 +67,10 @@ export class FlashJob {
   private busyUntil = 0;
   /** Texts the job's log and console lines never show (a layout's report secret). */
   private readonly secrets: string[] = [];
+  /** The job's own log lines (redacted), for `<job>.log`: the dashboard links each finished job to it. */
+  private readonly logLines: string[] = [];
+  private droppedLogLines = 0;
+  private readonly startedAt = new Date();
 
   constructor(private readonly o: FlashJobOptions) {
     this.method = o.layout(o, this.boardWatch());
@@ -215,6 +224,7 @@ export class FlashJob {
   private log(level: LogEvent['level'], text: string, source: LogEvent['source'] = 'agent'): void {
     const message = this.redacted(text);
     this.o.log[level](message, { phase: this.phase, ...(source !== 'agent' ? { source } : {}) });
+    this.keepLogLine(`${new Date().toISOString()} ${level.padEnd(5)} ${this.phase.padEnd(8)} ${source.padEnd(7)} ${message}`);
     this.o.emit({ type: 'log', job: this.o.id, level, source, phase: this.phase, message, time: Date.now() });
   }
 
@@ -257,7 +267,13 @@ export class FlashJob {
     }
   }
 
-  /** The job's record beside the agent's state: the result and the console it saw. */
+  /** Bounded: a job that logs without end keeps its first lines and a count of the rest. */
+  private keepLogLine(line: string): void {
+    if (this.logLines.length < MAX_RECORD_LOG_LINES) this.logLines.push(line);
+    else this.droppedLogLines++;
+  }
+
+  /** The job's record beside the agent's state: the result, its log and the console it saw. */
   private async keepRecord(result: JobResult): Promise<void> {
     if (!this.o.recordDir) return;
     try {
@@ -265,10 +281,14 @@ export class FlashJob {
       const record = {
         ...result,
         layout: this.o.layoutName,
+        ...(this.o.holder !== undefined ? { holder: this.o.holder } : {}),
+        startedAt: this.startedAt.toISOString(),
         finishedAt: new Date().toISOString(),
         console: this.console?.stats(),
       };
       await writeFile(path.join(this.o.recordDir, `${this.o.id}.json`), JSON.stringify(record, null, 2) + '\n');
+      const dropped = this.droppedLogLines ? [`… ${this.droppedLogLines} more lines not kept`] : [];
+      await writeFile(path.join(this.o.recordDir, `${this.o.id}.log`), [...this.logLines, ...dropped, ''].join('\n'));
       if (this.console)
         await writeFile(path.join(this.o.recordDir, `${this.o.id}.console.log`), this.redacted(this.console.text()));
     } catch (err) {

@@ -211,6 +211,11 @@ export class LeaseManager {
     return this.queue.filter((w) => this.boardsOf(w.want).includes(target)).length;
   }
 
+  /** Waiters for any board of a pool (`label:<label>`), for the dashboard and the metrics. */
+  labelQueueLength(label: string): number {
+    return this.queue.filter((w) => 'label' in w.want && w.want.label === label).length;
+  }
+
   /** End a lease; the earliest waiter that can take the board gets it. Releasing twice is harmless. */
   release(id: string): void {
     const lease = this.byId.get(id);

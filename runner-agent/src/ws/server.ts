@@ -71,6 +71,21 @@ export interface WsServerOptions {
   maxSendBuffer?: number;
   /** A connection whose HTTP request head is not complete after this long is answered 408 and dropped. */
   headersTimeoutMs?: number;
+  /** Plain HTTP requests (not upgrades) by path: the dashboard, /metrics. None = every request is refused. */
+  routes?: (path: string) => HttpRoute | undefined;
+}
+
+/**
+ * One plain-HTTP endpoint beside the WebSocket. The server checks what every route needs the same
+ * way — a parsable path, an allowed method, a bounded body read whole before `handle` runs — and
+ * answers 400/404/405/413/500 itself; authentication is the route's (tokenMatches, bearerToken).
+ */
+export interface HttpRoute {
+  /** The methods answered (HEAD is answered wherever GET is); any other gets 405 with Allow. */
+  methods: ReadonlyArray<'GET' | 'POST'>;
+  /** The largest request body accepted, in bytes; 0 (the default) refuses any body. */
+  maxBody?: number;
+  handle(req: http.IncomingMessage, res: http.ServerResponse, body: Buffer): void | Promise<void>;
 }
 
 function digest(text: string): Buffer {
@@ -83,7 +98,8 @@ export function tokenMatches(presented: string | undefined, expected: string): b
   return timingSafeEqual(digest(presented), digest(expected));
 }
 
-function bearer(header: string | undefined): string | undefined {
+/** The token of an `Authorization: Bearer <token>` header. */
+export function bearerToken(header: string | undefined): string | undefined {
   const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
   return m?.[1];
 }
@@ -128,6 +144,31 @@ function clientErrorAnswer(code: string | undefined, headersTimeoutMs: number): 
   return httpAnswer(400, 'Bad Request', 'BAD_REQUEST: malformed HTTP request\n');
 }
 
+/** A short text/plain answer. */
+export function plain(res: http.ServerResponse, status: number, text: string): void {
+  res.writeHead(status, {
+    'Content-Type': 'text/plain; charset=utf-8',
+    'Content-Length': Buffer.byteLength(text),
+    'X-Content-Type-Options': 'nosniff',
+  });
+  res.end(text);
+}
+
+/** The whole request body, or undefined when it is (or announces itself) larger than `max` bytes. */
+async function readBody(req: http.IncomingMessage, max: number): Promise<Buffer | undefined> {
+  const announced = Number(req.headers['content-length'] ?? 0);
+  if (!(announced <= max)) return undefined;
+  if (announced === 0 && req.headers['transfer-encoding'] === undefined) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) return undefined;
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
 let connectionCounter = 0;
 
 export class WsServer {
@@ -157,9 +198,12 @@ export class WsServer {
       connectionsCheckingInterval: Math.min(1000, headersTimeout / 2),
     };
     this.server = tls ? https.createServer({ ...tls, ...http1 }) : http.createServer(http1);
-    this.server.on('request', (_req, res) => {
-      res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' });
-      res.end(`rpi-flash agent ${AGENT_VERSION}: connect with a WebSocket to ${WS_PATH}\n`);
+    this.server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+      this.request(req, res).catch((err: unknown) => {
+        o.log.error('HTTP request failed', { path: logged(req.url ?? ''), error: stackOf(err) });
+        if (!res.headersSent) plain(res, 500, 'INTERNAL: the agent could not answer this request\n');
+        else res.destroy();
+      });
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
       // HTTP the parser refuses (garbage, headers too large, too slow): answer that peer and drop it.
@@ -195,6 +239,36 @@ export class WsServer {
     });
   }
 
+  /** A plain HTTP request: the route table's, or refused. */
+  private async request(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    req.on('error', () => {});
+    const path = requestPath(req.url);
+    if (path === undefined) return plain(res, 400, 'BAD_REQUEST: the request-target is not a valid path\n');
+    const route = this.o.routes?.(path);
+    if (!route) {
+      if (path === WS_PATH) {
+        res.writeHead(426, { 'Content-Type': 'text/plain', Upgrade: 'websocket' });
+        res.end(`rpi-flash agent ${AGENT_VERSION}: connect with a WebSocket to ${WS_PATH}\n`);
+        return;
+      }
+      return plain(res, 404, `nothing at ${logged(path)}\n`);
+    }
+    const method = req.method === 'HEAD' ? 'GET' : req.method;
+    if (!route.methods.some((m) => m === method)) {
+      res.setHeader('Allow', [...route.methods, ...(route.methods.includes('GET') ? ['HEAD'] : [])].join(', '));
+      return plain(res, 405, `${req.method} is not allowed here\n`);
+    }
+    const body = await readBody(req, route.maxBody ?? 0);
+    if (body === undefined) {
+      // The rest of an oversized body is not read: the connection goes with the answer.
+      res.setHeader('Connection', 'close');
+      plain(res, 413, `BAD_REQUEST: the body is larger than the ${route.maxBody ?? 0} bytes allowed here\n`);
+      req.socket.end();
+      return;
+    }
+    await route.handle(req, res, body);
+  }
+
   private upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, remote: string, chunkSize: number): void {
     const { log } = this.o;
     const path = requestPath(req.url);
@@ -206,7 +280,7 @@ export class WsServer {
       log.warn('upgrade refused: unknown path', { remote, path: logged(path) });
       return refuse(socket, 404, 'Not Found', `no WebSocket endpoint at ${logged(path)}; use ${WS_PATH}\n`);
     }
-    if (!tokenMatches(bearer(req.headers.authorization), this.o.token)) {
+    if (!tokenMatches(bearerToken(req.headers.authorization), this.o.token)) {
       log.warn('upgrade refused: bad or missing token', { remote });
       return refuse(socket, 401, 'Unauthorized', 'AUTH_FAILED: missing or wrong token\n');
     }
