@@ -245,9 +245,13 @@ export class LabFeed {
         boards: count,
         queue: this.source.poolQueueLength?.(name) ?? 0,
       })),
-      running: [...this.running.values()].map(({ log: _log, ...view }) => ({
-        ...view,
-        ...(view.progress ? { progress: { ...view.progress } } : {}),
+      running: [...this.running.values()].map((j) => ({
+        id: j.id,
+        target: j.target,
+        holder: j.holder,
+        startedAt: j.startedAt,
+        ...(j.phase ? { phase: j.phase } : {}),
+        ...(j.progress ? { progress: { ...j.progress } } : {}),
       })),
       recent: this.recent.slice(),
     };

@@ -1,6 +1,9 @@
 /** The dashboard's style sheet (app.css). */
 export const PAGE_CSS = `
-:root { --ok: #1a7f37; --bad: #cf222e; --busy: #9a6700; --muted: #656d76; --line: #d0d7de; font-family: system-ui, sans-serif; }
+:root {
+  --ok: #1a7f37; --bad: #cf222e; --busy: #9a6700; --muted: #656d76; --line: #d0d7de;
+  font-family: system-ui, sans-serif;
+}
 body { margin: 0; color: #1f2328; background: #f6f8fa; }
 header { display: flex; gap: 1rem; align-items: center; padding: .5rem 1rem; background: #24292f; color: #fff; }
 header h1 { font-size: 1.1rem; margin: 0; }
@@ -23,7 +26,10 @@ th { background: #eaeef2; }
 .muted { color: var(--muted); }
 nav button { margin: 0 .3rem .3rem 0; }
 nav button[aria-pressed="true"] { font-weight: 700; }
-.log { background: #0d1117; color: #e6edf3; font: .8rem/1.35 ui-monospace, monospace; padding: .5rem; height: 22rem; overflow: auto; white-space: pre-wrap; }
+.log {
+  background: #0d1117; color: #e6edf3; font: .8rem/1.35 ui-monospace, monospace;
+  padding: .5rem; height: 22rem; overflow: auto; white-space: pre-wrap;
+}
 .log .empty { color: #8b949e; margin: 0; }
 .log .src-board { color: #79c0ff; }
 .log .src-console { color: #d2a8ff; }
@@ -31,7 +37,9 @@ nav button[aria-pressed="true"] { font-weight: 700; }
 .log .lvl-error { color: #ff7b72; }
 .log .ended { color: #8b949e; border-top: 1px solid #30363d; margin-top: .3rem; }
 body.login { display: grid; place-items: center; min-height: 100vh; }
-body.login form { background: #fff; padding: 2rem; border: 1px solid var(--line); border-radius: .5rem; max-width: 24rem; }
+body.login form {
+  background: #fff; padding: 2rem; border: 1px solid var(--line); border-radius: .5rem; max-width: 24rem;
+}
 body.login label { display: block; margin: 1rem 0; }
 body.login input { width: 100%; }
 .error { color: var(--bad); }

@@ -24,7 +24,9 @@ export const PAGE_HTML = `<!doctype html>
   <section>
     <h2>Boards</h2>
     <table id="boards">
-      <thead><tr><th>Board</th><th>Model</th><th>State</th><th>Lease</th><th>Since</th><th>Job</th><th>Queue</th></tr></thead>
+      <thead><tr>
+        <th>Board</th><th>Model</th><th>State</th><th>Lease</th><th>Since</th><th>Job</th><th>Queue</th>
+      </tr></thead>
       <tbody></tbody>
     </table>
   </section>

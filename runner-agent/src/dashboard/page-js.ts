@@ -25,9 +25,14 @@ export const PAGE_JS = String.raw`'use strict';
     (children || []).forEach(function (c) { if (c) node.appendChild(c); });
     return node;
   }
-  function td(text, className) { return el('td', { text: text == null ? '' : String(text), className: className || '' }); }
+  function td(text, className) {
+    return el('td', { text: text == null ? '' : String(text), className: className || '' });
+  }
   function pad(n) { return n < 10 ? '0' + n : String(n); }
-  function clock(ms) { var d = new Date(ms); return pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds()); }
+  function clock(ms) {
+    var d = new Date(ms);
+    return pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
+  }
   function ago(ms) {
     var s = Math.max(0, Math.round((Date.now() - ms) / 1000));
     if (s < 60) return s + ' s ago';
@@ -42,7 +47,8 @@ export const PAGE_JS = String.raw`'use strict';
   function runLink(holder, base) {
     var m = /^([\w.-]+\/[\w.-]+) run (\d+)/.exec(holder || '');
     if (!m || !base) return null;
-    return el('a', { href: base.replace(/\/$/, '') + '/' + m[1] + '/actions/runs/' + m[2], text: holder, rel: 'noreferrer' });
+    var href = base.replace(/\/$/, '') + '/' + m[1] + '/actions/runs/' + m[2];
+    return el('a', { href: href, text: holder, rel: 'noreferrer' });
   }
   function holderCell(holder, base) {
     var cell = el('td', { className: 'holder' });
@@ -93,7 +99,8 @@ export const PAGE_JS = String.raw`'use strict';
     var body = el('tbody');
     s.recent.forEach(function (j) {
       ended[j.id] = j;
-      var log = el('a', { href: '/dashboard/jobs/' + encodeURIComponent(j.id) + '/log', text: 'log', target: '_blank' });
+      var href = '/dashboard/jobs/' + encodeURIComponent(j.id) + '/log';
+      var log = el('a', { href: href, text: 'log', target: '_blank' });
       body.appendChild(el('tr', { 'data-job': j.id }, [
         td(clock(j.finishedAt), 'finished'),
         td(j.target, 'name'),
@@ -114,7 +121,9 @@ export const PAGE_JS = String.raw`'use strict';
     var nav = $('running');
     nav.textContent = '';
     s.running.forEach(function (j) {
-      var b = el('button', { type: 'button', 'data-job': j.id, 'aria-pressed': String(j.id === selected), text: j.target + ' · ' + j.id });
+      var b = el('button', {
+        type: 'button', 'data-job': j.id, 'aria-pressed': String(j.id === selected), text: j.target + ' · ' + j.id
+      });
       b.addEventListener('click', function () { select(j.id, true); });
       nav.appendChild(b);
     });
@@ -122,7 +131,9 @@ export const PAGE_JS = String.raw`'use strict';
     if (selected) {
       var run = s.running.filter(function (j) { return j.id === selected; })[0];
       var done = ended[selected];
-      title = run ? run.target + ' · job ' + selected + ' (running)' : done ? done.target + ' · job ' + selected + ' (' + done.code + ')' : 'job ' + selected;
+      if (run) title = run.target + ' · job ' + selected + ' (running)';
+      else if (done) title = done.target + ' · job ' + selected + ' (' + done.code + ')';
+      else title = 'job ' + selected;
     }
     $('log-title').textContent = title;
   }
@@ -136,7 +147,8 @@ export const PAGE_JS = String.raw`'use strict';
     var box = $('log');
     box.textContent = '';
     var lines = selected ? logs[selected] || [] : [];
-    if (!lines.length) box.appendChild(el('p', { className: 'empty', text: selected ? 'No lines yet.' : 'No job is running.' }));
+    var none = selected ? 'No lines yet.' : 'No job is running.';
+    if (!lines.length) box.appendChild(el('p', { className: 'empty', text: none }));
     lines.forEach(function (l) { box.appendChild(lineNode(l)); });
     if (selected && ended[selected]) box.appendChild(endNode(ended[selected]));
     box.scrollTop = box.scrollHeight;
@@ -184,7 +196,8 @@ export const PAGE_JS = String.raw`'use strict';
   function onSnapshot(s) {
     var wasEnded = selected && ended[selected];
     snapshot = s;
-    $('agent').textContent = 'agent ' + s.agent + ' · ' + s.boards.length + ' boards · ' + s.running.length + ' running';
+    $('agent').textContent =
+      'agent ' + s.agent + ' · ' + s.boards.length + ' boards · ' + s.running.length + ' running';
     renderBoards(s);
     renderRecent(s);
     renderRunning(s);

@@ -8,7 +8,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { LabFeed } from '../lab-view.js';
 import { BOARD_STATES } from '../lab/board-states.js';
 
-/** Flash (stage → verify): a small image on a fast card takes seconds, a whole card at SD speed class 2 tens of minutes. */
+/** Flash (stage → verify): a small image on a fast card takes seconds, a whole card at class 2 tens of minutes. */
 export const FLASH_BUCKETS = [5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600];
 /** Boot (the boot check): a Pi's system answers in seconds to a few minutes; the default limit is 300 s. */
 export const BOOT_BUCKETS = [1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600];
