@@ -103,7 +103,7 @@ export interface BoardStatesOpened {
   states: BoardStates;
   /** Boards found mid-job (leased/flashing/booting) and set back to idle. */
   interrupted: string[];
-  /** The file was unreadable and was set aside under this name (only with `onCorrupt: 'reset'`). */
+  /** The file was unreadable and was set aside under this name (only with `onCorrupt: 'maintenance'`). */
   setAside?: string;
 }
 
@@ -114,10 +114,13 @@ export interface BoardStatesOptions {
   names: readonly string[];
   /**
    * A file that is not ours (bad JSON, unknown version, bad record): `fail` (default) throws a
-   * `BoardStateFileError` so the agent stops with a clear message; `reset` renames it to
-   * `boards.json.corrupt-<time>` and starts every board idle (the operator's `--reset-board-states`).
+   * `BoardStateFileError`; `maintenance` (the agent's choice) renames it to
+   * `boards.json.corrupt-<time>` and starts every board in `maintenance`, its reason naming the
+   * file. Neither guesses: the file may have held boards taken out of service, and a board
+   * wrongly idle would take jobs, while an agent that refused to start would be restarted by
+   * systemd into the same refusal for ever. An operator resumes the boards once they are checked.
    */
-  onCorrupt?: 'fail' | 'reset';
+  onCorrupt?: 'fail' | 'maintenance';
   now?: () => number;
 }
 
@@ -145,14 +148,18 @@ export class BoardStates {
   static async open(o: BoardStatesOptions): Promise<BoardStatesOpened> {
     const now = o.now ?? Date.now;
     const states = new BoardStates(o.file, now);
-    let stored: BoardStatus[] = [];
+    let stored: BoardStatus[];
     let setAside: string | undefined;
     try {
       stored = await BoardStates.read(o.file);
     } catch (err) {
-      if (!(err instanceof BoardStateFileError) || o.onCorrupt !== 'reset') throw err;
+      if (!(err instanceof BoardStateFileError) || o.onCorrupt !== 'maintenance') throw err;
       setAside = `${o.file}.corrupt-${new Date(now()).toISOString().replace(/[:.]/g, '-')}`;
       await rename(o.file, setAside);
+      const reason =
+        `the board-state file was unreadable (${err.message}; kept as ${setAside}): ` +
+        'check the board, then resume it';
+      stored = o.names.map((name) => ({ name, state: 'maintenance', since: now(), reason, consecutiveFailures: 0 }));
     }
     const byName = new Map(stored.map((s) => [s.name, s]));
     const interrupted: string[] = [];
@@ -201,6 +208,22 @@ export class BoardStates {
       out.push(s);
     }
     return out;
+  }
+
+  /**
+   * The targets were reloaded: boards new to the database start idle, boards gone from it are
+   * forgotten (their states with them), the rest keep theirs. Returns whether anything changed.
+   */
+  sync(names: readonly string[]): boolean {
+    const before = [...this.boards.keys()].join('\n');
+    const old = new Map(this.boards);
+    this.boards.clear();
+    // Rebuilt in the database's order, which list() promises.
+    for (const name of names)
+      this.boards.set(name, old.get(name) ?? { name, state: 'idle', since: this.now(), consecutiveFailures: 0 });
+    const changed = [...this.boards.keys()].join('\n') !== before;
+    if (changed) this.schedule();
+    return changed;
   }
 
   /** A copy of one board's status, or undefined for a name that is not a target. */
