@@ -40983,6 +40983,8 @@ const AgentCodes = {
     BOARD_NO_SHOW: 'The board never fetched its flash script after the reset.',
     BOARD_IP_MISMATCH: "The board asked for its flash script from an address other than its targets row's IP (tftp.checkClientIp): " +
         'the request was refused; the message names the address.',
+    BOARD_RAM_TOO_SMALL: "The board's RAM, as its firmware reports it (after gpu_mem, less U-Boot's reserve), ends below stage 2's " +
+        'buffers (flash.loadAddr + flash.partSize): nothing was written; the message names both addresses.',
     BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
     BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
     REPORT_REJECTED: "A board report was refused: it named a part the agent had not served in full to the board's address, " +
@@ -41131,6 +41133,13 @@ function parseClientMessage(text) {
             str(m, 'lease', { optional: true, pattern: ID });
             str(m, 'reason', { optional: true, max: 256 });
             break;
+        case 'board':
+            str(m, 'action', { max: 32 });
+            if (!BOARD_ACTIONS.includes(m.action))
+                fail(`"action" must be one of ${BOARD_ACTIONS.join(', ')} in a "board" message`);
+            str(m, 'target', { optional: m.action === 'status', max: 128 });
+            str(m, 'reason', { optional: true, max: 256 });
+            break;
         default:
             fail(`unknown message type "${String(m.type).slice(0, 32)}"`);
     }
@@ -41142,9 +41151,9 @@ function parseClientMessage(text) {
  * misreads, without refusing what it would have read fine (a longer log line, a new phase name).
  */
 const AGENT_FIELDS = {
-    welcome: { protocol: 'integer', agent: 'string', chunkSize: 'integer', maxPayload: 'integer' },
+    welcome: { protocol: 'integer', agent: 'string', name: 'string?', chunkSize: 'integer', maxPayload: 'integer' },
     queued: { position: 'integer', holder: 'string?' },
-    leased: { lease: 'string', target: 'object' },
+    leased: { lease: 'string', target: 'object', agent: 'string?' },
     'upload-ready': { offset: 'integer' },
     'upload-progress': { received: 'integer' },
     'upload-done': { sha256: 'string', size: 'integer', imageSize: 'integer', skipped: 'boolean' },
@@ -41166,6 +41175,7 @@ const AGENT_FIELDS = {
         tftpOptions: 'object?',
     },
     released: { lease: 'string' },
+    'board-status': { boards: 'array', health: 'object?' },
     error: { code: 'string', message: 'string', fatal: 'boolean?' },
 };
 /** Target fields inside `leased` and `result`. */
@@ -41247,6 +41257,8 @@ const MAX_PAYLOAD_MARGIN = (/* unused pure expression or super */ null && (64 * 
 const messages_COMPRESSIONS = (/* unused pure expression or super */ null && (['none', 'gz', 'xz', 'zst']));
 /** The phases of a job, in order. Phase names are shown as log groups by the action. */
 const PHASES = ['queue', 'upload', 'stage', 'reset', 'transfer', 'verify', 'boot'];
+/** What an operator may do to a board (`rpi-flash-agent board TARGET ACTION`). */
+const messages_BOARD_ACTIONS = (/* unused pure expression or super */ null && (['status', 'maintenance', 'resume', 'health']));
 const messages_SHA256_PATTERN = /^[0-9a-f]{64}$/;
 
 ;// CONCATENATED MODULE: ./src/protocol/client.js
@@ -41302,6 +41314,8 @@ class AgentConnection {
     /** Set by the agent's welcome. */
     chunkSize = DEFAULT_CHUNK_SIZE;
     agentVersion = '';
+    /** The agent's name (config `name`, its host name by default); empty for an agent that does not say. */
+    agentName = '';
     /** Bytes the agent confirmed written, per upload request. */
     uploadAcks = new Map();
     /** Each upload in progress on this connection, for `cancel()` to stop before it sends. */
@@ -41370,6 +41384,7 @@ class AgentConnection {
         }
         conn.chunkSize = welcome.chunkSize;
         conn.agentVersion = welcome.agent;
+        conn.agentName = welcome.name ?? '';
         return conn;
     }
     onFrame(data, isBinary) {
@@ -41675,6 +41690,14 @@ class AgentConnection {
             stop.wake();
         }
         await this.request({ type: 'cancel', id: nextId(), ...o }, { final: ['released'] });
+    }
+    /**
+     * The lab operator's request on a board (`rpi-flash-agent board`): its status after the action.
+     * `health` resolves when the check ends, which may take as long as a job.
+     */
+    async board(o) {
+        const m = await this.request({ type: 'board', id: nextId(), ...o }, { final: ['board-status'] });
+        return m;
     }
     close() {
         clearInterval(this.heartbeat);

@@ -8,6 +8,8 @@
 import path from 'node:path';
 import { CodedError, codeOf, messageOf, type ErrorCode } from '../../src/protocol/errors.js';
 import type {
+  BoardRequest,
+  BoardStatusMessage,
   ClientMessage,
   FlashRequest,
   JobResult,
@@ -22,8 +24,11 @@ import type { ResetContext } from './reset/index.js';
 import type { LayoutRegistry } from './layouts/registry.js';
 import type { ImageStore } from './store/image-store.js';
 import type { UploadSession } from './store/upload-session.js';
-import { LeaseManager, newId, type Lease } from './jobs/leases.js';
-import { FlashJob, targetInfo } from './jobs/flash-job.js';
+import { LABEL_PREFIX, LeaseManager, newId, type Lease, type LeaseWant } from './jobs/leases.js';
+import { REFUSING_STATES, type BoardState, type BoardStates } from './lab/board-states.js';
+import { HealthChecks, type HealthJobResult } from './lab/health-checks.js';
+import { importHealthImage } from './lab/health-image.js';
+import { FlashJob, targetInfo, type JobEvent } from './jobs/flash-job.js';
 import { formatBytes } from '../../src/protocol/units.js';
 import type { BoardFiles } from './staging/board-files.js';
 import type { ClientConnection, ConnectionHandler } from './ws/server.js';
@@ -86,10 +91,20 @@ export interface AgentServiceDeps {
   /** The layouts a job may use, by name (layouts/registry.ts). */
   layouts: LayoutRegistry;
   targets: () => readonly Target[];
+  /** Every target's state (lab/board-states.ts), opened from `<stateDir>/boards.json`. */
+  boards: BoardStates;
 }
 
+/** The holder a health check's lease shows to others waiting. */
+export const HEALTH_HOLDER = 'health check';
+
 export class AgentService implements ConnectionHandler {
-  readonly leases = new LeaseManager();
+  readonly leases: LeaseManager;
+  /** Every target's state; the dashboard and the metrics read it and subscribe to its changes. */
+  readonly boards: BoardStates;
+  readonly health: HealthChecks;
+  /** Health jobs running now, and their ends: shutdown cancels them as it does clients' jobs. */
+  private readonly healthJobs = new Map<FlashJob, Promise<unknown>>();
   private readonly sessions = new Map<string, LeaseSession>();
   private readonly byConnection = new Map<string, LeaseSession>();
   /** Lease requests still waiting in a queue, by connection, so a disconnect leaves the queue. */
@@ -100,6 +115,29 @@ export class AgentService implements ConnectionHandler {
   readonly lab: LabFeed;
 
   constructor(private readonly d: AgentServiceDeps) {
+    this.boards = d.boards;
+    this.leases = new LeaseManager({
+      boardsWithLabel: (label) => {
+        const wanted = label.toLowerCase();
+        return d
+          .targets()
+          .filter((t) => t.labels.some((l) => l.toLowerCase() === wanted))
+          .map((t) => t.name);
+      },
+      availability: (board) => this.refusalOf(board),
+    });
+    this.health = new HealthChecks({
+      states: d.boards,
+      settings: d.config.health,
+      run: (board) => this.runHealthJob(board),
+      log: d.log.child({ part: 'health' }),
+    });
+    // A board taken out or brought back changes who may wait for it: refuse waiters no board can
+    // serve any more, and hand a board that came back to the earliest waiter.
+    d.boards.onChange((status, previous) => {
+      if (REFUSING_STATES.includes(status.state) !== REFUSING_STATES.includes(previous)) this.leases.recheck();
+    });
+    this.health.start();
     this.lab = new LabFeed(
       {
         targets: () => d.targets(),
@@ -135,6 +173,8 @@ export class AgentService implements ConnectionHandler {
         return this.flash(conn, m);
       case 'cancel':
         return this.cancel(conn, m.id, m.lease, m.reason);
+      case 'board':
+        return this.board(conn, m);
       case 'hello':
         return;
     }
@@ -169,30 +209,31 @@ export class AgentService implements ConnectionHandler {
       if (s.conn && s.conn.id !== conn.id) s.conn.close(4000, 'lease taken over by a new connection');
       this.attach(s, conn);
       this.d.log.info('lease resumed', { target: s.target.name, lease: s.lease.id, conn: conn.id });
-      conn.send({ type: 'leased', re: m.id, lease: s.lease.id, target: targetInfo(s.target) });
+      conn.send({
+        type: 'leased',
+        re: m.id,
+        lease: s.lease.id,
+        target: targetInfo(s.target),
+        agent: this.d.config.name,
+      });
       if (s.pendingResult) {
         conn.send(s.pendingResult);
         this.endSession(s);
       }
       return;
     }
-    const target = findTarget(this.d.targets(), m.target);
-    if (!target)
-      throw new CodedError(
-        'UNKNOWN_TARGET',
-        `no target "${m.target}" in the agent's database (give a name, MAC or IP)`,
-      );
+    const want = this.wantOf(m.target);
     const holder = m.holder ?? conn.client;
     const abort = new AbortController();
     this.waiting.set(conn.id, { abort, requestId: m.id });
     let lease: Lease;
     try {
-      lease = await this.leases.acquire(target.name, holder, {
+      lease = await this.leases.acquire(want, holder, {
         signal: abort.signal,
         onPosition: (position, current) => {
           conn.send({ type: 'queued', re: m.id, position, ...(current ? { holder: current } : {}) });
           this.lab.changed();
-          this.d.log.info('lease request queued', { target: target.name, position, holder });
+          this.d.log.info('lease request queued', { target: m.target, position, holder });
         },
       });
     } finally {
@@ -200,12 +241,19 @@ export class AgentService implements ConnectionHandler {
       // Granted or gone (cancelled, disconnected): the queue is one shorter either way.
       this.lab.changed();
     }
+    // A pool's board is known only now; a named one may have been renamed by a reload meanwhile.
+    const target = this.d.targets().find((t) => t.name === lease.target);
+    if (!target) {
+      this.freeBoard(lease.id);
+      throw new CodedError('UNKNOWN_TARGET', `target "${lease.target}" left the database while the request waited`);
+    }
+    this.boardMoved(target.name, 'leased');
     const s: LeaseSession = { lease, target };
     this.sessions.set(lease.id, s);
     this.attach(s, conn);
     this.d.log.info('lease granted', { target: target.name, lease: lease.id, holder });
     this.lab.changed();
-    conn.send({ type: 'leased', re: m.id, lease: lease.id, target: targetInfo(target) });
+    conn.send({ type: 'leased', re: m.id, lease: lease.id, target: targetInfo(target), agent: this.d.config.name });
   }
 
   private async uploadBegin(conn: ClientConnection, m: UploadBeginRequest): Promise<void> {
@@ -438,6 +486,7 @@ export class AgentService implements ConnectionHandler {
         emit: (event) => {
           s.conn?.send({ ...event, re: m.id });
           this.lab.jobEvent(jobId, event);
+          this.phaseSeen(s.target.name, event);
         },
       });
       s.job = job;
@@ -461,6 +510,8 @@ export class AgentService implements ConnectionHandler {
       const seconds = Object.values(result.timings).reduce((a, b) => a + (b ?? 0), 0);
       log.info('job ended', { code: result.code, ok: result.ok, seconds: seconds.toFixed(1) });
       const message: ResultMessage = { type: 'result', re: m.id, ...result };
+      // Before the lease goes: a board that turns unhealthy must not reach the next waiter.
+      this.health.clientJobEnded(s.target.name, result.code);
       if (s.conn) {
         s.conn.send(message);
         this.endSession(s);
@@ -471,7 +522,7 @@ export class AgentService implements ConnectionHandler {
         // The client is away: keep the result for its return, free the board for others now.
         s.pendingResult = message;
         s.job = undefined;
-        this.leases.release(s.lease.id);
+        this.freeBoard(s.lease.id);
         this.lab.changed();
       }
     } finally {
@@ -522,7 +573,7 @@ export class AgentService implements ConnectionHandler {
     clearTimeout(s.graceTimer);
     this.sessions.delete(s.lease.id);
     if (s.conn) this.byConnection.delete(s.conn.id);
-    this.leases.release(s.lease.id);
+    this.freeBoard(s.lease.id);
     this.d.log.info('lease released', { target: s.target.name, lease: s.lease.id });
     this.lab.changed();
   }
@@ -561,7 +612,9 @@ export class AgentService implements ConnectionHandler {
     this.stopping = true;
     clearInterval(this.partialExpiry);
     this.leases.close();
+    this.health.stop();
     const running: Promise<void>[] = [];
+    for (const job of this.healthJobs.keys()) job.cancel('the agent is stopping', 'SHUTTING_DOWN');
     for (const s of this.sessions.values()) {
       if (s.job || s.starting) {
         this.cancelJob(s, 'the agent is stopping', 'SHUTTING_DOWN');
@@ -578,6 +631,14 @@ export class AgentService implements ConnectionHandler {
       }
     }
     await Promise.race([
+    running.push(
+      ...[...this.healthJobs.values()].map((p) =>
+        p.then(
+          () => {},
+          () => {},
+        ),
+      ),
+    );
       Promise.all(running),
       new Promise((r) => setTimeout(r, this.d.config.timeouts.shutdown * 1000)),
     ]);
@@ -588,6 +649,160 @@ export class AgentService implements ConnectionHandler {
   }
 
   activeJobs(): number {
-    return [...this.sessions.values()].filter((s) => s.job).length;
+    return [...this.sessions.values()].filter((s) => s.job).length + this.healthJobs.size;
+  }
+
+  // ---- boards: states, pools, health checks, the operator's requests ----------------------------
+
+  /** What a lease request's `target` asks for: a pool (`label:<label>`) or one board by name, MAC or IP. */
+  private wantOf(text: string): LeaseWant {
+    if (text.toLowerCase().startsWith(LABEL_PREFIX)) {
+      const label = text.slice(LABEL_PREFIX.length).trim();
+      if (!label) throw new CodedError('BAD_REQUEST', `"${text}" names no label (label:<label>, e.g. label:pi4)`);
+      return { label };
+    }
+    return { board: this.targetOf(text).name };
+  }
+
+  private targetOf(text: string): Target {
+    const target = findTarget(this.d.targets(), text);
+    if (!target)
+      throw new CodedError(
+        'UNKNOWN_TARGET',
+        `no target "${text}" in the agent's database (give a name, MAC or IP, or label:<label>)`,
+      );
+    return target;
+  }
+
+  /** Why a new lease on the board is refused (unhealthy, maintenance), or undefined when it may be leased. */
+  private refusalOf(board: string): CodedError | undefined {
+    const s = this.d.boards.get(board);
+    if (!s || !REFUSING_STATES.includes(s.state)) return undefined;
+    const since = new Date(s.since).toISOString();
+    const why = s.reason ? `: ${s.reason}` : '';
+    return s.state === 'maintenance'
+      ? new CodedError('BOARD_IN_MAINTENANCE', `${board} is in maintenance since ${since}${why}`)
+      : new CodedError('BOARD_UNHEALTHY', `${board} is unhealthy since ${since}${why}`);
+  }
+
+  /**
+   * A job's own step: leased, flashing, booting. A board in maintenance stays so through the job
+   * it was taken out under (the job finishes; no new one starts).
+   */
+  private boardMoved(board: string, state: BoardState, reason?: string): void {
+    if (this.d.boards.get(board)?.state === 'maintenance') return;
+    this.d.boards.set(board, state, reason);
+  }
+
+  /** Phases stage to verify are the board being flashed; boot is the new system starting. */
+  private phaseSeen(board: string, event: JobEvent): void {
+    if (event.type !== 'phase' || event.state !== 'start') return;
+    this.boardMoved(board, event.phase === 'boot' ? 'booting' : 'flashing');
+  }
+
+  /** End a lease: its board is idle unless its job's end made it unhealthy, or it went into maintenance. */
+  private freeBoard(leaseId: string): void {
+    const lease = this.leases.get(leaseId);
+    const state = lease && this.d.boards.get(lease.target)?.state;
+    if (lease && (state === 'leased' || state === 'flashing' || state === 'booting'))
+      this.d.boards.set(lease.target, 'idle');
+    this.leases.release(leaseId);
+  }
+
+  /** The targets were reloaded: new boards start idle, pools may have changed. */
+  targetsChanged(): void {
+    this.d.boards.sync(this.d.targets().map((t) => t.name));
+    this.leases.recheck();
+  }
+
+  /** A health job: the same lease (it waits its turn) and FlashJob as a client's, with the known-good image. */
+  private async runHealthJob(board: string): Promise<HealthJobResult> {
+    const { config, store } = this.d;
+    const target = this.targetOf(board);
+    const stored = await importHealthImage(store, config.health.image!);
+    const unpin = store.pin(stored.sha256);
+    try {
+      const image = await store.get(stored.sha256);
+      if (!image) throw new CodedError('IMAGE_NOT_FOUND', 'the health image was evicted as it was imported');
+      const lease = await this.leases.acquire(target.name, HEALTH_HOLDER, { bypass: true });
+      const jobId = newId(6);
+      const log = this.d.log.child({ target: target.name, job: jobId, part: 'health' });
+      let job: FlashJob | undefined;
+      try {
+        this.boardMoved(target.name, 'leased', 'health check');
+        const layoutName = target.layout ?? config.defaultLayout;
+        const layout = this.d.layouts[layoutName];
+        if (!layout)
+          throw new CodedError('LAB_MISCONFIGURED', `${target.name}: the agent has no layout "${layoutName}"`);
+        job = new FlashJob({
+          id: jobId,
+          target,
+          image,
+          config,
+          layout,
+          layoutName,
+          files: this.d.files,
+          storedPartCrcs: (partSize) => store.storedPartCrcs(image.sha256, partSize),
+          mappedRanges: () => store.mappedRanges(image.sha256, config.flash.minZeroRun),
+          recordDir: path.join(config.stateDir, 'jobs'),
+          holder: HEALTH_HOLDER,
+          bootCheck: config.health.bootCheck ?? config.bootCheck,
+          timeouts: config.timeouts,
+          reset: this.d.resetContext,
+          log,
+          emit: (event) => this.phaseSeen(target.name, event),
+        });
+        log.info('health job started', { image: image.sha256, layout: layoutName });
+        const run = job.run();
+        this.healthJobs.set(job, run);
+        const result = await run;
+        log.info('health job ended', { code: result.code, ok: result.ok });
+        this.health.healthJobEnded(target.name, result);
+        return { ok: result.ok, code: result.code, message: result.message };
+      } catch (err) {
+        // The job could not be set up: that says nothing about the board, whose state goes back to idle.
+        log.error('health job not started', { error: messageOf(err) });
+        throw err;
+      } finally {
+        if (job) this.healthJobs.delete(job);
+        this.freeBoard(lease.id);
+      }
+    } finally {
+      unpin();
+    }
+  }
+
+  /** The operator's request (`rpi-flash-agent board`): answered with the board's status after it. */
+  private async board(conn: ClientConnection, m: BoardRequest): Promise<void> {
+    const { boards } = this.d;
+    const answer = (statuses: BoardStatusMessage['boards'], health?: BoardStatusMessage['health']) =>
+      conn.send({ type: 'board-status', re: m.id, boards: statuses, ...(health ? { health } : {}) });
+    if (m.action === 'status' && m.target === undefined) return answer(boards.list());
+    const name = this.targetOf(m.target ?? '').name;
+    const who = m.reason ? `${m.reason} (${conn.client})` : `by ${conn.client}`;
+    this.d.log.info('board request', { target: name, action: m.action, client: conn.client, reason: m.reason });
+    switch (m.action) {
+      case 'status':
+        break;
+      case 'maintenance': {
+        const busy = this.leases.holderOf(name) ? '; its running job finishes first' : '';
+        boards.set(name, 'maintenance', `maintenance ${who}${busy}`);
+        break;
+      }
+      case 'resume': {
+        const state = boards.get(name)!.state;
+        if (state === 'maintenance' || state === 'unhealthy') {
+          boards.recordJobEnd(name, false);
+          // A board whose job ran on through the maintenance shows that job again.
+          boards.set(name, this.leases.holderOf(name) ? 'leased' : 'idle', `resumed ${who}`);
+        }
+        break;
+      }
+      case 'health': {
+        const outcome = await this.health.check(name, `on demand ${who}`);
+        return answer([outcome.status], { ok: outcome.ok, code: outcome.code, message: outcome.message });
+      }
+    }
+    return answer([boards.get(name)!]);
   }
 }

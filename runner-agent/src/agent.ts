@@ -19,6 +19,7 @@ import { LabMetrics } from './metrics/lab-metrics.js';
 import { metricsRoute } from './metrics/metrics-route.js';
 import { SimBoard, SimLab } from './sim/index.js';
 import { builtinLayouts, type LayoutRegistry } from './layouts/registry.js';
+import { BoardStates } from './lab/board-states.js';
 
 export interface RunningAgent {
   config: AgentConfig;
@@ -130,9 +131,27 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
   };
   await buildSimLab(targets);
 
+  // An unreadable state file puts every board in maintenance (lab/board-states.ts says why) rather
+  // than stopping the agent, which systemd would only restart into the same failure.
+  const opened = await BoardStates.open({
+    file: path.join(config.stateDir, 'boards.json'),
+    names: targets.map((t) => t.name),
+    onCorrupt: 'maintenance',
+  });
+  if (opened.setAside)
+    log.error('the board-state file was unreadable: every board is in maintenance until an operator resumes it', {
+      keptAs: opened.setAside,
+    });
+  if (opened.interrupted.length)
+    log.warn('boards were mid-job when the agent stopped; their jobs are gone and they are idle again', {
+      boards: opened.interrupted.join(','),
+    });
+  const boards = opened.states;
+
   const service = new AgentService({
     config,
     log,
+    boards,
     store,
     files,
     targets: () => targets,
@@ -173,6 +192,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     log,
     handler: service,
     graceMs: config.timeouts.leaseGrace * 1000,
+    agentName: config.name,
     maxSendBuffer: config.listen.maxSendBuffer,
     ...(o.headersTimeoutMs !== undefined ? { headersTimeoutMs: o.headersTimeoutMs } : {}),
     routes: (p) => (p === '/metrics' ? metricsHttp : dashboard?.route(p)),
@@ -205,6 +225,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
       const next = await loadTargets(config.targets, Object.keys(layouts));
       targets = next;
       await buildSimLab(next);
+      service.targetsChanged();
       log.info('targets reloaded', { file: config.targets, count: next.length });
     },
     stop() {
@@ -224,6 +245,10 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
         await simLab?.close();
         log.info('stopping: deleting staged target folders');
         await files.removeLeftovers();
+        log.info('stopping: writing the board states');
+        await boards
+          .flush()
+          .catch((err: Error) => log.error('could not write the board states', { error: err.message }));
         log.info('stopping: closing the image store');
         await store.close();
         log.info('stopped');

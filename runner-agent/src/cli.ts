@@ -17,6 +17,8 @@ Usage:
   rpi-flash-agent --config FILE [options]
   rpi-flash-agent make-card --image FILE --model MODEL --out card.img|/dev/sdX
                             (a board's first card; make-card --help)
+  rpi-flash-agent board TARGET maintenance|resume|health|status, or board list
+                            (a board's state, on the running agent; board --help)
 
 Options (each overrides the same setting in the config file):
   -c, --config FILE         JSON configuration file (required)
@@ -149,6 +151,7 @@ export class LastResortGuard {
 
 export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'make-card') return (await import('./make-card.js')).makeCardMain(argv.slice(1));
+  if (argv[0] === 'board') return (await import('./board-command.js')).boardMain(argv.slice(1));
   let args: ParsedArgs;
   try {
     args = parseCliArgs(argv);

@@ -6,12 +6,27 @@ import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { isIP } from 'node:net';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseBootCheck } from '../../src/protocol/boot-check.js';
 import type { Stage2Settings } from './board/stage2-script.js';
 import { builtinLayouts } from './layouts/registry.js';
 
+/** Health checks of the boards (lab/health-checks.ts). */
+export interface HealthSettings {
+  /** The known-good image (a path on the lab server); no checks can run without one. */
+  image?: string;
+  /** Seconds between scheduled checks of each board; none = no scheduled checks. */
+  schedule?: number;
+  /** Board-fault failures in a row that make a board unhealthy and start a check. */
+  afterFailures: number;
+  /** The check's boot check (`tcp:22`…); the agent's `bootCheck` when absent. */
+  bootCheck?: string;
+}
+
 export interface AgentConfig {
+  /** The agent's name, told to clients (welcome, leased) so a job says which agent ran it; default the host name. */
+  name: string;
   listen: {
     host: string;
     port: number;
@@ -74,6 +89,8 @@ export interface AgentConfig {
   sim: { bootPort: number; cardSize: number };
   /** Layout for targets whose CSV row names none (layouts/registry.ts): `inject` keeps boards network-flashable. */
   defaultLayout: string;
+  /** Health checks of the boards (lab/health-checks.ts): a known-good image, when and after how many failures. */
+  health: HealthSettings;
   /** What the inject layout carries into each image. */
   uboot: {
     /** Stage 1 script image; default: the agent's own `uboot/boot.scr`. */
@@ -128,6 +145,7 @@ export const DEFAULTS = {
   sim: { bootPort: 2222, cardSize: 256 * 1024 ** 2 },
   defaultLayout: 'inject',
   uboot: { defaultModel: 'arm64' },
+  health: { afterFailures: 3 },
 } as const;
 
 export class ConfigError extends Error {
@@ -149,6 +167,18 @@ const SIZE_UNITS: Record<string, number> = {
   t: 1024 ** 4,
   tib: 1024 ** 4,
 };
+
+const DURATION_UNITS: Record<string, number> = { '': 1, s: 1, m: 60, h: 3600, d: 86_400 };
+
+/** `3600`, `"90s"`, `"15m"`, `"24h"`, `"7d"` → seconds; undefined when not a duration. */
+export function parseDuration(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) && value > 0 ? value : undefined;
+  if (typeof value !== 'string') return undefined;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$/i.exec(value);
+  if (!m) return undefined;
+  const n = Number(m[1]) * DURATION_UNITS[m[2]!.toLowerCase()]!;
+  return n > 0 ? n : undefined;
+}
 
 /** `1073741824`, `"1GiB"`, `"64 MiB"`, `"512k"` → bytes; undefined when not a size. */
 export function parseSize(value: unknown): number | undefined {
@@ -224,6 +254,8 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   };
 
   known(raw, '', [
+    'name',
+    'health',
     'listen',
     'token',
     'tokenFile',
@@ -406,7 +438,38 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
   for (const [model, bin] of Object.entries(binariesRaw))
     binaries[model.toLowerCase()] = file(string(`uboot.binaries.${model}`, bin));
 
+  const name = string('name', raw.name, os.hostname() || 'rpi-flash-agent');
+  if (name.length > 128 || [...name].some((c) => c.charCodeAt(0) < 0x20))
+    problems.push('"name" must be at most 128 characters, without control characters');
+
+  const healthRaw = obj('health');
+  known(healthRaw, 'health.', ['image', 'schedule', 'afterFailures', 'bootCheck']);
+  const health: HealthSettings = {
+    afterFailures: int('health.afterFailures', healthRaw.afterFailures, DEFAULTS.health.afterFailures, 1, 1000),
+  };
+  if (healthRaw.image !== undefined) health.image = file(string('health.image', healthRaw.image));
+  if (healthRaw.schedule !== undefined) {
+    const every = parseDuration(healthRaw.schedule);
+    if (every === undefined || every > 365 * 86_400)
+      problems.push(
+        `"health.schedule" must be a duration like "24h", "30m", "90s" or seconds, ` +
+          `got ${JSON.stringify(healthRaw.schedule)}`,
+      );
+    else health.schedule = every;
+    if (healthRaw.image === undefined) problems.push('"health.schedule" needs "health.image" (the known-good image)');
+  }
+  if (healthRaw.bootCheck !== undefined) {
+    health.bootCheck = string('health.bootCheck', healthRaw.bootCheck);
+    try {
+      parseBootCheck(health.bootCheck);
+    } catch (err) {
+      problems.push(`"health.bootCheck": ${(err as Error).message}`);
+    }
+  }
+
   const config: AgentConfig = {
+    name,
+    health,
     listen,
     token,
     targets,

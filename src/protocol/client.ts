@@ -17,6 +17,8 @@ import {
   PROTOCOL_VERSION,
   WS_PATH,
   type AgentMessage,
+  type BoardAction,
+  type BoardStatusMessage,
   type ClientMessage,
   type Compression,
   type FlashRequest,
@@ -120,6 +122,8 @@ export class AgentConnection {
   /** Set by the agent's welcome. */
   chunkSize = DEFAULT_CHUNK_SIZE;
   agentVersion = '';
+  /** The agent's name (config `name`, its host name by default); empty for an agent that does not say. */
+  agentName = '';
   /** Bytes the agent confirmed written, per upload request. */
   private readonly uploadAcks = new Map<string, { received: number; wake?: () => void }>();
   /** Each upload in progress on this connection, for `cancel()` to stop before it sends. */
@@ -197,6 +201,7 @@ export class AgentConnection {
     }
     conn.chunkSize = welcome.chunkSize;
     conn.agentVersion = welcome.agent;
+    conn.agentName = welcome.name ?? '';
     return conn;
   }
 
@@ -518,6 +523,15 @@ export class AgentConnection {
       stop.wake();
     }
     await this.request({ type: 'cancel', id: nextId(), ...o }, { final: ['released'] });
+  }
+
+  /**
+   * The lab operator's request on a board (`rpi-flash-agent board`): its status after the action.
+   * `health` resolves when the check ends, which may take as long as a job.
+   */
+  async board(o: { action: BoardAction; target?: string; reason?: string }): Promise<BoardStatusMessage> {
+    const m = await this.request({ type: 'board', id: nextId(), ...o }, { final: ['board-status'] });
+    return m as BoardStatusMessage;
   }
 
   close(): void {

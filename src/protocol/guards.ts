@@ -4,7 +4,7 @@
  * half-processed.
  */
 import { CodedError } from './errors.js';
-import { COMPRESSIONS, SHA256_PATTERN, type AgentMessage, type ClientMessage } from './messages.js';
+import { BOARD_ACTIONS, COMPRESSIONS, SHA256_PATTERN, type AgentMessage, type ClientMessage } from './messages.js';
 
 type Json = Record<string, unknown>;
 
@@ -95,6 +95,13 @@ export function parseClientMessage(text: string): ClientMessage {
       str(m, 'lease', { optional: true, pattern: ID });
       str(m, 'reason', { optional: true, max: 256 });
       break;
+    case 'board':
+      str(m, 'action', { max: 32 });
+      if (!BOARD_ACTIONS.includes(m.action as never))
+        fail(`"action" must be one of ${BOARD_ACTIONS.join(', ')} in a "board" message`);
+      str(m, 'target', { optional: m.action === 'status', max: 128 });
+      str(m, 'reason', { optional: true, max: 256 });
+      break;
     default:
       fail(`unknown message type "${String(m.type).slice(0, 32)}"`);
   }
@@ -111,9 +118,9 @@ type FieldSpec = FieldKind | `${FieldKind}?`;
  * misreads, without refusing what it would have read fine (a longer log line, a new phase name).
  */
 const AGENT_FIELDS = {
-  welcome: { protocol: 'integer', agent: 'string', chunkSize: 'integer', maxPayload: 'integer' },
+  welcome: { protocol: 'integer', agent: 'string', name: 'string?', chunkSize: 'integer', maxPayload: 'integer' },
   queued: { position: 'integer', holder: 'string?' },
-  leased: { lease: 'string', target: 'object' },
+  leased: { lease: 'string', target: 'object', agent: 'string?' },
   'upload-ready': { offset: 'integer' },
   'upload-progress': { received: 'integer' },
   'upload-done': { sha256: 'string', size: 'integer', imageSize: 'integer', skipped: 'boolean' },
@@ -135,6 +142,7 @@ const AGENT_FIELDS = {
     tftpOptions: 'object?',
   },
   released: { lease: 'string' },
+  'board-status': { boards: 'array', health: 'object?' },
   error: { code: 'string', message: 'string', fatal: 'boolean?' },
 } as const satisfies Record<AgentMessage['type'], Record<string, FieldSpec>>;
 

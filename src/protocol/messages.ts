@@ -12,6 +12,8 @@
  *     (upload-begin answers upload-done{skipped:true} at once when the agent holds that sha256)
  *   flash → log* / progress* / phase* → result
  *   cancel (any time after lease) → result{code: CANCELLED}
+ * The lab's operator (`rpi-flash-agent board`), on a connection of its own:
+ *   hello → welcome → board{target, action} → board-status
  * After a lost connection the client resumes with `lease{lease}` and sends its flash again, since it
  * cannot know whether the first one arrived. When it did, the job runs on: the agent answers
  *   flash → job-running{flash} → the job's log* / progress* / phase* → result, all with re = flash
@@ -42,6 +44,20 @@ export const COMPRESSIONS: readonly Compression[] = ['none', 'gz', 'xz', 'zst'];
 export const PHASES = ['queue', 'upload', 'stage', 'reset', 'transfer', 'verify', 'boot'] as const;
 export type Phase = (typeof PHASES)[number];
 
+/** A board's state as the agent keeps it (runner-agent/src/lab/board-states.ts). */
+export type BoardStateName = 'idle' | 'leased' | 'flashing' | 'booting' | 'unhealthy' | 'maintenance';
+
+export interface BoardStatusInfo {
+  name: string;
+  state: BoardStateName;
+  /** Milliseconds since the epoch when the board entered `state`. */
+  since: number;
+  reason?: string;
+  /** Jobs in a row that failed for the board's own reasons. */
+  consecutiveFailures: number;
+  lastHealth?: { at: number; ok: boolean; code?: string };
+}
+
 export interface TargetInfo {
   name: string;
   mac: string;
@@ -62,7 +78,10 @@ export interface HelloRequest {
 export interface LeaseRequest {
   type: 'lease';
   id: string;
-  /** Name, MAC or IP from the agent's targets database. */
+  /**
+   * Name, MAC or IP from the agent's targets database, or `label:<label>`: the first free healthy
+   * board whose `labels` cell has it (`leased.target` says which).
+   */
   target: string;
   /** Who holds the lease, for the agent's log and for others waiting (e.g. "owner/repo run 42"). */
   holder?: string;
@@ -108,8 +127,27 @@ export interface CancelRequest {
   reason?: string;
 }
 
+/** What an operator may do to a board (`rpi-flash-agent board TARGET ACTION`). */
+export const BOARD_ACTIONS = ['status', 'maintenance', 'resume', 'health'] as const;
+export type BoardAction = (typeof BOARD_ACTIONS)[number];
+
+/**
+ * The lab operator's request: `status` (no target: every board), `maintenance` (refuse new jobs;
+ * a running one finishes), `resume` (back to idle from maintenance or unhealthy), `health` (run a
+ * health check now and answer when it ends).
+ */
+export interface BoardRequest {
+  type: 'board';
+  id: string;
+  action: BoardAction;
+  /** Name, MAC or IP; absent only for `status`. */
+  target?: string;
+  /** Why, for the board's status and the log (maintenance). */
+  reason?: string;
+}
+
 export type ClientMessage =
-  HelloRequest | LeaseRequest | UploadBeginRequest | UploadEndRequest | FlashRequest | CancelRequest;
+  HelloRequest | LeaseRequest | UploadBeginRequest | UploadEndRequest | FlashRequest | CancelRequest | BoardRequest;
 
 // ---- agent → client -------------------------------------------------------------------------
 
@@ -117,7 +155,10 @@ export interface WelcomeMessage {
   type: 'welcome';
   re: string;
   protocol: number;
+  /** The agent's version. */
   agent: string;
+  /** The agent's name (config `name`, default its host name): which agent runs the jobs. */
+  name?: string;
   chunkSize: number;
   maxPayload: number;
 }
@@ -135,7 +176,10 @@ export interface LeasedMessage {
   type: 'leased';
   re: string;
   lease: string;
+  /** The board leased: for a `label:` request, the one the agent picked. */
   target: TargetInfo;
+  /** The agent's name (as in `welcome`). */
+  agent?: string;
 }
 
 export interface UploadReadyMessage {
@@ -261,6 +305,15 @@ export interface ReleasedMessage {
   lease: string;
 }
 
+/** Answer to `board`: the board's status after the action (every board's for `status` without a target). */
+export interface BoardStatusMessage {
+  type: 'board-status';
+  re: string;
+  boards: BoardStatusInfo[];
+  /** For `health`: the check's result. */
+  health?: { ok: boolean; code: ErrorCode; message: string };
+}
+
 export interface ErrorMessage {
   type: 'error';
   /** The request this answers, when there is one. */
@@ -284,6 +337,7 @@ export type AgentMessage =
   | JobRunningMessage
   | ResultMessage
   | ReleasedMessage
+  | BoardStatusMessage
   | ErrorMessage;
 
 export const SHA256_PATTERN = /^[0-9a-f]{64}$/;

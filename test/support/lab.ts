@@ -39,15 +39,35 @@ export async function sha256File(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
-/** Rows are `name,mac,reset[,layout]`; each board gets its own loopback IP. */
+export interface LabBoard {
+  name: string;
+  mac: string;
+  reset?: string;
+  layout?: string;
+  /** The `labels` cell, e.g. `pi4 lab-a`. */
+  labels?: string;
+}
+
+/** The targets CSV of these boards; each board gets its own loopback IP. */
+export function targetsCsv(boards: readonly LabBoard[]): string {
+  const rows = boards.map(
+    (b) => `${b.name},${b.mac},${loopbackIp()},${b.reset ?? 'sim'},${b.layout ?? ''},${b.labels ?? ''}`,
+  );
+  return ['name,mac,ip,reset,layout,labels', ...rows].join('\n') + '\n';
+}
+
+/**
+ * Rows are `name,mac,reset[,layout][,labels]`. `dir` reuses a folder (an agent restarted on the same
+ * state): `stop()` then leaves it for the next lab, and the caller removes it.
+ */
 export async function startLab(o: {
-  boards: Array<{ name: string; mac: string; reset?: string; layout?: string }>;
+  boards: LabBoard[];
   config?: Record<string, unknown>;
   start?: StartOptions;
+  dir?: string;
 }): Promise<Lab> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'rpi-flash-lab-'));
-  const rows = o.boards.map((b) => `${b.name},${b.mac},${loopbackIp()},${b.reset ?? 'sim'},${b.layout ?? ''}`);
-  await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset,layout', ...rows].join('\n') + '\n');
+  const dir = o.dir ?? (await mkdtemp(path.join(os.tmpdir(), 'rpi-flash-lab-')));
+  await writeFile(path.join(dir, 'targets.csv'), targetsCsv(o.boards));
   const config = await validateConfig(
     {
       listen: { host: '127.0.0.1', port: 0 },
@@ -99,7 +119,7 @@ export async function startLab(o: {
     async stop() {
       for (const c of conns) c.close();
       await agent.stop();
-      await rm(dir, { recursive: true, force: true });
+      if (!o.dir) await rm(dir, { recursive: true, force: true });
     },
   };
 }

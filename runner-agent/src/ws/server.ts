@@ -66,6 +66,8 @@ export interface WsServerOptions {
   handler: ConnectionHandler;
   /** A client that sends nothing and answers no ping for this long is cut off. */
   graceMs: number;
+  /** The agent's name told in `welcome` (config `name`). */
+  agentName?: string;
   chunkSize?: number;
   /** Unread bytes queued for one client past which reading from it stops; twice this drops it. */
   maxSendBuffer?: number;
@@ -406,6 +408,7 @@ export class WsServer {
           re: message.id,
           protocol: PROTOCOL_VERSION,
           agent: AGENT_VERSION,
+          ...(this.o.agentName ? { name: this.o.agentName } : {}),
           chunkSize,
           maxPayload: chunkSize + MAX_PAYLOAD_MARGIN,
         });
