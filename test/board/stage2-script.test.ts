@@ -2,7 +2,13 @@ import { readFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { boardCrcText, type Beacon } from '../../runner-agent/src/board/beacons.js';
-import { BEACON_ECHO, generateStage2Script, planParts, SECTOR } from '../../runner-agent/src/board/stage2-script.js';
+import {
+  BEACON_ECHO,
+  generateStage2Script,
+  planMappedParts,
+  planParts,
+  SECTOR,
+} from '../../runner-agent/src/board/stage2-script.js';
 import { parseHush, simpleCommands, VAR_MARK } from '../../runner-agent/src/sim/hush-parser.js';
 import { CARD_FILL, JOB, MAC, runStage2, SECRET, stageParts, testImage } from './flash-harness.js';
 
@@ -348,5 +354,72 @@ describe('stage 2 in the U-Boot model', () => {
       stage: 'verify',
       crc: boardCrcText(crc32(Buffer.alloc(4096, CARD_FILL))),
     });
+  });
+});
+
+describe('planMappedParts', () => {
+  const KiB = 1024;
+  it('cuts each mapped range into parts of at most partSize, at their own offsets', () => {
+    const parts = planMappedParts(
+      [
+        { offset: 0, length: 5 * KiB },
+        { offset: 64 * KiB, length: 9 * KiB },
+      ],
+      100 * KiB,
+      4 * KiB,
+    );
+    expect(parts.map((p) => [p.index, p.imageOffset, p.size, p.startBlock, p.blockCount])).toEqual([
+      [1, 0, 4 * KiB, 0, 8],
+      [2, 4 * KiB, KiB, 8, 2],
+      [3, 64 * KiB, 4 * KiB, 128, 8],
+      [4, 68 * KiB, 4 * KiB, 136, 8],
+      [5, 72 * KiB, KiB, 144, 2],
+    ]);
+  });
+
+  it('joins touching or overlapping ranges (a patch inside or beside a range) and widens them to sectors', () => {
+    const parts = planMappedParts(
+      [
+        { offset: 8192, length: 1000 },
+        { offset: 100, length: 10 },
+        { offset: 9000, length: 4000 },
+      ],
+      1 << 20,
+      1 << 20,
+    );
+    expect(parts.map((p) => [p.imageOffset, p.size])).toEqual([
+      [0, 512],
+      [8192, 13312 - 8192],
+    ]);
+  });
+
+  it("cuts a range at the image's end and pads the last part to a sector", () => {
+    const [part] = planMappedParts([{ offset: 1024, length: 4096 }], 3000, 4096);
+    expect(part).toMatchObject({ imageOffset: 1024, size: 3000 - 1024, servedSize: 2048, blockCount: 4 });
+  });
+
+  it('refuses an image with nothing mapped', () => {
+    expect(() => planMappedParts([], 4096, 4096)).toThrow(/no mapped bytes/);
+  });
+
+  it("makes the card-size probe read the image's last block, not the last mapped one", () => {
+    const parts = planMappedParts([{ offset: 0, length: 4096 }], 1 << 20, 4096).map((p) => ({
+      ...p,
+      file: `02-00-00-00-00-01/job1/part-${p.index}`,
+      crc32: 1,
+    }));
+    const script = generateStage2Script({
+      jobId: JOB,
+      mac: MAC,
+      reportSecret: SECRET,
+      parts,
+      imageSize: 1 << 20,
+      retries: 2,
+      loadAddr: 0x1000_0000,
+      crcAddr: 0x0f00_0000,
+      beaconAddr: 0x0f10_0000,
+      mmcDev: 0,
+    });
+    expect(script).toContain(`mmc read 0x${(0x0f10_0000).toString(16)} 0x7ff 0x1 || run rpf_size`);
   });
 });

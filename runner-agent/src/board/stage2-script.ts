@@ -67,6 +67,60 @@ export function planParts(imageSize: number, partSize: number): PartPlan[] {
   return parts;
 }
 
+/** A byte range of the image that the board writes (store/mapped-ranges.ts derives them). */
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+/**
+ * The sorted union of byte ranges, each widened to whole 512-byte sectors (the board writes whole
+ * blocks); ranges that touch or overlap become one.
+ */
+export function unionRanges(ranges: readonly ByteRange[]): ByteRange[] {
+  const widened = ranges
+    .filter((r) => r.length > 0)
+    .map((r) => {
+      const start = Math.floor(r.offset / SECTOR) * SECTOR;
+      return { offset: start, end: Math.ceil((r.offset + r.length) / SECTOR) * SECTOR };
+    })
+    .sort((a, b) => a.offset - b.offset);
+  const out: Array<{ offset: number; end: number }> = [];
+  for (const r of widened) {
+    const last = out[out.length - 1];
+    if (last && r.offset <= last.end) last.end = Math.max(last.end, r.end);
+    else out.push({ ...r });
+  }
+  return out.map((r) => ({ offset: r.offset, length: r.end - r.offset }));
+}
+
+/**
+ * Parts for the mapped ranges only (bmaptool's semantics: the card keeps what lies outside them):
+ * each range is cut into parts of at most `partSize` bytes, each written at its own offset. A
+ * range past the image's end is cut there (the last part is padded to a sector, as in planParts).
+ */
+export function planMappedParts(ranges: readonly ByteRange[], imageSize: number, partSize: number): PartPlan[] {
+  planParts(imageSize, partSize); // the same checks of both sizes
+  const parts: PartPlan[] = [];
+  for (const range of unionRanges(ranges)) {
+    const end = Math.min(range.offset + range.length, imageSize);
+    for (let offset = range.offset; offset < end; offset += partSize) {
+      const size = Math.min(partSize, end - offset);
+      const servedSize = Math.ceil(size / SECTOR) * SECTOR;
+      parts.push({
+        index: parts.length + 1,
+        imageOffset: offset,
+        size,
+        servedSize,
+        startBlock: offset / SECTOR,
+        blockCount: servedSize / SECTOR,
+      });
+    }
+  }
+  if (!parts.length) throw new RangeError('the image has no mapped bytes: nothing to write');
+  return parts;
+}
+
 export interface Stage2Part extends PartPlan {
   file: string /* TFTP path, partFile() from src/protocol/tftp-names.ts */;
   crc32: number /* CRC32 of the servedSize bytes (padded) */;
@@ -99,6 +153,11 @@ export type Stage2Transfer = { kind: 'tftp' } | { kind: 'preloaded'; imageAddr: 
 export interface Stage2Options extends Stage2Settings {
   /** Default: TFTP. */
   transfer?: Stage2Transfer;
+  /**
+   * The image's size, for the card-size probe: the card must hold the whole image even where its
+   * tail is unmapped (its partitions reach there). Default: the end of the last part.
+   */
+  imageSize?: number;
   jobId: string;
   mac: string;
   /** The job's report secret (REPORT_SECRET_PATTERN): part of every beacon name, nowhere else. */
@@ -267,7 +326,8 @@ export function generateStage2Script(o: Stage2Options): string {
   const calibration = calibrationCrc();
   if (calibration === swap32(calibration)) throw new Error('internal: calibration CRC is byte-order symmetric');
   const total = o.parts.reduce((sum, p) => sum + p.size, 0);
-  const lastBlock = Math.max(...o.parts.map((p) => p.startBlock + p.blockCount)) - 1;
+  const partsEnd = Math.max(...o.parts.map((p) => p.startBlock + p.blockCount));
+  const lastBlock = Math.max(partsEnd, Math.ceil((o.imageSize ?? 0) / SECTOR)) - 1;
   const part = v('rpf_part');
   const report = (message: string) => [`setenv rpf_msg ${message}`, 'run rpf_beacon'];
 

@@ -10,6 +10,7 @@ import type { ErrorCode } from '../../../src/protocol/errors.js';
 import type { AgentConfig } from '../config.js';
 import type { BoardFiles } from '../staging/board-files.js';
 import type { StoredImage } from '../store/image-store.js';
+import type { MappedRange } from '../store/mapped-ranges.js';
 import type { Target } from '../targets/database.js';
 
 /** What a layout knows of its job. */
@@ -24,6 +25,8 @@ export interface LayoutJob {
   files: BoardFiles;
   /** The CRC32 of each `partSize` part of the image as stored (computed once per image and size). */
   storedPartCrcs(partSize: number): Promise<number[]>;
+  /** The image's mapped ranges: what the board writes unless `flash.writeZeros` (cached with the image). */
+  mappedRanges(): Promise<MappedRange[]>;
 }
 
 /** What the job lends its layout while the board works: its log, its clock and its way to fail. */

@@ -19,6 +19,7 @@ import type { PartReport } from '../../../src/protocol/messages.js';
 import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
 import {
   generateStage2Script,
+  planMappedParts,
   planParts,
   ramTopNeeded,
   type PartPlan,
@@ -87,14 +88,11 @@ class Stage2Flash implements FlashMethod {
   async stage(): Promise<void> {
     const { image, target, config, id } = this.job;
     const flash = config.flash;
-    const plan = planParts(image.imageSize, flash.partSize);
-    const stored = await this.job.storedPartCrcs(flash.partSize);
-    if (plan.length !== stored.length)
-      throw new Error(`stored part CRCs (${stored.length}) do not match the plan (${plan.length} parts)`);
     const patches = (await this.choices.patches?.()) ?? [];
     const view = new ImageView(image.path, image.imageSize, patches);
+    const { plan, crcs: planCrcs } = await this.planWrites(view);
     const selected = this.choices.selectParts?.(plan) ?? plan;
-    const crcs = await view.servedPartCrcs(selected, stored);
+    const crcs = selected.map((p) => planCrcs[p.index - 1]!);
     if (patches.length) {
       const changed = patches.reduce((n, p) => n + p.data.length, 0);
       const touched = selected.filter((p) => view.touches(p.imageOffset, p.servedSize)).length;
@@ -113,7 +111,14 @@ class Stage2Flash implements FlashMethod {
       windowBytes: 0,
       downloads: 0,
     }));
-    const scriptOptions = { ...flash, jobId: id, mac: target.mac, reportSecret: this.secret, parts: this.parts };
+    const scriptOptions = {
+      ...flash,
+      jobId: id,
+      mac: target.mac,
+      reportSecret: this.secret,
+      parts: this.parts,
+      imageSize: image.imageSize,
+    };
     const script = generateStage2Script(scriptOptions);
     this.ramTopNeeded = ramTopNeeded(scriptOptions);
     const scriptImage = buildScriptImage(script, { name: `rpi-flash ${id}` });
@@ -198,6 +203,33 @@ class Stage2Flash implements FlashMethod {
     }
     if (problems.length) throw new CodedError('VERIFY_MISMATCH', problems.join('; '));
     this.board.log('info', `all ${this.parts.length} part(s) written and verified by the board`);
+  }
+
+  /**
+   * The parts the board writes and their CRCs as served. By default only the image's mapped ranges
+   * (store/mapped-ranges.ts), with the layout's patches added to them: the card keeps what lies
+   * outside, as bmaptool leaves it. With `flash.writeZeros`, every byte, and the stored CRCs serve.
+   */
+  private async planWrites(view: ImageView): Promise<{ plan: PartPlan[]; crcs: number[] }> {
+    const { image, config } = this.job;
+    const { partSize } = config.flash;
+    if (config.flash.writeZeros) {
+      const plan = planParts(image.imageSize, partSize);
+      const stored = await this.job.storedPartCrcs(partSize);
+      if (plan.length !== stored.length)
+        throw new Error(`stored part CRCs (${stored.length}) do not match the plan (${plan.length} parts)`);
+      return { plan, crcs: await view.servedPartCrcs(plan, stored) };
+    }
+    const mapped = await this.job.mappedRanges();
+    const patched = view.patches.map((p) => ({ offset: p.offset, length: p.data.length }));
+    const plan = planMappedParts([...mapped, ...patched], image.imageSize, partSize);
+    const bytes = plan.reduce((sum, p) => sum + p.size, 0);
+    this.board.log(
+      'info',
+      `mapped: ${formatBytes(bytes)} of the ${formatBytes(image.imageSize)} image in ${plan.length} part(s); ` +
+        'the card keeps what lies outside them (flash.writeZeros writes every byte)',
+    );
+    return { plan, crcs: await view.partCrcs(plan) };
   }
 
   outcome(): FlashOutcome {

@@ -58,21 +58,29 @@ export class ImageView {
   async servedPartCrcs(plan: readonly PartPlan[], storedCrcs: readonly number[]): Promise<number[]> {
     const crcs = [...storedCrcs];
     const touched = plan.filter((p) => this.touches(p.imageOffset, p.servedSize));
-    if (!touched.length) return crcs;
+    const fresh = await this.partCrcs(touched);
+    touched.forEach((part, i) => (crcs[part.index - 1] = fresh[i]!));
+    return crcs;
+  }
+
+  /** CRC32 of each part as served, read through the view (parts the stored CRCs do not cover). */
+  async partCrcs(parts: readonly PartPlan[]): Promise<number[]> {
+    if (!parts.length) return [];
     const handle = await open(this.path, 'r');
     try {
-      for (const part of touched) {
+      const crcs: number[] = [];
+      for (const part of parts) {
         let crc = 0;
         for (let done = 0; done < part.servedSize;) {
           const n = Math.min(4 * 1024 * 1024, part.servedSize - done);
           crc = crc32(await this.read(handle, part.imageOffset + done, n), crc);
           done += n;
         }
-        crcs[part.index - 1] = crc;
+        crcs.push(crc);
       }
+      return crcs;
     } finally {
       await handle.close();
     }
-    return crcs;
   }
 }

@@ -19,6 +19,8 @@ export interface ImageMeta {
   lastUsed: number;
   /** CRC32 of each part (last part zero-padded to 512), keyed by part size in bytes. */
   partCrcs: Record<string, number[]>;
+  /** The derived mapped ranges as [offset, length] pairs, keyed by the shortest unmapped zero run. */
+  mapped?: Record<string, Array<[number, number]>>;
 }
 
 /** Every temporary file of the store ends so; `init()` removes them (they are leftovers of a crash). */
@@ -75,5 +77,12 @@ export function parseMeta(text: string, expectedSha: string): ImageMeta | string
       }
     }
   }
-  return { ...(m as ImageMeta), partCrcs: crcs };
+  const mapped: Record<string, Array<[number, number]>> = {};
+  if (m.mapped && typeof m.mapped === 'object') {
+    for (const [run, list] of Object.entries(m.mapped)) {
+      const pairs = Array.isArray(list) && list.every((r) => Array.isArray(r) && r.length === 2 && r.every(isSize));
+      if (pairs) mapped[run] = list;
+    }
+  }
+  return { ...(m as ImageMeta), partCrcs: crcs, mapped };
 }

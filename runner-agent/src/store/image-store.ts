@@ -32,6 +32,7 @@ import { checkDecompressor, type DecompressTools } from './decompress.js';
 import { statfsFreeBytes, type FreeSpaceProbe } from './disk-space.js';
 import { fileSize, syncDir } from './files.js';
 import { META_VERSION, parseMeta, TEMP_SUFFIX, writeMeta, type ImageMeta } from './image-meta.js';
+import { deriveMappedRanges, type MappedRange } from './mapped-ranges.js';
 import { checkPartSize, partCrcsOfFile } from './part-crc.js';
 import {
   checkBeginUpload,
@@ -323,6 +324,27 @@ export class ImageStore {
       meta.partCrcs[String(partSize)] = crcs;
       if (this.images.get(sha256) === meta) await this.saveMeta(meta);
       return [...crcs];
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * The image's mapped ranges (store/mapped-ranges.ts): derived by reading it once, then cached in
+   * its record per `minZeroRun`.
+   */
+  async mappedRanges(sha256: string, minZeroRun: number): Promise<MappedRange[]> {
+    this.assertReady();
+    const meta = this.images.get(sha256);
+    if (!meta) throw new CodedError('IMAGE_NOT_FOUND', `the store holds no image with sha256 ${sha256}`);
+    const cached = meta.mapped?.[String(minZeroRun)];
+    if (cached) return cached.map(([offset, length]) => ({ offset, length }));
+    const release = this.pin(sha256);
+    try {
+      const ranges = await deriveMappedRanges(this.imagePath(sha256), meta.imageSize, minZeroRun);
+      meta.mapped = { ...meta.mapped, [String(minZeroRun)]: ranges.map((r) => [r.offset, r.length]) };
+      if (this.images.get(sha256) === meta) await this.saveMeta(meta);
+      return ranges;
     } finally {
       release();
     }
