@@ -226,6 +226,36 @@ describe.skipIf(!gate.run)(gate.title, () => {
   );
 
   it(
+    'a sparse image: the real U-Boot fetches and writes only the mapped ranges, the card keeps the rest',
+    async () => {
+      const { file, data } = await writeImage(6 * MiB);
+      data.fill(0, MiB + 4096, 3 * MiB + 4096); // a 2 MiB zero run, not part-aligned: unmapped
+      data.fill(0, 4 * MiB); // the zero tail: unmapped
+      await writeFile(file, data);
+      await scenario(options(file), async (r) => {
+        const mapped = [
+          [0, MiB + 4096],
+          [3 * MiB + 4096, MiB - 4096],
+        ];
+        expect(r.result).toMatchObject({ ok: true, code: 'OK', bytesWritten: 2 * MiB, card: 'written' });
+        expect(r.result.parts.map((p) => [p.offset, p.size])).toEqual([
+          [0, MiB],
+          [MiB, 4096],
+          [3 * MiB + 4096, MiB - 4096],
+        ]);
+        expect(r.ubootTransfers.filter((t) => /\/part-\d+$/.test(t.file))).toHaveLength(3);
+        const c = await card(r);
+        for (const [offset, length] of mapped)
+          expect(c.subarray(offset, offset + length).equals(data.subarray(offset, offset + length))).toBe(true);
+        expect(isFill(c.subarray(MiB + 4096, 3 * MiB + 4096)), 'the unmapped run keeps the card').toBe(true);
+        expect(isFill(c.subarray(4 * MiB)), 'so does the unmapped tail').toBe(true);
+        expect(r.tftpLeftovers).toEqual([]);
+      });
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
     "a load buffer inside U-Boot's reserve under the board's RAM top: BOARD_RAM_TOO_SMALL before anything is written",
     async () => {
       const { file } = await writeImage(2 * PART_SIZE);
