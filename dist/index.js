@@ -40084,6 +40084,8 @@ const Outputs = {
     targetName: 'target-name',
     targetIp: 'target-ip',
     targetMac: 'target-mac',
+    board: 'board',
+    agent: 'agent',
     imageSha256: 'image-sha256',
     bytesWritten: 'bytes-written',
     flashSeconds: 'flash-seconds',
@@ -41774,6 +41776,10 @@ class AgentLink {
     get leased() {
         return this.held;
     }
+    /** Which agent runs the job: its name from the lease, else from its welcome; undefined before either. */
+    get agentName() {
+        return this.held?.agent || this.conn?.agentName || undefined;
+    }
     /**
      * The first connection. Failing to reach the agent is CONNECT_FAILED; what the agent itself
      * refused (AUTH_FAILED, PROTOCOL_VERSION_MISMATCH) keeps its code.
@@ -42426,6 +42432,7 @@ function assemble(run, result, code, message, job) {
         ...(failedPhase !== undefined && { phase: failedPhase }),
         targetSpec: run.targetSpec,
         ...(target !== undefined && { target }),
+        ...(run.agent !== undefined && { agent: run.agent }),
         ...(image !== undefined && {
             image: {
                 name: image.name,
@@ -42628,6 +42635,8 @@ function outputValues(outcome) {
         [Outputs.targetName]: outcome.target?.name ?? '',
         [Outputs.targetIp]: outcome.target?.ip ?? '',
         [Outputs.targetMac]: outcome.target?.mac ?? '',
+        [Outputs.board]: outcome.target?.name ?? '',
+        [Outputs.agent]: outcome.agent ?? '',
         [Outputs.imageSha256]: outcome.image?.sha256 ?? '',
         [Outputs.bytesWritten]: outcome.bytesWritten === undefined ? '' : String(outcome.bytesWritten),
         [Outputs.flashSeconds]: flashRan ? seconds(flashSeconds) : '',
@@ -42669,6 +42678,8 @@ function summaryRows(outcome) {
             ? `${target.name} (${target.ip}, ${target.mac}${target.model ? `, ${target.model}` : ''})`
             : outcome.targetSpec,
     ]);
+    if (outcome.agent)
+        rows.push(['Agent', outcome.agent]);
     if (outcome.jobId)
         rows.push(['Job', outcome.jobId]);
     const image = outcome.image;
@@ -43353,6 +43364,7 @@ class FlashRun {
             targetSpec: this.settings?.target ?? this.d.getInput('target'),
             image: this.image,
             target: this.link?.leased?.target,
+            agent: this.link?.agentName,
             jobId: this.jobId,
             upload: this.upload,
             timings: this.story.timings(),

@@ -12,6 +12,8 @@ import { delay, unlessAborted, withTimer } from './waits.js';
 /** What the action needs from a connection (the protocol client's `AgentConnection`). */
 export interface AgentSession {
   readonly isClosed: boolean;
+  /** The agent's name from its welcome (empty or absent for an agent that does not say). */
+  readonly agentName?: string;
   lease(target: string, o?: { holder?: string; lease?: string }): Promise<LeasedMessage>;
   upload(o: UploadOptions): Promise<UploadDoneMessage>;
   flash(o: Omit<FlashRequest, 'type' | 'id'>): Promise<JobResult>;
@@ -49,6 +51,11 @@ export class AgentLink {
   /** The lease, once granted (after a resume, as the agent confirmed it). */
   get leased(): LeasedMessage | undefined {
     return this.held;
+  }
+
+  /** Which agent runs the job: its name from the lease, else from its welcome; undefined before either. */
+  get agentName(): string | undefined {
+    return this.held?.agent || this.conn?.agentName || undefined;
   }
 
   /**

@@ -25,6 +25,8 @@ export const Outputs = {
   targetName: 'target-name',
   targetIp: 'target-ip',
   targetMac: 'target-mac',
+  board: 'board',
+  agent: 'agent',
   imageSha256: 'image-sha256',
   bytesWritten: 'bytes-written',
   flashSeconds: 'flash-seconds',

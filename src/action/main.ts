@@ -347,6 +347,7 @@ class FlashRun {
       targetSpec: this.settings?.target ?? this.d.getInput('target'),
       image: this.image,
       target: this.link?.leased?.target,
+      agent: this.link?.agentName,
       jobId: this.jobId,
       upload: this.upload,
       timings: this.story.timings(),

@@ -22,6 +22,8 @@ export interface RunRecord {
   image?: ResolvedImage;
   /** The target as the agent named it in the lease. */
   target?: TargetInfo;
+  /** The agent's name (welcome, leased). */
+  agent?: string;
   jobId?: string;
   upload?: UploadDoneMessage;
   /** Seconds per phase as the step log measured them. */
@@ -103,6 +105,7 @@ function assemble(run: RunRecord, result: ResultWord, code: ErrorCode, message: 
     ...(failedPhase !== undefined && { phase: failedPhase }),
     targetSpec: run.targetSpec,
     ...(target !== undefined && { target }),
+    ...(run.agent !== undefined && { agent: run.agent }),
     ...(image !== undefined && {
       image: {
         name: image.name,

@@ -22,6 +22,8 @@ export interface JobOutcome {
   targetSpec: string;
   /** The target as the agent knows it, once leased. */
   target?: TargetInfo;
+  /** The agent's name, once connected (an agent that does not say has none). */
+  agent?: string;
   image?: { name: string; source: string; sha256: string; size: number; compression: string; imageSize?: number };
   jobId?: string;
   bytesWritten?: number;
@@ -61,6 +63,8 @@ export function outputValues(outcome: JobOutcome): Record<OutputName, string> {
     [Outputs.targetName]: outcome.target?.name ?? '',
     [Outputs.targetIp]: outcome.target?.ip ?? '',
     [Outputs.targetMac]: outcome.target?.mac ?? '',
+    [Outputs.board]: outcome.target?.name ?? '',
+    [Outputs.agent]: outcome.agent ?? '',
     [Outputs.imageSha256]: outcome.image?.sha256 ?? '',
     [Outputs.bytesWritten]: outcome.bytesWritten === undefined ? '' : String(outcome.bytesWritten),
     [Outputs.flashSeconds]: flashRan ? seconds(flashSeconds) : '',
@@ -110,6 +114,7 @@ export function summaryRows(outcome: JobOutcome): [string, string][] {
       ? `${target.name} (${target.ip}, ${target.mac}${target.model ? `, ${target.model}` : ''})`
       : outcome.targetSpec,
   ]);
+  if (outcome.agent) rows.push(['Agent', outcome.agent]);
   if (outcome.jobId) rows.push(['Job', outcome.jobId]);
   const image = outcome.image;
   if (image) {
