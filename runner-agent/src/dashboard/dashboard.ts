@@ -15,7 +15,7 @@ import type { LabFeed } from '../lab-view.js';
 import type { Logger } from '../log.js';
 import { DashboardSessions } from './sessions.js';
 import { LiveFeed } from './live-feed.js';
-import { loginPage, PAGE_HTML } from './page-html.js';
+import { loginPage, PAGE_HTML, PAGE_ICON } from './page-html.js';
 import { PAGE_CSS } from './page-css.js';
 import { PAGE_JS } from './page-js.js';
 
@@ -116,6 +116,10 @@ export class Dashboard {
     this.routes.set(
       '/dashboard/app.js',
       get((_req, res) => send(res, 200, 'text/javascript; charset=utf-8', PAGE_JS)),
+    );
+    this.routes.set(
+      '/dashboard/icon.svg',
+      get((_req, res) => send(res, 200, 'image/svg+xml', PAGE_ICON)),
     );
     this.routes.set('/dashboard/login', {
       methods: ['GET', 'POST'],

@@ -11,6 +11,7 @@ export const PAGE_HTML = `<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>rpi-flash lab</title>
 <link rel="stylesheet" href="/dashboard/app.css">
+<link rel="icon" href="/dashboard/icon.svg" type="image/svg+xml">
 <script src="/dashboard/app.js" defer></script>
 </head>
 <body>
@@ -54,6 +55,11 @@ export const PAGE_HTML = `<!doctype html>
 </html>
 `;
 
+/** A board-green square with a white stripe: the tab's icon, so the browser asks for no /favicon.ico. */
+export const PAGE_ICON =
+  '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">' +
+  '<rect width="16" height="16" rx="3" fill="#1a7f37"/><rect x="3" y="7" width="10" height="2" fill="#fff"/></svg>';
+
 function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
@@ -67,6 +73,7 @@ export function loginPage(error?: string): string {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>rpi-flash lab: log in</title>
 <link rel="stylesheet" href="/dashboard/app.css">
+<link rel="icon" href="/dashboard/icon.svg" type="image/svg+xml">
 </head>
 <body class="login">
 <form method="post" action="/dashboard/login">
