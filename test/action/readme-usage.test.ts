@@ -89,9 +89,9 @@ describe('README usage section', () => {
     expect(rows.filter((r) => r.by !== 'action' && r.by !== 'agent')).toEqual([]);
   });
 
-  it('shows three complete workflows that use the action with every required input', () => {
+  it('shows four complete workflows that use the action with every required input', () => {
     const workflows = [...section.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]!);
-    expect(workflows).toHaveLength(3);
+    expect(workflows).toHaveLength(4);
     const required = declaredIn(yml, 'inputs')
       .filter((i) => i.required === 'true')
       .map((i) => i.name);
@@ -108,5 +108,9 @@ describe('README usage section', () => {
     }
     expect(workflows.some((w) => /matrix:/.test(w) && /target: \$\{\{ matrix\.target \}\}/.test(w))).toBe(true);
     expect(workflows.some((w) => /image: https:\/\//.test(w))).toBe(true);
+    // A pool: the matrix names models, never boards, and a later step reads which board and agent ran it.
+    expect(workflows.some((w) => /target: label:\$\{\{ matrix\.model \}\}/.test(w) && /outputs\.board/.test(w))).toBe(
+      true,
+    );
   });
 });
