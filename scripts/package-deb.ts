@@ -19,7 +19,7 @@
  * files, `prebuilds/`, and the `build/` of packages with a binding.gyp. What that costs is printed:
  * onoff's epoll, so `gpio:` resets (use `gpiod:`). The build fails if any ELF file remains.
  */
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import {
   chmodSync,
   copyFileSync,
@@ -41,6 +41,7 @@ import { builtinModules } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { gzipSync } from 'node:zlib';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const NAME = 'rpi-flash-agent';
@@ -49,7 +50,7 @@ const LIB = `usr/lib/${NAME}`;
 const ARCHES = ['arm64', 'armhf', 'amd64'];
 const DEFAULT_ARCHES = ['arm64', 'armhf'];
 /** Files of the repository the agent reads beside its code: stage 1, served to boards and carried into images. */
-const ASSETS = ['uboot/boot.scr', 'uboot/boot.cmd', 'LICENSE'];
+const ASSETS = ['uboot/boot.scr', 'uboot/boot.cmd'];
 /** Configuration dpkg keeps as the admin edited it (DEBIAN/conffiles). */
 const CONFFILES = ['etc/rpi-flash/config.json', 'etc/rpi-flash/targets.csv'];
 
@@ -183,7 +184,22 @@ function buildPackages(out: string, arches: string[]): string[] {
   );
   for (const rel of CONFFILES)
     copy(path.join(ROOT, 'packaging', rel.replace(/^etc\/rpi-flash\//, 'etc/')), path.join(stage, rel), 0o644);
-  writeFileSync(path.join(mkdirs(stage, `usr/share/doc/${NAME}`), 'copyright'), copyright(pkg, npmPackages));
+  const epoch = Number(process.env.SOURCE_DATE_EPOCH ?? gitCommitTime() ?? Math.floor(Date.now() / 1000));
+  const doc = mkdirs(stage, `usr/share/doc/${NAME}`);
+  writeFileSync(path.join(doc, 'copyright'), copyright(pkg, npmPackages));
+  writeFileSync(path.join(doc, 'changelog.gz'), gzipSync(changelog(version, maintainer(pkg), epoch), { level: 9 }));
+  // The staged agent must start: its --help, run from the package's own files, is also its manual page.
+  const help = execFileSync(process.execPath, [path.join(lib, 'bin', `${NAME}.js`), '--help'], { encoding: 'utf8' });
+  writeFileSync(
+    path.join(mkdirs(stage, 'usr/share/man/man8'), `${NAME}.8.gz`),
+    gzipSync(manPage(help, version, epoch), { level: 9 }),
+  );
+  // csv-parse's own four-line lib/utils/underscore.js is not the underscore library lintian takes it for.
+  writeFileSync(
+    path.join(mkdirs(stage, 'usr/share/lintian/overrides'), NAME),
+    `${NAME}: embedded-javascript-library please use libjs-underscore ` +
+      `[${LIB}/node_modules/csv-parse/lib/utils/underscore.js]\n`,
+  );
 
   const elf = walk(stage).filter((rel) => isElf(path.join(stage, rel)));
   if (elf.length) throw new PackageError(`native binaries would ship: ${elf.join(', ')}`);
@@ -194,7 +210,6 @@ function buildPackages(out: string, arches: string[]): string[] {
   writeFileSync(path.join(debian, 'conffiles'), CONFFILES.map((f) => `/${f}\n`).join(''));
 
   // Reproducible: every file dated by the last commit (dpkg-deb clamps to SOURCE_DATE_EPOCH too).
-  const epoch = Number(process.env.SOURCE_DATE_EPOCH ?? gitCommitTime() ?? Math.floor(Date.now() / 1000));
   for (const rel of walk(stage, true)) {
     const file = path.join(stage, rel);
     if (!lstatSync(file).isSymbolicLink()) utimesSync(file, epoch, epoch);
@@ -229,12 +244,41 @@ function control(pkg: PackageJson, version: string, arch: string, installedKiB: 
       'Priority: optional',
       ...(pkg.homepage ? [`Homepage: ${pkg.homepage}`] : []),
       'Description: lab agent of rpi-flash: GitHub Actions flash Raspberry Pi boards',
-      " The runner agent of rpi-flash: it leases the lab's Raspberry Pi boards to GitHub",
-      " Actions workflows, takes their images over WebSocket, serves them to the boards'",
-      ' U-Boot from its own TFTP server, resets the boards and checks that they boot.',
+      " The runner agent of rpi-flash: it leases the lab's Raspberry Pi boards to",
+      ' GitHub Actions workflows, takes their images over WebSocket, serves them to',
+      " the boards' U-Boot from its own TFTP server, resets the boards and checks",
+      ' that they boot.',
       ' .',
       ' Configure it in /etc/rpi-flash/config.json and /etc/rpi-flash/targets.csv.',
     ].join('\n') + '\n'
+  );
+}
+
+/** A native package's Debian changelog: one entry for this build. */
+function changelog(version: string, by: string, epoch: number): string {
+  const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout?.trim();
+  // RFC 2822, as dpkg-parsechangelog wants it: "Mon, 07 Dec 2026 00:45:07 +0000".
+  const date = new Date(epoch * 1000).toUTCString().replace('GMT', '+0000');
+  return (
+    `${NAME} (${version}) unstable; urgency=medium\n\n` +
+    `  * Built by npm run package${commit ? ` from rpi-flash ${commit}` : ''}.\n\n` +
+    ` -- ${by}  ${date}\n`
+  );
+}
+
+/** rpi-flash-agent(8): the --help text, verbatim. */
+function manPage(help: string, version: string, epoch: number): string {
+  const day = new Date(epoch * 1000).toISOString().slice(0, 10);
+  const roff = help
+    .trimEnd()
+    .split('\n')
+    .map((l) => l.replace(/\\/g, '\\e').replace(/^([.'])/, '\\&$1'))
+    .join('\n');
+  return (
+    `.TH RPI-FLASH-AGENT 8 ${day} "${NAME} ${version}"\n` +
+    `.SH NAME\n${NAME} \\- flash Raspberry Pi boards in a lab for the rpi-flash GitHub Action\n` +
+    `.SH DESCRIPTION\n.nf\n${roff}\n.fi\n` +
+    '.SH FILES\n/etc/rpi-flash/config.json, /etc/rpi-flash/targets.csv, /etc/rpi-flash/token, /var/lib/rpi-flash\n'
   );
 }
 

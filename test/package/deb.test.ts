@@ -180,6 +180,8 @@ function listing(file: string): string[] {
       '/usr/lib/rpi-flash-agent/uboot/boot.scr',
       '/usr/lib/rpi-flash-agent/runner-agent/src/cli.js',
       '/usr/share/doc/rpi-flash-agent/copyright',
+      '/usr/share/doc/rpi-flash-agent/changelog.gz',
+      '/usr/share/man/man8/rpi-flash-agent.8.gz',
     ])
       expect(entry(p), p).toMatch(/^-rw-r--r-- /);
     expect(files.filter((l) => /\.node$|\/prebuilds\//.test(l))).toEqual([]);
