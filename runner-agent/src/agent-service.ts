@@ -750,13 +750,19 @@ export class AgentService implements ConnectionHandler {
           timeouts: config.timeouts,
           reset: this.d.resetContext,
           log,
-          emit: (event) => this.phaseSeen(target.name, event),
+          emit: (event) => {
+            this.phaseSeen(target.name, event);
+            this.lab.jobEvent(jobId, event);
+          },
         });
         log.info('health job started', { image: image.sha256, layout: layoutName });
         const run = job.run();
+        // The dashboard shows a health job as any other, under its holder.
+        this.lab.jobStarted({ id: jobId, target: target.name, holder: HEALTH_HOLDER });
         this.healthJobs.set(job, run);
         const result = await run;
         log.info('health job ended', { code: result.code, ok: result.ok });
+        this.lab.jobEnded(jobId, result);
         this.health.healthJobEnded(target.name, result);
         return { ok: result.ok, code: result.code, message: result.message };
       } catch (err) {
@@ -767,6 +773,7 @@ export class AgentService implements ConnectionHandler {
         if (job) this.healthJobs.delete(job);
         this.freeBoard(lease.id);
       }
+        this.lab.changed();
     } finally {
       unpin();
     }

@@ -240,6 +240,7 @@ describe('rpi-flash-agent process', { timeout: 4 * DEADLINE_MS }, () => {
       /INFO +"stopping: closing the TFTP server"$/,
       /INFO +"stopping: closing the simulated lab"$/,
       /INFO +"stopping: deleting staged target folders"$/,
+      /INFO +"stopping: writing the board states"$/,
       /INFO +"stopping: closing the image store"$/,
       /INFO +stopped$/,
     ]);
