@@ -11,7 +11,21 @@ import { CodedError } from '../../../src/protocol/errors.js';
 import { detectCompression, MAGIC_LENGTH } from '../../../src/protocol/compression.js';
 import type { ImageStore, StoredImage } from '../store/image-store.js';
 
-async function sha256Of(file: string): Promise<string> {
+/**
+ * The last digest of each health image, by path, with the size and mtime it was taken at: a
+ * multi-GiB image is hashed again only when it changed, not before every check.
+ */
+const digests = new Map<string, { size: number; mtimeMs: number; sha256: string }>();
+
+async function sha256Of(file: string, size: number, mtimeMs: number): Promise<string> {
+  const known = digests.get(file);
+  if (known && known.size === size && known.mtimeMs === mtimeMs) return known.sha256;
+  const sha256 = await hashFile(file);
+  digests.set(file, { size, mtimeMs, sha256 });
+  return sha256;
+}
+
+async function hashFile(file: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
   return hash.digest('hex');
@@ -37,8 +51,9 @@ export async function importHealthImage(store: ImageStore, file: string): Promis
   let sha256: string;
   let compression;
   try {
-    size = (await stat(file)).size;
-    sha256 = await sha256Of(file);
+    const info = await stat(file);
+    size = info.size;
+    sha256 = await sha256Of(file, info.size, info.mtimeMs);
     compression = detectCompression(await head(file), path.basename(file)).compression;
   } catch (err) {
     throw new CodedError('LAB_MISCONFIGURED', `health.image ${file}: ${(err as Error).message}`, { cause: err });
