@@ -473,6 +473,7 @@ export class AgentService implements ConnectionHandler {
         layoutName,
         files: this.d.files,
         storedPartCrcs: (partSize) => this.d.store.storedPartCrcs(image.sha256, partSize),
+        mappedRanges: () => this.d.store.mappedRanges(image.sha256, this.d.config.flash.minZeroRun),
         recordDir: path.join(config.stateDir, 'jobs'),
         holder: s.lease.holder,
         bootCheck: m.bootCheck ?? config.bootCheck,
@@ -485,8 +486,8 @@ export class AgentService implements ConnectionHandler {
         log,
         emit: (event) => {
           s.conn?.send({ ...event, re: m.id });
-          this.lab.jobEvent(jobId, event);
           this.phaseSeen(s.target.name, event);
+          this.lab.jobEvent(jobId, event);
         },
       });
       s.job = job;
@@ -509,9 +510,9 @@ export class AgentService implements ConnectionHandler {
       this.lab.jobEnded(jobId, result);
       const seconds = Object.values(result.timings).reduce((a, b) => a + (b ?? 0), 0);
       log.info('job ended', { code: result.code, ok: result.ok, seconds: seconds.toFixed(1) });
-      const message: ResultMessage = { type: 'result', re: m.id, ...result };
       // Before the lease goes: a board that turns unhealthy must not reach the next waiter.
       this.health.clientJobEnded(s.target.name, result.code);
+      const message: ResultMessage = { type: 'result', re: m.id, ...result };
       if (s.conn) {
         s.conn.send(message);
         this.endSession(s);
@@ -611,10 +612,10 @@ export class AgentService implements ConnectionHandler {
   async shutdown(): Promise<void> {
     this.stopping = true;
     clearInterval(this.partialExpiry);
-    this.leases.close();
     this.health.stop();
-    const running: Promise<void>[] = [];
+    this.leases.close();
     for (const job of this.healthJobs.keys()) job.cancel('the agent is stopping', 'SHUTTING_DOWN');
+    const running: Promise<void>[] = [];
     for (const s of this.sessions.values()) {
       if (s.job || s.starting) {
         this.cancelJob(s, 'the agent is stopping', 'SHUTTING_DOWN');
@@ -630,7 +631,6 @@ export class AgentService implements ConnectionHandler {
         );
       }
     }
-    await Promise.race([
     running.push(
       ...[...this.healthJobs.values()].map((p) =>
         p.then(
@@ -639,6 +639,7 @@ export class AgentService implements ConnectionHandler {
         ),
       ),
     );
+    await Promise.race([
       Promise.all(running),
       new Promise((r) => setTimeout(r, this.d.config.timeouts.shutdown * 1000)),
     ]);
@@ -756,13 +757,13 @@ export class AgentService implements ConnectionHandler {
           },
         });
         log.info('health job started', { image: image.sha256, layout: layoutName });
-        const run = job.run();
         // The dashboard shows a health job as any other, under its holder.
         this.lab.jobStarted({ id: jobId, target: target.name, holder: HEALTH_HOLDER });
+        const run = job.run();
         this.healthJobs.set(job, run);
         const result = await run;
-        log.info('health job ended', { code: result.code, ok: result.ok });
         this.lab.jobEnded(jobId, result);
+        log.info('health job ended', { code: result.code, ok: result.ok });
         this.health.healthJobEnded(target.name, result);
         return { ok: result.ok, code: result.code, message: result.message };
       } catch (err) {
@@ -772,8 +773,8 @@ export class AgentService implements ConnectionHandler {
       } finally {
         if (job) this.healthJobs.delete(job);
         this.freeBoard(lease.id);
-      }
         this.lab.changed();
+      }
     } finally {
       unpin();
     }
