@@ -189,6 +189,14 @@ export async function main(argv: string[]): Promise<number> {
     try {
       const targets = await loadTargets(config.targets);
       if (!(await import('./lab-check.js')).reportLabCheck(config, targets, process.stderr)) return 2;
+      // A warning, not a refusal: the operator may compile onoff's native part after the check.
+      const gpio = targets.filter((t) => t.reset.kind === 'gpio').map((t) => t.name);
+      if (gpio.length) {
+        const { loadOnoff } = await import('./reset/gpio-sysfs.js');
+        await loadOnoff().catch((err: Error) =>
+          process.stderr.write(`rpi-flash-agent: warning: ${gpio.join(', ')}: ${err.message}\n`),
+        );
+      }
       process.stdout.write(
         `configuration OK; ${targets.length} target(s): ` +
           `${targets.map((t) => `${t.name} (${t.mac}, ${t.ip}, ${t.resetText})`).join(', ')}\n`,

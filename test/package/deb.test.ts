@@ -286,11 +286,12 @@ function listing(file: string): string[] {
     tokenSum = report(r, 'tokensum');
   });
 
-  it('a second install keeps the token and the edited config and targets', () => {
+  it('a second install keeps the token and the edited config and targets; --check warns of gpio:', () => {
     expect(tokenSum, 'the first install ran').not.toBe('');
     const r = inRoot(`
       sed -i 's/"logLevel": "info"/"logLevel": "warn"/' "$ROOT/etc/rpi-flash/config.json"
       echo 'sim-1,02:00:00:00:00:01,127.0.0.21,sim,,,,whole,' >>"$ROOT/etc/rpi-flash/targets.csv"
+      echo 'pi3-01,b8:27:eb:28:f6:6d,192.168.50.11,gpio:17,pi3,,,,' >>"$ROOT/etc/rpi-flash/targets.csv"
       rep install dpkg --root="$ROOT" -i "$DEB"
       rep tokensum sha256sum "$ROOT/etc/rpi-flash/token"
       rep loglevel grep -c '"logLevel": "warn"' "$ROOT/etc/rpi-flash/config.json"
@@ -299,9 +300,12 @@ function listing(file: string): string[] {
     expect(report(r, 'install')).not.toContain('generated the client token');
     expect(report(r, 'tokensum')).toBe(tokenSum);
     expect(report(r, 'loglevel')).toBe('1');
-    expect(report(r, 'check')).toMatch(
-      /^configuration OK; 1 target\(s\): sim-1 \(02:00:00:00:00:01, 127\.0\.0\.21, sim\)/,
+    const check = report(r, 'check');
+    expect(check).toMatch(
+      /^configuration OK; 2 target\(s\): sim-1 \(02:00:00:00:00:01, 127\.0\.0\.21, sim\), pi3-01 \(.*gpio:17\)$/m,
     );
+    // --check says up front what a gpio: reset will meet in the package.
+    expect(check).toMatch(/^rpi-flash-agent: warning: pi3-01: gpio: resets drive the line with onoff, whose native/m);
   });
 
   it('purge removes the configuration, keeps the state and the user; RPI_FLASH_PURGE_STATE=1 the state too', () => {
