@@ -53,6 +53,8 @@ const ARCHES = ['arm64', 'armhf', 'amd64'];
 const DEFAULT_ARCHES = ['arm64', 'armhf'];
 /** Files of the repository the agent reads beside its code: stage 1, served to boards and carried into images. */
 const ASSETS = ['uboot/boot.scr', 'uboot/boot.cmd'];
+/** Licenses whose text every Debian system has in /usr/share/common-licenses (package base-files). */
+const COMMON_LICENSES = ['Apache-2.0', 'Artistic', 'BSD', 'CC0-1.0', 'GPL-2', 'GPL-3', 'LGPL-2.1', 'LGPL-3', 'MPL-2.0'];
 /** Configuration dpkg keeps as the admin edited it (DEBIAN/conffiles). */
 const CONFFILES = ['etc/rpi-flash/config.json', 'etc/rpi-flash/targets.csv'];
 
@@ -316,6 +318,15 @@ function copyright(pkg: PackageJson, npmPackages: NpmPackage[]): string {
       '',
     );
   stanzas.push(`License: ${pkg.license ?? 'MIT'}`, license, '');
+  // Every other license named above gets its standalone paragraph, as the format asks.
+  for (const other of new Set(npmPackages.map((p) => p.license).filter((l) => l !== (pkg.license ?? 'MIT'))))
+    stanzas.push(
+      `License: ${other}`,
+      COMMON_LICENSES.includes(other)
+        ? ` On Debian systems the full text is in /usr/share/common-licenses/${other}.`
+        : ` The full text is in the LICENSE file of each package under ${LIB}/node_modules that names it.`,
+      '',
+    );
   return stanzas.join('\n');
 }
 
