@@ -103,6 +103,8 @@ export class AgentService implements ConnectionHandler {
   /** Every target's state; the dashboard and the metrics read it and subscribe to its changes. */
   readonly boards: BoardStates;
   readonly health: HealthChecks;
+  /** The step (leased, flashing, booting) of each board's lease now, whatever its state shows. */
+  private readonly jobSteps = new Map<string, BoardState>();
   /** Health jobs running now, and their ends: shutdown cancels them as it does clients' jobs. */
   private readonly healthJobs = new Map<FlashJob, Promise<unknown>>();
   private readonly sessions = new Map<string, LeaseSession>();
@@ -691,6 +693,8 @@ export class AgentService implements ConnectionHandler {
    * it was taken out under (the job finishes; no new one starts).
    */
   private boardMoved(board: string, state: BoardState, reason?: string): void {
+    // Kept even in maintenance, so a resume mid-job shows the job's own step again.
+    this.jobSteps.set(board, state);
     if (this.d.boards.get(board)?.state === 'maintenance') return;
     this.d.boards.set(board, state, reason);
   }
@@ -704,6 +708,7 @@ export class AgentService implements ConnectionHandler {
   /** End a lease: its board is idle unless its job's end made it unhealthy, or it went into maintenance. */
   private freeBoard(leaseId: string): void {
     const lease = this.leases.get(leaseId);
+    if (lease) this.jobSteps.delete(lease.target);
     const state = lease && this.d.boards.get(lease.target)?.state;
     if (lease && (state === 'leased' || state === 'flashing' || state === 'booting'))
       this.d.boards.set(lease.target, 'idle');
@@ -802,7 +807,7 @@ export class AgentService implements ConnectionHandler {
         if (state === 'maintenance' || state === 'unhealthy') {
           boards.recordJobEnd(name, false);
           // A board whose job ran on through the maintenance shows that job again.
-          boards.set(name, this.leases.holderOf(name) ? 'leased' : 'idle', `resumed ${who}`);
+          boards.set(name, this.jobSteps.get(name) ?? 'idle', `resumed ${who}`);
         }
         break;
       }

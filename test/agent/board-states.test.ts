@@ -112,6 +112,17 @@ describe('board states through a job', () => {
     expect(stateOf(lab, 'pi-j').state).toBe('maintenance');
   });
 
+  it('resume while a lease is held shows the lease again, not idle', async () => {
+    lab = await startLab({ boards: [{ name: 'pi-r', mac: '02:00:00:00:01:0d' }] });
+    const conn = await lab.connect();
+    await conn.lease('pi-r');
+    const admin = await lab.connect();
+    expect((await admin.board({ action: 'maintenance', target: 'pi-r' })).boards[0]!.state).toBe('maintenance');
+    expect((await admin.board({ action: 'resume', target: 'pi-r' })).boards[0]!.state).toBe('leased');
+    await conn.cancel();
+    await waitUntil(() => stateOf(lab!, 'pi-r').state === 'idle', 'idle after the lease ends');
+  });
+
   it('status lists every board; an unknown board is UNKNOWN_TARGET', async () => {
     lab = await startLab({
       boards: [
