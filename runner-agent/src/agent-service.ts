@@ -22,7 +22,7 @@ import type { AgentConfig } from './config.js';
 import { findTarget, type Target } from './targets/database.js';
 import type { ResetContext } from './reset/index.js';
 import type { LayoutRegistry } from './layouts/registry.js';
-import type { ImageStore } from './store/image-store.js';
+import type { ImageStore, StoredImage } from './store/image-store.js';
 import type { UploadSession } from './store/upload-session.js';
 import { LABEL_PREFIX, LeaseManager, newId, type Lease, type LeaseWant } from './jobs/leases.js';
 import { REFUSING_STATES, type BoardState, type BoardStates } from './lab/board-states.js';
@@ -460,23 +460,9 @@ export class AgentService implements ConnectionHandler {
       if (!image)
         throw new CodedError('IMAGE_NOT_FOUND', `the agent holds no image with sha256 ${m.sha256}; upload it first`);
       const { config } = this.d;
-      const layoutName = s.target.layout ?? config.defaultLayout;
-      const layout = this.d.layouts[layoutName];
-      if (!layout)
-        throw new CodedError('LAB_MISCONFIGURED', `${s.target.name}: the agent has no layout "${layoutName}"`);
-      const jobId = newId(6);
-      const log = this.d.log.child({ target: s.target.name, job: jobId });
-      const job = new FlashJob({
-        id: jobId,
+      const { job, jobId, log, layoutName } = this.newJob({
         target: s.target,
         image,
-        config,
-        layout,
-        layoutName,
-        files: this.d.files,
-        storedPartCrcs: (partSize) => this.d.store.storedPartCrcs(image.sha256, partSize),
-        mappedRanges: () => this.d.store.mappedRanges(image.sha256, this.d.config.flash.minZeroRun),
-        recordDir: path.join(config.stateDir, 'jobs'),
         holder: s.lease.holder,
         bootCheck: m.bootCheck ?? config.bootCheck,
         timeouts: {
@@ -484,13 +470,7 @@ export class AgentService implements ConnectionHandler {
           stall: m.timeouts?.stall ?? config.timeouts.stall,
           boot: m.timeouts?.boot ?? config.timeouts.boot,
         },
-        reset: this.d.resetContext,
-        log,
-        emit: (event) => {
-          s.conn?.send({ ...event, re: m.id });
-          this.phaseSeen(s.target.name, event);
-          this.lab.jobEvent(jobId, event);
-        },
+        emit: (event) => s.conn?.send({ ...event, re: m.id }),
       });
       s.job = job;
       if (s.cancelRequested) job.cancel(s.cancelRequested.reason, s.cancelRequested.code);
@@ -731,58 +711,80 @@ export class AgentService implements ConnectionHandler {
       const image = await store.get(stored.sha256);
       if (!image) throw new CodedError('IMAGE_NOT_FOUND', 'the health image was evicted as it was imported');
       const lease = await this.leases.acquire(target.name, HEALTH_HOLDER, { bypass: true });
-      const jobId = newId(6);
-      const log = this.d.log.child({ target: target.name, job: jobId, part: 'health' });
-      let job: FlashJob | undefined;
       try {
         this.boardMoved(target.name, 'leased', 'health check');
-        const layoutName = target.layout ?? config.defaultLayout;
-        const layout = this.d.layouts[layoutName];
-        if (!layout)
-          throw new CodedError('LAB_MISCONFIGURED', `${target.name}: the agent has no layout "${layoutName}"`);
-        job = new FlashJob({
-          id: jobId,
+        const { job, jobId, log, layoutName } = this.newJob({
           target,
           image,
-          config,
-          layout,
-          layoutName,
-          files: this.d.files,
-          storedPartCrcs: (partSize) => store.storedPartCrcs(image.sha256, partSize),
-          mappedRanges: () => store.mappedRanges(image.sha256, config.flash.minZeroRun),
-          recordDir: path.join(config.stateDir, 'jobs'),
           holder: HEALTH_HOLDER,
           bootCheck: config.health.bootCheck ?? config.bootCheck,
           timeouts: config.timeouts,
-          reset: this.d.resetContext,
-          log,
-          emit: (event) => {
-            this.phaseSeen(target.name, event);
-            this.lab.jobEvent(jobId, event);
-          },
+          logFields: { part: 'health' },
         });
         log.info('health job started', { image: image.sha256, layout: layoutName });
         // The dashboard shows a health job as any other, under its holder.
         this.lab.jobStarted({ id: jobId, target: target.name, holder: HEALTH_HOLDER });
         const run = job.run();
         this.healthJobs.set(job, run);
-        const result = await run;
+        const result = await run.finally(() => this.healthJobs.delete(job));
         this.lab.jobEnded(jobId, result);
         log.info('health job ended', { code: result.code, ok: result.ok });
+        // Before the lease goes: the next waiter must see the board's new state.
         this.health.healthJobEnded(target.name, result);
         return { ok: result.ok, code: result.code, message: result.message };
-      } catch (err) {
-        // The job could not be set up: that says nothing about the board, whose state goes back to idle.
-        log.error('health job not started', { error: messageOf(err) });
-        throw err;
       } finally {
-        if (job) this.healthJobs.delete(job);
+        // A job that could not be set up says nothing about the board: it goes back to idle.
         this.freeBoard(lease.id);
         this.lab.changed();
       }
     } finally {
       unpin();
     }
+  }
+
+  /**
+   * A job on a leased board, a client's or a health check's alike: the target's layout, the stored
+   * image, the record, and its events feeding the board's state and the dashboard (then `emit`).
+   */
+  private newJob(o: {
+    target: Target;
+    image: StoredImage;
+    holder: string;
+    bootCheck: string;
+    timeouts: { boardShow: number; stall: number; boot: number };
+    emit?: (event: JobEvent) => void;
+    logFields?: Record<string, string>;
+  }): { job: FlashJob; jobId: string; log: Logger; layoutName: string } {
+    const { config, store } = this.d;
+    const { target, image } = o;
+    const layoutName = target.layout ?? config.defaultLayout;
+    const layout = this.d.layouts[layoutName];
+    if (!layout) throw new CodedError('LAB_MISCONFIGURED', `${target.name}: the agent has no layout "${layoutName}"`);
+    const jobId = newId(6);
+    const log = this.d.log.child({ target: target.name, job: jobId, ...o.logFields });
+    const job = new FlashJob({
+      id: jobId,
+      target,
+      image,
+      config,
+      layout,
+      layoutName,
+      files: this.d.files,
+      storedPartCrcs: (partSize) => store.storedPartCrcs(image.sha256, partSize),
+      mappedRanges: () => store.mappedRanges(image.sha256, config.flash.minZeroRun),
+      recordDir: path.join(config.stateDir, 'jobs'),
+      holder: o.holder,
+      bootCheck: o.bootCheck,
+      timeouts: { boardShow: o.timeouts.boardShow, stall: o.timeouts.stall, boot: o.timeouts.boot },
+      reset: this.d.resetContext,
+      log,
+      emit: (event) => {
+        o.emit?.(event);
+        this.phaseSeen(target.name, event);
+        this.lab.jobEvent(jobId, event);
+      },
+    });
+    return { job, jobId, log, layoutName };
   }
 
   /** The operator's request (`rpi-flash-agent board`): answered with the board's status after it. */
