@@ -456,6 +456,8 @@ function gitCommitTime(): number | undefined {
 
 function run(command: string, args: string[], env: Record<string, string> = {}): void {
   const r = spawnSync(command, args, { cwd: ROOT, stdio: 'inherit', env: { ...process.env, ...env } });
+  if (r.error && 'code' in r.error && r.error.code === 'ENOENT')
+    throw new PackageError(`${command} is not installed${command === 'dpkg-deb' ? ' (Debian package dpkg)' : ''}`);
   if (r.error) throw new PackageError(`${command}: ${r.error.message}`);
   if (r.status !== 0) throw new PackageError(`${command} ${args.join(' ')} failed (exit ${r.status ?? r.signal})`);
 }
