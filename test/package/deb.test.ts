@@ -145,6 +145,20 @@ function listing(file: string): string[] {
     else rmSync(work, { recursive: true, force: true });
   });
 
+  it('npm run package takes --arch and --help, and refuses an architecture it does not know', () => {
+    const script = (...args: string[]) =>
+      spawnSync(process.execPath, ['--import', 'tsx', 'scripts/package-deb.ts', ...args], {
+        cwd: repoRoot,
+        encoding: 'utf8',
+      });
+    const help = script('--help');
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/--arch ARCH\[,ARCH…\]\s+arm64, armhf, amd64 \(default: arm64 and armhf\)/);
+    const bad = script('--arch', 'arm64,sparc');
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toBe('package: unknown architecture sparc: expected arm64, armhf, amd64\n');
+  });
+
   it('has the control fields: version from package.json, the architecture, nodejs (>= 20)', () => {
     for (const arch of arches) {
       const fields = Object.fromEntries(
