@@ -233,7 +233,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
       data.fill(0, 4 * MiB); // the zero tail: unmapped
       await writeFile(file, data);
       await scenario(options(file), async (r) => {
-        const mapped = [
+        const mapped: Array<[number, number]> = [
           [0, MiB + 4096],
           [3 * MiB + 4096, MiB - 4096],
         ];
