@@ -10,6 +10,7 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseBootCheck } from '../../src/protocol/boot-check.js';
 import type { Stage2Settings } from './board/stage2-script.js';
+import { checkMinZeroRun } from './store/mapped-ranges.js';
 import { builtinLayouts } from './layouts/registry.js';
 
 /** Health checks of the boards (lab/health-checks.ts). */
@@ -69,6 +70,17 @@ export interface AgentConfig {
      * part and reads it back, and that silence is no stall.
      */
     cardWriteRate: number;
+    /** Write every byte of the image, not only its mapped ranges (store/mapped-ranges.ts). */
+    writeZeros: boolean;
+    /** All-zero runs at least this long are unmapped when the agent derives an image's ranges. */
+    minZeroRun: number;
+    /**
+     * `auto`: parts travel gzip'd to boards whose model's U-Boot has `unzip` once the board has
+     * confirmed it (layouts/stage2-flash.ts); `off`: always raw.
+     */
+    compress: 'auto' | 'off';
+    /** Where a compressed part is downloaded before `unzip` inflates it to `loadAddr`. */
+    zipAddr: number;
   };
   timeouts: {
     /** Seconds from reset until the board must fetch its script. */
@@ -91,6 +103,22 @@ export interface AgentConfig {
   defaultLayout: string;
   /** Health checks of the boards (lab/health-checks.ts): a known-good image, when and after how many failures. */
   health: HealthSettings;
+  /** The read-only dashboard on the listen port (dashboard/, README "Dashboard and metrics"). */
+  dashboard: {
+    enabled: boolean;
+    /** A read-only token that opens the dashboard (the agent token always does). */
+    token?: string;
+    /** Dashboard pages open at once (each holds one event stream). */
+    maxClients: number;
+    /** Where a holder's `owner/repo run N` links to: `<runLinkBase>/owner/repo/actions/runs/N`. */
+    runLinkBase: string;
+  };
+  /** GET /metrics in the Prometheus text format (metrics/). */
+  metrics: {
+    enabled: boolean;
+    /** The token Prometheus sends as a bearer token (the agent token is accepted too). */
+    token?: string;
+  };
   /** What the inject layout carries into each image. */
   uboot: {
     /** Stage 1 script image; default: the agent's own `uboot/boot.scr`. */
@@ -138,6 +166,13 @@ export const DEFAULTS = {
     seedPartSize: 750 * 1024 ** 2,
     // SD speed class 2, the slowest the SD specification names.
     cardWriteRate: 2 * 1024 ** 2,
+    writeZeros: false,
+    // A new part costs the board a TFTP request and a report: shorter zero runs travel inside their part.
+    minZeroRun: 1024 ** 2,
+    compress: 'auto',
+    // Below the CRC slot: free RAM during stage 2 on every Pi (the initramfs's place in stage 1),
+    // room for 192 MiB of compressed part, and no extra RAM at the top (512 MB boards).
+    zipAddr: 0x0300_0000,
   },
   timeouts: { boardShow: 90, stall: 120, boot: 300, leaseGrace: 60, shutdown: 10 },
   bootCheck: 'tcp:22',
@@ -145,6 +180,9 @@ export const DEFAULTS = {
   sim: { bootPort: 2222, cardSize: 256 * 1024 ** 2 },
   defaultLayout: 'inject',
   uboot: { defaultModel: 'arm64' },
+  // The dashboard opens only with a token, so it is on; /metrics is for those who run Prometheus.
+  dashboard: { enabled: true, maxClients: 16, runLinkBase: 'https://github.com' },
+  metrics: { enabled: false },
   health: { afterFailures: 3 },
 } as const;
 
@@ -270,6 +308,8 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     'sim',
     'defaultLayout',
     'uboot',
+    'dashboard',
+    'metrics',
   ]);
 
   const listenRaw = obj('listen');
@@ -359,6 +399,11 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
       );
   }
 
+  const bool = (name: string, v: unknown, dflt: boolean): boolean => {
+    if (v === undefined) return dflt;
+    if (typeof v !== 'boolean') problems.push(`"${name}" must be true or false`);
+    return typeof v === 'boolean' ? v : dflt;
+  };
   const flashRaw = obj('flash');
   known(flashRaw, 'flash.', [
     'partSize',
@@ -372,6 +417,10 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     'tftpWindowSize',
     'seedPartSize',
     'cardWriteRate',
+    'writeZeros',
+    'minZeroRun',
+    'compress',
+    'zipAddr',
   ]);
   const hex = (name: string, v: unknown, dflt: number): number => {
     if (v === undefined) return dflt;
@@ -395,7 +444,20 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     mmcDev: int('flash.mmcDev', flashRaw.mmcDev, DEFAULTS.flash.mmcDev, 0, 15),
     seedPartSize: size('flash.seedPartSize', flashRaw.seedPartSize, DEFAULTS.flash.seedPartSize),
     cardWriteRate: size('flash.cardWriteRate', flashRaw.cardWriteRate, DEFAULTS.flash.cardWriteRate),
+    writeZeros: bool('flash.writeZeros', flashRaw.writeZeros, DEFAULTS.flash.writeZeros),
+    minZeroRun: size('flash.minZeroRun', flashRaw.minZeroRun, DEFAULTS.flash.minZeroRun),
+    compress: DEFAULTS.flash.compress,
+    zipAddr: hex('flash.zipAddr', flashRaw.zipAddr, DEFAULTS.flash.zipAddr),
   };
+  if (flashRaw.compress !== undefined) {
+    if (flashRaw.compress === 'auto' || flashRaw.compress === 'off') flash.compress = flashRaw.compress;
+    else problems.push(`"flash.compress" must be "auto" or "off", got ${JSON.stringify(flashRaw.compress)}`);
+  }
+  try {
+    checkMinZeroRun(flash.minZeroRun);
+  } catch (err) {
+    problems.push(`"flash.minZeroRun": ${(err as Error).message}`);
+  }
   if (flash.cardWriteRate < 64 * 1024)
     problems.push(`"flash.cardWriteRate" must be at least 64KiB (per second), got ${flash.cardWriteRate}`);
   if (flashRaw.tftpBlockSize !== undefined)
@@ -467,6 +529,44 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     }
   }
 
+  /** A section's own token (`token` or `tokenFile`), at least 16 characters and never the agent token. */
+  const sectionToken = async (section: string, from: Raw): Promise<string | undefined> => {
+    if (from.token !== undefined && from.tokenFile !== undefined)
+      problems.push(`set "${section}.token" or "${section}.tokenFile", not both`);
+    let value: string | undefined;
+    if (from.tokenFile !== undefined) {
+      const f = file(string(`${section}.tokenFile`, from.tokenFile));
+      try {
+        value = (await readFile(f, 'utf8')).trim();
+      } catch (err) {
+        problems.push(`cannot read token file ${f}: ${(err as Error).message}`);
+      }
+    } else if (from.token !== undefined) value = string(`${section}.token`, from.token);
+    if (value !== undefined && value.length < 16) problems.push(`the ${section} token must be at least 16 characters`);
+    if (value !== undefined && value === token)
+      problems.push(`the ${section} token must differ from the agent token (it is meant to open less)`);
+    return value || undefined;
+  };
+  const dashboardRaw = obj('dashboard');
+  known(dashboardRaw, 'dashboard.', ['enabled', 'token', 'tokenFile', 'maxClients', 'runLinkBase']);
+  const dashboardToken = await sectionToken('dashboard', dashboardRaw);
+  const runLinkBase = string('dashboard.runLinkBase', dashboardRaw.runLinkBase, DEFAULTS.dashboard.runLinkBase);
+  if (!/^https?:\/\/[^\s/]+/.test(runLinkBase))
+    problems.push(`"dashboard.runLinkBase" must be an http(s) URL like https://github.com, got "${runLinkBase}"`);
+  const dashboard: AgentConfig['dashboard'] = {
+    enabled: bool('dashboard.enabled', dashboardRaw.enabled, DEFAULTS.dashboard.enabled),
+    ...(dashboardToken ? { token: dashboardToken } : {}),
+    maxClients: int('dashboard.maxClients', dashboardRaw.maxClients, DEFAULTS.dashboard.maxClients, 1, 1000),
+    runLinkBase,
+  };
+  const metricsRaw = obj('metrics');
+  known(metricsRaw, 'metrics.', ['enabled', 'token', 'tokenFile']);
+  const metricsToken = await sectionToken('metrics', metricsRaw);
+  const metrics: AgentConfig['metrics'] = {
+    enabled: bool('metrics.enabled', metricsRaw.enabled, DEFAULTS.metrics.enabled),
+    ...(metricsToken ? { token: metricsToken } : {}),
+  };
+
   const config: AgentConfig = {
     name,
     health,
@@ -485,6 +585,8 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
       cardSize: size('sim.cardSize', simRaw.cardSize, DEFAULTS.sim.cardSize),
     },
     defaultLayout,
+    dashboard,
+    metrics,
     uboot: {
       bootScr: ubootRaw.bootScr === undefined ? SHIPPED_BOOT_SCR : file(string('uboot.bootScr', ubootRaw.bootScr)),
       binaries,

@@ -45,6 +45,12 @@ export const AgentCodes = {
   BOOT_CONFIG_UNSUPPORTED:
     "The image's config.txt chooses its kernel in a way that cannot be handed to U-Boot safely " +
     '(e.g. os_prefix, boot_partition, kernel_address), or names a kernel the boot partition lacks.',
+  BMAP_INVALID:
+    'The block map (bmaptool XML) is malformed or inconsistent: not XML, sizes that disagree, ' +
+    'ranges out of order or past the image, or a file checksum that does not match; the message says which.',
+  BMAP_UNSUPPORTED:
+    'The block map is of a version or checksum type the agent does not read (it reads 2.x and 1.2–1.4).',
+  BMAP_MISMATCH: "The block map belongs to another image: its image size or a range's checksum differs from the image.",
   IMAGE_TRUNCATED:
     'The partition table or the boot file system points past the end of the image: the image is cut short.',
   CONSOLE_UNAVAILABLE: "The target's console (console column) could not be opened, and the boot check needs it.",

@@ -21,6 +21,8 @@ export interface ImageMeta {
   partCrcs: Record<string, number[]>;
   /** The derived mapped ranges as [offset, length] pairs, keyed by the shortest unmapped zero run. */
   mapped?: Record<string, Array<[number, number]>>;
+  /** Block maps checked against the image, as [offset, length] pairs, keyed by the sha256 of the map's text. */
+  bmaps?: Record<string, Array<[number, number]>>;
 }
 
 /** Every temporary file of the store ends so; `init()` removes them (they are leftovers of a crash). */
@@ -77,12 +79,16 @@ export function parseMeta(text: string, expectedSha: string): ImageMeta | string
       }
     }
   }
-  const mapped: Record<string, Array<[number, number]>> = {};
-  if (m.mapped && typeof m.mapped === 'object') {
-    for (const [run, list] of Object.entries(m.mapped)) {
-      const pairs = Array.isArray(list) && list.every((r) => Array.isArray(r) && r.length === 2 && r.every(isSize));
-      if (pairs) mapped[run] = list;
-    }
+  return { ...(m as ImageMeta), partCrcs: crcs, mapped: rangeLists(m.mapped), bmaps: rangeLists(m.bmaps) };
+}
+
+/** The well-formed entries of a record of [offset, length] lists; anything else is dropped (recomputed). */
+function rangeLists(value: unknown): Record<string, Array<[number, number]>> {
+  const out: Record<string, Array<[number, number]>> = {};
+  if (!value || typeof value !== 'object') return out;
+  for (const [key, list] of Object.entries(value as Record<string, unknown>)) {
+    if (Array.isArray(list) && list.every((r) => Array.isArray(r) && r.length === 2 && r.every(isSize)))
+      out[key] = list as Array<[number, number]>;
   }
-  return { ...(m as ImageMeta), partCrcs: crcs, mapped };
+  return out;
 }

@@ -22,6 +22,7 @@
  *   *.tmp                    anything in progress (decompressed output, records being written);
  *                            always safe to delete, and `init()` does
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CodedError } from '../../../src/protocol/errors.js';
@@ -32,6 +33,7 @@ import { checkDecompressor, type DecompressTools } from './decompress.js';
 import { statfsFreeBytes, type FreeSpaceProbe } from './disk-space.js';
 import { fileSize, syncDir } from './files.js';
 import { META_VERSION, parseMeta, TEMP_SUFFIX, writeMeta, type ImageMeta } from './image-meta.js';
+import { bmapByteRanges, parseBmap, verifyBmap } from './bmap.js';
 import { deriveMappedRanges, type MappedRange } from './mapped-ranges.js';
 import { checkPartSize, partCrcsOfFile } from './part-crc.js';
 import {
@@ -343,6 +345,31 @@ export class ImageStore {
     try {
       const ranges = await deriveMappedRanges(this.imagePath(sha256), meta.imageSize, minZeroRun);
       meta.mapped = { ...meta.mapped, [String(minZeroRun)]: ranges.map((r) => [r.offset, r.length]) };
+      if (this.images.get(sha256) === meta) await this.saveMeta(meta);
+      return ranges;
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * The ranges of a block map the client sent with a job (bmap.ts), once checked against the image:
+   * parsed, sizes compared, every range's checksum over the image's bytes. A map already checked
+   * (the same text) is taken from the image's record without reading the image again.
+   */
+  async bmapRanges(sha256: string, bmapText: string): Promise<MappedRange[]> {
+    this.assertReady();
+    const meta = this.images.get(sha256);
+    if (!meta) throw new CodedError('IMAGE_NOT_FOUND', `the store holds no image with sha256 ${sha256}`);
+    const key = createHash('sha256').update(bmapText).digest('hex');
+    const cached = meta.bmaps?.[key];
+    if (cached) return cached.map(([offset, length]) => ({ offset, length }));
+    const bmap = parseBmap(bmapText);
+    const release = this.pin(sha256);
+    try {
+      await verifyBmap(bmap, this.imagePath(sha256), meta.imageSize);
+      const ranges = bmapByteRanges(bmap);
+      meta.bmaps = { ...meta.bmaps, [key]: ranges.map((r) => [r.offset, r.length]) };
       if (this.images.get(sha256) === meta) await this.saveMeta(meta);
       return ranges;
     } finally {
