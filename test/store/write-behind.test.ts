@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -51,6 +52,25 @@ describe('WriteBehindFile', () => {
     await writer.append(Buffer.alloc(6_000, 2)); // fills the batch: its write is issued
     await writer.flush();
     expect(writer.written).toBe(10_000);
+  });
+
+  it('tells onWritten each time the unbroken run on disk grows, and the file holds that run when told', async () => {
+    const file = path.join(tmp, 'out.bin');
+    const data = randomBytes(100_003);
+    const told: Array<{ written: number; matches: boolean }> = [];
+    const writer = new WriteBehindFile(await openFile(file), 0, { batchBytes: 10_000, maxInFlight: 3 }, (written) => {
+      // What a reader that follows onWritten (the hashing thread) finds at that moment.
+      const onDisk = readFileSync(file).subarray(0, written);
+      told.push({ written, matches: onDisk.length === written && onDisk.equals(data.subarray(0, written)) });
+    });
+    for (let at = 0; at < data.length; at += 3_001) await writer.append(data.subarray(at, at + 3_001));
+    await writer.flush();
+    const runs = told.map((t) => t.written);
+    expect(runs.length).toBeGreaterThan(1);
+    expect(runs).toEqual([...runs].sort((a, b) => a - b));
+    expect(new Set(runs).size).toBe(runs.length);
+    expect(runs.at(-1)).toBe(data.length);
+    expect(told.every((t) => t.matches)).toBe(true);
   });
 
   it('appends after the bytes a resumed file already holds', async () => {

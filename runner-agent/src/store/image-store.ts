@@ -93,11 +93,13 @@ export interface ImageStoreOptions {
   /** Batch writes of one upload on the thread pool at once; default 2. */
   writesInFlight?: number;
   /**
-   * Uploads of at least this many bytes are hashed on a worker thread (sha256, and the part CRCs
-   * of a raw upload), smaller ones on the main thread; 0: always on a worker. Default: never.
-   * Measured on the 2-core lab machine the worker bought no speed (the kernel's copy into the page
-   * cache, not hashing, is the agent's biggest cost) and cost ~45 MiB of RSS; on a board with
-   * more idle cores it moves ~1.7 CPU-seconds per GiB off the main thread.
+   * Uploads of at least this many bytes are hashed on a worker thread that reads the partial file
+   * back (sha256, and the part CRCs of a raw upload; upload-digest.ts), smaller ones on the main
+   * thread; 0: always on a worker. Default: never. Measured on the 2-core x86 lab machine (`npm run
+   * bench -- upload`), the worker takes ~2 ms/MB off the main thread but costs ~1 ms/MB more CPU in
+   * all (the read-back, the thread's own work) and ~20 MiB more peak RSS, and bought no steady
+   * speed with both cores busy; a board with idle cores and slow hashing (a Pi 4 has no SHA
+   * instructions) is where it pays.
    */
   hashOnWorkerFromBytes?: number;
 }

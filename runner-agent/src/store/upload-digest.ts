@@ -1,17 +1,23 @@
 /**
  * The sha256 of an upload's wire bytes (and, for a raw upload, its part CRCs), computed as the
- * bytes arrive — on this thread, or on a worker thread.
+ * bytes arrive: on this thread, or on a worker thread that reads them back from the partial file.
  *
- * Node's hashing is synchronous: on the agent's main thread sha256 and the part CRCs cost about
- * as much CPU as receiving the WebSocket frames, so a big upload ran at half the speed the socket
- * allows. A worker thread takes that work to the other core. It gets a copy of each chunk (a
- * memcpy is ~20× cheaper than hashing it) so the main thread can still write the original to disk,
- * and it may lag behind by a bounded number of bytes (`maxLagBytes`), which bounds its memory.
+ * Node's hashing is synchronous: on the agent's main thread sha256 and the part CRCs cost more CPU
+ * than receiving the WebSocket frames (on the 2-core x86 lab machine ~1.4 and ~0.8 ms/MB; on a
+ * Pi 4, which lacks the SHA instructions, sha256 alone costs several ms per MB), so they decide
+ * whether an upload keeps up with the link. A worker thread takes that work to another core. It
+ * is not handed the chunks: copying each one to it (structured clone) cost the main thread about
+ * as much as hashing did. It reads the bytes back from the partial file instead, only as far as
+ * the writes have completed (`written`), into one reused buffer: the page cache still holds them,
+ * the read is a memcpy on the worker's core, and the worker holds no chunk. It may lag
+ * `maxLagBytes` behind the bytes appended; that lag is in the file, not in memory, and is kept
+ * short only so that the page cache still has the bytes when the worker reads them.
  *
  * The worker is plain JavaScript evaluated from a string: no file to locate, so it runs the same
  * under tsx, vitest, compiled JavaScript and any Node ≥ 20.
  */
 import { createHash, type Hash } from 'node:crypto';
+import fs, { type FileHandle } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { checkPartSize } from './part-crc.js';
 
@@ -21,17 +27,8 @@ export interface DigestResult {
   partCrcs?: number[];
 }
 
-export interface UploadDigest {
-  /** Feeds the next bytes, in order; resolves when more may be fed. */
-  update(chunk: Buffer): Promise<void> | void;
-  /** The result; the digest takes no bytes after this. */
-  finish(): Promise<DigestResult>;
-  /** Stops the digest (idempotent); a pending finish() rejects. */
-  close(): Promise<void>;
-}
-
-/** sha256 on this thread (small uploads: not worth a thread's start-up). */
-export class InlineDigest implements UploadDigest {
+/** sha256 on this thread, fed the chunks (small uploads: not worth a thread's start-up). */
+export class InlineDigest {
   private readonly hash: Hash = createHash('sha256');
   update(chunk: Buffer): void {
     this.hash.update(chunk);
@@ -43,61 +40,86 @@ export class InlineDigest implements UploadDigest {
 }
 
 /**
- * The worker's side. The part-CRC arithmetic mirrors PartCrcAccumulator (part-crc.ts; the store's
- * tests check both against a reference): CRC32 per `partSize` bytes, the last part padded with
- * zeros to a multiple of 512.
+ * The worker's side: it reads the file (through the main thread's descriptor: descriptors belong
+ * to the process) up to the last `upto`, in 1 MiB reads into one buffer, and reports how far it
+ * got. The part-CRC arithmetic mirrors PartCrcAccumulator (part-crc.ts; the store's tests check
+ * both against a reference): CRC32 per `partSize` bytes, the last part padded with zeros to a
+ * multiple of 512.
  */
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
+const fs = require('node:fs');
 const zlib = require('node:zlib');
+const { fd, partSize } = workerData;
 const hash = createHash('sha256');
-const partSize = workerData.partSize;
+const buf = Buffer.allocUnsafe(1024 * 1024);
 const crcs = [];
-let crc = 0, inPart = 0, total = 0;
-parentPort.on('message', (m) => {
-  if (m.type === 'update') {
-    const chunk = m.chunk;
-    hash.update(chunk);
-    if (partSize > 0) {
-      let at = 0;
-      while (at < chunk.length) {
-        const take = Math.min(chunk.length - at, partSize - inPart);
-        crc = zlib.crc32(chunk.subarray(at, at + take), crc);
-        inPart += take;
-        at += take;
-        if (inPart === partSize) { crcs.push(crc >>> 0); crc = 0; inPart = 0; }
-      }
-    }
-    total += chunk.length;
-    parentPort.postMessage({ type: 'progress', bytes: total });
-  } else if (m.type === 'finish') {
-    if (partSize > 0 && inPart > 0) {
-      const pad = (512 - (inPart % 512)) % 512;
-      if (pad > 0) crc = zlib.crc32(Buffer.alloc(pad), crc);
-      crcs.push(crc >>> 0);
-    }
-    const sha256 = hash.digest('hex');
-    parentPort.postMessage({ type: 'result', sha256, crcs: partSize > 0 ? crcs : undefined, bytes: total });
+let crc = 0, inPart = 0, total = 0, target = 0;
+function crcOf(chunk) {
+  let at = 0;
+  while (at < chunk.length) {
+    const take = Math.min(chunk.length - at, partSize - inPart);
+    crc = zlib.crc32(chunk.subarray(at, at + take), crc);
+    inPart += take;
+    at += take;
+    if (inPart === partSize) { crcs.push(crc >>> 0); crc = 0; inPart = 0; }
   }
+}
+function catchUp() {
+  let reported = total;
+  while (total < target) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, target - total), total);
+    if (n === 0) throw new Error('the partial file ends at ' + total + ' bytes, ' + target + ' were written');
+    const chunk = buf.subarray(0, n);
+    hash.update(chunk);
+    if (partSize > 0) crcOf(chunk);
+    total += n;
+    // A long catch-up (a resumed upload's bytes) reports as it goes: the upload may wait on it.
+    if (total - reported >= 16 * 1024 * 1024) {
+      parentPort.postMessage({ type: 'progress', bytes: total });
+      reported = total;
+    }
+  }
+  parentPort.postMessage({ type: 'progress', bytes: total });
+}
+parentPort.on('message', (m) => {
+  target = Math.max(target, m.bytes);
+  catchUp();
+  if (m.type !== 'finish') return;
+  if (partSize > 0 && inPart > 0) {
+    const pad = (512 - (inPart % 512)) % 512;
+    if (pad > 0) crc = zlib.crc32(Buffer.alloc(pad), crc);
+    crcs.push(crc >>> 0);
+  }
+  const sha256 = hash.digest('hex');
+  parentPort.postMessage({ type: 'result', sha256, crcs: partSize > 0 ? crcs : undefined, bytes: total });
 });
 `;
 
 type FromWorker =
   { type: 'progress'; bytes: number } | { type: 'result'; sha256: string; crcs?: number[]; bytes: number };
 
-export interface WorkerDigestOptions {
+export interface FileDigestOptions {
+  /** The file whose bytes, from its start, are the upload's (the partial file). */
+  file: string;
   /** Also compute the CRC of each part of this size (a raw upload is its own image). */
   partSize?: number;
-  /** Bytes the worker may fall behind before update() waits; default 16 MiB. */
+  /** Bytes the worker may fall behind the bytes appended before keepUp() waits; default 16 MiB. */
   maxLagBytes?: number;
 }
 
-/** sha256 (and part CRCs) on a worker thread, at most `maxLagBytes` behind the bytes fed. */
-export class WorkerDigest implements UploadDigest {
-  private readonly worker: Worker;
+/**
+ * sha256 (and part CRCs) of a file being written, on a worker thread that reads as far as
+ * `written()` says the file holds. `open()` starts it.
+ */
+export class FileDigest {
+  private worker: Worker | undefined;
+  private handle: FileHandle | undefined;
   private readonly maxLagBytes: number;
-  private fed = 0;
+  private readonly partSize: number;
+  /** Bytes the file holds, as last told to the worker. */
+  private posted = 0;
   private digested = 0;
   private failure: Error | undefined;
   /** Woken on every message, error and exit. */
@@ -105,54 +127,76 @@ export class WorkerDigest implements UploadDigest {
   private result: (FromWorker & { type: 'result' }) | undefined;
   private closed = false;
 
-  constructor(o: WorkerDigestOptions = {}) {
-    const partSize = o.partSize ?? 0;
-    if (partSize > 0) checkPartSize(partSize);
+  constructor(private readonly o: FileDigestOptions) {
+    this.partSize = o.partSize ?? 0;
+    if (this.partSize > 0) checkPartSize(this.partSize);
     this.maxLagBytes = o.maxLagBytes ?? 16 * 1024 * 1024;
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { partSize } });
-    this.worker.on('message', (m: FromWorker) => {
+  }
+
+  /** Opens the file for reading and starts the worker. */
+  async open(): Promise<void> {
+    this.handle = await fs.open(this.o.file, 'r');
+    const worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: { fd: this.handle.fd, partSize: this.partSize },
+      // It allocates next to nothing (one read buffer, small messages): a small heap keeps its RSS small.
+      resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 },
+    });
+    this.worker = worker;
+    worker.on('message', (m: FromWorker) => {
       if (m.type === 'progress') this.digested = m.bytes;
       else this.result = m;
       this.notify();
     });
-    this.worker.on('error', (err) => {
+    worker.on('error', (err) => {
       this.failure ??= new Error(`the hashing thread failed: ${err.message}`);
       this.notify();
     });
-    this.worker.on('exit', (code) => {
+    worker.on('exit', (code) => {
       this.failure ??= new Error(`the hashing thread ended (exit code ${code})`);
       this.notify();
     });
   }
 
-  async update(chunk: Buffer): Promise<void> {
-    this.throwIfFailed();
-    if (chunk.length === 0) return;
-    // Posting copies the bytes (structured clone): the caller's chunk stays usable.
-    this.worker.postMessage({ type: 'update', chunk });
-    this.fed += chunk.length;
-    while (this.fed - this.digested > this.maxLagBytes && !this.failure) await this.nextEvent();
+  /** The file now holds `bytes` from its start (written, in the page cache at least): the worker may read them. */
+  written(bytes: number): void {
+    if (bytes <= this.posted || this.closed || !this.worker) return;
+    this.posted = bytes;
+    this.worker.postMessage({ type: 'upto', bytes });
+  }
+
+  /**
+   * Resolves once the worker is at most `maxLagBytes` behind `appended` bytes, or has read all
+   * that was written (the rest is still on its way to the file); rejects when the worker failed.
+   */
+  async keepUp(appended: number): Promise<void> {
+    while (!this.failure && appended - this.digested > this.maxLagBytes && this.digested < this.posted)
+      await this.nextEvent();
     this.throwIfFailed();
   }
 
-  async finish(): Promise<DigestResult> {
+  /** The result once the worker read `total` bytes (all written by now); it reads no more after this. */
+  async finish(total: number): Promise<DigestResult> {
     this.throwIfFailed();
-    this.worker.postMessage({ type: 'finish' });
+    this.posted = Math.max(this.posted, total);
+    this.worker!.postMessage({ type: 'finish', bytes: total });
     while (!this.result && !this.failure) await this.nextEvent();
     const result = this.result;
     await this.close();
     if (!result) throw this.failure!;
-    if (result.bytes !== this.fed)
-      throw new Error(`the hashing thread saw ${result.bytes} bytes, ${this.fed} were fed`);
+    if (result.bytes !== total) throw new Error(`the hashing thread read ${result.bytes} bytes, ${total} were written`);
     return { sha256: result.sha256, ...(result.crcs ? { partCrcs: result.crcs } : {}) };
   }
 
+  /** Stops the worker and closes its descriptor (idempotent); a pending finish() rejects. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.failure ??= new Error('the digest was closed');
     this.notify();
-    await this.worker.terminate();
+    // The descriptor closes only once the worker can no longer read through it.
+    await this.worker?.terminate();
+    await this.handle?.close();
   }
 
   /** A method, not an inline check: the failure is set by the worker's events, across awaits. */

@@ -9,7 +9,9 @@
  * Resuming and the hash: Node's Hash cannot be saved and restored, so a resumed upload re-reads
  * its partial file from disk through the hash (and the decompressor, and the part CRCs) before
  * accepting more bytes. That is one code path for every case (same process or after a restart),
- * needs no trust in state kept elsewhere, and runs at disk speed, far above the network's.
+ * needs no trust in state kept elsewhere, and runs at disk speed, far above the network's. An
+ * upload hashed on a worker thread (upload-digest.ts) has the worker read the file anyway: only
+ * the decompressor of a compressed one is fed the held bytes again on this thread.
  *
  * Decompression runs while the upload arrives: each chunk goes to the partial file and to the
  * decompressor, whose output goes to a temp image. The wire bytes are kept until `finish()`
@@ -17,9 +19,10 @@
  * store's disk check counts both copies. A raw upload is its own image: its partial file is
  * renamed into place, no second copy.
  *
- * Memory: `write()` resolves once a chunk is hashed, accepted by the decompressor and queued for
- * the disk; the write-behind (write-behind.ts) holds at most (writesInFlight + 1) batches
- * (12 MiB by default) per session. Nothing ever holds a whole image.
+ * Memory: `write()` resolves once a chunk is hashed (or, on a worker, the worker is close enough
+ * behind), accepted by the decompressor and queued for the disk; the write-behind
+ * (write-behind.ts) holds at most (writesInFlight + 1) batches (12 MiB by default) per session.
+ * Nothing ever holds a whole image.
  *
  * Durability: bytes are written without fsync while they arrive. A suspend (disconnect, error,
  * close) waits for every write, cuts the partial file back to the unbroken run of bytes on disk,
@@ -40,7 +43,7 @@ import { asNoSpace } from './disk-space.js';
 import { fileSize, syncFile } from './files.js';
 import type { StoredImage } from './image-store.js';
 import { PartCrcAccumulator } from './part-crc.js';
-import { InlineDigest, WorkerDigest, type DigestResult, type UploadDigest } from './upload-digest.js';
+import { FileDigest, InlineDigest, type DigestResult } from './upload-digest.js';
 import { WriteBehindFile, type WriteBehindOptions } from './write-behind.js';
 
 export interface UploadSession {
@@ -142,7 +145,7 @@ export interface UploadPlan extends BeginUpload {
   /** Decompressed bytes the disk check allowed for (0 for raw: the upload is the image). */
   plannedImageBytes: number;
   writeBehind: WriteBehindOptions;
-  /** sha256 (and a raw upload's part CRCs) on a worker thread. */
+  /** sha256 (and a raw upload's part CRCs) on a worker thread that reads the partial file back. */
   hashOnWorker: boolean;
   tools: DecompressTools;
   log: Logger;
@@ -179,7 +182,7 @@ export class Upload implements UploadSession {
   readonly sha256: string;
   private state: UploadState = 'new';
   private received = 0;
-  private digest: UploadDigest = new InlineDigest();
+  private digest: InlineDigest | FileDigest = new InlineDigest();
   /** The digest computes the part CRCs too (a raw upload hashed on a worker); `crcs` stays unused. */
   private crcsInDigest = false;
   private crcs: PartCrcAccumulator;
@@ -262,15 +265,24 @@ export class Upload implements UploadSession {
     const partial = this.plan.files.partial;
     this.file = await fs.open(partial, held > 0 ? 'r+' : 'w');
     if (held > 0) await this.file.truncate(held);
-    this.writer = new WriteBehindFile(this.file, held, this.plan.writeBehind);
     this.crcsInDigest = this.plan.hashOnWorker && !this.compressed;
-    this.digest = this.plan.hashOnWorker
-      ? new WorkerDigest(this.crcsInDigest ? { partSize: this.plan.partSize } : {})
-      : new InlineDigest();
+    if (this.plan.hashOnWorker) {
+      const digest = new FileDigest({ file: partial, ...(this.crcsInDigest ? { partSize: this.plan.partSize } : {}) });
+      this.digest = digest;
+      await digest.open();
+      // The worker follows the writes: it reads as far as they have completed, the held bytes first.
+      this.writer = new WriteBehindFile(this.file, held, this.plan.writeBehind, (bytes) => digest.written(bytes));
+      digest.written(held);
+    } else {
+      this.digest = new InlineDigest();
+      this.writer = new WriteBehindFile(this.file, held, this.plan.writeBehind);
+    }
     if (this.compressed) this.decompressor = this.startDecompressor();
-    if (held === 0) return;
-    for await (const chunk of createReadStream(partial, { start: 0, end: held - 1, highWaterMark: READ_CHUNK })) {
-      await this.consume(chunk as Buffer);
+    // Only what runs on this thread is fed the held bytes again: the worker reads them from the file itself.
+    if (held > 0 && !this.crcsInDigest) {
+      for await (const chunk of createReadStream(partial, { start: 0, end: held - 1, highWaterMark: READ_CHUNK })) {
+        await this.consume(chunk as Buffer);
+      }
     }
     this.received = held;
   }
@@ -300,12 +312,11 @@ export class Upload implements UploadSession {
     return createDecompressor(this.plan.compression as 'gz' | 'xz' | 'zst', [tap, out], this.plan.tools);
   }
 
-  /** The bytes go to everything that follows the stream except the partial file. */
+  /** The bytes go to everything on this thread that follows the stream, except the partial file. */
   private async consume(chunk: Buffer): Promise<void> {
-    const digested = this.digest.update(chunk);
+    if (this.digest instanceof InlineDigest) this.digest.update(chunk);
     if (this.decompressor) await this.decompressor.write(chunk);
     else if (!this.crcsInDigest) this.crcs.update(chunk);
-    await digested;
   }
 
   write(chunk: Buffer): Promise<void> {
@@ -329,13 +340,17 @@ export class Upload implements UploadSession {
     // The disk write runs on the thread pool while the hash and decompressor work on this thread.
     const written = this.writer!.append(chunk);
     const consumed = this.consume(chunk);
-    const [w, c] = await Promise.allSettled([written, consumed]);
+    // A worker that reads the file back must not fall too far behind (see upload-digest.ts).
+    const keptUp = this.digest instanceof FileDigest ? this.digest.keepUp(this.writer!.appended) : undefined;
+    const [w, c, k] = await Promise.allSettled([written, consumed, keptUp]);
     const failed =
       w.status === 'rejected'
         ? { error: asNoSpace(w.reason, this.plan.storeDir, 'receiving an upload') }
         : c.status === 'rejected'
           ? { error: c.reason as unknown }
-          : undefined;
+          : k.status === 'rejected'
+            ? { error: new CodedError('INTERNAL', `hashing the upload failed: ${(k.reason as Error).message}`) }
+            : undefined;
     if (failed) {
       await this.closeAfter(failed.error);
       throw failed.error;
@@ -382,7 +397,7 @@ export class Upload implements UploadSession {
     }
     let digest: DigestResult;
     try {
-      digest = await this.digest.finish();
+      digest = await (this.digest instanceof FileDigest ? this.digest.finish(this.received) : this.digest.finish());
     } catch (err) {
       // The bytes are on disk; a resume hashes them again.
       await this.end('suspended');

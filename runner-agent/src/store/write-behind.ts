@@ -21,6 +21,9 @@ export interface WriteBehindOptions {
   maxInFlight: number;
 }
 
+/** Told each time `written` grows (a hashing thread that reads the file back follows it). */
+export type OnWritten = (written: number) => void;
+
 /** A batch of more iovecs than this is written at once, whatever its size (IOV_MAX is 1024). */
 const MAX_BATCH_CHUNKS = 256;
 
@@ -48,6 +51,7 @@ export class WriteBehindFile {
     /** Bytes already in the file before the first append (a resumed upload). */
     start: number,
     private readonly o: WriteBehindOptions,
+    private readonly onWritten: OnWritten = () => {},
   ) {
     if (!(o.batchBytes > 0) || !Number.isSafeInteger(o.maxInFlight) || o.maxInFlight < 1) {
       throw new RangeError(
@@ -130,7 +134,9 @@ export class WriteBehindFile {
   }
 
   private advanceWritten(): void {
+    const before = this.writtenEnd;
     while (this.inFlight[0]?.state === 'done') this.writtenEnd = this.inFlight.shift()!.end;
+    if (this.writtenEnd > before) this.onWritten(this.writtenEnd);
   }
 }
 
