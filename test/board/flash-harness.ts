@@ -2,7 +2,7 @@
  * Runs a generated stage-2 script in the U-Boot shell model against an in-memory card and an
  * in-memory TFTP map, recording the beacons — the script's behaviour without sockets or files.
  */
-import { crc32 } from 'node:zlib';
+import { crc32, gzipSync } from 'node:zlib';
 import { partFile, reportPrefix } from '../../src/protocol/tftp-names.js';
 import { parseBeacon, type Beacon } from '../../runner-agent/src/board/beacons.js';
 import {
@@ -31,17 +31,28 @@ export function testImage(size: number, seed = 1): Buffer {
   return b;
 }
 
-export function stageParts(image: Buffer, partSize: number): { parts: Stage2Part[]; served: Map<string, Buffer> } {
+/** The parts of an image as the agent serves them; with `gzip`, each also as `<part>.gz` (its `zip`). */
+export function stageParts(
+  image: Buffer,
+  partSize: number,
+  o: { gzip?: boolean } = {},
+): { parts: Stage2Part[]; served: Map<string, Buffer> } {
   const served = new Map<string, Buffer>();
   const parts = planParts(image.length, partSize).map((p) => {
     const data = Buffer.alloc(p.servedSize);
     image.copy(data, 0, p.imageOffset, p.imageOffset + p.size);
     const file = partFile(MAC, JOB, p.index);
     served.set(file, data);
-    return { ...p, file, crc32: crc32(data) };
+    if (!o.gzip) return { ...p, file, crc32: crc32(data) };
+    const gz = gzipSync(data);
+    served.set(`${file}.gz`, gz);
+    return { ...p, file, crc32: crc32(data), zip: { file: `${file}.gz`, size: gz.length } };
   });
   return { parts, served };
 }
+
+/** Where the harness's compressed transfer loads each gzip stream (the agent's default flash.zipAddr). */
+export const ZIP_ADDR = 0x0300_0000;
 
 export interface HarnessOptions {
   image: Buffer;
@@ -55,11 +66,15 @@ export interface HarnessOptions {
   mangleWrite?: (nth: number, data: Buffer) => Buffer | null;
   failRead?: boolean;
   cardBlocks?: number;
+  /** Parts travel gzip'd (the compressed transfer at ZIP_ADDR). */
+  gzip?: boolean;
+  /** The shell model has `unzip` (default true, as Debian's 64-bit Pi builds). */
+  unzip?: boolean;
   options?: Partial<Stage2Options>;
 }
 
 export async function runStage2(h: HarnessOptions) {
-  const { parts, served } = stageParts(h.image, h.partSize);
+  const { parts, served } = stageParts(h.image, h.partSize, { gzip: h.gzip ?? false });
   const script = generateStage2Script({
     jobId: JOB,
     mac: MAC,
@@ -70,6 +85,7 @@ export async function runStage2(h: HarnessOptions) {
     crcAddr: 0x0f00_0000,
     beaconAddr: 0x0f10_0000,
     mmcDev: 0,
+    ...(h.gzip ? { unzip: { zipAddr: ZIP_ADDR } } : {}),
     ...h.options,
   });
   const card = Buffer.alloc((h.cardBlocks ?? 256) * 512, CARD_FILL);
@@ -83,6 +99,7 @@ export async function runStage2(h: HarnessOptions) {
     memory: new SparseMemory(0x4000_0000),
     env: { ipaddr: '10.0.0.2', serverip: '10.0.0.1', ethaddr: MAC },
     crcStore: h.crcStore ?? 'native64',
+    unzip: h.unzip ?? true,
     print: (l) => console.push(l),
     tftp: async (path, opts) => {
       tftpRequests.push({ path, ...opts });

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
+import { crc32, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { boardCrcText, type Beacon } from '../../runner-agent/src/board/beacons.js';
 import {
@@ -10,7 +10,7 @@ import {
   SECTOR,
 } from '../../runner-agent/src/board/stage2-script.js';
 import { parseHush, simpleCommands, VAR_MARK } from '../../runner-agent/src/sim/hush-parser.js';
-import { CARD_FILL, JOB, MAC, runStage2, SECRET, stageParts, testImage } from './flash-harness.js';
+import { CARD_FILL, JOB, MAC, runStage2, SECRET, stageParts, testImage, ZIP_ADDR } from './flash-harness.js';
 
 const RPI_COMMANDS = new Set(
   readFileSync(new URL('../fixtures/uboot-commands-rpi.txt', import.meta.url), 'utf8')
@@ -421,5 +421,150 @@ describe('planMappedParts', () => {
       mmcDev: 0,
     });
     expect(script).toContain(`mmc read 0x${(0x0f10_0000).toString(16)} 0x7ff 0x1 || run rpf_size`);
+  });
+});
+
+describe('compressed parts (issue 13 item 2)', () => {
+  // Compressible, as disk images are (each part's gzip stream is smaller than the part).
+  const image = Buffer.concat([testImage(600, 9), Buffer.from('rpi-flash '.repeat(1300))]).subarray(0, 3 * 4096 + 1000);
+  const zipped = stageParts(image, 4096, { gzip: true });
+  const base = {
+    jobId: JOB,
+    mac: MAC,
+    reportSecret: SECRET,
+    parts: zipped.parts,
+    retries: 2,
+    loadAddr: 0x1000_0000,
+    crcAddr: 0x0f00_0000,
+    beaconAddr: 0x0f10_0000,
+    mmcDev: 0,
+    unzip: { zipAddr: ZIP_ADDR },
+  };
+  const okBeacon = (n: number, data: Buffer): Beacon => ({ kind: 'part-ok', part: n, crc: boardCrcText(crc32(data)) });
+
+  it("uses only commands Debian's Pi U-Boot has, unzip among them, in both variants", () => {
+    for (const transfer of [{ kind: 'tftp' }, { kind: 'preloaded', imageAddr: 0x1410_0000 }] as const) {
+      const used = commandsOf(generateStage2Script({ ...base, transfer }));
+      expect(used.has('unzip')).toBe(true);
+      expect([...used].filter((c) => !RPI_COMMANDS.has(c))).toEqual([]);
+    }
+  });
+
+  it('has a preloaded variant that differs in the transfer line only, copying the gzip stream', () => {
+    const tftp = generateStage2Script(base).split('\n');
+    const preloaded = generateStage2Script({ ...base, transfer: { kind: 'preloaded', imageAddr: 0x1410_0000 } }).split(
+      '\n',
+    );
+    expect(preloaded).toHaveLength(tftp.length);
+    const differ = tftp.flatMap((line, i) => (line === preloaded[i] ? [] : [i]));
+    expect(differ).toHaveLength(1);
+    const [i] = differ as [number];
+    expect(tftp[i]).toMatch(/^setenv rpf_get '.*tftpboot 0x3000000 \$\{rpf_zfile\} && run rpf_unzip'$/);
+    expect(preloaded[i]).toContain("cp.b ${rpf_src} 0x3000000 ${rpf_zlen} && run rpf_unzip'");
+    // unzip is bounded by the part's size and followed by the part's own CRC check.
+    expect(tftp).toContain(
+      "setenv rpf_unzip 'setenv rpf_why unzip; setenv rpf_fail unzip; " +
+        "unzip 0x3000000 0x10000000 ${rpf_len} && run rpf_dlcheck'",
+    );
+    expect(tftp.filter((l) => l.endsWith('run rpf_one'))[0]).toContain(
+      `setenv rpf_zfile ${zipped.parts[0]!.zip!.file}; setenv rpf_zlen 0x${zipped.parts[0]!.zip!.size.toString(16)}`,
+    );
+  });
+
+  it('refuses a compressed buffer overlapping another, or a part without its gzip file', () => {
+    expect(() => generateStage2Script({ ...base, unzip: { zipAddr: 0x0f00_0000 } })).toThrow(/compressed buffer/);
+    expect(() => generateStage2Script({ ...base, parts: zipped.parts.map((p) => ({ ...p, zip: undefined })) })).toThrow(
+      /needs the part's gzip file/,
+    );
+  });
+
+  it('downloads only the gzip streams, inflates them and writes the card byte for byte', async () => {
+    const r = await runStage2({ image, partSize: 4096, gzip: true });
+    expect(r.reset).toBe(true);
+    expect(r.beacons).toEqual([
+      { kind: 'start' },
+      ...r.parts.map((p) => okBeacon(p.index, r.served.get(p.file)!)),
+      { kind: 'done', ok: true },
+    ]);
+    const parts = r.tftpRequests.filter((q) => !q.path.includes(SECRET)).map((q) => q.path);
+    expect(parts).toEqual(r.parts.map((p) => p.zip!.file));
+    expect(r.card.subarray(0, image.length).equals(image)).toBe(true);
+  });
+
+  it('retries a part whose gzip stream does not inflate, fails it, writes nothing past the verified ones', async () => {
+    const r = await runStage2({
+      image,
+      partSize: 4096,
+      gzip: true,
+      tamper: (file, _n, data) => {
+        // A broken deflate stream: the block type bits of the first block set to the reserved 3.
+        if (file.endsWith('part-002.gz')) data[10]! |= 0x06;
+        return data;
+      },
+    });
+    expect(r.beacons).toEqual([
+      { kind: 'start' },
+      okBeacon(1, r.served.get(r.parts[0]!.file)!),
+      { kind: 'part-retry', part: 2, attempt: 1, reason: 'unzip' },
+      { kind: 'part-retry', part: 2, attempt: 2, reason: 'unzip' },
+      { kind: 'part-failed', part: 2, stage: 'unzip' },
+      { kind: 'done', ok: false },
+    ]);
+    expect(r.card.subarray(0, 4096).equals(image.subarray(0, 4096))).toBe(true);
+    expect(r.card.subarray(4096).every((b) => b === CARD_FILL)).toBe(true);
+  });
+
+  it('checks the inflated data by the part CRC: a stream of other data is a CRC mismatch', async () => {
+    const other = gzipSync(Buffer.alloc(4096, 7));
+    const r = await runStage2({
+      image,
+      partSize: 4096,
+      gzip: true,
+      retries: 0,
+      tamper: (file, _n, data) => (file.endsWith('part-001.gz') ? Buffer.from(other) : data),
+    });
+    const crc = boardCrcText(crc32(Buffer.alloc(4096, 7)));
+    expect(r.beacons).toEqual([
+      { kind: 'start' },
+      { kind: 'part-failed', part: 1, stage: 'download', crc },
+      { kind: 'done', ok: false },
+    ]);
+    expect(r.card.every((b) => b === CARD_FILL)).toBe(true);
+  });
+
+  it('refuses a stream that inflates past the part: unzip is bounded by the part size', async () => {
+    const r = await runStage2({
+      image,
+      partSize: 4096,
+      gzip: true,
+      retries: 0,
+      tamper: (file, _n, data) => (file.endsWith('part-001.gz') ? gzipSync(Buffer.alloc(8192, 1)) : data),
+    });
+    expect(r.beacons.slice(1, 2)).toEqual([{ kind: 'part-failed', part: 1, stage: 'unzip' }]);
+    expect(r.card.every((b) => b === CARD_FILL)).toBe(true);
+  });
+
+  it('on a U-Boot without unzip reports no-unzip before writing anything', async () => {
+    const r = await runStage2({ image, partSize: 4096, gzip: true, unzip: false });
+    expect(r.beacons).toEqual([{ kind: 'start' }, { kind: 'no-unzip' }, { kind: 'done', ok: false }]);
+    expect(r.tftpRequests.filter((q) => !q.path.includes(SECRET))).toEqual([]);
+    expect(r.card.every((b) => b === CARD_FILL)).toBe(true);
+  });
+
+  for (const unzip of [true, false])
+    it(`probes a raw job's U-Boot for unzip when asked (${unzip ? 'caps-unzip' : 'lacks it: no report'})`, async () => {
+      const r = await runStage2({ image, partSize: 4096, unzip, options: { probeUnzip: true } });
+      expect(r.beacons.slice(0, 2)).toEqual([
+        { kind: 'start' },
+        unzip ? { kind: 'caps-unzip' } : okBeacon(1, r.served.get(r.parts[0]!.file)!),
+      ]);
+      expect(r.beacons.at(-1)).toEqual({ kind: 'done', ok: true });
+      expect(r.card.subarray(0, image.length).equals(image)).toBe(true);
+    });
+
+  it('leaves the probe out of a raw script not asked to probe', () => {
+    const raw = { ...base, unzip: undefined, parts: stageParts(image, 4096).parts };
+    expect(generateStage2Script(raw)).not.toContain('unzip');
+    expect(generateStage2Script({ ...raw, probeUnzip: true })).toContain('if run rpf_zprobe; then');
   });
 });

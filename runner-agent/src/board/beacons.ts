@@ -15,11 +15,18 @@
  *   no-room-<top>                              the board's RAM ends at <top> (hex, from the firmware's
  *                                              device tree): U-Boot's reserve below it leaves no room
  *                                              for the load buffer; done-failed follows, nothing written
+ *   caps-unzip                                 the board's U-Boot inflated a known gzip stream with
+ *                                              `unzip` (the agent asked it to probe; compressed
+ *                                              parts from the next job on, stage2-flash.ts)
+ *   no-unzip                                   a job with compressed parts, but the board's U-Boot
+ *                                              cannot `unzip`: done-failed follows, nothing written
  *   part-<n>-retry-<attempt>-download          attempt <attempt> of part <n> failed in TFTP
+ *   part-<n>-retry-<attempt>-unzip             … or its compressed data did not inflate to the part
  *   part-<n>-retry-<attempt>-crc-<crc>         … or downloaded data with CRC <crc>; trying again
  *   part-<n>-ok-<crc>                          written, read back, CRC of the read-back data
  *   part-<n>-failed-download                   last attempt failed in TFTP
  *   part-<n>-failed-download-<crc>             last attempt's data had CRC <crc>
+ *   part-<n>-failed-unzip                      last attempt's compressed data did not inflate
  *   part-<n>-failed-write | part-<n>-failed-readback      `mmc write` / `mmc read` failed
  *   part-<n>-failed-verify-<crc>               the data read back from the card had CRC <crc>
  *   done-ok | done-failed
@@ -30,9 +37,11 @@ export type Beacon =
   | { kind: 'start' }
   | { kind: 'too-large' }
   | { kind: 'no-room'; top: string /* the board's top of RAM, hex */ }
-  | { kind: 'part-retry'; part: number; attempt: number; reason: 'download' | 'crc'; crc?: string }
+  | { kind: 'caps-unzip' }
+  | { kind: 'no-unzip' }
+  | { kind: 'part-retry'; part: number; attempt: number; reason: 'download' | 'crc' | 'unzip'; crc?: string }
   | { kind: 'part-ok'; part: number; crc: string /* as the board computed it after read-back, hex */ }
-  | { kind: 'part-failed'; part: number; stage: 'download' | 'write' | 'readback' | 'verify'; crc?: string }
+  | { kind: 'part-failed'; part: number; stage: 'download' | 'unzip' | 'write' | 'readback' | 'verify'; crc?: string }
   | { kind: 'done'; ok: boolean };
 
 /**
@@ -43,11 +52,13 @@ export const beaconText = {
   start: () => 'start',
   tooLarge: () => 'too-large',
   noRoom: (top: string) => `no-room-${top}`,
-  /** `reason` is `download` or `crc-<crc>`: the script keeps it in one variable. */
+  capsUnzip: () => 'caps-unzip',
+  noUnzip: () => 'no-unzip',
+  /** `reason` is `download`, `unzip` or `crc-<crc>`: the script keeps it in one variable. */
   partRetry: (part: string, attempt: string, reason: string) => `part-${part}-retry-${attempt}-${reason}`,
   retryReasonCrc: (crc: string) => `crc-${crc}`,
   partOk: (part: string, crc: string) => `part-${part}-ok-${crc}`,
-  /** `what` is `download`, `download-<crc>`, `write`, `readback` or `verify-<crc>`. */
+  /** `what` is `download`, `download-<crc>`, `unzip`, `write`, `readback` or `verify-<crc>`. */
   partFailed: (part: string, what: string) => `part-${part}-failed-${what}`,
   failedWithCrc: (stage: 'download' | 'verify', crc: string) => `${stage}-${crc}`,
   done: (ok: boolean) => (ok ? 'done-ok' : 'done-failed'),
@@ -61,11 +72,15 @@ export function formatBeacon(b: Beacon): string {
       return beaconText.tooLarge();
     case 'no-room':
       return beaconText.noRoom(b.top);
+    case 'caps-unzip':
+      return beaconText.capsUnzip();
+    case 'no-unzip':
+      return beaconText.noUnzip();
     case 'part-retry':
       return beaconText.partRetry(
         String(b.part),
         String(b.attempt),
-        b.reason === 'crc' ? beaconText.retryReasonCrc(b.crc ?? '0') : 'download',
+        b.reason === 'crc' ? beaconText.retryReasonCrc(b.crc ?? '0') : b.reason,
       );
     case 'part-ok':
       return beaconText.partOk(String(b.part), b.crc);
@@ -88,9 +103,16 @@ const PATTERNS: Array<[RegExp, (m: RegExpExecArray) => Beacon]> = [
   [/^start$/, () => ({ kind: 'start' })],
   [/^too-large$/, () => ({ kind: 'too-large' })],
   [new RegExp(`^no-room-${ADDR}$`), (m) => ({ kind: 'no-room', top: m[1]! })],
+  [/^caps-unzip$/, () => ({ kind: 'caps-unzip' })],
+  [/^no-unzip$/, () => ({ kind: 'no-unzip' })],
   [
-    new RegExp(`^part-${N}-retry-${N}-download$`),
-    (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'download' }),
+    new RegExp(`^part-${N}-retry-${N}-(download|unzip)$`),
+    (m) => ({
+      kind: 'part-retry',
+      part: Number(m[1]),
+      attempt: Number(m[2]),
+      reason: m[3] as 'download' | 'unzip',
+    }),
   ],
   [
     new RegExp(`^part-${N}-retry-${N}-crc-${CRC}$`),
@@ -98,8 +120,8 @@ const PATTERNS: Array<[RegExp, (m: RegExpExecArray) => Beacon]> = [
   ],
   [new RegExp(`^part-${N}-ok-${CRC}$`), (m) => ({ kind: 'part-ok', part: Number(m[1]), crc: m[2]! })],
   [
-    new RegExp(`^part-${N}-failed-(download|write|readback)$`),
-    (m) => ({ kind: 'part-failed', part: Number(m[1]), stage: m[2] as 'download' | 'write' | 'readback' }),
+    new RegExp(`^part-${N}-failed-(download|unzip|write|readback)$`),
+    (m) => ({ kind: 'part-failed', part: Number(m[1]), stage: m[2] as 'download' | 'unzip' | 'write' | 'readback' }),
   ],
   [
     new RegExp(`^part-${N}-failed-(download|verify)-${CRC}$`),

@@ -25,11 +25,18 @@
  *   `setexpr.l` reads the real value. The script calibrates once — the CRC of 4 known bytes — and
  *   byte-swaps only on a multi-hash build, so every CRC it compares and reports is the real one.
  * - U-Boot's TFTP file names are at most 127 characters and must not contain ':'.
+ * - `help <cmd>` returns 1 for a known command too (cmd_usage() returns 1), so it cannot tell
+ *   whether a command exists; an unknown command returns 1 like a failing one. Whether `unzip`
+ *   exists is therefore asked by running it on a known gzip stream (`rpf_zprobe`).
+ * - `unzip src dst [dstsize]` inflates a gzip stream, sets `filesize` to the inflated size and
+ *   returns 0; corrupt data ("Error: inflate() returned -3") or more output than `dstsize` returns
+ *   1. It reads no length of its input (it stops at the stream's end) and ignores the gzip trailer
+ *   (the script checks its own CRC of the inflated part). 64-bit Pi builds only (uboot/README.md).
  * Generated scripts run in CI on the QEMU test U-Boot (over TFTP, test/qemu/agent-flash.test.ts)
  * and on Debian's six Pi builds on QEMU's Pi machines (the preloaded transfer,
  * test/qemu/pi-builds.test.ts): byte-exact cards, beacons as the shell model predicts.
  */
-import { crc32 } from 'node:zlib';
+import { crc32, gzipSync } from 'node:zlib';
 import { JOB_ID_PATTERN, macDir, reportPrefix } from '../../../src/protocol/tftp-names.js';
 import { beaconText } from './beacons.js';
 import { FIRMWARE_DTB_WINDOW, RAM_MARGIN, UBOOT_RESERVE } from './ram.js';
@@ -124,6 +131,8 @@ export function planMappedParts(ranges: readonly ByteRange[], imageSize: number,
 export interface Stage2Part extends PartPlan {
   file: string /* TFTP path, partFile() from src/protocol/tftp-names.ts */;
   crc32: number /* CRC32 of the servedSize bytes (padded) */;
+  /** With the compressed transfer: the TFTP path of the part's gzip stream and its size in bytes. */
+  zip?: { file: string; size: number };
 }
 
 /** How stage 2 runs on a board: the agent's `flash` settings (config.ts) are these and a few more. */
@@ -154,6 +163,14 @@ export interface Stage2Options extends Stage2Settings {
   /** Default: TFTP. */
   transfer?: Stage2Transfer;
   /**
+   * Compressed parts: each part's gzip stream (`Stage2Part.zip`) is loaded at `zipAddr` and
+   * `unzip`ped into the load buffer, whose CRC is then checked as for a raw part. The script first
+   * checks that the board's U-Boot can `unzip` (beacon `no-unzip` and nothing written if not).
+   */
+  unzip?: { zipAddr: number };
+  /** Ask the board whether its U-Boot can `unzip` (beacon `caps-unzip`); implied by `unzip`. */
+  probeUnzip?: boolean;
+  /**
    * The image's size, for the card-size probe: the card must hold the whole image even where its
    * tail is unmapped (its partitions reach there). Default: the end of the last part.
    */
@@ -174,6 +191,18 @@ export const UBOOT_TFTP_NAME_MAX = 127;
 const POISON_WORD = 0x5a5aa5a5;
 /** Calibration input: `mw.l` stores it little-endian; its CRC tells which way `crc32` stores results. */
 const CALIBRATION_WORD = 0x12345678;
+/** The unzip probe: its gzip stream goes to beaconAddr + ZPROBE_IN, inflates to beaconAddr + ZPROBE_OUT. */
+const ZPROBE_IN = 0x400;
+const ZPROBE_OUT = 0x800;
+const ZPROBE_TEXT = Buffer.from('rpi-flash unzip probe '.repeat(4));
+
+/** The probe's gzip stream as little-endian words (mw.l), and the first word it must inflate to. */
+export function unzipProbe(): { words: number[]; expect: number; outSize: number } {
+  const gz = gzipSync(ZPROBE_TEXT, { level: 9 });
+  const padded = Buffer.concat([gz, Buffer.alloc((4 - (gz.length % 4)) % 4)]);
+  const words = Array.from({ length: padded.length / 4 }, (_, i) => padded.readUInt32LE(i * 4));
+  return { words, expect: ZPROBE_TEXT.readUInt32LE(0), outSize: ZPROBE_TEXT.length };
+}
 
 function hex(n: number): string {
   return `0x${n.toString(16)}`;
@@ -206,11 +235,13 @@ function check(condition: boolean, message: string): void {
 /** The RAM the script itself uses on the board: [what, start, size]. */
 function bufferRegions(o: Stage2Options): Array<[string, number, number]> {
   const largest = Math.max(...o.parts.map((p) => p.servedSize));
-  return [
+  const regions: Array<[string, number, number]> = [
     ['load buffer', o.loadAddr, largest],
     ['CRC slot', o.crcAddr, CRC_RESERVE],
     ['beacon buffer', o.beaconAddr, BEACON_RESERVE],
   ];
+  if (o.unzip) regions.push(['compressed buffer', o.unzip.zipAddr, Math.max(...o.parts.map((p) => p.zip?.size ?? 0))]);
+  return regions;
 }
 
 /**
@@ -254,6 +285,7 @@ function validate(o: Stage2Options): void {
   address('crcAddr', o.crcAddr, 8);
   address('beaconAddr', o.beaconAddr, 8);
   if (o.transfer?.kind === 'preloaded') address('imageAddr', o.transfer.imageAddr, SECTOR);
+  if (o.unzip) address('zipAddr', o.unzip.zipAddr, 64);
   o.parts.forEach((p, i) => {
     const at = `part ${p.index}`;
     check(p.index === i + 1, `parts must be numbered 1..n in order; position ${i + 1} holds part ${p.index}`);
@@ -277,6 +309,20 @@ function validate(o: Stage2Options): void {
       /^[A-Za-z0-9._/-]+$/.test(p.file) && p.file.length <= UBOOT_TFTP_NAME_MAX,
       `${at}: TFTP name "${p.file}" must be at most ${UBOOT_TFTP_NAME_MAX} path-safe characters without ':'`,
     );
+    if (!o.unzip) return;
+    check(p.zip !== undefined, `${at}: the compressed transfer needs the part's gzip file`);
+    const zip = p.zip!;
+    check(
+      Number.isSafeInteger(zip.size) && zip.size > 0,
+      `${at}: the gzip size must be a positive number, got ${zip.size}`,
+    );
+    check(
+      /^[A-Za-z0-9._/-]+$/.test(zip.file) && zip.file.length <= UBOOT_TFTP_NAME_MAX,
+      `${at}: TFTP name "${zip.file}" must be at most ${UBOOT_TFTP_NAME_MAX} path-safe characters without ':'`,
+    );
+    // A preloaded compressed part lies where the raw one would: it must not be larger.
+    if (o.transfer?.kind === 'preloaded')
+      check(zip.size <= p.servedSize, `${at}: a preloaded gzip stream (${zip.size}) must fit the part's place`);
   });
   const regions = bufferRegions(o);
   if (o.transfer?.kind === 'preloaded') {
@@ -309,18 +355,39 @@ export const BEACON_ECHO = 'rpi-flash: report ';
  * which the two transfers differ. A preloaded part lies at imageAddr + its byte offset in the image
  * (startBlock × 512, from `rpf_blk`).
  */
-function transferCommands(t: Stage2Transfer, load: string): string[] {
-  if (t.kind === 'tftp') return [`tftpboot ${load} ${v('rpf_file')} && run rpf_dlcheck`];
+function transferCommands(t: Stage2Transfer, load: string, zip: string | undefined): string[] {
+  // Compressed: the gzip stream goes to the compressed buffer and rpf_unzip inflates it to `load`.
+  const [dest, file, len, then] = zip
+    ? [zip, v('rpf_zfile'), v('rpf_zlen'), 'rpf_unzip']
+    : [load, v('rpf_file'), v('rpf_len'), 'rpf_dlcheck'];
+  if (t.kind === 'tftp') return [`tftpboot ${dest} ${file} && run ${then}`];
   return [
     `setexpr rpf_src ${v('rpf_blk')} * ${hex(SECTOR)}`,
     `setexpr rpf_src ${v('rpf_src')} + ${hex(t.imageAddr)}`,
-    `cp.b ${v('rpf_src')} ${load} ${v('rpf_len')} && run rpf_dlcheck`,
+    `cp.b ${v('rpf_src')} ${dest} ${len} && run ${then}`,
+  ];
+}
+
+/** The unzip probe (`rpf_zprobe`: 0 when this U-Boot inflated a known stream) and its failure path. */
+function unzipProbeProcedures(o: Stage2Options): string[] {
+  const probe = unzipProbe();
+  const input = o.beaconAddr + ZPROBE_IN;
+  const output = o.beaconAddr + ZPROBE_OUT;
+  return [
+    '# Can this U-Boot unzip? Inflate a known gzip stream (help <cmd> returns 1 either way).',
+    procedure('rpf_zprobe', [
+      `mw.l ${hex(output)} 0x0 ${hex(probe.outSize / 4)}`,
+      ...probe.words.map((w, i) => `mw.l ${hex(input + 4 * i)} ${hex(w)}`),
+      `unzip ${hex(input)} ${hex(output)} 0x100 && itest.l *${hex(output)} == ${hex(probe.expect)}`,
+    ]),
+    procedure('rpf_nozip', [`setenv rpf_msg ${beaconText.noUnzip()}`, 'run rpf_abort']),
   ];
 }
 
 export function generateStage2Script(o: Stage2Options): string {
   validate(o);
   const load = hex(o.loadAddr);
+  const zip = o.unzip && hex(o.unzip.zipAddr);
   const crcSlot = hex(o.crcAddr);
   const beaconBuf = hex(o.beaconAddr);
   const calibration = calibrationCrc();
@@ -372,7 +439,7 @@ export function generateStage2Script(o: Stage2Options): string {
     procedure('rpf_get', [
       'setenv rpf_why download',
       'setenv rpf_fail download',
-      ...transferCommands(o.transfer ?? { kind: 'tftp' }, load),
+      ...transferCommands(o.transfer ?? { kind: 'tftp' }, load, zip),
     ]),
     procedure('rpf_dlcheck', [
       'run rpf_check',
@@ -380,6 +447,17 @@ export function generateStage2Script(o: Stage2Options): string {
       `setenv rpf_fail ${beaconText.failedWithCrc('download', v('rpf_crc'))}`,
       `itest.l ${v('rpf_crc')} == ${v('rpf_want')}`,
     ]),
+  );
+  if (zip)
+    lines.push(
+      '# Inflate the compressed part into the load buffer (at most rpf_len bytes), then check its CRC.',
+      procedure('rpf_unzip', [
+        'setenv rpf_why unzip',
+        'setenv rpf_fail unzip',
+        `unzip ${zip} ${load} ${v('rpf_len')} && run rpf_dlcheck`,
+      ]),
+    );
+  lines.push(
     procedure('rpf_retry', [...report(beaconText.partRetry(part, v('rpf_att'), v('rpf_why'))), 'run rpf_get']),
   );
   for (let attempt = 1; attempt <= o.retries; attempt++)
@@ -394,6 +472,7 @@ export function generateStage2Script(o: Stage2Options): string {
       `setenv rpf_msg ${beaconText.partFailed(part, beaconText.failedWithCrc('verify', v('rpf_crc')))}`,
       'run rpf_abort',
     ]),
+    ...(zip || o.probeUnzip ? unzipProbeProcedures(o) : []),
     "# The image's last block did not read: if block 0 does, the card is smaller than the image.",
     procedure('rpf_size', [`mmc read ${beaconBuf} 0x0 0x1 && run rpf_toolarge`]),
     procedure('rpf_toolarge', [`setenv rpf_msg ${beaconText.tooLarge()}`, 'run rpf_abort']),
@@ -446,6 +525,14 @@ export function generateStage2Script(o: Stage2Options): string {
     `mw.l ${beaconBuf} ${hex(CALIBRATION_WORD)}; crc32 ${beaconBuf} 0x4 ${crcSlot}; ` +
       `if itest.l *${crcSlot} == ${hex(calibration)}; then setenv rpf_fix true; else setenv rpf_fix run rpf_swap; fi`,
     report(beaconText.start()).join('; '),
+  );
+  if (zip)
+    lines.push(
+      '# Compressed parts: nothing is written unless this U-Boot can unzip.',
+      'run rpf_zprobe || run rpf_nozip',
+    );
+  else if (o.probeUnzip) lines.push(`if run rpf_zprobe; then ${report(beaconText.capsUnzip()).join('; ')}; fi`);
+  lines.push(
     'if env exists fdt_addr; then run rpf_ram; fi',
     `mmc dev ${o.mmcDev}`,
     '# Card size probe, before anything is written (only the board knows its card): reading past',
@@ -458,6 +545,7 @@ export function generateStage2Script(o: Stage2Options): string {
       [
         `setenv rpf_part ${p.index}`,
         `setenv rpf_file ${p.file}`,
+        ...(p.zip && o.unzip ? [`setenv rpf_zfile ${p.zip.file}`, `setenv rpf_zlen ${hex(p.zip.size)}`] : []),
         `setenv rpf_len ${hex(p.servedSize)}`,
         `setenv rpf_words ${hex(p.servedSize / 4)}`,
         `setenv rpf_want ${hex(p.crc32)}`,

@@ -10,8 +10,15 @@
  * success is believed only once the board has acknowledged that part's download in full (all
  * but the last window: U-Boot does not resend a lost final ACK), and reports must come in order.
  * Anything else fails the job with REPORT_REJECTED.
+ *
+ * Compressed parts (`flash.compress` auto): a board whose model's Debian U-Boot has `unzip` is
+ * asked once to prove it (the script's probe, beacon `caps-unzip`, recorded per target by
+ * staging/board-caps.ts); from its next job on, each part travels as a gzip stream that the board
+ * inflates into its load buffer and checks by the part's own CRC. "Served in full" is then the
+ * compressed file served in full.
  */
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import { FLASH_SCRIPT, macDir, partFile, reportPrefix } from '../../../src/protocol/tftp-names.js';
 import { formatBytes, hex8 } from '../../../src/protocol/units.js';
 import { CodedError } from '../../../src/protocol/errors.js';
@@ -28,6 +35,9 @@ import {
 import { buildScriptImage } from '../board/uimage.js';
 import type { Patch } from '../image/disk.js';
 import type { StagedFile } from '../staging/board-files.js';
+import { BoardCapsStore, modelHasUnzip } from '../staging/board-caps.js';
+import { compressParts, sweepCompressedCache } from '../staging/compressed-parts.js';
+import { getPiModel } from '../image/models.js';
 import { ImageView } from '../staging/image-view.js';
 import type { TftpProgress, TftpRequest, TransferEnd } from '../tftp/server.js';
 import type { BoardWatch, FlashMethod, FlashOutcome, LayoutJob } from './layout.js';
@@ -48,6 +58,8 @@ interface PartState extends Stage2Part {
   /** Of the part's latest download: bytes the board acknowledged, and the bytes of one window. */
   acked: number;
   windowBytes: number;
+  /** What the board downloads: the gzip stream's size when compressed, else servedSize. */
+  wireSize: number;
   /** Downloads of the part started, and the one whose silent write the job was told of. */
   downloads: number;
   writingExpected?: number;
@@ -73,6 +85,10 @@ class Stage2Flash implements FlashMethod {
   private lastProgressEmit = 0;
   /** The top of RAM below which the board's RAM probe refuses the job (stage2-script.ts). */
   private ramTopNeeded = 0;
+  /** This job asked the board whether it can unzip, and what it answered (undefined: not yet). */
+  private probingUnzip = false;
+  private probeAnswered = false;
+  private readonly caps: BoardCapsStore;
   /** In every report name; known to the agent and the board's flash.scr only. */
   private readonly secret = randomBytes(8).toString('hex');
 
@@ -82,6 +98,7 @@ class Stage2Flash implements FlashMethod {
     private readonly choices: Stage2Choices,
   ) {
     this.macdir = macDir(job.target.mac);
+    this.caps = new BoardCapsStore(path.join(job.config.stateDir, 'boards'));
     board.redact(this.secret);
   }
 
@@ -109,8 +126,12 @@ class Stage2Flash implements FlashMethod {
       retries: 0,
       acked: 0,
       windowBytes: 0,
+      wireSize: p.servedSize,
       downloads: 0,
     }));
+    const transfer = await this.chooseTransfer();
+    const zipped = transfer === 'gzip' ? await this.compress(view) : undefined;
+    this.probingUnzip = transfer === 'probe';
     const scriptOptions = {
       ...flash,
       jobId: id,
@@ -118,13 +139,17 @@ class Stage2Flash implements FlashMethod {
       reportSecret: this.secret,
       parts: this.parts,
       imageSize: image.imageSize,
+      ...(zipped ? { unzip: { zipAddr: flash.zipAddr } } : {}),
+      probeUnzip: this.probingUnzip,
     };
     const script = generateStage2Script(scriptOptions);
     this.ramTopNeeded = ramTopNeeded(scriptOptions);
     const scriptImage = buildScriptImage(script, { name: `rpi-flash ${id}` });
     const files = new Map<string, StagedFile>([[FLASH_SCRIPT, { kind: 'buffer', data: scriptImage }]]);
     for (const p of this.parts) {
-      files.set(this.relative(p.file), { kind: 'range', view, offset: p.imageOffset, size: p.servedSize });
+      const zip = zipped?.[p.index - 1];
+      if (zip && p.zip) files.set(this.relative(p.zip.file), zip);
+      else files.set(this.relative(p.file), { kind: 'range', view, offset: p.imageOffset, size: p.servedSize });
     }
     const manifest = {
       job: id,
@@ -132,7 +157,13 @@ class Stage2Flash implements FlashMethod {
       layout: this.choices.layout,
       sha256: image.sha256,
       imageSize: image.imageSize,
-      parts: this.parts.map((p) => ({ file: p.file, offset: p.imageOffset, size: p.servedSize, crc32: hex8(p.crc32) })),
+      parts: this.parts.map((p) => ({
+        file: p.zip?.file ?? p.file,
+        offset: p.imageOffset,
+        size: p.servedSize,
+        crc32: hex8(p.crc32),
+        ...(p.zip ? { gzipSize: p.zip.size } : {}),
+      })),
     };
     await this.job.files.stage(
       this.macdir,
@@ -154,6 +185,63 @@ class Stage2Flash implements FlashMethod {
       `staged ${this.parts.length} part(s) of ${formatBytes(image.imageSize)} for ${target.name} ` +
         `under ${this.macdir}/ (image ${image.sha256.slice(0, 12)}…)`,
     );
+  }
+
+  /**
+   * Raw or gzip'd parts for this board. gzip only when `flash.compress` is auto, the model's
+   * Debian build has `unzip` and the board has shown it can (an earlier job's probe); a board of
+   * such a model not probed yet is asked in this job (`probe`), which still travels raw.
+   */
+  private async chooseTransfer(): Promise<'raw' | 'probe' | 'gzip'> {
+    const { target, config } = this.job;
+    if (config.flash.compress === 'off') return 'raw';
+    let hasUnzip: boolean;
+    try {
+      hasUnzip = modelHasUnzip(getPiModel(target.model ?? config.uboot.defaultModel));
+    } catch {
+      return 'raw'; // a model the agent does not know: never guess
+    }
+    if (!hasUnzip) return 'raw';
+    const caps = await this.caps.read(target.name);
+    if (caps === undefined) return 'probe';
+    return caps.unzip ? 'gzip' : 'raw';
+  }
+
+  /** gzip every part (unpatched ones through the image's cache); logs what it cost. */
+  private async compress(view: ImageView): Promise<StagedFile[]> {
+    const { image, config, target, id } = this.job;
+    const cacheRoot = path.join(config.stateDir, 'zparts');
+    const swept = await sweepCompressedCache(cacheRoot, path.dirname(image.path)).catch(() => []);
+    if (swept.length) this.board.log('info', `removed the compressed parts of ${swept.length} evicted image(s)`);
+    const { parts, stats } = await compressParts(view, this.parts, { cacheDir: path.join(cacheRoot, image.sha256) });
+    this.parts.forEach((p, i) => {
+      const z = parts[i]!;
+      p.zip = { file: `${partFile(target.mac, id, p.index)}.gz`, size: z.size };
+      p.wireSize = z.size;
+    });
+    const mb = stats.compressedRawBytes / 1e6;
+    const cost = stats.compressedParts
+      ? `; compressed ${stats.compressedParts} part(s) (${formatBytes(stats.compressedRawBytes)}) in ` +
+        `${(stats.wallMs / 1000).toFixed(2)} s, ${Math.round(stats.cpuMs)} ms CPU ` +
+        `(${(stats.cpuMs / mb).toFixed(1)} ms/MB)`
+      : '';
+    this.board.log(
+      'info',
+      `gzip'd parts: ${formatBytes(stats.rawBytes)} travel as ${formatBytes(stats.zipBytes)} ` +
+        `(${((100 * stats.zipBytes) / stats.rawBytes).toFixed(1)}%), ` +
+        `${parts.filter((p) => p.cached).length} of ${parts.length} from the image's cache${cost}`,
+    );
+    return parts.map((p) => p.file);
+  }
+
+  /** Records what the board showed of its U-Boot; a failure to write it only costs a probe again. */
+  private recordUnzip(unzip: boolean): void {
+    const { target, id } = this.job;
+    this.caps
+      .record(target.name, { unzip, seen: new Date().toISOString(), job: id })
+      .catch((err: unknown) =>
+        this.board.log('warn', `could not record ${target.name}'s U-Boot capabilities: ${(err as Error).message}`),
+      );
   }
 
   async watch(): Promise<void> {
@@ -276,7 +364,7 @@ class Stage2Flash implements FlashMethod {
   }
 
   private partOf(rel: string): PartState | undefined {
-    return this.parts.find((p) => this.relative(p.file) === rel);
+    return this.parts.find((p) => this.relative(p.zip?.file ?? p.file) === rel);
   }
 
   private onRead(rel: string, req: TftpRequest): void {
@@ -322,10 +410,17 @@ class Stage2Flash implements FlashMethod {
     const negotiated = optionsText(t.options) || 'none (plain RFC 1350)';
     const which = `part ${part.index}/${this.parts.length}`;
     if (t.ok) {
-      part.acked = part.servedSize;
+      part.acked = part.wireSize;
       this.expectWriting(part);
       this.tftpOptions = { ...t.options };
-      const rate = t.ms > 0 ? ` (${(t.bytes / 1e6 / (t.ms / 1000)).toFixed(1)} MB/s)` : '';
+      const secsF = t.ms / 1000;
+      const rate =
+        t.ms <= 0
+          ? ''
+          : part.zip
+            ? ` (${(t.bytes / 1e6 / secsF).toFixed(1)} MB/s gzip'd, ` +
+              `${(part.servedSize / 1e6 / secsF).toFixed(1)} MB/s of the part's ${part.servedSize} bytes)`
+            : ` (${(t.bytes / 1e6 / secsF).toFixed(1)} MB/s)`;
       const secs = (t.ms / 1000).toFixed(2);
       this.board.log('info', `${which}: served ${t.bytes} bytes in ${secs} s${rate}; negotiated ${negotiated}`);
     } else {
@@ -346,8 +441,8 @@ class Stage2Flash implements FlashMethod {
     const now = Date.now();
     if (p.sent < p.size && now - this.lastProgressEmit < PROGRESS_EVERY_MS) return;
     this.lastProgressEmit = now;
-    const before = this.parts.filter((q) => q.index < part.index).reduce((s, q) => s + q.servedSize, 0);
-    const total = this.parts.reduce((s, q) => s + q.servedSize, 0);
+    const before = this.parts.filter((q) => q.index < part.index).reduce((s, q) => s + q.wireSize, 0);
+    const total = this.parts.reduce((s, q) => s + q.wireSize, 0);
     this.board.progress({
       phase: 'transfer',
       done: before + p.sent,
@@ -359,7 +454,7 @@ class Stage2Flash implements FlashMethod {
 
   /** The board acknowledged the part's latest download in full (all but a lost last window). */
   private heldInFull(part: PartState): boolean {
-    return part.acked > 0 && part.acked >= part.servedSize - part.windowBytes;
+    return part.acked > 0 && part.acked >= part.wireSize - part.windowBytes;
   }
 
   /** Why a success report cannot be believed (not served in full, or out of order), or undefined. */
@@ -376,7 +471,7 @@ class Stage2Flash implements FlashMethod {
     if (!this.heldInFull(part))
       return (
         `the board reported part ${part.index} written, but acknowledged only ${part.acked} of its ` +
-        `${part.servedSize} bytes (the agent had not served it in full to ${this.job.target.ip})`
+        `${part.wireSize} bytes (the agent had not served it in full to ${this.job.target.ip})`
       );
     return undefined;
   }
@@ -389,6 +484,19 @@ class Stage2Flash implements FlashMethod {
   }
 
   private apply(b: Beacon, raw: string): void {
+    if (this.probingUnzip && !this.probeAnswered && b.kind !== 'start') {
+      // The probe runs right after start: any other report next means the board could not unzip.
+      this.probeAnswered = true;
+      const can = b.kind === 'caps-unzip';
+      this.recordUnzip(can);
+      this.board.log(
+        'info',
+        can
+          ? "the board's U-Boot can unzip: parts travel gzip'd from its next job on"
+          : "the board's U-Boot cannot unzip (its probe failed): parts keep travelling raw",
+        'board',
+      );
+    }
     const part = 'part' in b ? this.parts.find((p) => p.index === b.part) : undefined;
     const count = this.parts.length;
     const refused = b.kind === 'part-ok' || b.kind === 'done' ? this.unearned(b) : undefined;
@@ -438,9 +546,29 @@ class Stage2Flash implements FlashMethod {
         this.board.fail('BOARD_RAM_TOO_SMALL', message);
         break;
       }
+      case 'caps-unzip':
+        break; // recorded above
+      case 'no-unzip': {
+        // Told to unzip, the board cannot (its U-Boot changed since it was probed): nothing was
+        // written. Record it so the next job travels raw, and end this one.
+        this.job.files.withdraw(this.macdir);
+        this.recordUnzip(false);
+        const message =
+          `${this.job.target.name}'s U-Boot cannot unzip (the probe stream did not inflate), but this job's parts ` +
+          "are gzip'd: nothing was written; the agent recorded it and the board's next job travels raw";
+        this.board.log('error', message, 'board');
+        this.boardFailures.push(message);
+        this.board.fail('BOARD_REPORTED_FAILURE', message);
+        break;
+      }
       case 'part-retry': {
         if (part) part.retries += 1;
-        const why = b.reason === 'crc' ? `CRC mismatch (board computed ${b.crc ?? '?'})` : 'download failed';
+        const why =
+          b.reason === 'crc'
+            ? `CRC mismatch (board computed ${b.crc ?? '?'})`
+            : b.reason === 'unzip'
+              ? 'its gzip stream did not unzip on the board'
+              : 'download failed';
         this.board.log('warn', `part ${b.part}: ${why}, retry ${b.attempt}`, 'board');
         break;
       }
@@ -461,7 +589,12 @@ class Stage2Flash implements FlashMethod {
       case 'part-failed': {
         if (part) part.status = 'failed';
         const crc = b.crc ? ` (CRC ${b.crc})` : '';
-        this.boardFailures.push(`part ${b.part} failed at ${b.stage}${crc}`);
+        this.boardFailures.push(
+          b.stage === 'unzip'
+            ? `part ${b.part} failed at unzip (its gzip stream did not inflate on the board, every attempt; ` +
+                'nothing of it was written)'
+            : `part ${b.part} failed at ${b.stage}${crc}`,
+        );
         this.board.log(
           'error',
           `part ${b.part}: failed at ${b.stage}${b.crc ? ` (board computed CRC ${b.crc})` : ''}`,

@@ -21,6 +21,8 @@
  *                        is the Pi builds' native ulong
  *   slow-card:<KiB/s>    `mmc write` takes as long as a card writing at that rate (the board is
  *                        silent meanwhile, as a real one is)
+ *   no-unzip             U-Boot has no `unzip` command (as Debian's 32-bit Pi builds)
+ * A corrupt-* fault applies to a part's compressed download (`part-<n>.gz`) as to its raw one.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -58,6 +60,7 @@ interface Faults {
   corruptAlways: Set<number>;
   bitrotWrite: Set<number>;
   crcBe32: boolean;
+  noUnzip: boolean;
   /** Bytes per second `mmc write` stores; 0 = at once. */
   cardWriteRate: number;
 }
@@ -73,6 +76,7 @@ export function parseFaults(list: readonly string[], board: string): Faults {
     corruptAlways: new Set(),
     bitrotWrite: new Set(),
     crcBe32: false,
+    noUnzip: false,
     cardWriteRate: 0,
   };
   for (const raw of list) {
@@ -107,13 +111,16 @@ export function parseFaults(list: readonly string[], board: string): Faults {
       case 'crc-be32':
         f.crcBe32 = true;
         break;
+      case 'no-unzip':
+        f.noUnzip = true;
+        break;
       case 'slow-card':
         f.cardWriteRate = number() * 1024;
         break;
       default:
         throw new Error(
           `sim board ${board}: unknown fault "${raw}" (known: no-show, no-boot, fail-write[:n], fail-read, ` +
-            'corrupt-once:<part>, corrupt-always:<part>, bitrot-write:<n>, crc-be32, slow-card:<KiB/s>)',
+            'corrupt-once:<part>, corrupt-always:<part>, bitrot-write:<n>, crc-be32, slow-card:<KiB/s>, no-unzip)',
         );
     }
   }
@@ -246,6 +253,7 @@ export class SimBoard {
       tftp: (path, opts) => this.download(path, opts, signal),
       mmc: new Map([[0, this.mmcDevice(signal)]]),
       crcStore: this.faults.crcBe32 ? 'be32' : 'native64',
+      unzip: !this.faults.noUnzip,
       print: (line) => {
         if (line) this.o.log.debug(`console: ${line}`, { board: this.o.name });
       },
@@ -326,7 +334,7 @@ export class SimBoard {
     signal: AbortSignal,
   ): Promise<Buffer | null> {
     const data = await raceAbort(this.o.fetch(path, opts), signal);
-    const part = /\/part-(\d+)$/.exec(path);
+    const part = /\/part-(\d+)(\.gz)?$/.exec(path);
     if (!data || !part || data.length === 0) return data;
     const n = Number(part[1]);
     const once = this.faults.corruptOnce.has(n) && !this.corrupted.has(n);

@@ -16,6 +16,7 @@
  */
 import { hex8 } from '../../../src/protocol/units.js';
 import { setTimeout as delay } from 'node:timers/promises';
+import { inflateRawSync } from 'node:zlib';
 import { parseScriptImage, parseScriptImageHeader, UIMAGE_HEADER_SIZE } from '../board/uimage.js';
 import { parseHush, VAR_MARK, type ParseMode, type Pipe, type SimpleCommand } from './hush-parser.js';
 import type { SparseMemory } from './memory.js';
@@ -60,6 +61,8 @@ export interface UBootShellOptions {
   signal?: AbortSignal;
   /** Default load address when `loadaddr` is unset (CONFIG_SYS_LOAD_ADDR). */
   defaultLoadAddr?: number;
+  /** The build has `unzip` (Debian's 64-bit Pi builds do, the 32-bit ones not); default true. */
+  unzip?: boolean;
 }
 
 /** CMD_RET_USAGE: the command prints its usage and fails. */
@@ -280,6 +283,7 @@ export class UBootShell {
     );
     add('tftpboot', 3, 'tftpboot [loadAddress] [[hostIPaddr:]bootfilename]', (a) => this.tftpboot(a));
     add('dhcp', 3, 'dhcp', () => this.dhcp());
+    if (this.o.unzip ?? true) add('unzip', 4, 'unzip srcaddr dstaddr [dstsize]', (a) => this.unzip(a));
     return c;
   }
 
@@ -544,6 +548,35 @@ export class UBootShell {
     return 0;
   }
 
+  /**
+   * cmd/unzip.c: inflate the gzip stream at src (its length unknown: it ends where the stream does)
+   * into dst, at most dstsize bytes; `filesize` := the inflated size. The gzip trailer is not
+   * checked (lib/gunzip.c's zunzip stops at the deflate stream's end).
+   */
+  private unzip(a: string[]): number {
+    if (a.length < 3) return USAGE;
+    const src = Number(hextoul(a[1]!));
+    const dst = Number(hextoul(a[2]!));
+    const dstLen = a[3] !== undefined ? Number(hextoul(a[3])) : this.memory.size - dst;
+    try {
+      // Deflate never grows data by more than ~0.03% plus a few bytes: dstLen bounds the input read.
+      const take = Math.min(this.memory.size - src, dstLen + (dstLen >> 10) + 1024);
+      const input = this.memory.read(src, take);
+      if (input[0] !== 0x1f || input[1] !== 0x8b || input[2] !== 8) {
+        this.print('Error: Bad gzipped data');
+        return 1;
+      }
+      const out = inflateRawSync(input.subarray(gzipHeaderLength(input)), { maxOutputLength: Math.max(1, dstLen) });
+      this.memory.write(dst, out);
+      this.print(`Uncompressed size: ${out.length} = 0x${out.length.toString(16).toUpperCase()}`);
+      this.env.set('filesize', out.length.toString(16));
+      return 0;
+    } catch (err) {
+      this.print(`Error: inflate() returned -3 (sim: ${(err as Error).message})`);
+      return 1;
+    }
+  }
+
   private mw(a: string[]): number {
     if (a.length < 3) return USAGE;
     const size = dataSize(a[0]!, 4);
@@ -734,4 +767,15 @@ function dataSize(command: string, fallback: number): number {
     default:
       return SIZE_ERR;
   }
+}
+
+/** lib/gunzip.c's gzip_parse_header: where the deflate stream begins. */
+function gzipHeaderLength(src: Buffer): number {
+  const flags = src[3]!;
+  let i = 10;
+  if (flags & 4) i = 12 + src[10]! + (src[11]! << 8);
+  if (flags & 8) while (src[i++] !== 0 && i < src.length);
+  if (flags & 0x10) while (src[i++] !== 0 && i < src.length);
+  if (flags & 2) i += 2;
+  return i;
 }

@@ -27,7 +27,9 @@ import { clientText } from '../tftp/log-text.js';
 export type StagedFile =
   | { kind: 'buffer'; data: Buffer }
   /** `size` bytes of the image view from `offset` (zero-padded past the image's end). */
-  | { kind: 'range'; view: ImageView; offset: number; size: number };
+  | { kind: 'range'; view: ImageView; offset: number; size: number }
+  /** A whole file on disk (a cached compressed part): `size` as it was when staged. */
+  | { kind: 'file'; path: string; size: number };
 
 export interface StagedJob {
   jobId: string;
@@ -151,7 +153,8 @@ export class BoardFiles implements TftpResolver {
     const file = job.files.get(rel);
     if (!file) return null;
     this.hook(job, 'read', () => job.onRead(rel, req));
-    return file.kind === 'buffer' ? bufferFile(file.data) : rangeFile(file);
+    if (file.kind === 'buffer') return bufferFile(file.data);
+    return file.kind === 'range' ? rangeFile(file) : diskFile(file);
   }
 
   /** Route the TFTP server's progress report (bytes acknowledged) to the job that owns the file. */
@@ -224,6 +227,29 @@ function bufferFile(data: Buffer): TftpFile {
     size: data.length,
     read(position, length) {
       return Promise.resolve(data.subarray(position, Math.min(data.length, position + length)));
+    },
+  };
+}
+
+function diskFile(file: Extract<StagedFile, { kind: 'file' }>): TftpFile {
+  let opening: Promise<FileHandle> | undefined;
+  return {
+    size: file.size,
+    async read(position, length) {
+      const handle = await (opening ??= open(file.path, 'r'));
+      const out = Buffer.alloc(Math.max(0, Math.min(file.size, position + length) - position));
+      let got = 0;
+      while (got < out.length) {
+        const { bytesRead } = await handle.read(out, got, out.length - got, position + got);
+        if (bytesRead === 0) throw new Error(`${file.path} is shorter than its staged ${file.size} bytes`);
+        got += bytesRead;
+      }
+      return out;
+    },
+    async close() {
+      const h = await opening?.catch(() => undefined);
+      opening = undefined;
+      await h?.close();
     },
   };
 }

@@ -1,0 +1,59 @@
+/**
+ * What a board's U-Boot can do, as the board itself showed it: kept per target in
+ * `<stateDir>/boards/<name>.caps.json` (written whole under a temporary name and renamed, so a
+ * crash leaves the old record or the new one). Today one capability: `unzip`, which lets parts
+ * travel gzip'd (layouts/stage2-flash.ts). The agent never guesses it: the model's Debian build
+ * must have the command (`modelHasUnzip`) and the board must have inflated the stage-2 script's
+ * probe stream (beacon `caps-unzip`); delete the file to have a board probed again (after
+ * changing its U-Boot).
+ */
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { PiModel } from '../image/models.js';
+
+/** Debian's u-boot-rpi builds with CONFIG_CMD_UNZIP (`help` on each under QEMU: uboot/README.md). */
+const UNZIP_BUILDS: ReadonlySet<string> = new Set(['rpi_3', 'rpi_4', 'rpi_arm64']);
+
+export function modelHasUnzip(model: PiModel): boolean {
+  return UNZIP_BUILDS.has(model.ubootBuild);
+}
+
+export interface BoardCaps {
+  /** The board's U-Boot inflated the probe (true), or was asked and did not (false). */
+  unzip: boolean;
+  /** When the board showed it (ISO 8601), and under which job. */
+  seen: string;
+  job: string;
+}
+
+export class BoardCapsStore {
+  constructor(private readonly dir: string) {}
+
+  private file(target: string): string {
+    // Target names are path-safe already (targets/database.ts); encode anyway: this is a path.
+    return path.join(this.dir, `${encodeURIComponent(target)}.caps.json`);
+  }
+
+  /** The target's record; undefined when it has none or it does not parse (then it is probed again). */
+  async read(target: string): Promise<BoardCaps | undefined> {
+    try {
+      const raw = JSON.parse(await readFile(this.file(target), 'utf8')) as Partial<BoardCaps>;
+      if (typeof raw.unzip !== 'boolean') return undefined;
+      return { unzip: raw.unzip, seen: String(raw.seen ?? ''), job: String(raw.job ?? '') };
+    } catch {
+      return undefined;
+    }
+  }
+
+  async record(target: string, caps: BoardCaps): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const file = this.file(target);
+    const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
+    try {
+      await writeFile(tmp, JSON.stringify(caps, null, 2) + '\n', { mode: 0o600 });
+      await rename(tmp, file);
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+}
