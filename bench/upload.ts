@@ -29,6 +29,7 @@ import { promisify } from 'node:util';
 import { WebSocket } from 'ws';
 import { connectAgent } from '../src/protocol/client.js';
 import { writeSampleImage } from '../runner-agent/src/sample-image.js';
+import { DEFAULT_HASH_ON_WORKER_FROM_BYTES } from '../runner-agent/src/store/image-store.js';
 
 const CHUNK = 1024 * 1024;
 /** Clock ticks per second of /proc/<pid>/stat's utime and stime (USER_HZ; 100 on Linux). */
@@ -251,7 +252,8 @@ export async function runUploadBench(o: { sizeMiB?: number } = {}): Promise<void
       `| ${m.cpuMsPerMB.toFixed(2)} | ${(m.cpuMsPerMB / copy.cpuMsPerMB).toFixed(2)} ` +
       `| ${(m.cpuMsPerMB / hashed.cpuMsPerMB).toFixed(2)} | ${m.peakRssMiB.toFixed(0)} MiB |`;
     console.log(
-      `\nWebSocket upload of ${sizeMiB} MiB on loopback, 1 MiB chunks, ${os.cpus().length} cores, ` +
+      `\nWebSocket upload of ${sizeMiB} MiB on loopback, 1 MiB chunks, ${os.availableParallelism()} cores ` +
+        `(the agent hashes on ${size >= DEFAULT_HASH_ON_WORKER_FROM_BYTES ? 'a worker thread' : 'its main thread'}), ` +
         `files in ${parent}, median of ${rounds.length} round(s)`,
     );
     console.log('| receiver | MB/s | × copy | × copy+sha256 | CPU ms/MB | × copy | × copy+sha256 | peak RSS |');

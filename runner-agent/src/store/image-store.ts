@@ -24,6 +24,7 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { CodedError } from '../../../src/protocol/errors.js';
 import type { Compression } from '../../../src/protocol/messages.js';
@@ -95,22 +96,29 @@ export interface ImageStoreOptions {
   /**
    * Uploads of at least this many bytes are hashed on a worker thread that reads the partial file
    * back (sha256, and the part CRCs of a raw upload; upload-digest.ts), smaller ones on the main
-   * thread; 0: always on a worker. Default: never. Measured on the 2-core x86 lab machine (`npm run
-   * bench -- upload`), the worker takes ~2 ms/MB off the main thread but costs ~1 ms/MB more CPU in
-   * all (the read-back, the thread's own work) and ~20 MiB more peak RSS, and bought no steady
-   * speed with both cores busy; a board with idle cores and slow hashing (a Pi 4 has no SHA
-   * instructions) is where it pays.
+   * thread; 0: always on a worker. Default: DEFAULT_HASH_ON_WORKER_FROM_BYTES.
    */
   hashOnWorkerFromBytes?: number;
 }
 
 const MiB = 1024 * 1024;
+
+/**
+ * Uploads hashed on a worker by default: from 64 MiB on a machine with 4 cores or more, never on
+ * fewer. Measured on the 2-core x86 lab machine (`npm run bench -- upload`), the worker takes ~2
+ * ms/MB of sha256 and part CRCs off the main thread but costs ~1 ms/MB more CPU in all (the
+ * read-back, the thread's own work) and ~20 MiB more peak RSS, and bought no steady speed with
+ * both cores busy. A Pi 4 has 4 cores and no SHA instructions: sha256 there is several ms per MB,
+ * most of what one core can spend per MB at gigabit speed, and the idle cores are where it goes.
+ */
+export const DEFAULT_HASH_ON_WORKER_FROM_BYTES = os.availableParallelism() >= 4 ? 64 * MiB : Number.POSITIVE_INFINITY;
+
 const DEFAULTS = {
   minFreeBytes: 256 * MiB,
   defaultPartSize: 64 * MiB,
   writeBatchBytes: 4 * MiB,
   writesInFlight: 2,
-  hashOnWorkerFromBytes: Number.POSITIVE_INFINITY,
+  hashOnWorkerFromBytes: DEFAULT_HASH_ON_WORKER_FROM_BYTES,
 };
 /** Guess of the decompressed size when the client does not say (disk images compress ~3–4×). */
 const COMPRESSION_RATIO_ESTIMATE = 4;
