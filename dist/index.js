@@ -40070,6 +40070,8 @@ const Inputs = {
     target: 'target',
     image: 'image',
     bootCheck: 'boot-check',
+    bmap: 'bmap',
+    writeZeros: 'write-zeros',
     connectTimeout: 'connect-timeout',
     queueTimeout: 'queue-timeout',
     jobTimeout: 'job-timeout',
@@ -40977,6 +40979,10 @@ const AgentCodes = {
         '(free space or root directory entries).',
     BOOT_CONFIG_UNSUPPORTED: "The image's config.txt chooses its kernel in a way that cannot be handed to U-Boot safely " +
         '(e.g. os_prefix, boot_partition, kernel_address), or names a kernel the boot partition lacks.',
+    BMAP_INVALID: 'The block map (bmaptool XML) is malformed or inconsistent: not XML, sizes that disagree, ' +
+        'ranges out of order or past the image, or a file checksum that does not match; the message says which.',
+    BMAP_UNSUPPORTED: 'The block map is of a version or checksum type the agent does not read (it reads 2.x and 1.2–1.4).',
+    BMAP_MISMATCH: "The block map belongs to another image: its image size or a range's checksum differs from the image.",
     IMAGE_TRUNCATED: 'The partition table or the boot file system points past the end of the image: the image is cut short.',
     CONSOLE_UNAVAILABLE: "The target's console (console column) could not be opened, and the boot check needs it.",
     LAB_MISCONFIGURED: "The lab lacks something this job needs (e.g. the U-Boot build for the target's model); the message names it.",
@@ -41049,8 +41055,11 @@ function messageOf(err) {
  */
 
 
-/** Longest text frame either side accepts; control messages are small. */
-const MAX_CONTROL_MESSAGE = 64 * 1024;
+/**
+ * Longest text frame either side accepts. Control messages are small but for a `flash` request
+ * carrying a block map (BMAP_MAX_BYTES, escaped in JSON); a binary chunk is larger still.
+ */
+const MAX_CONTROL_MESSAGE = 640 * 1024;
 function fail(message) {
     throw new errors_CodedError('BAD_MESSAGE', message);
 }
@@ -41118,6 +41127,9 @@ function parseClientMessage(text) {
         case 'flash': {
             str(m, 'sha256', { pattern: SHA256_PATTERN });
             str(m, 'bootCheck', { optional: true, max: 256 });
+            str(m, 'bmap', { optional: true, max: BMAP_MAX_BYTES });
+            if (m.writeZeros !== undefined && typeof m.writeZeros !== 'boolean')
+                fail('"writeZeros" must be true or false');
             const t = m.timeouts;
             if (t !== undefined) {
                 if (typeof t !== 'object' || t === null || Array.isArray(t))
@@ -41170,6 +41182,9 @@ const AGENT_FIELDS = {
         job: 'string',
         target: 'object',
         sha256: 'string',
+        imageSize: 'integer?',
+        mappedBytes: 'integer?',
+        wireBytes: 'integer?',
         bytesWritten: 'integer',
         card: 'string',
         timings: 'object',
@@ -41259,6 +41274,8 @@ const MAX_PAYLOAD_MARGIN = (/* unused pure expression or super */ null && (64 * 
 const messages_COMPRESSIONS = (/* unused pure expression or super */ null && (['none', 'gz', 'xz', 'zst']));
 /** The phases of a job, in order. Phase names are shown as log groups by the action. */
 const PHASES = ['queue', 'upload', 'stage', 'reset', 'transfer', 'verify', 'boot'];
+/** The largest block map a `flash` request may carry: some 5000 ranges with their sha256. */
+const messages_BMAP_MAX_BYTES = 512 * 1024;
 /** What an operator may do to a board (`rpi-flash-agent board TARGET ACTION`). */
 const messages_BOARD_ACTIONS = (/* unused pure expression or super */ null && (['status', 'maintenance', 'resume', 'health']));
 const messages_SHA256_PATTERN = /^[0-9a-f]{64}$/;
@@ -41867,16 +41884,8 @@ class AgentLink {
     }
 }
 
-// EXTERNAL MODULE: external "node:crypto"
-var external_node_crypto_ = __nccwpck_require__(7598);
-;// CONCATENATED MODULE: external "node:fs"
-const external_node_fs_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:fs");
-;// CONCATENATED MODULE: external "node:os"
-const external_node_os_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:os");
 ;// CONCATENATED MODULE: external "node:path"
 const external_node_path_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:path");
-;// CONCATENATED MODULE: external "node:stream/promises"
-const external_node_stream_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
 ;// CONCATENATED MODULE: ./src/protocol/units.js
 /**
  * How both sides print sizes and CRCs, so a log line from the agent and one from the action name
@@ -41898,6 +41907,68 @@ function hex8(n) {
     return (n >>> 0).toString(16).padStart(8, '0');
 }
 
+;// CONCATENATED MODULE: ./src/action/bmap.js
+/**
+ * The image's block map (bmaptool's `.bmap`, which Yocto writes beside a `.wic`): with it the agent
+ * writes only the blocks the image's build says hold data, checked against the image first. The
+ * action only finds and reads the file; the agent parses and checks it.
+ */
+
+
+
+
+
+
+const COMPRESSED_SUFFIX = /\.(gz|xz|zst)$/;
+/**
+ * Where `auto` looks: `<image>.bmap`, then the name without its compression suffix
+ * (`core-image.wic.bmap` beside `core-image.wic.xz`), as bmaptool itself does. A downloaded
+ * image has no folder to look in.
+ */
+function candidates(image) {
+    if (image.downloaded)
+        return [];
+    const names = [`${image.path}.bmap`];
+    if (COMPRESSED_SUFFIX.test(image.path))
+        names.push(`${image.path.replace(COMPRESSED_SUFFIX, '')}.bmap`);
+    return names;
+}
+async function isFile(file) {
+    return (0,promises_namespaceObject.stat)(file).then((s) => s.isFile(), () => false);
+}
+async function findBmap(setting, image, workspace) {
+    if (setting.kind === 'none')
+        return undefined;
+    let file;
+    if (setting.kind === 'file') {
+        file = external_node_path_namespaceObject.resolve(workspace, setting.path);
+        if (!(await isFile(file)))
+            throw new errors_CodedError('INPUT_INVALID', `${Inputs.bmap}: no file at ${setting.path}`);
+    }
+    else {
+        for (const candidate of candidates(image)) {
+            if (await isFile(candidate)) {
+                file = candidate;
+                break;
+            }
+        }
+        if (!file)
+            return undefined;
+    }
+    const size = (await (0,promises_namespaceObject.stat)(file)).size;
+    if (size > messages_BMAP_MAX_BYTES)
+        throw new errors_CodedError('INPUT_INVALID', `${Inputs.bmap}: ${file} is ${formatBytes(size)}, over the ${formatBytes(messages_BMAP_MAX_BYTES)} a block map may have`);
+    return { path: file, text: await (0,promises_namespaceObject.readFile)(file, 'utf8') };
+}
+
+// EXTERNAL MODULE: external "node:crypto"
+var external_node_crypto_ = __nccwpck_require__(7598);
+;// CONCATENATED MODULE: external "node:fs"
+const external_node_fs_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:fs");
+;// CONCATENATED MODULE: external "node:os"
+const external_node_os_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:os");
+;// CONCATENATED MODULE: external "node:stream/promises"
+const external_node_stream_promises_namespaceObject = __WEBPACK_EXTERNAL_createRequire(import.meta.url)("node:stream/promises");
 ;// CONCATENATED MODULE: ./src/protocol/compression.js
 /** The magic numbers of the formats the agent decompresses (a zstd frame's is 0xfd2fb528, little-endian). */
 const MAGIC = {
@@ -42445,6 +42516,11 @@ function assemble(run, result, code, message, job) {
         }),
         ...(jobId !== undefined && { jobId }),
         ...(job !== undefined && { bytesWritten: job.bytesWritten, parts: job.parts }),
+        ...(job?.imageSize !== undefined &&
+            job.mappedBytes !== undefined &&
+            job.wireBytes !== undefined && {
+            mapping: { imageSize: job.imageSize, mappedBytes: job.mappedBytes, wireBytes: job.wireBytes },
+        }),
         ...cardOf(run, result, job),
         ...(run.upload !== undefined && { uploadSkipped: run.upload.skipped }),
         timings: { ...run.timings, ...job?.timings },
@@ -42690,6 +42766,16 @@ function summaryRows(outcome) {
     }
     if (outcome.bytesWritten !== undefined)
         rows.push(['Bytes written', `${outcome.bytesWritten} (${formatBytes(outcome.bytesWritten)})`]);
+    const mapping = outcome.mapping;
+    if (mapping) {
+        const share = mapping.imageSize > 0 ? ` (${((100 * mapping.mappedBytes) / mapping.imageSize).toFixed(1)} %)` : '';
+        rows.push([
+            'Mapped / image',
+            `${formatBytes(mapping.mappedBytes)} of ${formatBytes(mapping.imageSize)}${share}: ` +
+                'the rest was left as it was on the card',
+        ]);
+        rows.push(['Sent to the board', `${mapping.wireBytes} (${formatBytes(mapping.wireBytes)})`]);
+    }
     if (outcome.card !== undefined && outcome.result !== 'success')
         rows.push(['Card', cardText(outcome.card, outcome.cardEstimated === true)]);
     for (const phase of Object.keys(PHASE_TITLES)) {
@@ -42916,6 +43002,20 @@ function parseSettings(getInput, options = {}) {
     if (image !== '')
         checkImageSpec(image, problems, options.registerSecret);
     const bootCheck = checkBootCheck(input(Inputs.bootCheck), problems);
+    const bmapInput = input(Inputs.bmap);
+    const bmap = bmapInput === '' || bmapInput === 'auto'
+        ? { kind: 'auto' }
+        : bmapInput === 'none'
+            ? { kind: 'none' }
+            : { kind: 'file', path: bmapInput };
+    const writeZerosInput = input(Inputs.writeZeros);
+    let writeZeros;
+    if (writeZerosInput === 'true')
+        writeZeros = true;
+    else if (writeZerosInput === 'false')
+        writeZeros = false;
+    else if (writeZerosInput !== '')
+        problems.push(`${Inputs.writeZeros}: "${writeZerosInput}" is not true or false`);
     const seconds = (name, fallback) => {
         const raw = input(name);
         if (raw === '')
@@ -42948,6 +43048,8 @@ function parseSettings(getInput, options = {}) {
         target,
         image,
         ...(bootCheck !== undefined && { bootCheck }),
+        bmap,
+        ...(writeZeros !== undefined && { writeZeros }),
         connectTimeoutMs: connectTimeout * 1000,
         queueTimeoutMs: queueTimeout * 1000,
         jobTimeoutMs: jobTimeout * 1000,
@@ -43074,6 +43176,7 @@ function describeHolder(env) {
 
 
 
+
 const coreWriter = {
     startGroup: (title) => startGroup(title),
     endGroup: () => endGroup(),
@@ -43125,6 +43228,7 @@ class FlashRun {
     story;
     settings;
     image;
+    bmap;
     link;
     jobId;
     upload;
@@ -43211,6 +43315,11 @@ class FlashRun {
         });
         const image = this.image;
         this.story.line(`Image ${image.source}: ${image.compression}, ${image.size} bytes, sha256 ${image.sha256}`);
+        this.bmap = await findBmap(settings.bmap, image, settings.workspace);
+        if (this.bmap)
+            this.story.line(`Block map ${this.bmap.path}: the agent writes only the blocks it maps, once it has checked them`);
+        else if (settings.bmap.kind === 'auto')
+            this.story.line('No block map beside the image: the agent leaves out the all-zero runs it finds');
         return image;
     }
     async leaseTarget(link, settings) {
@@ -43270,6 +43379,8 @@ class FlashRun {
         const request = {
             sha256: image.sha256,
             ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
+            ...(this.bmap && { bmap: this.bmap.text }),
+            ...(settings.writeZeros !== undefined && { writeZeros: settings.writeZeros }),
             ...(Object.keys(timeouts).length > 0 && { timeouts }),
         };
         try {

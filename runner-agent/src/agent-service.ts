@@ -471,6 +471,10 @@ export class AgentService implements ConnectionHandler {
           boot: m.timeouts?.boot ?? config.timeouts.boot,
         },
         emit: (event) => s.conn?.send({ ...event, re: m.id }),
+        mapping: {
+          ...(m.bmap !== undefined ? { bmap: m.bmap } : {}),
+          ...(m.writeZeros !== undefined ? { writeZeros: m.writeZeros } : {}),
+        },
       });
       s.job = job;
       if (s.cancelRequested) job.cancel(s.cancelRequested.reason, s.cancelRequested.code);
@@ -754,9 +758,15 @@ export class AgentService implements ConnectionHandler {
     timeouts: { boardShow: number; stall: number; boot: number };
     emit?: (event: JobEvent) => void;
     logFields?: Record<string, string>;
+    /** The client's block map and write-zeros choice (FlashRequest); absent: derived ranges, the config's choice. */
+    mapping?: { bmap?: string; writeZeros?: boolean };
   }): { job: FlashJob; jobId: string; log: Logger; layoutName: string } {
-    const { config, store } = this.d;
+    const { store } = this.d;
     const { target, image } = o;
+    const writeZeros = o.mapping?.writeZeros;
+    const config =
+      writeZeros === undefined ? this.d.config : { ...this.d.config, flash: { ...this.d.config.flash, writeZeros } };
+    const bmap = o.mapping?.bmap;
     const layoutName = target.layout ?? config.defaultLayout;
     const layout = this.d.layouts[layoutName];
     if (!layout) throw new CodedError('LAB_MISCONFIGURED', `${target.name}: the agent has no layout "${layoutName}"`);
@@ -771,7 +781,10 @@ export class AgentService implements ConnectionHandler {
       layoutName,
       files: this.d.files,
       storedPartCrcs: (partSize) => store.storedPartCrcs(image.sha256, partSize),
-      mappedRanges: () => store.mappedRanges(image.sha256, config.flash.minZeroRun),
+      mappedRanges: () =>
+        bmap === undefined
+          ? store.mappedRanges(image.sha256, config.flash.minZeroRun)
+          : store.bmapRanges(image.sha256, bmap),
       recordDir: path.join(config.stateDir, 'jobs'),
       holder: o.holder,
       bootCheck: o.bootCheck,

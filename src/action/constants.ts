@@ -10,6 +10,8 @@ export const Inputs = {
   target: 'target',
   image: 'image',
   bootCheck: 'boot-check',
+  bmap: 'bmap',
+  writeZeros: 'write-zeros',
   connectTimeout: 'connect-timeout',
   queueTimeout: 'queue-timeout',
   jobTimeout: 'job-timeout',

@@ -14,6 +14,7 @@ import { CodedError, codeOf, messageOf } from '../protocol/errors.js';
 import type { AgentMessage, FlashRequest, JobResult, UploadDoneMessage } from '../protocol/messages.js';
 import { AgentLink, type Connect } from './agent-link.js';
 import { State } from './constants.js';
+import { findBmap, type FoundBmap } from './bmap.js';
 import { resolveImage, type Downloader, type ResolvedImage } from './image.js';
 import { cardAsSeenSentence, outcomeOfError, outcomeOfResult, type RunRecord } from './outcome.js';
 import { annotateFailure, setJobOutputs, writeJobSummary, type JobOutcome } from './outputs.js';
@@ -89,6 +90,7 @@ class FlashRun {
   private readonly story: JobStory;
   private settings?: ActionSettings;
   private image?: ResolvedImage;
+  private bmap?: FoundBmap;
   private link?: AgentLink;
   private jobId?: string;
   private upload?: UploadDoneMessage;
@@ -181,6 +183,13 @@ class FlashRun {
     });
     const image = this.image;
     this.story.line(`Image ${image.source}: ${image.compression}, ${image.size} bytes, sha256 ${image.sha256}`);
+    this.bmap = await findBmap(settings.bmap, image, settings.workspace);
+    if (this.bmap)
+      this.story.line(
+        `Block map ${this.bmap.path}: the agent writes only the blocks it maps, once it has checked them`,
+      );
+    else if (settings.bmap.kind === 'auto')
+      this.story.line('No block map beside the image: the agent leaves out the all-zero runs it finds');
     return image;
   }
 
@@ -247,6 +256,8 @@ class FlashRun {
     const request = {
       sha256: image.sha256,
       ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
+      ...(this.bmap && { bmap: this.bmap.text }),
+      ...(settings.writeZeros !== undefined && { writeZeros: settings.writeZeros }),
       ...(Object.keys(timeouts).length > 0 && { timeouts }),
     };
     try {

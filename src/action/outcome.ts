@@ -118,6 +118,11 @@ function assemble(run: RunRecord, result: ResultWord, code: ErrorCode, message: 
     }),
     ...(jobId !== undefined && { jobId }),
     ...(job !== undefined && { bytesWritten: job.bytesWritten, parts: job.parts }),
+    ...(job?.imageSize !== undefined &&
+      job.mappedBytes !== undefined &&
+      job.wireBytes !== undefined && {
+        mapping: { imageSize: job.imageSize, mappedBytes: job.mappedBytes, wireBytes: job.wireBytes },
+      }),
     ...cardOf(run, result, job),
     ...(run.upload !== undefined && { uploadSkipped: run.upload.skipped }),
     timings: { ...run.timings, ...job?.timings },

@@ -27,6 +27,8 @@ export interface JobOutcome {
   image?: { name: string; source: string; sha256: string; size: number; compression: string; imageSize?: number };
   jobId?: string;
   bytesWritten?: number;
+  /** From the agent's result: what the board was to write and what travelled to it. */
+  mapping?: { imageSize: number; mappedBytes: number; wireBytes: number };
   uploadSkipped?: boolean;
   timings: Partial<Record<StoryPhase, number>>;
   parts?: PartReport[];
@@ -125,6 +127,16 @@ export function summaryRows(outcome: JobOutcome): [string, string][] {
   }
   if (outcome.bytesWritten !== undefined)
     rows.push(['Bytes written', `${outcome.bytesWritten} (${formatBytes(outcome.bytesWritten)})`]);
+  const mapping = outcome.mapping;
+  if (mapping) {
+    const share = mapping.imageSize > 0 ? ` (${((100 * mapping.mappedBytes) / mapping.imageSize).toFixed(1)} %)` : '';
+    rows.push([
+      'Mapped / image',
+      `${formatBytes(mapping.mappedBytes)} of ${formatBytes(mapping.imageSize)}${share}: ` +
+        'the rest was left as it was on the card',
+    ]);
+    rows.push(['Sent to the board', `${mapping.wireBytes} (${formatBytes(mapping.wireBytes)})`]);
+  }
   if (outcome.card !== undefined && outcome.result !== 'success')
     rows.push(['Card', cardText(outcome.card, outcome.cardEstimated === true)]);
   for (const phase of Object.keys(PHASE_TITLES) as StoryPhase[]) {

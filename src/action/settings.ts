@@ -20,6 +20,10 @@ export interface ActionSettings {
   image: string;
   /** A spec in the grammar of protocol/boot-check.ts; undefined lets the agent use its default (`tcp:22`). */
   bootCheck?: string;
+  /** The image's block map: found beside the image (`auto`), none, or the file given (bmap.ts). */
+  bmap: BmapSetting;
+  /** Write every byte of the image, zeros included (the agent's default otherwise: only what is mapped). */
+  writeZeros?: boolean;
   /** Milliseconds to open the WebSocket and finish the hello exchange. */
   connectTimeoutMs: number;
   /** Milliseconds to wait for the lease while someone else holds the target. */
@@ -37,6 +41,9 @@ export interface ActionSettings {
   /** Where relative image paths and globs are resolved. */
   workspace: string;
 }
+
+/** `file`: a path as given, relative to the workspace. */
+export type BmapSetting = { kind: 'auto' } | { kind: 'none' } | { kind: 'file'; path: string };
 
 export type GetInput = (name: string) => string;
 
@@ -87,6 +94,18 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
   if (image !== '') checkImageSpec(image, problems, options.registerSecret);
 
   const bootCheck = checkBootCheck(input(Inputs.bootCheck), problems);
+  const bmapInput = input(Inputs.bmap);
+  const bmap: BmapSetting =
+    bmapInput === '' || bmapInput === 'auto'
+      ? { kind: 'auto' }
+      : bmapInput === 'none'
+        ? { kind: 'none' }
+        : { kind: 'file', path: bmapInput };
+  const writeZerosInput = input(Inputs.writeZeros);
+  let writeZeros: boolean | undefined;
+  if (writeZerosInput === 'true') writeZeros = true;
+  else if (writeZerosInput === 'false') writeZeros = false;
+  else if (writeZerosInput !== '') problems.push(`${Inputs.writeZeros}: "${writeZerosInput}" is not true or false`);
 
   const seconds = (name: string, fallback?: number): number | undefined => {
     const raw = input(name);
@@ -121,6 +140,8 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
     target,
     image,
     ...(bootCheck !== undefined && { bootCheck }),
+    bmap,
+    ...(writeZeros !== undefined && { writeZeros }),
     connectTimeoutMs: connectTimeout * 1000,
     queueTimeoutMs: queueTimeout * 1000,
     jobTimeoutMs: jobTimeout * 1000,

@@ -4,12 +4,22 @@
  * half-processed.
  */
 import { CodedError } from './errors.js';
-import { BOARD_ACTIONS, COMPRESSIONS, SHA256_PATTERN, type AgentMessage, type ClientMessage } from './messages.js';
+import {
+  BMAP_MAX_BYTES,
+  BOARD_ACTIONS,
+  COMPRESSIONS,
+  SHA256_PATTERN,
+  type AgentMessage,
+  type ClientMessage,
+} from './messages.js';
 
 type Json = Record<string, unknown>;
 
-/** Longest text frame either side accepts; control messages are small. */
-export const MAX_CONTROL_MESSAGE = 64 * 1024;
+/**
+ * Longest text frame either side accepts. Control messages are small but for a `flash` request
+ * carrying a block map (BMAP_MAX_BYTES, escaped in JSON); a binary chunk is larger still.
+ */
+export const MAX_CONTROL_MESSAGE = 640 * 1024;
 
 function fail(message: string): never {
   throw new CodedError('BAD_MESSAGE', message);
@@ -79,6 +89,8 @@ export function parseClientMessage(text: string): ClientMessage {
     case 'flash': {
       str(m, 'sha256', { pattern: SHA256_PATTERN });
       str(m, 'bootCheck', { optional: true, max: 256 });
+      str(m, 'bmap', { optional: true, max: BMAP_MAX_BYTES });
+      if (m.writeZeros !== undefined && typeof m.writeZeros !== 'boolean') fail('"writeZeros" must be true or false');
       const t = m.timeouts;
       if (t !== undefined) {
         if (typeof t !== 'object' || t === null || Array.isArray(t)) fail('"timeouts" must be an object');
@@ -135,6 +147,9 @@ const AGENT_FIELDS = {
     job: 'string',
     target: 'object',
     sha256: 'string',
+    imageSize: 'integer?',
+    mappedBytes: 'integer?',
+    wireBytes: 'integer?',
     bytesWritten: 'integer',
     card: 'string',
     timings: 'object',

@@ -117,7 +117,17 @@ export interface FlashRequest {
   bootCheck?: string;
   /** Per-job timeouts in seconds, each optional: the agent's defaults otherwise. */
   timeouts?: Partial<Record<'boardShow' | 'stall' | 'boot', number>>;
+  /**
+   * The image's block map (bmaptool's XML, at most BMAP_MAX_BYTES): the board writes its ranges
+   * once the agent has checked them against the image. Absent: the agent derives the ranges.
+   */
+  bmap?: string;
+  /** Write every byte of the image, zeros included; absent: the agent's `flash.writeZeros`. */
+  writeZeros?: boolean;
 }
+
+/** The largest block map a `flash` request may carry: some 5000 ranges with their sha256. */
+export const BMAP_MAX_BYTES = 512 * 1024;
 
 export interface CancelRequest {
   type: 'cancel';
@@ -265,6 +275,12 @@ export interface JobResult {
   job: string;
   target: TargetInfo;
   sha256: string;
+  /** The image's size as stored (decompressed); absent from agents before the mapped writes. */
+  imageSize?: number;
+  /** Bytes the board was to write: the image's mapped ranges (all of it with write-zeros), when the layout knows. */
+  mappedBytes?: number;
+  /** Bytes the agent sent the board for its parts, retries included, when the layout knows. */
+  wireBytes?: number;
   bytesWritten: number;
   /**
    * What the board's card holds now: `untouched` (nothing was written), `partial` (some of the

@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bmapByteRanges, parseBmap, verifyBmap } from '../../runner-agent/src/store/bmap.js';
 import { mappedBytes } from '../../runner-agent/src/store/mapped-ranges.js';
+import { BMAP_MAX_BYTES } from '../../src/protocol/messages.js';
 
 const execFileAsync = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -113,7 +114,7 @@ describe('block maps written by bmap-tools', () => {
     expect(await codeOf(() => parseBmap('<bmap version="2.0"><ImageSize>x</ImageSize></bmap>'))).toBe(
       'BMAP_UNSUPPORTED',
     );
-    expect(await codeOf(() => parseBmap(' '.repeat(1024 * 1024 + 1)))).toBe('BMAP_INVALID');
+    expect(await codeOf(() => parseBmap(' '.repeat(BMAP_MAX_BYTES + 1)))).toBe('BMAP_INVALID');
   });
 
   it('reads the 1.4 format (sha1 per range) that older bmaptool versions wrote', async () => {

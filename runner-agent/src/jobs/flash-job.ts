@@ -135,6 +135,7 @@ export class FlashJob {
       job: this.o.id,
       target: targetInfo(target),
       sha256: image.sha256,
+      imageSize: image.imageSize,
       timings: this.timings,
       ...this.method.outcome(),
     };
@@ -224,7 +225,9 @@ export class FlashJob {
   private log(level: LogEvent['level'], text: string, source: LogEvent['source'] = 'agent'): void {
     const message = this.redacted(text);
     this.o.log[level](message, { phase: this.phase, ...(source !== 'agent' ? { source } : {}) });
-    this.keepLogLine(`${new Date().toISOString()} ${level.padEnd(5)} ${this.phase.padEnd(8)} ${source.padEnd(7)} ${message}`);
+    this.keepLogLine(
+      `${new Date().toISOString()} ${level.padEnd(5)} ${this.phase.padEnd(8)} ${source.padEnd(7)} ${message}`,
+    );
     this.o.emit({ type: 'log', job: this.o.id, level, source, phase: this.phase, message, time: Date.now() });
   }
 

@@ -72,6 +72,9 @@ export interface FlashOutcome {
   card: CardState;
   /** Bytes the board wrote and verified (what it claimed, for a layout whose board only counts). */
   bytesWritten: number;
+  /** Bytes the board was to write, and the bytes sent it for them (retries included). */
+  mappedBytes?: number;
+  wireBytes?: number;
   parts: PartReport[];
   /** The TFTP options negotiated for the last part served. */
   tftpOptions?: Record<string, string>;

@@ -83,6 +83,8 @@ class Stage2Flash implements FlashMethod {
   private readonly boardFailures: string[] = [];
   private tftpOptions: Record<string, string> | undefined;
   private lastProgressEmit = 0;
+  /** Bytes the board acknowledged of its part downloads, retries included. */
+  private wireBytes = 0;
   /** The top of RAM below which the board's RAM probe refuses the job (stage2-script.ts). */
   private ramTopNeeded = 0;
   /** This job asked the board whether it can unzip, and what it answered (undefined: not yet). */
@@ -327,6 +329,8 @@ class Stage2Flash implements FlashMethod {
     return {
       card: written === this.parts.length && this.done?.ok ? 'written' : touched ? 'partial' : 'untouched',
       bytesWritten: this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
+      mappedBytes: this.parts.reduce((sum, p) => sum + p.size, 0),
+      wireBytes: this.wireBytes,
       parts: this.parts.map((p) => ({
         part: p.index,
         offset: p.imageOffset,
@@ -407,6 +411,7 @@ class Stage2Flash implements FlashMethod {
   private onTransferEnd(rel: string, t: TransferEnd): void {
     const part = this.partOf(rel);
     if (!part) return;
+    this.wireBytes += t.bytes;
     const negotiated = optionsText(t.options) || 'none (plain RFC 1350)';
     const which = `part ${part.index}/${this.parts.length}`;
     if (t.ok) {

@@ -9,10 +9,9 @@ import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { XMLParser } from 'fast-xml-parser';
 import { CodedError } from '../../../src/protocol/errors.js';
+import { BMAP_MAX_BYTES } from '../../../src/protocol/messages.js';
 import type { MappedRange } from './mapped-ranges.js';
 
-/** The largest block map the agent reads: 1 MiB holds some 5000 ranges with their checksums. */
-export const BMAP_MAX_BYTES = 1024 * 1024;
 const READ_CHUNK = 4 * 1024 * 1024;
 
 type ChecksumType = 'sha1' | 'sha256';
