@@ -330,6 +330,82 @@ describe.skipIf(!gate.run)(gate.title, () => {
     },
     TEST_TIMEOUT_MS,
   );
+
+  /** Compressible like a disk image: random runs between runs of text (no all-zero run to unmap). */
+  async function writeCompressibleImage(size: number): Promise<{ file: string; data: Buffer }> {
+    const data = Buffer.from('rpi-flash compressible image '.repeat(Math.ceil(size / 29))).subarray(0, size);
+    for (let at = 0; at < size; at += 64 * KiB) randomBytes(Math.min(16 * KiB, size - at)).copy(data, at);
+    const file = join(qemu.workDir, 'image.raw');
+    await writeFile(file, data);
+    return { file, data };
+  }
+
+  it(
+    "a board not probed yet: stage 2's unzip probe inflates on the test build, the agent records it, parts go raw",
+    async () => {
+      const { file, data } = await writeCompressibleImage(2 * MiB);
+      const r = await scenario(options(file), async (r) => {
+        await expectFlashed(r, data);
+        expect(r.jobLog).toContainEqual(expect.stringContaining("can unzip: parts travel gzip'd from its next job on"));
+      });
+      const caps = JSON.parse(
+        await readFile(join(qemu.workDir, 'run', 'state', 'boards', 'qemu-pi.caps.json'), 'utf8'),
+      ) as { unzip: boolean };
+      expect(caps.unzip).toBe(true);
+      expect(r.ubootTransfers.filter((t) => /\/part-\d+$/.test(t.file))).toHaveLength(2);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
+    'compressed parts over real TFTP: the board downloads gzip streams, unzips each, checks its CRC; byte-exact card',
+    async () => {
+      const { file, data } = await writeCompressibleImage(3 * MiB + 1000);
+      const r = await scenario(options(file, { caps: { unzip: true } }), async (r) => {
+        await expectFlashed(r, data);
+        expect(r.jobLog).toContainEqual(expect.stringMatching(/gzip'd parts: .* travel as .*compressed 4 part/));
+      });
+      const zipped = r.ubootTransfers.filter((t) => /\/part-\d+\.gz$/.test(t.file));
+      expect(zipped).toHaveLength(4);
+      expect(r.ubootTransfers.filter((t) => /\/part-\d+$/.test(t.file))).toEqual([]);
+      expect(zipped.every((t) => t.bytes < 0.5 * MiB)).toBe(true);
+      // U-Boot's unzip reports the inflated size of each part (and sets filesize to it).
+      const consoleText = await readFile(r.consoleLog, 'latin1');
+      expect(consoleText.match(/Uncompressed size: 1048576 = 0x100000/g)).toHaveLength(3);
+      expect(consoleText).toMatch(/Uncompressed size: 1024 = 0x400/);
+      const rates = r.jobLog.filter((l) => /part \d\/4: served \d+ bytes .* MB\/s gzip'd/.test(l));
+      expect(rates).toHaveLength(4);
+      console.info(
+        `gzip'd parts: job ${Math.round(r.jobMs)} ms; ` +
+          `U-Boot rates ${zipped.map((t) => t.mibPerSecond).join(', ')} MiB/s`,
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
+    "a compressed part corrupted every time: the board's unzip or CRC check fails, retried, failed; " +
+      'the card beyond part 1 keeps its old content',
+    async () => {
+      const { file, data } = await writeCompressibleImage(3 * MiB + 1000);
+      await scenario(
+        options(file, { caps: { unzip: true }, faults: { corrupt: { part: 2, block: 20, times: 'always' } } }),
+        async (r) => {
+          expect(r.result).toMatchObject({ ok: false, code: 'BOARD_REPORTED_FAILURE' });
+          expect(r.result.message).toMatch(/part 2 failed at (unzip|download)/);
+          expect(r.result.parts.map((p) => p.status)).toEqual(['ok', 'failed', 'missing', 'missing']);
+          expect(r.result.parts[1]!.retries).toBe(2);
+          expect(r.ubootTransfers.filter((t) => t.file.endsWith('/part-002.gz'))).toHaveLength(3);
+          const c = await card(r);
+          expect(c.subarray(0, PART_SIZE).equals(data.subarray(0, PART_SIZE)), 'part 1 was written').toBe(true);
+          expect(isFill(c.subarray(PART_SIZE)), 'nothing written from part 2 on').toBe(true);
+          expect(r.tftpLeftovers).toEqual([]);
+          expect(r.noJobAfterReset).toBe(true);
+        },
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe('the card-size probe on the simulated board (same behaviour as the real U-Boot above)', () => {

@@ -39,6 +39,8 @@ export const QEMU_FLASH_ADDR = {
   loadAddr: GUEST_ADDR.load,
   crcAddr: GUEST_ADDR.load - 0x20_0000,
   beaconAddr: GUEST_ADDR.load - 0x10_0000,
+  // Compressed parts land 128 MiB above the load buffer, far below U-Boot near 0x7f000000.
+  zipAddr: GUEST_ADDR.load + 0x800_0000,
 } as const;
 
 /**
@@ -64,6 +66,7 @@ export function qemuAgentSettings(
       loadAddr: hex(QEMU_FLASH_ADDR.loadAddr),
       crcAddr: hex(QEMU_FLASH_ADDR.crcAddr),
       beaconAddr: hex(QEMU_FLASH_ADDR.beaconAddr),
+      zipAddr: hex(QEMU_FLASH_ADDR.zipAddr),
       mmcDev: 0,
       ...flash,
     },
@@ -103,6 +106,8 @@ export interface AgentScenarioOptions {
   timeoutMs: number;
   /** The targets row's IP; default 127.0.0.1, the address the board's requests come from (slirp). */
   targetIp?: string;
+  /** What an earlier job found the board's U-Boot can do (staging/board-caps.ts); default: not probed yet. */
+  caps?: { unzip: boolean };
 }
 
 export interface AgentScenarioResult {
@@ -127,7 +132,7 @@ export interface AgentScenarioResult {
 /** The test's TFTP fault hooks: the agent passes them to its TFTP server (`StartOptions.tftpFaults`). */
 export function tftpFaults(plan: TftpFaultPlan): NonNullable<StartOptions['tftpFaults']> {
   const partOf = (path: string) => {
-    const m = /\/part-(\d+)$/.exec(path);
+    const m = /\/part-(\d+)(\.gz)?$/.exec(path);
     return m ? Number(m[1]) : undefined;
   };
   let corrupted = false;
@@ -204,6 +209,11 @@ export async function runAgentScenario(o: AgentScenarioOptions): Promise<AgentSc
     }),
     o.workDir,
   );
+  if (o.caps) {
+    const dir = join(config.stateDir, 'boards');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, `${TARGET_NAME}.caps.json`), JSON.stringify({ ...o.caps, seen: '', job: 'earlier' }));
+  }
   const records: LogRecord[] = [];
   const agentLog = join(o.workDir, 'agent.log');
   const stage1 = join(o.workDir, 'stage1.scr');
