@@ -65,7 +65,6 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     dir: path.join(config.stateDir, 'store'),
     maxBytes: config.store.maxBytes,
     log: log.child({ part: 'store' }),
-    defaultPartSize: config.flash.partSize,
   });
   await store.init();
 

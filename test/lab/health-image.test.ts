@@ -28,7 +28,6 @@ async function setup(): Promise<{ dir: string; store: ImageStore }> {
     maxBytes: 256 * 1024 * 1024,
     log: silentLogger,
     minFreeBytes: 0,
-    defaultPartSize: 1024 * 1024,
   });
   await store.init();
   return { dir: tmp, store };

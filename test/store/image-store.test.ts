@@ -101,7 +101,6 @@ async function openStore(o: Partial<ImageStoreOptions> = {}): Promise<ImageStore
     maxBytes: 1024 * 1024 * 1024,
     log: silentLogger,
     minFreeBytes: 0,
-    defaultPartSize: PART,
     ...o,
   });
   stores.push(store);

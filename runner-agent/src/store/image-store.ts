@@ -81,8 +81,6 @@ export interface ImageStoreOptions {
   log: Logger;
   /** Keep this much disk free; default 256 MiB. */
   minFreeBytes?: number;
-  /** The part size whose CRCs are computed while storing; default 64 MiB. */
-  defaultPartSize?: number;
   /** Milliseconds since the epoch; `Date.now` unless a test drives the time. */
   clock?: () => number;
   /** Free space on the file system holding a directory; default `fs.statfs`. */
@@ -94,9 +92,9 @@ export interface ImageStoreOptions {
   /** Batch writes of one upload on the thread pool at once; default 2. */
   writesInFlight?: number;
   /**
-   * Uploads of at least this many bytes are hashed on a worker thread that reads the partial file
-   * back (sha256, and the part CRCs of a raw upload; upload-digest.ts), smaller ones on the main
-   * thread; 0: always on a worker. Default: DEFAULT_HASH_ON_WORKER_FROM_BYTES.
+   * Uploads of at least this many bytes are hashed (sha256) on a worker thread that reads the
+   * partial file back (upload-digest.ts), smaller ones on the main thread; 0: always on a worker.
+   * Default: DEFAULT_HASH_ON_WORKER_FROM_BYTES.
    */
   hashOnWorkerFromBytes?: number;
 }
@@ -105,17 +103,16 @@ const MiB = 1024 * 1024;
 
 /**
  * Uploads hashed on a worker by default: from 64 MiB on a machine with 4 cores or more, never on
- * fewer. Measured on the 2-core x86 lab machine (`npm run bench -- upload`), the worker takes ~2
- * ms/MB of sha256 and part CRCs off the main thread but costs ~1 ms/MB more CPU in all (the
- * read-back, the thread's own work) and ~20 MiB more peak RSS, and bought no steady speed with
- * both cores busy. A Pi 4 has 4 cores and no SHA instructions: sha256 there is several ms per MB,
+ * fewer. Measured on the 2-core x86 lab machine (`npm run bench -- upload`), the worker takes
+ * ~1.4 ms/MB of sha256 off the main thread but costs ~1 ms/MB more CPU in all (the read-back,
+ * the thread's own work) and ~20 MiB more peak RSS, and bought no steady speed with both cores
+ * busy. A Pi 4 has 4 cores and no SHA instructions: sha256 there is several ms per MB,
  * most of what one core can spend per MB at gigabit speed, and the idle cores are where it goes.
  */
 export const DEFAULT_HASH_ON_WORKER_FROM_BYTES = os.availableParallelism() >= 4 ? 64 * MiB : Number.POSITIVE_INFINITY;
 
 const DEFAULTS = {
   minFreeBytes: 256 * MiB,
-  defaultPartSize: 64 * MiB,
   writeBatchBytes: 4 * MiB,
   writesInFlight: 2,
   hashOnWorkerFromBytes: DEFAULT_HASH_ON_WORKER_FROM_BYTES,
@@ -131,7 +128,6 @@ export class ImageStore {
   private readonly partialDir: string;
   private readonly maxBytes: number;
   private readonly minFreeBytes: number;
-  private readonly defaultPartSize: number;
   private readonly clock: () => number;
   private readonly freeBytes: FreeSpaceProbe;
   private readonly tools: DecompressTools;
@@ -160,8 +156,6 @@ export class ImageStore {
     this.partialDir = path.join(this.dir, 'partial');
     this.maxBytes = o.maxBytes;
     this.minFreeBytes = o.minFreeBytes ?? DEFAULTS.minFreeBytes;
-    this.defaultPartSize = o.defaultPartSize ?? DEFAULTS.defaultPartSize;
-    checkPartSize(this.defaultPartSize);
     this.clock = o.clock ?? Date.now;
     this.freeBytes = o.freeBytes ?? statfsFreeBytes;
     this.tools = o.tools ?? {};
@@ -316,8 +310,8 @@ export class ImageStore {
 
   /**
    * CRC32 of each part of the image as stored, i.e. decompressed (the last part zero-padded to a
-   * multiple of 512). Computed while storing for `defaultPartSize`; other sizes read the image
-   * once and are cached in its record.
+   * multiple of 512). Read from the image the first time a part size is asked for (only a flash
+   * with `flash.writeZeros` asks), then cached in its record; an upload computes none.
    */
   async storedPartCrcs(sha256: string, partSize: number): Promise<number[]> {
     this.assertReady();
@@ -525,7 +519,6 @@ export class ImageStore {
         decompressedTemp: path.join(this.partialDir, `${o.sha256}.img${TEMP_SUFFIX}`),
       },
       storeDir: this.dir,
-      partSize: this.defaultPartSize,
       maxImageBytes: this.maxBytes,
       plannedImageBytes,
       writeBehind: this.writeBehind,
@@ -549,7 +542,7 @@ export class ImageStore {
       compression: o.compression,
       storedAt: now,
       lastUsed: now,
-      partCrcs: { [String(o.partSize)]: o.crcs },
+      partCrcs: {},
     };
     await writeMeta(this.metaPath(o.sha256), meta);
     await fs.rename(o.file, this.imagePath(o.sha256));

@@ -3,8 +3,10 @@
  * parts of `partSize` bytes; the last part is padded with zeros to a multiple of 512 because the
  * board writes whole 512-byte blocks with `mmc write` and checks the CRC of what it wrote.
  *
- * The accumulator is fed the decompressed bytes in order, so the CRCs come out of the same streaming
- * pass that stores the image, and staging never has to read the image back.
+ * The accumulator is fed an image's bytes in order, in one pass over the file (partCrcsOfFile): the
+ * store reads an image for a part size the first time it is asked for (a flash with
+ * flash.writeZeros), not while the upload arrives, since a flash of the mapped ranges needs CRCs
+ * of parts cut at each range's own offset and computes those itself.
  */
 import fs from 'node:fs';
 import zlib from 'node:zlib';

@@ -1,10 +1,10 @@
 /**
- * The sha256 of an upload's wire bytes (and, for a raw upload, its part CRCs), computed as the
- * bytes arrive: on this thread, or on a worker thread that reads them back from the partial file.
+ * The sha256 of an upload's wire bytes, computed as the bytes arrive: on this thread, or on a
+ * worker thread that reads them back from the partial file.
  *
- * Node's hashing is synchronous: on the agent's main thread sha256 and the part CRCs cost more CPU
- * than receiving the WebSocket frames (on the 2-core x86 lab machine ~1.4 and ~0.8 ms/MB; on a
- * Pi 4, which lacks the SHA instructions, sha256 alone costs several ms per MB), so they decide
+ * Node's hashing is synchronous: on the agent's main thread sha256 costs about as much CPU as
+ * receiving the WebSocket frames (on the 2-core x86 lab machine ~1.4 ms/MB; on a Pi 4, which
+ * lacks the SHA instructions, several ms per MB), so it decides
  * whether an upload keeps up with the link. A worker thread takes that work to another core. It
  * is not handed the chunks: copying each one to it (structured clone) cost the main thread about
  * as much as hashing did. It reads the bytes back from the partial file instead, only as far as
@@ -19,12 +19,9 @@
 import { createHash, type Hash } from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
-import { checkPartSize } from './part-crc.js';
 
 export interface DigestResult {
   sha256: string;
-  /** Part CRCs, when the digest was asked for them (see PartCrcAccumulator for their definition). */
-  partCrcs?: number[];
 }
 
 /** sha256 on this thread, fed the chunks (small uploads: not worth a thread's start-up). */
@@ -42,38 +39,22 @@ export class InlineDigest {
 /**
  * The worker's side: it reads the file (through the main thread's descriptor: descriptors belong
  * to the process) up to the last `upto`, in 1 MiB reads into one buffer, and reports how far it
- * got. The part-CRC arithmetic mirrors PartCrcAccumulator (part-crc.ts; the store's tests check
- * both against a reference): CRC32 per `partSize` bytes, the last part padded with zeros to a
- * multiple of 512.
+ * got.
  */
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const fs = require('node:fs');
-const zlib = require('node:zlib');
-const { fd, partSize } = workerData;
+const { fd } = workerData;
 const hash = createHash('sha256');
 const buf = Buffer.allocUnsafe(1024 * 1024);
-const crcs = [];
-let crc = 0, inPart = 0, total = 0, target = 0;
-function crcOf(chunk) {
-  let at = 0;
-  while (at < chunk.length) {
-    const take = Math.min(chunk.length - at, partSize - inPart);
-    crc = zlib.crc32(chunk.subarray(at, at + take), crc);
-    inPart += take;
-    at += take;
-    if (inPart === partSize) { crcs.push(crc >>> 0); crc = 0; inPart = 0; }
-  }
-}
+let total = 0, target = 0;
 function catchUp() {
   let reported = total;
   while (total < target) {
     const n = fs.readSync(fd, buf, 0, Math.min(buf.length, target - total), total);
     if (n === 0) throw new Error('the partial file ends at ' + total + ' bytes, ' + target + ' were written');
-    const chunk = buf.subarray(0, n);
-    hash.update(chunk);
-    if (partSize > 0) crcOf(chunk);
+    hash.update(buf.subarray(0, n));
     total += n;
     // A long catch-up (a resumed upload's bytes) reports as it goes: the upload may wait on it.
     if (total - reported >= 16 * 1024 * 1024) {
@@ -87,37 +68,27 @@ parentPort.on('message', (m) => {
   target = Math.max(target, m.bytes);
   catchUp();
   if (m.type !== 'finish') return;
-  if (partSize > 0 && inPart > 0) {
-    const pad = (512 - (inPart % 512)) % 512;
-    if (pad > 0) crc = zlib.crc32(Buffer.alloc(pad), crc);
-    crcs.push(crc >>> 0);
-  }
-  const sha256 = hash.digest('hex');
-  parentPort.postMessage({ type: 'result', sha256, crcs: partSize > 0 ? crcs : undefined, bytes: total });
+  parentPort.postMessage({ type: 'result', sha256: hash.digest('hex'), bytes: total });
 });
 `;
 
-type FromWorker =
-  { type: 'progress'; bytes: number } | { type: 'result'; sha256: string; crcs?: number[]; bytes: number };
+type FromWorker = { type: 'progress'; bytes: number } | { type: 'result'; sha256: string; bytes: number };
 
 export interface FileDigestOptions {
   /** The file whose bytes, from its start, are the upload's (the partial file). */
   file: string;
-  /** Also compute the CRC of each part of this size (a raw upload is its own image). */
-  partSize?: number;
   /** Bytes the worker may fall behind the bytes appended before keepUp() waits; default 16 MiB. */
   maxLagBytes?: number;
 }
 
 /**
- * sha256 (and part CRCs) of a file being written, on a worker thread that reads as far as
+ * sha256 of a file being written, on a worker thread that reads as far as
  * `written()` says the file holds. `open()` starts it.
  */
 export class FileDigest {
   private worker: Worker | undefined;
   private handle: FileHandle | undefined;
   private readonly maxLagBytes: number;
-  private readonly partSize: number;
   /** Bytes the file holds, as last told to the worker. */
   private posted = 0;
   private digested = 0;
@@ -128,8 +99,6 @@ export class FileDigest {
   private closed = false;
 
   constructor(private readonly o: FileDigestOptions) {
-    this.partSize = o.partSize ?? 0;
-    if (this.partSize > 0) checkPartSize(this.partSize);
     this.maxLagBytes = o.maxLagBytes ?? 16 * 1024 * 1024;
   }
 
@@ -138,7 +107,7 @@ export class FileDigest {
     this.handle = await fs.open(this.o.file, 'r');
     const worker = new Worker(WORKER_SOURCE, {
       eval: true,
-      workerData: { fd: this.handle.fd, partSize: this.partSize },
+      workerData: { fd: this.handle.fd },
       // It allocates next to nothing (one read buffer, small messages): a small heap keeps its RSS small.
       resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 },
     });
@@ -185,7 +154,7 @@ export class FileDigest {
     await this.close();
     if (!result) throw this.failure!;
     if (result.bytes !== total) throw new Error(`the hashing thread read ${result.bytes} bytes, ${total} were written`);
-    return { sha256: result.sha256, ...(result.crcs ? { partCrcs: result.crcs } : {}) };
+    return { sha256: result.sha256 };
   }
 
   /** Stops the worker and closes its descriptor (idempotent); a pending finish() rejects. */
