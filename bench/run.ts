@@ -13,6 +13,8 @@ const benches: Record<string, () => Promise<void>> = {
   stage1: async () => (await import('./stage1.js')).runStage1Bench(),
   inject: async () => (await import('./inject.js')).runInjectBench(),
   'ws-flood': async () => (await import('./ws-flood.js')).runWsFloodBench(),
+  'mapped-flash': async () => (await import('./mapped-flash.js')).runMappedFlashBench(),
+  dashboard: async () => (await import('./dashboard.js')).runDashboardBench(),
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
