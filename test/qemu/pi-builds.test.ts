@@ -31,14 +31,20 @@ const PART = 256 * 1024;
 const CARD = 4 * MiB;
 
 /** Every command uboot/boot.cmd and the generated stage 2 (both transfers) run, but the boot ones. */
-const STAGES_USE = ['cp', 'crc32', 'dhcp', 'echo', 'env', 'fatload', 'fdt', 'itest', 'mmc', 'mw', 'reset', 'run'].concat([
-  'setenv',
-  'setexpr',
-  'source',
-  'test',
-  'tftpboot',
-  'usb',
-]);
+const STAGES_USE = [
+  'cp',
+  'crc32',
+  'dhcp',
+  'echo',
+  'env',
+  'fatload',
+  'fdt',
+  'itest',
+  'mmc',
+  'mw',
+  'reset',
+  'run',
+].concat(['setenv', 'setexpr', 'source', 'test', 'tftpboot', 'usb']);
 
 const ok = (r: PiStage2Result, n: number): Beacon => ({
   kind: 'part-ok',
@@ -152,6 +158,71 @@ describe.skipIf(!gate.run)(gate.title, () => {
       });
     });
   }
+
+  /** Compressible like a disk image: random runs between runs of text. */
+  const compressible = (size: number) => {
+    const data = Buffer.from('rpi-flash compressible image '.repeat(Math.ceil(size / 29))).subarray(0, size);
+    for (let at = 0; at < size; at += 64 * 1024) randomBytes(Math.min(8 * 1024, size - at)).copy(data, at);
+    return data;
+  };
+
+  // Issue 13 item 2: gzip'd parts where the build has unzip, and the clear refusal where it has not.
+  for (const build of PI_BUILDS) {
+    const has = PI_MACHINES[build].arch === 'arm64';
+    const what = has ? 'are unzipped and written byte for byte' : 'are refused: no-unzip, nothing written';
+    it(`${build}: compressed parts ${what}`, async () => {
+      // The last part too is smaller gzip'd (its stream lies where its raw bytes would).
+      const image = compressible(3 * PART + 9000);
+      const r = await run(build, image, { gzip: true });
+      timings.push(`${build} gzip'd: ${Math.round(r.ms)} ms`);
+      if (!has) {
+        expect(r.console).toMatch(/Unknown command 'unzip'/);
+        expect(r.beacons).toEqual([{ kind: 'start' }, { kind: 'no-unzip' }, { kind: 'done', ok: false }]);
+        expectCard(r, image, 0);
+        return;
+      }
+      expect(r.beacons).toEqual([{ kind: 'start' }, ...r.parts.map((p) => ok(r, p.index)), { kind: 'done', ok: true }]);
+      // unzip prints the inflated size (and sets filesize to it): the probe's 88 bytes, then each part.
+      expect(r.console).toMatch(/Uncompressed size: 88 = 0x58/);
+      expect(
+        r.console.match(new RegExp(`Uncompressed size: ${PART} = 0x${PART.toString(16).toUpperCase()}`, 'g')),
+      ).toHaveLength(3);
+      expectCard(r, image, r.parts.length);
+    });
+  }
+
+  for (const build of ['rpi_3', 'rpi_arm64'] as const)
+    it(`${build}: a gzip stream that does not inflate: retried, failed; the card past part 1 untouched`, async () => {
+      const image = compressible(3 * PART);
+      const r = await run(build, image, { gzip: true, corruptZip: 2 });
+      timings.push(`${build} bad gzip: ${Math.round(r.ms)} ms`);
+      expect(r.console).toMatch(/Error: inflate\(\) returned -3/);
+      expect(r.beacons).toEqual([
+        { kind: 'start' },
+        ok(r, 1),
+        { kind: 'part-retry', part: 2, attempt: 1, reason: 'unzip' },
+        { kind: 'part-retry', part: 2, attempt: 2, reason: 'unzip' },
+        { kind: 'part-failed', part: 2, stage: 'unzip' },
+        { kind: 'done', ok: false },
+      ]);
+      expectCard(r, image, 1);
+    });
+
+  const PROBE_SAYS = { rpi_2: 'is silent', rpi_3: 'says caps-unzip' } as const;
+  for (const build of ['rpi_2', 'rpi_3'] as const)
+    it(`${build}: a raw job's unzip probe ${PROBE_SAYS[build]}; raw parts written`, async () => {
+      const image = compressible(2 * PART);
+      const r = await run(build, image, { probeUnzip: true });
+      timings.push(`${build} probe: ${Math.round(r.ms)} ms`);
+      expect(r.beacons).toEqual([
+        { kind: 'start' },
+        ...(build === 'rpi_3' ? [{ kind: 'caps-unzip' } as const] : []),
+        ok(r, 1),
+        ok(r, 2),
+        { kind: 'done', ok: true },
+      ]);
+      expectCard(r, image, 2);
+    });
 
   it(
     'the default 64 MiB parts on a 448 MiB board (rpi_0_w on raspi0): both parts written and verified',

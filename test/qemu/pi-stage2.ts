@@ -33,6 +33,15 @@ export interface PiStage2Options {
   loadAddr?: number;
   /** This part's bytes differ in RAM from what the script's CRC says (every attempt sees it). */
   corruptPart?: number;
+  /**
+   * Compressed parts (issue 13 item 2): each part's gzip stream is preloaded where its raw bytes
+   * would lie, and the script unzips it at the agent's default `flash.zipAddr`.
+   */
+  gzip?: boolean;
+  /** This part's gzip stream is broken (its first deflate block has the reserved type 3). */
+  corruptZip?: number;
+  /** A raw job that asks the board whether it can unzip (beacon caps-unzip). */
+  probeUnzip?: boolean;
   timeoutMs: number;
 }
 
@@ -87,7 +96,7 @@ export function calibrationLine(script: string): string {
 }
 
 export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result> {
-  const { parts, served } = stageParts(o.image, o.partSize);
+  const { parts, served } = stageParts(o.image, o.partSize, { gzip: o.gzip ?? false });
   const flash = DEFAULTS.flash;
   const script = generateStage2Script({
     jobId: JOB,
@@ -100,9 +109,16 @@ export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result>
     beaconAddr: flash.beaconAddr,
     mmcDev: flash.mmcDev,
     transfer: { kind: 'preloaded', imageAddr: IMAGE_ADDR },
+    ...(o.gzip ? { unzip: { zipAddr: flash.zipAddr } } : {}),
+    ...(o.probeUnzip ? { probeUnzip: true } : {}),
   });
   const servedParts = parts.map((p) => served.get(p.file)!);
   const inRam = Buffer.concat(servedParts);
+  if (o.gzip) {
+    inRam.fill(0);
+    for (const p of parts) served.get(p.zip!.file)!.copy(inRam, p.imageOffset);
+    if (o.corruptZip !== undefined) inRam[parts[o.corruptZip - 1]!.imageOffset + 10]! |= 0x06;
+  }
   if (o.corruptPart !== undefined) {
     const p = parts[o.corruptPart - 1]!;
     inRam[p.imageOffset + Math.floor(p.servedSize / 2)]! ^= 0xff;
