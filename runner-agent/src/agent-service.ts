@@ -146,9 +146,12 @@ export class AgentService implements ConnectionHandler {
         leaseOf: (target) => this.leases.holderOf(target),
         queueLength: (target) => this.leases.queueLength(target),
         poolQueueLength: (label) => this.leases.labelQueueLength(label),
+        boardStatus: (target) => d.boards.get(target),
       },
       d.log.child({ part: 'lab-view' }),
     );
+    // Maintenance, unhealthy, a health check's verdict: the dashboard sees every state change.
+    d.boards.onChange(() => this.lab.changed());
     // A partial upload is a resume point held for clients, like a lease through its grace period:
     // one no client came back for within store.partialTtl goes. Checked a few times per TTL.
     const ttlMs = d.config.store.partialTtl * 1000;

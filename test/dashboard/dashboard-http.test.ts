@@ -231,6 +231,12 @@ describe('the dashboard and /metrics over HTTP', () => {
       404,
     );
 
+    // A board the operator takes out shows so, with the reason, in the snapshot and in the gauge.
+    await conn.board({ action: 'maintenance', target: 'pi-b', reason: 'rewiring' });
+    const lab2 = await request(`${base}/dashboard/api/lab`, { headers: { Cookie: cookie } });
+    const pib = (JSON.parse(lab2.body) as LabSnapshot).boards[1]!;
+    expect(pib).toMatchObject({ name: 'pi-b', state: 'maintenance', reason: expect.stringContaining('rewiring') });
+
     const metrics = await request(`${base}/metrics`, { headers: { Authorization: `Bearer ${METRICS_TOKEN}` } });
     expect(metrics.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
     const text = metrics.body;
@@ -241,7 +247,8 @@ describe('the dashboard and /metrics over HTTP', () => {
     expect(sample(text, 'rpi_flash_upload_bytes_total')).toBe(img.size);
     // Three parts and the script, acknowledged by the board.
     expect(sample(text, 'rpi_flash_tftp_served_bytes_total')).toBeGreaterThanOrEqual(img.size);
-    expect(sample(text, 'rpi_flash_boards', '{state="idle"}')).toBe(2);
+    expect(sample(text, 'rpi_flash_boards', '{state="idle"}')).toBe(1);
+    expect(sample(text, 'rpi_flash_boards', '{state="maintenance"}')).toBe(1);
     expect(sample(text, 'rpi_flash_boards', '{state="flashing"}')).toBe(0);
     expect(sample(text, 'rpi_flash_queue_length', '{target="pi-a"}')).toBe(0);
     expect(sample(text, 'rpi_flash_jobs_running')).toBe(0);
