@@ -9,7 +9,7 @@
  */
 import { formatBytes } from '../../src/protocol/units.js';
 import type { AgentConfig } from './config.js';
-import { getPiModel, safePartSizeMax, safeRamEnd, type PiModel } from './image/models.js';
+import { getPiModel, gzipBound, modelHasUnzip, safePartSizeMax, safeRamEnd, type PiModel } from './image/models.js';
 import type { Target } from './targets/database.js';
 
 export interface LabFindings {
@@ -65,6 +65,27 @@ export function checkLab(config: AgentConfig, targets: readonly Target[]): LabFi
           `setups) has room for parts of ${formatBytes(safePartSizeMax(model, loadAddr, CAMERA_GPU_MEM_MIB))} ` +
           `only; flash.partSize is ${formatBytes(partSize)}`,
       );
+    if (config.flash.compress !== 'off' && modelHasUnzip(model)) {
+      // Compressed parts: the gzip stream of a part (at worst a little larger than the part) lands at
+      // flash.zipAddr before unzip inflates it into the load buffer; both must fit, apart.
+      const { zipAddr, crcAddr, beaconAddr } = config.flash;
+      const zipEnd = zipAddr + gzipBound(partSize);
+      const clash = (
+        [
+          ['the load buffer', loadAddr, end],
+          ['flash.crcAddr', crcAddr, crcAddr + 8],
+          ['flash.beaconAddr', beaconAddr, beaconAddr + 0x1000],
+        ] as const
+      ).find(([, from, to]) => zipAddr < to && from < zipEnd);
+      if (zipEnd > safeRamEnd(model) || clash)
+        errors.push(
+          `flash.zipAddr ${hex(zipAddr)} + a compressed part of up to ${formatBytes(gzipBound(partSize))} ` +
+            (clash
+              ? `overlaps ${clash[0]} (${hex(clash[1])}–${hex(clash[2])})`
+              : `runs past the RAM stage 2 may use on a ${model.minRamMiB} MB ${model.description}`) +
+            ` (${names}): move flash.zipAddr, or set flash.compress "off"`,
+        );
+    }
     if (model.onboardEthernet !== true) {
       const none = model.onboardEthernet === false ? 'has no Ethernet on board' : 'may have no Ethernet on board';
       for (const t of boards)

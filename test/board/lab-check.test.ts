@@ -73,6 +73,22 @@ describe('checkLab', () => {
     expect(two.errors).toEqual([]);
   });
 
+  it("checks the compressed parts' buffer on models whose U-Boot unzips, not on others or compress off", async () => {
+    const pi3 = ['three,b8:27:eb:00:00:03,10.0.0.13,gpio:17,pi3'];
+    // The default (0x03000000 + a 64 MiB part's worst-case gzip stream) fits below the CRC slot.
+    expect((await findings(pi3)).errors).toEqual([]);
+    const over = await findings(pi3, { flash: { zipAddr: '0x0e000000' } });
+    expect(over.errors).toHaveLength(1);
+    expect(over.errors[0]).toMatch(
+      /flash\.zipAddr 0xe000000 \+ a compressed part of up to 64\.0 MiB overlaps the load buffer/,
+    );
+    const top = await findings(pi3, { flash: { zipAddr: '0x14000000' } });
+    expect(top.errors[0]).toMatch(/flash\.zipAddr 0x14000000 .* runs past the RAM stage 2 may use on a 512 MB/);
+    expect((await findings(pi3, { flash: { zipAddr: '0x0e000000', compress: 'off' } })).errors).toEqual([]);
+    const pi2 = ['two,b8:27:eb:00:00:02,10.0.0.12,gpio:17,pi2'];
+    expect((await findings(pi2, { flash: { zipAddr: '0x0e000000' } })).errors).toEqual([]);
+  });
+
   it('warns about gpu_mem=128, boards without onboard Ethernet, the TFTP port and the DHCP address', async () => {
     const f = await findings(
       [

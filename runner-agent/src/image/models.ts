@@ -164,6 +164,19 @@ export const PI_MODELS: Readonly<Record<string, PiModel>> = {
   },
 };
 
+/** Debian's u-boot-rpi builds with CONFIG_CMD_UNZIP (`help` on each under QEMU: uboot/README.md). */
+const UNZIP_BUILDS: ReadonlySet<string> = new Set(['rpi_3', 'rpi_4', 'rpi_arm64']);
+
+/** The model's Debian U-Boot has `unzip`: its parts may travel gzip'd (layouts/stage2-flash.ts). */
+export function modelHasUnzip(model: PiModel): boolean {
+  return UNZIP_BUILDS.has(model.ubootBuild);
+}
+
+/** The largest gzip stream of `n` bytes (zlib's deflateBound, plus gzip's 18-byte wrapper). */
+export function gzipBound(n: number): number {
+  return n + (n >>> 12) + (n >>> 14) + (n >>> 25) + 13 + 18;
+}
+
 /** Looks a model up by name (case-insensitive); throws naming the known ones. */
 export function getPiModel(name: string): PiModel {
   const model = PI_MODELS[name.toLowerCase()];

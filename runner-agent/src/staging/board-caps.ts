@@ -9,14 +9,8 @@
  */
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { PiModel } from '../image/models.js';
-
-/** Debian's u-boot-rpi builds with CONFIG_CMD_UNZIP (`help` on each under QEMU: uboot/README.md). */
-const UNZIP_BUILDS: ReadonlySet<string> = new Set(['rpi_3', 'rpi_4', 'rpi_arm64']);
-
-export function modelHasUnzip(model: PiModel): boolean {
-  return UNZIP_BUILDS.has(model.ubootBuild);
-}
+// Which models' builds have unzip is the model table's (image/models.ts); re-exported for stage 2.
+export { modelHasUnzip } from '../image/models.js';
 
 export interface BoardCaps {
   /** The board's U-Boot inflated the probe (true), or was asked and did not (false). */
