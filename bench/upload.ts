@@ -15,7 +15,8 @@
  *   npm run bench -- upload                      # 1 GiB
  *   npm run bench -- upload --size-mib=4096      # 4 GiB (needs ~3.5× that free in /dev/shm or the temp dir)
  *   npm run bench -- upload --rounds=5           # the median of 5 interleaved rounds (3 by default)
- *   UPLOAD_BENCH_PROF_DIR=/tmp/prof npm run bench -- upload   # the agent under node --cpu-prof
+ *   UPLOAD_BENCH_PROF_DIR=/tmp/prof npm run bench -- upload   # every receiver under node --cpu-prof
+ *   UPLOAD_BENCH_AGENT_CLI=/old/build/runner-agent/src/cli.js npm run bench -- upload   # another build
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -234,7 +235,8 @@ export async function runUploadBench(o: { sizeMiB?: number } = {}): Promise<void
     const file = path.join(dir, 'image.img');
     await writeSampleImage(file, size, 3);
     const sha256 = await sha256File(file);
-    const cli = await compileAgent(path.join(dir, 'build'));
+    // A build of another revision, for a before/after in the same conditions; this checkout by default.
+    const cli = process.env.UPLOAD_BENCH_AGENT_CLI ?? (await compileAgent(path.join(dir, 'build')));
     const rounds: Array<Record<'copy' | 'hashed' | 'agent', Measured>> = [];
     for (let round = 0; round < roundsFromArgv(); round++) {
       // Interleaved, so that a burst of load from elsewhere on the machine hits one round, not one receiver.
@@ -260,7 +262,7 @@ export async function runUploadBench(o: { sizeMiB?: number } = {}): Promise<void
     console.log('|---|---|---|---|---|---|---|---|');
     console.log(row('bare ws → file (reference)', copy));
     console.log(row('bare ws → sha256 + file (reference)', hashed));
-    console.log(row('protocol client → agent (store, sha256, part CRCs)', agent));
+    console.log(row('protocol client → agent (store, sha256)', agent));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
