@@ -81,6 +81,11 @@ export interface AgentConfig {
     compress: 'auto' | 'off';
     /** Where a compressed part is downloaded before `unzip` inflates it to `loadAddr`. */
     zipAddr: number;
+    /**
+     * Stage 2 reads each part from the card first and skips it when its CRC already matches
+     * (trusting the board's reading of its own card; README "Read-compare").
+     */
+    readCompare: boolean;
   };
   timeouts: {
     /** Seconds from reset until the board must fetch its script. */
@@ -173,6 +178,7 @@ export const DEFAULTS = {
     // Below the CRC slot: free RAM during stage 2 on every Pi (the initramfs's place in stage 1),
     // room for 192 MiB of compressed part, and no extra RAM at the top (512 MB boards).
     zipAddr: 0x0300_0000,
+    readCompare: false,
   },
   timeouts: { boardShow: 90, stall: 120, boot: 300, leaseGrace: 60, shutdown: 10 },
   bootCheck: 'tcp:22',
@@ -421,6 +427,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     'minZeroRun',
     'compress',
     'zipAddr',
+    'readCompare',
   ]);
   const hex = (name: string, v: unknown, dflt: number): number => {
     if (v === undefined) return dflt;
@@ -448,6 +455,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     minZeroRun: size('flash.minZeroRun', flashRaw.minZeroRun, DEFAULTS.flash.minZeroRun),
     compress: DEFAULTS.flash.compress,
     zipAddr: hex('flash.zipAddr', flashRaw.zipAddr, DEFAULTS.flash.zipAddr),
+    readCompare: bool('flash.readCompare', flashRaw.readCompare, DEFAULTS.flash.readCompare),
   };
   if (flashRaw.compress !== undefined) {
     if (flashRaw.compress === 'auto' || flashRaw.compress === 'off') flash.compress = flashRaw.compress;

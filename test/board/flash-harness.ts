@@ -66,6 +66,8 @@ export interface HarnessOptions {
   mangleWrite?: (nth: number, data: Buffer) => Buffer | null;
   failRead?: boolean;
   cardBlocks?: number;
+  /** What the card holds from block 0 before the job (else CARD_FILL throughout). */
+  cardHolds?: Buffer;
   /** Parts travel gzip'd (the compressed transfer at ZIP_ADDR). */
   gzip?: boolean;
   /** The shell model has `unzip` (default true, as Debian's 64-bit Pi builds). */
@@ -89,6 +91,7 @@ export async function runStage2(h: HarnessOptions) {
     ...h.options,
   });
   const card = Buffer.alloc((h.cardBlocks ?? 256) * 512, CARD_FILL);
+  h.cardHolds?.copy(card, 0);
   const messages: string[] = [];
   const attempts = new Map<string, number>();
   const tftpRequests: Array<{ path: string; blksize: number; windowsize: number }> = [];

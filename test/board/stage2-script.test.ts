@@ -568,3 +568,56 @@ describe('compressed parts (issue 13 item 2)', () => {
     expect(generateStage2Script({ ...raw, probeUnzip: true })).toContain('if run rpf_zprobe; then');
   });
 });
+
+describe('read-compare (issue 13 item 4)', () => {
+  const image = testImage(3 * 4096 + 1000, 13);
+  const partBytes = (r: Awaited<ReturnType<typeof runStage2>>, n: number) => r.served.get(r.parts[n - 1]!.file)!;
+  const downloads = (r: Awaited<ReturnType<typeof runStage2>>) =>
+    r.tftpRequests.filter((q) => !q.path.includes(SECRET)).map((q) => q.path.replace(/.*\//, ''));
+
+  it('skips the parts the card already holds: no download, no write, part-N-same with the CRC it read', async () => {
+    // The card holds parts 1 and 3 already; part 2 differs in one byte.
+    const held = Buffer.from(image);
+    held[4096 + 7]! ^= 1;
+    const r = await runStage2({ image, partSize: 4096, cardHolds: held, options: { readCompare: true } });
+    const same = (n: number): Beacon => ({ kind: 'part-same', part: n, crc: boardCrcText(crc32(partBytes(r, n))) });
+    expect(r.beacons).toEqual([
+      { kind: 'start' },
+      same(1),
+      ok(2, partBytes(r, 2)),
+      same(3),
+      // The last part's sector is zero-padded on the card only once it was written.
+      ok(4, partBytes(r, 4)),
+      { kind: 'done', ok: true },
+    ]);
+    expect(downloads(r)).toEqual(['part-002', 'part-004']);
+    expect(r.card.subarray(0, image.length).equals(image)).toBe(true);
+  });
+
+  it('a read that fails or moves nothing never counts as the same: the part is downloaded and written', async () => {
+    const r = await runStage2({
+      image,
+      partSize: 4096,
+      cardHolds: image,
+      failRead: true,
+      options: { readCompare: true },
+    });
+    // Every read fails: the compare falls through to the download, then the read-back fails the part.
+    expect(r.beacons).toEqual([
+      { kind: 'start' },
+      { kind: 'part-failed', part: 1, stage: 'readback' },
+      { kind: 'done', ok: false },
+    ]);
+    expect(downloads(r)).toEqual(['part-001']);
+  });
+
+  it('is off by default: the script reads nothing before it downloads', () => {
+    const { parts } = stageParts(image, 4096);
+    const o = { ...{ jobId: JOB, mac: MAC, reportSecret: SECRET, parts, retries: 2, mmcDev: 0 } };
+    const addr = { loadAddr: 0x1000_0000, crcAddr: 0x0f00_0000, beaconAddr: 0x0f10_0000 };
+    expect(generateStage2Script({ ...o, ...addr })).not.toContain('rpf_same');
+    const on = generateStage2Script({ ...o, ...addr, readCompare: true });
+    expect(on).toContain("setenv rpf_one 'if run rpf_same; then");
+    expect([...commandsOf(on)].filter((c) => !RPI_COMMANDS.has(c))).toEqual([]);
+  });
+});

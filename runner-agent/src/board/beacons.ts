@@ -24,6 +24,8 @@
  *   part-<n>-retry-<attempt>-unzip             … or its compressed data did not inflate to the part
  *   part-<n>-retry-<attempt>-crc-<crc>         … or downloaded data with CRC <crc>; trying again
  *   part-<n>-ok-<crc>                          written, read back, CRC of the read-back data
+ *   part-<n>-same-<crc>                        read-compare: the card already held the part (CRC of
+ *                                              what the board read there); not downloaded, not written
  *   part-<n>-failed-download                   last attempt failed in TFTP
  *   part-<n>-failed-download-<crc>             last attempt's data had CRC <crc>
  *   part-<n>-failed-unzip                      last attempt's compressed data did not inflate
@@ -41,6 +43,7 @@ export type Beacon =
   | { kind: 'no-unzip' }
   | { kind: 'part-retry'; part: number; attempt: number; reason: 'download' | 'crc' | 'unzip'; crc?: string }
   | { kind: 'part-ok'; part: number; crc: string /* as the board computed it after read-back, hex */ }
+  | { kind: 'part-same'; part: number; crc: string /* of what the board read from its card, hex */ }
   | { kind: 'part-failed'; part: number; stage: 'download' | 'unzip' | 'write' | 'readback' | 'verify'; crc?: string }
   | { kind: 'done'; ok: boolean };
 
@@ -58,6 +61,7 @@ export const beaconText = {
   partRetry: (part: string, attempt: string, reason: string) => `part-${part}-retry-${attempt}-${reason}`,
   retryReasonCrc: (crc: string) => `crc-${crc}`,
   partOk: (part: string, crc: string) => `part-${part}-ok-${crc}`,
+  partSame: (part: string, crc: string) => `part-${part}-same-${crc}`,
   /** `what` is `download`, `download-<crc>`, `unzip`, `write`, `readback` or `verify-<crc>`. */
   partFailed: (part: string, what: string) => `part-${part}-failed-${what}`,
   failedWithCrc: (stage: 'download' | 'verify', crc: string) => `${stage}-${crc}`,
@@ -84,6 +88,8 @@ export function formatBeacon(b: Beacon): string {
       );
     case 'part-ok':
       return beaconText.partOk(String(b.part), b.crc);
+    case 'part-same':
+      return beaconText.partSame(String(b.part), b.crc);
     case 'part-failed':
       if (b.stage === 'verify')
         return beaconText.partFailed(String(b.part), beaconText.failedWithCrc('verify', b.crc ?? '0'));
@@ -119,6 +125,7 @@ const PATTERNS: Array<[RegExp, (m: RegExpExecArray) => Beacon]> = [
     (m) => ({ kind: 'part-retry', part: Number(m[1]), attempt: Number(m[2]), reason: 'crc', crc: m[3]! }),
   ],
   [new RegExp(`^part-${N}-ok-${CRC}$`), (m) => ({ kind: 'part-ok', part: Number(m[1]), crc: m[2]! })],
+  [new RegExp(`^part-${N}-same-${CRC}$`), (m) => ({ kind: 'part-same', part: Number(m[1]), crc: m[2]! })],
   [
     new RegExp(`^part-${N}-failed-(download|unzip|write|readback)$`),
     (m) => ({ kind: 'part-failed', part: Number(m[1]), stage: m[2] as 'download' | 'unzip' | 'write' | 'readback' }),

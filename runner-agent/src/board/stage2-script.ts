@@ -171,6 +171,11 @@ export interface Stage2Options extends Stage2Settings {
   /** Ask the board whether its U-Boot can `unzip` (beacon `caps-unzip`); implied by `unzip`. */
   probeUnzip?: boolean;
   /**
+   * Read each part from the card before downloading it and skip it when its CRC already matches
+   * (beacon `part-<n>-same-<crc>`): the board's reading of its own card is then all the proof.
+   */
+  readCompare?: boolean;
+  /**
    * The image's size, for the card-size probe: the card must hold the whole image even where its
    * tail is unmapped (its partitions reach there). Default: the end of the last part.
    */
@@ -485,12 +490,28 @@ export function generateStage2Script(o: Stage2Options): string {
       `if itest.l ${v('rpf_crc')} == ${v('rpf_want')}; ` +
         `then ${report(beaconText.partOk(part, v('rpf_crc'))).join('; ')}; else run rpf_vfail; fi`,
     ]),
-    procedure('rpf_one', [
+    procedure(o.readCompare ? 'rpf_fetch' : 'rpf_one', [
       [`run rpf_get`, ...Array.from({ length: o.retries }, (_, i) => `run rpf_r${i + 1}`), 'run rpf_dlfail'].join(
         ' || ',
       ),
       'run rpf_put',
     ]),
+    ...(o.readCompare
+      ? [
+          '# Read-compare: read the part from the card first (the buffer poisoned, so a read that moves',
+          '# nothing cannot match) and skip its download and write when its CRC is already the one wanted.',
+          "# Only the board's own reading of its card proves it.",
+          procedure('rpf_same', [
+            `mw.l ${load} ${hex(POISON_WORD)} ${v('rpf_words')}`,
+            `mmc read ${load} ${v('rpf_blk')} ${v('rpf_cnt')} && run rpf_check && ` +
+              `itest.l ${v('rpf_crc')} == ${v('rpf_want')}`,
+          ]),
+          procedure('rpf_one', [
+            `if run rpf_same; then ${report(beaconText.partSame(part, v('rpf_crc'))).join('; ')}; ` +
+              'else run rpf_fetch; fi',
+          ]),
+        ]
+      : []),
     '# RAM probe. The firmware hands U-Boot its device tree (fdt_addr, set by the Pi board code); its',
     '# /memory node holds the RAM the ARM has, after gpu_mem. U-Boot keeps its reserve below that top,',
     '# or below the tree when the tree lies within the window under the top. rpf_cell reads cell',

@@ -58,6 +58,8 @@ interface PartState extends Stage2Part {
   /** Of the part's latest download: bytes the board acknowledged, and the bytes of one window. */
   acked: number;
   windowBytes: number;
+  /** Read-compare: the board found the part on its card already and neither downloaded nor wrote it. */
+  sameOnCard?: boolean;
   /** What the board downloads: the gzip stream's size when compressed, else servedSize. */
   wireSize: number;
   /** Downloads of the part started, and the one whose silent write the job was told of. */
@@ -143,6 +145,7 @@ class Stage2Flash implements FlashMethod {
       imageSize: image.imageSize,
       ...(zipped ? { unzip: { zipAddr: flash.zipAddr } } : {}),
       probeUnzip: this.probingUnzip,
+      readCompare: flash.readCompare,
     };
     const script = generateStage2Script(scriptOptions);
     this.ramTopNeeded = ramTopNeeded(scriptOptions);
@@ -292,7 +295,12 @@ class Stage2Flash implements FlashMethod {
         problems.push(`part ${p.index}: board read back CRC ${p.boardCrc}, expected ${expected}`);
     }
     if (problems.length) throw new CodedError('VERIFY_MISMATCH', problems.join('; '));
-    this.board.log('info', `all ${this.parts.length} part(s) written and verified by the board`);
+    const same = this.parts.filter((p) => p.sameOnCard).length;
+    this.board.log(
+      'info',
+      `all ${this.parts.length} part(s) written and verified by the board` +
+        (same ? ` (${same} of them already on the card: read and checked there, not written)` : ''),
+    );
   }
 
   /**
@@ -328,7 +336,7 @@ class Stage2Flash implements FlashMethod {
     const touched = written > 0 || this.parts.some((p) => this.heldInFull(p));
     return {
       card: written === this.parts.length && this.done?.ok ? 'written' : touched ? 'partial' : 'untouched',
-      bytesWritten: this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
+      bytesWritten: this.parts.filter((p) => p.status === 'ok' && !p.sameOnCard).reduce((sum, p) => sum + p.size, 0),
       mappedBytes: this.parts.reduce((sum, p) => sum + p.size, 0),
       wireBytes: this.wireBytes,
       parts: this.parts.map((p) => ({
@@ -463,7 +471,7 @@ class Stage2Flash implements FlashMethod {
   }
 
   /** Why a success report cannot be believed (not served in full, or out of order), or undefined. */
-  private unearned(b: Extract<Beacon, { kind: 'part-ok' } | { kind: 'done' }>): string | undefined {
+  private unearned(b: Extract<Beacon, { kind: 'part-ok' | 'part-same' | 'done' }>): string | undefined {
     if (b.kind === 'done') {
       if (!b.ok) return undefined;
       const open = this.parts.find((p) => p.status !== 'ok');
@@ -473,6 +481,8 @@ class Stage2Flash implements FlashMethod {
     if (!part) return `the board reported part ${b.part}, which this job does not have`;
     const earlier = this.parts.find((p) => p.index < part.index && p.status !== 'ok');
     if (earlier) return `the board reported part ${part.index} before part ${earlier.index} (out of order)`;
+    // Read-compare serves nothing: only the board's reading of its own card speaks for the part.
+    if (b.kind === 'part-same') return this.job.config.flash.readCompare ? undefined : 'read-compare is off';
     if (!this.heldInFull(part))
       return (
         `the board reported part ${part.index} written, but acknowledged only ${part.acked} of its ` +
@@ -504,7 +514,7 @@ class Stage2Flash implements FlashMethod {
     }
     const part = 'part' in b ? this.parts.find((p) => p.index === b.part) : undefined;
     const count = this.parts.length;
-    const refused = b.kind === 'part-ok' || b.kind === 'done' ? this.unearned(b) : undefined;
+    const refused = b.kind === 'part-ok' || b.kind === 'part-same' || b.kind === 'done' ? this.unearned(b) : undefined;
     if (refused) {
       // A success nobody earned: the card may hold anything. Hide the files so nothing more is
       // fetched, and end the job with the code that says so.
@@ -583,6 +593,26 @@ class Stage2Flash implements FlashMethod {
           part.status = 'ok';
         }
         this.board.log('info', `part ${b.part}/${count}: written and read back, CRC ${b.crc}`, 'board');
+        this.board.progress({
+          phase: 'verify',
+          done: this.parts.filter((p) => p.status === 'ok').length,
+          total: count,
+          part: b.part,
+          parts: count,
+        });
+        break;
+      case 'part-same':
+        if (part) {
+          part.boardCrc = b.crc;
+          part.status = 'ok';
+          part.sameOnCard = true;
+        }
+        this.board.log(
+          'info',
+          `part ${b.part}/${count}: already on the card (the board read CRC ${b.crc} there): ` +
+            'not downloaded, not written',
+          'board',
+        );
         this.board.progress({
           phase: 'verify',
           done: this.parts.filter((p) => p.status === 'ok').length,
