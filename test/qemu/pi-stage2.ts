@@ -42,6 +42,10 @@ export interface PiStage2Options {
   corruptZip?: number;
   /** A raw job that asks the board whether it can unzip (beacon caps-unzip). */
   probeUnzip?: boolean;
+  /** Read-compare (issue 13 item 4): stage 2 reads each part from the card first. */
+  readCompare?: boolean;
+  /** What the card holds from its start before the job (else CARD_FILL throughout). */
+  cardHolds?: Buffer;
   timeoutMs: number;
 }
 
@@ -111,6 +115,7 @@ export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result>
     transfer: { kind: 'preloaded', imageAddr: IMAGE_ADDR },
     ...(o.gzip ? { unzip: { zipAddr: flash.zipAddr } } : {}),
     ...(o.probeUnzip ? { probeUnzip: true } : {}),
+    ...(o.readCompare ? { readCompare: true } : {}),
   });
   const servedParts = parts.map((p) => served.get(p.file)!);
   const inRam = Buffer.concat(servedParts);
@@ -128,7 +133,9 @@ export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result>
   const sdImage = join(o.workDir, 'sd.img');
   await writeFile(scriptFile, buildScriptImage(script, { name: `rpi-flash ${JOB}` }));
   await writeFile(imageFile, inRam);
-  await writeFile(sdImage, Buffer.alloc(o.cardSize, CARD_FILL));
+  const card = Buffer.alloc(o.cardSize, CARD_FILL);
+  o.cardHolds?.copy(card, 0);
+  await writeFile(sdImage, card);
 
   const started = performance.now();
   const board = await startPiBoard({
