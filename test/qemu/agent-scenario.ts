@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { startAgent, type RunningAgent, type StartOptions } from '../../runner-agent/src/agent.js';
@@ -106,6 +106,8 @@ export interface AgentScenarioOptions {
   timeoutMs: number;
   /** The targets row's IP; default 127.0.0.1, the address the board's requests come from (slirp). */
   targetIp?: string;
+  /** The card holds the image already (after `sdFill`): a re-flash, for read-compare. */
+  sdHoldsImage?: boolean;
   /** What an earlier job found the board's U-Boot can do (staging/board-caps.ts); default: not probed yet. */
   caps?: { unzip: boolean };
 }
@@ -194,7 +196,9 @@ export function parseUbootTransfers(console: string): UbootTransfer[] {
 export async function runAgentScenario(o: AgentScenarioOptions): Promise<AgentScenarioResult> {
   await mkdir(o.workDir, { recursive: true });
   const sdImage = join(o.workDir, 'sd.img');
-  await writeFile(sdImage, Buffer.alloc(o.sdSize, o.sdFill));
+  const sd = Buffer.alloc(o.sdSize, o.sdFill);
+  if (o.sdHoldsImage) (await readFile(o.imageFile)).copy(sd, 0);
+  await writeFile(sdImage, sd);
   const qmpSocket = join(o.workDir, 'qmp.sock'); // where startQemuBoard puts it
   await writeFile(
     join(o.workDir, 'targets.csv'),
