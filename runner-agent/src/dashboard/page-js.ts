@@ -201,7 +201,10 @@ export const PAGE_JS = String.raw`'use strict';
     renderBoards(s);
     renderRecent(s);
     renderRunning(s);
-    if (selected && ended[selected] && !wasEnded) $('log').appendChild(endNode(ended[selected]));
+    if (selected && ended[selected] && !wasEnded) {
+      $('log').appendChild(endNode(ended[selected]));
+      $('log').scrollTop = $('log').scrollHeight;
+    }
   }
 
   function status(text, cls) { var s = $('status'); s.textContent = text; s.className = 'status ' + cls; }
