@@ -134,7 +134,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
         expectCard(r, image, 1);
       });
 
-      it("refuses, before writing anything, a load buffer inside U-Boot's reserve under the firmware's RAM top", async () => {
+      it("refuses, writing nothing, a load buffer inside U-Boot's reserve under the firmware's RAM top", async () => {
         const top = PI_MACHINES[build].ramMiB * MiB;
         const image = randomBytes(2 * PART);
         // The buffer ends 20 MiB under the top, inside what the probe keeps for U-Boot's reserve and the margin.
@@ -254,7 +254,7 @@ describe.skipIf(!gate.run)(gate.title, () => {
   );
 
   for (const build of ['rpi', 'rpi_3'] as const)
-    it(`${build}: a load buffer that ends right at the reserve and margin under the RAM top passes the probe`, async () => {
+    it(`${build}: a load buffer ending right at the reserve and margin under the RAM top passes`, async () => {
       const top = PI_MACHINES[build].ramMiB * MiB;
       const image = randomBytes(2 * PART);
       const r = await run(build, image, { loadAddr: top - UBOOT_RESERVE - RAM_MARGIN - PART });
