@@ -62,6 +62,8 @@ export interface PiStage2Result {
   memory: PiMemory;
   /** The build's top-level commands, from `help`. */
   commands: Set<string>;
+  /** `$?` after `help unzip` (a compressed run only): 1 even where unzip exists (cmd_usage returns 1). */
+  helpUnzipStatus?: string;
   card: Buffer;
   /** From QEMU's start to its exit after the script's `reset`. */
   ms: number;
@@ -154,6 +156,8 @@ export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result>
       await stopAutoboot(board, o.timeoutMs);
       const memory = parseBdinfo(await typeCommand(board, 'bdinfo', o.timeoutMs));
       const commands = parseHelp(await typeCommand(board, 'help', o.timeoutMs));
+      const helpUnzip = o.gzip ? await typeCommand(board, 'help unzip; echo help-status=$?', o.timeoutMs) : '';
+      const helpUnzipStatus = /^help-status=(\d+)/m.exec(helpUnzip)?.[1];
       const fix = await typeCommand(board, `${calibrationLine(script)}; printenv rpf_fix`, o.timeoutMs);
       const crcFix = /^rpf_fix=(.*)$/m.exec(fix)?.[1] ?? `(not set: ${fix})`;
       board.type(`source 0x${SCRIPT_ADDR.toString(16)}\n`);
@@ -170,6 +174,7 @@ export async function runStage2OnPi(o: PiStage2Options): Promise<PiStage2Result>
         crcFix,
         memory,
         commands,
+        ...(helpUnzipStatus !== undefined ? { helpUnzipStatus } : {}),
         card: await readFile(sdImage),
         ms,
         console: text,
