@@ -131,6 +131,26 @@ describe('compressed parts on the simulated lab', () => {
     expect(await lab.tftpFolders()).toEqual([]);
   });
 
+  it("a board's windowsize cell is the TFTP window its U-Boot asks for, over flash.tftpWindowSize", async () => {
+    lab = await startLab({
+      boards: [
+        { name: 'pi-w', mac: '02:00:00:00:01:5a', windowsize: 16 },
+        { name: 'pi-d', mac: '02:00:00:00:01:6a' },
+      ],
+      config: { flash: { partSize: '1MiB', tftpWindowSize: 4 } },
+    });
+    const img = await lab.image('w.img', 2 * MiB, 26);
+    for (const [name, window] of [
+      ['pi-w', '16'],
+      ['pi-d', '4'],
+    ] as const) {
+      const { result, lines } = await (await client(lab, name, img))();
+      expect(result.code).toBe('OK');
+      expect(result.tftpOptions).toMatchObject({ windowsize: window });
+      expect(lines.filter((l) => new RegExp(`^part \\d/2: served .* windowsize=${window}\\b`).test(l))).toHaveLength(2);
+    }
+  });
+
   it('neither probes nor compresses with flash.compress off, or for a model whose U-Boot has no unzip', async () => {
     for (const config of [{ flash: { partSize: '1MiB', compress: 'off' } }, { uboot: { defaultModel: 'pi2' } }]) {
       lab = await startLab({ boards: [{ name: 'pi-o', mac: '02:00:00:00:01:4a' }], config });

@@ -46,14 +46,18 @@ export interface LabBoard {
   layout?: string;
   /** The `labels` cell, e.g. `pi4 lab-a`. */
   labels?: string;
+  /** The `windowsize` cell: the board's own TFTP window. */
+  windowsize?: number;
 }
 
 /** The targets CSV of these boards; each board gets its own loopback IP. */
 export function targetsCsv(boards: readonly LabBoard[]): string {
   const rows = boards.map(
-    (b) => `${b.name},${b.mac},${loopbackIp()},${b.reset ?? 'sim'},${b.layout ?? ''},${b.labels ?? ''}`,
+    (b) =>
+      `${b.name},${b.mac},${loopbackIp()},${b.reset ?? 'sim'},${b.layout ?? ''},${b.labels ?? ''},` +
+      `${b.windowsize ?? ''}`,
   );
-  return ['name,mac,ip,reset,layout,labels', ...rows].join('\n') + '\n';
+  return ['name,mac,ip,reset,layout,labels,windowsize', ...rows].join('\n') + '\n';
 }
 
 /**

@@ -336,3 +336,20 @@ describe('findTarget', () => {
     expect(findTarget(targets, query)).toBeUndefined();
   });
 });
+
+describe('the windowsize column', () => {
+  it("gives a board its own TFTP window (1-64), and refuses anything else naming the row's line", () => {
+    const [a, b] = parseTargets(
+      'name,mac,ip,reset,windowsize\npi-a,02:00:00:00:00:01,10.0.0.1,sim,16\npi-b,02:00:00:00:00:02,10.0.0.2,sim,\n',
+      'db.csv',
+    );
+    expect(a!.tftpWindowSize).toBe(16);
+    expect(b!.tftpWindowSize).toBeUndefined();
+    for (const bad of ['0', '65', '8.5', 'x', '-1'])
+      expect(() =>
+        parseTargets(`name,mac,ip,reset,windowsize\npi-a,02:00:00:00:00:01,10.0.0.1,sim,${bad}\n`, 'db.csv'),
+      ).toThrow(
+        new RegExp(`db\\.csv:2: windowsize "${bad.replace('.', '\\.')}" must be a TFTP window of 1 to 64 blocks`),
+      );
+  });
+});

@@ -146,6 +146,8 @@ class Stage2Flash implements FlashMethod {
       ...(zipped ? { unzip: { zipAddr: flash.zipAddr } } : {}),
       probeUnzip: this.probingUnzip,
       readCompare: flash.readCompare,
+      // The board's own window (its targets row) over the agent's.
+      ...(target.tftpWindowSize !== undefined ? { tftpWindowSize: target.tftpWindowSize } : {}),
     };
     const script = generateStage2Script(scriptOptions);
     this.ramTopNeeded = ramTopNeeded(scriptOptions);

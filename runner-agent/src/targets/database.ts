@@ -18,6 +18,9 @@
  *      console optional  where the board's serial console is read during a job (see
  *                        console/spec.ts): serial:/dev/ttyUSB0@115200, tcp:<host>:<port>
  *                        (ser2net, raw mode) or unix:<socket path> (QEMU's -serial unix:…)
+ *      windowsize optional the TFTP window this board's U-Boot asks for (1–64, decimal), over the
+ *                        agent's `flash.tftpWindowSize`: for boards measured faster (or only safe)
+ *                        with their own
  *    A `cmd:` spec that contains a comma must be quoted as a CSV field: `"cmd:relay 3,off"`.
  *
  * 2. The seed system's file, as is: header `mac address,ip address,reset gpio (wiring pi)`. The
@@ -61,6 +64,8 @@ export interface Target {
   layout?: string;
   /** The board's serial console, when the database names one. */
   console?: ConsoleSpec;
+  /** The TFTP window its stage 2 asks for, over the agent's `flash.tftpWindowSize`. */
+  tftpWindowSize?: number;
   source: { file: string; line: number };
 }
 
@@ -138,11 +143,11 @@ function headerKey(cell: string): string {
 }
 
 const NATIVE_REQUIRED = ['name', 'mac', 'ip', 'reset'] as const;
-const NATIVE_OPTIONAL = ['model', 'serial', 'labels', 'layout', 'console'] as const;
+const NATIVE_OPTIONAL = ['model', 'serial', 'labels', 'layout', 'console', 'windowsize'] as const;
 const NATIVE_COLUMNS: readonly string[] = [...NATIVE_REQUIRED, ...NATIVE_OPTIONAL];
 const SEED_COLUMNS = ['macaddress', 'ipaddress', 'resetgpio(wiringpi)'] as const;
 const HEADER_HELP =
-  'the header must be name,mac,ip,reset[,model,serial,labels,layout,console] ' +
+  'the header must be name,mac,ip,reset[,model,serial,labels,layout,console,windowsize] ' +
   'or the seed system\'s "mac address,ip address,reset gpio (wiring pi)"';
 
 interface Row {
@@ -187,6 +192,7 @@ interface Candidate {
   labels: string;
   layout: string;
   console: string;
+  windowsize: string;
   line: number;
 }
 
@@ -230,6 +236,7 @@ function mapColumns(
         labels: '',
         layout: 'seed',
         console: '',
+        windowsize: '',
         line: row.line,
       }),
     };
@@ -258,6 +265,7 @@ function mapColumns(
       labels: cell(row, 'labels'),
       layout: cell(row, 'layout'),
       console: cell(row, 'console'),
+      windowsize: cell(row, 'windowsize'),
       line: row.line,
     }),
   };
@@ -349,6 +357,13 @@ export function parseTargets(
       }
     }
 
+    let windowSize: number | undefined;
+    if (c.windowsize) {
+      if (/^\d{1,2}$/.test(c.windowsize) && Number(c.windowsize) >= 1 && Number(c.windowsize) <= 64)
+        windowSize = Number(c.windowsize);
+      else problem(`windowsize "${c.windowsize}" must be a TFTP window of 1 to 64 blocks`);
+    }
+
     if (problems.length !== before || !reset) continue;
     targets.push({
       name,
@@ -361,6 +376,7 @@ export function parseTargets(
       labels: [...new Set(c.labels.split(/[\s;]+/).filter(Boolean))],
       ...(layout ? { layout } : {}),
       ...(consoleSpec ? { console: consoleSpec } : {}),
+      ...(windowSize !== undefined ? { tftpWindowSize: windowSize } : {}),
       source: { file, line: row.line },
     });
   }
