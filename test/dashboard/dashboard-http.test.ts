@@ -164,7 +164,8 @@ describe('the dashboard and /metrics over HTTP', () => {
   it('stream a job live, keep its log without the report secret, and count it in /metrics', async () => {
     lab = await startLab({
       boards: [
-        { name: 'pi-a', mac: MAC },
+        // A card writing 1 MiB/s keeps the board flashing across several of the feed's 300 ms ticks.
+        { name: 'pi-a', mac: MAC, reset: 'sim:slow-card:1024' },
         { name: 'pi-b', mac: '02:00:00:00:0d:02' },
       ],
       config: { metrics: { enabled: true, token: METRICS_TOKEN } },
