@@ -493,6 +493,18 @@ class Stage2Flash implements FlashMethod {
     return undefined;
   }
 
+  /** The verify phase's progress after part `part` was proven on the card. */
+  private verifiedProgress(part: number): void {
+    const count = this.parts.length;
+    this.board.progress({
+      phase: 'verify',
+      done: this.parts.filter((p) => p.status === 'ok').length,
+      total: count,
+      part,
+      parts: count,
+    });
+  }
+
   private onBeacon(message: string): void {
     const beacon = parseBeacon(message);
     if (beacon) this.apply(beacon, message);
@@ -595,13 +607,7 @@ class Stage2Flash implements FlashMethod {
           part.status = 'ok';
         }
         this.board.log('info', `part ${b.part}/${count}: written and read back, CRC ${b.crc}`, 'board');
-        this.board.progress({
-          phase: 'verify',
-          done: this.parts.filter((p) => p.status === 'ok').length,
-          total: count,
-          part: b.part,
-          parts: count,
-        });
+        this.verifiedProgress(b.part);
         break;
       case 'part-same':
         if (part) {
@@ -615,13 +621,7 @@ class Stage2Flash implements FlashMethod {
             'not downloaded, not written',
           'board',
         );
-        this.board.progress({
-          phase: 'verify',
-          done: this.parts.filter((p) => p.status === 'ok').length,
-          total: count,
-          part: b.part,
-          parts: count,
-        });
+        this.verifiedProgress(b.part);
         break;
       case 'part-failed': {
         if (part) part.status = 'failed';

@@ -320,19 +320,13 @@ export class ImageStore {
     } catch (err) {
       throw new CodedError('BAD_REQUEST', (err as Error).message);
     }
-    const meta = this.images.get(sha256);
-    if (!meta) throw new CodedError('IMAGE_NOT_FOUND', `the store holds no image with sha256 ${sha256}`);
-    const cached = meta.partCrcs[String(partSize)];
-    if (cached) return [...cached];
-    const release = this.pin(sha256);
-    try {
-      const crcs = await partCrcsOfFile(this.imagePath(sha256), partSize);
-      meta.partCrcs[String(partSize)] = crcs;
-      if (this.images.get(sha256) === meta) await this.saveMeta(meta);
-      return [...crcs];
-    } finally {
-      release();
-    }
+    const key = String(partSize);
+    const crcs = await this.fromRecord(sha256, {
+      get: (meta) => meta.partCrcs[key],
+      compute: () => partCrcsOfFile(this.imagePath(sha256), partSize),
+      put: (meta, value) => (meta.partCrcs[key] = value),
+    });
+    return [...crcs];
   }
 
   /**
@@ -340,20 +334,13 @@ export class ImageStore {
    * its record per `minZeroRun`.
    */
   async mappedRanges(sha256: string, minZeroRun: number): Promise<MappedRange[]> {
-    this.assertReady();
-    const meta = this.images.get(sha256);
-    if (!meta) throw new CodedError('IMAGE_NOT_FOUND', `the store holds no image with sha256 ${sha256}`);
-    const cached = meta.mapped?.[String(minZeroRun)];
-    if (cached) return cached.map(([offset, length]) => ({ offset, length }));
-    const release = this.pin(sha256);
-    try {
-      const ranges = await deriveMappedRanges(this.imagePath(sha256), meta.imageSize, minZeroRun);
-      meta.mapped = { ...meta.mapped, [String(minZeroRun)]: ranges.map((r) => [r.offset, r.length]) };
-      if (this.images.get(sha256) === meta) await this.saveMeta(meta);
-      return ranges;
-    } finally {
-      release();
-    }
+    const key = String(minZeroRun);
+    const pairs = await this.fromRecord(sha256, {
+      get: (meta) => meta.mapped?.[key],
+      compute: async (meta) => asPairs(await deriveMappedRanges(this.imagePath(sha256), meta.imageSize, minZeroRun)),
+      put: (meta, value) => (meta.mapped = { ...meta.mapped, [key]: value }),
+    });
+    return asRanges(pairs);
   }
 
   /**
@@ -362,20 +349,43 @@ export class ImageStore {
    * (the same text) is taken from the image's record without reading the image again.
    */
   async bmapRanges(sha256: string, bmapText: string): Promise<MappedRange[]> {
+    const key = createHash('sha256').update(bmapText).digest('hex');
+    const pairs = await this.fromRecord(sha256, {
+      get: (meta) => meta.bmaps?.[key],
+      compute: async (meta) => {
+        const bmap = parseBmap(bmapText);
+        await verifyBmap(bmap, this.imagePath(sha256), meta.imageSize);
+        return asPairs(bmapByteRanges(bmap));
+      },
+      put: (meta, value) => (meta.bmaps = { ...meta.bmaps, [key]: value }),
+    });
+    return asRanges(pairs);
+  }
+
+  /**
+   * Something an image's record keeps about its bytes: taken from the record when there, else
+   * computed (the image pinned meanwhile, so no eviction removes it) and saved with the record
+   * while the image is still stored.
+   */
+  private async fromRecord<T>(
+    sha256: string,
+    o: {
+      get(meta: ImageMeta): T | undefined;
+      compute(meta: ImageMeta): Promise<T>;
+      put(meta: ImageMeta, value: T): void;
+    },
+  ): Promise<T> {
     this.assertReady();
     const meta = this.images.get(sha256);
     if (!meta) throw new CodedError('IMAGE_NOT_FOUND', `the store holds no image with sha256 ${sha256}`);
-    const key = createHash('sha256').update(bmapText).digest('hex');
-    const cached = meta.bmaps?.[key];
-    if (cached) return cached.map(([offset, length]) => ({ offset, length }));
-    const bmap = parseBmap(bmapText);
+    const cached = o.get(meta);
+    if (cached !== undefined) return cached;
     const release = this.pin(sha256);
     try {
-      await verifyBmap(bmap, this.imagePath(sha256), meta.imageSize);
-      const ranges = bmapByteRanges(bmap);
-      meta.bmaps = { ...meta.bmaps, [key]: ranges.map((r) => [r.offset, r.length]) };
+      const value = await o.compute(meta);
+      o.put(meta, value);
       if (this.images.get(sha256) === meta) await this.saveMeta(meta);
-      return ranges;
+      return value;
     } finally {
       release();
     }
@@ -714,4 +724,13 @@ export class ImageStore {
     await fs.rm(this.imagePath(sha256), { force: true });
     await fs.rm(this.metaPath(sha256), { force: true });
   }
+}
+
+/** Ranges as the record keeps them: [offset, length] pairs. */
+function asPairs(ranges: readonly MappedRange[]): Array<[number, number]> {
+  return ranges.map((r) => [r.offset, r.length]);
+}
+
+function asRanges(pairs: ReadonlyArray<readonly [number, number]>): MappedRange[] {
+  return pairs.map(([offset, length]) => ({ offset, length }));
 }
