@@ -15,19 +15,19 @@
  *
  *   npm run bench -- tftp-flood          (or: npx tsx bench/tftp-flood.ts [requests])
  */
-import { execFile, fork, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
-import { mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
 import { writeSampleImage } from '../runner-agent/src/sample-image.js';
 import { encodeRequest, Opcode } from '../runner-agent/src/tftp/packets.js';
 import { macDir } from '../src/protocol/tftp-names.js';
 import { connectAgent, type AgentConnection } from '../src/protocol/client.js';
 import { sha256File } from '../test/support/lab.js';
 import { medianRss, sampleRss } from './rss.js';
+import { compileAgent } from './compile-agent.js';
 
 const MB = 1e6;
 const GOAL_MB = 200;
@@ -43,28 +43,6 @@ interface Image {
   path: string;
   size: number;
   sha256: string;
-}
-
-const REPO = path.resolve(import.meta.dirname, '..');
-
-/** Compiles the bench agent and what it imports into `out` (tsc, the repository's settings). */
-async function compileAgent(out: string): Promise<string> {
-  const config = path.join(out, 'tsconfig.json');
-  await writeFile(
-    config,
-    JSON.stringify({
-      extends: path.join(REPO, 'tsconfig.json'),
-      compilerOptions: { outDir: out, rootDir: REPO, noEmit: false, sourceMap: false, incremental: false },
-      include: [],
-      files: [path.join(REPO, 'bench', 'tftp-flood-agent.ts')],
-    }),
-  );
-  // Type errors elsewhere in the tree (someone's work in progress) do not stop the emit.
-  await promisify(execFile)(path.join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', config]).catch(() => undefined);
-  // ES modules, and the repository's dependencies, as in the checkout.
-  await writeFile(path.join(out, 'package.json'), JSON.stringify({ type: 'module' }));
-  await symlink(path.join(REPO, 'node_modules'), path.join(out, 'node_modules'));
-  return path.join(out, 'bench', 'tftp-flood-agent.js');
 }
 
 async function memoryOf(child: ChildProcess): Promise<NodeJS.MemoryUsage> {
@@ -185,7 +163,7 @@ async function flashOnce(conn: AgentConnection, image: Image): Promise<{ code: s
 export async function runTftpFloodBench(o: { requests?: number } = {}): Promise<void> {
   const requests = o.requests ?? 2000;
   const tmp = await mkdtemp(path.join(tmpdir(), 'tftp-flood-'));
-  const agentJs = await compileAgent(tmp);
+  const agentJs = await compileAgent(tmp, 'bench/tftp-flood-agent.ts');
   const image: Image = { path: path.join(tmp, 'flood.img'), size: 16 * 2 ** 20, sha256: '' };
   await writeSampleImage(image.path, image.size, 7);
   image.sha256 = await sha256File(image.path);

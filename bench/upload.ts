@@ -18,19 +18,19 @@
  *   UPLOAD_BENCH_PROF_DIR=/tmp/prof npm run bench -- upload   # every receiver under node --cpu-prof
  *   UPLOAD_BENCH_AGENT_CLI=/old/build/runner-agent/src/cli.js npm run bench -- upload   # another build
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, mkdtemp, open, readFile, rm, statfs, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { once } from 'node:events';
 import { pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
 import { WebSocket } from 'ws';
 import { connectAgent } from '../src/protocol/client.js';
 import { writeSampleImage } from '../runner-agent/src/sample-image.js';
 import { DEFAULT_HASH_ON_WORKER_FROM_BYTES } from '../runner-agent/src/store/image-store.js';
+import { compileAgent } from './compile-agent.js';
 
 const CHUNK = 1024 * 1024;
 /** Clock ticks per second of /proc/<pid>/stat's utime and stime (USER_HZ; 100 on Linux). */
@@ -162,32 +162,6 @@ async function referenceCopy(mode: 'copy' | 'sha256', file: string, out: string,
   }
 }
 
-const REPO = path.resolve(import.meta.dirname, '..');
-
-/**
- * The agent as a lab runs it: compiled JavaScript, not through tsx's loader. Compiled into `out`
- * (tsc, the repository's settings) rather than build/, which others' work may be using.
- */
-async function compileAgent(out: string): Promise<string> {
-  const config = path.join(out, 'tsconfig.json');
-  await mkdir(out, { recursive: true });
-  await writeFile(
-    config,
-    JSON.stringify({
-      extends: path.join(REPO, 'tsconfig.json'),
-      compilerOptions: { outDir: out, rootDir: REPO, noEmit: false, sourceMap: false, incremental: false },
-      include: [],
-      files: [path.join(REPO, 'runner-agent', 'src', 'cli.ts')],
-    }),
-  );
-  // Type errors elsewhere in the tree (someone's work in progress) do not stop the emit.
-  await promisify(execFile)(path.join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', config]).catch(() => undefined);
-  // ES modules, and the repository's dependencies, as in the checkout.
-  await writeFile(path.join(out, 'package.json'), JSON.stringify({ type: 'module' }));
-  await symlink(path.join(REPO, 'node_modules'), path.join(out, 'node_modules'));
-  return path.join(out, 'runner-agent', 'src', 'cli.js');
-}
-
 async function agentUpload(dir: string, cli: string, file: string, size: number, sha256: string): Promise<Measured> {
   await rm(path.join(dir, 'state'), { recursive: true, force: true });
   const token = 'bench-token-0123456789abcdef';
@@ -236,7 +210,8 @@ export async function runUploadBench(o: { sizeMiB?: number } = {}): Promise<void
     await writeSampleImage(file, size, 3);
     const sha256 = await sha256File(file);
     // A build of another revision, for a before/after in the same conditions; this checkout by default.
-    const cli = process.env.UPLOAD_BENCH_AGENT_CLI ?? (await compileAgent(path.join(dir, 'build')));
+    const cli =
+      process.env.UPLOAD_BENCH_AGENT_CLI ?? (await compileAgent(path.join(dir, 'build'), 'runner-agent/src/cli.ts'));
     const rounds: Array<Record<'copy' | 'hashed' | 'agent', Measured>> = [];
     for (let round = 0; round < roundsFromArgv(); round++) {
       // Interleaved, so that a burst of load from elsewhere on the machine hits one round, not one receiver.
