@@ -8,6 +8,7 @@ import {
   planMappedParts,
   planParts,
   SECTOR,
+  type Stage2Options,
 } from '../../runner-agent/src/board/stage2-script.js';
 import { parseHush, simpleCommands, VAR_MARK } from '../../runner-agent/src/sim/hush-parser.js';
 import { CARD_FILL, JOB, MAC, runStage2, SECRET, stageParts, testImage, ZIP_ADDR } from './flash-harness.js';
@@ -60,6 +61,19 @@ describe('planParts', () => {
 });
 
 /** First words of every command the script runs, following `run X` into every value X is given. */
+/**
+ * The TFTP and the preloaded script of the same options, as lines, and the index of the one line
+ * where they differ (asserting there is exactly one).
+ */
+function transferVariants(o: Stage2Options): { tftp: string[]; preloaded: string[]; i: number } {
+  const tftp = generateStage2Script(o).split('\n');
+  const preloaded = generateStage2Script({ ...o, transfer: { kind: 'preloaded', imageAddr: 0x1410_0000 } }).split('\n');
+  expect(preloaded).toHaveLength(tftp.length);
+  const differ = tftp.flatMap((line, i) => (line === preloaded[i] ? [] : [i]));
+  expect(differ).toHaveLength(1);
+  return { tftp, preloaded, i: differ[0]! };
+}
+
 function commandsOf(script: string): Set<string> {
   const found = new Set<string>();
   const values = new Map<string, string[]>();
@@ -155,14 +169,7 @@ describe('generateStage2Script', () => {
   });
 
   it('has a preloaded variant that differs from the TFTP script in the transfer line only', () => {
-    const tftp = generateStage2Script(base).split('\n');
-    const preloaded = generateStage2Script({ ...base, transfer: { kind: 'preloaded', imageAddr: 0x1410_0000 } }).split(
-      '\n',
-    );
-    expect(preloaded).toHaveLength(tftp.length);
-    const differ = tftp.flatMap((line, i) => (line === preloaded[i] ? [] : [i]));
-    expect(differ).toHaveLength(1);
-    const [i] = differ as [number];
+    const { tftp, preloaded, i } = transferVariants(base);
     expect(tftp[i]).toMatch(/^setenv rpf_get '.*tftpboot 0x10000000 \$\{rpf_file\} && run rpf_dlcheck'$/);
     // The part's bytes lie at imageAddr + its offset in the image (startBlock × 512).
     expect(preloaded[i]).toContain(
@@ -451,14 +458,7 @@ describe('compressed parts (issue 13 item 2)', () => {
   });
 
   it('has a preloaded variant that differs in the transfer line only, copying the gzip stream', () => {
-    const tftp = generateStage2Script(base).split('\n');
-    const preloaded = generateStage2Script({ ...base, transfer: { kind: 'preloaded', imageAddr: 0x1410_0000 } }).split(
-      '\n',
-    );
-    expect(preloaded).toHaveLength(tftp.length);
-    const differ = tftp.flatMap((line, i) => (line === preloaded[i] ? [] : [i]));
-    expect(differ).toHaveLength(1);
-    const [i] = differ as [number];
+    const { tftp, preloaded, i } = transferVariants(base);
     expect(tftp[i]).toMatch(/^setenv rpf_get '.*tftpboot 0x3000000 \$\{rpf_zfile\} && run rpf_unzip'$/);
     expect(preloaded[i]).toContain("cp.b ${rpf_src} 0x3000000 ${rpf_zlen} && run rpf_unzip'");
     // unzip is bounded by the part's size and followed by the part's own CRC check.
