@@ -13,22 +13,27 @@ import { waitUntil } from '../support/wait.js';
 
 let dir: string | undefined;
 let checks: HealthChecks | undefined;
+let states: BoardStates | undefined;
 afterEach(async () => {
   checks?.stop();
   checks = undefined;
+  // A state change's write may still be in flight; removing the folder under it races its rename.
+  await states?.flush();
+  states = undefined;
   if (dir) await rm(dir, { recursive: true, force: true });
   dir = undefined;
 });
 
 async function setup(o: { image?: string; schedule?: number; afterFailures?: number } = {}) {
   dir = await mkdtemp(path.join(os.tmpdir(), 'health-checks-'));
-  const { states } = await BoardStates.open({ file: path.join(dir, 'boards.json'), names: ['a', 'b'] });
+  const opened = await BoardStates.open({ file: path.join(dir, 'boards.json'), names: ['a', 'b'] });
+  states = opened.states;
   const runs: string[] = [];
   let answer: HealthJobResult = { ok: true, code: 'OK', message: 'booted' };
   let release: () => void = () => {};
   let gate: Promise<void> = Promise.resolve();
   checks = new HealthChecks({
-    states,
+    states: opened.states,
     settings: {
       afterFailures: o.afterFailures ?? 2,
       ...(o.image !== undefined ? { image: o.image } : { image: '/x.img' }),
@@ -43,7 +48,7 @@ async function setup(o: { image?: string; schedule?: number; afterFailures?: num
     },
   });
   return {
-    states,
+    states: opened.states,
     checks,
     runs,
     answer: (a: HealthJobResult) => (answer = a),
