@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   findTarget,
+  serialFolder,
   loadTargets,
   parseResetSpec,
   parseTargets,
@@ -351,5 +352,105 @@ describe('the windowsize column', () => {
       ).toThrow(
         new RegExp(`db\\.csv:2: windowsize "${bad.replace('.', '\\.')}" must be a TFTP window of 1 to 64 blocks`),
       );
+  });
+});
+
+describe('the netboot column', () => {
+  const header = 'name,mac,ip,reset,serial,netboot';
+
+  it('names the folder the firmware fetches from: serial (low 32 bits, 8 hex digits), mac, prefix string', () => {
+    const csv = [
+      header,
+      'pi3-a,b8:27:eb:00:00:01,10.0.0.1,sim,00000000B1C2D3E4,serial',
+      'pi4-a,dc:a6:32:01:36:c2,10.0.0.2,sim,10000000f00d,SERIAL',
+      'pi4-b,DC-A6-32-01-36-C3,10.0.0.3,sim,,mac',
+      'pi4-c,dc:a6:32:01:36:c4,10.0.0.4,sim,,prefix:lab/pi4-c/',
+      'pi4-d,dc:a6:32:01:36:c5,10.0.0.5,sim,0x7,prefix:Pi4-D',
+      'plain,dc:a6:32:01:36:c6,10.0.0.6,sim,not-hex-and-fine,',
+    ].join('\n');
+    const targets = parseTargets(csv, 'db.csv');
+    expect(targets.map((t) => [t.name, t.netboot])).toEqual([
+      ['pi3-a', { prefixMode: 'serial', folder: 'b1c2d3e4' }],
+      // Leading zeros kept: the folder is always 8 digits.
+      ['pi4-a', { prefixMode: 'serial', folder: '0000f00d' }],
+      ['pi4-b', { prefixMode: 'mac', folder: 'dc-a6-32-01-36-c3' }],
+      ['pi4-c', { prefixMode: 'string', folder: 'lab/pi4-c' }],
+      ['pi4-d', { prefixMode: 'string', folder: 'Pi4-D' }],
+      // A board that does not network-boot keeps a free-text serial.
+      ['plain', undefined],
+    ]);
+    expect('netboot' in targets[5]!).toBe(false);
+    expect(serialFolder('10000000b1c2d3e4')).toBe('b1c2d3e4');
+    expect(serialFolder('1')).toBe('00000001');
+  });
+
+  it('refuses a serial board without a usable serial and a prefix the EEPROM cannot hold, naming the row', () => {
+    const long = 'x'.repeat(32); // 33 characters with its trailing "/"
+    const csv = [
+      header,
+      'no-serial,b8:27:eb:00:00:01,10.0.0.1,sim,,serial',
+      'bad-serial,b8:27:eb:00:00:02,10.0.0.2,sim,b1c2-d3e4,serial',
+      'too-long-serial,b8:27:eb:00:00:03,10.0.0.3,sim,12345678901234567,serial',
+      `long,b8:27:eb:00:00:04,10.0.0.4,sim,,prefix:${long}`,
+      'dotdot,b8:27:eb:00:00:05,10.0.0.5,sim,,prefix:a/../b',
+      'empty,b8:27:eb:00:00:06,10.0.0.6,sim,,prefix:/',
+      'abs,b8:27:eb:00:00:07,10.0.0.7,sim,,prefix://etc',
+      'other,b8:27:eb:00:00:08,10.0.0.8,sim,,tftp',
+      'mac-arg,b8:27:eb:00:00:09,10.0.0.9,sim,,mac:yes',
+    ].join('\n');
+    expect(problemsOf(csv)).toEqual([
+      { line: 2, reason: 'bad netboot: netboot "serial" needs the serial column: the firmware names its folder by it' },
+      { line: 3, reason: expect.stringMatching(/^bad netboot: serial "b1c2-d3e4" is not a board serial/) as string },
+      { line: 4, reason: expect.stringMatching(/^bad netboot: serial "12345678901234567" is not/) as string },
+      {
+        line: 5,
+        reason: expect.stringMatching(/too long: TFTP_PREFIX_STR holds at most 32 characters .*has 33/) as string,
+      },
+      { line: 6, reason: expect.stringMatching(/prefix "a\/\.\.\/b" must be a relative folder/) as string },
+      { line: 7, reason: expect.stringMatching(/needs the folder/) as string },
+      { line: 8, reason: expect.stringMatching(/prefix "\/\/etc" must be a relative folder/) as string },
+      {
+        line: 9,
+        reason: expect.stringMatching(/unknown netboot spec "tftp": expected serial, mac or prefix:<folder>/) as string,
+      },
+      { line: 10, reason: expect.stringMatching(/unknown netboot spec "mac:yes"/) as string },
+    ]);
+    // 31 characters and the slash: the most TFTP_PREFIX_STR holds.
+    expect(
+      parseTargets(`${header}\nok,b8:27:eb:00:00:01,10.0.0.1,sim,,prefix:${'y'.repeat(31)}/\n`, 'db.csv')[0]!.netboot,
+    ).toEqual({ prefixMode: 'string', folder: 'y'.repeat(31) });
+  });
+
+  it("refuses folders that would serve one board's files to another", () => {
+    const csv = [
+      header,
+      'a,b8:27:eb:00:00:01,10.0.0.1,sim,10000000b1c2d3e4,serial',
+      'b,b8:27:eb:00:00:02,10.0.0.2,sim,20000000B1C2D3E4,serial',
+      'c,b8:27:eb:00:00:03,10.0.0.3,sim,,prefix:b8-27-eb-00-00-04',
+      'd,b8:27:eb:00:00:04,10.0.0.4,sim,,',
+      'e,b8:27:eb:00:00:05,10.0.0.5,sim,,prefix:lab',
+      'f,b8:27:eb:00:00:06,10.0.0.6,sim,,prefix:LAB/f',
+      'g,b8:27:eb:00:00:07,10.0.0.7,sim,,mac',
+    ].join('\n');
+    expect(problemsOf(csv)).toEqual([
+      {
+        line: 3,
+        reason:
+          'netboot folder "b1c2d3e4" overlaps the netboot folder "b1c2d3e4" of "a" (line 2): ' +
+          "each board's firmware must have a folder of its own",
+      },
+      {
+        line: 5,
+        reason: expect.stringMatching(
+          /^macdir b8-27-eb-00-00-04 overlaps the netboot folder "b8-27-eb-00-00-04" of "c"/,
+        ) as string,
+      },
+      {
+        line: 7,
+        reason: expect.stringMatching(
+          /^netboot folder "LAB\/f" overlaps the netboot folder "lab" of "e" \(line 6\)/,
+        ) as string,
+      },
+    ]);
   });
 });

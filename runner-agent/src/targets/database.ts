@@ -21,6 +21,10 @@
  *      windowsize optional the TFTP window this board's U-Boot asks for (1–64, decimal), over the
  *                        agent's `flash.tftpWindowSize`: for boards measured faster (or only safe)
  *                        with their own
+ *      netboot optional  the folder the board's own firmware (Pi 3 ROM, Pi 4/5 EEPROM) fetches its
+ *                        boot files from over TFTP (DESIGN §8), see parseNetbootSpec: empty = the
+ *                        board does not network-boot; `serial` (its `serial`'s low 32 bits),
+ *                        `mac` (`dc-a6-32-01-36-c2`) or `prefix:<TFTP_PREFIX_STR>`
  *    A `cmd:` spec that contains a comma must be quoted as a CSV field: `"cmd:relay 3,off"`.
  *
  * 2. The seed system's file, as is: header `mac address,ip address,reset gpio (wiring pi)`. The
@@ -37,7 +41,7 @@ import { readFile } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
 import path from 'node:path';
 import { CsvError, parse } from 'csv-parse/sync';
-import { isMac, normalizeMac } from '../../../src/protocol/tftp-names.js';
+import { isMac, macDir, normalizeMac } from '../../../src/protocol/tftp-names.js';
 import { wiringPiToBcm } from './wiringpi.js';
 import { builtinLayouts } from '../layouts/registry.js';
 import { parseConsoleSpec, type ConsoleSpec } from '../console/spec.js';
@@ -66,7 +70,20 @@ export interface Target {
   console?: ConsoleSpec;
   /** The TFTP window its stage 2 asks for, over the agent's `flash.tftpWindowSize`. */
   tftpWindowSize?: number;
+  /** Where its firmware's network boot looks for files; absent = the board does not network-boot. */
+  netboot?: NetbootFolder;
   source: { file: string; line: number };
+}
+
+/**
+ * The folder a board's firmware puts before every file it fetches over TFTP after `bootcode.bin`
+ * (DESIGN §8): the Pi 3 ROM always uses its serial; the Pi 4/5 EEPROM's `TFTP_PREFIX` picks the
+ * serial (0, the default), `TFTP_PREFIX_STR` (1) or the MAC (2).
+ */
+export interface NetbootFolder {
+  prefixMode: 'serial' | 'mac' | 'string';
+  /** Relative, no trailing `/`: `1a2b3c4d`, `dc-a6-32-01-36-c2`, or the prefix string's folder. */
+  folder: string;
 }
 
 export interface TargetProblem {
@@ -90,6 +107,56 @@ const MAX_BCM = 57;
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const SIM_FLAG_PATTERN = /^[A-Za-z0-9_.=-]+(:[A-Za-z0-9_.=-]+)?$/;
 const RESET_FORMS = 'gpio:<bcm>, gpiod:<chip>:<line>, cmd:<command>, qmp:<socket path> or sim[:flags]';
+const NETBOOT_FORMS = 'serial, mac or prefix:<folder>';
+/** What the EEPROM holds in TFTP_PREFIX_STR, trailing `/` included (rpi-eeprom's limit). */
+const MAX_PREFIX_STR = 32;
+const PREFIX_SEGMENT = /^[A-Za-z0-9_-][A-Za-z0-9._-]*$/;
+/** A board serial as /proc/cpuinfo (`10000000b1c2d3e4`) or `vcgencmd otp_dump` (`b1c2d3e4`) shows it. */
+const SERIAL_PATTERN = /^(0x)?[0-9a-f]{1,16}$/i;
+
+/**
+ * The firmware's serial folder: the serial's low 32 bits as 8 lower-case hex digits, leading
+ * zeros kept (DESIGN §8). Throws an Error saying what is wrong with the serial.
+ */
+export function serialFolder(serial: string): string {
+  const s = serial.trim();
+  if (!SERIAL_PATTERN.test(s))
+    throw new Error(`serial "${s}" is not a board serial (up to 16 hex digits, e.g. 10000000b1c2d3e4)`);
+  return s.replace(/^0x/i, '').slice(-8).padStart(8, '0').toLowerCase();
+}
+
+/**
+ * Parses a `netboot` cell for a board with this serial and MAC (DESIGN §8). Throws an Error whose
+ * message says what is wrong: a `serial` board without a usable serial, a prefix the EEPROM
+ * cannot hold.
+ */
+export function parseNetbootSpec(text: string, board: { serial?: string; mac: string }): NetbootFolder {
+  const spec = text.trim();
+  const colon = spec.indexOf(':');
+  const kind = (colon < 0 ? spec : spec.slice(0, colon)).toLowerCase();
+  const rest = colon < 0 ? '' : spec.slice(colon + 1).trim();
+  if (kind === 'serial' && colon < 0) {
+    if (!board.serial) throw new Error('netboot "serial" needs the serial column: the firmware names its folder by it');
+    return { prefixMode: 'serial', folder: serialFolder(board.serial) };
+  }
+  if (kind === 'mac' && colon < 0) return { prefixMode: 'mac', folder: macDir(board.mac) };
+  if (kind === 'prefix' && colon >= 0) {
+    const folder = rest.replace(/\/$/, '');
+    if (!folder) throw new Error('netboot "prefix:" needs the folder the EEPROM\'s TFTP_PREFIX_STR names');
+    if (folder.length + 1 > MAX_PREFIX_STR)
+      throw new Error(
+        `netboot prefix "${rest}" is too long: TFTP_PREFIX_STR holds at most ${MAX_PREFIX_STR} characters ` +
+          `with its trailing "/" ("${folder}/" has ${folder.length + 1})`,
+      );
+    if (!folder.split('/').every((segment) => PREFIX_SEGMENT.test(segment)))
+      throw new Error(
+        `netboot prefix "${rest}" must be a relative folder of letters, digits, ".", "_" and "-" ` +
+          '(segments separated by "/", none starting with ".")',
+      );
+    return { prefixMode: 'string', folder };
+  }
+  throw new Error(`unknown netboot spec "${spec}": expected ${NETBOOT_FORMS}, or empty when the board does not`);
+}
 
 /** Parses a reset spec (DESIGN §3.3). Throws an Error whose message says what is wrong. */
 export function parseResetSpec(text: string): ResetSpec {
@@ -143,11 +210,11 @@ function headerKey(cell: string): string {
 }
 
 const NATIVE_REQUIRED = ['name', 'mac', 'ip', 'reset'] as const;
-const NATIVE_OPTIONAL = ['model', 'serial', 'labels', 'layout', 'console', 'windowsize'] as const;
+const NATIVE_OPTIONAL = ['model', 'serial', 'labels', 'layout', 'console', 'windowsize', 'netboot'] as const;
 const NATIVE_COLUMNS: readonly string[] = [...NATIVE_REQUIRED, ...NATIVE_OPTIONAL];
 const SEED_COLUMNS = ['macaddress', 'ipaddress', 'resetgpio(wiringpi)'] as const;
 const HEADER_HELP =
-  'the header must be name,mac,ip,reset[,model,serial,labels,layout,console,windowsize] ' +
+  'the header must be name,mac,ip,reset[,model,serial,labels,layout,console,windowsize,netboot] ' +
   'or the seed system\'s "mac address,ip address,reset gpio (wiring pi)"';
 
 interface Row {
@@ -193,6 +260,7 @@ interface Candidate {
   layout: string;
   console: string;
   windowsize: string;
+  netboot: string;
   line: number;
 }
 
@@ -237,6 +305,7 @@ function mapColumns(
         layout: 'seed',
         console: '',
         windowsize: '',
+        netboot: '',
         line: row.line,
       }),
     };
@@ -266,6 +335,7 @@ function mapColumns(
       layout: cell(row, 'layout'),
       console: cell(row, 'console'),
       windowsize: cell(row, 'windowsize'),
+      netboot: cell(row, 'netboot'),
       line: row.line,
     }),
   };
@@ -364,6 +434,15 @@ export function parseTargets(
       else problem(`windowsize "${c.windowsize}" must be a TFTP window of 1 to 64 blocks`);
     }
 
+    let netboot: NetbootFolder | undefined;
+    if (c.netboot && mac) {
+      try {
+        netboot = parseNetbootSpec(c.netboot, { mac, ...(c.serial ? { serial: c.serial } : {}) });
+      } catch (err) {
+        problem(`bad netboot: ${(err as Error).message}`);
+      }
+    }
+
     if (problems.length !== before || !reset) continue;
     targets.push({
       name,
@@ -377,6 +456,7 @@ export function parseTargets(
       ...(layout ? { layout } : {}),
       ...(consoleSpec ? { console: consoleSpec } : {}),
       ...(windowSize !== undefined ? { tftpWindowSize: windowSize } : {}),
+      ...(netboot ? { netboot } : {}),
       source: { file, line: row.line },
     });
   }
@@ -413,6 +493,7 @@ function findConflicts(targets: readonly Target[], file: string): TargetProblem[
     check('mac', t.mac, t.mac);
     check('ip', t.ip, t.ip);
   }
+  problems.push(...folderConflicts(targets, file));
   for (const t of targets) {
     // A name that reads as some other board's MAC or IP would make `target:` lookups ambiguous.
     const other = isMac(t.name)
@@ -428,6 +509,42 @@ function findConflicts(targets: readonly Target[], file: string): TargetProblem[
       });
     }
   }
+  return problems;
+}
+
+/**
+ * Firmware folders that would serve one board's files to another: the same folder twice (two
+ * serials alike in their low 32 bits), or a folder that is another board's macdir or lies inside
+ * it (or holds it). A `mac` folder is the board's own macdir, which is no conflict.
+ */
+function folderConflicts(targets: readonly Target[], file: string): TargetProblem[] {
+  const claims: { path: string; owner: Target; kind: 'macdir' | 'netboot'; what: string }[] = [];
+  for (const t of targets) {
+    const own = macDir(t.mac);
+    claims.push({ path: own, owner: t, kind: 'macdir', what: `macdir ${own}` });
+    const folder = t.netboot?.folder;
+    if (folder !== undefined && folder.toLowerCase() !== own)
+      claims.push({ path: folder.toLowerCase(), owner: t, kind: 'netboot', what: `netboot folder "${folder}"` });
+  }
+  const overlap = (a: string, b: string) => a === b || a.startsWith(`${b}/`) || b.startsWith(`${a}/`);
+  const problems: TargetProblem[] = [];
+  claims.forEach((later, i) => {
+    const earlier = claims
+      .slice(0, i)
+      // Two macdirs alike are a duplicate mac, reported as such.
+      .find(
+        (c) =>
+          c.owner !== later.owner && (c.kind === 'netboot' || later.kind === 'netboot') && overlap(c.path, later.path),
+      );
+    if (!earlier) return;
+    problems.push({
+      file,
+      line: later.owner.source.line,
+      reason:
+        `${later.what} overlaps the ${earlier.what} of "${earlier.owner.name}" (line ${earlier.owner.source.line}): ` +
+        "each board's firmware must have a folder of its own",
+    });
+  });
   return problems;
 }
 
