@@ -40072,6 +40072,7 @@ const Inputs = {
     bootCheck: 'boot-check',
     bmap: 'bmap',
     writeZeros: 'write-zeros',
+    method: 'method',
     connectTimeout: 'connect-timeout',
     queueTimeout: 'queue-timeout',
     jobTimeout: 'job-timeout',
@@ -41135,6 +41136,8 @@ function parseClientMessage(text) {
             str(m, 'bmap', { optional: true, max: BMAP_MAX_BYTES });
             if (m.writeZeros !== undefined && typeof m.writeZeros !== 'boolean')
                 fail('"writeZeros" must be true or false');
+            if (m.method !== undefined && !JOB_METHODS.includes(m.method))
+                fail(`"method" must be one of ${JOB_METHODS.join(', ')}`);
             const t = m.timeouts;
             if (t !== undefined) {
                 if (typeof t !== 'object' || t === null || Array.isArray(t))
@@ -41279,6 +41282,11 @@ const MAX_PAYLOAD_MARGIN = (/* unused pure expression or super */ null && (64 * 
 const messages_COMPRESSIONS = (/* unused pure expression or super */ null && (['none', 'gz', 'xz', 'zst']));
 /** The phases of a job, in order. Phase names are shown as log groups by the action. */
 const PHASES = ['queue', 'upload', 'stage', 'reset', 'transfer', 'verify', 'boot'];
+/**
+ * What a job does with the image: `flash` writes it to the board's card (the target's layout);
+ * `netboot` boots the board from it over the network (kernel over TFTP, root over NBD) and writes nothing.
+ */
+const messages_JOB_METHODS = ['flash', 'netboot'];
 /** The largest block map a `flash` request may carry: some 5000 ranges with their sha256. */
 const messages_BMAP_MAX_BYTES = 512 * 1024;
 /** What an operator may do to a board (`rpi-flash-agent board TARGET ACTION`). */
@@ -42443,9 +42451,12 @@ async function hashFile(file) {
  * What the board's card may hold when the agent's result never came, judged from the last phase the
  * action saw: nothing is written before the transfer; from its start the card may hold part of the
  * image; once the board reported every part written and read back (verify, boot) it holds the image.
- * Undefined when the job had not begun (no phase of the agent's was seen).
+ * Undefined when the job had not begun (no phase of the agent's was seen). A network boot never
+ * writes the card, whatever phase it reached.
  */
-function cardAsSeen(lastPhase) {
+function cardAsSeen(lastPhase, method) {
+    if (method === 'netboot' && lastPhase !== undefined)
+        return 'untouched';
     switch (lastPhase) {
         case 'stage':
         case 'reset':
@@ -42460,7 +42471,9 @@ function cardAsSeen(lastPhase) {
     }
 }
 /** A failure message's words about the card, when the action judged it (`cardAsSeen`) rather than the agent. */
-function cardAsSeenSentence(lastPhase) {
+function cardAsSeenSentence(lastPhase, method) {
+    if (method === 'netboot')
+        return "nothing was written to the board's card (a network boot writes none)";
     const seen = lastPhase ? `the job was in ${lastPhase} when the action last heard from the agent` : '';
     switch (cardAsSeen(lastPhase)) {
         case 'partial':
@@ -42490,7 +42503,7 @@ function outcomeOfError(run, err, cancelledBySignal) {
 function cardOf(run, result, job) {
     if (job)
         return { card: job.card };
-    const seen = result === 'success' ? undefined : cardAsSeen(run.lastPhase);
+    const seen = result === 'success' ? undefined : cardAsSeen(run.lastPhase, run.method);
     return seen === undefined ? {} : { card: seen, cardEstimated: true };
 }
 function assemble(run, result, code, message, job) {
@@ -42507,6 +42520,7 @@ function assemble(run, result, code, message, job) {
         message: message || ErrorCodes[code] || code,
         ...(failedPhase !== undefined && { phase: failedPhase }),
         targetSpec: run.targetSpec,
+        ...((job?.method ?? run.method) !== undefined && { method: job?.method ?? run.method }),
         ...(target !== undefined && { target }),
         ...(run.agent !== undefined && { agent: run.agent }),
         ...(image !== undefined && {
@@ -42700,6 +42714,11 @@ function cardText(card, estimated) {
     };
     return estimated ? `${words[card]} (estimated from the last phase the action saw)` : words[card];
 }
+/** The summary's words for what the job did with the image. */
+const METHOD_TEXT = {
+    flash: 'flash: the image was written to the card',
+    netboot: 'netboot: booted from the agent over the network (root over NBD), nothing written to the card',
+};
 /** The phases that make up "flashing": from staging the job to the verified card. */
 const FLASH_PHASES = ['stage', 'reset', 'transfer', 'verify'];
 function seconds(value) {
@@ -42761,6 +42780,8 @@ function summaryRows(outcome) {
     ]);
     if (outcome.agent)
         rows.push(['Agent', outcome.agent]);
+    if (outcome.method)
+        rows.push(['Method', METHOD_TEXT[outcome.method]]);
     if (outcome.jobId)
         rows.push(['Job', outcome.jobId]);
     const image = outcome.image;
@@ -42970,6 +42991,7 @@ function hostProblem(host) {
 
 
 
+
 const DEFAULT_CONNECT_TIMEOUT_SECONDS = 30;
 const DEFAULT_QUEUE_TIMEOUT_SECONDS = 1800;
 const DEFAULT_JOB_TIMEOUT_SECONDS = 1800;
@@ -43021,6 +43043,10 @@ function parseSettings(getInput, options = {}) {
         writeZeros = false;
     else if (writeZerosInput !== '')
         problems.push(`${Inputs.writeZeros}: "${writeZerosInput}" is not true or false`);
+    const methodInput = input(Inputs.method) || 'flash';
+    const method = messages_JOB_METHODS.includes(methodInput) ? methodInput : 'flash';
+    if (method !== methodInput)
+        problems.push(`${Inputs.method}: "${methodInput}" is not one of ${messages_JOB_METHODS.join(', ')}`);
     const seconds = (name, fallback) => {
         const raw = input(name);
         if (raw === '')
@@ -43055,6 +43081,7 @@ function parseSettings(getInput, options = {}) {
         ...(bootCheck !== undefined && { bootCheck }),
         bmap,
         ...(writeZeros !== undefined && { writeZeros }),
+        method,
         connectTimeoutMs: connectTimeout * 1000,
         queueTimeoutMs: queueTimeout * 1000,
         jobTimeoutMs: jobTimeout * 1000,
@@ -43386,10 +43413,15 @@ class FlashRun {
             ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
             ...(this.bmap && { bmap: this.bmap.text }),
             ...(settings.writeZeros !== undefined && { writeZeros: settings.writeZeros }),
+            // Absent for `flash`, so an agent from before network boot still takes the request.
+            ...(settings.method !== 'flash' && { method: settings.method }),
             ...(Object.keys(timeouts).length > 0 && { timeouts }),
         };
         try {
-            return await this.runFlash(link, request);
+            const result = await this.runFlash(link, request);
+            if (settings.method !== 'flash' && result.method === undefined)
+                this.d.writer.info(`the agent does not know method ${settings.method} (it is older than network boot): it flashed the card instead`);
+            return result;
         }
         catch (err) {
             // The lease could not be taken back: the agent restarted (its leases are gone) or the grace
@@ -43399,7 +43431,7 @@ class FlashRun {
             this.leaseLost = true;
             this.d.saveState(State.lease, '');
             throw new errors_CodedError('JOB_LOST', 'the job is lost: the agent no longer holds its lease (it restarted, or the connection was down past ' +
-                `the lease's grace period); ${cardAsSeenSentence(this.story.lastPhase)}`, { cause: err });
+                `the lease's grace period); ${cardAsSeenSentence(this.story.lastPhase, settings.method)}`, { cause: err });
         }
     }
     runFlash(link, request) {
@@ -43485,6 +43517,7 @@ class FlashRun {
             upload: this.upload,
             timings: this.story.timings(),
             lastPhase: this.story.lastPhase,
+            ...(this.settings && { method: this.settings.method }),
         };
     }
 }

@@ -12,6 +12,7 @@ import type {
   BoardStatusMessage,
   ClientMessage,
   FlashRequest,
+  JobMethod,
   JobResult,
   LeaseRequest,
   ResultMessage,
@@ -21,7 +22,7 @@ import type { Logger } from './log.js';
 import type { AgentConfig } from './config.js';
 import { findTarget, type Target } from './targets/database.js';
 import type { ResetContext } from './reset/index.js';
-import type { LayoutRegistry } from './layouts/registry.js';
+import { NETBOOT_LAYOUT, type LayoutRegistry } from './layouts/registry.js';
 import type { ImageStore, StoredImage } from './store/image-store.js';
 import type { UploadSession } from './store/upload-session.js';
 import { LABEL_PREFIX, LeaseManager, newId, type Lease, type LeaseWant } from './jobs/leases.js';
@@ -478,6 +479,7 @@ export class AgentService implements ConnectionHandler {
           ...(m.bmap !== undefined ? { bmap: m.bmap } : {}),
           ...(m.writeZeros !== undefined ? { writeZeros: m.writeZeros } : {}),
         },
+        ...(m.method !== undefined ? { method: m.method } : {}),
       });
       s.job = job;
       if (s.cancelRequested) job.cancel(s.cancelRequested.reason, s.cancelRequested.code);
@@ -763,6 +765,8 @@ export class AgentService implements ConnectionHandler {
     logFields?: Record<string, string>;
     /** The client's block map and write-zeros choice (FlashRequest); absent: derived ranges, the config's choice. */
     mapping?: { bmap?: string; writeZeros?: boolean };
+    /** Absent: `flash`, with the target's layout. */
+    method?: JobMethod;
   }): { job: FlashJob; jobId: string; log: Logger; layoutName: string } {
     const { store } = this.d;
     const { target, image } = o;
@@ -770,7 +774,9 @@ export class AgentService implements ConnectionHandler {
     const config =
       writeZeros === undefined ? this.d.config : { ...this.d.config, flash: { ...this.d.config.flash, writeZeros } };
     const bmap = o.mapping?.bmap;
-    const layoutName = target.layout ?? config.defaultLayout;
+    const method = o.method ?? 'flash';
+    // A network boot writes no card: whatever the target's layout, the `netboot` layout serves it.
+    const layoutName = method === 'netboot' ? NETBOOT_LAYOUT : (target.layout ?? config.defaultLayout);
     const layout = this.d.layouts[layoutName];
     if (!layout) throw new CodedError('LAB_MISCONFIGURED', `${target.name}: the agent has no layout "${layoutName}"`);
     const jobId = newId(6);
@@ -782,6 +788,7 @@ export class AgentService implements ConnectionHandler {
       config,
       layout,
       layoutName,
+      method,
       files: this.d.files,
       storedPartCrcs: (partSize) => store.storedPartCrcs(image.sha256, partSize),
       mappedRanges: () =>

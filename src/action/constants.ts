@@ -12,6 +12,7 @@ export const Inputs = {
   bootCheck: 'boot-check',
   bmap: 'bmap',
   writeZeros: 'write-zeros',
+  method: 'method',
   connectTimeout: 'connect-timeout',
   queueTimeout: 'queue-timeout',
   jobTimeout: 'job-timeout',

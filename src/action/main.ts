@@ -258,10 +258,17 @@ class FlashRun {
       ...(settings.bootCheck !== undefined && { bootCheck: settings.bootCheck }),
       ...(this.bmap && { bmap: this.bmap.text }),
       ...(settings.writeZeros !== undefined && { writeZeros: settings.writeZeros }),
+      // Absent for `flash`, so an agent from before network boot still takes the request.
+      ...(settings.method !== 'flash' && { method: settings.method }),
       ...(Object.keys(timeouts).length > 0 && { timeouts }),
     };
     try {
-      return await this.runFlash(link, request);
+      const result = await this.runFlash(link, request);
+      if (settings.method !== 'flash' && result.method === undefined)
+        this.d.writer.info(
+          `the agent does not know method ${settings.method} (it is older than network boot): it flashed the card instead`,
+        );
+      return result;
     } catch (err) {
       // The lease could not be taken back: the agent restarted (its leases are gone) or the grace
       // period passed. Either way the job is lost, and what the card holds is the last thing seen.
@@ -271,7 +278,7 @@ class FlashRun {
       throw new CodedError(
         'JOB_LOST',
         'the job is lost: the agent no longer holds its lease (it restarted, or the connection was down past ' +
-          `the lease's grace period); ${cardAsSeenSentence(this.story.lastPhase)}`,
+          `the lease's grace period); ${cardAsSeenSentence(this.story.lastPhase, settings.method)}`,
         { cause: err },
       );
     }
@@ -363,6 +370,7 @@ class FlashRun {
       upload: this.upload,
       timings: this.story.timings(),
       lastPhase: this.story.lastPhase,
+      ...(this.settings && { method: this.settings.method }),
     };
   }
 }

@@ -7,6 +7,7 @@ import { codeOf, ErrorCodes, messageOf, type ErrorCode } from '../protocol/error
 import {
   PHASES,
   type CardState,
+  type JobMethod,
   type JobResult,
   type TargetInfo,
   type UploadDoneMessage,
@@ -30,15 +31,19 @@ export interface RunRecord {
   timings: Partial<Record<StoryPhase, number>>;
   /** The phase the step log was in last. */
   lastPhase?: StoryPhase;
+  /** What the job was asked to do with the image (the `method` input), once the inputs were read. */
+  method?: JobMethod;
 }
 
 /**
  * What the board's card may hold when the agent's result never came, judged from the last phase the
  * action saw: nothing is written before the transfer; from its start the card may hold part of the
  * image; once the board reported every part written and read back (verify, boot) it holds the image.
- * Undefined when the job had not begun (no phase of the agent's was seen).
+ * Undefined when the job had not begun (no phase of the agent's was seen). A network boot never
+ * writes the card, whatever phase it reached.
  */
-export function cardAsSeen(lastPhase: StoryPhase | undefined): CardState | undefined {
+export function cardAsSeen(lastPhase: StoryPhase | undefined, method?: JobMethod): CardState | undefined {
+  if (method === 'netboot' && lastPhase !== undefined) return 'untouched';
   switch (lastPhase) {
     case 'stage':
     case 'reset':
@@ -54,7 +59,8 @@ export function cardAsSeen(lastPhase: StoryPhase | undefined): CardState | undef
 }
 
 /** A failure message's words about the card, when the action judged it (`cardAsSeen`) rather than the agent. */
-export function cardAsSeenSentence(lastPhase: StoryPhase | undefined): string {
+export function cardAsSeenSentence(lastPhase: StoryPhase | undefined, method?: JobMethod): string {
+  if (method === 'netboot') return "nothing was written to the board's card (a network boot writes none)";
   const seen = lastPhase ? `the job was in ${lastPhase} when the action last heard from the agent` : '';
   switch (cardAsSeen(lastPhase)) {
     case 'partial':
@@ -86,7 +92,7 @@ export function outcomeOfError(run: RunRecord, err: unknown, cancelledBySignal: 
 /** The agent's word on the card when its result came; else, for a failed job that had begun, the action's estimate. */
 function cardOf(run: RunRecord, result: ResultWord, job?: JobResult): Pick<JobOutcome, 'card' | 'cardEstimated'> {
   if (job) return { card: job.card };
-  const seen = result === 'success' ? undefined : cardAsSeen(run.lastPhase);
+  const seen = result === 'success' ? undefined : cardAsSeen(run.lastPhase, run.method);
   return seen === undefined ? {} : { card: seen, cardEstimated: true };
 }
 
@@ -104,6 +110,7 @@ function assemble(run: RunRecord, result: ResultWord, code: ErrorCode, message: 
     message: message || ErrorCodes[code] || code,
     ...(failedPhase !== undefined && { phase: failedPhase }),
     targetSpec: run.targetSpec,
+    ...((job?.method ?? run.method) !== undefined && { method: job?.method ?? run.method }),
     ...(target !== undefined && { target }),
     ...(run.agent !== undefined && { agent: run.agent }),
     ...(image !== undefined && {

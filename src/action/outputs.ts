@@ -4,7 +4,7 @@
  */
 import * as core from '@actions/core';
 import { messageOf, type ErrorCode } from '../protocol/errors.js';
-import type { CardState, PartReport, TargetInfo } from '../protocol/messages.js';
+import type { CardState, JobMethod, PartReport, TargetInfo } from '../protocol/messages.js';
 import { Outputs, type OutputName } from './constants.js';
 import { formatBytes } from '../protocol/units.js';
 import { PHASE_TITLES, type StoryPhase } from './story.js';
@@ -20,6 +20,8 @@ export interface JobOutcome {
   phase?: StoryPhase;
   /** The `target` input as given. */
   targetSpec: string;
+  /** What the job did with the image (the agent's result says; else what was asked). */
+  method?: JobMethod;
   /** The target as the agent knows it, once leased. */
   target?: TargetInfo;
   /** The agent's name, once connected (an agent that does not say has none). */
@@ -46,6 +48,12 @@ function cardText(card: CardState, estimated: boolean): string {
   };
   return estimated ? `${words[card]} (estimated from the last phase the action saw)` : words[card];
 }
+
+/** The summary's words for what the job did with the image. */
+const METHOD_TEXT: Record<JobMethod, string> = {
+  flash: 'flash: the image was written to the card',
+  netboot: 'netboot: booted from the agent over the network (root over NBD), nothing written to the card',
+};
 
 /** The phases that make up "flashing": from staging the job to the verified card. */
 const FLASH_PHASES: StoryPhase[] = ['stage', 'reset', 'transfer', 'verify'];
@@ -117,6 +125,7 @@ export function summaryRows(outcome: JobOutcome): [string, string][] {
       : outcome.targetSpec,
   ]);
   if (outcome.agent) rows.push(['Agent', outcome.agent]);
+  if (outcome.method) rows.push(['Method', METHOD_TEXT[outcome.method]]);
   if (outcome.jobId) rows.push(['Job', outcome.jobId]);
   const image = outcome.image;
   if (image) {

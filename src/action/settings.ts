@@ -8,6 +8,7 @@ import path from 'node:path';
 import { BootCheckError, parseBootCheck } from '../protocol/boot-check.js';
 import { CodedError, messageOf } from '../protocol/errors.js';
 import { Inputs } from './constants.js';
+import { JOB_METHODS, type JobMethod } from '../protocol/messages.js';
 
 export interface ActionSettings {
   /** The agent's WebSocket URL as given (ws:// or wss://); the client adds the endpoint path. */
@@ -24,6 +25,8 @@ export interface ActionSettings {
   bmap: BmapSetting;
   /** Write every byte of the image, zeros included (the agent's default otherwise: only what is mapped). */
   writeZeros?: boolean;
+  /** What the job does with the image: write it to the card (`flash`, the default) or boot it over the network. */
+  method: JobMethod;
   /** Milliseconds to open the WebSocket and finish the hello exchange. */
   connectTimeoutMs: number;
   /** Milliseconds to wait for the lease while someone else holds the target. */
@@ -106,6 +109,10 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
   if (writeZerosInput === 'true') writeZeros = true;
   else if (writeZerosInput === 'false') writeZeros = false;
   else if (writeZerosInput !== '') problems.push(`${Inputs.writeZeros}: "${writeZerosInput}" is not true or false`);
+  const methodInput = input(Inputs.method) || 'flash';
+  const method = (JOB_METHODS as readonly string[]).includes(methodInput) ? (methodInput as JobMethod) : 'flash';
+  if (method !== methodInput)
+    problems.push(`${Inputs.method}: "${methodInput}" is not one of ${JOB_METHODS.join(', ')}`);
 
   const seconds = (name: string, fallback?: number): number | undefined => {
     const raw = input(name);
@@ -142,6 +149,7 @@ export function parseSettings(getInput: GetInput, options: ParseOptions = {}): A
     ...(bootCheck !== undefined && { bootCheck }),
     bmap,
     ...(writeZeros !== undefined && { writeZeros }),
+    method,
     connectTimeoutMs: connectTimeout * 1000,
     queueTimeoutMs: queueTimeout * 1000,
     jobTimeoutMs: jobTimeout * 1000,

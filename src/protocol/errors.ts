@@ -71,8 +71,7 @@ export const AgentCodes = {
     "The image's boot partition has no kernel, device tree or initramfs that the target's model boots from the network.",
   IMAGE_NO_NBD_CLIENT:
     "The image's initramfs holds no NBD client, so its root file system cannot come from the agent's NBD export: nothing was reset.",
-  NBD_SERVER_FAILED:
-    "The agent could not start the job's NBD server (nbdkit), or it stopped during the job.",
+  NBD_SERVER_FAILED: "The agent could not start the job's NBD server (nbdkit), or it stopped during the job.",
   BOARD_NO_NETBOOT:
     "The board's firmware never asked the agent for its network boot (no DHCP request, or no boot file fetched) after the reset.",
   BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',

@@ -8,6 +8,7 @@ import {
   BMAP_MAX_BYTES,
   BOARD_ACTIONS,
   COMPRESSIONS,
+  JOB_METHODS,
   SHA256_PATTERN,
   type AgentMessage,
   type ClientMessage,
@@ -91,6 +92,8 @@ export function parseClientMessage(text: string): ClientMessage {
       str(m, 'bootCheck', { optional: true, max: 256 });
       str(m, 'bmap', { optional: true, max: BMAP_MAX_BYTES });
       if (m.writeZeros !== undefined && typeof m.writeZeros !== 'boolean') fail('"writeZeros" must be true or false');
+      if (m.method !== undefined && !(JOB_METHODS as readonly unknown[]).includes(m.method))
+        fail(`"method" must be one of ${JOB_METHODS.join(', ')}`);
       const t = m.timeouts;
       if (t !== undefined) {
         if (typeof t !== 'object' || t === null || Array.isArray(t)) fail('"timeouts" must be an object');

@@ -108,6 +108,13 @@ export interface UploadEndRequest {
   id: string;
 }
 
+/**
+ * What a job does with the image: `flash` writes it to the board's card (the target's layout);
+ * `netboot` boots the board from it over the network (kernel over TFTP, root over NBD) and writes nothing.
+ */
+export const JOB_METHODS = ['flash', 'netboot'] as const;
+export type JobMethod = (typeof JOB_METHODS)[number];
+
 export interface FlashRequest {
   type: 'flash';
   id: string;
@@ -124,6 +131,8 @@ export interface FlashRequest {
   bmap?: string;
   /** Write every byte of the image, zeros included; absent: the agent's `flash.writeZeros`. */
   writeZeros?: boolean;
+  /** Absent: `flash`. */
+  method?: JobMethod;
 }
 
 /** The largest block map a `flash` request may carry: some 5000 ranges with their sha256. */
@@ -275,6 +284,8 @@ export interface JobResult {
   job: string;
   target: TargetInfo;
   sha256: string;
+  /** What the job did with the image; absent from agents before network boot (they only flash). */
+  method?: JobMethod;
   /** The image's size as stored (decompressed); absent from agents before the mapped writes. */
   imageSize?: number;
   /** Bytes the board was to write: the image's mapped ranges (all of it with write-zeros), when the layout knows. */

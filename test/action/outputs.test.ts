@@ -177,12 +177,20 @@ describe('the card in the outcome', () => {
       undefined,
       undefined,
     ]);
-    expect((['stage', 'reset', 'transfer', 'verify', 'boot'] as const).map(cardAsSeen)).toEqual([
+    expect((['stage', 'reset', 'transfer', 'verify', 'boot'] as const).map((p) => cardAsSeen(p))).toEqual([
       'untouched',
       'untouched',
       'partial',
       'written',
       'written',
+    ]);
+    // A network boot writes no card, whatever phase it was in.
+    expect((['stage', 'reset', 'transfer', 'verify', 'boot'] as const).map((p) => cardAsSeen(p, 'netboot'))).toEqual([
+      'untouched',
+      'untouched',
+      'untouched',
+      'untouched',
+      'untouched',
     ]);
     expect(cardAsSeenSentence('transfer')).toBe(
       "the board's card may be partly written (the job was in transfer when the action last heard from the agent): " +
@@ -220,5 +228,31 @@ describe('the card in the outcome', () => {
     expect(summaryRows(outcomeOfResult(run, { ...result, ok: true, code: 'OK', card: 'written' }))).not.toContainEqual(
       expect.arrayContaining(['Card']),
     );
+  });
+
+  it("says which method ran: the agent's result names it, else the run's input; a lost netboot wrote no card", () => {
+    const result = {
+      ok: true,
+      code: 'OK' as const,
+      message: 'booted',
+      job: 'j',
+      target: { name: 'pi4-03', mac: 'dc:a6:32:01:02:03', ip: '10.0.0.43' },
+      sha256: 'ab'.repeat(32),
+      method: 'netboot' as const,
+      bytesWritten: 0,
+      card: 'untouched' as const,
+      timings: { boot: 9 },
+      parts: [],
+    };
+    expect(summaryRows(outcomeOfResult({ ...run, method: 'flash' }, result))).toContainEqual([
+      'Method',
+      'netboot: booted from the agent over the network (root over NBD), nothing written to the card',
+    ]);
+    const lost = outcomeOfError({ ...run, method: 'netboot', lastPhase: 'boot' }, new Error('gone'), false);
+    expect(lost).toMatchObject({ method: 'netboot', card: 'untouched', cardEstimated: true });
+    expect(cardAsSeenSentence('boot', 'netboot')).toBe(
+      "nothing was written to the board's card (a network boot writes none)",
+    );
+    expect(summaryRows(outcomeOfError(run, new Error('x'), false)).map(([label]) => label)).not.toContain('Method');
   });
 });

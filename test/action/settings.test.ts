@@ -60,6 +60,13 @@ describe('parseSettings', () => {
     expect(s.bootTimeoutSeconds).toBeUndefined();
     expect(s.holder).toBe('org/repo run 42.2 job flash');
     expect(s.workspace).toBe('/ws');
+    expect(s.method).toBe('flash');
+  });
+
+  it('takes method netboot, and refuses a method it does not know by name', () => {
+    expect(parseSettings(inputs({ method: 'netboot' }), { env: {} }).method).toBe('netboot');
+    expect(parseSettings(inputs({ method: 'flash' }), { env: {} }).method).toBe('flash');
+    expect(problemsOf({ method: 'pxe' })).toEqual(['method: "pxe" is not one of flash, netboot']);
   });
 
   it('accepts boot checks, fractional timeouts and a trailing newline on the token', () => {

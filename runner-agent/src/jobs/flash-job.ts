@@ -11,6 +11,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { codeOf, CodedError, type ErrorCode } from '../../../src/protocol/errors.js';
 import type {
+  JobMethod,
   JobResult,
   LogEvent,
   Phase,
@@ -32,6 +33,8 @@ export interface FlashJobOptions extends Omit<LayoutJob, 'timeouts'> {
   /** How the image lands on the card, and the name it was picked by (layouts/registry.ts). */
   layout: Layout;
   layoutName: string;
+  /** What the client asked the job to do with the image; `netboot` runs the `netboot` layout. */
+  method: JobMethod;
   bootCheck: string;
   timeouts: { boardShow: number; stall: number; boot: number };
   /** How the target's reset line is driven; the job opens the line for its reset and closes it at its end. */
@@ -105,7 +108,14 @@ export class FlashJob {
       });
       await this.inPhase('verify', () => this.method.verify());
       const booted = await this.checkBoot(bootCheck);
-      message = booted ? 'flashed, verified and booted' : 'flashed and verified; no boot check ran (boot check none)';
+      message =
+        this.o.method === 'netboot'
+          ? booted
+            ? 'booted from the network; nothing written to the card'
+            : 'served the network boot; no boot check ran (boot check none)'
+          : booted
+            ? 'flashed, verified and booted'
+            : 'flashed and verified; no boot check ran (boot check none)';
     } catch (err) {
       const failure: unknown = this.abort.signal.aborted ? this.abort.signal.reason : err;
       code = codeOf(failure);
@@ -135,6 +145,7 @@ export class FlashJob {
       job: this.o.id,
       target: targetInfo(target),
       sha256: image.sha256,
+      method: this.o.method,
       imageSize: image.imageSize,
       timings: this.timings,
       ...this.method.outcome(),

@@ -9,6 +9,9 @@ import { whole } from './whole.js';
 
 export type LayoutRegistry = Readonly<Record<string, Layout>>;
 
+/** The layout a job with `method: netboot` runs, whatever its target's own layout. */
+export const NETBOOT_LAYOUT = 'netboot';
+
 export const builtinLayouts: LayoutRegistry = {
   inject,
   whole,
