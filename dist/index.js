@@ -40994,11 +40994,15 @@ const AgentCodes = {
         'the request was refused; the message names the address.',
     BOARD_RAM_TOO_SMALL: "The board's RAM, as its firmware reports it (after gpu_mem, less U-Boot's reserve), ends below stage 2's " +
         'buffers (flash.loadAddr + flash.partSize): nothing was written; the message names both addresses.',
-    NETBOOT_TARGET_INCOMPLETE: "A network-boot job's target lacks what its firmware asks for (a `serial` for the serial prefix, a `prefix` string), or the agent's `dhcp.mode` is off: nothing was reset.",
-    IMAGE_NO_KERNEL: "The image's boot partition has no kernel, device tree or initramfs that the target's model boots from the network.",
-    IMAGE_NO_NBD_CLIENT: "The image's initramfs holds no NBD client, so its root file system cannot come from the agent's NBD export: nothing was reset.",
+    NETBOOT_TARGET_INCOMPLETE: "A network-boot job's target lacks what its firmware asks for (a `serial` for the serial prefix, a `prefix` " +
+        "string), or the agent's `dhcp.mode` is off: nothing was reset.",
+    IMAGE_NO_KERNEL: "The image's boot partition has no kernel, device tree or initramfs that the target's model boots from the " +
+        'network.',
+    IMAGE_NO_NBD_CLIENT: "The image's initramfs holds no NBD client, so its root file system cannot come from the agent's NBD export: " +
+        'nothing was reset.',
     NBD_SERVER_FAILED: "The agent could not start the job's NBD server (nbdkit), or it stopped during the job.",
-    BOARD_NO_NETBOOT: "The board's firmware never asked the agent for its network boot (no DHCP request, or no boot file fetched) after the reset.",
+    BOARD_NO_NETBOOT: "The board's firmware never asked the agent for its network boot (no DHCP request, or no boot file fetched) " +
+        'after the reset.',
     BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
     BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
     REPORT_REJECTED: "A board report was refused: it named a part the agent had not served in full to the board's address, " +
