@@ -40994,8 +40994,8 @@ const AgentCodes = {
         'the request was refused; the message names the address.',
     BOARD_RAM_TOO_SMALL: "The board's RAM, as its firmware reports it (after gpu_mem, less U-Boot's reserve), ends below stage 2's " +
         'buffers (flash.loadAddr + flash.partSize): nothing was written; the message names both addresses.',
-    NETBOOT_TARGET_INCOMPLETE: "A network-boot job's target lacks what its firmware asks for (a `serial` for the serial prefix, a `prefix` " +
-        "string), or the agent's `dhcp.mode` is off: nothing was reset.",
+    NETBOOT_TARGET_INCOMPLETE: "A network-boot job's target does not boot from the network (its targets row has no `netboot` folder, or its " +
+        'model cannot): nothing was reset.',
     IMAGE_NO_KERNEL: "The image's boot partition has no kernel, device tree or initramfs that the target's model boots from the " +
         'network.',
     IMAGE_NO_NBD_CLIENT: "The image's initramfs holds no NBD client, so its root file system cannot come from the agent's NBD export: " +
