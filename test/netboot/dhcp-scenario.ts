@@ -1,0 +1,189 @@
+/**
+ * The DHCP responder on the real ports (67/68) in a private network namespace, run by
+ * dhcp-responder.test.ts through test/support/netns.ts (`node --import tsx
+ * test/netboot/dhcp-scenario.ts '<ScenarioOptions>'`, the result as JSON on stdout).
+ *
+ * The lab is a veth pair: `dh0` is the agent's interface (10.77.0.1/24, the responder bound to
+ * 0.0.0.0:67 and replying from 10.77.0.1), `dh1` the board's, with no address.
+ *
+ * - `replay`: `proxy` mode. A Node socket on 0.0.0.0:68 broadcasts captured DISCOVERs out of
+ *   `dh1` (a route sends 255.255.255.255 there): first a Pi 3 ROM's from a MAC the database does
+ *   not hold, then a plain DISCOVER from a board the database holds, then the Pi 3 ROM's and the
+ *   Pi 4 EEPROM's own. The responder handles datagrams in order, so when the first reply is the
+ *   Pi 3's, the two before it were dropped, not merely slow. (Linux may also loop a broadcast
+ *   back to its sender's host; the test never counts copies, it looks at every reply received.)
+ * - `udhcpc`: Debian's busybox udhcpc on `dh1` (raw sockets, as on a board) with a script that
+ *   prints what it was given: in `full` mode it must get its row's lease; with `dh1`'s MAC missing
+ *   from the database (`unknown`), or in `proxy` mode (a plain client is the lab server's to
+ *   answer), it must give up.
+ */
+import dgram from 'node:dgram';
+import { execFile } from 'node:child_process';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import { createLogger, formatRecord } from '../../runner-agent/src/log.js';
+import { DhcpResponder, type DhcpAnswer } from '../../runner-agent/src/netboot/dhcp-responder.js';
+import { parseSubnet, type Ipv4Subnet } from '../../runner-agent/src/netboot/ipv4-subnet.js';
+import { addVethPair, ip, printResult, scenarioArgs } from '../support/netns.js';
+import {
+  PI3_ROM_MAC,
+  PI3_ROM_XID,
+  PI4_EEPROM_MAC,
+  PI4_EEPROM_XID,
+  pi3RomDiscover,
+  pi4EepromDiscover,
+  plainDiscover,
+} from './dhcp-captures.js';
+
+const execFileAsync = promisify(execFile);
+
+export const SERVER_IP = '10.77.0.1';
+export const SUBNET = '10.77.0.0/24';
+export const ROUTER = '10.77.0.254';
+export const LEASE_SECONDS = 600;
+export const UNKNOWN_MAC = 'b8:27:eb:99:99:99';
+/** A board the database holds that sends an ordinary DISCOVER (an OS's client). */
+export const PLAIN_BOARD_MAC = '02:00:00:00:00:30';
+/** dh1's MAC in the udhcpc scenarios: a locally administered one, as a test board's. */
+export const UDHCPC_MAC = '02:00:00:00:00:20';
+export const BOARDS: Record<string, { name: string; ip: string }> = {
+  [PI3_ROM_MAC]: { name: 'pi3', ip: '10.77.0.13' },
+  [PI4_EEPROM_MAC]: { name: 'pi4', ip: '10.77.0.14' },
+  [PLAIN_BOARD_MAC]: { name: 'plain', ip: '10.77.0.30' },
+  [UDHCPC_MAC]: { name: 'uboard', ip: '10.77.0.20' },
+};
+
+export type ScenarioOptions =
+  { scenario: 'replay' } | { scenario: 'udhcpc'; mode: 'proxy' | 'full'; unknown?: boolean };
+
+export interface ReceivedReply {
+  xid: number;
+  hex: string;
+  from: string;
+  fromPort: number;
+}
+
+export interface ScenarioResult {
+  /** replay: every datagram the client port received, in order. */
+  replies?: ReceivedReply[];
+  /** udhcpc: the script's lines (`event=bound`, `ip=…`), and udhcpc's exit code. */
+  udhcpc?: { code: number; vars: Record<string, string>; output: string };
+  answers: DhcpAnswer[];
+  log: string[];
+}
+
+async function startResponder(mode: 'proxy' | 'full', lines: string[], answers: DhcpAnswer[], drop?: string) {
+  const log = createLogger({ level: 'debug', sink: (r) => lines.push(formatRecord(r)) });
+  const responder = new DhcpResponder({
+    mode,
+    serverIp: SERVER_IP,
+    lookup: (mac) => (mac === drop ? undefined : BOARDS[mac]),
+    subnet: parseSubnet(SUBNET) as Ipv4Subnet,
+    router: ROUTER,
+    leaseSeconds: LEASE_SECONDS,
+    log,
+  });
+  responder.onAnswered((_board, _kind, _message, answer) => answers.push(answer));
+  await responder.start();
+  return responder;
+}
+
+async function replay(): Promise<ScenarioResult> {
+  await addVethPair({ name: 'dh0', peer: 'dh1', address: `${SERVER_IP}/24` });
+  // The board's broadcasts leave by its own interface, as a board's only NIC.
+  await ip('route', 'add', '255.255.255.255/32', 'dev', 'dh1');
+  const lines: string[] = [];
+  const answers: DhcpAnswer[] = [];
+  const responder = await startResponder('proxy', lines, answers);
+  const client = dgram.createSocket('udp4');
+  const replies: ReceivedReply[] = [];
+  client.on('message', (msg, rinfo) =>
+    replies.push({ xid: msg.readUInt32BE(4), hex: msg.toString('hex'), from: rinfo.address, fromPort: rinfo.port }),
+  );
+  await new Promise<void>((resolve) => client.bind(68, '0.0.0.0', resolve));
+  client.setBroadcast(true);
+  const send = (bytes: Buffer) =>
+    new Promise<void>((resolve, reject) =>
+      client.send(bytes, 67, '255.255.255.255', (err) => (err ? reject(err) : resolve())),
+    );
+  const until = async (xid: number) => {
+    const deadline = Date.now() + 20_000;
+    while (!replies.some((r) => r.xid === xid)) {
+      if (Date.now() > deadline) throw new Error(`no reply for xid ${xid.toString(16)}\n${lines.join('\n')}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  try {
+    await send(pi3RomDiscover(UNKNOWN_MAC, 0x1111_1111));
+    await send(plainDiscover(PLAIN_BOARD_MAC, 0x2222_2222));
+    await send(pi3RomDiscover());
+    await until(PI3_ROM_XID);
+    await send(pi4EepromDiscover());
+    await until(PI4_EEPROM_XID);
+    // The looped-back copies of the last DISCOVER, and their replies, have had their turn when a
+    // datagram sent after them is answered: one more Pi 3 DISCOVER, with its own xid.
+    await send(pi3RomDiscover(PI3_ROM_MAC, 0x3333_3333));
+    await until(0x3333_3333);
+  } finally {
+    client.close();
+    await responder.close();
+  }
+  return { replies, answers, log: lines };
+}
+
+/** Prints the variables udhcpc hands its script, one `name=value` a line. */
+const PRINT_SCRIPT = `#!/bin/sh
+echo "event=$1"
+for v in interface ip subnet mask router serverid lease siaddr sname boot_file tftp broadcast; do
+  eval "val=\\$$v"
+  [ -n "$val" ] && echo "$v=$val"
+done
+exit 0
+`;
+
+async function udhcpc(mode: 'proxy' | 'full', unknown: boolean): Promise<ScenarioResult> {
+  await addVethPair({ name: 'dh0', peer: 'dh1', address: `${SERVER_IP}/24`, peerMac: UDHCPC_MAC });
+  const lines: string[] = [];
+  const answers: DhcpAnswer[] = [];
+  const responder = await startResponder(mode, lines, answers, unknown ? UDHCPC_MAC : undefined);
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'udhcpc-'));
+  const script = path.join(dir, 'print.sh');
+  await writeFile(script, PRINT_SCRIPT);
+  await chmod(script, 0o755);
+  let code = 0;
+  let output: string;
+  try {
+    // -n: give up when no lease comes (after -t DISCOVERs, -T s apart); -q: quit once bound.
+    const r = await execFileAsync(
+      'busybox',
+      ['udhcpc', '-f', '-i', 'dh1', '-n', '-q', '-s', script, '-t', mode === 'full' && !unknown ? '5' : '2', '-T', '1'],
+      { timeout: 30_000 },
+    ).catch((err: Error & { code?: number; stdout?: string; stderr?: string }) => {
+      code = typeof err.code === 'number' ? err.code : -1;
+      return { stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
+    });
+    output = `${r.stdout}${r.stderr}`;
+  } finally {
+    await responder.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+  const vars: Record<string, string> = {};
+  for (const line of output.split('\n')) {
+    const m = /^([a-z_]+)=(.*)$/.exec(line);
+    if (m) vars[m[1]!] = m[2]!;
+  }
+  return { udhcpc: { code, vars, output }, answers, log: lines };
+}
+
+// Run only as the namespace's command; the test imports the constants above.
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const options = scenarioArgs<ScenarioOptions>();
+  const run = options.scenario === 'replay' ? replay() : udhcpc(options.mode, options.unknown ?? false);
+  run.then(printResult, (err: Error) => {
+    process.stderr.write(`${err.stack ?? err.message}\n`);
+    process.exit(1);
+  });
+}
