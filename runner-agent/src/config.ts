@@ -5,13 +5,14 @@
 import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { isIP } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseBootCheck } from '../../src/protocol/boot-check.js';
 import type { Stage2Settings } from './board/stage2-script.js';
 import { checkMinZeroRun } from './store/mapped-ranges.js';
 import { builtinLayouts } from './layouts/registry.js';
+import { isHostOf, parseSubnet } from './netboot/ipv4-subnet.js';
 
 /** Health checks of the boards (lab/health-checks.ts). */
 export interface HealthSettings {
@@ -23,6 +24,27 @@ export interface HealthSettings {
   afterFailures: number;
   /** The check's boot check (`tcp:22`…); the agent's `bootCheck` when absent. */
   bootCheck?: string;
+}
+
+/** The DHCP responder for the Pi firmware's network boot (netboot/dhcp-responder.ts). */
+export interface DhcpSettings {
+  /**
+   * `off`: no responder. `proxy`: beside the lab's own DHCP server, answering only the Pi firmware
+   * of the database's boards. `full`: the only DHCP server of an isolated lab network, giving each
+   * board its row's IP.
+   */
+  mode: 'off' | 'proxy' | 'full';
+  /** Bind address; keep 0.0.0.0, as DISCOVERs are broadcasts. */
+  address: string;
+  port: number;
+  /** The agent's address as the boards see it: their TFTP server (options 54, 66, siaddr). Required unless off. */
+  serverIp?: string;
+  /** The lab network as CIDR; required in `full` mode, where every row's IP must be a host of it. */
+  subnet?: string;
+  /** `full`: the router the boards are told (option 3); none when absent. */
+  router?: string;
+  /** `full`: the lease the boards are given, seconds. */
+  leaseSeconds: number;
 }
 
 export interface AgentConfig {
@@ -118,6 +140,8 @@ export interface AgentConfig {
     /** Where a holder's `owner/repo run N` links to: `<runLinkBase>/owner/repo/actions/runs/N`. */
     runLinkBase: string;
   };
+  /** The DHCP responder for network boot: off unless set. */
+  dhcp: DhcpSettings;
   /** GET /metrics in the Prometheus text format (metrics/). */
   metrics: {
     enabled: boolean;
@@ -190,6 +214,8 @@ export const DEFAULTS = {
   dashboard: { enabled: true, maxClients: 16, runLinkBase: 'https://github.com' },
   metrics: { enabled: false },
   health: { afterFailures: 3 },
+  // Off: an agent must never start answering DHCP on a lab network because it was upgraded.
+  dhcp: { mode: 'off', address: '0.0.0.0', port: 67, leaseSeconds: 3600 },
 } as const;
 
 export class ConfigError extends Error {
@@ -316,6 +342,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     'uboot',
     'dashboard',
     'metrics',
+    'dhcp',
   ]);
 
   const listenRaw = obj('listen');
@@ -575,6 +602,53 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     ...(metricsToken ? { token: metricsToken } : {}),
   };
 
+  const dhcpRaw = obj('dhcp');
+  known(dhcpRaw, 'dhcp.', ['mode', 'address', 'port', 'serverIp', 'subnet', 'router', 'leaseSeconds']);
+  const ipv4 = (name: string, v: unknown): string | undefined => {
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || !isIPv4(v) || v === '0.0.0.0') {
+      problems.push(`"${name}" must be an IPv4 address, got ${JSON.stringify(v)}`);
+      return undefined;
+    }
+    return v;
+  };
+  const dhcp: DhcpSettings = {
+    mode: DEFAULTS.dhcp.mode,
+    address: DEFAULTS.dhcp.address,
+    port: int('dhcp.port', dhcpRaw.port, DEFAULTS.dhcp.port, 0, 65535),
+    leaseSeconds: int('dhcp.leaseSeconds', dhcpRaw.leaseSeconds, DEFAULTS.dhcp.leaseSeconds, 60, 7 * 86_400),
+  };
+  if (dhcpRaw.mode !== undefined) {
+    if (dhcpRaw.mode === 'off' || dhcpRaw.mode === 'proxy' || dhcpRaw.mode === 'full') dhcp.mode = dhcpRaw.mode;
+    else problems.push(`"dhcp.mode" must be "off", "proxy" or "full", got ${JSON.stringify(dhcpRaw.mode)}`);
+  }
+  if (dhcpRaw.address !== undefined) {
+    // The responder's socket is IPv4 (DHCPv4); the wildcard is an address here.
+    if (typeof dhcpRaw.address === 'string' && isIPv4(dhcpRaw.address)) dhcp.address = dhcpRaw.address;
+    else problems.push(`"dhcp.address" must be an IPv4 address, got ${JSON.stringify(dhcpRaw.address)}`);
+  }
+  const serverIp = ipv4('dhcp.serverIp', dhcpRaw.serverIp);
+  if (serverIp) dhcp.serverIp = serverIp;
+  else if (dhcpRaw.serverIp === undefined && dhcp.mode !== 'off')
+    problems.push(
+      `"dhcp.serverIp" is required when "dhcp.mode" is "${dhcp.mode}" (the agent's address on the boards' network)`,
+    );
+  const router = ipv4('dhcp.router', dhcpRaw.router);
+  if (router) dhcp.router = router;
+  if (dhcpRaw.subnet !== undefined) {
+    const subnet = typeof dhcpRaw.subnet === 'string' ? parseSubnet(dhcpRaw.subnet) : undefined;
+    if (!subnet || 'problem' in subnet)
+      problems.push(`"dhcp.subnet": ${subnet ? subnet.problem : 'must be a subnet like "192.168.7.0/24"'}`);
+    else {
+      dhcp.subnet = subnet.cidr;
+      if (serverIp && !isHostOf(subnet, serverIp))
+        problems.push(`"dhcp.serverIp" ${serverIp} is not a host address of "dhcp.subnet" ${subnet.cidr}`);
+      if (router && !isHostOf(subnet, router))
+        problems.push(`"dhcp.router" ${router} is not a host address of "dhcp.subnet" ${subnet.cidr}`);
+    }
+  } else if (dhcp.mode === 'full')
+    problems.push('"dhcp.subnet" is required when "dhcp.mode" is "full" (the lab network, e.g. "192.168.7.0/24")');
+
   const config: AgentConfig = {
     name,
     health,
@@ -595,6 +669,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     defaultLayout,
     dashboard,
     metrics,
+    dhcp,
     uboot: {
       bootScr: ubootRaw.bootScr === undefined ? SHIPPED_BOOT_SCR : file(string('uboot.bootScr', ubootRaw.bootScr)),
       binaries,
