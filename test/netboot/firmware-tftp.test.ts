@@ -29,7 +29,7 @@ import {
 import { ImageView } from '../../runner-agent/src/staging/image-view.js';
 import { parseTargets, TargetsError, type Target } from '../../runner-agent/src/targets/database.js';
 import { tftpGet, tftpGetWithInfo } from '../../runner-agent/src/tftp/client.js';
-import { encodeError, encodeRequest, Opcode, TftpErrorCode } from '../../runner-agent/src/tftp/packets.js';
+import { encodeAck, encodeError, encodeRequest, Opcode, TftpErrorCode } from '../../runner-agent/src/tftp/packets.js';
 import { TftpServer, type TransferEnd } from '../../runner-agent/src/tftp/server.js';
 import { buildTestImage, fsckBoot, mtoolsRead, type TestImage } from '../image/build-image.js';
 import { RawPeer } from '../tftp/helpers.js';
@@ -324,7 +324,7 @@ describe.each([
 describe('firmware transfers', () => {
   it('a probe that just stops ACKing is a probe too, not a failure', async () => {
     const t = target('serial', { serial: 'b1c2d3e4' });
-    const { files, server, port, logs } = await startServer();
+    const { files, server, port, logs, ends } = await startServer();
     const seen = recorder();
     await files.stage(macDir(t.mac), job(t, { ...firmwareFiles(t, boot), ...seen.hooks }), {});
     try {
@@ -332,7 +332,38 @@ describe('firmware transfers', () => {
       await until('the silent probe to end', () => seen.ended.length > 0);
       expect(seen.ended).toEqual([{ name: 'start.elf', ok: false, probe: true }]);
       expect(logs.filter((l) => l.level === 'error')).toEqual([]);
+      // What the TFTP server's own log could ask to tell a probe from a failure.
+      expect(
+        await tftpGet({ host: '127.0.0.1', port, path: 'bootcode.bin', localAddress: '127.0.0.1' }),
+      ).not.toBeNull();
+      await until('both transfers to end', () => ends.length === 2);
+      expect(ends.map((e) => [e.path, files.isFirmwareProbe(e)])).toEqual([
+        ['b1c2d3e4/start.elf', true],
+        ['bootcode.bin', false],
+      ]);
     } finally {
+      await files.unstage(macDir(t.mac));
+      await server.close();
+    }
+  });
+
+  it('a client that gives up after more than one block is no probe', async () => {
+    const t = target('serial', { serial: 'b1c2d3e4' });
+    const { files, server, port } = await startServer();
+    const seen = recorder();
+    await files.stage(macDir(t.mac), job(t, { ...firmwareFiles(t, boot), ...seen.hooks }), {});
+    const peer = await RawPeer.open('127.0.0.1');
+    try {
+      peer.send(encodeRequest(Opcode.RRQ, 'b1c2d3e4/kernel8.img', 'octet', {}), port);
+      for (let block = 1; block <= 3; block++) {
+        const got = await peer.next();
+        expect(got.packet).toMatchObject({ op: Opcode.DATA, block });
+        peer.send(block < 3 ? encodeAck(block) : encodeError(TftpErrorCode.NOT_DEFINED, 'gave up'), got.port);
+      }
+      await until('the transfer to end', () => seen.ended.length > 0);
+      expect(seen.ended).toEqual([{ name: 'kernel8.img', ok: false, probe: false }]);
+    } finally {
+      await peer.close();
       await files.unstage(macDir(t.mac));
       await server.close();
     }

@@ -381,6 +381,14 @@ export class BoardFiles implements TftpResolver {
   }
 
   /**
+   * True when a transfer that ended is a firmware probe (isProbe) of a staged job's file: for the
+   * TFTP server's own log, which reports every transfer that did not complete as a failure.
+   */
+  isFirmwareProbe(t: TransferEnd): boolean {
+    return this.route(t.path, t.peer.address)?.kind === 'firmware' && t.size !== undefined && isProbe(t);
+  }
+
+  /**
    * Runs a job's hook for a request. A hook that throws (a TftpAccessError aside: a refusal) is
    * that job's bug: logged with its stack against the job, and the request answered with an error
    * that tells the peer nothing more; the TFTP server and every other target go on.
