@@ -8,7 +8,7 @@
  * image file is not changed by any of it.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -26,6 +26,7 @@ import {
 } from './netboot-os.js';
 import {
   NBD_PORT,
+  PI3_ROM_VENDOR_CLASS,
   TAP_LINK,
   privateNetworkAvailable,
   runInPrivateNetwork,
@@ -141,6 +142,8 @@ describe.skipIf(!run)(title, () => {
       prefix: PREFIX,
       marker,
       nbd: o.nbd,
+      // The firmware stand-in asks as a Pi 3's boot ROM does.
+      vendorClass: PI3_ROM_VENDOR_CLASS,
       timeoutMs: RUN_TIMEOUT_MS - 10_000,
     };
     await mkdir(input.workDir);
@@ -180,6 +183,7 @@ describe.skipIf(!run)(title, () => {
           ['kernel8.img', 'initrd.img', 'cmdline.txt'].map((n) => `${PREFIX}${n}`),
         );
         expect(r.console).toContain(`netboot-vm: bootargs: ${cmdline}`);
+        expect(await readFile(r.dnsmasqLog, 'utf8')).toContain(`vendor class: ${PI3_ROM_VENDOR_CLASS}`);
         // Every step of /init, in order, then the marker.
         const order = ['start', 'modules', 'link', 'address', 'nbdroot', 'connected', 'mounted', 'wrote', 'switching'];
         const times = [...order.map((k) => r.at[k]), r.at.marker];

@@ -92,6 +92,9 @@ export interface FirmwareFiles {
   cmdline: string;
 }
 
+/** Option 60 of a Pi 3 boot ROM DISCOVER (DESIGN §8). */
+export const PI3_ROM_VENDOR_CLASS = 'PXEClient:Arch:00000:UNDI:002001';
+
 /** The names Raspberry Pi OS's config.txt has the firmware load (see netboot-os.ts's CONFIG_TXT). */
 export const PI_FIRMWARE_FILES: FirmwareFiles = { kernel: 'kernel8.img', initrd: 'initrd.img', cmdline: 'cmdline.txt' };
 
@@ -154,6 +157,11 @@ export interface NetbootVmOptions {
   /** TFTP server port; 69 by default. */
   tftpPort?: number;
   files?: FirmwareFiles;
+  /**
+   * DHCP option 60 of U-Boot's DISCOVER and REQUEST (its `bootp_vci`), e.g. PI3_ROM_VENDOR_CLASS
+   * for a responder that answers only what looks like a Pi's boot ROM; U-Boot's own by default.
+   */
+  vendorClass?: string;
   /** Extra or overriding U-Boot environment variables (e.g. `tftpwindowsize`, `tftpblocksize`). */
   env?: Record<string, string>;
   /** Hard limit for the whole QEMU run. */
@@ -178,6 +186,7 @@ export function netbootVmEnvironment(
       netboot_prefix: o.prefix,
       netboot_cmdline_addr: hex(CMDLINE_ADDR),
       netboot_server: o.serverIp ? `setenv serverip ${o.serverIp}` : 'true',
+      ...(o.vendorClass === undefined ? {} : { bootp_vci: o.vendorClass }),
       // Replaces boardEnvironment's bootcmd, which starts with `pci enum; mmc list`: no SD card here.
       ...firmwareScripts(o.files),
       ...o.env,
@@ -415,6 +424,8 @@ export interface StandaloneNetbootInput {
   marker: string;
   /** false: no NBD server (the initramfs's connect must fail). Default true. */
   nbd?: boolean;
+  /** U-Boot's DHCP option 60 (NetbootVmOptions.vendorClass). */
+  vendorClass?: string;
   timeoutMs: number;
   /** Extra U-Boot environment (tftpwindowsize…). */
   env?: Record<string, string>;
@@ -454,6 +465,8 @@ export async function runStandaloneNetboot(o: StandaloneNetbootInput): Promise<S
       '--pid-file=',
       `--dhcp-leasefile=${join(o.workDir, 'dnsmasq.leases')}`,
       '--dhcp-range=10.42.0.100,10.42.0.199,255.255.255.0,10m',
+      // Nothing else is on the link: skip the 3 s ping that proves a new address unused.
+      '--no-ping',
       // siaddr: the TFTP server U-Boot's `dhcp` puts in serverip (also the initramfs's ROOTSERVER).
       `--dhcp-boot=${PI_FIRMWARE_FILES.kernel},,${host}`,
       '--log-dhcp',
@@ -498,6 +511,7 @@ export async function runStandaloneNetboot(o: StandaloneNetbootInput): Promise<S
       mac: o.mac,
       prefix: o.prefix,
       timeoutMs: o.timeoutMs,
+      vendorClass: o.vendorClass,
       env: o.env,
     });
     const b = board;
