@@ -16,7 +16,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -240,7 +240,6 @@ const peers = new Set<ChildProcess>();
  * with this process whatever ends it; its output goes to `logFile`. Stopped by stopPeers().
  */
 export async function startPeer(command: string, args: string[], logFile: string): Promise<ChildProcess> {
-  const { createWriteStream } = await import('node:fs');
   const log = createWriteStream(logFile);
   const child = spawn('setpriv', ['--pdeathsig', 'KILL', command, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout.pipe(log);
@@ -294,9 +293,9 @@ export interface PrivateNetworkRun {
   /** Its exported async function, called with `input`; what it resolves with must be JSON. */
   fn: string;
   input: unknown;
-  /** Kills the child (and so, by pdeathsig, QEMU and the peers) when it passes. */
+  /** Kills the child (and so, by pdeathsig, QEMU and the peers) when it passes; the child also dies with its caller. */
   timeoutMs: number;
-  /** Where the child writes its result (JSON) and its stderr goes; the caller removes it. */
+  /** Where the child writes its result (result.json); the caller creates and removes it. */
   workDir: string;
 }
 
@@ -315,7 +314,9 @@ export async function runInPrivateNetwork<T>(o: PrivateNetworkRun): Promise<T> {
   };
   await rm(request.result, { force: true });
   try {
-    await execFileAsync('unshare', ['-rn', process.execPath, '--import', 'tsx', THIS_FILE, JSON.stringify(request)], {
+    // setpriv inside the namespace: entering it resets a parent-death signal set before.
+    const child = ['setpriv', '--pdeathsig', 'KILL', process.execPath, '--import', 'tsx', THIS_FILE];
+    await execFileAsync('unshare', ['-rn', ...child, JSON.stringify(request)], {
       cwd: REPO_ROOT,
       timeout: o.timeoutMs,
       killSignal: 'SIGKILL',
