@@ -19,6 +19,8 @@ Usage:
                             (a board's first card; make-card --help)
   rpi-flash-agent board TARGET maintenance|resume|health|status, or board list
                             (a board's state, on the running agent; board --help)
+  rpi-flash-agent eeprom-config TARGET
+                            (a Pi 4's EEPROM settings for network boot; eeprom-config --help)
 
 Options (each overrides the same setting in the config file):
   -c, --config FILE         JSON configuration file (required)
@@ -152,6 +154,7 @@ export class LastResortGuard {
 export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'make-card') return (await import('./make-card.js')).makeCardMain(argv.slice(1));
   if (argv[0] === 'board') return (await import('./board-command.js')).boardMain(argv.slice(1));
+  if (argv[0] === 'eeprom-config') return (await import('./eeprom-config.js')).eepromConfigMain(argv.slice(1));
   let args: ParsedArgs;
   try {
     args = parseCliArgs(argv);
