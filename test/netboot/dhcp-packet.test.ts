@@ -104,10 +104,12 @@ describe('the Pi 3 boot ROM DISCOVER from the network-boot documentation', () =>
     expect(encodeDhcpPacket(decodeDhcpPacket(bytes))).toEqual(bytes);
   });
 
-  it('with the vendor class alone (no 93/94/97), it is a PC PXE client, not the ROM', () => {
+  it('the vendor class decides (a U-Boot stand-in sends it without 93/94/97); another PXE class is generic', () => {
     const p = decodeDhcpPacket(bytes);
-    p.options.delete(97);
-    expect(classifyClient(p).kind).toBe('generic');
+    for (const code of [93, 94, 97]) p.options.delete(code);
+    expect(classifyClient(p).kind).toBe('pi3-rom');
+    p.options.set(60, Buffer.from('PXEClient:Arch:00011:UNDI:003000'));
+    expect(classifyClient(p)).toEqual({ kind: 'generic', vendorClass: 'PXEClient:Arch:00011:UNDI:003000' });
   });
 });
 

@@ -10,8 +10,11 @@
  *   REQUEST carries no option 60 (rpi-eeprom #82), so option 97 decides.
  * - Anything else (U-Boot's `dhcp`, udhcpc, a kernel's ip=dhcp) is a generic client.
  *
- * Option 93 is 0 (x86 BIOS) for every Pi, so it cannot tell a Pi from a PC: the MAC in the targets
- * database is what keeps the responder from answering a PC's PXE ROM.
+ * The ROM is told by its vendor class alone. Its options 93, 94 and 97 are what a PC's PXE ROM
+ * sends too (93 is 0, x86 BIOS, for every Pi), so requiring them would tell nothing apart; it would
+ * only refuse a stand-in that asks with the ROM's vendor class, as the QEMU network-boot test's
+ * U-Boot does (`bootp_vci`). The MAC in the targets database is what keeps the responder from
+ * answering a PC.
  */
 import { DhcpOption, optionText, type DhcpPacket } from './dhcp-packet.js';
 
@@ -40,10 +43,7 @@ export function classifyClient(p: DhcpPacket): DhcpClient {
   const withVendor = vendorClass === undefined ? {} : { vendorClass };
   const fourcc = eepromFourcc(p.options.get(DhcpOption.CLIENT_UUID));
   if (fourcc) return { kind: 'pi-eeprom', fourcc, ...withVendor };
-  const romOptions = [DhcpOption.CLIENT_ARCH, DhcpOption.CLIENT_NDI, DhcpOption.CLIENT_UUID].every((o) =>
-    p.options.has(o),
-  );
-  if (vendorClass === PI3_ROM_VENDOR_CLASS && romOptions) return { kind: 'pi3-rom', ...withVendor };
+  if (vendorClass === PI3_ROM_VENDOR_CLASS) return { kind: 'pi3-rom', ...withVendor };
   return { kind: 'generic', ...withVendor };
 }
 
