@@ -20,6 +20,8 @@ import { metricsRoute } from './metrics/metrics-route.js';
 import { SimBoard, SimLab } from './sim/index.js';
 import { builtinLayouts, type LayoutRegistry } from './layouts/registry.js';
 import { BoardStates } from './lab/board-states.js';
+import { DhcpResponder } from './netboot/dhcp-responder.js';
+import { isHostOf, parseSubnet, type Ipv4Subnet } from './netboot/ipv4-subnet.js';
 
 export interface RunningAgent {
   config: AgentConfig;
@@ -33,6 +35,12 @@ export interface RunningAgent {
   /** Present when `metrics.enabled`. */
   metrics?: LabMetrics;
   tftp: { address: string; port: number };
+  /**
+   * The DHCP responder, when `dhcp.mode` is not `off`. `dhcp.onAnswered((board, kind, message) =>
+   * …)` tells each reply it sends (returns the unsubscribe): how a network-boot job sees that its
+   * board's firmware asked.
+   */
+  dhcp?: DhcpResponder;
   service: AgentService;
   store: ImageStore;
   files: BoardFiles;
@@ -57,7 +65,18 @@ export interface StartOptions {
 export async function startAgent(config: AgentConfig, o: StartOptions = {}): Promise<RunningAgent> {
   const log = o.log ?? createLogger({ level: config.logLevel });
   const layouts = o.layouts ?? builtinLayouts;
+  // Full-mode DHCP gives each board its row's IP: the rows must lie in the subnet it serves.
+  const dhcpSubnet = config.dhcp.mode === 'full' ? (parseSubnet(config.dhcp.subnet!) as Ipv4Subnet) : undefined;
+  const checkDhcpRows = (list: readonly Target[]) => {
+    const outside = dhcpSubnet ? list.filter((t) => !isHostOf(dhcpSubnet, t.ip)) : [];
+    if (outside.length)
+      throw new Error(
+        `dhcp.subnet ${dhcpSubnet!.cidr} must hold every target's IP (dhcp.mode full hands them out): ` +
+          outside.map((t) => `${t.name} (${t.ip}, ${t.source.file}:${t.source.line})`).join(', '),
+      );
+  };
   let targets = await loadTargets(config.targets, Object.keys(layouts));
+  checkDhcpRows(targets);
   log.info('targets loaded', { file: config.targets, count: targets.length });
 
   await mkdir(config.stateDir, { recursive: true });
@@ -75,6 +94,31 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
   });
   const leftovers = await files.removeLeftovers();
   if (leftovers.length) log.warn('removed target folders left by an earlier run', { folders: leftovers.join(',') });
+
+  // Before the TFTP server, so a port it cannot bind stops the start with nothing else listening.
+  let dhcp: DhcpResponder | undefined;
+  if (config.dhcp.mode !== 'off') {
+    dhcp = new DhcpResponder({
+      mode: config.dhcp.mode,
+      address: config.dhcp.address,
+      port: config.dhcp.port,
+      serverIp: config.dhcp.serverIp!,
+      ...(dhcpSubnet ? { subnet: dhcpSubnet } : {}),
+      ...(config.dhcp.router ? { router: config.dhcp.router } : {}),
+      leaseSeconds: config.dhcp.leaseSeconds,
+      lookup: (mac) => {
+        const t = targets.find((row) => row.mac === mac);
+        return t && { name: t.name, ip: t.ip };
+      },
+      log: log.child({ part: 'dhcp' }),
+    });
+    try {
+      await dhcp.start();
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+  }
 
   // Bytes the boards acknowledged, for the metrics; the lab feed that counts them exists only below.
   let tftpServed: (bytes: number) => void = () => {};
@@ -213,6 +257,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     ...(dashboard ? { dashboard } : {}),
     ...(metrics ? { metrics } : {}),
     tftp: tftpAddress,
+    ...(dhcp ? { dhcp } : {}),
     service,
     store,
     files,
@@ -222,6 +267,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     targets: () => targets,
     async reloadTargets() {
       const next = await loadTargets(config.targets, Object.keys(layouts));
+      checkDhcpRows(next);
       targets = next;
       await buildSimLab(next);
       service.targetsChanged();
@@ -238,6 +284,8 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
         dashboard?.close();
         await ws.close();
         metrics?.close();
+        if (dhcp) log.info('stopping: closing the DHCP responder');
+        await dhcp?.close();
         log.info('stopping: closing the TFTP server');
         await tftpServer.close();
         if (simLab) log.info('stopping: closing the simulated lab');

@@ -12,6 +12,7 @@
  *   Pi 4 EEPROM's own. The responder handles datagrams in order, so when the first reply is the
  *   Pi 3's, the two before it were dropped, not merely slow. (Linux may also loop a broadcast
  *   back to its sender's host; the test never counts copies, it looks at every reply received.)
+ * - `agent`: the same board socket against the whole agent (startAgent) with `dhcp.mode` proxy.
  * - `udhcpc`: Debian's busybox udhcpc on `dh1` (raw sockets, as on a board) with a script that
  *   prints what it was given: in `full` mode it must get its row's lease; with `dh1`'s MAC missing
  *   from the database (`unknown`), or in `proxy` mode (a plain client is the lab server's to
@@ -28,6 +29,7 @@ import { createLogger, formatRecord } from '../../runner-agent/src/log.js';
 import { DhcpResponder, type DhcpAnswer } from '../../runner-agent/src/netboot/dhcp-responder.js';
 import { parseSubnet, type Ipv4Subnet } from '../../runner-agent/src/netboot/ipv4-subnet.js';
 import { addVethPair, ip, printResult, scenarioArgs } from '../support/netns.js';
+import { startLab, targetsCsv, type LabBoard } from '../support/lab.js';
 import {
   PI3_ROM_MAC,
   PI3_ROM_XID,
@@ -57,7 +59,7 @@ export const BOARDS: Record<string, { name: string; ip: string }> = {
 };
 
 export type ScenarioOptions =
-  { scenario: 'replay' } | { scenario: 'udhcpc'; mode: 'proxy' | 'full'; unknown?: boolean };
+  { scenario: 'replay' } | { scenario: 'agent' } | { scenario: 'udhcpc'; mode: 'proxy' | 'full'; unknown?: boolean };
 
 export interface ReceivedReply {
   xid: number;
@@ -91,13 +93,11 @@ async function startResponder(mode: 'proxy' | 'full', lines: string[], answers: 
   return responder;
 }
 
-async function replay(): Promise<ScenarioResult> {
+/** The board's side in `replay` and `agent`: a socket on 0.0.0.0:68 whose broadcasts leave by `dh1`. */
+async function boardSocket(lines: string[]) {
   await addVethPair({ name: 'dh0', peer: 'dh1', address: `${SERVER_IP}/24` });
   // The board's broadcasts leave by its own interface, as a board's only NIC.
   await ip('route', 'add', '255.255.255.255/32', 'dev', 'dh1');
-  const lines: string[] = [];
-  const answers: DhcpAnswer[] = [];
-  const responder = await startResponder('proxy', lines, answers);
   const client = dgram.createSocket('udp4');
   const replies: ReceivedReply[] = [];
   client.on('message', (msg, rinfo) =>
@@ -105,33 +105,72 @@ async function replay(): Promise<ScenarioResult> {
   );
   await new Promise<void>((resolve) => client.bind(68, '0.0.0.0', resolve));
   client.setBroadcast(true);
-  const send = (bytes: Buffer) =>
-    new Promise<void>((resolve, reject) =>
-      client.send(bytes, 67, '255.255.255.255', (err) => (err ? reject(err) : resolve())),
-    );
-  const until = async (xid: number) => {
-    const deadline = Date.now() + 20_000;
-    while (!replies.some((r) => r.xid === xid)) {
-      if (Date.now() > deadline) throw new Error(`no reply for xid ${xid.toString(16)}\n${lines.join('\n')}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
+  return {
+    replies,
+    send: (bytes: Buffer) =>
+      new Promise<void>((resolve, reject) =>
+        client.send(bytes, 67, '255.255.255.255', (err) => (err ? reject(err) : resolve())),
+      ),
+    async until(xid: number) {
+      const deadline = Date.now() + 20_000;
+      while (!replies.some((r) => r.xid === xid)) {
+        if (Date.now() > deadline) throw new Error(`no reply for xid ${xid.toString(16)}\n${lines.join('\n')}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    },
+    close: () => client.close(),
   };
+}
+
+async function replay(): Promise<ScenarioResult> {
+  const lines: string[] = [];
+  const answers: DhcpAnswer[] = [];
+  const board = await boardSocket(lines);
+  const responder = await startResponder('proxy', lines, answers);
   try {
-    await send(pi3RomDiscover(UNKNOWN_MAC, 0x1111_1111));
-    await send(plainDiscover(PLAIN_BOARD_MAC, 0x2222_2222));
-    await send(pi3RomDiscover());
-    await until(PI3_ROM_XID);
-    await send(pi4EepromDiscover());
-    await until(PI4_EEPROM_XID);
-    // The looped-back copies of the last DISCOVER, and their replies, have had their turn when a
-    // datagram sent after them is answered: one more Pi 3 DISCOVER, with its own xid.
-    await send(pi3RomDiscover(PI3_ROM_MAC, 0x3333_3333));
-    await until(0x3333_3333);
+    await board.send(pi3RomDiscover(UNKNOWN_MAC, 0x1111_1111));
+    await board.send(plainDiscover(PLAIN_BOARD_MAC, 0x2222_2222));
+    await board.send(pi3RomDiscover());
+    await board.until(PI3_ROM_XID);
+    await board.send(pi4EepromDiscover());
+    await board.until(PI4_EEPROM_XID);
+    // The ROM sends five DISCOVERs when nothing boots: the same board is answered every time.
+    await board.send(pi3RomDiscover(PI3_ROM_MAC, 0x3333_3333));
+    await board.until(0x3333_3333);
   } finally {
-    client.close();
+    board.close();
     await responder.close();
   }
-  return { replies, answers, log: lines };
+  return { replies: board.replies, answers, log: lines };
+}
+
+/**
+ * The agent's composition root with `dhcp.mode` proxy on port 67: the targets CSV is the lookup
+ * (the Pi 3's row first, the Pi 4's added and reloaded as SIGHUP does), `agent.dhcp.onAnswered`
+ * hears each reply, and the stop closes the responder.
+ */
+async function agent(): Promise<ScenarioResult> {
+  const lines: string[] = [];
+  const answers: DhcpAnswer[] = [];
+  const board = await boardSocket(lines);
+  const pi3: LabBoard = { name: 'pi3', mac: PI3_ROM_MAC, reset: 'cmd:true' };
+  const pi4: LabBoard = { name: 'pi4', mac: PI4_EEPROM_MAC, reset: 'cmd:true' };
+  const lab = await startLab({ boards: [pi3], config: { dhcp: { mode: 'proxy', serverIp: SERVER_IP } } });
+  try {
+    lab.agent.dhcp!.onAnswered((_b, _k, _m, answer) => answers.push(answer));
+    await board.send(pi4EepromDiscover());
+    await board.send(pi3RomDiscover());
+    await board.until(PI3_ROM_XID);
+    await writeFile(path.join(lab.dir, 'targets.csv'), targetsCsv([pi3, pi4]));
+    await lab.agent.reloadTargets();
+    await board.send(pi4EepromDiscover(PI4_EEPROM_MAC, 0x4444_4444));
+    await board.until(0x4444_4444);
+  } finally {
+    board.close();
+    await lab.stop();
+    lines.push(...lab.logs.map(formatRecord));
+  }
+  return { replies: board.replies, answers, log: lines };
 }
 
 /** Prints the variables udhcpc hands its script, one `name=value` a line. */
@@ -181,7 +220,12 @@ async function udhcpc(mode: 'proxy' | 'full', unknown: boolean): Promise<Scenari
 // Run only as the namespace's command; the test imports the constants above.
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const options = scenarioArgs<ScenarioOptions>();
-  const run = options.scenario === 'replay' ? replay() : udhcpc(options.mode, options.unknown ?? false);
+  const run =
+    options.scenario === 'replay'
+      ? replay()
+      : options.scenario === 'agent'
+        ? agent()
+        : udhcpc(options.mode, options.unknown ?? false);
   run.then(printResult, (err: Error) => {
     process.stderr.write(`${err.stack ?? err.message}\n`);
     process.exit(1);
