@@ -7,6 +7,8 @@
  * Only real boards are checked: `sim` boards and QEMU boards (`qmp` reset) have their own memory
  * map and network. Seed-layout boards run the seed system's recovery card, not stage 2.
  */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { formatBytes } from '../../src/protocol/units.js';
 import type { AgentConfig } from './config.js';
 import { getPiModel, gzipBound, modelHasUnzip, safePartSizeMax, safeRamEnd, type PiModel } from './image/models.js';
@@ -107,7 +109,59 @@ export function checkLab(config: AgentConfig, targets: readonly Target[]): LabFi
       "tftp.checkClientIp is on: each board's DHCP address must be its row's IP (a reservation by MAC); a board " +
         'that asks from another address is refused and its job fails with BOARD_IP_MISMATCH',
     );
+  checkNetboot(config, targets, errors, warnings);
   return { errors, warnings };
+}
+
+/** Models whose firmware cannot boot from the network at all (no Ethernet, or a ROM without it). */
+const NO_FIRMWARE_NETBOOT = new Set(['pi0w', 'pi02', 'pi2']);
+/** Models whose boot ROM tries the network only when the card holds no bootcode.bin (DESIGN §8). */
+const ROM_NETBOOT = new Set(['pi3', 'pi3-32']);
+
+/** Network boot (issue 11): what a `netboot` row, the `netflash` layout and `method: netboot` need. */
+function checkNetboot(config: AgentConfig, targets: readonly Target[], errors: string[], warnings: string[]): void {
+  for (const t of targets) {
+    const layout = t.layout ?? config.defaultLayout;
+    if (layout === 'netflash' && !t.netboot)
+      errors.push(
+        `${t.name}: layout netflash serves the board's firmware from its netboot folder, but its row has none ` +
+          '(netboot column: serial, mac or prefix:<folder>)',
+      );
+    if (!t.netboot) continue;
+    const model = (t.model ?? config.uboot.defaultModel).toLowerCase();
+    if (NO_FIRMWARE_NETBOOT.has(model))
+      errors.push(`${t.name}: a ${model} cannot boot from the network by its firmware; clear its netboot column`);
+    else if (ROM_NETBOOT.has(model))
+      warnings.push(
+        `${t.name}: a Pi 3's boot ROM tries the network only once its OTP bit is set (a 3B: program_usb_boot_mode=1, ` +
+          'one boot; a 3B+ has it) and only when the card holds no bootcode.bin: method netboot needs its card ' +
+          'blank or out',
+      );
+  }
+  const netboot = targets.filter((t) => t.netboot).map((t) => t.name);
+  if (!netboot.length) return;
+  if (config.dhcp.mode === 'off')
+    warnings.push(
+      `dhcp.mode is off: ${netboot.join(', ')} boot from the network only with a DHCP answer that names the agent ` +
+        "(dhcp.mode proxy or full, the lab's dnsmasq as the README shows, or a Pi 4 EEPROM set with " +
+        'eeprom-config --static)',
+    );
+  if (!config.dhcp.serverIp && (config.tftp.address === '0.0.0.0' || config.tftp.address === '::'))
+    warnings.push(
+      `${netboot.join(', ')}: method netboot tells the board where its root is: set dhcp.serverIp (or tftp.address) ` +
+        "to the agent's address on the boards' network, else such jobs fail with LAB_MISCONFIGURED",
+    );
+  if (!onPath('nbdkit'))
+    warnings.push(
+      `${netboot.join(', ')}: method netboot serves the root file system with nbdkit, which is not installed ` +
+        '(Debian: apt install nbdkit); such jobs fail with LAB_MISCONFIGURED',
+    );
+}
+
+function onPath(command: string): boolean {
+  return (process.env.PATH ?? '')
+    .split(path.delimiter)
+    .some((dir) => path.isAbsolute(dir) && existsSync(path.join(dir, command)));
 }
 
 /** `--check`'s report: warnings and refusals on `out`, one a line; false when a refusal stops the agent. */

@@ -24,9 +24,13 @@ afterEach(async () => {
 });
 
 /** A lab folder: agent.json with `settings` over a minimal config, targets.csv with `rows`. */
-async function lab(rows: string[], settings: Record<string, unknown> = {}): Promise<string> {
+async function lab(
+  rows: string[],
+  settings: Record<string, unknown> = {},
+  header = 'name,mac,ip,reset,model',
+): Promise<string> {
   dir = await mkdtemp(path.join(os.tmpdir(), 'rpi-flash-lab-check-'));
-  await writeFile(path.join(dir, 'targets.csv'), ['name,mac,ip,reset,model', ...rows].join('\n') + '\n');
+  await writeFile(path.join(dir, 'targets.csv'), [header, ...rows].join('\n') + '\n');
   await writeFile(
     path.join(dir, 'agent.json'),
     JSON.stringify({
@@ -41,8 +45,8 @@ async function lab(rows: string[], settings: Record<string, unknown> = {}): Prom
   return path.join(dir, 'agent.json');
 }
 
-async function findings(rows: string[], settings: Record<string, unknown> = {}) {
-  const file = await lab(rows, settings);
+async function findings(rows: string[], settings: Record<string, unknown> = {}, header?: string) {
+  const file = await lab(rows, settings, header);
   const raw = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
   const config = await validateConfig(raw, path.dirname(file));
   return checkLab(config, await loadTargets(config.targets));
@@ -145,5 +149,49 @@ describe('rpi-flash-agent --check', () => {
     expect(r.status).toBe(2);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(/^rpi-flash-agent: flash\.partSize 128\.0 MiB .* the largest part there is 103\.0 MiB/m);
+  });
+});
+
+describe('network boot', () => {
+  const header = 'name,mac,ip,reset,model,serial,layout,netboot';
+  const full = { dhcp: { mode: 'full', serverIp: '10.42.0.1', subnet: '10.42.0.0/24' } };
+
+  it('refuses netflash without a netboot folder and a model whose firmware cannot boot from the network', async () => {
+    const { errors } = await findings(
+      [
+        'pi4-a,dc:a6:32:00:00:01,10.42.0.11,gpio:17,pi4,,netflash,',
+        'zero,b8:27:eb:00:00:02,10.42.0.12,gpio:18,pi0w,,,mac',
+        'pi4-b,dc:a6:32:00:00:03,10.42.0.13,gpio:19,pi4,,netflash,mac',
+      ],
+      full,
+      header,
+    );
+    expect(errors).toEqual([
+      expect.stringMatching(/^pi4-a: layout netflash serves the board's firmware from its netboot folder/),
+      'zero: a pi0w cannot boot from the network by its firmware; clear its netboot column',
+    ]);
+  });
+
+  it("warns of a Pi 3's ROM, DHCP off, no address for the NBD root, and nbdkit missing", async () => {
+    const rows = ['pi3-a,b8:27:eb:00:00:04,10.42.0.14,gpio:17,pi3,00000000deadbeef,,serial'];
+    const ok = await findings(rows, full, header);
+    expect(ok.errors).toEqual([]);
+    expect(ok.warnings).toContainEqual(
+      expect.stringMatching(/^pi3-a: a Pi 3's boot ROM tries the network only once its OTP bit is set/),
+    );
+    expect(ok.warnings.filter((w) => /dhcp|nbdkit|where its root is/.test(w))).toEqual([]);
+    const off = await findings(rows, { tftp: { root: 'tftp', address: '0.0.0.0', port: 69 } }, header);
+    expect(off.warnings).toContainEqual(expect.stringMatching(/^dhcp.mode is off: pi3-a boot from the network only/));
+    expect(off.warnings).toContainEqual(
+      expect.stringMatching(/^pi3-a: method netboot tells the board where its root is/),
+    );
+    const path0 = process.env.PATH;
+    process.env.PATH = '/nonexistent';
+    try {
+      const none = await findings(rows, full, header);
+      expect(none.warnings).toContainEqual(expect.stringMatching(/nbdkit, which is not installed/));
+    } finally {
+      process.env.PATH = path0;
+    }
   });
 });

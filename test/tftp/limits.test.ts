@@ -315,4 +315,28 @@ describe('TFTP limits per peer', () => {
       ).toBe(true);
     });
   });
+
+  describe('a transfer the client ends on purpose', () => {
+    it('is logged as info when expectedEnd says so, as a failure otherwise, and a throwing hook means no', async () => {
+      await start({
+        resolver: countingResolver(4 * KiB),
+        expectedEnd: (t) => {
+          if (t.path === 'bad-hook') throw new Error('hook bug');
+          return t.path === 'probe';
+        },
+      });
+      for (const path of ['probe', 'other', 'bad-hook']) {
+        const { peer: p, first } = await request(path);
+        expect(first.packet.op).toBe(Opcode.DATA);
+        p.send(encodeError(TftpErrorCode.NOT_DEFINED, 'enough'), first.port);
+      }
+      await waitUntil(() => ends.length === 3);
+      const about = (path: string) => logs.filter((r) => r.fields.path === path && /TFTP transfer/.test(r.msg));
+      expect(about('probe').map((r) => [r.level, r.msg])).toEqual([
+        ['info', 'TFTP transfer ended by the client, as expected'],
+      ]);
+      expect(about('other').map((r) => [r.level, r.msg])).toEqual([['warn', 'TFTP transfer failed']]);
+      expect(about('bad-hook').map((r) => [r.level, r.msg])).toEqual([['warn', 'TFTP transfer failed']]);
+    });
+  });
 });

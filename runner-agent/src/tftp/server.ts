@@ -119,6 +119,11 @@ export interface TftpServerOptions {
   onProgress?(p: TftpProgress): void;
   onTransferEnd?(t: TransferEnd): void;
   /**
+   * A transfer the client ended on purpose (the Pi boot ROM's one-block `start.elf` probe): logged
+   * as info, not as a failure. Default: none is.
+   */
+  expectedEnd?(t: TransferEnd): boolean;
+  /**
    * TEST ONLY: fault injection for tests of the flashing path. `corrupt` may return a replacement
    * payload for a DATA block (block numbers are 1-based and not wrapped); `drop` may suppress a
    * DATA packet (the sender then recovers by its normal timeout/restart logic).
@@ -196,6 +201,15 @@ export class TftpServer {
   }
 
   /** Stops listening and ends every transfer in flight (each is reported as failed). */
+  /** The caller's word on a failed transfer: ended by the client on purpose (a hook that throws: no). */
+  private expected(end: TransferEnd): boolean {
+    try {
+      return this.o.expectedEnd?.(end) === true;
+    } catch {
+      return false;
+    }
+  }
+
   async close(): Promise<void> {
     this.closing = true;
     clearTimeout(this.refusals.timer);
@@ -377,6 +391,8 @@ export class TftpServer {
       const path = end.logPath ?? clientText(end.path);
       if (end.ok)
         log?.info('TFTP transfer done', { path, bytes: end.bytes, ms: Math.round(end.ms), timeouts: end.timeouts });
+      else if (this.expected(end))
+        log?.info('TFTP transfer ended by the client, as expected', { path, bytes: end.bytes });
       else
         log?.warn('TFTP transfer failed', { path, bytes: end.bytes, error: end.error && clientText(end.error, 300) });
       try {
