@@ -142,8 +142,10 @@ describe.skipIf(!run)(title, () => {
       prefix: PREFIX,
       marker,
       nbd: o.nbd,
-      // The firmware stand-in asks as a Pi 3's boot ROM does.
+      // The firmware stand-in asks as a Pi 3's boot ROM does, and boots from the network only after a
+      // QMP system_reset, as a job's reset line resets a board (its first boot stops at the prompt).
       vendorClass: PI3_ROM_VENDOR_CLASS,
+      waitForReset: true,
       timeoutMs: RUN_TIMEOUT_MS - 10_000,
     };
     await mkdir(input.workDir);

@@ -29,6 +29,7 @@ import {
   GUEST_ADDR,
   QEMU_BINARY,
   boardEnvironment,
+  qmpCommand,
   startQemuProcess,
   withConsoleOnFailure,
   type QemuBoard,
@@ -55,6 +56,8 @@ export const FIRMWARE_LINES = {
   loaded: /netboot-vm: firmware stand-in: loaded (\S+) (\S+) (\S+)/,
   booting: /netboot-vm: firmware stand-in: booti/,
   failed: /netboot-vm: firmware stand-in FAILED/,
+  /** waitForReset's first boot: U-Boot stops at its prompt until a reset (QMP `system_reset`). */
+  waiting: /netboot-vm: firmware stand-in: waiting for a reset/,
 } as const;
 
 /** Whether this machine lets us make a private network namespace with a tap link in it. */
@@ -162,6 +165,21 @@ export interface NetbootVmOptions {
    * for a responder that answers only what looks like a Pi's boot ROM; U-Boot's own by default.
    */
   vendorClass?: string;
+  /**
+   * Boot only after a reset: the first boot arms the stand-in (a word in RAM), prints
+   * FIRMWARE_LINES.waiting and stops at the prompt; a boot after a QMP `system_reset` (a
+   * `qmp:<qmpSocket>` reset line's) network-boots. For a job that stages the board's files before
+   * it resets the board, as the agent does. One network boot per QEMU run is what is sure: Linux
+   * may overwrite the word, and the next reset then waits again.
+   */
+  waitForReset?: boolean;
+  /**
+   * The serial console on a unix socket (`-serial unix:<path>,server=on,wait=off`, what a
+   * `unix:<path>` console spec reads) instead of stdio, and no monitor: `console()` then shows
+   * only QEMU's own messages, so followNetboot cannot follow the boot. Output printed while no
+   * client is connected is lost.
+   */
+  serialSocket?: string;
   /** Extra or overriding U-Boot environment variables (e.g. `tftpwindowsize`, `tftpblocksize`). */
   env?: Record<string, string>;
   /** Hard limit for the whole QEMU run. */
@@ -170,7 +188,7 @@ export interface NetbootVmOptions {
 
 /** The whole U-Boot environment of the stand-in (written to pflash as QEMU starts). */
 export function netbootVmEnvironment(
-  o: Omit<NetbootVmOptions, 'ubootBin' | 'workDir' | 'mac' | 'timeoutMs'>,
+  o: Omit<NetbootVmOptions, 'ubootBin' | 'workDir' | 'mac' | 'timeoutMs' | 'serialSocket'>,
 ): Record<string, string> {
   if (o.prefix !== '' && !/^[A-Za-z0-9._-]+\/$/.test(o.prefix))
     throw new Error(`prefix must be '' or one folder name ending in '/': ${JSON.stringify(o.prefix)}`);
@@ -189,9 +207,31 @@ export function netbootVmEnvironment(
       ...(o.vendorClass === undefined ? {} : { bootp_vci: o.vendorClass }),
       // Replaces boardEnvironment's bootcmd, which starts with `pci enum; mmc list`: no SD card here.
       ...firmwareScripts(o.files),
+      ...(o.waitForReset ? armedBootcmd(o.files) : {}),
       ...o.env,
     },
   });
+}
+
+/**
+ * waitForReset's arming word: a word in RAM that QEMU's system_reset keeps (it reloads only its
+ * ROM images) and a cold start has zeroed. Not the pflash env: U-Boot's `saveenv` to QEMU's CFI
+ * flash times out mid-write and leaves a bad CRC (tried: U-Boot 2023.01, QEMU 7.2). Far from what
+ * U-Boot and the stand-in use, but Linux may reuse it: after the kernel ran, a reset may find the
+ * word gone and wait for one more.
+ */
+const ARMED_ADDR = GUEST_ADDR.load + 0x700_0000;
+const ARMED_MAGIC = 0x6e657462; // "netb"
+
+/** waitForReset's boot command: the stand-in once the word is armed, else arm it and stop. */
+function armedBootcmd(files?: FirmwareFiles): Record<string, string> {
+  return {
+    bootcmd:
+      `if itest.l *${hex(ARMED_ADDR)} == ${hex(ARMED_MAGIC)}; then run netboot_firmware; else ` +
+      `mw.l ${hex(ARMED_ADDR)} ${hex(ARMED_MAGIC)} 1; ` +
+      'echo "netboot-vm: firmware stand-in: waiting for a reset"; fi',
+    netboot_firmware: firmwareScripts(files).bootcmd!,
+  };
 }
 
 /** Starts the VM (inside the namespace, after setUpTapLink): U-Boot runs the stand-in at once. */
@@ -228,6 +268,7 @@ export async function startNetbootVm(o: NetbootVmOptions): Promise<QemuBoard> {
     '-qmp',
     `unix:${qmpSocket},server=on,wait=off`,
   ];
+  if (o.serialSocket) args.push('-serial', `unix:${o.serialSocket},server=on,wait=off`, '-monitor', 'none');
   return startQemuProcess(QEMU_BINARY, args, { workDir: o.workDir, timeoutMs: o.timeoutMs, qmpSocket });
 }
 
@@ -357,7 +398,10 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
 // ---- Following a network boot on the console ------------------------------------------------
 
 export interface NetbootProgress {
-  /** ms from `since` to the first console line of each step (FIRMWARE_LINES, NETBOOT_LINES, `marker`). */
+  /**
+   * ms from `since` (QEMU's start, or the reset with waitForReset) to the first console line of
+   * each step (FIRMWARE_LINES, NETBOOT_LINES, `marker`).
+   */
   at: Record<string, number | undefined>;
   /** `marker`: the root's init printed the marker; `failed`: a FAILED line (firmware stand-in or /init). */
   end: 'marker' | 'failed';
@@ -427,6 +471,8 @@ export interface StandaloneNetbootInput {
   nbd?: boolean;
   /** U-Boot's DHCP option 60 (NetbootVmOptions.vendorClass). */
   vendorClass?: string;
+  /** Boot first to the prompt, then network-boot after a QMP system_reset, as a job's reset line does. */
+  waitForReset?: boolean;
   timeoutMs: number;
   /** Extra U-Boot environment (tftpwindowsize…). */
   env?: Record<string, string>;
@@ -513,11 +559,18 @@ export async function runStandaloneNetboot(o: StandaloneNetbootInput): Promise<S
       prefix: o.prefix,
       timeoutMs: o.timeoutMs,
       vendorClass: o.vendorClass,
+      waitForReset: o.waitForReset,
       env: o.env,
     });
     const b = board;
     return await withConsoleOnFailure(b, async () => {
-      const progress = await followNetboot(b, { marker: o.marker, timeoutMs: o.timeoutMs, since });
+      let from = since;
+      if (o.waitForReset) {
+        await b.waitForConsole(FIRMWARE_LINES.waiting, o.timeoutMs);
+        from = performance.now();
+        await qmpCommand(b.qmpSocket, 'system_reset');
+      }
+      const progress = await followNetboot(b, { marker: o.marker, timeoutMs: o.timeoutMs, since: from });
       const text = b.console();
       return {
         ...progress,
