@@ -41,6 +41,7 @@ import {
 } from './dhcp-captures.js';
 import {
   BOARDS,
+  DNSMASQ_AGENT_IP,
   LEASE_SECONDS,
   PLAIN_BOARD_MAC,
   ROUTER,
@@ -387,6 +388,24 @@ describe('in a private network namespace (unshare -rn), on ports 67 and 68', () 
     },
     90_000,
   );
+
+  it('the dnsmasq alternative answers a listed board alike: the same option 43, next server the agent', async (ctx) => {
+    await needNetns(ctx);
+    const { result } = await scenario({ scenario: 'dnsmasq' });
+    const log = result.log.join('\n');
+    // The Pi 4 asked first and is not in dnsmasq's dhcp-host lines: ignored, so the first reply is the Pi 3's.
+    expect(
+      result.replies!.map((r) => r.xid),
+      log,
+    ).toEqual([PI3_ROM_XID]);
+    expect(log).toMatch(/PXE\(dh0\) dc:a6:32:a7:ed:89 proxy-ignored/);
+    const reply = decoded(result.replies![0]!);
+    expect(reply).toMatchObject({ op: BootOp.REPLY, xid: PI3_ROM_XID, yiaddr: '0.0.0.0', siaddr: DNSMASQ_AGENT_IP });
+    expect(messageTypeOf(reply)).toBe(DhcpMessageType.OFFER);
+    expect(reply.options.get(DhcpOption.VENDOR_SPECIFIC)!.toString('hex')).toBe(PI_OPTION_43.toString('hex'));
+    expect(optionText(reply, DhcpOption.VENDOR_CLASS)).toBe('PXEClient');
+    expect(reply.options.get(DhcpOption.CLIENT_UUID)).toEqual(PI3_ROM_UUID);
+  }, 90_000);
 
   it("full: busybox udhcpc on the board's end of the veth gets its row's lease", async (ctx) => {
     await needNetns(ctx);

@@ -12,6 +12,10 @@
  *   Pi 4 EEPROM's own. The responder handles datagrams in order, so when the first reply is the
  *   Pi 3's, the two before it were dropped, not merely slow. (Linux may also loop a broadcast
  *   back to its sender's host; the test never counts copies, it looks at every reply received.)
+ * - `dnsmasq`: the README's dnsmasq alternative (dnsmasqProxyConf) answering the same DISCOVERs,
+ *   for comparison with the agent's own replies. dnsmasq ignores requests from its own host's
+ *   addresses, so here the board is a second namespace (test/support/netns.ts peerNamespace) at
+ *   the other end of the veth, sending from 0.0.0.0 as a real board does (`probe`).
  * - `agent`: the same board socket against the whole agent (startAgent) with `dhcp.mode` proxy.
  * - `udhcpc`: Debian's busybox udhcpc on `dh1` (raw sockets, as on a board) with a script that
  *   prints what it was given: in `full` mode it must get its row's lease; with `dh1`'s MAC missing
@@ -19,7 +23,7 @@
  *   answer), it must give up.
  */
 import dgram from 'node:dgram';
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,7 +32,7 @@ import { promisify } from 'node:util';
 import { createLogger, formatRecord } from '../../runner-agent/src/log.js';
 import { DhcpResponder, type DhcpAnswer } from '../../runner-agent/src/netboot/dhcp-responder.js';
 import { parseSubnet, type Ipv4Subnet } from '../../runner-agent/src/netboot/ipv4-subnet.js';
-import { addVethPair, ip, printResult, scenarioArgs } from '../support/netns.js';
+import { addVethPair, ip, peerNamespace, printResult, scenarioArgs } from '../support/netns.js';
 import { startLab, targetsCsv, type LabBoard } from '../support/lab.js';
 import {
   PI3_ROM_MAC,
@@ -59,7 +63,12 @@ export const BOARDS: Record<string, { name: string; ip: string }> = {
 };
 
 export type ScenarioOptions =
-  { scenario: 'replay' } | { scenario: 'agent' } | { scenario: 'udhcpc'; mode: 'proxy' | 'full'; unknown?: boolean };
+  | { scenario: 'replay' }
+  | { scenario: 'agent' }
+  | { scenario: 'dnsmasq' }
+  /** Internal: the board's side of `dnsmasq`, run in the peer namespace. */
+  | { scenario: 'probe'; send: string[]; waitFor: number }
+  | { scenario: 'udhcpc'; mode: 'proxy' | 'full'; unknown?: boolean };
 
 export interface ReceivedReply {
   xid: number;
@@ -93,10 +102,13 @@ async function startResponder(mode: 'proxy' | 'full', lines: string[], answers: 
   return responder;
 }
 
-/** The board's side in `replay` and `agent`: a socket on 0.0.0.0:68 whose broadcasts leave by `dh1`. */
-async function boardSocket(lines: string[]) {
-  await addVethPair({ name: 'dh0', peer: 'dh1', address: `${SERVER_IP}/24` });
-  // The board's broadcasts leave by its own interface, as a board's only NIC.
+/**
+ * The board's side in `replay`, `agent` and `probe`: a socket on 0.0.0.0:68 whose broadcasts
+ * leave by `dh1` (a route sends 255.255.255.255 there, as a board's only NIC); `veth` makes the
+ * link first.
+ */
+async function boardSocket(lines: string[], veth = true) {
+  if (veth) await addVethPair({ name: 'dh0', peer: 'dh1', address: `${SERVER_IP}/24` });
   await ip('route', 'add', '255.255.255.255/32', 'dev', 'dh1');
   const client = dgram.createSocket('udp4');
   const replies: ReceivedReply[] = [];
@@ -173,6 +185,95 @@ async function agent(): Promise<ScenarioResult> {
   return { replies: board.replies, answers, log: lines };
 }
 
+/**
+ * The README's dnsmasq alternative for a lab that already runs dnsmasq: ProxyDHCP beside the
+ * lab's DHCP server, only for the boards named (one dhcp-host line each, from targets.csv), the
+ * agent as their TFTP server (next-server); dnsmasq serves no TFTP and no DNS.
+ */
+export function dnsmasqProxyConf(o: { iface: string; network: string; agentIp: string; macs: string[] }): string {
+  return [
+    'port=0',
+    `interface=${o.iface}`,
+    `dhcp-range=${o.network},proxy`,
+    ...o.macs.map((mac) => `dhcp-host=${mac},set:rpiflash`),
+    'pxe-service=tag:rpiflash,0,"Raspberry Pi Boot   "',
+    `dhcp-boot=tag:rpiflash,bootcode.bin,,${o.agentIp}`,
+    'dhcp-ignore=tag:!rpiflash',
+    '',
+  ].join('\n');
+}
+
+/** The agent's address in the dnsmasq scenario: another host than dnsmasq's, to show next-server is the agent. */
+export const DNSMASQ_AGENT_IP = '10.77.0.2';
+
+async function dnsmasq(): Promise<ScenarioResult> {
+  await addVethPair({ name: 'dh0', peer: 'dh1', address: `${SERVER_IP}/24` });
+  const peer = await peerNamespace();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'dnsmasq-'));
+  const lines: string[] = [];
+  let server: ChildProcess | undefined;
+  try {
+    await peer.moveLink('dh1');
+    await peer.exec('ip', ['link', 'set', 'dh1', 'up']);
+    const conf = path.join(dir, 'dnsmasq.conf');
+    // The Pi 3 is in the database; the Pi 4 is not, and must get nothing.
+    await writeFile(
+      conf,
+      dnsmasqProxyConf({ iface: 'dh0', network: '10.77.0.0', agentIp: DNSMASQ_AGENT_IP, macs: [PI3_ROM_MAC] }),
+    );
+    const args = [
+      '--no-daemon',
+      `--conf-file=${conf}`,
+      `--pid-file=${path.join(dir, 'pid')}`,
+      `--dhcp-leasefile=${path.join(dir, 'leases')}`,
+      '--log-facility=-',
+      '--log-dhcp',
+      // The namespace's root is the test's own user: nobody else to drop privileges to.
+      '--user=root',
+      '--group=root',
+    ];
+    const started = spawn('dnsmasq', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    server = started;
+    started.stderr.setEncoding('utf8');
+    started.stderr.on('data', (chunk: string) => lines.push(...chunk.split('\n').filter(Boolean)));
+    const deadline = Date.now() + 20_000;
+    while (!lines.some((l) => l.includes('DHCP, proxy on subnet'))) {
+      if (started.exitCode !== null || Date.now() > deadline)
+        throw new Error(`dnsmasq did not start:\n${lines.join('\n')}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const probe: ScenarioOptions = {
+      scenario: 'probe',
+      send: [pi4EepromDiscover().toString('hex'), pi3RomDiscover().toString('hex')],
+      waitFor: PI3_ROM_XID,
+    };
+    const { stdout } = await peer.exec(process.execPath, [
+      '--import',
+      'tsx',
+      'test/netboot/dhcp-scenario.ts',
+      JSON.stringify(probe),
+    ]);
+    const { replies } = JSON.parse(stdout) as ScenarioResult;
+    return { replies: replies!, answers: [], log: lines };
+  } finally {
+    server?.kill();
+    peer.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function probe(send: string[], waitFor: number): Promise<ScenarioResult> {
+  const lines: string[] = [];
+  const board = await boardSocket(lines, false);
+  try {
+    for (const hex of send) await board.send(Buffer.from(hex, 'hex'));
+    await board.until(waitFor);
+  } finally {
+    board.close();
+  }
+  return { replies: board.replies, answers: [], log: lines };
+}
+
 /** Prints the variables udhcpc hands its script, one `name=value` a line. */
 const PRINT_SCRIPT = `#!/bin/sh
 echo "event=$1"
@@ -225,7 +326,11 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
       ? replay()
       : options.scenario === 'agent'
         ? agent()
-        : udhcpc(options.mode, options.unknown ?? false);
+        : options.scenario === 'dnsmasq'
+          ? dnsmasq()
+          : options.scenario === 'probe'
+            ? probe(options.send, options.waitFor)
+            : udhcpc(options.mode, options.unknown ?? false);
   run.then(printResult, (err: Error) => {
     process.stderr.write(`${err.stack ?? err.message}\n`);
     process.exit(1);

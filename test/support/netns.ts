@@ -7,12 +7,15 @@
  * A Node process cannot move itself into a namespace, so the namespaced part of a test is a
  * script run as a child (`runInNetns`), as test/qemu/agent-flash.test.ts does for QEMU: it takes
  * its options as JSON in argv[2] and prints its result as JSON on stdout. Inside that script,
- * `ip()` and `addVethPair()` shape the namespace's network.
+ * `ip()` and `addVethPair()` shape the namespace's network, and `peerNamespace()` makes a second
+ * one for the other end of a link: a host with no address at all, as a board before DHCP (its
+ * datagrams leave from 0.0.0.0, and nothing it sends is delivered back to its own sockets).
  *
  * In CI (`CI` set) a machine that refuses `unshare -rn` fails the test; elsewhere it is skipped
  * with the reason.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { readlink } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
@@ -106,6 +109,49 @@ export async function addVethPair(o: {
   if (o.address) await ip('addr', 'add', o.address, 'dev', o.name);
   await ip('link', 'set', o.name, 'up');
   await ip('link', 'set', o.peer, 'up');
+}
+
+export interface PeerNamespace {
+  /** Move a link of this namespace into the peer (its addresses stay behind). */
+  moveLink(name: string): Promise<void>;
+  /** Run a command in the peer (`nsenter -n`), from the repository root. */
+  exec(command: string, args: string[], o?: { timeoutMs?: number }): Promise<{ stdout: string; stderr: string }>;
+  close(): void;
+}
+
+/**
+ * A second network namespace, held open by a `sleep` inside it (unshare -n: the test is root in
+ * its user namespace), its loopback up. Close it when done; it dies with its parent anyway.
+ */
+export async function peerNamespace(): Promise<PeerNamespace> {
+  const holder = spawn('unshare', ['-n', 'sleep', '3600'], { stdio: 'ignore' });
+  const pid = holder.pid!;
+  const own = await readlink('/proc/self/ns/net');
+  // unshare execs sleep once it has its namespace: until then the link would move nowhere.
+  const deadline = Date.now() + 10_000;
+  while ((await readlink(`/proc/${pid}/ns/net`).catch(() => own)) === own) {
+    if (Date.now() > deadline) throw new Error('the peer namespace did not appear');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const exec = async (command: string, args: string[], o: { timeoutMs?: number } = {}) => {
+    try {
+      return await execFileAsync('nsenter', ['-t', String(pid), '-n', command, ...args], {
+        cwd: REPO_ROOT,
+        timeout: o.timeoutMs ?? 60_000,
+        maxBuffer: 16 * 1024 * 1024,
+      });
+    } catch (err) {
+      const e = err as Error & { stderr?: string };
+      e.message += `\n--- ${command} stderr (in the peer namespace) ---\n${e.stderr ?? ''}`;
+      throw e;
+    }
+  };
+  await exec('ip', ['link', 'set', 'lo', 'up']);
+  return {
+    moveLink: (name) => ip('link', 'set', name, 'netns', String(pid)),
+    exec,
+    close: () => holder.kill(),
+  };
 }
 
 /** The script side of runInNetns: its options (argv[2]), and a way to print the result and exit. */
