@@ -330,7 +330,7 @@ describe('TFTP limits per peer', () => {
         expect(first.packet.op).toBe(Opcode.DATA);
         p.send(encodeError(TftpErrorCode.NOT_DEFINED, 'enough'), first.port);
       }
-      await waitUntil(() => ends.length === 3);
+      await waitUntil(() => ends.length === 3, 'the three transfers to end');
       const about = (path: string) => logs.filter((r) => r.fields.path === path && /TFTP transfer/.test(r.msg));
       expect(about('probe').map((r) => [r.level, r.msg])).toEqual([
         ['info', 'TFTP transfer ended by the client, as expected'],
