@@ -6,17 +6,17 @@
  * The lab is a veth pair: `dh0` is the agent's interface (10.77.0.1/24, the responder bound to
  * 0.0.0.0:67 and replying from 10.77.0.1), `dh1` the board's, with no address.
  *
- * - `replay`: `proxy` mode. A Node socket on 0.0.0.0:68 broadcasts captured DISCOVERs out of
- *   `dh1` (a route sends 255.255.255.255 there): first a Pi 3 ROM's from a MAC the database does
- *   not hold, then a plain DISCOVER from a board the database holds, then the Pi 3 ROM's and the
- *   Pi 4 EEPROM's own. The responder handles datagrams in order, so when the first reply is the
- *   Pi 3's, the two before it were dropped, not merely slow. (Linux may also loop a broadcast
- *   back to its sender's host; the test never counts copies, it looks at every reply received.)
- * - `dnsmasq`: the README's dnsmasq alternative (dnsmasqProxyConf) answering the same DISCOVERs,
- *   for comparison with the agent's own replies. dnsmasq ignores requests from its own host's
- *   addresses, so here the board is a second namespace (test/support/netns.ts peerNamespace) at
- *   the other end of the veth, sending from 0.0.0.0 as a real board does (`probe`).
- * - `agent`: the same board socket against the whole agent (startAgent) with `dhcp.mode` proxy.
+ * - `replay`: `proxy` mode. The board is a second namespace at the far end of the veth (`probe`:
+ *   a Node socket on 0.0.0.0:68 whose DISCOVERs leave from 0.0.0.0, as the firmware's do). It
+ *   broadcasts captured DISCOVERs: first a Pi 3 ROM's from a MAC the database does not hold, then
+ *   a plain DISCOVER from a board the database holds, then the Pi 3 ROM's and the Pi 4 EEPROM's
+ *   own. The responder handles datagrams in order, so when the first reply is the Pi 3's, the two
+ *   before it were dropped, not merely slow.
+ * - `dnsmasq`: the README's dnsmasq alternative (dnsmasqProxyConf) answering the same board, for
+ *   comparison with the agent's replies (dnsmasq ignores requests from its own host's addresses:
+ *   the board's own namespace matters here).
+ * - `agent`: the whole agent (startAgent) with `dhcp.mode` proxy, the board's socket in the
+ *   agent's namespace.
  * - `udhcpc`: Debian's busybox udhcpc on `dh1` (raw sockets, as on a board) with a script that
  *   prints what it was given: in `full` mode it must get its row's lease; with `dh1`'s MAC missing
  *   from the database (`unknown`), or in `proxy` mode (a plain client is the lab server's to
@@ -38,7 +38,6 @@ import {
   PI3_ROM_MAC,
   PI3_ROM_XID,
   PI4_EEPROM_MAC,
-  PI4_EEPROM_XID,
   pi3RomDiscover,
   pi4EepromDiscover,
   plainDiscover,
@@ -134,26 +133,54 @@ async function boardSocket(lines: string[], veth = true) {
   };
 }
 
+/**
+ * The lab link with the board in a namespace of its own at the far end (`dh1`, no address): what
+ * it sends leaves from 0.0.0.0, as the firmware's DISCOVERs do, and nothing is looped back to it.
+ * `probe` sends datagrams in order and returns every reply until the one for `waitFor`.
+ */
+async function peerBoard() {
+  await addVethPair({ name: 'dh0', peer: 'dh1', address: `${SERVER_IP}/24` });
+  const peer = await peerNamespace();
+  try {
+    await peer.moveLink('dh1');
+    await peer.exec('ip', ['link', 'set', 'dh1', 'up']);
+  } catch (err) {
+    peer.close();
+    throw err;
+  }
+  return {
+    async probe(send: Buffer[], waitFor: number): Promise<ReceivedReply[]> {
+      const o: ScenarioOptions = { scenario: 'probe', send: send.map((b) => b.toString('hex')), waitFor };
+      const args = ['--import', 'tsx', 'test/netboot/dhcp-scenario.ts', JSON.stringify(o)];
+      const { stdout } = await peer.exec(process.execPath, args);
+      return (JSON.parse(stdout) as ScenarioResult).replies!;
+    },
+    close: () => peer.close(),
+  };
+}
+
 async function replay(): Promise<ScenarioResult> {
   const lines: string[] = [];
   const answers: DhcpAnswer[] = [];
-  const board = await boardSocket(lines);
+  const board = await peerBoard();
   const responder = await startResponder('proxy', lines, answers);
   try {
-    await board.send(pi3RomDiscover(UNKNOWN_MAC, 0x1111_1111));
-    await board.send(plainDiscover(PLAIN_BOARD_MAC, 0x2222_2222));
-    await board.send(pi3RomDiscover());
-    await board.until(PI3_ROM_XID);
-    await board.send(pi4EepromDiscover());
-    await board.until(PI4_EEPROM_XID);
-    // The ROM sends five DISCOVERs when nothing boots: the same board is answered every time.
-    await board.send(pi3RomDiscover(PI3_ROM_MAC, 0x3333_3333));
-    await board.until(0x3333_3333);
+    const replies = await board.probe(
+      [
+        pi3RomDiscover(UNKNOWN_MAC, 0x1111_1111),
+        plainDiscover(PLAIN_BOARD_MAC, 0x2222_2222),
+        pi3RomDiscover(),
+        pi4EepromDiscover(),
+        // The ROM sends five DISCOVERs when nothing boots: the same board is answered every time.
+        pi3RomDiscover(PI3_ROM_MAC, 0x3333_3333),
+      ],
+      0x3333_3333,
+    );
+    return { replies, answers, log: lines };
   } finally {
     board.close();
     await responder.close();
   }
-  return { replies: board.replies, answers, log: lines };
 }
 
 /**
@@ -207,14 +234,11 @@ export function dnsmasqProxyConf(o: { iface: string; network: string; agentIp: s
 export const DNSMASQ_AGENT_IP = '10.77.0.2';
 
 async function dnsmasq(): Promise<ScenarioResult> {
-  await addVethPair({ name: 'dh0', peer: 'dh1', address: `${SERVER_IP}/24` });
-  const peer = await peerNamespace();
+  const board = await peerBoard();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'dnsmasq-'));
   const lines: string[] = [];
   let server: ChildProcess | undefined;
   try {
-    await peer.moveLink('dh1');
-    await peer.exec('ip', ['link', 'set', 'dh1', 'up']);
     const conf = path.join(dir, 'dnsmasq.conf');
     // The Pi 3 is in the database; the Pi 4 is not, and must get nothing.
     await writeFile(
@@ -242,22 +266,11 @@ async function dnsmasq(): Promise<ScenarioResult> {
         throw new Error(`dnsmasq did not start:\n${lines.join('\n')}`);
       await new Promise((r) => setTimeout(r, 10));
     }
-    const probe: ScenarioOptions = {
-      scenario: 'probe',
-      send: [pi4EepromDiscover().toString('hex'), pi3RomDiscover().toString('hex')],
-      waitFor: PI3_ROM_XID,
-    };
-    const { stdout } = await peer.exec(process.execPath, [
-      '--import',
-      'tsx',
-      'test/netboot/dhcp-scenario.ts',
-      JSON.stringify(probe),
-    ]);
-    const { replies } = JSON.parse(stdout) as ScenarioResult;
-    return { replies: replies!, answers: [], log: lines };
+    const replies = await board.probe([pi4EepromDiscover(), pi3RomDiscover()], PI3_ROM_XID);
+    return { replies, answers: [], log: lines };
   } finally {
     server?.kill();
-    peer.close();
+    board.close();
     await rm(dir, { recursive: true, force: true });
   }
 }
