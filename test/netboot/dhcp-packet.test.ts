@@ -16,7 +16,7 @@ import {
   optionText,
   type DhcpPacket,
 } from '../../runner-agent/src/netboot/dhcp-packet.js';
-import { classifyClient, PI_OPTION_43 } from '../../runner-agent/src/netboot/dhcp-clients.js';
+import { classifyClient, describeClient, PI_OPTION_43 } from '../../runner-agent/src/netboot/dhcp-clients.js';
 import { isHostOf, parseSubnet, type Ipv4Subnet } from '../../runner-agent/src/netboot/ipv4-subnet.js';
 import {
   PI3_ROM_DISCOVER_LENGTH,
@@ -110,6 +110,16 @@ describe('the Pi 3 boot ROM DISCOVER from the network-boot documentation', () =>
     expect(classifyClient(p).kind).toBe('pi3-rom');
     p.options.set(60, Buffer.from('PXEClient:Arch:00011:UNDI:003000'));
     expect(classifyClient(p)).toEqual({ kind: 'generic', vendorClass: 'PXEClient:Arch:00011:UNDI:003000' });
+  });
+});
+
+describe('describeClient', () => {
+  it('names the firmware, and shows a vendor class only as printable ASCII, cut at 64 characters', () => {
+    expect(describeClient({ kind: 'pi3-rom' })).toBe('Pi 3 boot ROM');
+    expect(describeClient({ kind: 'pi-eeprom', fourcc: 'RPi5' })).toBe('Pi EEPROM (RPi5)');
+    expect(describeClient({ kind: 'generic', vendorClass: 'udhcp 1.35.0' })).toBe('generic (udhcp 1.35.0)');
+    expect(describeClient({ kind: 'generic', vendorClass: '\x1b[31mred\n' })).toBe('generic (?[31mred?)');
+    expect(describeClient({ kind: 'generic', vendorClass: 'x'.repeat(255) })).toBe(`generic (${'x'.repeat(64)}…)`);
   });
 });
 

@@ -55,7 +55,10 @@ export function isPiFirmware(kind: DhcpClientKind): boolean {
 export function describeClient(c: DhcpClient): string {
   if (c.kind === 'pi3-rom') return 'Pi 3 boot ROM';
   if (c.kind === 'pi-eeprom') return `Pi EEPROM (${c.fourcc})`;
-  return c.vendorClass ? `generic (${c.vendorClass})` : 'generic';
+  if (!c.vendorClass) return 'generic';
+  // A peer's bytes, bound for the log: printable ASCII only, and not all of 255 bytes.
+  const shown = c.vendorClass.replace(/[^\x20-\x7e]/g, '?');
+  return `generic (${shown.length > 64 ? `${shown.slice(0, 64)}…` : shown})`;
 }
 
 /**
