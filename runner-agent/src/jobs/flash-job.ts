@@ -43,7 +43,6 @@ export interface FlashJobOptions extends Omit<LayoutJob, 'timeouts'> {
   recordDir?: string;
   /** Who holds the lease, for the record (the dashboard's last jobs). */
   holder?: string;
-  log: Logger;
   emit(event: JobEvent): void;
 }
 

@@ -16,7 +16,7 @@ export const inject: Layout = (job, board) =>
   stage2Flash(job, board, { layout: 'inject', patches: () => injectionPatches(job) });
 
 /** U-Boot for the target's model, stage 1 and an env file, as patches to the image's boot partition. */
-async function injectionPatches(job: LayoutJob): Promise<Patch[]> {
+export async function injectionPatches(job: LayoutJob): Promise<Patch[]> {
   const { uboot } = job.config;
   const model = modelOf(job);
   const ubootPath = uboot.binaries[model.name] ?? debianUbootPath(model);
@@ -28,7 +28,7 @@ async function injectionPatches(job: LayoutJob): Promise<Patch[]> {
   return result.patches;
 }
 
-function modelOf(job: LayoutJob): PiModel {
+export function modelOf(job: LayoutJob): PiModel {
   const name = (job.target.model ?? job.config.uboot.defaultModel).toLowerCase();
   try {
     return getPiModel(name);
@@ -38,7 +38,7 @@ function modelOf(job: LayoutJob): PiModel {
   }
 }
 
-async function readLabFile(file: string, what: string, model: PiModel): Promise<Buffer> {
+export async function readLabFile(file: string, what: string, model: PiModel): Promise<Buffer> {
   try {
     return await readFile(file);
   } catch (err) {

@@ -8,6 +8,7 @@
 import type { CardState, LogEvent, PartReport, ProgressEvent } from '../../../src/protocol/messages.js';
 import type { ErrorCode } from '../../../src/protocol/errors.js';
 import type { AgentConfig } from '../config.js';
+import type { Logger } from '../log.js';
 import type { BoardFiles } from '../staging/board-files.js';
 import type { StoredImage } from '../store/image-store.js';
 import type { MappedRange } from '../store/mapped-ranges.js';
@@ -27,6 +28,8 @@ export interface LayoutJob {
   storedPartCrcs(partSize: number): Promise<number[]>;
   /** The image's mapped ranges: what the board writes unless `flash.writeZeros` (cached with the image). */
   mappedRanges(): Promise<MappedRange[]>;
+  /** The agent's log with the job's fields, for what a layout runs beside the board (an NBD server). */
+  log: Logger;
 }
 
 /** What the job lends its layout while the board works: its log, its clock and its way to fail. */

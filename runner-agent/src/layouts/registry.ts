@@ -4,6 +4,8 @@
  */
 import { inject } from './inject.js';
 import type { Layout } from './layout.js';
+import { netboot } from './netboot.js';
+import { netflash } from './netflash.js';
 import { seed } from './seed.js';
 import { whole } from './whole.js';
 
@@ -16,4 +18,6 @@ export const builtinLayouts: LayoutRegistry = {
   inject,
   whole,
   seed,
+  netflash,
+  [NETBOOT_LAYOUT]: netboot,
 };

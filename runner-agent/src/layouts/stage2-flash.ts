@@ -34,7 +34,7 @@ import {
 } from '../board/stage2-script.js';
 import { buildScriptImage } from '../board/uimage.js';
 import type { Patch } from '../image/disk.js';
-import type { StagedFile } from '../staging/board-files.js';
+import type { FirmwareFiles, StagedFile } from '../staging/board-files.js';
 import { BoardCapsStore, modelHasUnzip } from '../staging/board-caps.js';
 import { compressParts, sweepCompressedCache } from '../staging/compressed-parts.js';
 import { getPiModel } from '../image/models.js';
@@ -49,6 +49,11 @@ export interface Stage2Choices {
   patches?: () => Promise<Patch[]>;
   /** Which of the image's parts the board writes; all unless given. */
   selectParts?: (plan: readonly PartPlan[]) => PartPlan[];
+  /**
+   * What the board's own firmware fetches over the network before stage 1 runs (layout
+   * `netflash`): staged with the job's files, out of the (patched) image's boot partition.
+   */
+  firmware?: (view: ImageView) => Promise<Omit<FirmwareFiles, 'onRequest' | 'onProgress' | 'onTransferEnd'>>;
 }
 
 interface PartState extends Stage2Part {
@@ -152,6 +157,7 @@ class Stage2Flash implements FlashMethod {
     const script = generateStage2Script(scriptOptions);
     this.ramTopNeeded = ramTopNeeded(scriptOptions);
     const scriptImage = buildScriptImage(script, { name: `rpi-flash ${id}` });
+    const firmware = await this.choices.firmware?.(view);
     const files = new Map<string, StagedFile>([[FLASH_SCRIPT, { kind: 'buffer', data: scriptImage }]]);
     for (const p of this.parts) {
       const zip = zipped?.[p.index - 1];
@@ -184,6 +190,14 @@ class Stage2Flash implements FlashMethod {
         onBeacon: (message) => this.onBeacon(message),
         onTransferEnd: (rel, t) => this.onTransferEnd(rel, t),
         onRefused: (rel, req) => this.onRefused(rel, req),
+        // The firmware's fetches show the board coming: each one restarts the wait for flash.scr.
+        ...(firmware && {
+          firmware: {
+            ...firmware,
+            onRequest: () => this.board.activity(),
+            onProgress: () => this.board.activity(),
+          },
+        }),
       },
       { [FLASH_SCRIPT]: scriptImage, 'job.json': Buffer.from(JSON.stringify(manifest, null, 2) + '\n') },
     );
