@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startLab, targetsCsv, type Lab, type LabBoard } from '../support/lab.js';
-import { needNetns, runInNetns } from '../support/netns.js';
+import { needCommands, needNetns, runInNetns } from '../support/netns.js';
 import { PI3_ROM_MAC, PI3_ROM_XID, PI4_EEPROM_MAC } from './dhcp-captures.js';
 import type { ScenarioResult } from './dhcp-scenario.js';
 
@@ -94,6 +94,7 @@ describe('the agent and its DHCP responder', () => {
 
   it('in a network namespace it answers the boards of its targets CSV on port 67, reloads included', async (ctx) => {
     await needNetns(ctx);
+    await needCommands(ctx, ['ip']);
     const { result } = await runInNetns<ScenarioResult>('test/netboot/dhcp-scenario.ts', { scenario: 'agent' });
     const log = result.log.join('\n');
     // The Pi 4 asked first, before its row existed: not answered.

@@ -26,7 +26,7 @@ import {
   type DhcpResponderOptions,
 } from '../../runner-agent/src/netboot/dhcp-responder.js';
 import { parseSubnet, type Ipv4Subnet } from '../../runner-agent/src/netboot/ipv4-subnet.js';
-import { needNetns, runInNetns } from '../support/netns.js';
+import { needCommands, needNetns, runInNetns } from '../support/netns.js';
 import { waitUntil } from '../support/wait.js';
 import {
   PI3_ROM_MAC,
@@ -360,6 +360,7 @@ describe('in a private network namespace (unshare -rn), on ports 67 and 68', () 
       'the unknown MAC and the plain client nothing',
     async (ctx) => {
       await needNetns(ctx);
+      await needCommands(ctx, ['ip', 'nsenter']);
       const { result } = await scenario({ scenario: 'replay' });
       const replies = result.replies!;
       // The first reply is the Pi 3's: the two DISCOVERs sent before it were answered by nothing.
@@ -391,6 +392,7 @@ describe('in a private network namespace (unshare -rn), on ports 67 and 68', () 
 
   it('the dnsmasq alternative answers a listed board alike: the same option 43, next server the agent', async (ctx) => {
     await needNetns(ctx);
+    await needCommands(ctx, ['ip', 'nsenter', 'dnsmasq']);
     const { result } = await scenario({ scenario: 'dnsmasq' });
     const log = result.log.join('\n');
     // The Pi 4 asked first and is not in dnsmasq's dhcp-host lines: ignored, so the first reply is the Pi 3's.
@@ -409,6 +411,7 @@ describe('in a private network namespace (unshare -rn), on ports 67 and 68', () 
 
   it("full: busybox udhcpc on the board's end of the veth gets its row's lease", async (ctx) => {
     await needNetns(ctx);
+    await needCommands(ctx, ['ip', 'busybox']);
     const { result } = await scenario({ scenario: 'udhcpc', mode: 'full' });
     const u = result.udhcpc!;
     expect(u.code, u.output).toBe(0);
@@ -430,6 +433,7 @@ describe('in a private network namespace (unshare -rn), on ports 67 and 68', () 
 
   it('full: udhcpc from a MAC not in the database gets nothing, gives up; the MAC is logged once', async (ctx) => {
     await needNetns(ctx);
+    await needCommands(ctx, ['ip', 'busybox']);
     const { result } = await scenario({ scenario: 'udhcpc', mode: 'full', unknown: true });
     const u = result.udhcpc!;
     expect(u.code, u.output).toBe(1);
@@ -441,6 +445,7 @@ describe('in a private network namespace (unshare -rn), on ports 67 and 68', () 
 
   it("proxy: udhcpc of a board in the database gets nothing (its address is the lab server's to give)", async (ctx) => {
     await needNetns(ctx);
+    await needCommands(ctx, ['ip', 'busybox']);
     const { result } = await scenario({ scenario: 'udhcpc', mode: 'proxy' });
     expect(result.udhcpc!.code, result.udhcpc!.output).toBe(1);
     expect(result.answers).toEqual([]);

@@ -44,6 +44,18 @@ export async function needNetns(ctx: { skip: (note?: string) => void }): Promise
   ctx.skip(`user namespaces are not available here: ${problem}`);
 }
 
+/**
+ * Likewise for the programs a namespaced test runs (busybox, dnsmasq, nsenter…): CI installs them
+ * (.ci/run), so there a missing one fails the test; elsewhere it is skipped naming what to install.
+ */
+export async function needCommands(ctx: { skip: (note?: string) => void }, commands: string[]): Promise<void> {
+  const missing: string[] = [];
+  for (const c of commands) await execFileAsync('sh', ['-c', 'command -v "$1"', 'sh', c]).catch(() => missing.push(c));
+  if (!missing.length) return;
+  if (inCi) throw new Error(`CI must have ${missing.join(', ')} (see .ci/run)`);
+  ctx.skip(`not installed here: ${missing.join(', ')}`);
+}
+
 export interface NetnsRun<T> {
   result: T;
   /** The child's stderr (its logs), for a failing assertion's message. */
