@@ -15,6 +15,7 @@ const benches: Record<string, () => Promise<void>> = {
   'ws-flood': async () => (await import('./ws-flood.js')).runWsFloodBench(),
   'mapped-flash': async () => (await import('./mapped-flash.js')).runMappedFlashBench(),
   dashboard: async () => (await import('./dashboard.js')).runDashboardBench(),
+  nbd: async () => (await import('./nbd.js')).runNbdBench(),
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
