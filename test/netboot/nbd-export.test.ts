@@ -265,6 +265,22 @@ describe('startNbdExport', () => {
     expect((await readExport(e.uri)).equals(image.subarray(P2.offset, P2.offset + P2.size))).toBe(true);
   });
 
+  it('stops while a client is mid-read: the client is cut off, nothing is left', async () => {
+    const e = await start();
+    // A reader whose output nobody drains: it stays connected, mid-read, until the export goes.
+    const reader = spawn('nbdcopy', [e.uri, '-'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const readerClosed = new Promise<number | null>((resolve) => reader.once('close', (code) => resolve(code)));
+    await new Promise<void>((resolve) => reader.stdout.once('data', () => resolve()));
+    reader.stdout.pause();
+    expect(e.connections()).toBe(1);
+    await e.stop();
+    expect(alive(e.pid)).toBe(false);
+    await expect(stat(e.overlayDir)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await processesMentioning(e.overlayDir)).toEqual([]);
+    reader.stdout.resume();
+    expect(await readerClosed).not.toBe(0);
+  });
+
   it('reports nbdkit dying during the job as NBD_SERVER_FAILED and leaves nothing behind', async () => {
     const e = await start();
     process.kill(e.pid, 'SIGKILL');
