@@ -12,6 +12,7 @@ import { ImageStore } from './store/image-store.js';
 import { TftpServer } from './tftp/server.js';
 import { tftpGet } from './tftp/client.js';
 import { BoardFiles } from './staging/board-files.js';
+import { macDir } from '../../src/protocol/tftp-names.js';
 import { AgentService } from './agent-service.js';
 import { AGENT_VERSION, WsServer } from './ws/server.js';
 import { Dashboard } from './dashboard/dashboard.js';
@@ -108,7 +109,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
       leaseSeconds: config.dhcp.leaseSeconds,
       lookup: (mac) => {
         const t = targets.find((row) => row.mac === mac);
-        return t && { name: t.name, ip: t.ip };
+        return t && { name: t.name, ip: t.ip, firmwareJob: files.servesFirmware(macDir(t.mac)) };
       },
       log: log.child({ part: 'dhcp' }),
     });
@@ -140,6 +141,8 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
       files.transferEnded(t);
     },
     onProgress: (p) => files.transferProgress(p),
+    // The Pi 3 ROM's one-block start.elf probe is how it asks whether its folder exists.
+    expectedEnd: (t) => files.isFirmwareProbe(t),
   });
   const tftpAddress = await tftpServer.listen();
   log.info('tftp listening', { address: tftpAddress.address, port: tftpAddress.port, root: config.tftp.root });

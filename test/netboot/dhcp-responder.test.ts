@@ -23,6 +23,7 @@ import { PI_OPTION_43 } from '../../runner-agent/src/netboot/dhcp-clients.js';
 import {
   DhcpResponder,
   type DhcpAnswer,
+  type DhcpBoard,
   type DhcpResponderOptions,
 } from '../../runner-agent/src/netboot/dhcp-responder.js';
 import { parseSubnet, type Ipv4Subnet } from '../../runner-agent/src/netboot/ipv4-subnet.js';
@@ -91,11 +92,11 @@ describe('on loopback', () => {
     for (const c of cleanup.splice(0).reverse()) await c();
   });
 
-  const boards: Record<string, { name: string; ip: string }> = {
-    [PI3_ROM_MAC]: { name: 'pi3', ip: '10.77.0.13' },
-    [PI4_EEPROM_MAC]: { name: 'pi4', ip: '10.77.0.14' },
-    [PLAIN_BOARD_MAC]: { name: 'plain', ip: '10.77.0.30' },
-    '02:00:00:00:00:99': { name: 'elsewhere', ip: '10.99.0.5' },
+  const boards: Record<string, DhcpBoard> = {
+    [PI3_ROM_MAC]: { name: 'pi3', ip: '10.77.0.13', firmwareJob: true },
+    [PI4_EEPROM_MAC]: { name: 'pi4', ip: '10.77.0.14', firmwareJob: true },
+    [PLAIN_BOARD_MAC]: { name: 'plain', ip: '10.77.0.30', firmwareJob: false },
+    '02:00:00:00:00:99': { name: 'elsewhere', ip: '10.99.0.5', firmwareJob: true },
   };
 
   /** A responder on 127.0.0.1 and a client socket that receives its broadcasts (127.255.255.255). */
@@ -190,6 +191,30 @@ describe('on loopback', () => {
           'mac=b8:27:eb:99:99:99 message=DISCOVER client="Pi 3 boot ROM"',
       ),
     );
+  });
+
+  it('the firmware of a board with no network-boot job gets nothing, in both modes; others still do', async () => {
+    for (const mode of ['proxy', 'full'] as const) {
+      const noJobs = (mac: string) => boards[mac] && { ...boards[mac], firmwareJob: false };
+      const l = await lab({ ...(mode === 'full' ? fullMode() : {}), lookup: noJobs });
+      await l.send(pi3RomDiscover(PI3_ROM_MAC, 0x51));
+      await l.send(pi4EepromDiscover(PI4_EEPROM_MAC, 0x52));
+      if (mode === 'full') {
+        // A plain client of the same database is answered: the order of replies proves the two got nothing.
+        await l.send(plainDiscover(PLAIN_BOARD_MAC, 0x53));
+        await l.reply(0x53);
+        expect(l.received.map((r) => r.xid)).toEqual([0x53]);
+      } else {
+        await l.send(pi3RomDiscover(UNKNOWN_MAC, 0x54));
+        // Nothing to wait for in proxy mode: the log line of the second one says both were seen.
+        await waitUntil(
+          () => l.lines.filter((line) => /no network-boot job/.test(line)).length === 2,
+          'both firmware DISCOVERs to be logged as not answered',
+        );
+        expect(l.received).toEqual([]);
+      }
+      expect(l.lines.join('\n')).toMatch(/not answering the firmware of a board with no network-boot job.*pi3/);
+    }
   });
 
   it('full: the Pi 4 EEPROM gets its row’s address and the boot options, in the OFFER and in the ACK', async () => {

@@ -30,7 +30,8 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { createLogger, formatRecord } from '../../runner-agent/src/log.js';
-import { DhcpResponder, type DhcpAnswer } from '../../runner-agent/src/netboot/dhcp-responder.js';
+import { DhcpResponder, type DhcpAnswer, type DhcpBoard } from '../../runner-agent/src/netboot/dhcp-responder.js';
+import { macDir } from '../../src/protocol/tftp-names.js';
 import { parseSubnet, type Ipv4Subnet } from '../../runner-agent/src/netboot/ipv4-subnet.js';
 import { addVethPair, ip, peerNamespace, printResult, scenarioArgs } from '../support/netns.js';
 import { startLab, targetsCsv, type LabBoard } from '../support/lab.js';
@@ -54,11 +55,11 @@ export const UNKNOWN_MAC = 'b8:27:eb:99:99:99';
 export const PLAIN_BOARD_MAC = '02:00:00:00:00:30';
 /** dh1's MAC in the udhcpc scenarios: a locally administered one, as a test board's. */
 export const UDHCPC_MAC = '02:00:00:00:00:20';
-export const BOARDS: Record<string, { name: string; ip: string }> = {
-  [PI3_ROM_MAC]: { name: 'pi3', ip: '10.77.0.13' },
-  [PI4_EEPROM_MAC]: { name: 'pi4', ip: '10.77.0.14' },
-  [PLAIN_BOARD_MAC]: { name: 'plain', ip: '10.77.0.30' },
-  [UDHCPC_MAC]: { name: 'uboard', ip: '10.77.0.20' },
+export const BOARDS: Record<string, DhcpBoard> = {
+  [PI3_ROM_MAC]: { name: 'pi3', ip: '10.77.0.13', firmwareJob: true },
+  [PI4_EEPROM_MAC]: { name: 'pi4', ip: '10.77.0.14', firmwareJob: true },
+  [PLAIN_BOARD_MAC]: { name: 'plain', ip: '10.77.0.30', firmwareJob: false },
+  [UDHCPC_MAC]: { name: 'uboard', ip: '10.77.0.20', firmwareJob: false },
 };
 
 export type ScenarioOptions =
@@ -197,6 +198,24 @@ async function agent(): Promise<ScenarioResult> {
   const lab = await startLab({ boards: [pi3], config: { dhcp: { mode: 'proxy', serverIp: SERVER_IP } } });
   try {
     lab.agent.dhcp!.onAnswered((_b, _k, _m, answer) => answers.push(answer));
+    // The agent answers a board's firmware only while a network-boot job of that board is staged.
+    for (const [b, ip] of [
+      [pi3, '10.77.0.13'],
+      [pi4, '10.77.0.14'],
+    ] as const)
+      await lab.agent.files.stage(
+        macDir(b.mac),
+        {
+          jobId: `dhcp-${b.name}`,
+          targetIp: ip,
+          files: new Map(),
+          onRead: () => {},
+          onProgress: () => {},
+          onBeacon: () => {},
+          firmware: { folder: macDir(b.mac), files: new Map(), blksize: 512 },
+        },
+        {},
+      );
     await board.send(pi4EepromDiscover());
     await board.send(pi3RomDiscover());
     await board.until(PI3_ROM_XID);

@@ -53,6 +53,12 @@ export type DhcpMode = 'proxy' | 'full';
 export interface DhcpBoard {
   name: string;
   ip: string;
+  /**
+   * The board has a network-boot job staged (its firmware folder is served). Its firmware is
+   * answered only then: a board whose boot order tries the network first and finds no answer
+   * goes on to its card after its DHCP timeout, instead of fetching from a folder that is empty.
+   */
+  firmwareJob: boolean;
 }
 
 /** The reply types the responder sends. */
@@ -311,6 +317,10 @@ export class DhcpResponder {
     }
     if (type === DhcpMessageType.DISCOVER) this.remember(mac, request.xid, client);
     else client = this.recall(mac, request.xid, client);
+    if (isPiFirmware(client.kind) && !board.firmwareJob) {
+      this.noJob(board, mac, type, client);
+      return;
+    }
 
     const reply =
       this.o.mode === 'proxy' ? this.proxyReply(request, type, client) : this.fullReply(request, type, client, board);
@@ -349,6 +359,16 @@ export class DhcpResponder {
     const why = 'DHCP: not answering a MAC the targets database does not hold (said once a minute per MAC)';
     if (isPiFirmware(client.kind)) this.log?.info(why, fields);
     else this.log?.debug(why, fields);
+  }
+
+  private noJob(board: DhcpBoard, mac: string, type: number, client: DhcpClient): void {
+    if (!this.logLimit.allow(`no-job:${mac}`)) return;
+    this.log?.debug('DHCP: not answering the firmware of a board with no network-boot job (said once a minute)', {
+      target: board.name,
+      mac,
+      message: messageTypeName(type),
+      client: describeClient(client),
+    });
   }
 
   private remember(mac: string, xid: number, client: DhcpClient): void {

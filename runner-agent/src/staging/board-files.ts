@@ -159,6 +159,11 @@ export class BoardFiles implements TftpResolver {
     return this.jobs.has(macdir);
   }
 
+  /** The target of this macdir has a job that serves its firmware (a network boot): DHCP answers it. */
+  servesFirmware(macdir: string): boolean {
+    return this.jobs.get(macdir)?.firmware !== undefined;
+  }
+
   /**
    * Make a job's files visible. The folder is written under a temporary name and renamed into
    * place, so a board never sees half a folder. A firmware folder that another staged job's
