@@ -227,6 +227,7 @@ describe('inspectInitramfs', () => {
           new RegExp(`has bytes at ${microcode.length} \\(6e 6f 74 20 63 6f\\)`),
         ],
         [newc([{ name: 'a', data: 'a' }]).subarray(0, 100), /is cut short: it ends inside a cpio entry/],
+        [Buffer.concat([microcode, Buffer.from([0x1f, 0x8b])]), /its gzip part at byte \d+ fails to decompress/],
         [Buffer.from('070707' + '0'.repeat(200), 'latin1'), /old portable format.*cpio -H newc/],
         [Buffer.from('070701' + 'zz'.repeat(52), 'latin1'), /field that is not hex/],
       ];

@@ -483,7 +483,10 @@ export async function inspectInitramfs(
       await blob!.inflater.write(chunk);
       if (blobError) break;
     }
-    if (pending) startBlob(pending, offset);
+    if (pending) {
+      startBlob(pending, offset);
+      await blob!.inflater.write(pending);
+    }
   } catch (err) {
     blob?.inflater.abort();
     if (blob) await blob.inflater.end().catch(() => {});
