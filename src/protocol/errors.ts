@@ -78,6 +78,18 @@ export const AgentCodes = {
   BOARD_NO_NETBOOT:
     "The board's firmware never asked the agent for its network boot (no DHCP request, or no boot file fetched) " +
     'after the reset.',
+  SSH_HOST_KEY_MISMATCH:
+    "The board's SSH host key is not the one its targets row pins (`hostkey`): the agent did not log in, " +
+    'nothing was touched.',
+  SSH_FAILED:
+    'The agent could not reach the board over SSH or log in (refused, timed out, or its key was not ' +
+    'accepted): nothing was touched.',
+  BOARD_UNFIT:
+    "The board's running system cannot take an in-place update (architecture, root device, free RAM, or " +
+    'no way to run the RAM system): nothing was touched; the message names what.',
+  CARD_PARTLY_WRITTEN:
+    'The in-place update failed after it began writing: the card holds part of the new image and the ' +
+    'board may not boot until it is flashed again.',
   BOARD_TIMEOUT: 'The board stopped making progress in the middle of the flash.',
   BOARD_REPORTED_FAILURE: 'The board reported that a step failed (download, write or read-back).',
   REPORT_REJECTED:
