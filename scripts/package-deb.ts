@@ -243,7 +243,7 @@ function control(pkg: PackageJson, version: string, arch: string, installedKiB: 
       `Installed-Size: ${installedKiB}`,
       'Depends: nodejs (>= 20), adduser',
       // xz/zstd images, gpiod: resets, the U-Boot builds the inject layout carries.
-      'Recommends: xz-utils, zstd, gpiod, u-boot-rpi',
+      'Recommends: xz-utils, zstd, gpiod, u-boot-rpi, nbdkit, lz4',
       'Section: admin',
       'Priority: optional',
       ...(pkg.homepage ? [`Homepage: ${pkg.homepage}`] : []),

@@ -22,6 +22,7 @@ import { SimBoard, SimLab } from './sim/index.js';
 import { builtinLayouts, type LayoutRegistry } from './layouts/registry.js';
 import { BoardStates } from './lab/board-states.js';
 import { DhcpResponder } from './netboot/dhcp-responder.js';
+import { removeOverlayLeftovers } from './netboot/nbd-export.js';
 import { isHostOf, parseSubnet, type Ipv4Subnet } from './netboot/ipv4-subnet.js';
 
 export interface RunningAgent {
@@ -95,6 +96,8 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
   });
   const leftovers = await files.removeLeftovers();
   if (leftovers.length) log.warn('removed target folders left by an earlier run', { folders: leftovers.join(',') });
+  const overlays = await removeOverlayLeftovers(config.stateDir);
+  if (overlays.length) log.warn('removed NBD overlays left by an earlier run', { jobs: overlays.join(',') });
 
   // Before the TFTP server, so a port it cannot bind stops the start with nothing else listening.
   let dhcp: DhcpResponder | undefined;

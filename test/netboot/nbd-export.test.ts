@@ -4,12 +4,18 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmod, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startNbdExport, type NbdExport, type NbdExportOptions } from '../../runner-agent/src/netboot/nbd-export.js';
+import {
+  overlayDirFor,
+  removeOverlayLeftovers,
+  startNbdExport,
+  type NbdExport,
+  type NbdExportOptions,
+} from '../../runner-agent/src/netboot/nbd-export.js';
 import { createLogger, type LogRecord } from '../../runner-agent/src/log.js';
 import { patternBytes } from '../../runner-agent/src/sample-image.js';
 import { WAIT_MS, waitUntil } from '../support/wait.js';
@@ -355,4 +361,24 @@ describe('startNbdExport', () => {
     },
     WAIT_MS,
   );
+});
+
+describe('removeOverlayLeftovers', () => {
+  it('removes the overlay folders a killed agent left, and nothing else of the state directory', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'nbd-leftovers-'));
+    try {
+      expect(await removeOverlayLeftovers(stateDir)).toEqual([]);
+      for (const job of ['j1', 'j2']) {
+        const dir = overlayDirFor(stateDir, job);
+        await mkdir(dir, { recursive: true });
+        await writeFile(join(dir, 'nbdkit.pid'), '1\n');
+      }
+      await writeFile(join(stateDir, 'boards.json'), '{}\n');
+      expect((await removeOverlayLeftovers(stateDir)).sort()).toEqual(['j1', 'j2']);
+      expect(await readdir(join(stateDir, 'netboot'))).toEqual([]);
+      expect(await readdir(stateDir)).toEqual(expect.arrayContaining(['boards.json']));
+    } finally {
+      await rm(stateDir, { recursive: true, force: true });
+    }
+  });
 });

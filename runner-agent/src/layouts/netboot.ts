@@ -11,7 +11,6 @@
  * target's folder (NETBOOT_TARGET_INCOMPLETE), the kernel and the initramfs the firmware would load
  * (IMAGE_NO_KERNEL) and an NBD client in that initramfs (IMAGE_NO_NBD_CLIENT).
  */
-import path from 'node:path';
 import { CodedError } from '../../../src/protocol/errors.js';
 import { formatBytes } from '../../../src/protocol/units.js';
 import { selectBoot, type BootSelection } from '../image/boot-config.js';
@@ -19,7 +18,7 @@ import { parseMbr, SECTOR, type MbrPartition } from '../image/mbr.js';
 import { getPiModel, type PiModel } from '../image/models.js';
 import { BootPartition, firmwareFiles } from '../netboot/boot-folder.js';
 import { requireNbdClient } from '../netboot/initramfs.js';
-import { startNbdExport, type NbdExport } from '../netboot/nbd-export.js';
+import { overlayDirFor, startNbdExport, type NbdExport } from '../netboot/nbd-export.js';
 import { ImageView } from '../staging/image-view.js';
 import type { FirmwareRequest, ImageExtent } from '../staging/board-files.js';
 import type { TransferEnd } from '../tftp/server.js';
@@ -91,7 +90,7 @@ class NetbootMethod implements FlashMethod {
       partition: rootPartition.index,
       bindAddress: config.tftp.address,
       allowFrom: target.ip,
-      overlayDir: path.join(config.stateDir, 'netboot', id),
+      overlayDir: overlayDirFor(config.stateDir, id),
       exportName: EXPORT_NAME,
       log: this.job.log,
     });

@@ -23,7 +23,7 @@
  */
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { access, chmod, mkdir, open, rm, stat } from 'node:fs/promises';
+import { access, chmod, mkdir, open, readdir, rm, stat } from 'node:fs/promises';
 import net from 'node:net';
 import { delimiter, isAbsolute, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -226,6 +226,30 @@ function waitForFile(path: string, ended: Promise<unknown>, timeoutMs: number): 
  * cannot be listened on, IMAGE_* when the image lacks the partition or range, NBD_SERVER_FAILED
  * when nbdkit does not start. On every failure nothing is left: no process, no overlay directory.
  */
+/** Where the jobs' overlay directories live under the agent's state directory. */
+const OVERLAYS = 'netboot';
+
+/** The overlay directory of one job: `<stateDir>/netboot/<job>/`. */
+export function overlayDirFor(stateDir: string, jobId: string): string {
+  return join(stateDir, OVERLAYS, jobId);
+}
+
+/**
+ * Remove the overlay directories an earlier run left (a kill -9: nbdkit died with the agent, its
+ * unlinked overlay with it, but the directory and its socket stay). Run at start-up, before any job.
+ */
+export async function removeOverlayLeftovers(stateDir: string): Promise<string[]> {
+  const root = join(stateDir, OVERLAYS);
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch {
+    return [];
+  }
+  for (const name of names) await rm(join(root, name), { recursive: true, force: true });
+  return names;
+}
+
 export async function startNbdExport(o: NbdExportOptions): Promise<NbdExport> {
   if (!net.isIP(o.bindAddress)) throw new Error(`bindAddress ${o.bindAddress} is not an IP address`);
   if (!net.isIP(o.allowFrom)) throw new Error(`allowFrom ${o.allowFrom} is not an IP address`);
