@@ -43432,7 +43432,8 @@ class FlashRun {
         try {
             const result = await this.runFlash(link, request);
             if (settings.method !== 'flash' && result.method === undefined)
-                this.d.writer.info(`the agent does not know method ${settings.method} (it is older than network boot): it flashed the card instead`);
+                this.d.writer.info(`the agent does not know method ${settings.method} (it is older than network boot): ` +
+                    'it flashed the card instead');
             return result;
         }
         catch (err) {

@@ -266,7 +266,8 @@ class FlashRun {
       const result = await this.runFlash(link, request);
       if (settings.method !== 'flash' && result.method === undefined)
         this.d.writer.info(
-          `the agent does not know method ${settings.method} (it is older than network boot): it flashed the card instead`,
+          `the agent does not know method ${settings.method} (it is older than network boot): ` +
+            'it flashed the card instead',
         );
       return result;
     } catch (err) {

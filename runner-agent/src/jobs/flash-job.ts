@@ -23,7 +23,6 @@ import { parseBootCheck, type BootCheck } from '../../../src/protocol/boot-check
 import { waitForBoot } from '../boot-check.js';
 import { openConsole, type ConsoleCapture } from '../console/capture.js';
 import type { BoardWatch, FlashMethod, Layout, LayoutJob } from '../layouts/layout.js';
-import type { Logger } from '../log.js';
 import { createResetLine, type ResetContext, type ResetLine } from '../reset/index.js';
 import type { Target } from '../targets/database.js';
 
