@@ -60,6 +60,16 @@ export const FIRMWARE_LINES = {
   waiting: /netboot-vm: firmware stand-in: waiting for a reset/,
 } as const;
 
+/** What U-Boot prints in the `distro-dhcp` boot (NetbootVmOptions.boot). */
+export const DISTRO_DHCP_LINES = {
+  start: /netboot-vm: distro boot: dhcp/,
+  /** The DHCP/TFTP of the script failed, or the script returned. */
+  failed: /netboot-vm: distro boot FAILED/,
+} as const;
+
+/** The script Debian's distro boot fetches over DHCP/TFTP (`boot_script_dhcp` of its Pi builds). */
+export const DISTRO_DHCP_SCRIPT = 'boot.scr.uimg';
+
 /** Whether this machine lets us make a private network namespace with a tap link in it. */
 export async function privateNetworkAvailable(): Promise<{ ok: true } | { ok: false; reason: string }> {
   try {
@@ -93,6 +103,29 @@ export interface FirmwareFiles {
   kernel: string;
   initrd: string;
   cmdline: string;
+}
+
+/**
+ * The `distro-dhcp` boot (NetbootVmOptions.boot): what Debian's U-Boot does on a board whose card
+ * holds nothing bootable — distro boot's `bootcmd_dhcp` (include/config_distro_bootcmd.h): a
+ * hush-local `devtype=dhcp`, then `dhcp ${scriptaddr} ${boot_script_dhcp}` (DHCP, then TFTP of
+ * the script from the server the answer names) and `source` of it. Here U-Boot stands in for
+ * both the Pi firmware and the U-Boot it would load. `pci enum; mmc list` first: the SD card on
+ * QEMU's sdhci-pci is probed only then (a Pi's is there from the start), so a script it runs can
+ * write the card.
+ */
+export function distroDhcpScripts(): Record<string, string> {
+  return {
+    bootcmd: [
+      'pci enum',
+      'mmc list',
+      'devtype=dhcp',
+      'echo "netboot-vm: distro boot: dhcp"',
+      'if dhcp ${scriptaddr} ${boot_script_dhcp}; then source ${scriptaddr}; fi',
+      'echo "netboot-vm: distro boot FAILED (no script over DHCP/TFTP, or it returned)"',
+    ].join('; '),
+    boot_script_dhcp: DISTRO_DHCP_SCRIPT,
+  };
 }
 
 /** Option 60 of a Pi 3 boot ROM DISCOVER (DESIGN §8). */
@@ -182,16 +215,34 @@ export interface NetbootVmOptions {
   serialSocket?: string;
   /** Extra or overriding U-Boot environment variables (e.g. `tftpwindowsize`, `tftpblocksize`). */
   env?: Record<string, string>;
+  /**
+   * What U-Boot's boot command does: `firmware` (the default) stands in for the Pi firmware's
+   * network boot (firmwareScripts); `distro-dhcp` for a blank card's distro boot, which fetches
+   * `boot.scr.uimg` over DHCP/TFTP and sources it (distroDhcpScripts).
+   */
+  boot?: 'firmware' | 'distro-dhcp';
+  /**
+   * A raw SD card image on QEMU's sdhci-pci (written in place; a power of two in bytes), as
+   * qemu-board.ts gives its boards. None by default: the firmware stand-in never touches a card.
+   */
+  sdImage?: string;
+  /**
+   * Start with the CPU stopped (QEMU's `-S`) until a QMP `cont`: a caller reading the console on
+   * `serialSocket` connects first, so it loses none of the first boot's lines.
+   */
+  startPaused?: boolean;
   /** Hard limit for the whole QEMU run. */
   timeoutMs: number;
 }
 
 /** The whole U-Boot environment of the stand-in (written to pflash as QEMU starts). */
 export function netbootVmEnvironment(
-  o: Omit<NetbootVmOptions, 'ubootBin' | 'workDir' | 'mac' | 'timeoutMs' | 'serialSocket'>,
+  o: Omit<NetbootVmOptions, 'ubootBin' | 'workDir' | 'mac' | 'timeoutMs' | 'serialSocket' | 'sdImage' | 'startPaused'>,
 ): Record<string, string> {
   if (o.prefix !== '' && !/^[A-Za-z0-9._-]+\/$/.test(o.prefix))
     throw new Error(`prefix must be '' or one folder name ending in '/': ${JSON.stringify(o.prefix)}`);
+  const distro = o.boot === 'distro-dhcp';
+  const scripts = distro ? distroDhcpScripts() : firmwareScripts(o.files);
   return boardEnvironment({
     tftpPort: o.tftpPort ?? 69,
     bootcmd: '',
@@ -200,14 +251,16 @@ export function netbootVmEnvironment(
       ipaddr: '',
       netmask: '',
       serverip: '',
-      autoload: 'no',
+      // `dhcp ADDR FILE` downloads only when autoload is not "no" (U-Boot's net_auto_load).
+      autoload: distro ? 'yes' : 'no',
       netboot_prefix: o.prefix,
       netboot_cmdline_addr: hex(CMDLINE_ADDR),
       netboot_server: o.serverIp ? `setenv serverip ${o.serverIp}` : 'true',
       ...(o.vendorClass === undefined ? {} : { bootp_vci: o.vendorClass }),
-      // Replaces boardEnvironment's bootcmd, which starts with `pci enum; mmc list`: no SD card here.
-      ...firmwareScripts(o.files),
-      ...(o.waitForReset ? armedBootcmd(o.files) : {}),
+      // Replaces boardEnvironment's bootcmd, which starts with `pci enum; mmc list`: the firmware
+      // stand-in needs no SD card (distro-dhcp probes it itself).
+      ...scripts,
+      ...(o.waitForReset ? armedBootcmd(scripts.bootcmd!) : {}),
       ...o.env,
     },
   });
@@ -223,14 +276,14 @@ export function netbootVmEnvironment(
 const ARMED_ADDR = GUEST_ADDR.load + 0x700_0000;
 const ARMED_MAGIC = 0x6e657462; // "netb"
 
-/** waitForReset's boot command: the stand-in once the word is armed, else arm it and stop. */
-function armedBootcmd(files?: FirmwareFiles): Record<string, string> {
+/** waitForReset's boot command: `boot` (the stand-in's or distro boot's) once the word is armed, else arm and stop. */
+function armedBootcmd(boot: string): Record<string, string> {
   return {
     bootcmd:
       `if itest.l *${hex(ARMED_ADDR)} == ${hex(ARMED_MAGIC)}; then run netboot_firmware; else ` +
       `mw.l ${hex(ARMED_ADDR)} ${hex(ARMED_MAGIC)} 1; ` +
       'echo "netboot-vm: firmware stand-in: waiting for a reset"; fi',
-    netboot_firmware: firmwareScripts(files).bootcmd!,
+    netboot_firmware: boot,
   };
 }
 
@@ -269,6 +322,16 @@ export async function startNetbootVm(o: NetbootVmOptions): Promise<QemuBoard> {
     `unix:${qmpSocket},server=on,wait=off`,
   ];
   if (o.serialSocket) args.push('-serial', `unix:${o.serialSocket},server=on,wait=off`, '-monitor', 'none');
+  if (o.sdImage)
+    args.push(
+      '-device',
+      'sdhci-pci',
+      '-drive',
+      `if=none,id=sdcard,format=raw,file=${o.sdImage}`,
+      '-device',
+      'sd-card,drive=sdcard',
+    );
+  if (o.startPaused) args.push('-S');
   return startQemuProcess(QEMU_BINARY, args, { workDir: o.workDir, timeoutMs: o.timeoutMs, qmpSocket });
 }
 
