@@ -16,7 +16,7 @@ import { formatBytes } from '../../../src/protocol/units.js';
 import { selectBoot, type BootSelection } from '../image/boot-config.js';
 import { parseMbr, SECTOR, type MbrPartition } from '../image/mbr.js';
 import { getPiModel, type PiModel } from '../image/models.js';
-import { BootPartition, firmwareFiles } from '../netboot/boot-folder.js';
+import { BootPartition, firmwareFiles, firmwareFolderOf } from '../netboot/boot-folder.js';
 import { requireNbdClient } from '../netboot/initramfs.js';
 import { overlayDirFor, startNbdExport, type NbdExport } from '../netboot/nbd-export.js';
 import { ImageView } from '../staging/image-view.js';
@@ -55,6 +55,8 @@ class NetbootMethod implements FlashMethod {
 
   async stage(): Promise<void> {
     const { image, target, config, id } = this.job;
+    // The target's row first: a board that cannot boot from the network needs no look at the image.
+    firmwareFolderOf(target);
     const view = new ImageView(image.path, image.imageSize, []);
     const partition = await BootPartition.read(view);
     const model = modelOf(this.job);
