@@ -8,6 +8,8 @@ import { createSysfsGpioResetLine } from './gpio-sysfs.js';
 import { createQmpResetLine } from './qmp.js';
 import type { ResetContext, ResetLine } from './reset-line.js';
 import { createSimResetLine } from './sim.js';
+import { createNoResetLine } from './none.js';
+import { createSshResetLine } from './ssh.js';
 
 export type { ResetContext, ResetLine } from './reset-line.js';
 export { DEFAULT_CMD_TIMEOUT_MS, DEFAULT_GPIO_ROOT, DEFAULT_PULSE_MS } from './reset-line.js';
@@ -26,5 +28,11 @@ export function createResetLine(target: Target, ctx: ResetContext): ResetLine {
       return createQmpResetLine(target, spec.socket, ctx);
     case 'sim':
       return createSimResetLine(target, ctx);
+    case 'none':
+      return createNoResetLine();
+    case 'ssh': {
+      const hard = spec.fallback && createResetLine({ ...target, reset: spec.fallback }, ctx);
+      return createSshResetLine(target, ctx, hard);
+    }
   }
 }

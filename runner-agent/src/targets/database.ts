@@ -8,7 +8,9 @@
  *      mac     required  unique; `b8:27:eb:28:f6:6d` or with `-`, any case
  *      ip      required  unique; dotted IPv4, used by the boot check
  *      reset   required  a reset spec (see parseResetSpec): gpio:<bcm>, gpiod:<chip>:<line>,
- *                        cmd:<command>, qmp:<socket path>, sim[:flag,flag…]
+ *                        cmd:<command>, qmp:<socket path>, sim[:flag,flag…], none (layout ota: the
+ *                        layout reboots the board itself), ssh or ssh,<hard spec> (`reboot` over
+ *                        the row's SSH, the hard spec when SSH does not answer; quote it in CSV)
  *      model   optional  free text, e.g. `pi4b`
  *      serial  optional  free text
  *      labels  optional  separated by spaces or `;`
@@ -25,6 +27,10 @@
  *                        boot files from over TFTP (DESIGN §8), see parseNetbootSpec: empty = the
  *                        board does not network-boot; `serial` (its `serial`'s low 32 bits),
  *                        `mac` (`dc-a6-32-01-36-c2`) or `prefix:<TFTP_PREFIX_STR>`
+ *      ssh     optional  `<user>[:<port>]` on the row's ip (targets/ssh-access.ts); with sshkey
+ *      sshkey  optional  the private key file (relative: against this file's folder) and hostkey
+ *      hostkey optional  the board's pinned public host key line or `SHA256:` fingerprint. The three
+ *                        are required by layout `ota` and reset `ssh`.
  *    A `cmd:` spec that contains a comma must be quoted as a CSV field: `"cmd:relay 3,off"`.
  *
  * 2. The seed system's file, as is: header `mac address,ip address,reset gpio (wiring pi)`. The
@@ -45,13 +51,24 @@ import { isMac, macDir, normalizeMac } from '../../../src/protocol/tftp-names.js
 import { wiringPiToBcm } from './wiringpi.js';
 import { builtinLayouts } from '../layouts/registry.js';
 import { parseConsoleSpec, type ConsoleSpec } from '../console/spec.js';
+import { parseSshAccess, type SshAccess } from './ssh-access.js';
 
 export type ResetSpec =
   | { kind: 'gpio'; bcm: number }
   | { kind: 'gpiod'; chip: string; line: string /* offset or name */ }
   | { kind: 'cmd'; command: string }
   | { kind: 'qmp'; socket: string }
-  | { kind: 'sim'; options: string[] /* e.g. sim:no-show,fail-write — free-form fault flags */ };
+  | { kind: 'sim'; options: string[] /* e.g. sim:no-show,fail-write — free-form fault flags */ }
+  /** No reset line: the layout restarts the board itself (`ota`). */
+  | { kind: 'none' }
+  /** `reboot` over the row's SSH (reset/ssh.ts); the hard reset when SSH does not answer. */
+  | { kind: 'ssh'; fallback?: HardResetSpec };
+
+/** A reset that needs nothing from the running system: what `ssh,<spec>` falls back to. */
+export type HardResetSpec = Exclude<ResetSpec, { kind: 'none' } | { kind: 'ssh' }>;
+
+/** The layout that writes the card from the running system over SSH: its rows need the SSH columns. */
+export const OTA_LAYOUT = 'ota';
 
 export interface Target {
   name: string;
@@ -72,6 +89,8 @@ export interface Target {
   tftpWindowSize?: number;
   /** Where its firmware's network boot looks for files; absent = the board does not network-boot. */
   netboot?: NetbootFolder;
+  /** How the agent logs in to the running board (layout ota, reset ssh). */
+  ssh?: SshAccess;
   source: { file: string; line: number };
 }
 
@@ -106,7 +125,8 @@ export class TargetsError extends Error {
 const MAX_BCM = 57;
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const SIM_FLAG_PATTERN = /^[A-Za-z0-9_.=-]+(:[A-Za-z0-9_.=-]+)?$/;
-const RESET_FORMS = 'gpio:<bcm>, gpiod:<chip>:<line>, cmd:<command>, qmp:<socket path> or sim[:flags]';
+const RESET_FORMS =
+  'gpio:<bcm>, gpiod:<chip>:<line>, cmd:<command>, qmp:<socket path>, sim[:flags], none, ssh or ssh,<hard reset spec>';
 const NETBOOT_FORMS = 'serial, mac or prefix:<folder>';
 /** What the EEPROM holds in TFTP_PREFIX_STR, trailing `/` included (rpi-eeprom's limit). */
 const MAX_PREFIX_STR = 32;
@@ -161,6 +181,14 @@ export function parseNetbootSpec(text: string, board: { serial?: string; mac: st
 /** Parses a reset spec (DESIGN §3.3). Throws an Error whose message says what is wrong. */
 export function parseResetSpec(text: string): ResetSpec {
   const spec = text.trim();
+  if (/^ssh\s*(,|$)/i.test(spec)) {
+    const rest = spec.replace(/^ssh\s*,?/i, '').trim();
+    if (!rest) return { kind: 'ssh' };
+    const fallback = parseResetSpec(rest);
+    if (fallback.kind === 'ssh' || fallback.kind === 'none')
+      throw new Error(`ssh reset falls back to a hard reset (gpio:17, qmp:…), not "${rest}"`);
+    return { kind: 'ssh', fallback };
+  }
   const colon = spec.indexOf(':');
   const kind = (colon < 0 ? spec : spec.slice(0, colon)).toLowerCase();
   const rest = colon < 0 ? '' : spec.slice(colon + 1).trim();
@@ -191,6 +219,9 @@ export function parseResetSpec(text: string): ResetSpec {
       // A relative path would depend on the agent's working directory, which systemd chooses.
       if (!path.isAbsolute(rest)) throw new Error(`qmp reset needs an absolute socket path, got "${rest}"`);
       return { kind: 'qmp', socket: rest };
+    case 'none':
+      if (hasRest) throw new Error(`none reset takes nothing after it, got "${spec}"`);
+      return { kind: 'none' };
     case 'sim': {
       if (!hasRest) return { kind: 'sim', options: [] };
       const options = rest.split(',').map((o) => o.trim());
@@ -210,11 +241,22 @@ function headerKey(cell: string): string {
 }
 
 const NATIVE_REQUIRED = ['name', 'mac', 'ip', 'reset'] as const;
-const NATIVE_OPTIONAL = ['model', 'serial', 'labels', 'layout', 'console', 'windowsize', 'netboot'] as const;
+const NATIVE_OPTIONAL = [
+  'model',
+  'serial',
+  'labels',
+  'layout',
+  'console',
+  'windowsize',
+  'netboot',
+  'ssh',
+  'sshkey',
+  'hostkey',
+] as const;
 const NATIVE_COLUMNS: readonly string[] = [...NATIVE_REQUIRED, ...NATIVE_OPTIONAL];
 const SEED_COLUMNS = ['macaddress', 'ipaddress', 'resetgpio(wiringpi)'] as const;
 const HEADER_HELP =
-  'the header must be name,mac,ip,reset[,model,serial,labels,layout,console,windowsize,netboot] ' +
+  'the header must be name,mac,ip,reset[,model,serial,labels,layout,console,windowsize,netboot,ssh,sshkey,hostkey] ' +
   'or the seed system\'s "mac address,ip address,reset gpio (wiring pi)"';
 
 interface Row {
@@ -261,6 +303,9 @@ interface Candidate {
   console: string;
   windowsize: string;
   netboot: string;
+  ssh: string;
+  sshkey: string;
+  hostkey: string;
   line: number;
 }
 
@@ -306,6 +351,9 @@ function mapColumns(
         console: '',
         windowsize: '',
         netboot: '',
+        ssh: '',
+        sshkey: '',
+        hostkey: '',
         line: row.line,
       }),
     };
@@ -336,6 +384,9 @@ function mapColumns(
       console: cell(row, 'console'),
       windowsize: cell(row, 'windowsize'),
       netboot: cell(row, 'netboot'),
+      ssh: cell(row, 'ssh'),
+      sshkey: cell(row, 'sshkey'),
+      hostkey: cell(row, 'hostkey'),
       line: row.line,
     }),
   };
@@ -443,6 +494,11 @@ export function parseTargets(
       }
     }
 
+    const needsSsh =
+      layout === OTA_LAYOUT ? `layout ${OTA_LAYOUT}` : reset?.kind === 'ssh' ? `reset ${c.resetText}` : undefined;
+    const ssh = parseSshAccess(c, file, needsSsh);
+    for (const p of ssh.problems) problem(p);
+
     if (problems.length !== before || !reset) continue;
     targets.push({
       name,
@@ -457,6 +513,7 @@ export function parseTargets(
       ...(consoleSpec ? { console: consoleSpec } : {}),
       ...(windowSize !== undefined ? { tftpWindowSize: windowSize } : {}),
       ...(netboot ? { netboot } : {}),
+      ...(ssh.access ? { ssh: ssh.access } : {}),
       source: { file, line: row.line },
     });
   }
