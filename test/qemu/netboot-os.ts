@@ -12,10 +12,13 @@
  *
  * `/init` reads `nbdroot=` and `root=` from /proc/cmdline in the grammar of Debian's own
  * initramfs script (nbd-client's usr/share/initramfs-tools/scripts/local-top/nbd), so a command
- * line that boots Debian over NBD boots this image too.
+ * line that boots Debian over NBD boots this image too. The image's own cmdline.txt (cardCmdline:
+ * `root=PARTUUID=5250460a-02`, what stage 1 passes when it boots the card after a flash) makes
+ * `/init` skip the network and mount partition 2 of the card instead; that needs the card's driver
+ * (sdhci-pci and its dependencies) among the prepared modules, or `/init` fails `at card`.
  */
 import { execFile } from 'node:child_process';
-import { lstat, mkdir, mkdtemp, open, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, open, readdir, readFile, readlink, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -64,6 +67,14 @@ export const NETBOOT_LINES = {
   switching: /rpi-flash netboot: switching to the root on (\S+)/,
   failed: /rpi-flash netboot: FAILED at ([a-z-]+): [^\r\n]*/,
 } as const;
+/**
+ * What `/init` prints instead of the network steps when the command line names a root on the card
+ * (`root=PARTUUID=…` or `root=/dev/mmcblk…`, the image booted from its own card): then `mounted`,
+ * `wrote` and `switching` of NETBOOT_LINES follow; a card that never shows fails `at card`.
+ */
+export const CARD_ROOT_LINES = {
+  root: /rpi-flash netboot: card root (\S+) is (\S+)/,
+} as const;
 /** The file `/init` writes on the NBD root before switching to it (proof that the root is writable). */
 export const ROOT_PROOF_FILE = 'rpi-flash-netboot.txt';
 
@@ -93,6 +104,11 @@ async function partsIn(dir: string): Promise<NetbootOsParts> {
     modules: lines(await readFile(join(dir, 'modules.load'), 'utf8')),
     rootfs: join(dir, 'rootfs'),
   };
+}
+
+/** A folder the prepare script made (or a copy of one made with other modules), read as it is. */
+export async function readNetbootOsParts(dir: string): Promise<NetbootOsParts> {
+  return partsIn(dir);
 }
 
 /** The prepared folder, without downloading; undefined when there is none yet. */
@@ -222,6 +238,66 @@ for m in ${o.modules.map((m) => `/${m}`).join(' ')}; do
 done
 say "modules loaded"
 
+# Mount $ROOT read-write, prove it writable, switch to it: the end of both roots' paths.
+boot_root() {
+	mount -t \${rootfstype:-ext4} -o rw "$ROOT" /newroot || fail mount "cannot mount $ROOT read-write"
+	say "mounted $ROOT read-write on /newroot"
+	echo "written by the network-boot initramfs at $(cat /proc/uptime)" >/newroot/${ROOT_PROOF_FILE} ||
+		fail mount "cannot write to the root on $ROOT"
+	sync
+	say "wrote /newroot/${ROOT_PROOF_FILE}"
+	[ -x /newroot/sbin/init ] || fail switch-root "the root on $ROOT has no /sbin/init"
+
+	say "switching to the root on $ROOT"
+	[ -d /newroot/dev ] && mount --move /dev /newroot/dev
+	umount /sys
+	umount /proc
+	exec switch_root /newroot /sbin/init
+	fail switch-root "switch_root did not start /sbin/init"
+}
+
+# The partition whose PARTUUID is $1 (<MBR disk id>-<number>, as the kernel spells it: the disk id
+# is the little-endian word at byte 440, which od -tx4 reads as the kernel does on arm64).
+partuuid_dev() {
+	want=$(echo "$1" | tr A-F a-f)
+	for p in /sys/class/block/*; do
+		[ -r "$p/partition" ] || continue
+		disk=$(basename "$(dirname "$(readlink -f "$p")")")
+		sig=$(od -An -tx4 -j440 -N4 "/dev/$disk" 2>/dev/null | tr -d ' ')
+		[ -n "$sig" ] || continue
+		if [ "$(printf '%s-%02x' "$sig" "$(cat "$p/partition")")" = "$want" ]; then
+			echo "/dev/\${p##*/}"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# The root on the card (the image booted from its own card, as stage 1 boots it after a flash):
+# root=PARTUUID=... as Raspberry Pi OS's cmdline.txt names it, or a card device. No network then.
+for x in $(cat /proc/cmdline); do
+	case "$x" in
+	root=PARTUUID=*) cardroot="\${x#root=PARTUUID=}" ;;
+	root=/dev/mmcblk*) carddev="\${x#root=}" ;;
+	rootfstype=*) rootfstype="\${x#rootfstype=}" ;;
+	esac
+done
+if [ -n "$cardroot" ] || [ -n "$carddev" ]; then
+	i=0
+	while :; do
+		if [ -n "$carddev" ]; then
+			[ -b "$carddev" ] && ROOT=$carddev && break
+		else
+			ROOT=$(partuuid_dev "$cardroot") && break
+		fi
+		i=$((i + 1))
+		[ $i -le 100 ] || fail card "no block device for root \${cardroot:+PARTUUID=$cardroot}$carddev after 10 s"
+		sleep 0.1
+	done
+	say "card root \${cardroot:+PARTUUID=$cardroot}$carddev is $ROOT"
+	boot_root
+fi
+
 i=0
 while [ ! -e /sys/class/net/eth0 ]; do
 	i=$((i + 1))
@@ -319,20 +395,7 @@ while [ ! -b "$ROOT" ] || [ "$(cat /sys/block/$nbdbasedev/size 2>/dev/null || ec
 done
 say "$nbdrootdev connected"
 
-mount -t \${rootfstype:-ext4} -o rw "$ROOT" /newroot || fail mount "cannot mount $ROOT read-write"
-say "mounted $ROOT read-write on /newroot"
-echo "written by the network-boot initramfs at $(cat /proc/uptime)" >/newroot/${ROOT_PROOF_FILE} ||
-	fail mount "cannot write to the root on $ROOT"
-sync
-say "wrote /newroot/${ROOT_PROOF_FILE}"
-[ -x /newroot/sbin/init ] || fail switch-root "the root on $ROOT has no /sbin/init"
-
-say "switching to the root on $ROOT"
-[ -d /newroot/dev ] && mount --move /dev /newroot/dev
-umount /sys
-umount /proc
-exec switch_root /newroot /sbin/init
-fail switch-root "switch_root did not start /sbin/init"
+boot_root
 `;
 }
 
@@ -418,6 +481,11 @@ export interface NetbootImageOptions {
   rootPartitionSize?: number;
   /** cmdline.txt; cardCmdline() by default. */
   cmdline?: string;
+  /**
+   * Called with the root file system's folder before `mkfs.ext4 -d` reads it (it holds sbin/init
+   * and etc/ already): the caller adds content, e.g. a benchmark's few hundred MiB of real files.
+   */
+  populateRoot?: (tree: string) => Promise<void>;
 }
 
 export interface NetbootImage {
@@ -444,9 +512,11 @@ export async function buildNetbootTestImage(o: NetbootImageOptions): Promise<Net
     buildNetbootInitramfs(o.parts),
     buildInit(o.marker, o.ending ?? 'poweroff'),
   ]);
+  // The boot partition's image first, grown after: mkfs.vfat picks FAT32 for a file of 512 MiB or
+  // more even when told the partition's size, and then refuses a partition this small for FAT32.
   await buildDiskImage({
     path: o.path,
-    size: rootOffset + rootSize,
+    size: rootOffset,
     bootPartitionSize: bootSize,
     files: {
       'kernel8.img': kernel,
@@ -455,6 +525,7 @@ export async function buildNetbootTestImage(o: NetbootImageOptions): Promise<Net
       'cmdline.txt': `${cmdline}\n`,
     },
   });
+  await truncate(o.path, rootOffset + rootSize);
   // Partition 2 after the boot partition, as Raspberry Pi OS has its root.
   await run(
     'sfdisk',
@@ -467,6 +538,7 @@ export async function buildNetbootTestImage(o: NetbootImageOptions): Promise<Net
     for (const sub of ['sbin', 'dev', 'proc', 'sys', 'etc']) await mkdir(join(tree, sub), { recursive: true });
     await writeFile(join(tree, 'sbin', 'init'), init, { mode: 0o755 });
     await writeFile(join(tree, 'etc', 'rpi-flash-marker'), `${o.marker}\n`);
+    await o.populateRoot?.(tree);
     const fs = join(dir, 'root.ext4');
     await run('mkfs.ext4', ['-q', '-F', '-L', 'rootfs', '-E', 'root_owner=0:0', '-d', tree, fs, `${rootSize / 1024}k`]);
     await copyInto(o.path, fs, rootOffset);
