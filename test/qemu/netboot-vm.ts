@@ -67,6 +67,11 @@ export const DISTRO_DHCP_LINES = {
   failed: /netboot-vm: distro boot FAILED/,
 } as const;
 
+/** What U-Boot prints in the `distro` boot (NetbootVmOptions.boot) before it tries the card. */
+export const DISTRO_LINES = {
+  card: /netboot-vm: distro boot: mmc 0:1/,
+} as const;
+
 /** The script Debian's distro boot fetches over DHCP/TFTP (`boot_script_dhcp` of its Pi builds). */
 export const DISTRO_DHCP_SCRIPT = 'boot.scr.uimg';
 
@@ -115,15 +120,36 @@ export interface FirmwareFiles {
  * write the card.
  */
 export function distroDhcpScripts(): Record<string, string> {
+  return { bootcmd: ['pci enum', 'mmc list', ...DISTRO_DHCP_STEPS].join('; '), boot_script_dhcp: DISTRO_DHCP_SCRIPT };
+}
+
+/** distro boot's bootcmd_dhcp, after the card is probed (distroDhcpScripts, distroScripts). */
+const DISTRO_DHCP_STEPS = [
+  'devtype=dhcp',
+  'echo "netboot-vm: distro boot: dhcp"',
+  'if dhcp ${scriptaddr} ${boot_script_dhcp}; then source ${scriptaddr}; fi',
+  'echo "netboot-vm: distro boot FAILED (no script over DHCP/TFTP, or it returned)"',
+];
+
+/**
+ * The `distro` boot (NetbootVmOptions.boot): Debian's Pi U-Boot's distro boot order, the card
+ * before the network (`boot_targets` starts with mmc0, ends with dhcp). From the card's first
+ * partition it sources `boot.scr.uimg` or `boot.scr` (scan_dev_for_scripts, with distro boot's
+ * hush-local devtype/devnum/distro_bootpart, which stage 1 reads); a blank card, or a script that
+ * returns, falls through to distroDhcpScripts' DHCP boot. A card the agent flashed holds stage 1
+ * as boot.scr, which boots the installed system when the agent has no job for the board.
+ */
+export function distroScripts(): Record<string, string> {
+  const card = [
+    'devtype=mmc',
+    'devnum=0',
+    'distro_bootpart=1',
+    'echo "netboot-vm: distro boot: mmc 0:1"',
+    'for script in boot.scr.uimg boot.scr; do ' +
+      'if fatload mmc 0:1 ${scriptaddr} ${script}; then source ${scriptaddr}; fi; done',
+  ];
   return {
-    bootcmd: [
-      'pci enum',
-      'mmc list',
-      'devtype=dhcp',
-      'echo "netboot-vm: distro boot: dhcp"',
-      'if dhcp ${scriptaddr} ${boot_script_dhcp}; then source ${scriptaddr}; fi',
-      'echo "netboot-vm: distro boot FAILED (no script over DHCP/TFTP, or it returned)"',
-    ].join('; '),
+    bootcmd: ['pci enum', 'mmc list', ...card, ...DISTRO_DHCP_STEPS].join('; '),
     boot_script_dhcp: DISTRO_DHCP_SCRIPT,
   };
 }
@@ -218,9 +244,11 @@ export interface NetbootVmOptions {
   /**
    * What U-Boot's boot command does: `firmware` (the default) stands in for the Pi firmware's
    * network boot (firmwareScripts); `distro-dhcp` for a blank card's distro boot, which fetches
-   * `boot.scr.uimg` over DHCP/TFTP and sources it (distroDhcpScripts).
+   * `boot.scr.uimg` over DHCP/TFTP and sources it (distroDhcpScripts); `distro` for Debian's
+   * whole order, the card's boot script first and DHCP after it (distroScripts), so a card the
+   * agent flashed boots its installed system after the flash's reset.
    */
-  boot?: 'firmware' | 'distro-dhcp';
+  boot?: 'firmware' | 'distro-dhcp' | 'distro';
   /**
    * A raw SD card image on QEMU's sdhci-pci (written in place; a power of two in bytes), as
    * qemu-board.ts gives its boards. None by default: the firmware stand-in never touches a card.
@@ -241,8 +269,9 @@ export function netbootVmEnvironment(
 ): Record<string, string> {
   if (o.prefix !== '' && !/^[A-Za-z0-9._-]+\/$/.test(o.prefix))
     throw new Error(`prefix must be '' or one folder name ending in '/': ${JSON.stringify(o.prefix)}`);
-  const distro = o.boot === 'distro-dhcp';
-  const scripts = distro ? distroDhcpScripts() : firmwareScripts(o.files);
+  const distro = o.boot === 'distro-dhcp' || o.boot === 'distro';
+  const scripts =
+    o.boot === 'distro' ? distroScripts() : o.boot === 'distro-dhcp' ? distroDhcpScripts() : firmwareScripts(o.files);
   return boardEnvironment({
     tftpPort: o.tftpPort ?? 69,
     bootcmd: '',
