@@ -16,21 +16,28 @@
  *   `console:` boot check waits for.
  * - `netflash`: the row's layout `netflash` and a blank card; U-Boot does what distro boot does
  *   without a bootable card (`dhcp ${scriptaddr} boot.scr.uimg; source`), so stage 1 comes from the
- *   agent, fetches the job's flash.scr, and stage 2 writes the card.
+ *   agent, fetches the job's flash.scr, and stage 2 writes the card. With the board's `boot:
+ *   'distro'` U-Boot tries the card first, as Debian's distro boot does: after stage 2's reset it
+ *   runs the flashed card's stage 1, which finds no job and boots the card's system (its root on
+ *   the card), so a `console:` boot check on the root's marker sees the flashed system come up.
+ *
+ * A board may name its own kind (one run can hold a netboot job and a netflash job of the same
+ * image, as bench/netboot.ts compares them); each job records when the client saw each phase
+ * start and every console line with the agent's capture time.
  *
  * What a test must check after each job is gathered here, while the agent still runs: the job's
  * overlay directories, nbdkit processes of this agent (by /proc), the staged folders, the DHCP
  * answers; and after all jobs the stored image's sha256. Everything is plain data (JSON).
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../runner-agent/src/agent.js';
 import { validateConfig } from '../../runner-agent/src/config.js';
 import { openConsole } from '../../runner-agent/src/console/capture.js';
 import { createLogger, formatRecord, silentLogger, type LogRecord } from '../../runner-agent/src/log.js';
 import { connectAgent, type AgentConnection } from '../../src/protocol/client.js';
-import type { AgentMessage, JobMethod, JobResult } from '../../src/protocol/messages.js';
+import type { AgentMessage, JobMethod, JobResult, Phase } from '../../src/protocol/messages.js';
 import { qemuAgentSettings } from './agent-scenario.js';
 import {
   FIRMWARE_LINES,
@@ -39,6 +46,7 @@ import {
   setUpTapLink,
   sha256File,
   startNetbootVm,
+  type NetbootVmOptions,
 } from './netboot-vm.js';
 import { qmpCommand, type QemuBoard } from './qemu-board.js';
 
@@ -59,6 +67,15 @@ export interface NetbootAgentBoard {
   layout?: string;
   /** The folder the VM's firmware stand-in asks under, with its `/`: what the row's cell names. */
   prefix: string;
+  /** This board's job, when it differs from the run's (NetbootAgentInput.kind). */
+  kind?: 'netboot' | 'netflash';
+  /**
+   * What the VM's U-Boot does on a boot (NetbootVmOptions.boot): by default `firmware` for a
+   * netboot job, `distro-dhcp` for a netflash job; `distro` to boot the flashed card afterwards.
+   */
+  boot?: NetbootVmOptions['boot'];
+  /** What an earlier job found the board's U-Boot can do (staging/board-caps.ts); default: not probed yet. */
+  caps?: { unzip: boolean };
 }
 
 export interface NetbootAgentInput {
@@ -77,6 +94,10 @@ export interface NetbootAgentInput {
   stage1: string;
   /** Per board: the VM's hard limit and the wait for its first boot. */
   timeoutMs: number;
+  /** The agent's `flash` settings over the run's (2 MiB parts, TFTP windowsize 8). */
+  flash?: Record<string, unknown>;
+  /** The agent's `timeouts` over the run's (boardShow 30, stall 30, boot 120 s). */
+  timeouts?: Record<string, unknown>;
 }
 
 export interface DhcpAnswerSeen {
@@ -93,6 +114,10 @@ export interface NetbootAgentJob {
   /** Epoch ms just before the flash request and at its result. */
   requestedAt: number;
   resultAt: number;
+  /** Epoch ms at which the client saw each phase of the job start. */
+  phaseStartedAt: Partial<Record<Phase, number>>;
+  /** Every console line of the job, with the epoch ms the agent's capture read it at. */
+  consoleLines: Array<{ time: number; line: string }>;
   /** The DHCP replies the agent sent this board during its job. */
   dhcp: DhcpAnswerSeen[];
   /** nbdkit's pid from the agent's "NBD export ready" line, when the job started an export. */
@@ -164,6 +189,22 @@ async function waitForPath(path: string, timeoutMs: number): Promise<void> {
 }
 
 /**
+ * The console on QEMU's socket: the file appears at bind(), a moment before QEMU listens on it
+ * (seen on a loaded machine: the first connect refused), so a refused connect is tried again.
+ */
+async function openWhenListening(path: string, timeoutMs: number): Promise<Awaited<ReturnType<typeof openConsole>>> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await openConsole({ kind: 'unix', path }, { log: silentLogger });
+    } catch (err) {
+      if (Date.now() > until) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+/**
  * Starts the board's VM stopped, reads its console from the first instruction, lets it run and
  * waits for the first boot to stop at its prompt (armed for the reset). The console is let go
  * before the job: the agent reads it next (one reader at a time on QEMU's socket).
@@ -175,6 +216,8 @@ async function bootToPrompt(o: {
   sdImage: string;
 }): Promise<QemuBoard> {
   const serialSocket = join(o.dir, 'serial.sock');
+  const kind = o.board.kind ?? o.input.kind;
+  const boot = o.board.boot ?? (kind === 'netboot' ? 'firmware' : 'distro-dhcp');
   const vm = await startNetbootVm({
     ubootBin: o.input.ubootBin,
     workDir: o.dir,
@@ -185,12 +228,12 @@ async function bootToPrompt(o: {
     sdImage: o.sdImage,
     startPaused: true,
     timeoutMs: o.input.timeoutMs,
-    ...(o.input.kind === 'netboot' ? { vendorClass: PI3_ROM_VENDOR_CLASS } : { boot: 'distro-dhcp' as const }),
+    ...(boot === 'firmware' ? { vendorClass: PI3_ROM_VENDOR_CLASS } : { boot }),
   });
   try {
     await waitForPath(serialSocket, 10_000);
     await waitForPath(vm.qmpSocket, 10_000);
-    const watcher = await openConsole({ kind: 'unix', path: serialSocket }, { log: silentLogger });
+    const watcher = await openWhenListening(serialSocket, 10_000);
     try {
       await qmpCommand(vm.qmpSocket, 'cont');
       const armed = await watcher.waitFor(FIRMWARE_LINES.waiting, { timeoutMs: 60_000, since: 0 });
@@ -215,8 +258,8 @@ export async function runNetbootAgentScenario(input: NetbootAgentInput): Promise
   const config = await validateConfig(
     qemuAgentSettings(TOKEN, {
       // netflash's stage 2 in QEMU's memory map (qemuAgentSettings), parts small for the test card.
-      flash: { partSize: '2MiB', tftpWindowSize: 8 },
-      timeouts: { boardShow: 30, stall: 30, boot: 120 },
+      flash: { partSize: '2MiB', tftpWindowSize: 8, ...input.flash },
+      timeouts: { boardShow: 30, stall: 30, boot: 120, ...input.timeouts },
       // As in a lab: the real ports on the boards' network, the agent its only DHCP server.
       tftp: { root: 'tftp', address: host, port: 69 },
       dhcp: { mode: 'full', serverIp: host, subnet: LAB_SUBNET },
@@ -234,8 +277,14 @@ export async function runNetbootAgentScenario(input: NetbootAgentInput): Promise
     agent = await startAgent(config, { log: createLogger({ level: 'debug', sink: (r) => records.push(r) }) });
     const a = agent;
     let jobLog: string[] = [];
+    let phaseStartedAt: NetbootAgentJob['phaseStartedAt'] = {};
+    let consoleLines: NetbootAgentJob['consoleLines'] = [];
     const onEvent = (m: AgentMessage) => {
-      if (m.type === 'log') jobLog.push(`${m.level} ${m.source} ${m.message}`);
+      if (m.type === 'log') {
+        jobLog.push(`${m.level} ${m.source} ${m.message}`);
+        if (m.source === 'console') consoleLines.push({ time: m.time, line: m.message });
+      }
+      if (m.type === 'phase' && m.state === 'start') phaseStartedAt[m.phase] = Date.now();
     };
     conn = await connectAgent({ url: a.url, token: TOKEN, client: 'qemu-netboot-agent-test', onEvent });
     const sha256 = await sha256File(input.image);
@@ -246,19 +295,30 @@ export async function runNetbootAgentScenario(input: NetbootAgentInput): Promise
     const jobs: NetbootAgentJob[] = [];
     for (const [i, board] of input.boards.entries()) {
       const dir = boardDir(board);
+      const kind = board.kind ?? input.kind;
       const sdImage = join(dir, 'sd.img');
-      await writeFile(sdImage, Buffer.alloc(input.sdSize));
+      // Zeros, sparse: a card of hundreds of MiB need not pass through memory.
+      await writeFile(sdImage, '');
+      await truncate(sdImage, input.sdSize);
+      if (board.caps) {
+        const capsDir = join(config.stateDir, 'boards');
+        await mkdir(capsDir, { recursive: true });
+        const caps = { ...board.caps, seen: '', job: 'earlier' };
+        await writeFile(join(capsDir, `${encodeURIComponent(board.name)}.caps.json`), JSON.stringify(caps));
+      }
       const sdBefore = await sha256File(sdImage);
       vm = await bootToPrompt({ input, board, dir, sdImage });
 
       if (i > 0) await conn.lease(board.name, { holder: 'qemu-netboot-agent-test' });
       jobLog = [];
+      phaseStartedAt = {};
+      consoleLines = [];
       const dhcp: DhcpAnswerSeen[] = [];
       const unsubscribe = a.dhcp!.onAnswered((name, kind, message, answer) => {
         if (name === board.name) dhcp.push({ kind, message, yiaddr: answer.yiaddr });
       });
       const firstRecord = records.length;
-      const method: JobMethod = input.kind === 'netboot' ? 'netboot' : 'flash';
+      const method: JobMethod = kind === 'netboot' ? 'netboot' : 'flash';
       const requestedAt = Date.now();
       const result = await conn.flash({ sha256, bootCheck: input.bootCheck, method });
       const resultAt = Date.now();
@@ -273,9 +333,11 @@ export async function runNetbootAgentScenario(input: NetbootAgentInput): Promise
       const nbdkitPidAlive = nbdkitPid !== undefined && (await alive(nbdkitPid));
       const tftpLeftovers = (await readdir(config.tftp.root)).filter((n) => !n.startsWith('.'));
 
-      // netboot: the root's init powers the VM off after its marker; netflash: U-Boot looks for a
-      // script again after stage 2's reset and finds none (withdrawn), then waits at its prompt.
-      const vmExit = input.kind === 'netboot' ? await vm.waitForExit(30_000).catch(() => null) : null;
+      // netboot, or a console check on the root's marker: the root's init powers the VM off after
+      // it; netflash otherwise: U-Boot looks for a script again after stage 2's reset and finds
+      // none (withdrawn), then waits at its prompt.
+      const poweredOff = kind === 'netboot' || input.bootCheck.startsWith('console:');
+      const vmExit = poweredOff ? await vm.waitForExit(30_000).catch(() => null) : null;
       await vm.kill();
       const qemuLog = vm.consoleLog;
       vm = undefined;
@@ -288,6 +350,8 @@ export async function runNetbootAgentScenario(input: NetbootAgentInput): Promise
         jobLog,
         requestedAt,
         resultAt,
+        phaseStartedAt,
+        consoleLines,
         dhcp,
         ...(nbdkitPid !== undefined ? { nbdkitPid } : {}),
         overlayLeft,
