@@ -16,6 +16,7 @@ const benches: Record<string, () => Promise<void>> = {
   'mapped-flash': async () => (await import('./mapped-flash.js')).runMappedFlashBench(),
   dashboard: async () => (await import('./dashboard.js')).runDashboardBench(),
   nbd: async () => (await import('./nbd.js')).runNbdBench(),
+  netboot: async () => (await import('./netboot.js')).runNetbootBench(),
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
