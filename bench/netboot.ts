@@ -305,6 +305,11 @@ export async function runNetbootBench(): Promise<void> {
       `diskless job: ${served.message}; phases ${JSON.stringify(served.timings)}` +
         (served.wireBytes !== undefined ? `, ${mib(served.wireBytes)} over TFTP` : ''),
     );
+    const flashJob = flashed[0]!.job.result;
+    console.log(
+      `flash job: ${flashJob.message}; phases ${JSON.stringify(flashJob.timings)} (stage, before the reset ` +
+        'and so outside reset → marker: mapping, injection and gzip of the parts)',
+    );
     console.log(`load average after: ${load()}`);
   } finally {
     if (process.env.KEEP_NETBOOT_BENCH_DIR) console.log(`kept ${dir}`);
