@@ -18,7 +18,8 @@
  * dependencies (imported by src/action only) are not.
  *
  * Native parts are left out (compiled for this machine, they would not load on a Pi): `*.node`
- * files, `prebuilds/`, and the `build/` of packages with a binding.gyp. What that costs is printed:
+ * files, `prebuilds/`, and the `build/` beside any binding.gyp (at a package's root or deeper).
+ * What that costs is printed:
  * onoff's epoll, so `gpio:` resets (use `gpiod:`). The build fails if any ELF file remains.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -390,11 +391,19 @@ function resolvePackage(name: string, from: string): string | undefined {
 /** A package's files without its tests, docs, TypeScript types, and native binaries. */
 function copyNpmPackage(p: NpmPackage, to: string): void {
   const from = path.join(ROOT, p.dir);
-  const native = existsSync(path.join(from, 'binding.gyp'));
-  const skipDir = (rel: string) =>
-    /(^|\/)(node_modules|tests?|__tests__|examples?|docs?|benchmarks?|\.github)$/.test(rel) ||
-    rel === 'prebuilds' ||
-    (native && rel === 'build');
+  // A native part's build/ lies beside its binding.gyp, at the package's root or deeper (ssh2's crypto).
+  const nativeBuild = (rel: string) =>
+    path.basename(rel) === 'build' && existsSync(path.join(from, path.dirname(rel), 'binding.gyp'));
+  const nativeBuilds: string[] = [];
+  const skipDir = (rel: string) => {
+    if (nativeBuild(rel)) {
+      nativeBuilds.push(`${rel}/`);
+      return true;
+    }
+    return (
+      /(^|\/)(node_modules|tests?|__tests__|examples?|docs?|benchmarks?|\.github)$/.test(rel) || rel === 'prebuilds'
+    );
+  };
   const skipFile = (rel: string) =>
     (/\.(d\.[cm]?ts|map|md|markdown)$/i.test(rel) && !/^licen[cs]e/i.test(rel)) || /(^|\/)\./.test(rel);
   for (const rel of walk(from, false, skipDir)) {
@@ -406,8 +415,8 @@ function copyNpmPackage(p: NpmPackage, to: string): void {
     const mode = statSync(path.join(from, rel)).mode & 0o111 ? 0o755 : 0o644;
     copy(path.join(from, rel), path.join(to, rel), mode);
   }
-  for (const dir of ['prebuilds', ...(native ? ['build'] : [])])
-    if (existsSync(path.join(from, dir))) p.leftOut.push(`${dir}/`);
+  if (existsSync(path.join(from, 'prebuilds'))) p.leftOut.push('prebuilds/');
+  p.leftOut.push(...nativeBuilds);
 }
 
 function copy(from: string, to: string, mode: number): void {
