@@ -13,6 +13,7 @@ import type { Stage2Settings } from './board/stage2-script.js';
 import { checkMinZeroRun } from './store/mapped-ranges.js';
 import { builtinLayouts } from './layouts/registry.js';
 import { isHostOf, parseSubnet } from './netboot/ipv4-subnet.js';
+import { validateOtaSettings, type OtaSettings } from './layouts/ota-settings.js';
 
 /** Health checks of the boards (lab/health-checks.ts). */
 export interface HealthSettings {
@@ -148,6 +149,8 @@ export interface AgentConfig {
     /** The token Prometheus sends as a bearer token (the agent token is accepted too). */
     token?: string;
   };
+  /** The in-place update over SSH (layout ota, layouts/ota-settings.ts). */
+  ota: OtaSettings;
   /** What the inject layout carries into each image. */
   uboot: {
     /** Stage 1 script image; default: the agent's own `uboot/boot.scr`. */
@@ -343,6 +346,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     'dashboard',
     'metrics',
     'dhcp',
+    'ota',
   ]);
 
   const listenRaw = obj('listen');
@@ -670,6 +674,7 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     dashboard,
     metrics,
     dhcp,
+    ota: validateOtaSettings(raw.ota, baseDir, problems),
     uboot: {
       bootScr: ubootRaw.bootScr === undefined ? SHIPPED_BOOT_SCR : file(string('uboot.bootScr', ubootRaw.bootScr)),
       binaries,

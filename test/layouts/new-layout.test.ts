@@ -46,6 +46,6 @@ describe('a layout added by one file and one registry line', () => {
   it('is refused in the targets database by an agent whose registry lacks it', async () => {
     await expect(
       startLab({ boards: [{ name: 'pi-a', mac: '02:00:00:00:01:0b', layout: 'first-part' }] }),
-    ).rejects.toThrow(/unknown layout "first-part" \(expected inject, whole, seed, netflash, netboot\)/);
+    ).rejects.toThrow(/unknown layout "first-part" \(expected inject, whole, seed, netflash, netboot, ota\)/);
   });
 });

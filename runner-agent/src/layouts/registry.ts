@@ -6,6 +6,7 @@ import { inject } from './inject.js';
 import type { Layout } from './layout.js';
 import { netboot } from './netboot.js';
 import { netflash } from './netflash.js';
+import { ota } from './ota.js';
 import { seed } from './seed.js';
 import { whole } from './whole.js';
 
@@ -20,4 +21,5 @@ export const builtinLayouts: LayoutRegistry = {
   seed,
   netflash,
   [NETBOOT_LAYOUT]: netboot,
+  ota,
 };

@@ -24,14 +24,7 @@ import { formatBytes, hex8 } from '../../../src/protocol/units.js';
 import { CodedError } from '../../../src/protocol/errors.js';
 import type { PartReport } from '../../../src/protocol/messages.js';
 import { boardCrcText, parseBeacon, type Beacon } from '../board/beacons.js';
-import {
-  generateStage2Script,
-  planMappedParts,
-  planParts,
-  ramTopNeeded,
-  type PartPlan,
-  type Stage2Part,
-} from '../board/stage2-script.js';
+import { generateStage2Script, ramTopNeeded, type PartPlan, type Stage2Part } from '../board/stage2-script.js';
 import { buildScriptImage } from '../board/uimage.js';
 import type { Patch } from '../image/disk.js';
 import type { FirmwareFiles, StagedFile } from '../staging/board-files.js';
@@ -41,6 +34,7 @@ import { getPiModel } from '../image/models.js';
 import { ImageView } from '../staging/image-view.js';
 import type { TftpProgress, TftpRequest, TransferEnd } from '../tftp/server.js';
 import type { BoardWatch, FlashMethod, FlashOutcome, LayoutJob } from './layout.js';
+import { planImageWrites } from './part-plan.js';
 
 export interface Stage2Choices {
   /** The layout's name, for the job's log. */
@@ -116,7 +110,9 @@ class Stage2Flash implements FlashMethod {
     const flash = config.flash;
     const patches = (await this.choices.patches?.()) ?? [];
     const view = new ImageView(image.path, image.imageSize, patches);
-    const { plan, crcs: planCrcs } = await this.planWrites(view);
+    const { plan, crcs: planCrcs } = await planImageWrites(this.job, view, flash.partSize, (m) =>
+      this.board.log('info', m),
+    );
     const selected = this.choices.selectParts?.(plan) ?? plan;
     const crcs = selected.map((p) => planCrcs[p.index - 1]!);
     if (patches.length) {
@@ -317,33 +313,6 @@ class Stage2Flash implements FlashMethod {
       `all ${this.parts.length} part(s) written and verified by the board` +
         (same ? ` (${same} of them already on the card: read and checked there, not written)` : ''),
     );
-  }
-
-  /**
-   * The parts the board writes and their CRCs as served. By default only the image's mapped ranges
-   * (store/mapped-ranges.ts), with the layout's patches added to them: the card keeps what lies
-   * outside, as bmaptool leaves it. With `flash.writeZeros`, every byte, and the stored CRCs serve.
-   */
-  private async planWrites(view: ImageView): Promise<{ plan: PartPlan[]; crcs: number[] }> {
-    const { image, config } = this.job;
-    const { partSize } = config.flash;
-    if (config.flash.writeZeros) {
-      const plan = planParts(image.imageSize, partSize);
-      const stored = await this.job.storedPartCrcs(partSize);
-      if (plan.length !== stored.length)
-        throw new Error(`stored part CRCs (${stored.length}) do not match the plan (${plan.length} parts)`);
-      return { plan, crcs: await view.servedPartCrcs(plan, stored) };
-    }
-    const mapped = await this.job.mappedRanges();
-    const patched = view.patches.map((p) => ({ offset: p.offset, length: p.data.length }));
-    const plan = planMappedParts([...mapped, ...patched], image.imageSize, partSize);
-    const bytes = plan.reduce((sum, p) => sum + p.size, 0);
-    this.board.log(
-      'info',
-      `mapped: ${formatBytes(bytes)} of the ${formatBytes(image.imageSize)} image in ${plan.length} part(s); ` +
-        'the card keeps what lies outside them (flash.writeZeros writes every byte)',
-    );
-    return { plan, crcs: await view.partCrcs(plan) };
   }
 
   outcome(): FlashOutcome {
