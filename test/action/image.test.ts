@@ -110,15 +110,37 @@ describe('resolveImage: locating the file', () => {
     await expect(resolve('empty.img')).rejects.toThrow('image: empty.img: the file is empty (0 bytes)');
   });
 
-  // Root reads anything, so this only means something as an ordinary user (as on GitHub's runners).
-  it.skipIf(process.getuid?.() === 0)(
-    'refuses an unreadable file (skipped as root, who reads every file)',
-    async () => {
-      const file = put('locked.img', 'x');
-      execFileSync('chmod', ['000', file]);
+  // Root reads anything, so as root (a CI container) the check runs in a child dropped to nobody.
+  it('refuses an unreadable file', async () => {
+    const file = put('locked.img', 'x');
+    execFileSync('chmod', ['000', file]);
+    if (process.getuid?.() !== 0) {
       await expect(resolve('locked.img')).rejects.toThrow('image: locked.img: not readable');
-    },
-  );
+      return;
+    }
+    execFileSync('chown', ['-R', '65534:65534', ws, temp]);
+    const module = path.resolve('src/action/image.ts');
+    const options = `{ workspace: ${JSON.stringify(ws)}, tempDir: ${JSON.stringify(temp)}, download: async () => '' }`;
+    const script = `import { resolveImage } from ${JSON.stringify(module)};
+resolveImage('locked.img', ${options})
+  .then(() => console.log('resolved'), (err) => console.log(err.code + ': ' + err.message));`;
+    const out = execFileSync(
+      'setpriv',
+      [
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        process.execPath,
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        script,
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(out.trim()).toMatch(/^IMAGE_INVALID: image: locked\.img: not readable/);
+  });
 });
 
 describe('resolveImage: compression', () => {
