@@ -22,8 +22,9 @@
  *   npx tsx bench/netboot.ts [--rounds=1] [--root-mib=300] [--raw] [--os-dir=<prepared folder>]
  *
  * `--raw` flashes uncompressed parts (the board's unzip not known). `--os-dir` names a folder made
- * by scripts/prepare-netboot-os.sh; its modules must include sdhci-pci (the card's driver, for the
- * boot from the card). Needs qemu-system-aarch64, u-boot-tools, the test U-Boot, nbdkit, mtools,
+ * by scripts/prepare-netboot-os.sh (the default: the newest prepared one, prepared now if none); its
+ * modules must include sdhci-pci (the card's driver, for the boot from the card), as the script's
+ * netboot list does. Needs qemu-system-aarch64, u-boot-tools, the test U-Boot, nbdkit, mtools,
  * dosfstools, e2fsprogs, fdisk and iproute2 with user namespaces. KEEP_NETBOOT_BENCH_DIR=1 keeps
  * the work folder (agent logs, job records with the consoles, the cards) for a look afterwards.
  */

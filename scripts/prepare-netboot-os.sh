@@ -68,10 +68,11 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # modprobe), so crc32c_generic is loaded before it.
 case "$OS" in
   netboot)
-    LAYOUT=1
+    # sdhci_pci: QEMU's SD card (sdhci-pci), for an image flashed by netflash and booted from its card.
+    LAYOUT=2
     PROGRAM_PKG=nbd-client
     PROGRAM=sbin/nbd-client
-    ROOT_MODULES=(virtio_mmio virtio_net nbd crc32c_generic ext4)
+    ROOT_MODULES=(virtio_mmio virtio_net nbd sdhci_pci crc32c_generic ext4)
     GZIP_KERNEL=0
     ;;
   ota)
