@@ -88,6 +88,8 @@ export interface AgentServiceDeps {
   log: Logger;
   store: ImageStore;
   files: BoardFiles;
+  /** The TFTP server's bound port (LayoutJob.tftpPort). */
+  tftpPort: number;
   resetContext: Omit<ResetContext, 'log'>;
   /** The layouts a job may use, by name (layouts/registry.ts). */
   layouts: LayoutRegistry;
@@ -790,6 +792,7 @@ export class AgentService implements ConnectionHandler {
       layoutName,
       method,
       files: this.d.files,
+      tftpPort: this.d.tftpPort,
       storedPartCrcs: (partSize) => store.storedPartCrcs(image.sha256, partSize),
       mappedRanges: () =>
         bmap === undefined

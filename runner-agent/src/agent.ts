@@ -77,7 +77,8 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
           outside.map((t) => `${t.name} (${t.ip}, ${t.source.file}:${t.source.line})`).join(', '),
       );
   };
-  let targets = await loadTargets(config.targets, Object.keys(layouts));
+  const targetsOptions = { layouts: Object.keys(layouts), defaultLayout: config.defaultLayout };
+  let targets = await loadTargets(config.targets, targetsOptions);
   checkDhcpRows(targets);
   log.info('targets loaded', { file: config.targets, count: targets.length });
 
@@ -203,6 +204,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     boards,
     store,
     files,
+    tftpPort: tftpAddress.port,
     targets: () => targets,
     layouts,
     resetContext: {
@@ -272,7 +274,7 @@ export async function startAgent(config: AgentConfig, o: StartOptions = {}): Pro
     },
     targets: () => targets,
     async reloadTargets() {
-      const next = await loadTargets(config.targets, Object.keys(layouts));
+      const next = await loadTargets(config.targets, targetsOptions);
       checkDhcpRows(next);
       targets = next;
       await buildSimLab(next);

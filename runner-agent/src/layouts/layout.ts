@@ -24,6 +24,11 @@ export interface LayoutJob {
   timeouts: { boardShow: number; stall: number };
   /** Where a layout stages the files the board fetches; it must unstage them in `unstage`. */
   files: BoardFiles;
+  /**
+   * The port the agent's TFTP server is bound to (the configured `tftp.port`, or the one the system
+   * gave for port 0): what a layout that tells the board where to fetch from must name.
+   */
+  tftpPort: number;
   /** The CRC32 of each `partSize` part of the image as stored (computed once per image and size). */
   storedPartCrcs(partSize: number): Promise<number[]>;
   /** The image's mapped ranges: what the board writes unless `flash.writeZeros` (cached with the image). */

@@ -184,7 +184,7 @@ class OtaFlash implements FlashMethod {
       root: this.ramRoot,
       disk: dry?.disk ?? root.disk,
       server,
-      port: this.tftpPort(),
+      port: this.job.tftpPort,
       blockSize: this.settings.tftpBlockSize,
       retries: this.job.config.flash.retries,
       reportPrefix: reportPrefix(target.mac, id, this.secret),
@@ -224,16 +224,6 @@ class OtaFlash implements FlashMethod {
       `staged ${this.parts.length} part(s) of ${formatBytes(image.imageSize)} for ${target.name} under ` +
         `${this.macdir}/; its RAM system is ready in ${this.ramRoot} (nothing on its card touched yet)`,
     );
-  }
-
-  /**
-   * The port the boards reach the agent's TFTP server on: the job's bound port where the service
-   * passes one (`tftpPort`, for servers on port 0), else the configured one.
-   */
-  private tftpPort(): number {
-    const port = (this.job as LayoutJob & { tftpPort?: number }).tftpPort ?? this.job.config.tftp.port;
-    if (!port) throw new CodedError('LAB_MISCONFIGURED', 'layout ota needs a fixed tftp.port: the board is told it');
-    return port;
   }
 
   private async runProbe(): Promise<BoardProbe> {
