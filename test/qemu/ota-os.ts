@@ -473,6 +473,9 @@ export async function buildOtaTestImage(o: OtaImageOptions): Promise<OtaImage> {
     size,
     bootPartitionSize: bootSize,
     files: {
+      // As Raspberry Pi OS's boot partition names its build. First, so its cluster is the partition's
+      // first: two images differ in their first 8 MiB too, not only in the root.
+      'issue.txt': `rpi-flash OTA test image ${o.label} (${o.marker})\n`,
       'kernel8.img': kernel,
       'initrd.img': initramfs,
       'config.txt': OTA_CONFIG_TXT,
