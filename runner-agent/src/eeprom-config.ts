@@ -164,7 +164,7 @@ export async function eepromConfigMain(
   }
   try {
     const config = await loadConfig(values.config ?? DEFAULT_CONFIG, {});
-    const targets = await loadTargets(config.targets);
+    const targets = await loadTargets(config.targets, { defaultLayout: config.defaultLayout });
     const target = findTarget(targets, positionals[0]!);
     if (!target) throw new Error(`no target "${positionals[0]}" in ${config.targets}`);
     out.write(eepromConfigText(target, config, { order, static: values.static === true }));

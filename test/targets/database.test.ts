@@ -454,3 +454,22 @@ describe('the netboot column', () => {
     ]);
   });
 });
+
+describe('the default layout', () => {
+  const rows =
+    'name,mac,ip,reset,layout\nplain,02:00:00:00:00:01,10.0.0.1,none,\nwhole-1,02:00:00:00:00:02,10.0.0.2,sim,whole\n';
+  it('holds a row that gets ota from defaultLayout to the ssh columns, naming it; one with a layout is not', () => {
+    expect(() => parseTargets(rows, 'db.csv', { defaultLayout: 'ota' })).toThrow(
+      /db\.csv:2: layout ota \(the agent's defaultLayout\) needs the column\(s\) ssh, sshkey, hostkey/,
+    );
+    const err = (() => {
+      try {
+        parseTargets(rows, 'db.csv', { defaultLayout: 'ota' });
+      } catch (e) {
+        return e as TargetsError;
+      }
+    })();
+    expect(err?.problems.map((p) => p.line)).toEqual([2]);
+    expect(parseTargets(rows, 'db.csv', { defaultLayout: 'inject' }).map((t) => t.name)).toEqual(['plain', 'whole-1']);
+  });
+});

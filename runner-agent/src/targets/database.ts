@@ -394,13 +394,17 @@ function mapColumns(
 
 /**
  * Parses a targets CSV. Throws TargetsError listing every problem in the file. `layouts` are the
- * names a `layout` cell may hold: the agent's registry (the built-in layouts unless given).
+ * names a `layout` cell may hold: the agent's registry (the built-in layouts unless given);
+ * `defaultLayout` is what an empty cell means (the config's), so a row that gets `ota` from it is
+ * held to the SSH columns too.
  */
-export function parseTargets(
-  csvText: string,
-  file: string,
-  layouts: readonly string[] = Object.keys(builtinLayouts),
-): Target[] {
+export interface TargetsOptions {
+  layouts?: readonly string[];
+  defaultLayout?: string;
+}
+
+export function parseTargets(csvText: string, file: string, options: TargetsOptions = {}): Target[] {
+  const { layouts = Object.keys(builtinLayouts), defaultLayout } = options;
   const rows = readRows(csvText, file);
   const header = rows[0];
   if (!header) throw new TargetsError([{ file, line: 1, reason: `the file is empty: ${HEADER_HELP}` }]);
@@ -495,7 +499,13 @@ export function parseTargets(
     }
 
     const needsSsh =
-      layout === OTA_LAYOUT ? `layout ${OTA_LAYOUT}` : reset?.kind === 'ssh' ? `reset ${c.resetText}` : undefined;
+      layout === OTA_LAYOUT
+        ? `layout ${OTA_LAYOUT}`
+        : !layout && defaultLayout === OTA_LAYOUT
+          ? `layout ${OTA_LAYOUT} (the agent's defaultLayout)`
+          : reset?.kind === 'ssh'
+            ? `reset ${c.resetText}`
+            : undefined;
     const ssh = parseSshAccess(c, file, needsSsh);
     for (const p of ssh.problems) problem(p);
 
@@ -605,14 +615,14 @@ function folderConflicts(targets: readonly Target[], file: string): TargetProble
   return problems;
 }
 
-export async function loadTargets(file: string, layouts?: readonly string[]): Promise<Target[]> {
+export async function loadTargets(file: string, options: TargetsOptions = {}): Promise<Target[]> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
     throw new TargetsError([{ file, line: 0, reason: `cannot read the targets database: ${(err as Error).message}` }]);
   }
-  return parseTargets(text, file, layouts);
+  return parseTargets(text, file, options);
 }
 
 /** The target a workflow means by `target`: its name (any case), its MAC (any separator or case) or its IP. */
