@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { ConfigError, loadConfig } from './config.js';
-import { startAgent } from './agent.js';
+import { startAgent, type RunningAgent } from './agent.js';
 import { createLogger, type Logger } from './log.js';
 import { AGENT_VERSION } from './ws/server.js';
 
@@ -190,7 +190,7 @@ export async function main(argv: string[]): Promise<number> {
   if (args.check) {
     const { loadTargets } = await import('./targets/database.js');
     try {
-      const targets = await loadTargets(config.targets);
+      const targets = await loadTargets(config.targets, { defaultLayout: config.defaultLayout });
       if (!(await import('./lab-check.js')).reportLabCheck(config, targets, process.stderr)) return 2;
       // A warning, not a refusal: the operator may compile onoff's native part after the check.
       const gpio = targets.filter((t) => t.reset.kind === 'gpio').map((t) => t.name);
@@ -210,7 +210,44 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
   }
-  let agent;
+  // The handlers go in before the agent starts: a signal during start-up (a reload or a stop sent
+  // as soon as the unit is up) must not meet Node's default action, which ends the process. What
+  // comes during start-up is acted on once the agent serves.
+  let agent: RunningAgent | undefined;
+  let exit: ((code: number) => void) | undefined;
+  let stopAsked = false;
+  let reloadAsked = false;
+  let signals = 0;
+  const shutDown = (running: RunningAgent, resolve: (code: number) => void) =>
+    running.stop().then(
+      () => resolve(0),
+      (err: Error) => {
+        log.error('shutdown failed', { error: err.message });
+        resolve(1);
+      },
+    );
+  const stop = (signal: string) => {
+    signals += 1;
+    if (signals > 1) {
+      log.warn('second signal: exiting at once', { signal });
+      process.exit(130);
+    }
+    log.info('shutting down', { signal });
+    if (agent && exit) void shutDown(agent, exit);
+    else stopAsked = true;
+  };
+  const reload = () => {
+    if (!agent) {
+      reloadAsked = true;
+      return;
+    }
+    agent
+      .reloadTargets()
+      .catch((err: Error) => log.error('targets reload failed; keeping the previous database', { error: err.message }));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', reload);
   try {
     agent = await startAgent(config, { log });
   } catch (err) {
@@ -218,32 +255,11 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   guard.serving(log);
+  const running = agent;
   return new Promise<number>((resolve) => {
-    let signals = 0;
-    const stop = (signal: string) => {
-      signals += 1;
-      if (signals > 1) {
-        log.warn('second signal: exiting at once', { signal });
-        process.exit(130);
-      }
-      log.info('shutting down', { signal });
-      agent.stop().then(
-        () => resolve(0),
-        (err: Error) => {
-          log.error('shutdown failed', { error: err.message });
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => {
-      agent
-        .reloadTargets()
-        .catch((err: Error) =>
-          log.error('targets reload failed; keeping the previous database', { error: err.message }),
-        );
-    });
+    exit = resolve;
+    if (stopAsked) void shutDown(running, resolve);
+    else if (reloadAsked) reload();
   });
 }
 
