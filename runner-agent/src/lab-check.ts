@@ -27,8 +27,10 @@ const CAMERA_GPU_MEM_MIB = 128;
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 
+/** Boards whose U-Boot runs stage 2 (not `seed`'s recovery card, not `ota`'s running system). */
 function isRealBoard(t: Target, config: AgentConfig): boolean {
-  return t.reset.kind !== 'sim' && t.reset.kind !== 'qmp' && (t.layout ?? config.defaultLayout) !== 'seed';
+  const layout = t.layout ?? config.defaultLayout;
+  return t.reset.kind !== 'sim' && t.reset.kind !== 'qmp' && layout !== 'seed' && layout !== 'ota';
 }
 
 export function checkLab(config: AgentConfig, targets: readonly Target[]): LabFindings {
@@ -110,6 +112,7 @@ export function checkLab(config: AgentConfig, targets: readonly Target[]): LabFi
         'that asks from another address is refused and its job fails with BOARD_IP_MISMATCH',
     );
   checkNetboot(config, targets, errors, warnings);
+  checkOta(config, targets, errors);
   return { errors, warnings };
 }
 
@@ -156,6 +159,21 @@ function checkNetboot(config: AgentConfig, targets: readonly Target[], errors: s
       `${netboot.join(', ')}: method netboot serves the root file system with nbdkit, which is not installed ` +
         '(Debian: apt install nbdkit); such jobs fail with LAB_MISCONFIGURED',
     );
+}
+
+/** The in-place update (issue 12): the static busybox it carries to the board. */
+function checkOta(config: AgentConfig, targets: readonly Target[], errors: string[]): void {
+  const rows = targets.filter((t) => (t.layout ?? config.defaultLayout) === 'ota');
+  if (!rows.length) return;
+  const names = rows.map((t) => t.name).join(', ');
+  const busybox = Object.entries(config.ota.busybox);
+  if (!busybox.length)
+    errors.push(
+      `${names}: layout ota uploads a static busybox for the board's architecture, but ota.busybox names none ` +
+        '(e.g. "ota": { "busybox": { "arm64": "/srv/rpi-flash/busybox-arm64" } }, from Debian\'s busybox-static)',
+    );
+  for (const [arch, file] of busybox)
+    if (!existsSync(file)) errors.push(`ota.busybox.${arch} ${file} does not exist (${names} need it for layout ota)`);
 }
 
 function onPath(command: string): boolean {

@@ -195,3 +195,33 @@ describe('network boot', () => {
     }
   });
 });
+
+describe('the in-place update (layout ota)', () => {
+  const header = 'name,mac,ip,reset,model,layout,ssh,sshkey,hostkey';
+  const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH9Rh3SEu9rG2m7v9gMW7xHG7p1PQ1x4cEjXWdC4XJ0Y';
+  const row = `ota-a,dc:a6:32:00:00:09,10.42.0.19,none,pi0w,ota,root,keys/id,${key}`;
+
+  it('holds ota boards to no U-Boot memory or TFTP-port rule, only to a busybox that exists', async () => {
+    // A pi0w whose U-Boot could not hold a 256 MiB part, on a TFTP port U-Boot cannot ask: ota uses neither.
+    const settings = { flash: { partSize: '256MiB' }, tftp: { root: 'tftp', address: '127.0.0.1', port: 6969 } };
+    const none = await findings([row], { ...settings, ota: { busybox: {} } }, header);
+    expect(none.errors).toEqual([
+      expect.stringMatching(
+        /^ota-a: layout ota uploads a static busybox for the board's architecture, but ota\.busybox/,
+      ),
+    ]);
+    expect(none.warnings.filter((w) => /tftp\.port|Ethernet/.test(w))).toEqual([]);
+    const missing = await findings([row], { ...settings, ota: { busybox: { armel: 'no-such-busybox' } } }, header);
+    expect(missing.errors).toEqual([
+      `ota.busybox.armel ${path.join(dir!, 'no-such-busybox')} does not exist (ota-a need it for layout ota)`,
+    ]);
+    const there = await findings([row], { ...settings, ota: { busybox: { armel: 'targets.csv' } } }, header);
+    expect(there.errors).toEqual([]);
+  });
+
+  it('refuses an ota row with a reset other than none, naming its line', async () => {
+    await expect(findings([row.replace(',none,', ',gpio:17,')], {}, header)).rejects.toThrow(
+      /targets\.csv:2: layout ota reboots the board itself: its reset must be none, not gpio:17/,
+    );
+  });
+});

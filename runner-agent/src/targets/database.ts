@@ -508,6 +508,10 @@ export function parseTargets(csvText: string, file: string, options: TargetsOpti
             : undefined;
     const ssh = parseSshAccess(c, file, needsSsh);
     for (const p of ssh.problems) problem(p);
+    // The job's reset comes between the upload to the board's RAM and the switch: any reset there
+    // would throw the staged RAM system away.
+    if ((layout ?? defaultLayout) === OTA_LAYOUT && reset && reset.kind !== 'none')
+      problem(`layout ${OTA_LAYOUT} reboots the board itself: its reset must be none, not ${c.resetText}`);
 
     if (problems.length !== before || !reset) continue;
     targets.push({
