@@ -45,6 +45,7 @@ import type { TftpProgress, TftpRequest, TransferEnd } from '../tftp/server.js';
 import type { BoardWatch, FlashMethod, FlashOutcome, Layout, LayoutJob } from './layout.js';
 import type { OtaArch } from './ota-settings.js';
 import { planImageWrites } from './part-plan.js';
+import { ServedParts, UNSERVED, type ServedPart } from './served-parts.js';
 
 /** A shell on the board: SSH in the lab, the test machine's own sh in the dry-run tests. */
 export interface BoardShell {
@@ -64,8 +65,6 @@ export interface OtaOptions {
 
 /** RAM the script's tmpfs holds beyond the part and busybox: the script, its log, tftp's buffers. */
 const RAM_ROOT_SLACK = 8 * 1024 ** 2;
-/** Milliseconds between two transfer progress events of one part. */
-const PROGRESS_EVERY_MS = 250;
 
 export function otaLayout(options: OtaOptions = {}): Layout {
   return (job, board) => new OtaFlash(job, board, options);
@@ -79,16 +78,12 @@ async function sshShell(target: Target, o: { timeoutMs: number }): Promise<Board
   return SshSession.connect(target.ip, target.ssh, o);
 }
 
-interface PartState extends PartPlan {
+interface PartState extends PartPlan, ServedPart {
   file: string;
   crc32: number;
   status: PartReport['status'];
   retries: number;
   boardCrc?: string;
-  acked: number;
-  windowBytes: number;
-  downloads: number;
-  writingExpected?: number;
   /** Held in full with no report since that says it was not written: it may be on the disk. */
   mayBeWriting: boolean;
   /** The board said a write or read-back of it failed: the disk holds something of it. */
@@ -114,9 +109,8 @@ class OtaFlash implements FlashMethod {
   private done?: { ok: boolean };
   private readonly boardFailures: string[] = [];
   private readonly refusedFrom = new Set<string>();
-  private tftpOptions: Record<string, string> | undefined;
-  private lastProgressEmit = 0;
-  private wireBytes = 0;
+  /** What the board acknowledged of each part's downloads (served-parts.ts). */
+  private readonly served: ServedParts<PartState>;
 
   constructor(
     private readonly job: LayoutJob,
@@ -124,6 +118,11 @@ class OtaFlash implements FlashMethod {
     private readonly options: OtaOptions,
   ) {
     this.macdir = macDir(job.target.mac);
+    this.served = new ServedParts(board, {
+      parts: () => this.parts,
+      cardWriteRate: job.config.flash.cardWriteRate,
+      onHeldInFull: (part) => (part.mayBeWriting = true),
+    });
     board.redact(this.secret);
   }
 
@@ -171,9 +170,8 @@ class OtaFlash implements FlashMethod {
       crc32: crcs[i]!,
       status: 'missing',
       retries: 0,
-      acked: 0,
-      windowBytes: 0,
-      downloads: 0,
+      ...UNSERVED,
+      wireSize: p.servedSize,
       mayBeWriting: false,
       diskTouched: false,
     }));
@@ -395,7 +393,7 @@ class OtaFlash implements FlashMethod {
             : 'untouched',
       bytesWritten: this.parts.filter((p) => p.status === 'ok').reduce((sum, p) => sum + p.size, 0),
       mappedBytes: this.parts.reduce((sum, p) => sum + p.size, 0),
-      wireBytes: this.wireBytes,
+      wireBytes: this.served.wireBytes,
       parts: this.parts.map((p) => ({
         part: p.index,
         offset: p.imageOffset,
@@ -404,7 +402,7 @@ class OtaFlash implements FlashMethod {
         status: p.status,
         retries: p.retries,
       })),
-      ...(this.tftpOptions ? { tftpOptions: this.tftpOptions } : {}),
+      ...(this.served.tftpOptions ? { tftpOptions: this.served.tftpOptions } : {}),
     };
   }
 
@@ -447,29 +445,9 @@ class OtaFlash implements FlashMethod {
     return this.parts.find((p) => this.relative(p.file) === rel);
   }
 
-  private heldInFull(part: PartState): boolean {
-    return part.acked > 0 && part.acked >= part.servedSize - part.windowBytes;
-  }
-
-  private expectWriting(part: PartState): void {
-    part.mayBeWriting = true;
-    if (part.writingExpected === part.downloads) return;
-    part.writingExpected = part.downloads;
-    const rate = this.job.config.flash.cardWriteRate;
-    this.board.busyFor(
-      (2 * part.servedSize) / rate,
-      `part ${part.index}/${this.parts.length}: the board checks, writes and reads back ` +
-        `${formatBytes(part.servedSize)} (at ${formatBytes(rate)}/s, the slowest card)`,
-    );
-  }
-
   private onRead(rel: string, req: TftpRequest): void {
     const part = this.partOf(rel);
-    if (part) {
-      part.acked = 0;
-      part.downloads += 1;
-      this.board.log('info', `part ${part.index}/${this.parts.length}: download started (${optionsText(req.options)})`);
-    }
+    if (part) this.served.downloadStarted(part, req);
     this.board.activity();
   }
 
@@ -486,42 +464,12 @@ class OtaFlash implements FlashMethod {
 
   private onTransferEnd(rel: string, t: TransferEnd): void {
     const part = this.partOf(rel);
-    if (!part) return;
-    this.wireBytes += t.bytes;
-    if (t.ok) {
-      part.acked = part.servedSize;
-      this.expectWriting(part);
-      this.tftpOptions = { ...t.options };
-      const rate = t.ms > 0 ? ` (${(t.bytes / 1e6 / (t.ms / 1000)).toFixed(1)} MB/s)` : '';
-      this.board.log('info', `part ${part.index}/${this.parts.length}: served ${t.bytes} bytes${rate}`);
-    } else {
-      this.board.log(
-        'warn',
-        `part ${part.index}/${this.parts.length}: transfer ended early after ${t.bytes} bytes: ${t.error ?? '?'}`,
-      );
-    }
-    this.board.activity();
+    if (part) this.served.transferEnded(part, t);
   }
 
   private onProgress(rel: string, p: TftpProgress): void {
     const part = this.partOf(rel);
-    if (!part) return;
-    part.acked = Math.max(part.acked, p.sent);
-    part.windowBytes = p.windowBytes;
-    if (this.heldInFull(part)) this.expectWriting(part);
-    this.board.activity();
-    const now = Date.now();
-    if (p.sent < p.size && now - this.lastProgressEmit < PROGRESS_EVERY_MS) return;
-    this.lastProgressEmit = now;
-    const before = this.parts.filter((q) => q.index < part.index).reduce((s, q) => s + q.servedSize, 0);
-    const total = this.parts.reduce((s, q) => s + q.servedSize, 0);
-    this.board.progress({
-      phase: 'transfer',
-      done: before + p.sent,
-      total,
-      part: part.index,
-      parts: this.parts.length,
-    });
+    if (part) this.served.progress(part, p);
   }
 
   private onBeacon(message: string): void {
@@ -543,7 +491,7 @@ class OtaFlash implements FlashMethod {
     if (this.stage_ !== 'switched') return `the board reported part ${b.part} before it reported its switch to RAM`;
     const earlier = this.parts.find((p) => p.index < part.index && p.status !== 'ok');
     if (earlier) return `the board reported part ${part.index} before part ${earlier.index} (out of order)`;
-    if (!this.heldInFull(part))
+    if (!this.served.heldInFull(part))
       return (
         `the board reported part ${part.index} written, but acknowledged only ${part.acked} ` +
         `of its ${part.servedSize} bytes`
@@ -635,12 +583,4 @@ function shq(text: string): string {
 
 function tail(text: string): string {
   return text.trim().slice(-300) || '(no output)';
-}
-
-function optionsText(options: Record<string, string>): string {
-  return (
-    Object.entries(options)
-      .map(([k, v]) => `${k}=${v}`)
-      .join(' ') || 'no options'
-  );
 }

@@ -35,6 +35,7 @@ import { ImageView } from '../staging/image-view.js';
 import type { TftpProgress, TftpRequest, TransferEnd } from '../tftp/server.js';
 import type { BoardWatch, FlashMethod, FlashOutcome, LayoutJob } from './layout.js';
 import { planImageWrites } from './part-plan.js';
+import { ServedParts, UNSERVED, type ServedPart } from './served-parts.js';
 
 export interface Stage2Choices {
   /** The layout's name, for the job's log. */
@@ -50,29 +51,18 @@ export interface Stage2Choices {
   firmware?: (view: ImageView) => Promise<Omit<FirmwareFiles, 'onRequest' | 'onProgress' | 'onTransferEnd'>>;
 }
 
-interface PartState extends Stage2Part {
+interface PartState extends Stage2Part, Omit<ServedPart, 'index' | 'servedSize' | 'zip'> {
   status: PartReport['status'];
   retries: number;
   boardCrc?: string;
-  /** Of the part's latest download: bytes the board acknowledged, and the bytes of one window. */
-  acked: number;
-  windowBytes: number;
   /** Read-compare: the board found the part on its card already and neither downloaded nor wrote it. */
   sameOnCard?: boolean;
-  /** What the board downloads: the gzip stream's size when compressed, else servedSize. */
-  wireSize: number;
-  /** Downloads of the part started, and the one whose silent write the job was told of. */
-  downloads: number;
-  writingExpected?: number;
 }
 
 /** Builds the stage-2 flash method of one job with a layout's choices. */
 export function stage2Flash(job: LayoutJob, board: BoardWatch, choices: Stage2Choices): FlashMethod {
   return new Stage2Flash(job, board, choices);
 }
-
-/** Milliseconds between two transfer progress events of one part. */
-const PROGRESS_EVERY_MS = 250;
 
 class Stage2Flash implements FlashMethod {
   private readonly macdir: string;
@@ -82,10 +72,8 @@ class Stage2Flash implements FlashMethod {
   private readonly refusedFrom = new Set<string>();
   private done?: { ok: boolean };
   private readonly boardFailures: string[] = [];
-  private tftpOptions: Record<string, string> | undefined;
-  private lastProgressEmit = 0;
-  /** Bytes the board acknowledged of its part downloads, retries included. */
-  private wireBytes = 0;
+  /** What the board acknowledged of each part's downloads (served-parts.ts). */
+  private readonly served: ServedParts<PartState>;
   /** The top of RAM below which the board's RAM probe refuses the job (stage2-script.ts). */
   private ramTopNeeded = 0;
   /** This job asked the board whether it can unzip, and what it answered (undefined: not yet). */
@@ -102,6 +90,7 @@ class Stage2Flash implements FlashMethod {
   ) {
     this.macdir = macDir(job.target.mac);
     this.caps = new BoardCapsStore(path.join(job.config.stateDir, 'boards'));
+    this.served = new ServedParts(board, { parts: () => this.parts, cardWriteRate: job.config.flash.cardWriteRate });
     board.redact(this.secret);
   }
 
@@ -129,10 +118,8 @@ class Stage2Flash implements FlashMethod {
       crc32: crcs[p.index - 1]!,
       status: 'missing',
       retries: 0,
-      acked: 0,
-      windowBytes: 0,
+      ...UNSERVED,
       wireSize: p.servedSize,
-      downloads: 0,
     }));
     const transfer = await this.chooseTransfer();
     const zipped = transfer === 'gzip' ? await this.compress(view) : undefined;
@@ -318,12 +305,12 @@ class Stage2Flash implements FlashMethod {
   outcome(): FlashOutcome {
     const written = this.parts.filter((p) => p.status === 'ok').length;
     // A part the board holds in full may be on its way to the card even before its report.
-    const touched = written > 0 || this.parts.some((p) => this.heldInFull(p));
+    const touched = written > 0 || this.parts.some((p) => this.served.heldInFull(p));
     return {
       card: written === this.parts.length && this.done?.ok ? 'written' : touched ? 'partial' : 'untouched',
       bytesWritten: this.parts.filter((p) => p.status === 'ok' && !p.sameOnCard).reduce((sum, p) => sum + p.size, 0),
       mappedBytes: this.parts.reduce((sum, p) => sum + p.size, 0),
-      wireBytes: this.wireBytes,
+      wireBytes: this.served.wireBytes,
       parts: this.parts.map((p) => ({
         part: p.index,
         offset: p.imageOffset,
@@ -332,27 +319,12 @@ class Stage2Flash implements FlashMethod {
         status: p.status,
         retries: p.retries,
       })),
-      ...(this.tftpOptions ? { tftpOptions: this.tftpOptions } : {}),
+      ...(this.served.tftpOptions ? { tftpOptions: this.served.tftpOptions } : {}),
     };
   }
 
   unstage(): Promise<void> {
     return this.job.files.unstage(this.macdir);
-  }
-
-  /**
-   * The board now writes the part and reads it back, silent until its report: that is no stall
-   * as long as a card at `flash.cardWriteRate` would still be at it. Once per download.
-   */
-  private expectWriting(part: PartState): void {
-    if (part.writingExpected === part.downloads) return;
-    part.writingExpected = part.downloads;
-    const rate = this.job.config.flash.cardWriteRate;
-    this.board.busyFor(
-      (2 * part.servedSize) / rate,
-      `part ${part.index}/${this.parts.length}: the board writes and reads back ${formatBytes(part.servedSize)} ` +
-        `(at ${formatBytes(rate)}/s, the slowest card)`,
-    );
   }
 
   /** A TFTP path under the target's folder, relative to it. */
@@ -370,16 +342,7 @@ class Stage2Flash implements FlashMethod {
       this.scriptFetched = true;
     } else {
       const part = this.partOf(rel);
-      if (part) {
-        // A new download of the part: what counts is what the board acknowledges of this one.
-        part.acked = 0;
-        part.downloads += 1;
-        const asked = optionsText(req.options);
-        this.board.log(
-          'info',
-          `part ${part.index}/${this.parts.length}: download started${asked ? ` (board asked ${asked})` : ''}`,
-        );
-      }
+      if (part) this.served.downloadStarted(part, req);
     }
     this.board.activity();
   }
@@ -403,56 +366,12 @@ class Stage2Flash implements FlashMethod {
 
   private onTransferEnd(rel: string, t: TransferEnd): void {
     const part = this.partOf(rel);
-    if (!part) return;
-    this.wireBytes += t.bytes;
-    const negotiated = optionsText(t.options) || 'none (plain RFC 1350)';
-    const which = `part ${part.index}/${this.parts.length}`;
-    if (t.ok) {
-      part.acked = part.wireSize;
-      this.expectWriting(part);
-      this.tftpOptions = { ...t.options };
-      const secsF = t.ms / 1000;
-      const rate =
-        t.ms <= 0
-          ? ''
-          : part.zip
-            ? ` (${(t.bytes / 1e6 / secsF).toFixed(1)} MB/s gzip'd, ` +
-              `${(part.servedSize / 1e6 / secsF).toFixed(1)} MB/s of the part's ${part.servedSize} bytes)`
-            : ` (${(t.bytes / 1e6 / secsF).toFixed(1)} MB/s)`;
-      const secs = (t.ms / 1000).toFixed(2);
-      this.board.log('info', `${which}: served ${t.bytes} bytes in ${secs} s${rate}; negotiated ${negotiated}`);
-    } else {
-      const why = t.error ?? 'unknown error';
-      this.board.log('warn', `${which}: transfer ended early after ${t.bytes} bytes: ${why}; negotiated ${negotiated}`);
-    }
-    this.board.activity();
+    if (part) this.served.transferEnded(part, t);
   }
 
   private onProgress(rel: string, p: TftpProgress): void {
     const part = this.partOf(rel);
-    if (!part) return;
-    part.acked = Math.max(part.acked, p.sent);
-    part.windowBytes = p.windowBytes;
-    // U-Boot never resends a lost final ACK: holding all but the last window, the board may be writing.
-    if (this.heldInFull(part)) this.expectWriting(part);
-    this.board.activity();
-    const now = Date.now();
-    if (p.sent < p.size && now - this.lastProgressEmit < PROGRESS_EVERY_MS) return;
-    this.lastProgressEmit = now;
-    const before = this.parts.filter((q) => q.index < part.index).reduce((s, q) => s + q.wireSize, 0);
-    const total = this.parts.reduce((s, q) => s + q.wireSize, 0);
-    this.board.progress({
-      phase: 'transfer',
-      done: before + p.sent,
-      total,
-      part: part.index,
-      parts: this.parts.length,
-    });
-  }
-
-  /** The board acknowledged the part's latest download in full (all but a lost last window). */
-  private heldInFull(part: PartState): boolean {
-    return part.acked > 0 && part.acked >= part.wireSize - part.windowBytes;
+    if (part) this.served.progress(part, p);
   }
 
   /** Why a success report cannot be believed (not served in full, or out of order), or undefined. */
@@ -468,7 +387,7 @@ class Stage2Flash implements FlashMethod {
     if (earlier) return `the board reported part ${part.index} before part ${earlier.index} (out of order)`;
     // Read-compare serves nothing: only the board's reading of its own card speaks for the part.
     if (b.kind === 'part-same') return this.job.config.flash.readCompare ? undefined : 'read-compare is off';
-    if (!this.heldInFull(part))
+    if (!this.served.heldInFull(part))
       return (
         `the board reported part ${part.index} written, but acknowledged only ${part.acked} of its ` +
         `${part.wireSize} bytes (the agent had not served it in full to ${this.job.target.ip})`
@@ -636,10 +555,4 @@ class Stage2Flash implements FlashMethod {
         break;
     }
   }
-}
-
-function optionsText(options: Record<string, string>): string {
-  return Object.entries(options)
-    .map(([k, v]) => `${k}=${v}`)
-    .join(' ');
 }
