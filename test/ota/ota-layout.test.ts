@@ -74,6 +74,8 @@ function localShell(): BoardShell {
           clearTimeout(timer);
           resolve({ code, stdout, stderr, dropped: false });
         });
+        // A command that does not read its stdin may be gone before it is written: EPIPE, not a failure.
+        child.stdin.on('error', () => {});
         child.stdin.end(o.stdin ?? '');
       });
     },
