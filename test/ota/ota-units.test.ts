@@ -106,6 +106,7 @@ describe('the board probe', () => {
 describe('OTA beacons and the switch script', () => {
   it("parses the switch reports and stage 2's part reports", () => {
     expect(parseOtaBeacon('switched-frozen')).toEqual({ kind: 'switched', oldRoot: 'frozen' });
+    expect(parseOtaBeacon('stopped')).toEqual({ kind: 'stopped' });
     expect(parseOtaBeacon('switch-failed-pivot')).toEqual({ kind: 'switch-failed', step: 'pivot' });
     expect(parseOtaBeacon('part-2-retry-1-crc-dead')).toMatchObject({ kind: 'part-retry', part: 2, reason: 'crc' });
     expect(parseOtaBeacon('caps-unzip')).toBeNull();

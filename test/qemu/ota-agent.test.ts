@@ -319,6 +319,7 @@ describe.skipIf(!run)(title, () => {
       ['RAM root ready', / its RAM system is ready in /],
       ['script started', / the switch script runs on /],
       ['start report', / the switch script reached the agent/],
+      ['processes stopped', / the board stopped its other processes/],
       ['switched to RAM', / the board runs from RAM/],
       ...[1, 2, 3, 4].map((n): [string, RegExp] => [`part ${n} ok`, new RegExp(` part ${n}/4: written and read back`)]),
       ['done-ok', / board reports the update succeeded/],
@@ -396,6 +397,15 @@ describe.skipIf(!run)(title, () => {
         // board reported it runs from RAM.
         const switched = j.jobLog.find((l) => / info board the board runs from RAM/.test(l));
         expect(switched).toBeDefined();
+        // The board's reports in order: start, every other process stopped, then the pivot's.
+        const reports = [
+          / the switch script reached the agent/,
+          / the board stopped its other processes/,
+          / the board runs from RAM/,
+        ];
+        const order = reports.map((re) => j.jobLog.findIndex((l) => re.test(l)));
+        expect(order.every((i) => i >= 0)).toBe(true);
+        expect([...order].sort((x, y) => x - y)).toEqual(order);
         expect(j.sshDroppedAtMs).not.toBeNull();
         expect(j.sshDroppedAtMs!).toBeLessThan(Number(switched!.split(' ')[0]));
         // The reboot went through U-Boot reading the disk: B's init, then B's marker, which the check saw.
@@ -450,7 +460,10 @@ describe.skipIf(!run)(title, () => {
       await withStory(j, () => {
         expect(j.cancelledAtMs).toBeDefined();
         expect(j.result).toMatchObject({ ok: false, code: 'CANCELLED', card: 'untouched' });
-        expect(j.result.message).toMatch(/RAM/);
+        // The agent says where it left the board (the result's message is the cancel's reason).
+        const leftInRam =
+          / warn agent ota-board is left in its RAM system \(old root ro\): .* into its untouched old system$/;
+        expect(j.jobLog.some((l) => leftInRam.test(l))).toBe(true);
         expect(j.afterMarkerAtMs).not.toBeNull();
         expect(j.console).toMatch(/init of image A started/);
         expect(j.diskHolds).toBe('A');

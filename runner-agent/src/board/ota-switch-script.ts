@@ -8,7 +8,8 @@
  * 2. Stop the other processes: KILL at once for the network managers (dhcpcd and friends
  *    deconfigure the interface on TERM, and the board needs its address to fetch the parts),
  *    then TERM, then KILL, sparing PID 1, kernel threads (PID 2 and its children), itself and its
- *    own children, and wpa_supplicant (killing it drops a Wi-Fi board off the network).
+ *    own children, and wpa_supplicant (killing it drops a Wi-Fi board off the network). Report
+ *    `stopped` (an unanswered one changes nothing: the pivot's report decides).
  * 3. Move /proc into the RAM root (a tmpfs the agent mounted and filled over SSH), pivot_root into
  *    it, move /sys and /dev over, stop what PID 1 restarted meanwhile, unmount what lies under the
  *    old root (deepest first, lazily when busy), remount the old root read-only and detach it — or,
@@ -241,6 +242,7 @@ if [ "$DRY" != 1 ]; then
   "$BB" sleep 2
   signal_others KILL
   "$BB" sleep 1
+  beacon ${otaBeaconText.stopped()}
 
   say "switching to the RAM system"
   "$BB" mount --make-rprivate / 2>>"$LOG"

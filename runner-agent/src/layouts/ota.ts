@@ -514,6 +514,9 @@ class OtaFlash implements FlashMethod {
         if (this.stage_ === 'started') this.stage_ = 'reported-start';
         this.board.log('info', "the switch script reached the agent: stopping the board's processes", 'board');
         break;
+      case 'stopped':
+        this.board.log('info', 'the board stopped its other processes (its sshd too): switching to RAM', 'board');
+        break;
       case 'switched':
         this.stage_ = 'switched';
         this.oldRoot = b.oldRoot;
