@@ -17,6 +17,7 @@ const benches: Record<string, () => Promise<void>> = {
   dashboard: async () => (await import('./dashboard.js')).runDashboardBench(),
   nbd: async () => (await import('./nbd.js')).runNbdBench(),
   netboot: async () => (await import('./netboot.js')).runNetbootBench(),
+  ota: async () => (await import('./ota.js')).runOtaBench(),
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
