@@ -83,7 +83,13 @@ export interface AgentConfig {
     partialTtl: number;
   };
   /** Stage 2's settings (U-Boot memory map in hex; the defaults suit every Pi with ≥ 1 GiB) and the parts. */
-  flash: Stage2Settings & {
+  flash: Omit<Stage2Settings, 'tftpWindowSize'> & {
+    /**
+     * The TFTP window stage 2 asks for: a number, or `auto` to have each board measured and given
+     * the fastest (staging/window-tuning.ts); unset, U-Boot's own lock-step. A targets row's
+     * `windowsize` goes over it.
+     */
+    tftpWindowSize?: number | 'auto';
     partSize: number;
     resetPulseMs: number;
     /** Layout seed: the seed card's part size (750 MiB); change it only for tests. */
@@ -501,7 +507,13 @@ export async function validateConfig(raw: Raw, baseDir: string): Promise<AgentCo
     problems.push(`"flash.cardWriteRate" must be at least 64KiB (per second), got ${flash.cardWriteRate}`);
   if (flashRaw.tftpBlockSize !== undefined)
     flash.tftpBlockSize = int('flash.tftpBlockSize', flashRaw.tftpBlockSize, undefined, 512, 65464);
-  if (flashRaw.tftpWindowSize !== undefined)
+  if (flashRaw.tftpWindowSize === 'auto') flash.tftpWindowSize = 'auto';
+  else if (typeof flashRaw.tftpWindowSize === 'string')
+    problems.push(
+      `"flash.tftpWindowSize" must be a window of 1 to 64 blocks or "auto", ` +
+        `got ${JSON.stringify(flashRaw.tftpWindowSize)}`,
+    );
+  else if (flashRaw.tftpWindowSize !== undefined)
     flash.tftpWindowSize = int('flash.tftpWindowSize', flashRaw.tftpWindowSize, undefined, 1, 64);
 
   const timeoutsRaw = obj('timeouts');

@@ -153,6 +153,57 @@ describe('compressed parts on the simulated lab', () => {
     }
   });
 
+  it('flash.tftpWindowSize auto: one window per job measured on a board (1, 4, 8, 16), then the fastest', async () => {
+    lab = await startLab({
+      boards: [
+        { name: 'pi-t', mac: '02:00:00:00:01:7a' },
+        { name: 'pi-r', mac: '02:00:00:00:01:8a', windowsize: 2 },
+      ],
+      config: { flash: { partSize: '1MiB', compress: 'off', tftpWindowSize: 'auto' } },
+    });
+    const img = await lab.image('t.img', 2 * MiB, 27);
+    const ratesFile = (name: string) => state(lab!, 'boards', `${name}.tftp.json`);
+    const rates = async () =>
+      JSON.parse(await readFile(ratesFile('pi-t'), 'utf8')) as Record<string, { mbps: number; jobs: number }>;
+    /** The window each part download asked for; every part of a job asks for the job's window. */
+    const asked = (lines: string[]) =>
+      lines.filter((l) => /^part \d\/2: download started/.test(l)).map((l) => /windowsize=(\d+)/.exec(l)?.[1]);
+    const job = await client(lab, 'pi-t', img);
+    for (const window of [1, 4, 8, 16]) {
+      const { result, lines } = await job();
+      expect(result.code).toBe('OK');
+      expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^TFTP window ${window} \\(.*\\): measuring`)));
+      expect(asked(lines)).toEqual([String(window), String(window)]);
+      expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^window ${window} measured [\\d.]+ MB/s`)));
+      expect(Object.keys(await rates()).sort()).toEqual(
+        [1, 4, 8, 16]
+          .filter((w) => w <= window)
+          .map(String)
+          .sort(),
+      );
+    }
+    const measured = await rates();
+    const fastest = Object.entries(measured).sort(([, a], [, b]) => b.mbps - a.mbps)[0]![0];
+    expect(Object.values(measured).every((r) => r.jobs === 1 && r.mbps > 0)).toBe(true);
+    const { result, lines } = await job();
+    expect(result.code).toBe('OK');
+    expect(lines).toContainEqual(
+      expect.stringMatching(new RegExp(`^TFTP window ${fastest} \\(.*\\): the fastest measured`)),
+    );
+    expect(asked(lines)).toEqual([fastest, fastest]);
+    expect((await rates())[fastest]!.jobs).toBe(2);
+
+    // A record that does not parse is measured again from the start; a row's own windowsize is never tuned.
+    await writeFile(ratesFile('pi-t'), '{ not json');
+    const again = await job();
+    expect(again.lines).toContainEqual(expect.stringMatching(/^TFTP window 1 \(.*\): measuring/));
+    const row = await (await client(lab, 'pi-r', img))();
+    expect(row.result.code).toBe('OK');
+    expect(asked(row.lines)).toEqual(['2', '2']);
+    expect(row.lines.some((l) => l.startsWith('TFTP window'))).toBe(false);
+    await expect(readFile(ratesFile('pi-r'))).rejects.toThrow(/ENOENT/);
+  });
+
   it('neither probes nor compresses with flash.compress off, or for a model whose U-Boot has no unzip', async () => {
     for (const config of [{ flash: { partSize: '1MiB', compress: 'off' } }, { uboot: { defaultModel: 'pi2' } }]) {
       lab = await startLab({ boards: [{ name: 'pi-o', mac: '02:00:00:00:01:4a' }], config });

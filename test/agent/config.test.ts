@@ -42,6 +42,21 @@ describe('agent configuration', () => {
     expect((err as ConfigError).problems.length).toBeGreaterThanOrEqual(7);
   });
 
+  it('flash.tftpWindowSize is a window of 1 to 64 blocks or "auto"', async () => {
+    const window = async (tftpWindowSize: unknown) =>
+      (await validateConfig({ token, targets: 't.csv', flash: { tftpWindowSize } }, '/')).flash.tftpWindowSize;
+    expect(await window('auto')).toBe('auto');
+    expect(await window(8)).toBe(8);
+    expect(await window(undefined)).toBeUndefined();
+    for (const [bad, said] of [
+      ['fast', /"flash.tftpWindowSize" must be a window of 1 to 64 blocks or "auto", got "fast"/],
+      [65, /"flash.tftpWindowSize" must be an integer from 1 to 64, got 65/],
+    ] as const) {
+      const err = await window(bad).catch((e: unknown) => e);
+      expect((err as ConfigError).problems).toContainEqual(expect.stringMatching(said));
+    }
+  });
+
   it('reads the token from a file and applies flag overrides', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'cfg-'));
     await writeFile(path.join(dir, 'token'), `${token}\n`);

@@ -38,6 +38,8 @@ const PROGRESS_EVERY_MS = 250;
 export class ServedParts<P extends ServedPart> {
   /** Bytes the board acknowledged of its part downloads, retries included. */
   wireBytes = 0;
+  /** Of every part download: the bytes of those that completed, and the time all of them took. */
+  readonly downloads = { completedBytes: 0, ms: 0 };
   /** The TFTP options negotiated for the last part served in full. */
   tftpOptions: Record<string, string> | undefined;
   private lastProgressEmit = 0;
@@ -88,6 +90,8 @@ export class ServedParts<P extends ServedPart> {
 
   transferEnded(part: P, t: TransferEnd): void {
     this.wireBytes += t.bytes;
+    this.downloads.ms += t.ms;
+    if (t.ok) this.downloads.completedBytes += t.bytes;
     const negotiated = optionsText(t.options) || 'none (plain RFC 1350)';
     const which = `part ${part.index}/${this.count}`;
     if (t.ok) {

@@ -29,6 +29,7 @@ import { buildScriptImage } from '../board/uimage.js';
 import type { Patch } from '../image/disk.js';
 import type { FirmwareFiles, StagedFile } from '../staging/board-files.js';
 import { BoardCapsStore, modelHasUnzip } from '../staging/board-caps.js';
+import { addMeasurement, chooseWindow, jobRate, WindowRatesStore } from '../staging/window-tuning.js';
 import { compressParts, sweepCompressedCache } from '../staging/compressed-parts.js';
 import { getPiModel } from '../image/models.js';
 import { ImageView } from '../staging/image-view.js';
@@ -80,6 +81,9 @@ class Stage2Flash implements FlashMethod {
   private probingUnzip = false;
   private probeAnswered = false;
   private readonly caps: BoardCapsStore;
+  private readonly windowRates: WindowRatesStore;
+  /** The window this job measures for the board (`flash.tftpWindowSize: auto`), else undefined. */
+  private measuredWindow?: number;
   /** In every report name; known to the agent and the board's flash.scr only. */
   private readonly secret = randomBytes(8).toString('hex');
 
@@ -90,13 +94,14 @@ class Stage2Flash implements FlashMethod {
   ) {
     this.macdir = macDir(job.target.mac);
     this.caps = new BoardCapsStore(path.join(job.config.stateDir, 'boards'));
+    this.windowRates = new WindowRatesStore(path.join(job.config.stateDir, 'boards'));
     this.served = new ServedParts(board, { parts: () => this.parts, cardWriteRate: job.config.flash.cardWriteRate });
     board.redact(this.secret);
   }
 
   async stage(): Promise<void> {
     const { image, target, config, id } = this.job;
-    const flash = config.flash;
+    const { tftpWindowSize: configuredWindow, ...flash } = config.flash;
     const patches = (await this.choices.patches?.()) ?? [];
     const view = new ImageView(image.path, image.imageSize, patches);
     const { plan, crcs: planCrcs } = await planImageWrites(this.job, view, flash.partSize, (m) =>
@@ -134,8 +139,7 @@ class Stage2Flash implements FlashMethod {
       ...(zipped ? { unzip: { zipAddr: flash.zipAddr } } : {}),
       probeUnzip: this.probingUnzip,
       readCompare: flash.readCompare,
-      // The board's own window (its targets row) over the agent's.
-      ...(target.tftpWindowSize !== undefined ? { tftpWindowSize: target.tftpWindowSize } : {}),
+      ...(await this.chooseWindow(configuredWindow)),
     };
     const script = generateStage2Script(scriptOptions);
     this.ramTopNeeded = ramTopNeeded(scriptOptions);
@@ -209,6 +213,33 @@ class Stage2Flash implements FlashMethod {
     const caps = await this.caps.read(target.name);
     if (caps === undefined) return 'probe';
     return caps.unzip ? 'gzip' : 'raw';
+  }
+
+  /** The board's own window (its targets row) over the agent's; `auto` picks from what the board measured. */
+  private async chooseWindow(configured: number | 'auto' | undefined): Promise<{ tftpWindowSize?: number }> {
+    const { target } = this.job;
+    if (target.tftpWindowSize !== undefined) return { tftpWindowSize: target.tftpWindowSize };
+    if (configured !== 'auto') return configured === undefined ? {} : { tftpWindowSize: configured };
+    const choice = chooseWindow(await this.windowRates.read(target.name));
+    this.measuredWindow = choice.window;
+    this.board.log('info', `TFTP window ${choice.window} (flash.tftpWindowSize auto): ${choice.reason}`);
+    return { tftpWindowSize: choice.window };
+  }
+
+  /** Folds this job's download rate into the board's record; a failure to write it only costs a measurement. */
+  private async recordWindowRate(): Promise<void> {
+    const { target, id } = this.job;
+    const window = this.measuredWindow;
+    const mbps = jobRate(this.served.downloads);
+    if (window === undefined || mbps === undefined) return;
+    try {
+      const rates = await this.windowRates.read(target.name);
+      const seen = new Date().toISOString();
+      await this.windowRates.record(target.name, addMeasurement(rates, { window, mbps, job: id, seen }));
+      this.board.log('info', `window ${window} measured ${mbps.toFixed(1)} MB/s on ${target.name}: recorded`);
+    } catch (err) {
+      this.board.log('warn', `could not record ${target.name}'s TFTP rates: ${(err as Error).message}`);
+    }
   }
 
   /** gzip every part (unpatched ones through the image's cache); logs what it cost. */
@@ -323,8 +354,9 @@ class Stage2Flash implements FlashMethod {
     };
   }
 
-  unstage(): Promise<void> {
-    return this.job.files.unstage(this.macdir);
+  async unstage(): Promise<void> {
+    await this.recordWindowRate();
+    await this.job.files.unstage(this.macdir);
   }
 
   /** A TFTP path under the target's folder, relative to it. */

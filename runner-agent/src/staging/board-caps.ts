@@ -1,14 +1,14 @@
 /**
  * What a board's U-Boot can do, as the board itself showed it: kept per target in
- * `<stateDir>/boards/<name>.caps.json` (written whole under a temporary name and renamed, so a
- * crash leaves the old record or the new one). Today one capability: `unzip`, which lets parts
+ * `<stateDir>/boards/<name>.caps.json` (json-record.ts: a crash leaves the old record or the new
+ * one). Today one capability: `unzip`, which lets parts
  * travel gzip'd (layouts/stage2-flash.ts). The agent never guesses it: the model's Debian build
  * must have the command (`modelHasUnzip`) and the board must have inflated the stage-2 script's
  * probe stream (beacon `caps-unzip`); delete the file to have a board probed again (after
  * changing its U-Boot).
  */
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { readJsonRecord, writeJsonRecord } from './json-record.js';
 // Which models' builds have unzip is the model table's (image/models.ts); re-exported for stage 2.
 export { modelHasUnzip } from '../image/models.js';
 
@@ -30,24 +30,12 @@ export class BoardCapsStore {
 
   /** The target's record; undefined when it has none or it does not parse (then it is probed again). */
   async read(target: string): Promise<BoardCaps | undefined> {
-    try {
-      const raw = JSON.parse(await readFile(this.file(target), 'utf8')) as Partial<BoardCaps>;
-      if (typeof raw.unzip !== 'boolean') return undefined;
-      return { unzip: raw.unzip, seen: String(raw.seen ?? ''), job: String(raw.job ?? '') };
-    } catch {
-      return undefined;
-    }
+    const raw = (await readJsonRecord(this.file(target))) as Partial<BoardCaps> | null | undefined;
+    if (typeof raw?.unzip !== 'boolean') return undefined;
+    return { unzip: raw.unzip, seen: String(raw.seen ?? ''), job: String(raw.job ?? '') };
   }
 
-  async record(target: string, caps: BoardCaps): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const file = this.file(target);
-    const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
-    try {
-      await writeFile(tmp, JSON.stringify(caps, null, 2) + '\n', { mode: 0o600 });
-      await rename(tmp, file);
-    } finally {
-      await rm(tmp, { force: true });
-    }
+  record(target: string, caps: BoardCaps): Promise<void> {
+    return writeJsonRecord(this.dir, this.file(target), caps);
   }
 }
