@@ -29,7 +29,7 @@
  * the work folder (agent logs, job records with the consoles, the cards) for a look afterwards.
  */
 import { copyFile, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type {
@@ -49,6 +49,7 @@ import {
 import { privateNetworkAvailable, runInPrivateNetwork } from '../test/qemu/netboot-vm.js';
 import { INIT_BANNER, newMarker, stage1ScriptImage } from '../test/qemu/os-image.js';
 import { findTestUboot } from '../test/qemu/test-uboot.js';
+import { loadAverage, numberOption, option, printColumns } from './report.js';
 
 const MiB = 1024 * 1024;
 const IMAGE_SIZE = 512 * MiB;
@@ -60,18 +61,6 @@ const MIN_FILE = 8 * 1024;
 /** Per VM: a 512 MiB flash through emulated SD writes (~8 MiB/s) and a boot, on 2 busy cores. */
 const BOARD_TIMEOUT_MS = 30 * 60_000;
 const CARD_MODULE = /\/sdhci-pci\.ko$/;
-
-function option(name: string): string | undefined {
-  const arg = process.argv.find((a) => a === `--${name}` || a.startsWith(`--${name}=`));
-  return arg === undefined ? undefined : arg.slice(name.length + 3);
-}
-
-const numberOption = (name: string, fallback: number): number => {
-  const raw = option(name);
-  const n = raw === undefined ? fallback : Number(raw);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got ${raw}`);
-  return n;
-};
 
 /** Copies regular files from SOURCES into `into`, in name order, until `budget` bytes. */
 async function gatherFiles(into: string, budget: number): Promise<{ bytes: number; files: number }> {
@@ -153,10 +142,6 @@ const median = (values: number[]): number => {
   const mid = s.length >> 1;
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 };
-const load = () =>
-  loadavg()
-    .map((l) => l.toFixed(2))
-    .join(' ');
 const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
 
 export async function runNetbootBench(): Promise<void> {
@@ -193,7 +178,7 @@ export async function runNetbootBench(): Promise<void> {
       `image ${mib(IMAGE_SIZE)}: boot partition ${mib(BOOT_PARTITION)} (Debian's arm64 kernel, the netboot ` +
         `initramfs), ext4 root ${mib(rootSize)} holding ${mib(content.bytes)} in ${content.files} files from ` +
         `${SOURCES.join(', ')}; card ${mib(IMAGE_SIZE)}, blank; flash ${raw ? 'raw' : 'gzip'}'d 64 MiB parts, ` +
-        `TFTP windowsize 8; ${rounds} round(s); load average ${load()} (1, 5, 15 min)`,
+        `TFTP windowsize 8; ${rounds} round(s); load average ${loadAverage()} (1, 5, 15 min)`,
     );
 
     const boards: NetbootAgentBoard[] = [
@@ -286,8 +271,7 @@ export async function runNetbootBench(): Promise<void> {
         (f.job.result.bytesWritten / 1e6 / transfer).toFixed(1),
       ]);
     }
-    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-    for (const row of rows) console.log(row.map((c, i) => c.padStart(widths[i]!)).join('  '));
+    printColumns(rows);
     console.log(
       'flash: transfer = stage 2 fetching, writing and reading back every part; card boot = from the ' +
         "board's last report to the marker (stage 2's reset, stage 1 from the card, kernel and initramfs " +
@@ -311,7 +295,7 @@ export async function runNetbootBench(): Promise<void> {
       `flash job: ${flashJob.message}; phases ${JSON.stringify(flashJob.timings)} (stage, before the reset ` +
         'and so outside reset → marker: mapping, injection and gzip of the parts)',
     );
-    console.log(`load average after: ${load()}`);
+    console.log(`load average after: ${loadAverage()}`);
   } finally {
     if (process.env.KEEP_NETBOOT_BENCH_DIR) console.log(`kept ${dir}`);
     else await rm(dir, { recursive: true, force: true });

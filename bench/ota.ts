@@ -22,7 +22,7 @@
  *   npx tsx bench/ota.ts [--payload-mib=160] [--block-size=16384]
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { JobResult } from '../src/protocol/messages.js';
@@ -32,6 +32,7 @@ import type { OtaBoardInput, OtaBoardResult } from '../test/qemu/ota-agent-scena
 import { INIT_BANNER, newMarker, stage1ScriptImage } from '../test/qemu/os-image.js';
 import { buildOtaTestImage, findOtaOsParts, makeOtaKeys, prepareOtaOsParts } from '../test/qemu/ota-os.js';
 import { makeDisk } from '../test/qemu/ota-vm.js';
+import { loadAverage, numberOption, printColumns } from './report.js';
 import { findTestUboot } from '../test/qemu/test-uboot.js';
 
 const MiB = 1024 * 1024;
@@ -42,29 +43,15 @@ const BOARD_RAM_MIB = 256;
 /** One path's run on 2 busy cores: boots, the transfer through emulated disks, the reboot. */
 const RUN_TIMEOUT_MS = 20 * 60_000;
 
-function option(name: string): string | undefined {
-  const prefix = `--${name}=`;
-  return process.argv.find((a) => a.startsWith(prefix))?.slice(prefix.length);
-}
-function numberOption(name: string, fallback: number): number {
-  const text = option(name);
-  const n = text === undefined ? fallback : Number(text);
-  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a positive whole number, got "${text}"`);
-  return n;
-}
 const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
-const load = () =>
-  loadavg()
-    .map((l) => l.toFixed(2))
-    .join(' ');
 /** A phase's seconds, or '-' for a phase the job did not have. */
 const seconds = (s: number | undefined) => (s === undefined ? '-' : s.toFixed(1));
 const flashSeconds = (r: JobResult) => (r.timings.transfer ?? NaN) + (r.timings.verify ?? 0);
 const jobSeconds = (r: JobResult) => Object.values(r.timings).reduce((a, b) => a + (b ?? 0), 0);
 
 export async function runOtaBench(): Promise<void> {
-  const payloadMiB = numberOption('payload-mib', 160);
-  const blockSize = numberOption('block-size', 16384);
+  const payloadMiB = numberOption('payload-mib', 160, true);
+  const blockSize = numberOption('block-size', 16384, true);
   const uboot = await findTestUboot();
   const network = await privateNetworkAvailable();
   for (const gate of [uboot, network])
@@ -97,7 +84,7 @@ export async function runOtaBench(): Promise<void> {
         `ext4 root ${mib(rootPartitionSize)} holding ${mib(payloadMiB * MiB)} of incompressible payload; ` +
         `card ${mib(CARD_SIZE)}; ` +
         `ota: 64 MiB parts, busybox tftp blocks of ${blockSize} B; U-Boot: 64 MiB parts gzip'd, TFTP windowsize 8; ` +
-        `load average ${load()} (1, 5, 15 min)`,
+        `load average ${loadAverage()} (1, 5, 15 min)`,
     );
 
     // ---- ota: A → B on a running board ----
@@ -198,8 +185,7 @@ export async function runOtaBench(): Promise<void> {
         (r.bytesWritten / 1e6 / flashSeconds(r)).toFixed(1),
       ]);
     }
-    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-    for (const row of rows) console.log(row.map((c, i) => c.padStart(widths[i]!)).join('  '));
+    printColumns(rows);
     console.log(
       "ota: stage = log in, probe, stage the parts, upload busybox and the script into the board's RAM; " +
         'transfer = the switch into RAM, then fetch, check, write and read back every part; boot = the reboot ' +
@@ -213,7 +199,7 @@ export async function runOtaBench(): Promise<void> {
         `${flashSeconds(ubootJob.result).toFixed(1)} s: ${flashRatio.toFixed(2)}×; ` +
         `whole job (ota with its reboot and boot check, U-Boot without): ${jobRatio.toFixed(2)}×`,
     );
-    console.log(`load average after: ${load()}`);
+    console.log(`load average after: ${loadAverage()}`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

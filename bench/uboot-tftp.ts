@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { runAgentScenario } from '../test/qemu/agent-scenario.js';
 import { findTestUboot } from '../test/qemu/test-uboot.js';
+import { printColumns } from './report.js';
 
 const WINDOWS = [1, 4, 8, 16];
 const GZIP_WINDOWS = [1, 8];
@@ -112,8 +113,7 @@ export async function runUbootTftpBench(sizeMiB = 16, rounds = 2): Promise<void>
         median(phases).toFixed(1),
       ]);
     }
-    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-    for (const row of rows) console.log(row.map((cell, i) => cell.padStart(widths[i]!)).join('  '));
+    printColumns(rows);
     for (const w of GZIP_WINDOWS) {
       const ratio = phaseOf.get(`true-${w}`)! / phaseOf.get(`false-${w}`)!;
       console.log(`gzip'd vs raw transfer phase at windowsize ${w}: ${ratio.toFixed(2)}×`);

@@ -1,11 +1,10 @@
 /**
  * What a board's U-Boot can do, as the board itself showed it: kept per target in
  * `<stateDir>/boards/<name>.caps.json` (json-record.ts: a crash leaves the old record or the new
- * one). Today one capability: `unzip`, which lets parts
- * travel gzip'd (layouts/stage2-flash.ts). The agent never guesses it: the model's Debian build
- * must have the command (`modelHasUnzip`) and the board must have inflated the stage-2 script's
- * probe stream (beacon `caps-unzip`); delete the file to have a board probed again (after
- * changing its U-Boot).
+ * one). Today one capability: `unzip`, which lets parts travel gzip'd (layouts/stage2-flash.ts).
+ * The agent never guesses it: the model's Debian build must have the command (`modelHasUnzip`)
+ * and the board must have inflated the stage-2 script's probe stream (beacon `caps-unzip`);
+ * delete the file to have a board probed again (after changing its U-Boot).
  */
 import path from 'node:path';
 import { readJsonRecord, writeJsonRecord } from './json-record.js';
